@@ -1,0 +1,1 @@
+"""cmlgraph: few-shot node classification with Cooperative Meta-Learning."""

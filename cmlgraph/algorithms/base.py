@@ -1,0 +1,164 @@
+"""Meta-learning algorithms as small configurations of the shared inner loop and outer objective.
+
+Every algorithm turns a meta-batch into meta-gradients on the flat parameter dict. CML is not an algorithm but a
+switch (``cml``, ``gamma``, ``co_depth``) that every algorithm honours through :func:`outer_objective`; the
+paper's controls are switches too: ``control="cl"`` adapts the co-learner in the inner loop, ``control="noise"``
+replaces the co-learner term by Gaussian noise on the meta-gradients of ψ and θ.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cmlgraph.config import AlgoConfig
+from cmlgraph.core.episode import Episode
+from cmlgraph.core.functional import LossFn, co_head, features, head
+from cmlgraph.core.inner_loop import InnerLoopConfig, inner_loop
+from cmlgraph.core.model import MetaModel, group_of, sub
+from cmlgraph.core.objective import OuterLoss, outer_objective
+
+
+@dataclass
+class MetaStep:
+    """The result of one meta-gradient computation.
+
+    Attributes:
+        grads: Meta-gradient per trained parameter name.
+        loss: The outer objective's parts.
+        diagnostics: Gradient diagnostics (only when requested).
+    """
+
+    grads: dict[str, Tensor]
+    loss: OuterLoss
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+class MetaAlgorithm:
+    """MAML (Finn et al., 2017) and the base of every MAML-family algorithm.
+
+    Subclasses change :attr:`default_adapt`, the inner-loop config, the objective's step weights or the way
+    meta-gradients are formed (Sharp-MAML), without touching the CML term.
+
+    Args:
+        cfg: Algorithm settings; ``inner_steps`` and ``inner_lr`` must be resolved (not ``None``).
+        total_steps: Meta-iterations of the run (for annealing schedules).
+        seed: Seed of the algorithm's own random generator (noise control).
+    """
+
+    name = "maml"
+    default_adapt: tuple[str, ...] = ("extractor", "head")
+    uses_inner_loop = True
+
+    def __init__(self, cfg: AlgoConfig, total_steps: int = 1, seed: int = 0) -> None:
+        self.cfg = cfg
+        self.total_steps = max(1, total_steps)
+        self.generator = torch.Generator().manual_seed(seed + 7919)
+
+    # --- configuration -------------------------------------------------------------------------------------
+    @property
+    def cml(self) -> bool:
+        """Whether the objective carries a co-learner term (CML, or the CL control)."""
+        return self.cfg.cml or self.cfg.control == "cl"
+
+    def adapt_groups(self) -> tuple[str, ...]:
+        """Groups that adapt in the inner loop (the CL control adds the co-learner)."""
+        groups = {"auto": self.default_adapt, "all": ("extractor", "head"), "head": ("head",),
+                  "extractor": ("extractor",)}[self.cfg.adapt]
+        return groups + ("co",) if self.cfg.control == "cl" else groups
+
+    def inner_config(self, step: int = 0, evaluation: bool = False) -> InnerLoopConfig:
+        """The inner-loop settings at a meta-iteration (evaluation uses ``eval_inner_steps``)."""
+        steps = self.cfg.eval_inner_steps if evaluation and self.cfg.eval_inner_steps else self.cfg.inner_steps
+        return InnerLoopConfig(steps=int(steps), lr=float(self.cfg.inner_lr), first_order=self.cfg.first_order,
+                               adapt=self.adapt_groups())
+
+    def prepare(self, model: MetaModel) -> None:
+        """Add algorithm-owned parameters to the model (MAML++'s learned rates); nothing for MAML."""
+
+    def step_weights(self, step: int) -> Sequence[float] | None:
+        """Multi-step loss weights (MAML++); ``None`` uses the final step only."""
+        return None
+
+    def first_order_at(self, step: int) -> bool | None:
+        """Derivative order override at a meta-iteration (MAML++); ``None`` keeps the config's."""
+        return None
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """Meta learning-rate schedule (MAML++: cosine); ``None`` keeps it constant."""
+        return None
+
+    # --- training ------------------------------------------------------------------------------------------
+    def objective(self, model: MetaModel, params: Mapping[str, Tensor], episodes: Sequence[Episode],
+                  loss_fn: LossFn, step: int, batched: bool | None = None) -> OuterLoss:
+        """The outer objective of this algorithm at a meta-iteration."""
+        return outer_objective(model, params, episodes, loss_fn, self.inner_config(step), gamma=self.cfg.gamma,
+                               cml=self.cml, batched=batched, first_order=self.first_order_at(step),
+                               step_weights=self.step_weights(step))
+
+    def meta_gradients(self, model: MetaModel, params: Mapping[str, Tensor], episodes: Sequence[Episode],
+                       loss_fn: LossFn, step: int, *, diagnostics: bool = False,
+                       batched: bool | None = None) -> MetaStep:
+        """Meta-gradients of every trained parameter for one meta-batch."""
+        loss = self.objective(model, params, episodes, loss_fn, step, batched)
+        names = list(params)
+        diag: dict[str, Any] = {}
+        if diagnostics and self.cml and self.cfg.gamma > 0:
+            from cmlgraph.train.diagnostics import split_gradients
+            grads, diag = split_gradients(loss, params, self.cfg.gamma)
+        else:
+            raw = torch.autograd.grad(loss.total, [params[k] for k in names], allow_unused=True)
+            grads = {k: (g if g is not None else torch.zeros_like(params[k])) for k, g in zip(names, raw,
+                                                                                          strict=True)}
+        if self.cfg.control == "noise":
+            grads = add_gradient_noise(grads, self.cfg.noise_std, self.generator)
+        return MetaStep(grads=grads, loss=loss, diagnostics=diag)
+
+    # --- evaluation ----------------------------------------------------------------------------------------
+    def predict(self, model: MetaModel, params: Mapping[str, Tensor], ep: Episode, loss_fn: LossFn,
+                batched: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Adapt on the support set and predict the query set: ``(meta-learner, co-learner on ψ')``.
+
+        The second output is the "CML†" predictor (the frozen co-learner on the adapted features), ``None``
+        without a co-learner. Runs first-order without a graph to the meta-parameters. With ``batched``, ``ep``
+        is a stacked batch of episodes (leading task dimension) adapted together with ``vmap``.
+        """
+        body = {k: v.detach() for k, v in params.items() if group_of(k) != "lrs"}
+        if batched:
+            batch = ep.support_y.shape[0]
+            body = {k: v.unsqueeze(0).expand(batch, *v.shape) for k, v in body.items()}
+        body = {k: v.requires_grad_(True) if not batched else v.clone().requires_grad_(True)
+                for k, v in body.items()}
+        rates = {k: v.detach() for k, v in sub(params, "lrs").items()} or None
+        cfg = replace(self.inner_config(evaluation=True), first_order=True)
+        with torch.enable_grad():
+            fast = inner_loop(model, body, ep.support_x, ep.support_y, loss_fn, cfg, rates=rates,
+                              batched=batched)[-1]
+        with torch.no_grad():
+            feats = features(model, fast, ep.query_x, batched)
+            out = head(model, fast, feats, batched)
+            co = co_head(model, fast, feats, batched) if model.co is not None else None
+        return out, co
+
+
+def add_gradient_noise(grads: Mapping[str, Tensor], noise_std: float, generator: torch.Generator
+                       ) -> dict[str, Tensor]:
+    """The MAML + noise control: add N(0, σ_t²) to each meta-gradient of ψ and θ.
+
+    σ_t = ``noise_std`` · ‖g_t‖ / √numel(g_t), i.e. ``noise_std`` times the root-mean-square of that tensor's
+    gradient, so the perturbation has the same relative size at every layer and every point of training.
+    Co-learner and learned-rate gradients are left alone.
+    """
+    out = dict(grads)
+    for k, g in grads.items():
+        if group_of(k) not in ("extractor", "head"):
+            continue
+        sigma = noise_std * g.norm() / math.sqrt(max(1, g.numel()))
+        z = torch.randn(g.shape, generator=generator, dtype=g.dtype).to(g.device)
+        out[k] = g + sigma * z
+    return out

@@ -1,0 +1,264 @@
+"""GNN feature extractors ψ for few-shot node classification: GCN, SGC, GraphSAGE, GAT and GIN from PyG.
+
+Why this shape: the CML inner loop evaluates the backbone through ``torch.func.functional_call`` with
+adapted, non-leaf weights and differentiates twice through it, several times per task. So the modules hold
+weights only; everything that depends on the graph alone (normalised adjacency, SGC's propagated features)
+lives in ``GraphInput.cache`` and is built once per graph; and sparse node features (bag-of-words) are
+multiplied by the first layer's weight with ``torch.sparse.mm`` and never densified.
+
+Layer semantics (PyG's convs, exact): ``layers`` message-passing layers of width ``hidden``; dropout on the
+input of every layer (training mode only; sparse inputs drop stored values); ReLU between layers; **no
+activation after the last layer** by default (``last_activation=True`` adds one), as in PyG's ``BasicGNN``.
+SGC is one linear layer on ``Â^K X`` with ``K = layers``. GAT concatenates ``heads`` heads of width
+``hidden // heads``. GIN uses the MLP ``Linear → ReLU → Linear`` in every layer. SAGE uses mean aggregation
+and a root weight.
+
+The first layer multiplies the features by its weight before aggregating (``Â (X W)`` rather than
+``(Â X) W``; same values, by linearity), which is what lets a sparse ``X`` stay sparse and is cheaper when
+``in_dim > hidden``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.nn import GATConv, GCNConv, GINConv, SAGEConv, SGConv
+from torch_geometric.nn.conv import MessagePassing
+
+from cmlgraph.backbones.base import Backbone
+from cmlgraph.backbones.gnn_ops import (
+    SparseLinear,
+    cached,
+    feature_dropout,
+    gcn_adj,
+    is_sparse,
+    mean_adj,
+    propagate_sparse,
+    select_rows,
+    self_loop_edge_index,
+    sparse_aware_linear,
+    sparse_nnz,
+    sum_adj,
+)
+from cmlgraph.errors import ConfigError
+from cmlgraph.graphs.types import GraphInput
+
+
+@dataclass(frozen=True)
+class GNNSpec:
+    """What a CLI name stands for.
+
+    Attributes:
+        conv: The PyG convolution the layers are built from.
+        description: One line for ``--help`` and error messages.
+        degree_normalised: Whether the aggregation weights read the degree of the *source* node
+            (symmetric normalisation), so a k-hop subgraph needs one extra hop to reproduce the full-graph
+            output exactly.
+    """
+
+    conv: type[MessagePassing]
+    description: str
+    degree_normalised: bool = False
+
+
+GNN_REGISTRY: dict[str, GNNSpec] = {
+    "gcn": GNNSpec(GCNConv, "graph convolution (Kipf & Welling), symmetric normalisation", True),
+    "sgc": GNNSpec(SGConv, "simplified graph convolution: one linear layer on Â^K X (K = layers)", True),
+    "sage": GNNSpec(SAGEConv, "GraphSAGE with mean aggregation and a root weight"),
+    "gat": GNNSpec(GATConv, "graph attention, heads concatenated to width hidden"),
+    "gin": GNNSpec(GINConv, "graph isomorphism network, 2-layer MLP per layer"),
+}
+
+
+def _check_kind(kind: str) -> GNNSpec:
+    if kind not in GNN_REGISTRY:
+        raise ConfigError(f"unknown GNN kind {kind!r}; valid kinds: {', '.join(sorted(GNN_REGISTRY))}")
+    return GNN_REGISTRY[kind]
+
+
+class GNNBackbone(Backbone):
+    """A stack of PyG message-passing layers returning the features of ``inputs.nodes``.
+
+    Args:
+        kind: One of ``GNN_REGISTRY`` (``gcn``, ``sgc``, ``sage``, ``gat``, ``gin``).
+        in_dim: Node feature dimension F.
+        hidden: Width of every layer; also ``feature_dim``.
+        layers: Number of message-passing layers (SGC: the number of propagation hops K).
+        dropout: Dropout on every layer's input, training mode only.
+        heads: GAT attention heads; must divide ``hidden``.
+        attn_dropout: GAT dropout on the attention coefficients.
+        last_activation: Apply ReLU after the last layer too.
+        train_eps: GIN: learn the ε of ``(1 + ε) x_i``.
+        sgc_max_fill: SGC with sparse features: precompute a sparse ``Â^K X`` only while it holds at most this
+            many times the stored values of ``X``; otherwise project first and propagate the dense hidden.
+
+    Raises:
+        ConfigError: For an unknown kind or an invalid size.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        in_dim: int,
+        hidden: int = 64,
+        layers: int = 2,
+        dropout: float = 0.0,
+        heads: int = 4,
+        attn_dropout: float = 0.0,
+        last_activation: bool = False,
+        train_eps: bool = False,
+        sgc_max_fill: float = 16.0,
+    ) -> None:
+        super().__init__()
+        self.spec = _check_kind(kind)
+        if in_dim < 1 or hidden < 1 or layers < 1:
+            raise ConfigError(
+                f"GNN sizes must be positive, got in_dim={in_dim}, hidden={hidden}, layers={layers}"
+            )
+        if not 0.0 <= dropout < 1.0 or not 0.0 <= attn_dropout < 1.0:
+            raise ConfigError(
+                f"dropout must be in [0, 1), got dropout={dropout}, attn_dropout={attn_dropout}"
+            )
+        if kind == "gat" and (heads < 1 or hidden % heads != 0):
+            raise ConfigError(f"GAT heads={heads} must be >= 1 and divide hidden={hidden}; change either")
+        self.kind = kind
+        self.in_dim = in_dim
+        self.hidden = hidden
+        self.num_layers = layers
+        self.dropout = dropout
+        self.heads = heads
+        self.last_activation = last_activation
+        self.sgc_max_fill = sgc_max_fill
+        self.feature_dim = hidden
+        self.hops = layers
+        if kind == "sgc":
+            conv = SGConv(in_dim, hidden, K=layers, cached=False, add_self_loops=True)
+            conv.lin = SparseLinear.from_linear(conv.lin)
+            self.convs = nn.ModuleList([conv])
+            return
+        convs: list[MessagePassing] = []
+        for i in range(layers):
+            d = in_dim if i == 0 else hidden
+            if kind == "gcn":
+                conv = GCNConv(d, hidden, cached=False, normalize=False)
+                if i == 0:
+                    conv.lin = SparseLinear.from_linear(conv.lin)
+            elif kind == "sage":
+                # Sum over the row-normalised adjacency == mean aggregation (see gnn_ops).
+                conv = SAGEConv(d, hidden, aggr="sum")
+            elif kind == "gat":
+                conv = GATConv(
+                    d, hidden // heads, heads=heads, concat=True, dropout=attn_dropout, add_self_loops=False
+                )
+                if i == 0:
+                    conv.lin = SparseLinear.from_linear(conv.lin)
+            else:
+                mlp = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
+                conv = GINConv(mlp, eps=0.0, train_eps=train_eps)
+            convs.append(conv)
+        self.convs = nn.ModuleList(convs)
+
+    def forward(self, inputs: GraphInput) -> Tensor:
+        """Features ``Tensor[len(inputs.nodes), hidden]`` of the requested nodes."""
+        if self.kind == "sgc":
+            return self._forward_sgc(inputs)
+        graph = self._graph(inputs)
+        h = inputs.x
+        last = len(self.convs) - 1
+        for i, conv in enumerate(self.convs):
+            h = feature_dropout(h, self.dropout, self.training)
+            h = self._first_layer(conv, h, graph) if i == 0 else conv(h, graph)
+            if i < last or self.last_activation:
+                h = F.relu(h)
+        return h[inputs.nodes]
+
+    def _graph(self, inputs: GraphInput) -> Tensor:
+        """The cached graph structure this kind propagates over."""
+        if self.kind == "gcn":
+            return gcn_adj(inputs)
+        if self.kind == "sage":
+            return mean_adj(inputs)
+        if self.kind == "gat":
+            return self_loop_edge_index(inputs)
+        return sum_adj(inputs)
+
+    def _first_layer(self, conv: MessagePassing, x: Tensor, graph: Tensor) -> Tensor:
+        """First layer with the weight applied before aggregation, so a sparse ``x`` is never densified."""
+        if self.kind in ("gcn", "gat"):
+            return conv(x, graph)  # their `lin` is a SparseLinear and runs before propagation
+        if self.kind == "sage":
+            assert isinstance(conv, SAGEConv)
+            w = torch.cat([conv.lin_l.weight, conv.lin_r.weight], dim=0)
+            h_l, h_r = sparse_aware_linear(x, w).split(self.hidden, dim=1)
+            return conv.propagate(graph, x=(h_l, h_l)) + conv.lin_l.bias + h_r
+        assert isinstance(conv, GINConv)
+        first, *rest = list(conv.nn)
+        h = sparse_aware_linear(x, first.weight)
+        out = conv.propagate(graph, x=(h, h)) + (1 + conv.eps) * h + first.bias
+        for module in rest:
+            out = module(out)
+        return out
+
+    def _forward_sgc(self, inputs: GraphInput) -> Tensor:
+        """SGC: ``(Â^K X)[nodes] W + b``, with ``Â^K X`` computed once per graph when ``X`` is fixed."""
+        conv = self.convs[0]
+        assert isinstance(conv, SGConv)
+        x = inputs.x
+        if x.requires_grad:
+            propagated: Tensor | None = (
+                self._propagate_dense(gcn_adj(inputs), x) if not is_sparse(x) else None
+            )
+        else:
+            propagated = cached(inputs, f"sgc/x/K={self.hops}", lambda: self._precompute_sgc(inputs))
+        if propagated is not None:
+            rows = select_rows(propagated, inputs.nodes)
+            return self._sgc_out(conv.lin(feature_dropout(rows, self.dropout, self.training)))
+        # Fill-in too large: project the sparse features first, then propagate the dense hidden.
+        h = sparse_aware_linear(feature_dropout(x, self.dropout, self.training), conv.lin.weight)
+        h = self._propagate_dense(gcn_adj(inputs), h)[inputs.nodes]
+        return self._sgc_out(h if conv.lin.bias is None else h + conv.lin.bias)
+
+    def _sgc_out(self, h: Tensor) -> Tensor:
+        return F.relu(h) if self.last_activation else h
+
+    def _propagate_dense(self, adj_t: Tensor, h: Tensor) -> Tensor:
+        for _ in range(self.hops):
+            h = torch.sparse.mm(adj_t, h)
+        return h
+
+    def _precompute_sgc(self, inputs: GraphInput) -> Tensor | None:
+        """``Â^K X``, dense or (for sparse ``X``) sparse COO; ``None`` when its fill-in is too large."""
+        adj_t = gcn_adj(inputs)
+        with torch.no_grad():
+            x = inputs.x
+            if not is_sparse(x):
+                return self._propagate_dense(adj_t, x)
+            return propagate_sparse(adj_t, x, self.hops, max_nnz=int(self.sgc_max_fill * sparse_nnz(x)))
+
+    def extra_repr(self) -> str:
+        """Shown by ``print(model)``."""
+        return f"kind={self.kind}, in_dim={self.in_dim}, hidden={self.hidden}, layers={self.num_layers}"
+
+
+def gnn_hops(backbone: nn.Module, *, exact: bool = False) -> int:
+    """Receptive field of a GNN backbone, for choosing the k of k-hop episode subgraphs.
+
+    Args:
+        backbone: A :class:`GNNBackbone`.
+        exact: With ``False``, the number of message-passing hops (layers; SGC: K). With ``True``, the k
+            for which the output on the k-hop subgraph around the nodes equals the full-graph output
+            exactly: one more for GCN and SGC, whose symmetric normalisation reads the degree of the
+            outermost source nodes.
+
+    Raises:
+        ConfigError: If ``backbone`` is not a GNN backbone.
+    """
+    if not isinstance(backbone, GNNBackbone):
+        raise ConfigError(f"gnn_hops needs a GNNBackbone, got {type(backbone).__name__}")
+    return backbone.hops + int(exact and backbone.spec.degree_normalised)
+
+
+__all__ = ["GNN_REGISTRY", "GNNBackbone", "GNNSpec", "gnn_hops"]

@@ -1,0 +1,139 @@
+"""The ``cmlgraph`` command line: a thin layer over the Python API.
+
+Every user mistake surfaces as a :class:`CmlgraphError` and is printed as one line ``error: ...`` with exit
+status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from cmlgraph.config import Config, apply_overrides, from_yaml
+from cmlgraph.errors import CmlgraphError, ConfigError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Few-shot node classification with gradient-based meta-learning and CML.")
+datasets_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help="Graph datasets.")
+app.add_typer(datasets_app, name="datasets")
+console = Console()
+
+
+def _overrides(**flags: Any) -> dict[str, dict[str, Any]]:
+    """Map CLI flags to config sections, keeping only the flags the user gave."""
+    sections = {
+        "data": ("task", "graph", "data_root", "allow_partial", "split", "ways", "shots", "queries", "subgraph"),
+        "model": ("gnn", "hidden", "layers", "dropout"),
+        "algo": ("algo", "cml", "gamma", "co_depth", "control", "inner_steps", "inner_lr", "first_order"),
+        "train": ("steps", "meta_batch", "meta_lr", "seed", "val_every", "test_tasks", "device", "diag_every",
+                  "nan_policy"),
+        "run": ("runs_dir", "name", "overwrite"),
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for section, keys in sections.items():
+        values = {k: flags[k] for k in keys if flags.get(k) is not None}
+        if values:
+            out[section] = values
+    return out
+
+
+@app.command()
+def train(
+    config: Path | None = typer.Option(None, "--config", help="YAML experiment config (see configs/)."),
+    task: str | None = typer.Option(None, help="Domain: graph (default), sinusoid, omniglot, digits."),
+    graph: str | None = typer.Option(None, help="Graph dataset (`cmlgraph datasets list`); default synthetic."),
+    ways: int | None = typer.Option(None, help="N classes per task."),
+    shots: int | None = typer.Option(None, help="K support examples per class (sinusoid: points)."),
+    queries: int | None = typer.Option(None, help="Query examples per class (sinusoid: points)."),
+    gnn: str | None = typer.Option(None, help="GNN: gcn, sgc, sage, gat, gin."),
+    hidden: int | None = typer.Option(None, help="Hidden width of the extractor."),
+    layers: int | None = typer.Option(None, help="Layers of the extractor."),
+    dropout: float | None = typer.Option(None, help="Dropout of the GNN."),
+    algo: str | None = typer.Option(None, help="maml, anil, boil, maml++, sharp-maml, protonet."),
+    cml: bool | None = typer.Option(None, "--cml/--no-cml", help="Cooperative Meta-Learning co-learner term."),
+    gamma: float | None = typer.Option(None, help="Weight γ of the co-learner loss."),
+    co_depth: int | None = typer.Option(None, help="Hidden layers of the co-learner."),
+    control: str | None = typer.Option(None, help="Paper controls: none, cl, noise."),
+    inner_steps: int | None = typer.Option(None, help="Inner-loop steps."),
+    inner_lr: float | None = typer.Option(None, help="Inner-loop step size."),
+    first_order: bool | None = typer.Option(None, "--first-order/--second-order", help="Meta-gradient order."),
+    meta_lr: float | None = typer.Option(None, help="Adam meta learning rate."),
+    meta_batch: int | None = typer.Option(None, help="Tasks per meta-iteration."),
+    steps: int | None = typer.Option(None, help="Meta-iterations."),
+    seed: int | None = typer.Option(None, help="Random seed."),
+    val_every: int | None = typer.Option(None, help="Validate every N steps."),
+    test_tasks: int | None = typer.Option(None, help="Fixed test tasks."),
+    data_root: str | None = typer.Option(None, help="Raw data root (else $CMLGRAPH_DATA, else datasets/)."),
+    allow_partial: bool | None = typer.Option(None, "--allow-partial", help="Run on the classes present."),
+    split: str | None = typer.Option(None, help="Class split: counts 'a/b/c' or a JSON file."),
+    subgraph: str | None = typer.Option(None, help="Graph execution: auto, full, khop."),
+    device: str | None = typer.Option(None, help="cpu, cuda, cuda:N."),
+    diag_every: int | None = typer.Option(None, help="Gradient diagnostics every N steps (0: off)."),
+    nan_policy: str | None = typer.Option(None, help="On NaN/inf: stop or skip the meta-batch."),
+    runs_dir: str | None = typer.Option(None, help="Parent folder of run folders."),
+    name: str | None = typer.Option(None, help="Run folder name."),
+    overwrite: bool | None = typer.Option(None, "--overwrite", help="Replace a run folder of the same name."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue RUN_DIR from its last checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Meta-train and evaluate; writes a run folder (config, metrics, summary, model, plots)."""
+    from cmlgraph.train.trainer import resume as resume_run
+    from cmlgraph.train.trainer import train as train_run
+
+    flags = dict(locals())
+    if resume is not None:
+        given = [k for k, v in flags.items() if v is not None and k not in ("resume", "quiet", "config")]
+        if given or config is not None:
+            raise ConfigError(f"--resume takes its settings from the run folder; drop "
+                              f"{', '.join('--' + g.replace('_', '-') for g in given) or '--config'}")
+        resume_run(resume, console, progress=not quiet)
+        return
+    if graph is not None:
+        if task not in (None, "graph"):
+            raise ConfigError(f"--graph {graph} selects the graph task, but --task {task} was given; drop one")
+        flags["task"] = "graph"
+    cfg = from_yaml(config) if config is not None else Config()
+    cfg = apply_overrides(cfg, _overrides(**flags), "command line")
+    train_run(cfg, console, progress=not quiet)
+
+
+@app.command("eval")
+def eval_cmd(run_dir: Path = typer.Argument(..., help="A run folder made by `cmlgraph train`.")) -> None:
+    """Re-evaluate a saved run's inference model on its fixed test tasks."""
+    from cmlgraph.train.reeval import reevaluate
+
+    res = reevaluate(run_dir)
+    console.print(f"{res['metric']}: {res['mean']:.4f} ± {res['ci95']:.4f} over {res['num_tasks']} tasks")
+
+
+@datasets_app.command("list")
+def datasets_list(data_root: str | None = typer.Option(None, help="Raw data root.")) -> None:
+    """Every graph dataset with its stats, source URL and local availability."""
+    from rich.table import Table
+
+    from cmlgraph.graphs import list_datasets
+
+    table = Table(title="graph datasets")
+    for col in ("name", "nodes", "edges", "features", "classes", "available", "source"):
+        table.add_column(col)
+    for row in list_datasets(data_root):
+        table.add_row(*(str(row.get(c, "")) for c in ("name", "nodes", "edges", "features", "classes",
+                                                      "available", "url")))
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning project errors into one-line messages (exit status 2)."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except CmlgraphError as exc:
+        msg = " ".join(str(exc).split())
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; resume with `cmlgraph train --resume RUN_DIR`", file=sys.stderr)
+        sys.exit(130)

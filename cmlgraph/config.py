@@ -1,0 +1,247 @@
+"""Nested dataclass configuration: the one source of truth for every run setting.
+
+Precedence: dataclass defaults < domain defaults (filled where a value is ``None``) < YAML file < CLI flags.
+YAML files are read with ``yaml.safe_load``; unknown sections or keys are rejected with the valid ones listed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from cmlgraph.errors import ConfigError
+
+TASKS = ("graph", "sinusoid", "omniglot", "digits")
+
+
+@dataclass
+class DataConfig:
+    """What tasks are drawn from.
+
+    Attributes:
+        task: Domain: ``graph``, ``sinusoid``, ``omniglot`` or ``digits``.
+        graph: Graph dataset name (``cmlgraph datasets list``); used when ``task`` is ``graph``.
+        data_root: Raw data root (else ``$CMLGRAPH_DATA``, else ``datasets/``).
+        allow_partial: Run on the classes present when a dataset is partial.
+        split: Class split: counts like ``"10/5/5"`` or a JSON file of class ids.
+        ways: N classes per task (classification).
+        shots: K support examples per class (regression: support points).
+        queries: Query examples per class (regression: query points).
+        subgraph: Graph execution mode: ``auto``, ``full`` or ``khop``.
+        subgraph_threshold: ``auto`` uses k-hop subgraphs above this many nodes.
+        synthetic_nodes: Nodes of the ``synthetic`` graph.
+        synthetic_classes: Classes of the ``synthetic`` graph.
+        image_size: Image side in pixels (image domains).
+        rotations: Omniglot rotations as extra classes.
+    """
+
+    task: str = "graph"
+    graph: str = "synthetic"
+    data_root: str | None = None
+    allow_partial: bool = False
+    split: str | None = None
+    ways: int = 5
+    shots: int | None = None
+    queries: int | None = None
+    subgraph: str = "auto"
+    subgraph_threshold: int = 50_000
+    synthetic_nodes: int = 3000
+    synthetic_classes: int = 60
+    image_size: int = 28
+    rotations: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """The extractor ψ.
+
+    Attributes:
+        gnn: GNN kind (``gcn``, ``sgc``, ``sage``, ``gat``, ``gin``).
+        hidden: Hidden width of the GNN (MLP: width of each hidden layer).
+        layers: Message-passing layers (MLP: hidden layers).
+        dropout: Dropout of the GNN.
+        gat_heads: Attention heads of GAT.
+    """
+
+    gnn: str = "gcn"
+    hidden: int | None = None
+    layers: int = 2
+    dropout: float = 0.0
+    gat_heads: int = 4
+
+
+@dataclass
+class AlgoConfig:
+    """The meta-learning algorithm and the CML switch.
+
+    Attributes:
+        algo: ``maml``, ``anil``, ``boil``, ``maml++``, ``sharp-maml`` or ``protonet``.
+        cml: Add the co-learner term (Cooperative Meta-Learning).
+        gamma: Weight γ of the co-learner term.
+        co_depth: Hidden layers (or conv blocks) of the co-learner (default: 0; 2 for images, the reference).
+        control: The paper's controls: ``none``, ``cl`` (co-learner adapted in the inner loop) or ``noise``
+            (Gaussian noise on the meta-gradients instead of a co-learner).
+        noise_std: Relative σ of the ``noise`` control: σ_t = noise_std · ‖g_t‖ / √numel(g_t) per tensor.
+        inner_steps: Inner steps S during meta-training.
+        eval_inner_steps: Inner steps at evaluation (default: ``inner_steps``).
+        inner_lr: Inner step size α.
+        first_order: First-order meta-gradients.
+        adapt: Groups that adapt in the inner loop: ``auto`` (the algorithm's), ``all``, ``head`` or ``extractor``.
+        sam_rho: Sharp-MAML's perturbation radius ρ of the outer step.
+        sam_inner: Sharp-MAML: also perturb the inner steps.
+        msl_fraction: MAML++: fraction of training over which the multi-step loss weights anneal.
+        first_order_fraction: MAML++: fraction of training run first-order (derivative-order annealing).
+    """
+
+    algo: str = "maml"
+    cml: bool = True
+    gamma: float = 1.0
+    co_depth: int | None = None
+    control: str = "none"
+    noise_std: float = 0.1
+    inner_steps: int | None = None
+    eval_inner_steps: int | None = None
+    inner_lr: float | None = None
+    first_order: bool = False
+    adapt: str = "auto"
+    sam_rho: float = 0.05
+    sam_inner: bool = False
+    msl_fraction: float = 0.1
+    first_order_fraction: float = 0.25
+
+
+@dataclass
+class TrainConfig:
+    """Meta-training and evaluation.
+
+    Attributes:
+        steps: Meta-iterations (outer steps).
+        meta_batch: Tasks per meta-iteration.
+        meta_lr: Adam learning rate β.
+        seed: Seed of initialisation, task sampling and the fixed evaluation tasks.
+        val_every: Validate every this many steps.
+        val_tasks: Fixed validation tasks.
+        test_tasks: Fixed test tasks.
+        log_every: Write a metrics line every this many steps.
+        checkpoint_every: Write ``checkpoint.pt`` every this many steps.
+        diag_every: Log gradient diagnostics every this many steps (0: never).
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        batched: Run the meta-batch's tasks together with vmap where the domain allows (``auto``/``on``/``off``).
+        nan_policy: On a NaN/inf loss or gradient: ``stop`` or ``skip`` the meta-batch.
+    """
+
+    steps: int | None = None
+    meta_batch: int | None = None
+    meta_lr: float = 1e-3
+    seed: int = 0
+    val_every: int | None = None
+    val_tasks: int = 100
+    test_tasks: int | None = None
+    log_every: int = 10
+    checkpoint_every: int = 200
+    diag_every: int = 0
+    device: str = "cpu"
+    batched: str = "auto"
+    nan_policy: str = "stop"
+
+
+@dataclass
+class RunConfig:
+    """Where the run folder goes.
+
+    Attributes:
+        runs_dir: Parent folder of run folders.
+        name: Run folder name (default: derived from the settings and a timestamp).
+        overwrite: Replace an existing run folder of the same name.
+    """
+
+    runs_dir: str = "runs"
+    name: str | None = None
+    overwrite: bool = False
+
+
+@dataclass
+class Config:
+    """A whole experiment: ``data``, ``model``, ``algo``, ``train`` and ``run`` sections."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (for ``config.yaml``)."""
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _section_types(section: str) -> dict[str, Any]:
+    cls = {"data": DataConfig, "model": ModelConfig, "algo": AlgoConfig, "train": TrainConfig,
+           "run": RunConfig}[section]
+    return get_type_hints(cls)
+
+
+def _coerce(section: str, key: str, value: Any, typ: Any) -> Any:
+    text = str(typ)
+    if value is None:
+        if "None" in text:
+            return None
+        raise ConfigError(f"config key {section}.{key} may not be null; give a value of type {text}")
+    want_bool, want_int, want_float = "bool" in text, "int" in text, "float" in text
+    if want_bool and isinstance(value, bool):
+        return value
+    if want_int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if want_float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if "str" in text and isinstance(value, str):
+        return value
+    raise ConfigError(f"config key {section}.{key} = {value!r} has the wrong type; expected {text}")
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str) -> Config:
+    """Apply a nested ``{section: {key: value}}`` mapping onto ``cfg``, rejecting unknown sections and keys."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections ({', '.join(SECTIONS)}), got "
+                          f"{type(overrides).__name__}")
+    for section, values in overrides.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section {section!r}; valid sections: {', '.join(SECTIONS)}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section {section!r} must be a mapping of keys to values")
+        types = _section_types(section)
+        target = getattr(cfg, section)
+        for key, value in values.items():
+            if key not in types:
+                raise ConfigError(f"{source}: unknown key {section}.{key}; valid keys of {section}: "
+                                  f"{', '.join(types)}")
+            setattr(target, key, _coerce(section, key, value, types[key]))
+    return cfg
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file with ``safe_load``; a missing or malformed file gives a ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist; pass an existing YAML file to --config "
+                          f"(examples in configs/)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML ({exc.__class__.__name__}); fix its "
+                          f"syntax") from None
+    return data or {}
+
+
+def from_yaml(path: str | Path, base: Config | None = None) -> Config:
+    """A config from defaults overridden by a YAML file."""
+    return apply_overrides(base or Config(), load_yaml(path), f"config file {str(path)!r}")

@@ -1,0 +1,53 @@
+"""Stateless forward passes over parameter dicts, per task or batched over tasks with ``torch.func.vmap``.
+
+Why: the inner loop must evaluate the network with adapted weights that live in dicts. In batched mode every
+tensor of ``params`` and the inputs carry a leading task dimension; ``vmap`` runs the same functional call for
+all tasks of a meta-batch at once, and ordinary autograd (``torch.autograd.grad``) differentiates through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from cmlgraph.core.model import MetaModel, sub
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def call(module: nn.Module, params: Mapping[str, Tensor], x: Any, batched: bool = False) -> Tensor:
+    """Run ``module`` with ``params``; when ``batched``, over a leading task dimension of params and x."""
+    if not batched:
+        return functional_call(module, dict(params), (x,))
+
+    def one(p: dict[str, Tensor], xi: Tensor) -> Tensor:
+        return functional_call(module, p, (xi,))
+
+    return vmap(one, in_dims=(0, 0), randomness="different")(dict(params), x)
+
+
+def features(model: MetaModel, params: Mapping[str, Tensor], x: Any, batched: bool = False) -> Tensor:
+    """The extractor's features g_ψ(x) under the ``extractor.*`` entries of ``params``."""
+    return call(model.extractor, sub(params, "extractor"), x, batched)
+
+
+def head(model: MetaModel, params: Mapping[str, Tensor], feats: Tensor, batched: bool = False) -> Tensor:
+    """The meta-learner head h_θ on features."""
+    return call(model.head, sub(params, "head"), feats, batched)
+
+
+def co_head(model: MetaModel, params: Mapping[str, Tensor], feats: Tensor, batched: bool = False) -> Tensor:
+    """The co-learner c_φ on features."""
+    if model.co is None:
+        raise ValueError("this model has no co-learner (build it with co_depth set)")
+    return call(model.co, sub(params, "co"), feats, batched)
+
+
+def task_loss(loss_fn: LossFn, pred: Tensor, y: Tensor, batched: bool = False) -> Tensor:
+    """Per-task loss: a scalar, or ``Tensor[B]`` when batched."""
+    if not batched:
+        return loss_fn(pred, y)
+    return vmap(loss_fn)(pred, y)

@@ -1,0 +1,68 @@
+"""Domain construction from a config, and the per-domain defaults of unset settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cmlgraph.config import TASKS, Config
+from cmlgraph.domains.base import Domain
+from cmlgraph.errors import ConfigError
+
+#: Values used where the config leaves a setting ``None``; per domain, following each field's literature.
+DOMAIN_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "sinusoid": {  # Finn et al. 2017
+        "data": {"shots": 5, "queries": 10},
+        "model": {"hidden": 40},
+        "algo": {"inner_steps": 1, "inner_lr": 0.01, "co_depth": 0},
+        "train": {"steps": 5000, "meta_batch": 25, "val_every": 250, "test_tasks": 600},
+    },
+    "graph": {
+        "data": {"shots": 3, "queries": 10},
+        "model": {"hidden": 64},
+        "algo": {"inner_steps": 2, "inner_lr": 0.5, "co_depth": 0},
+        "train": {"steps": 300, "meta_batch": 4, "val_every": 50, "test_tasks": 500},
+    },
+    "omniglot": {  # Finn et al. 2017, meta-batch reduced for CPUs
+        "data": {"shots": 1, "queries": 5},
+        "model": {"hidden": 64},
+        "algo": {"inner_steps": 1, "inner_lr": 0.4, "co_depth": 2},
+        "train": {"steps": 1000, "meta_batch": 8, "val_every": 100, "test_tasks": 600},
+    },
+    "digits": {
+        "data": {"shots": 1, "queries": 5},
+        "model": {"hidden": 64},
+        "algo": {"inner_steps": 1, "inner_lr": 0.4, "co_depth": 2},
+        "train": {"steps": 300, "meta_batch": 8, "val_every": 50, "test_tasks": 600},
+    },
+}
+
+
+def fill_defaults(cfg: Config) -> Config:
+    """Fill every ``None`` setting with the domain's default (in place) and return ``cfg``."""
+    if cfg.data.task not in TASKS:
+        raise ConfigError(f"unknown task {cfg.data.task!r}; valid tasks: {', '.join(TASKS)}")
+    for section, values in DOMAIN_DEFAULTS[cfg.data.task].items():
+        target = getattr(cfg, section)
+        for key, value in values.items():
+            if getattr(target, key) is None:
+                setattr(target, key, value)
+    if cfg.data.task == "sinusoid":
+        cfg.data.ways = 1
+    return cfg
+
+
+def build_domain(cfg: Config) -> Domain:
+    """The domain a (defaults-filled) config asks for; data problems raise before any run folder exists."""
+    task = cfg.data.task
+    if task == "sinusoid":
+        from cmlgraph.domains.sinusoid import SinusoidDomain
+
+        hidden = tuple([int(cfg.model.hidden)] * cfg.model.layers)
+        return SinusoidDomain(shots=int(cfg.data.shots), queries=int(cfg.data.queries), hidden=hidden)
+    if task == "graph":
+        from cmlgraph.domains.graph import GraphDomain
+
+        return GraphDomain.from_config(cfg)
+    from cmlgraph.domains.images import ImageDomain
+
+    return ImageDomain.from_config(cfg)
