@@ -22,7 +22,7 @@ class ImageFewShotDataset:
         images: ``float32[N, C, H, W]`` in ``[0, 1]``.
         labels: ``int64[N]`` class ids ``0..num_classes-1``.
         splits: ``{"train", "val", "test"}`` → disjoint, sorted lists of class ids.
-        partial: True when the data is not the full standard dataset or split (reported in ``summary.json``).
+        partial: True when the data is a subset of the standard dataset (reported in ``summary.json``).
         notes: Human-readable notes on what was used and why (partial data, split choices).
         info: Extra facts: ``class_names`` (one per class id), ``num_classes``, ``image_size``, source files,
         ...

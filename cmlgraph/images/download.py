@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import stat
 import tempfile
 import urllib.error
 import urllib.request
@@ -27,6 +28,14 @@ def file_md5(path: Path) -> str:
         for chunk in iter(lambda: f.read(CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _writable(folder: Path) -> bool:
+    """Whether ``folder`` is a writable directory.
+
+    Mode bits count too: ``os.access`` ignores them for root, and a read-only data root must stay unwritten.
+    """
+    return folder.is_dir() and os.access(folder, os.W_OK) and bool(folder.stat().st_mode & stat.S_IWUSR)
 
 
 def download_url(url: str, dest: str | os.PathLike[str], md5: str, timeout: float = 60.0) -> Path:
@@ -49,6 +58,12 @@ def download_url(url: str, dest: str | os.PathLike[str], md5: str, timeout: floa
     if dest.is_file() and file_md5(dest) == md5:
         return dest
     folder = dest.parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not _writable(existing):
+        raise DataError(
+            f"{existing} is not writable, so {url} cannot be downloaded to {folder}; pass a writable data "
+            f"root (root= or CMLGRAPH_DATA) or place {dest.name} there by hand"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -56,11 +71,6 @@ def download_url(url: str, dest: str | os.PathLike[str], md5: str, timeout: floa
             f"cannot create {folder} to download {url} ({err}); pass a writable data root "
             "(root= or CMLGRAPH_DATA)"
         ) from err
-    if not os.access(folder, os.W_OK):
-        raise DataError(
-            f"{folder} is not writable, so {url} cannot be downloaded there; pass a writable data root "
-            f"(root= or CMLGRAPH_DATA) or place {dest.name} there by hand"
-        )
     dest.unlink(missing_ok=True)  # a corrupted earlier copy must not survive a failed download
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=folder)
     tmp = Path(tmp_name)

@@ -144,6 +144,7 @@ def decode_omniglot(zips: list[Path], image_size: int) -> DecodedOmniglot:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, images=images, char_index=char_index, characters=np.array(characters, dtype=str))
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,93 @@
+"""Few-shot image classification (Omniglot, scikit-learn digits) on the Conv4 backbone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cmlgraph.backbones.conv4 import Conv4Backbone
+from cmlgraph.config import Config
+from cmlgraph.core.episode import Episode
+from cmlgraph.domains.base import Domain
+from cmlgraph.images import (
+    ImageEpisode,
+    ImageEpisodeSampler,
+    ImageFewShotDataset,
+    episodes_from_state,
+    episodes_to_state,
+    load_images,
+)
+
+
+class ImageDomain(Domain):
+    """N-way K-shot image tasks over disjoint train/val/test classes.
+
+    Args:
+        dataset: The loaded image dataset.
+        ways: Classes per task.
+        shots: Support images per class.
+        queries: Query images per class.
+    """
+
+    metric = "accuracy"
+
+    def __init__(self, dataset: ImageFewShotDataset, ways: int, shots: int, queries: int) -> None:
+        self.dataset = dataset
+        self.name = dataset.name
+        self.task = dataset.name
+        self.out_dim = ways
+        self.ways, self.shots, self.queries = ways, shots, queries
+        self.partial = bool(dataset.partial)
+        self.notes = list(dataset.notes)
+        # Built now so impossible settings fail before any run folder exists.
+        self.samplers = {split: ImageEpisodeSampler(dataset.labels, dataset.splits[split], ways, shots, queries)
+                         for split in ("train", "val", "test")}
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> ImageDomain:
+        """Load the dataset named by ``data.task`` (``omniglot`` or ``digits``)."""
+        kwargs: dict[str, Any] = {"image_size": cfg.data.image_size, "seed": cfg.train.seed}
+        if cfg.data.task == "omniglot":
+            kwargs.update(rotations=cfg.data.rotations, split=_split_arg(cfg.data.split))
+        ds = load_images(cfg.data.task, cfg.data.data_root, **kwargs)
+        return cls(ds, cfg.data.ways, int(cfg.data.shots), int(cfg.data.queries))
+
+    def build_extractor(self) -> Conv4Backbone:
+        """Conv4 at the dataset's image size."""
+        c, h, _ = self.dataset.image_shape
+        return Conv4Backbone(in_channels=c, image_size=h)
+
+    def sample(self, split: str, n: int, generator: torch.Generator) -> list[ImageEpisode]:
+        """``n`` episodes of a split drawn from ``generator``."""
+        sampler = self.samplers[split]
+        sampler.generator = generator
+        return [sampler.sample() for _ in range(n)]
+
+    def materialize(self, raw: ImageEpisode, device: torch.device | str = "cpu") -> Episode:
+        """Gather the episode's images."""
+        sx, sy, qx, qy = self.dataset.episode_tensors(raw)
+        return Episode(sx.to(device), sy.to(device), qx.to(device), qy.to(device))
+
+    def to_state(self, raws: list[ImageEpisode]) -> dict[str, Tensor]:
+        """Stacked image indices of the episodes."""
+        return episodes_to_state(raws)
+
+    def from_state(self, state: dict[str, Tensor]) -> list[ImageEpisode]:
+        """Inverse of :meth:`to_state`."""
+        return episodes_from_state(state)
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the summary."""
+        return {**super().describe(), "ways": self.ways, "shots": self.shots, "queries": self.queries,
+                "classes": {k: len(v) for k, v in self.dataset.splits.items()}}
+
+
+def _split_arg(split: str | None) -> Any:
+    if split is None or split in ("vinyals", "seeded"):
+        return split
+    parts = split.split("/")
+    if len(parts) == 3 and all(p.isdigit() for p in parts):
+        return tuple(int(p) for p in parts)
+    return split

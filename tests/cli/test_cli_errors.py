@@ -1,0 +1,54 @@
+"""Bad CLI input exits non-zero with one line naming the problem, no traceback, no run folder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def _run(args, cwd):
+    return subprocess.run([sys.executable, "-m", "cmlgraph", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["train", "--task", "sinusoid", "--algo", "reptile"], "unknown algorithm|--algo = 'reptile'"),
+        (["train", "--task", "sinusoid", "--shots", "0"], "--shots 0"),
+        (["train", "--task", "sinusoid", "--shots", "-2"], "--shots -2"),
+        (["train", "--config", "nope.yaml"], "nope.yaml"),
+        (["train", "--config", "bad.yaml"], "unknown key train.stepz"),
+        (["train", "--task", "sinusoid", "--control", "noise"], "--no-cml"),
+        (["train", "--task", "pictures"], "unknown task"),
+    ],
+)
+def test_bad_input_one_line_error_no_run_folder(tmp_path, args, pattern):
+    (tmp_path / "bad.yaml").write_text("train:\n  stepz: 3\n")
+    res = _run([*args, "--runs-dir", str(tmp_path / "runs")], tmp_path)
+    assert res.returncode != 0
+    err = res.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    import re
+
+    assert re.search(pattern, err), err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_unknown_config_key_lists_valid_keys(tmp_path):
+    (tmp_path / "bad.yaml").write_text("algo:\n  gama: 3\n")
+    res = _run(["train", "--config", "bad.yaml"], tmp_path)
+    assert res.returncode != 0 and "gamma" in res.stderr and "co_depth" in res.stderr
+
+
+def test_train_and_eval_end_to_end(tmp_path):
+    res = _run(["train", "--task", "sinusoid", "--shots", "5", "--steps", "6", "--meta-batch", "3",
+                "--val-every", "3", "--test-tasks", "10", "--runs-dir", "runs", "--name", "e2e", "--quiet"],
+               tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "test MSE" in res.stdout
+    res = _run(["eval", "runs/e2e"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "mse" in res.stdout

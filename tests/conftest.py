@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny float64 models and episodes for exact gradient checks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from cmlgraph.backbones.mlp import MLPBackbone
+from cmlgraph.core.episode import Episode
+from cmlgraph.core.model import MetaModel
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The real data root: $CMLGRAPH_DATA, else ../shared/datasets."""
+    return Path(os.environ.get("CMLGRAPH_DATA", SHARED))
+
+
+def tiny_model(co_depth: int | None = 0, seed: int = 0, out: int = 3) -> MetaModel:
+    """A 2→4→4 MLP extractor with linear heads, in float64."""
+    torch.manual_seed(seed)
+    return MetaModel(MLPBackbone(2, (4, 4)), out, co_depth).double()
+
+
+def tiny_episodes(n: int = 2, ways: int = 3, seed: int = 1) -> list[Episode]:
+    """Random 3-way classification episodes in float64."""
+    g = torch.Generator().manual_seed(seed)
+    eps = []
+    for _ in range(n):
+        sx = torch.randn(ways * 2, 2, generator=g, dtype=torch.float64)
+        qx = torch.randn(ways * 3, 2, generator=g, dtype=torch.float64)
+        sy = torch.arange(ways).repeat(2)
+        qy = torch.arange(ways).repeat(3)
+        eps.append(Episode(sx, sy, qx, qy))
+    return eps
