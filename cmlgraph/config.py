@@ -182,10 +182,12 @@ class Config:
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
 
+SECTION_CLASSES: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "algo": AlgoConfig,
+                                     "train": TrainConfig, "run": RunConfig}
+
+
 def _section_types(section: str) -> dict[str, Any]:
-    cls = {"data": DataConfig, "model": ModelConfig, "algo": AlgoConfig, "train": TrainConfig,
-           "run": RunConfig}[section]
-    return get_type_hints(cls)
+    return get_type_hints(SECTION_CLASSES[section])
 
 
 def _coerce(section: str, key: str, value: Any, typ: Any) -> Any:
@@ -203,7 +205,31 @@ def _coerce(section: str, key: str, value: Any, typ: Any) -> Any:
         return float(value)
     if "str" in text and isinstance(value, str):
         return value
+    if want_float and isinstance(value, str):
+        # YAML 1.1 reads ``1e-3`` (no dot) as a string; accept the numbers users obviously mean.
+        try:
+            return float(value.strip())
+        except ValueError:
+            pass
     raise ConfigError(f"config key {section}.{key} = {value!r} has the wrong type; expected {text}")
+
+
+def check_types(cfg: Config) -> Config:
+    """Check (and normalise, e.g. int → float) the type of every setting of ``cfg`` in place.
+
+    Configs built in Python bypass :func:`apply_overrides`; this gives them the same checks.
+
+    Raises:
+        ConfigError: A section is not the right dataclass, or a value has the wrong type.
+    """
+    for section, cls in SECTION_CLASSES.items():
+        target = getattr(cfg, section, None)
+        if not isinstance(target, cls):
+            raise ConfigError(f"config section {section!r} is {type(target).__name__}, not {cls.__name__}; build "
+                              f"configs with Config() or apply_overrides")
+        for key, typ in _section_types(section).items():
+            setattr(target, key, _coerce(section, key, getattr(target, key), typ))
+    return cfg
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str) -> Config:
@@ -217,7 +243,8 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str) -> Conf
         if values is None:
             continue
         if not isinstance(values, dict):
-            raise ConfigError(f"{source}: section {section!r} must be a mapping of keys to values")
+            raise ConfigError(f"{source}: section {section!r} must be a mapping of keys to values, got "
+                              f"{type(values).__name__}")
         types = _section_types(section)
         target = getattr(cfg, section)
         for key, value in values.items():
@@ -229,17 +256,26 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str) -> Conf
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file with ``safe_load``; a missing or malformed file gives a ConfigError."""
+    """Read a YAML config file with ``safe_load``; a missing or malformed file gives a ConfigError.
+
+    ``safe_load`` refuses tags such as ``!!python/object``, so a config file can never run code.
+    """
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist; pass an existing YAML file to --config "
+        what = "is a folder, not a file" if p.is_dir() else "does not exist"
+        raise ConfigError(f"config file {str(p)!r} {what}; pass an existing YAML file to --config "
                           f"(examples in configs/)")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML ({exc.__class__.__name__}); fix its "
+    except yaml.constructor.ConstructorError as exc:
+        raise ConfigError(f"config file {str(p)!r} uses a YAML tag that is refused ({exc.problem}); only plain "
+                          f"mappings, lists, strings and numbers are allowed (no !!python/... objects)") from None
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML ({exc.__class__.__name__}{at}); fix its "
                           f"syntax") from None
-    return data or {}
+    return {} if data is None else data
 
 
 def from_yaml(path: str | Path, base: Config | None = None) -> Config:

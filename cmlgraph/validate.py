@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import re
+from pathlib import Path
 
 import torch
 
-from cmlgraph.config import Config
+from cmlgraph.config import SECTION_CLASSES, Config, check_types
 from cmlgraph.errors import ConfigError
+
+#: No setting sensibly exceeds this; larger integers would overflow torch's 64-bit arithmetic downstream.
+MAX_INT = 2**31 - 1
 
 
 def _need(ok: bool, message: str) -> None:
@@ -19,10 +24,53 @@ def _choice(name: str, value: str, choices: tuple[str, ...] | list[str]) -> None
     _need(value in choices, f"{name} = {value!r} is not valid; choose one of: {', '.join(choices)}")
 
 
+def _ranges(cfg: Config) -> None:
+    """Every float finite, every integer within :data:`MAX_INT`."""
+    for section in SECTION_CLASSES:
+        for key, value in vars(getattr(cfg, section)).items():
+            if isinstance(value, float):
+                _need(math.isfinite(value), f"{section}.{key} = {value}: must be a finite number")
+            elif isinstance(value, int) and not isinstance(value, bool):
+                _need(abs(value) <= MAX_INT, f"{section}.{key} = {value}: too large; use a value below {MAX_INT}")
+
+
+def _split(task: str, split: str | None) -> None:
+    if split is None:
+        return
+    parts = split.split("/")
+    if len(parts) == 3 and all(p.strip().isdigit() for p in parts):
+        return
+    if task == "graph":
+        _need(Path(split).is_file(), f"--split {split!r} is neither TRAIN/VAL/TEST class counts like '10/5/5' "
+                                     f"nor an existing JSON file of class ids")
+    elif task == "omniglot":
+        _need(split in ("vinyals", "seeded") or Path(split).is_file(),
+              f"--split {split!r}: use vinyals, seeded or TRAIN/VAL/TEST class counts like '1100/100/423'")
+
+
+def _run(cfg: Config) -> None:
+    from cmlgraph.train.run_dir import check_name
+
+    if cfg.run.name:
+        check_name(cfg.run.name)
+    _need(bool(cfg.run.runs_dir.strip()), "--runs-dir is empty; give a folder (default: runs)")
+    runs = Path(cfg.run.runs_dir)
+    for p in (runs, *runs.parents):
+        if p.exists():
+            _need(p.is_dir(), f"--runs-dir {cfg.run.runs_dir!r}: {p} exists and is not a folder")
+            break
+
+
 def validate_config(cfg: Config) -> None:
-    """Validate a defaults-filled config; raises :class:`ConfigError` on the first problem."""
+    """Validate a defaults-filled config; raises :class:`ConfigError` on the first problem.
+
+    Checks types (normalising int to float where a float is expected), ranges, choices, combinations and the
+    run folder settings, so nothing is written before every setting is known to be usable.
+    """
     from cmlgraph.algorithms.registry import ALGORITHMS
 
+    check_types(cfg)
+    _ranges(cfg)
     d, m, a, t = cfg.data, cfg.model, cfg.algo, cfg.train
     regression = d.task == "sinusoid"
     if not regression:
@@ -31,6 +79,7 @@ def validate_config(cfg: Config) -> None:
     _need(d.queries is not None and d.queries >= 1, f"--queries {d.queries}: queries must be a positive integer")
     _choice("data.subgraph", d.subgraph, ("auto", "full", "khop"))
     _need(d.subgraph_threshold >= 0, "data.subgraph_threshold must be >= 0")
+    _split(d.task, d.split)
     _need(d.synthetic_nodes >= 10, f"data.synthetic_nodes = {d.synthetic_nodes}: need at least 10 nodes")
     _need(d.synthetic_classes >= 2, f"data.synthetic_classes = {d.synthetic_classes}: need at least 2 classes")
     _need(8 <= d.image_size <= 512, f"data.image_size = {d.image_size}: use a size between 8 and 512 pixels")
@@ -45,6 +94,9 @@ def validate_config(cfg: Config) -> None:
     _need(m.gat_heads >= 1, f"model.gat_heads = {m.gat_heads}: must be >= 1")
 
     _choice("--algo", a.algo, list(ALGORITHMS))
+    if regression:
+        _need(a.algo != "protonet", "--algo protonet classifies by class prototypes; sinusoid is regression: "
+                                    "use maml, anil, boil, maml++ or sharp-maml")
     _need(a.gamma >= 0, f"--gamma {a.gamma}: γ weights the co-learner loss and must be >= 0")
     _need(a.co_depth is not None and a.co_depth >= 0, f"--co-depth {a.co_depth}: must be >= 0")
     _choice("--control", a.control, ("none", "cl", "noise"))
@@ -64,7 +116,7 @@ def validate_config(cfg: Config) -> None:
     _need(t.steps is not None and t.steps >= 1, f"--steps {t.steps}: must be >= 1")
     _need(t.meta_batch is not None and t.meta_batch >= 1, f"--meta-batch {t.meta_batch}: must be >= 1")
     _need(t.meta_lr > 0, f"--meta-lr {t.meta_lr}: must be > 0")
-    _need(t.seed >= 0, f"--seed {t.seed}: must be >= 0")
+    _need(0 <= t.seed <= MAX_INT, f"--seed {t.seed}: must be in [0, {MAX_INT}]")
     for key in ("val_every", "val_tasks", "test_tasks", "log_every", "checkpoint_every"):
         value = getattr(t, key)
         _need(value is not None and value >= 1, f"train.{key} = {value}: must be >= 1")
@@ -76,3 +128,9 @@ def validate_config(cfg: Config) -> None:
     if t.device.startswith("cuda"):
         _need(torch.cuda.is_available(), f"--device {t.device}: no CUDA device is available; use --device cpu "
                                          f"or install a CUDA build of torch (see README)")
+        index = int(t.device.partition(":")[2] or 0)
+        count = torch.cuda.device_count()
+        _need(index < count, f"--device {t.device}: only {count} CUDA device(s); use cuda:0..cuda:{count - 1}")
+    if t.device == "mps":
+        _need(torch.backends.mps.is_available(), "--device mps: MPS is not available here; use --device cpu")
+    _run(cfg)

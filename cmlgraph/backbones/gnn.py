@@ -4,7 +4,9 @@ Why this shape: the CML inner loop evaluates the backbone through ``torch.func.f
 adapted, non-leaf weights and differentiates twice through it, several times per task. So the modules hold
 weights only; everything that depends on the graph alone (normalised adjacency, SGC's propagated features)
 lives in ``GraphInput.cache`` and is built once per graph; and sparse node features (bag-of-words) are
-multiplied by the first layer's weight with ``torch.sparse.mm`` and never densified.
+multiplied by the first layer's weight with ``torch.sparse.mm`` and never densified. Sparse features and
+adjacencies are cached as CSR matrices together with their transposes, which the backward (and double
+backward) passes need; torch would otherwise rebuild and re-sort them on every backward.
 
 Layer semantics (PyG's convs, exact): ``layers`` message-passing layers of width ``hidden``; dropout on the
 input of every layer (training mode only; sparse inputs drop stored values); ReLU between layers; **no
@@ -30,6 +32,7 @@ from torch_geometric.nn.conv import MessagePassing
 
 from cmlgraph.backbones.base import Backbone
 from cmlgraph.backbones.gnn_ops import (
+    FastSparseAggregation,
     SparseLinear,
     cached,
     feature_dropout,
@@ -40,11 +43,29 @@ from cmlgraph.backbones.gnn_ops import (
     select_rows,
     self_loop_edge_index,
     sparse_aware_linear,
+    sparse_features,
+    sparse_matmul,
     sparse_nnz,
     sum_adj,
 )
 from cmlgraph.errors import ConfigError
 from cmlgraph.graphs.types import GraphInput
+
+
+class _GCNConv(FastSparseAggregation, GCNConv):
+    """PyG's GCNConv aggregating with a cached adjacency transpose (see ``FastSparseAggregation``)."""
+
+
+class _SGConv(FastSparseAggregation, SGConv):
+    """PyG's SGConv aggregating with a cached adjacency transpose."""
+
+
+class _SAGEConv(FastSparseAggregation, SAGEConv):
+    """PyG's SAGEConv aggregating with a cached adjacency transpose."""
+
+
+class _GINConv(FastSparseAggregation, GINConv):
+    """PyG's GINConv aggregating with a cached adjacency transpose."""
 
 
 @dataclass(frozen=True)
@@ -115,13 +136,9 @@ class GNNBackbone(Backbone):
         super().__init__()
         self.spec = _check_kind(kind)
         if in_dim < 1 or hidden < 1 or layers < 1:
-            raise ConfigError(
-                f"GNN sizes must be positive, got in_dim={in_dim}, hidden={hidden}, layers={layers}"
-            )
+            raise ConfigError(f"GNN sizes must be positive, got in_dim={in_dim}, hidden={hidden}, layers={layers}")
         if not 0.0 <= dropout < 1.0 or not 0.0 <= attn_dropout < 1.0:
-            raise ConfigError(
-                f"dropout must be in [0, 1), got dropout={dropout}, attn_dropout={attn_dropout}"
-            )
+            raise ConfigError(f"dropout must be in [0, 1), got dropout={dropout}, attn_dropout={attn_dropout}")
         if kind == "gat" and (heads < 1 or hidden % heads != 0):
             raise ConfigError(f"GAT heads={heads} must be >= 1 and divide hidden={hidden}; change either")
         self.kind = kind
@@ -135,7 +152,7 @@ class GNNBackbone(Backbone):
         self.feature_dim = hidden
         self.hops = layers
         if kind == "sgc":
-            conv = SGConv(in_dim, hidden, K=layers, cached=False, add_self_loops=True)
+            conv = _SGConv(in_dim, hidden, K=layers, cached=False, add_self_loops=True)
             conv.lin = SparseLinear.from_linear(conv.lin)
             self.convs = nn.ModuleList([conv])
             return
@@ -143,21 +160,19 @@ class GNNBackbone(Backbone):
         for i in range(layers):
             d = in_dim if i == 0 else hidden
             if kind == "gcn":
-                conv = GCNConv(d, hidden, cached=False, normalize=False)
+                conv = _GCNConv(d, hidden, cached=False, normalize=False)
                 if i == 0:
                     conv.lin = SparseLinear.from_linear(conv.lin)
             elif kind == "sage":
                 # Sum over the row-normalised adjacency == mean aggregation (see gnn_ops).
-                conv = SAGEConv(d, hidden, aggr="sum")
+                conv = _SAGEConv(d, hidden, aggr="sum")
             elif kind == "gat":
-                conv = GATConv(
-                    d, hidden // heads, heads=heads, concat=True, dropout=attn_dropout, add_self_loops=False
-                )
+                conv = GATConv(d, hidden // heads, heads=heads, concat=True, dropout=attn_dropout, add_self_loops=False)
                 if i == 0:
                     conv.lin = SparseLinear.from_linear(conv.lin)
             else:
                 mlp = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
-                conv = GINConv(mlp, eps=0.0, train_eps=train_eps)
+                conv = _GINConv(mlp, eps=0.0, train_eps=train_eps)
             convs.append(conv)
         self.convs = nn.ModuleList(convs)
 
@@ -166,7 +181,7 @@ class GNNBackbone(Backbone):
         if self.kind == "sgc":
             return self._forward_sgc(inputs)
         graph = self._graph(inputs)
-        h = inputs.x
+        h = sparse_features(inputs)
         last = len(self.convs) - 1
         for i, conv in enumerate(self.convs):
             h = feature_dropout(h, self.dropout, self.training)
@@ -206,11 +221,9 @@ class GNNBackbone(Backbone):
         """SGC: ``(Â^K X)[nodes] W + b``, with ``Â^K X`` computed once per graph when ``X`` is fixed."""
         conv = self.convs[0]
         assert isinstance(conv, SGConv)
-        x = inputs.x
+        x = sparse_features(inputs)
         if x.requires_grad:
-            propagated: Tensor | None = (
-                self._propagate_dense(gcn_adj(inputs), x) if not is_sparse(x) else None
-            )
+            propagated: Tensor | None = self._propagate_dense(gcn_adj(inputs), x) if not is_sparse(x) else None
         else:
             propagated = cached(inputs, f"sgc/x/K={self.hops}", lambda: self._precompute_sgc(inputs))
         if propagated is not None:
@@ -226,7 +239,7 @@ class GNNBackbone(Backbone):
 
     def _propagate_dense(self, adj_t: Tensor, h: Tensor) -> Tensor:
         for _ in range(self.hops):
-            h = torch.sparse.mm(adj_t, h)
+            h = sparse_matmul(adj_t, h)
         return h
 
     def _precompute_sgc(self, inputs: GraphInput) -> Tensor | None:

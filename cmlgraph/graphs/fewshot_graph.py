@@ -33,6 +33,8 @@ class FewShotGraph:
         partial: True when some of the dataset's files were missing and only part of it was loaded.
         notes: Human-readable notes (what was dropped, symmetrised, partial, how the split was chosen).
         info: Provenance: source URLs, citation, split description, label names...
+        full_graph_cache: The ``GraphInput.cache`` shared by every full-graph episode input of this graph, so a
+            backbone's per-graph precomputation (e.g. the normalised adjacency) is done once.
     """
 
     name: str
@@ -44,6 +46,7 @@ class FewShotGraph:
     notes: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     _adjacency: tuple[Tensor, Tensor] | None = field(default=None, repr=False, compare=False)
+    full_graph_cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_nodes(self) -> int:
@@ -101,8 +104,10 @@ class FewShotGraph:
         """
         if self._adjacency is None:
             row, col = self.edge_index
-            order = torch.argsort(row * self.num_nodes + col)
-            col_sorted = col[order].contiguous()
+            if row.numel() and bool((row[1:] < row[:-1]).any()):
+                col_sorted = col[torch.argsort(row, stable=True)].contiguous()
+            else:
+                col_sorted = col.contiguous()
             counts = torch.bincount(row, minlength=self.num_nodes)
             rowptr = torch.zeros(self.num_nodes + 1, dtype=torch.long)
             torch.cumsum(counts, 0, out=rowptr[1:])

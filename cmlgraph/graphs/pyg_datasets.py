@@ -172,7 +172,8 @@ def pyg_specs() -> list[DatasetSpec]:
                         "seeded 1/1/1 classes: PubMed has only 3 classes, so no class-disjoint 2-way split exists; "
                         "give your own --split"),
         _npz_spec("coauthor-cs", "Coauthor-CS", "ms_academic_cs.npz", "CS",
-                  ("coauthor_cs", "coauthor-cs.zip", "a69e43a2a3418c44e7660f1405c4298ac270ac57884a4318d1deb8861c6ec935"),
+                  ("coauthor_cs", "coauthor-cs.zip",
+                   "a69e43a2a3418c44e7660f1405c4298ac270ac57884a4318d1deb8861c6ec935"),
                   "sha256:933c745734e78908c7eb77172a673fee0503f30e26e5a99b36814d88534c42e3",
                   GNN_BENCHMARK_URL + "ms_academic_cs.npz",
                   {"nodes": 18333, "edges": 163788, "features": 6805, "classes": 15}, "5/5/5",

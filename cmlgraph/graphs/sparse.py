@@ -18,7 +18,7 @@ def scipy_to_torch(matrix: sp.spmatrix | sp.sparray, dtype: torch.dtype = torch.
     coo.sum_duplicates()
     indices = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
     values = torch.from_numpy(np.asarray(coo.data)).to(dtype)
-    return torch.sparse_coo_tensor(indices, values, coo.shape, is_coalesced=True)
+    return torch.sparse_coo_tensor(indices, values, coo.shape, is_coalesced=True, check_invariants=False)
 
 
 def is_sparse(x: Tensor) -> bool:
@@ -50,7 +50,8 @@ def slice_rows(x: Tensor, index: Tensor) -> Tensor:
         offsets = torch.cumsum(counts, 0) - counts
         pos = torch.repeat_interleave(start - offsets, counts) + torch.arange(int(counts.sum()), device=x.device)
         indices = torch.stack([rows, col[pos]])
-        return torch.sparse_coo_tensor(indices, val[pos], (index.numel(), x.shape[1])).coalesce()
+        shape = (index.numel(), x.shape[1])
+        return torch.sparse_coo_tensor(indices, val[pos], shape, check_invariants=False).coalesce()
     return to_coo(x).index_select(0, index).coalesce()
 
 

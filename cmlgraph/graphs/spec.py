@@ -126,6 +126,11 @@ def find_raw(raw: RawFile, root: Path, cache: Path) -> Path | None:
     return None
 
 
+def file_name(raw: RawFile) -> str:
+    """The file name of ``raw`` (as it is called on disk)."""
+    return Path(raw.locations[-1]).name if raw.locations else raw.name
+
+
 def missing_message(spec_name: str, raw: RawFile, root: Path, cache: Path) -> str:
     """Explain that ``raw`` is missing: where it was looked for, its URL, and how to get it."""
     places = [str(root / loc) for loc in raw.locations] + [str(root / a.path) for a in raw.archives]
@@ -136,7 +141,7 @@ def missing_message(spec_name: str, raw: RawFile, root: Path, cache: Path) -> st
         if raw.url
         else "Place it at one of those paths"
     )
-    return f"dataset '{spec_name}' needs {raw.name}, which was not found (looked in {where}). {how}."
+    return f"dataset '{spec_name}' needs {file_name(raw)}, which was not found (looked in {where}). {how}."
 
 
 @dataclass
@@ -181,10 +186,12 @@ def download_missing(spec: DatasetSpec, root: Path, cache: Path) -> list[Path]:
         if find_raw(raw, root, cache) is not None:
             continue
         if raw.url is None:
-            raise DataError(f"dataset '{spec.name}' needs {raw.name}, which has no download URL; place it by hand")
+            raise DataError(
+                f"dataset '{spec.name}' needs {file_name(raw)}, which has no download URL; place it by hand"
+            )
         got.append(download_file(raw.url, cache / "raw" / raw.locations[-1], raw.checksum))
     return got
 
 
-__all__ = ["ArchiveSource", "DatasetSpec", "LoadRequest", "RawFile", "download_missing", "find_raw",
+__all__ = ["ArchiveSource", "DatasetSpec", "LoadRequest", "RawFile", "download_missing", "file_name", "find_raw",
            "missing_message"]

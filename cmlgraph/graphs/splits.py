@@ -11,13 +11,12 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Union
 
 import torch
 
 from cmlgraph.errors import ConfigError
 
-SplitSpec = Union[str, os.PathLike, Sequence[int], Mapping[str, Sequence[int]]]
+SplitSpec = str | os.PathLike | Sequence[int] | Mapping[str, Sequence[int]]
 _NAMES = ("train", "val", "test")
 
 

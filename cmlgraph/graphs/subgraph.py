@@ -70,7 +70,9 @@ def episode_input(graph: FewShotGraph, nodes: Tensor, hops: int | None) -> Graph
 
     Returns:
         A :class:`GraphInput` whose ``nodes`` index into its own ``x`` (remapped for subgraphs). The cache holds
-        ``"subset"``: the global ids of the subgraph's nodes (or None for the full graph).
+        ``"subset"``: the global ids of the subgraph's nodes (or None for the full graph). For the full graph the
+        cache is ``graph.full_graph_cache``, shared by all episodes, so backbones can keep precomputations there;
+        a subgraph gets a fresh cache.
 
     Raises:
         ConfigError: Negative ``hops`` or node ids out of range.
@@ -82,7 +84,8 @@ def episode_input(graph: FewShotGraph, nodes: Tensor, hops: int | None) -> Graph
             f"max {int(nodes.max())}. Draw episodes from this graph's labels"
         )
     if hops is None:
-        return GraphInput(x=graph.x, edge_index=graph.edge_index, nodes=nodes, cache={"subset": None})
+        graph.full_graph_cache.setdefault("subset", None)
+        return GraphInput(x=graph.x, edge_index=graph.edge_index, nodes=nodes, cache=graph.full_graph_cache)
     if not isinstance(hops, int) or hops < 0:
         raise ConfigError(f"hops={hops!r} is invalid; use None (full graph) or an integer >= 0")
     subset, edge_index = k_hop_nodes(graph, nodes, hops)

@@ -1,0 +1,134 @@
+"""Few-shot node classification on a graph with a GNN extractor.
+
+Episodes run on the full graph (the normalised adjacency and other graph-only precomputations are cached once
+for the whole run) or on the k-hop subgraph around each episode's nodes (the default above a size threshold;
+sparse features stay sparse). Support and query of one episode share one subgraph and its cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cmlgraph.backbones.gnn import GNNBackbone, gnn_hops
+from cmlgraph.config import Config
+from cmlgraph.core.episode import Episode
+from cmlgraph.domains.base import Domain
+from cmlgraph.graphs import (
+    EpisodeSampler,
+    FewShotGraph,
+    GraphInput,
+    NodeEpisode,
+    episode_input,
+    episodes_from_state,
+    episodes_to_state,
+    load_graph,
+)
+
+#: Graphs registered in memory by the Python API (``cmlgraph.fit``), looked up by name before the registry.
+CUSTOM_GRAPHS: dict[str, FewShotGraph] = {}
+
+
+def register_graph(graph: FewShotGraph) -> str:
+    """Make a user's graph loadable by name (``data.graph``) in this process; returns the name."""
+    CUSTOM_GRAPHS[graph.name] = graph
+    return graph.name
+
+
+class GraphDomain(Domain):
+    """N-way K-shot node classification over disjoint train/val/test classes of one graph.
+
+    Args:
+        graph: The few-shot graph.
+        ways: Classes per task.
+        shots: Support nodes per class.
+        queries: Query nodes per class.
+        gnn: GNN kind.
+        hidden: GNN width.
+        layers: GNN layers.
+        dropout: GNN dropout.
+        heads: GAT heads.
+        subgraph: ``auto``, ``full`` or ``khop``.
+        threshold: ``auto`` switches to k-hop subgraphs above this many nodes.
+    """
+
+    task = "graph"
+    metric = "accuracy"
+
+    def __init__(self, graph: FewShotGraph, ways: int, shots: int, queries: int, *, gnn: str = "gcn",
+                 hidden: int = 64, layers: int = 2, dropout: float = 0.0, heads: int = 4, subgraph: str = "auto",
+                 threshold: int = 50_000) -> None:
+        self.graph = graph
+        self.name = graph.name
+        self.out_dim = ways
+        self.ways, self.shots, self.queries = ways, shots, queries
+        self.gnn = dict(kind=gnn, hidden=hidden, layers=layers, dropout=dropout, heads=heads)
+        self.partial = bool(graph.partial)
+        self.notes = list(graph.notes)
+        self.mode = subgraph if subgraph != "auto" else ("khop" if graph.num_nodes > threshold else "full")
+        self.hops = gnn_hops(self.build_extractor(), exact=True) if self.mode == "khop" else None
+        # Built now, so impossible settings (too few classes, classes too small) fail before a run folder exists.
+        self.samplers = {split: EpisodeSampler(graph.y, graph.episode_classes(split), ways, shots, queries,
+                                               torch.Generator()) for split in ("train", "val", "test")}
+        self._full: dict[str, tuple[Tensor, Tensor, dict[str, Any]]] = {}
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> GraphDomain:
+        """Load ``data.graph`` (a registered or in-memory graph) and build the domain."""
+        d, m = cfg.data, cfg.model
+        if d.graph in CUSTOM_GRAPHS:
+            graph = CUSTOM_GRAPHS[d.graph]
+        else:
+            options: dict[str, Any] = {}
+            if d.graph == "synthetic":
+                options = {"num_nodes": d.synthetic_nodes, "num_classes": d.synthetic_classes}
+            graph = load_graph(d.graph, d.data_root, allow_partial=d.allow_partial, split=d.split,
+                               seed=cfg.train.seed, **options)
+        return cls(graph, d.ways, int(d.shots), int(d.queries), gnn=m.gnn, hidden=int(m.hidden), layers=m.layers,
+                   dropout=m.dropout, heads=m.gat_heads, subgraph=d.subgraph, threshold=d.subgraph_threshold)
+
+    def build_extractor(self) -> GNNBackbone:
+        """A fresh GNN on the graph's features."""
+        g = self.gnn
+        return GNNBackbone(g["kind"], self.graph.num_features, hidden=g["hidden"], layers=g["layers"],
+                           dropout=g["dropout"], heads=g["heads"])
+
+    def sample(self, split: str, n: int, generator: torch.Generator) -> list[NodeEpisode]:
+        """``n`` node episodes of a split drawn from ``generator``."""
+        sampler = self.samplers[split]
+        sampler.generator = generator
+        return [sampler.sample() for _ in range(n)]
+
+    def _full_graph(self, device: torch.device | str) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        key = str(device)
+        if key not in self._full:
+            self._full[key] = (self.graph.x.to(device), self.graph.edge_index.to(device), {})
+        return self._full[key]
+
+    def materialize(self, raw: NodeEpisode, device: torch.device | str = "cpu") -> Episode:
+        """Support and query inputs over the full graph or the episode's k-hop subgraph."""
+        ns = raw.support.numel()
+        if self.mode == "full":
+            x, ei, cache = self._full_graph(device)
+            nodes = torch.cat([raw.support, raw.query]).to(device)
+        else:
+            inp = episode_input(self.graph, torch.cat([raw.support, raw.query]), self.hops)
+            x, ei, cache, nodes = inp.x.to(device), inp.edge_index.to(device), inp.cache, inp.nodes.to(device)
+        return Episode(GraphInput(x, ei, nodes[:ns], cache), raw.support_y.to(device),
+                       GraphInput(x, ei, nodes[ns:], cache), raw.query_y.to(device))
+
+    def to_state(self, raws: list[NodeEpisode]) -> dict[str, Tensor]:
+        """Stacked node ids and labels of the episodes."""
+        return episodes_to_state(raws)
+
+    def from_state(self, state: dict[str, Tensor]) -> list[NodeEpisode]:
+        """Inverse of :meth:`to_state`."""
+        return episodes_from_state(state)
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the summary."""
+        return {**super().describe(), "ways": self.ways, "shots": self.shots, "queries": self.queries,
+                "mode": self.mode, "hops": self.hops, "nodes": self.graph.num_nodes,
+                "classes": {k: len(v) for k, v in self.graph.splits.items()}}
