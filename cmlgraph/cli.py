@@ -20,7 +20,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
                   help="Few-shot node classification with gradient-based meta-learning and CML.")
 datasets_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help="Graph datasets.")
 app.add_typer(datasets_app, name="datasets")
-console = Console()
+console = Console(width=max(Console().width, 150))
 
 
 def _overrides(**flags: Any) -> dict[str, dict[str, Any]]:
@@ -117,13 +117,28 @@ def datasets_list(data_root: str | None = typer.Option(None, help="Raw data root
 
     from cmlgraph.graphs import list_datasets
 
-    table = Table(title="graph datasets")
-    for col in ("name", "nodes", "edges", "features", "classes", "available", "source"):
-        table.add_column(col)
+    table = Table(title="graph datasets", show_lines=False)
+    table.add_column("name", no_wrap=True)
+    for col in ("nodes", "edges", "features", "classes"):
+        table.add_column(col, justify="right")
+    table.add_column("local", no_wrap=True)
+    table.add_column("source", overflow="fold")
     for row in list_datasets(data_root):
-        table.add_row(*(str(row.get(c, "")) for c in ("name", "nodes", "edges", "features", "classes",
-                                                      "available", "url")))
+        status = "yes" if row.get("available") else ("partial" if row.get("partial") else "no")
+        table.add_row(row["name"], *(f"{row.get(c):,}" if isinstance(row.get(c), int) else str(row.get(c, ""))
+                                     for c in ("nodes", "edges", "features", "classes")),
+                      status, str(row.get("url") or "generated"))
     console.print(table)
+
+
+@datasets_app.command("download")
+def datasets_download(name: str = typer.Argument(..., help="Dataset name (`cmlgraph datasets list`)."),
+                      data_root: str | None = typer.Option(None, help="Raw data root (read only).")) -> None:
+    """Download a dataset's missing raw files (checksummed, atomic) into the cache (needs internet)."""
+    from cmlgraph.graphs import download_dataset
+
+    for path in download_dataset(name, data_root):
+        console.print(f"stored {path}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ from cmlgraph.backbones.conv4 import Conv4Backbone
 from cmlgraph.config import Config
 from cmlgraph.core.episode import Episode
 from cmlgraph.domains.base import Domain
+from cmlgraph.errors import ConfigError
 from cmlgraph.images import (
     ImageEpisode,
     ImageEpisodeSampler,
@@ -42,8 +43,13 @@ class ImageDomain(Domain):
         self.partial = bool(dataset.partial)
         self.notes = list(dataset.notes)
         # Built now so impossible settings fail before any run folder exists.
-        self.samplers = {split: ImageEpisodeSampler(dataset.labels, dataset.splits[split], ways, shots, queries)
-                         for split in ("train", "val", "test")}
+        self.samplers = {}
+        for split in ("train", "val", "test"):
+            try:
+                self.samplers[split] = ImageEpisodeSampler(dataset.labels, dataset.splits[split], ways, shots,
+                                                           queries)
+            except ConfigError as exc:
+                raise ConfigError(f"{dataset.name}, {split} classes: {exc}") from None
 
     @classmethod
     def from_config(cls, cfg: Config) -> ImageDomain:

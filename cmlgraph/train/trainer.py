@@ -3,12 +3,20 @@
 Why it looks like this: all input is validated and the data loaded *before* the run folder is created, so a bad
 flag leaves nothing behind; checkpoints hold every random generator's state so ``--resume`` continues exactly
 where a killed run stopped.
+
+Crash safety (DESIGN §3, issue 6). Each step runs: draw the meta-batch → update → validate (every ``val_every``
+steps and at the last step) → append the metrics line → write ``checkpoint.pt`` (every ``checkpoint_every``
+steps and at every validation, hence at every new best score). A run killed at any point and resumed restarts
+from the last checkpoint, drops the metrics lines written after it and redoes those steps with the restored
+generators, so on CPU it ends bit-identical to an uninterrupted run. ``summary.json`` is written last: its
+presence means the run is finished.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +35,22 @@ from rich.progress import (
 
 from cmlgraph.algorithms.base import MetaAlgorithm
 from cmlgraph.algorithms.registry import get_algorithm
-from cmlgraph.config import Config, apply_overrides
+from cmlgraph.config import Config, apply_overrides, check_types
 from cmlgraph.core.model import MetaModel, inference_state, parameters_of
 from cmlgraph.domains.base import Domain
 from cmlgraph.domains.registry import build_domain, fill_defaults
-from cmlgraph.errors import CmlgraphError, NumericalError
+from cmlgraph.errors import CmlgraphError, ConfigError, NumericalError
 from cmlgraph.train.evaluate import evaluate
-from cmlgraph.train.io import MetricsLog, load_torch, save_torch, write_json, write_yaml
-from cmlgraph.train.run_dir import create_run_dir
+from cmlgraph.train.io import (
+    MetricsLog,
+    kill_point,
+    load_torch,
+    remove_stale_temps,
+    save_torch,
+    write_json,
+    write_yaml,
+)
+from cmlgraph.train.run_dir import RunLock, create_run_dir
 from cmlgraph.validate import validate_config
 
 
@@ -54,7 +70,9 @@ class Experiment:
 
 def prepare(cfg: Config) -> Config:
     """Fill the domain's defaults and validate every setting (raises ConfigError)."""
-    cfg = fill_defaults(copy.deepcopy(cfg))
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"expected a cmlgraph Config, got {type(cfg).__name__}; build one with Config()")
+    cfg = fill_defaults(check_types(copy.deepcopy(cfg)))
     validate_config(cfg)
     return cfg
 
@@ -80,6 +98,8 @@ def build_experiment(cfg: Config, domain: Domain | None = None) -> Experiment:
 
 
 def _better(metric: str, new: float, best: float | None) -> bool:
+    if not math.isfinite(new):  # a diverged validation score is never the best
+        return False
     if best is None:
         return True
     return new < best if metric == "mse" else new > best
@@ -110,6 +130,8 @@ class Trainer:
         self.best_params: dict[str, torch.Tensor] | None = None
         self.skipped = 0
         self.elapsed = 0.0
+        self.ckpt_step: int | None = None
+        self._lock: RunLock | None = None
 
     # --- state -----------------------------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
@@ -123,7 +145,8 @@ class Trainer:
             "generator": e.generator.get_state(),
             "algo_generator": e.algo.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "best": self.best if self.best is not None else float("nan"),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self._uses_cuda() else [],
+            "best": self.best,
             "best_step": self.best_step,
             "best_params": self.best_params or {},
             "skipped": self.skipped,
@@ -132,75 +155,149 @@ class Trainer:
         }
 
     def load_checkpoint(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`checkpoint_state` dict."""
+        """Restore a :meth:`checkpoint_state` dict.
+
+        Raises:
+            CmlgraphError: The dict is not a checkpoint of this run's model (missing keys, other shapes).
+        """
         e = self.exp
-        e.model.load_state_dict(state["model"])
-        e.optimizer.load_state_dict(state["optimizer"])
-        if e.scheduler is not None and state["scheduler"]:
-            e.scheduler.load_state_dict(state["scheduler"])
-        e.generator.set_state(state["generator"])
-        e.algo.generator.set_state(state["algo_generator"])
-        torch.set_rng_state(state["torch_rng"])
-        self.step = int(state["step"])
-        best = float(state["best"])
-        self.best = None if math.isnan(best) else best
-        self.best_step = int(state["best_step"])
-        self.best_params = dict(state["best_params"]) or None
-        self.skipped = int(state["skipped"])
-        self.elapsed = float(state["elapsed"])
+        try:
+            e.model.load_state_dict(state["model"])
+            e.optimizer.load_state_dict(state["optimizer"])
+            if e.scheduler is not None and state["scheduler"]:
+                e.scheduler.load_state_dict(state["scheduler"])
+            e.generator.set_state(state["generator"])
+            e.algo.generator.set_state(state["algo_generator"])
+            torch.set_rng_state(state["torch_rng"])
+            if state.get("cuda_rng") and self._uses_cuda():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            step = int(state["step"])
+            best = state["best"]
+            best_step, skipped, elapsed = int(state["best_step"]), int(state["skipped"]), float(state["elapsed"])
+            best_params = dict(state["best_params"]) or None
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CmlgraphError(f"the checkpoint does not match this run's model and settings "
+                                f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                                f"it was not written by this run") from None
+        self.step = step
+        self.best = None if best is None or math.isnan(float(best)) else float(best)
+        self.best_step, self.skipped, self.elapsed = best_step, skipped, elapsed
+        self.best_params = best_params
+
+    def _uses_cuda(self) -> bool:
+        return self.exp.device.type == "cuda" and torch.cuda.is_available()
 
     def save_checkpoint(self) -> None:
         """Atomically write ``checkpoint.pt``."""
         assert self.run_dir is not None
-        save_torch(self.run_dir / "checkpoint.pt", self.checkpoint_state())
+        save_torch(self.run_dir / "checkpoint.pt", self.checkpoint_state(), event="checkpoint_write")
+        self.ckpt_step = self.step
 
     # --- the loop --------------------------------------------------------------------------------------------
     def open_run(self) -> Path:
-        """Create the run folder and write the config and the fixed evaluation episodes."""
+        """Create the run folder and write the config and the fixed evaluation episodes.
+
+        Every episode set is drawn first, so impossible few-shot settings fail before the folder exists.
+        """
         e = self.exp
+        e.domain.sample("train", 1, torch.Generator().manual_seed(0))  # a probe: its own generator, result unused
         self.val_raws = e.domain.fixed("val", self.cfg.train.val_tasks, self.cfg.train.seed)
         self.test_raws = e.domain.fixed("test", int(self.cfg.train.test_tasks), self.cfg.train.seed)
         self.run_dir = create_run_dir(self.cfg)
-        write_yaml(self.run_dir / "config.yaml", self.cfg.to_dict())
-        save_torch(self.run_dir / "test_episodes.pt", e.domain.to_state(self.test_raws))
+        self._lock = RunLock(self.run_dir)
+        try:
+            write_yaml(self.run_dir / "config.yaml", self.cfg.to_dict())
+            save_torch(self.run_dir / "test_episodes.pt", e.domain.to_state(self.test_raws))
+        except Exception:  # e.g. a full disk: leave no half-made folder behind
+            self._release()
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self.run_dir = None
+            raise
         return self.run_dir
 
-    def resume(self, run_dir: Path) -> None:
-        """Continue a run from its last checkpoint (metrics after that step are dropped and redone)."""
+    def resume(self, run_dir: str | Path) -> None:
+        """Continue a run from its last checkpoint (metrics after that step are dropped and redone).
+
+        Without a checkpoint (killed before the first one) the run restarts from step 0 with the folder's config
+        and test episodes. Temp files left by a killed writer are deleted.
+
+        Raises:
+            CmlgraphError: The folder is finished (has ``summary.json``), in use by another process, or its
+                checkpoint is unreadable or belongs to other settings.
+        """
         self.run_dir = Path(run_dir)
-        e = self.exp
+        self._lock = RunLock(self.run_dir)
+        try:
+            self._resume()
+        except BaseException:
+            self._release()
+            raise
+
+    def _resume(self) -> None:
+        assert self.run_dir is not None
+        e, steps = self.exp, int(self.cfg.train.steps)
+        if (self.run_dir / "summary.json").is_file():
+            raise CmlgraphError(_finished_message(self.run_dir))
+        remove_stale_temps(self.run_dir)
         self.val_raws = e.domain.fixed("val", self.cfg.train.val_tasks, self.cfg.train.seed)
-        self.test_raws = e.domain.from_state(load_torch(self.run_dir / "test_episodes.pt"))
+        episodes = self.run_dir / "test_episodes.pt"
+        if episodes.is_file():
+            self.test_raws = e.domain.from_state(load_torch(episodes))
+        else:  # killed before they were written: they are fixed by the seed
+            self.test_raws = e.domain.fixed("test", int(self.cfg.train.test_tasks), self.cfg.train.seed)
+            save_torch(episodes, e.domain.to_state(self.test_raws))
         ckpt = self.run_dir / "checkpoint.pt"
-        if ckpt.exists():
-            self.load_checkpoint(load_torch(ckpt))
+        if ckpt.is_file():
+            state = load_torch(ckpt)
+            if not isinstance(state, dict):
+                raise CmlgraphError(f"{ckpt} is not a cmlgraph checkpoint (it holds a {type(state).__name__})")
+            _check_same_config(ckpt, state.get("config"), self.cfg.to_dict())
+            self.load_checkpoint(state)
+            self.ckpt_step = self.step
+            if self.step > steps:
+                raise CmlgraphError(f"{ckpt} is at step {self.step}, past the run's {steps} steps; the folder's "
+                                    f"config.yaml was edited")
         MetricsLog(self.run_dir / "metrics.jsonl").truncate_after(self.step)
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def run(self) -> dict[str, Any]:
         """Meta-train, evaluate the best-validation parameters on the test tasks, write the run folder."""
         if self.run_dir is None:
             self.open_run()
+        try:
+            return self._run()
+        finally:
+            self._release()
+
+    def _run(self) -> dict[str, Any]:
         assert self.run_dir is not None
         cfg, e = self.cfg, self.exp
         log = MetricsLog(self.run_dir / "metrics.jsonl")
         steps = int(cfg.train.steps)
         self.console.print(f"[bold]run[/bold] {self.run_dir}  ({e.domain.name}, {cfg.algo.algo}"
-                           f"{' + CML' if e.algo.cml else ''}, {steps} steps)")
+                           f"{' + CML' if e.algo.cml else ''}, {steps} steps)"
+                           + (f"  resumed at step {self.step}" if self.step else ""))
         for note in e.domain.notes:
             self.console.print(f"[yellow]note:[/yellow] {note}")
         with self._progress() as bar:
             task = bar.add_task("meta-training", total=steps, completed=self.step, info="")
             while self.step < steps:
+                kill_point("step_begin")
                 t0 = time.perf_counter()
                 record = self._train_step()
                 self.step += 1
+                kill_point("step_end")
                 if self.step % int(cfg.train.val_every) == 0 or self.step == steps:
                     record.update(self._validate())
                 self.elapsed += time.perf_counter() - t0
-                if record is not None and (self.step % cfg.train.log_every == 0 or "val" in record
-                                           or self.step == steps):
+                if self.step % cfg.train.log_every == 0 or "val" in record:
                     record["time_s"] = round(self.elapsed, 3)
                     log.append(record)
+                    kill_point("log")
                 if self.step % cfg.train.checkpoint_every == 0 or "val" in record:
                     self.save_checkpoint()
                 bar.update(task, advance=1, info=f"loss {record.get('loss', float('nan')):.4f}"
@@ -229,12 +326,10 @@ class Trainer:
                 self.skipped += 1
                 record["skipped"] = True
                 e.optimizer.zero_grad(set_to_none=True)
+                if e.scheduler is not None:  # the schedule follows the step counter, skipped or not
+                    e.scheduler.step()
                 return record
-            last = self.run_dir / "checkpoint.pt" if self.run_dir else None
-            where = f"last good checkpoint: {last} (step {self._ckpt_step()})" if last and last.exists() \
-                else "no checkpoint was written yet"
-            raise NumericalError(f"non-finite loss or gradient at step {self.step + 1}; {where}. Lower "
-                                 f"--meta-lr/--inner-lr, or pass --nan-policy skip to skip such meta-batches")
+            raise NumericalError(self._nan_message(float(ms.loss.total.detach())))
         for k, p in e.model.named_parameters():
             p.grad = ms.grads[k].detach()
         e.optimizer.step()
@@ -245,16 +340,20 @@ class Trainer:
             record["diag"] = ms.diagnostics
         return record
 
-    def _ckpt_step(self) -> int:
-        try:
-            return int(load_torch(self.run_dir / "checkpoint.pt")["step"])  # type: ignore[operator]
-        except Exception:  # noqa: BLE001 - only used to phrase a message
-            return -1
+    def _nan_message(self, loss: float) -> str:
+        at = f"step {self.step + 1} of {self.cfg.train.steps}"
+        what = "loss" if not math.isfinite(loss) else "gradient"
+        if self.ckpt_step is not None and self.run_dir is not None:
+            where = f"last good checkpoint: {self.run_dir / 'checkpoint.pt'} (step {self.ckpt_step})"
+        else:
+            where = "no checkpoint was written yet"
+        return (f"non-finite (NaN/inf) {what} at {at}; training stopped, {where}. Lower --meta-lr or --inner-lr, "
+                f"or pass --nan-policy skip to skip such meta-batches")
 
     def _validate(self) -> dict[str, Any]:
         e = self.exp
         params = parameters_of(e.model)
-        res = evaluate(e.algo, e.model, params, e.domain, self.val_raws, e.device)
+        res = evaluate(e.algo, e.model, params, e.domain, self.val_raws, e.device, progress=_eval_hook)
         out = {"val": res["mean"], "val_ci95": res["ci95"]}
         if _better(e.domain.metric, res["mean"], self.best):
             self.best, self.best_step = res["mean"], self.step
@@ -270,22 +369,44 @@ class Trainer:
             e.model.load_state_dict(self.best_params)
         self.console.print(f"evaluating on {len(self.test_raws)} fixed test tasks (best validation step "
                            f"{self.best_step})")
-        res = evaluate(e.algo, e.model, parameters_of(e.model), e.domain, self.test_raws, e.device)
+        res = evaluate(e.algo, e.model, parameters_of(e.model), e.domain, self.test_raws, e.device,
+                       progress=_eval_hook)
         save_torch(self.run_dir / "model.pt", inference_state(e.model))
-        summary = build_summary(cfg, e, res, self)
-        write_json(self.run_dir / "summary.json", summary)
         save_torch(self.run_dir / "scores.pt", {"scores": torch.tensor(res["scores"], dtype=torch.float64)})
+        summary = build_summary(cfg, e, res, self)
         try:
             from cmlgraph.train.plots import plot_run
 
             plot_run(self.run_dir)
         except Exception as exc:  # noqa: BLE001 - a plot must never lose a finished run
             self.console.print(f"[yellow]could not draw plots: {exc}[/yellow]")
+        kill_point("finish")
+        write_json(self.run_dir / "summary.json", summary)  # last: its presence marks the run as finished
         unit = "accuracy" if summary["metric"] == "accuracy" else "MSE"
         self.console.print(f"[bold green]test {unit}: {summary['mean']:.4f} ± {summary['ci95']:.4f}[/bold green]"
                            f" over {summary['num_tasks']} tasks" + ("  (PARTIAL data)" if summary["partial"]
                                                                      else ""))
         return summary
+
+
+def _eval_hook() -> None:
+    kill_point("eval")
+
+
+def _finished_message(run_dir: Path) -> str:
+    return (f"run folder {run_dir} is already finished (it has summary.json); there is nothing to resume. "
+            f"Re-evaluate it with `cmlgraph eval {run_dir}` or start a new run")
+
+
+def _check_same_config(ckpt: Path, saved: Any, current: dict[str, Any]) -> None:
+    """Refuse a checkpoint written under other settings than the folder's ``config.yaml`` (``run`` aside)."""
+    if not isinstance(saved, dict):
+        raise CmlgraphError(f"{ckpt} has no config; it is not a cmlgraph checkpoint")
+    diff = [f"{sec}.{key}" for sec, values in current.items() if sec != "run" and isinstance(values, dict)
+            for key, value in values.items() if (saved.get(sec) or {}).get(key, value) != value]
+    if diff:
+        raise CmlgraphError(f"{ckpt} was written with other settings than {ckpt.parent / 'config.yaml'} "
+                            f"(differ: {', '.join(diff)}); restore config.yaml or start a new run")
 
 
 def build_summary(cfg: Config, e: Experiment, res: dict[str, Any], trainer: Trainer) -> dict[str, Any]:
@@ -318,13 +439,19 @@ def train(cfg: Config, console: Console | None = None, progress: bool = True) ->
 
 def resume(run_dir: str | Path, console: Console | None = None, progress: bool = True
            ) -> tuple[Path, dict[str, Any]]:
-    """Resume a run folder from its last checkpoint."""
+    """Resume a run folder from its last checkpoint and finish it.
+
+    Raises:
+        CmlgraphError: Not a run folder, already finished, in use, or with an unreadable checkpoint.
+    """
     from cmlgraph.config import from_yaml
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise CmlgraphError(f"{run_dir} is not a run folder (no config.yaml); pass a folder made by "
                             f"`cmlgraph train`")
+    if (run_dir / "summary.json").is_file():
+        raise CmlgraphError(_finished_message(run_dir))
     cfg = from_yaml(run_dir / "config.yaml")
     trainer = Trainer(cfg, console, progress)
     trainer.resume(run_dir)
