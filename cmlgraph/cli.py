@@ -101,6 +101,42 @@ def train(
     train_run(cfg, console, progress=not quiet)
 
 
+@app.command()
+def compare(
+    domains: str = typer.Option("sinusoid,digits", help="Comma-separated: sinusoid, omniglot, digits, or graphs."),
+    algos: str = typer.Option("maml", help="Comma-separated base algorithms."),
+    seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
+    runs_dir: Path = typer.Option(Path("runs/compare"), help="Where runs are found or trained."),
+    out: Path | None = typer.Option(None, help="Folder for compare.md/csv/png (default: RUNS_DIR)."),
+    steps: int | None = typer.Option(None, help="Override meta-iterations of every run."),
+    test_tasks: int | None = typer.Option(None, help="Override test tasks of every run."),
+    data_root: str | None = typer.Option(None, help="Raw data root."),
+) -> None:
+    """Each algorithm with and without CML per domain; trains missing runs, reuses finished ones."""
+    from cmlgraph.compare import run_compare, write_outputs
+
+    def _list(text: str, cast: Any = str) -> list[Any]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise ConfigError(f"empty list {text!r}; give comma-separated values")
+        try:
+            return [cast(t) for t in items]
+        except ValueError:
+            raise ConfigError(f"{text!r} is not a comma-separated list of integers") from None
+
+    overrides: dict[str, dict[str, Any]] = {}
+    if steps is not None:
+        overrides.setdefault("train", {})["steps"] = steps
+    if test_tasks is not None:
+        overrides.setdefault("train", {})["test_tasks"] = test_tasks
+    if data_root is not None:
+        overrides.setdefault("data", {})["data_root"] = data_root
+    cells = run_compare(_list(domains), _list(algos), _list(seeds, int), runs_dir, overrides, log=console.print)
+    for path in write_outputs(cells, out or runs_dir):
+        console.print(f"wrote {path}")
+    console.print((Path(out or runs_dir) / "compare.md").read_text())
+
+
 @app.command("eval")
 def eval_cmd(run_dir: Path = typer.Argument(..., help="A run folder made by `cmlgraph train`.")) -> None:
     """Re-evaluate a saved run's inference model on its fixed test tasks."""

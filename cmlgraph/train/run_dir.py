@@ -76,6 +76,9 @@ class RunLock:
             os.close(self.fd)
             self.fd = None
 
+    def __del__(self) -> None:
+        self.release()
+
     def __enter__(self) -> RunLock:
         return self
 

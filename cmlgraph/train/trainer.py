@@ -448,6 +448,9 @@ def resume(run_dir: str | Path, console: Console | None = None, progress: bool =
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
+        if run_dir.is_dir() and not any(p for p in run_dir.iterdir() if not p.name.endswith(".tmp")):
+            raise CmlgraphError(f"{run_dir} is an empty run folder (its run was stopped while starting, before "
+                                f"config.yaml was written); delete it and start a new run")
         raise CmlgraphError(f"{run_dir} is not a run folder (no config.yaml); pass a folder made by "
                             f"`cmlgraph train`")
     if (run_dir / "summary.json").is_file():

@@ -1,0 +1,205 @@
+"""``cmlgraph compare``: each base algorithm with and without CML, per domain, paired over seeds and tasks.
+
+Runs that are missing are trained; a finished run whose resolved config matches is reused, whatever its
+folder name. Both arms of a seed share the seed's fixed test tasks, so the difference CML − base is paired
+task by task; its mean and 95% CI pool the per-task differences of all seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cmlgraph.config import Config, apply_overrides, from_yaml
+from cmlgraph.errors import ConfigError
+from cmlgraph.train.io import atomic_write, load_torch
+from cmlgraph.train.stats import mean_ci95
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+#: Domain name → (config file in configs/, overrides). Any other name is taken as a graph dataset.
+PRESETS: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {
+    "sinusoid": ("sinusoid.yaml", {}),
+    "omniglot": ("omniglot.yaml", {}),
+    "digits": ("digits.yaml", {}),
+    "amazon-clothing": ("graph-table.yaml", {"data": {"graph": "amazon-clothing", "allow_partial": True}}),
+    "cora": ("graph-table.yaml", {"data": {"graph": "cora", "ways": 2}}),
+    "citeseer": ("graph-table.yaml", {"data": {"graph": "citeseer", "ways": 2}}),
+}
+
+
+def domain_config(domain: str, algo: str, cml: bool, seed: int, overrides: dict[str, dict[str, Any]] | None = None
+                  ) -> Config:
+    """The config of one cell of the comparison."""
+    file, preset = PRESETS.get(domain, ("graph-table.yaml", {"data": {"graph": domain}}))
+    path = CONFIGS / file
+    cfg = from_yaml(path) if path.is_file() else Config()
+    apply_overrides(cfg, preset, f"preset {domain!r}")
+    apply_overrides(cfg, {"algo": {"algo": algo, "cml": cml}, "train": {"seed": seed}}, "compare")
+    if overrides:
+        apply_overrides(cfg, overrides, "compare overrides")
+    return cfg
+
+
+def _key(cfg: Config) -> str:
+    from cmlgraph.train.trainer import prepare
+
+    d = prepare(cfg).to_dict()
+    d.pop("run")
+    d["data"].pop("data_root", None)
+    return json.dumps(d, sort_keys=True)
+
+
+def find_run(runs_dir: Path, cfg: Config) -> Path | None:
+    """A finished run under ``runs_dir`` whose resolved config equals ``cfg`` (run section aside)."""
+    want = _key(cfg)
+    for summary in sorted(runs_dir.glob("*/summary.json")):
+        try:
+            have = Config()
+            apply_overrides(have, yaml.safe_load((summary.parent / "config.yaml").read_text()), "run config")
+            if _key(have) == want:
+                return summary.parent
+        except Exception:  # noqa: BLE001 - an unreadable folder is simply not reused
+            continue
+    return None
+
+
+@dataclass
+class Cell:
+    """One domain × algorithm row of the comparison."""
+
+    domain: str
+    algorithm: str
+    metric: str
+    base: tuple[float, float]
+    cml: tuple[float, float]
+    diff: tuple[float, float]
+    seeds: int
+    tasks: int
+    base_runs: list[str]
+    cml_runs: list[str]
+
+    def row(self) -> dict[str, Any]:
+        """A flat dict for CSV."""
+        return {"domain": self.domain, "algorithm": self.algorithm, "metric": self.metric,
+                "base_mean": self.base[0], "base_ci95": self.base[1], "cml_mean": self.cml[0],
+                "cml_ci95": self.cml[1], "diff_mean": self.diff[0], "diff_ci95": self.diff[1], "seeds": self.seeds,
+                "paired_tasks": self.tasks, "base_runs": ";".join(self.base_runs), "cml_runs": ";".join(self.cml_runs)}
+
+
+def _scores(run: Path) -> list[float]:
+    return [float(v) for v in load_torch(run / "scores.pt")["scores"].tolist()]
+
+
+def build_cell(domain: str, algo: str, pairs: Sequence[tuple[Path, Path]]) -> Cell:
+    """Aggregate (base run, CML run) pairs of the same seeds into a row."""
+    base_means, cml_means, diffs = [], [], []
+    metric = ""
+    for base, cml in pairs:
+        sb, sc = json.loads((base / "summary.json").read_text()), json.loads((cml / "summary.json").read_text())
+        metric = sb["metric"]
+        base_means.append(sb["mean"])
+        cml_means.append(sc["mean"])
+        xb, xc = _scores(base), _scores(cml)
+        if len(xb) != len(xc):
+            raise ConfigError(f"{base} and {cml} have different test tasks; they cannot be paired")
+        diffs += [c - b for b, c in zip(xb, xc, strict=True)]
+    return Cell(domain, algo, metric, mean_ci95(base_means), mean_ci95(cml_means), mean_ci95(diffs), len(pairs),
+                len(diffs), [p[0].name for p in pairs], [p[1].name for p in pairs])
+
+
+def run_compare(domains: Sequence[str], algos: Sequence[str], seeds: Sequence[int], runs_dir: str | Path,
+                overrides: dict[str, dict[str, Any]] | None = None,
+                train_fn: Callable[[Config], Any] | None = None, log: Callable[[str], None] = print) -> list[Cell]:
+    """Train what is missing, reuse what is finished, and aggregate the comparison."""
+    from cmlgraph.train.trainer import prepare, train
+
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    plan = []
+    for domain in domains:
+        for algo in algos:
+            for seed in seeds:
+                for cml in (False, True):
+                    cfg = domain_config(domain, algo, cml, seed, overrides)
+                    prepare(cfg)  # validate every cell before training any
+                    plan.append((domain, algo, seed, cml, cfg))
+    found: dict[tuple[str, str, int, bool], Path] = {}
+    for domain, algo, seed, cml, cfg in plan:
+        run = find_run(runs_dir, cfg)
+        if run is None:
+            cfg.run.runs_dir = str(runs_dir)
+            cfg.run.name = f"{domain}-{algo}-{'cml' if cml else 'base'}-s{seed}"
+            cfg.run.overwrite = True
+            log(f"training {cfg.run.name}")
+            run = (train_fn or (lambda c: train(c, progress=False)[0]))(cfg)
+        else:
+            log(f"reusing {run}")
+        found[(domain, algo, seed, cml)] = Path(run)
+    return [build_cell(d, a, [(found[(d, a, s, False)], found[(d, a, s, True)]) for s in seeds])
+            for d in domains for a in algos]
+
+
+def _fmt(mean: float, ci: float, metric: str) -> str:
+    if metric == "accuracy":
+        return f"{100 * mean:.2f} ± {100 * ci:.2f}"
+    return f"{mean:.3f} ± {ci:.3f}"
+
+
+def write_outputs(cells: Sequence[Cell], out_dir: str | Path) -> list[Path]:
+    """Write ``compare.md``, ``compare.csv`` and ``compare.png`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["| domain | algorithm | metric | without CML | with CML | CML − base (paired) | seeds | tasks |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        unit = "accuracy %" if c.metric == "accuracy" else "MSE"
+        lines.append(f"| {c.domain} | {c.algorithm} | {unit} | {_fmt(*c.base, c.metric)} | {_fmt(*c.cml, c.metric)}"
+                     f" | {'+' if c.diff[0] >= 0 else ''}{_fmt(*c.diff, c.metric)} | {c.seeds} | {c.tasks} |")
+    lines += ["", "Mean ± 95% CI over seeds (columns 4–5) and over the pooled per-task paired differences "
+              "(column 6). Accuracy: higher is better; MSE: lower is better."]
+    md = "\n".join(lines) + "\n"
+    atomic_write(out / "compare.md", lambda f: f.write(md.encode()))
+    rows = [c.row() for c in cells]
+
+    def _csv(f: Any) -> None:
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        f.write(buf.getvalue().encode())
+
+    atomic_write(out / "compare.csv", _csv)
+    _plot(cells, out / "compare.png")
+    return [out / "compare.md", out / "compare.csv", out / "compare.png"]
+
+
+def _plot(cells: Sequence[Cell], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    domains = list(dict.fromkeys(c.domain for c in cells))
+    fig, axes = plt.subplots(1, len(domains), figsize=(4.5 * len(domains), 3.6), squeeze=False)
+    for ax, domain in zip(axes[0], domains, strict=True):
+        sub = [c for c in cells if c.domain == domain]
+        xs = range(len(sub))
+        ax.bar([x - 0.2 for x in xs], [c.base[0] for c in sub], 0.4, yerr=[c.base[1] for c in sub], capsize=3,
+               label="without CML")
+        ax.bar([x + 0.2 for x in xs], [c.cml[0] for c in sub], 0.4, yerr=[c.cml[1] for c in sub], capsize=3,
+               label="with CML")
+        ax.set_xticks(list(xs), [c.algorithm for c in sub])
+        ax.set_title(f"{domain} ({sub[0].metric})")
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
