@@ -81,10 +81,10 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Meta-train and evaluate; writes a run folder (config, metrics, summary, model, plots)."""
+    flags = dict(locals())
     from cmlgraph.train.trainer import resume as resume_run
     from cmlgraph.train.trainer import train as train_run
 
-    flags = dict(locals())
     if resume is not None:
         given = [k for k, v in flags.items() if v is not None and k not in ("resume", "quiet", "config")]
         if given or config is not None:

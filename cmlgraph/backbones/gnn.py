@@ -229,10 +229,34 @@ class GNNBackbone(Backbone):
         if propagated is not None:
             rows = select_rows(propagated, inputs.nodes)
             return self._sgc_out(conv.lin(feature_dropout(rows, self.dropout, self.training)))
-        # Fill-in too large: project the sparse features first, then propagate the dense hidden.
+        if not x.requires_grad:
+            # Fill-in of Â^K X too large to hold: compute only the requested rows, (Â^K)[nodes] X, once per input.
+            rows = self._sgc_local_rows(inputs, x)
+            return self._sgc_out(conv.lin(feature_dropout(rows, self.dropout, self.training)))
+        # Trainable features: project the sparse features first, then propagate the dense hidden.
         h = sparse_aware_linear(feature_dropout(x, self.dropout, self.training), conv.lin.weight)
         h = self._propagate_dense(gcn_adj(inputs), h)[inputs.nodes]
         return self._sgc_out(h if conv.lin.bias is None else h + conv.lin.bias)
+
+    def _sgc_local_rows(self, inputs: GraphInput, x: Tensor) -> Tensor:
+        """``(Â^K X)[nodes]`` as sparse row selections of ``Â`` (K sparse-sparse products), kept on the input.
+
+        Stored on the :class:`GraphInput` itself (not in the graph-wide cache), so it lives as long as the
+        episode: the inner steps and the query pass of one episode reuse it.
+        """
+        store = inputs.__dict__.setdefault("_sgc_rows", {})
+        if self.hops not in store:
+            adj = cached(inputs, "adj/gcn/coo", lambda: gcn_adj(inputs).to_sparse_coo().coalesce())
+            with torch.no_grad():
+                n = inputs.nodes.numel()
+                sel = torch.sparse_coo_tensor(torch.stack([torch.arange(n, device=x.device), inputs.nodes]),
+                                              torch.ones(n, dtype=x.dtype, device=x.device), (n, inputs.num_nodes))
+                for _ in range(self.hops):
+                    sel = torch.sparse.mm(sel, adj).coalesce()
+                feats = x if x.layout == torch.sparse_coo else (x.to_sparse_coo() if is_sparse(x) else x)
+                out = torch.sparse.mm(sel, feats)
+                store[self.hops] = out.to_dense() if out.is_sparse else out
+        return store[self.hops]
 
     def _sgc_out(self, h: Tensor) -> Tensor:
         return F.relu(h) if self.last_activation else h

@@ -101,7 +101,8 @@ def assert_same_run(ref: Path, run: Path) -> None:
     assert (ca["step"], ca["best"], ca["best_step"], ca["skipped"]) == (cb["step"], cb["best"], cb["best_step"],
                                                                         cb["skipped"])
     assert torch.equal(load_torch(ref / "scores.pt")["scores"], load_torch(run / "scores.pt")["scores"])
-    assert strip(json.loads((ref / "summary.json").read_text())) == strip(json.loads((run / "summary.json").read_text()))
+    sa, sb = (strip(json.loads((r / "summary.json").read_text())) for r in (ref, run))
+    assert sa == sb
     ma, mb = metrics(ref), metrics(run)
     steps = [r["step"] for r in mb]
     assert steps == sorted(set(steps)), f"duplicated or unordered steps {steps}"

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import (
     assert_checkpoint_whole,
     assert_same_run,
@@ -22,7 +23,9 @@ from conftest import (
     xfail_if_cli_resume_bug,
 )
 
+from cmlgraph.domains.graph import register_graph
 from cmlgraph.errors import CmlgraphError
+from cmlgraph.graphs import from_arrays
 from cmlgraph.train.io import load_torch
 from cmlgraph.train.trainer import resume
 
@@ -30,7 +33,21 @@ VARIANTS = {
     "cml": {},
     "noise": {"algo": {"cml": False, "control": "noise"}},  # draws from the algorithm's generator
     "mamlpp": {"algo": {"algo": "maml++"}},  # cosine LR schedule and learned inner rates
+    # a GNN with dropout draws from torch's global RNG; the graph is registered in memory (forked children share it)
+    "gnn": {"data": {"task": "graph", "graph": "reliability-tiny", "ways": 2, "shots": 2, "queries": 2},
+            "model": {"gnn": "gcn", "hidden": 8, "dropout": 0.3}},
 }
+
+
+def _tiny_graph() -> None:
+    gen = torch.Generator().manual_seed(0)
+    n = 48
+    y = torch.arange(n) % 6
+    edges = torch.randint(0, n, (2, 120), generator=gen)
+    register_graph(from_arrays(edges, torch.randn(n, 5, generator=gen), y, name="reliability-tiny", split="2/2/2"))
+
+
+_tiny_graph()
 
 # (variant, kill point, what the folder must look like after the kill)
 CASES = [
@@ -43,11 +60,15 @@ CASES = [
     ("cml", "finish:1", "model.pt written, summary.json not"),
     ("noise", "step_end:5", "noise control: algorithm generator"),
     ("mamlpp", "log:3", "maml++: LR schedule"),
+    ("gnn", "step_end:5", "GNN dropout: torch global RNG"),
+    ("gnn", "eval:5", "GNN: during validation"),
 ]
 
 
 def _settings(variant: str) -> dict:
     s = tiny_settings()
+    if variant == "gnn":
+        s["data"] = {}
     for section, values in VARIANTS[variant].items():
         s.setdefault(section, {}).update(values)
     return s
@@ -102,6 +123,33 @@ def test_killed_twice_including_during_resume(tmp_path, references):
     assert_checkpoint_whole(run)
     resume(run, progress=False)
     assert_same_run(references["cml"], run)
+
+
+def test_torn_metrics_line_is_dropped(tmp_path, references):
+    run = _killed(tmp_path, "cml", "step_end:5")
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')  # what a kill in the middle of an append leaves
+    resume(run, progress=False)
+    assert_same_run(references["cml"], run)
+
+
+def test_checkpoint_restores_every_generator(tmp_path):
+    from cmlgraph.config import Config, apply_overrides
+    from cmlgraph.train.trainer import Trainer
+
+    cfg = apply_overrides(Config(), _settings("noise"), "test")
+    a, b = Trainer(cfg, progress=False), Trainer(cfg, progress=False)
+    torch.rand(3), a.exp.generator.seed(), a.exp.algo.generator.seed()  # move every generator
+    state = a.checkpoint_state()
+    b.load_checkpoint(state)
+
+    def draws(t):
+        return (torch.rand(4), torch.rand(4, generator=t.exp.generator), torch.rand(4, generator=t.exp.algo.generator))
+
+    torch.set_rng_state(state["torch_rng"])
+    da = draws(a)
+    b.load_checkpoint(state)
+    assert all(torch.equal(x, y) for x, y in zip(da, draws(b), strict=True))
 
 
 def test_killed_before_test_episodes_were_written(tmp_path, references):

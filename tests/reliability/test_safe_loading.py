@@ -39,6 +39,7 @@ def test_load_torch_refuses_pickled_objects(tmp_path):
     assert not CALLED
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not really a zip", b"\x80\x04garbage"])
 def test_load_torch_corrupt_file(tmp_path, content):
     path = tmp_path / "bad.pt"
