@@ -25,7 +25,7 @@ _SECTION_OF = {key: section for section, keys in {
              "subgraph_threshold", "synthetic_nodes", "synthetic_classes", "image_size", "rotations"),
     "model": ("gnn", "hidden", "layers", "dropout", "gat_heads"),
     "algo": ("algo", "cml", "gamma", "co_depth", "control", "noise_std", "inner_steps", "eval_inner_steps",
-             "inner_lr", "first_order", "adapt", "sam_rho", "sam_inner", "msl_fraction", "first_order_fraction"),
+             "inner_lr", "inner_lr_extractor", "inner_lr_head", "first_order", "adapt", "sam_rho", "sam_inner", "msl_fraction", "first_order_fraction"),
     "train": ("steps", "meta_batch", "meta_lr", "seed", "val_every", "val_tasks", "test_tasks", "log_every",
               "checkpoint_every", "diag_every", "device", "batched", "nan_policy"),
     "run": ("runs_dir", "name", "overwrite"),

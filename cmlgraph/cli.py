@@ -28,7 +28,7 @@ def _overrides(**flags: Any) -> dict[str, dict[str, Any]]:
     sections = {
         "data": ("task", "graph", "data_root", "allow_partial", "split", "ways", "shots", "queries", "subgraph"),
         "model": ("gnn", "hidden", "layers", "dropout"),
-        "algo": ("algo", "cml", "gamma", "co_depth", "control", "inner_steps", "inner_lr", "first_order"),
+        "algo": ("algo", "cml", "gamma", "co_depth", "control", "inner_steps", "inner_lr", "first_order", "adapt"),
         "train": ("steps", "meta_batch", "meta_lr", "seed", "val_every", "test_tasks", "device", "diag_every",
                   "nan_policy"),
         "run": ("runs_dir", "name", "overwrite"),
@@ -61,6 +61,7 @@ def train(
     inner_steps: int | None = typer.Option(None, help="Inner-loop steps."),
     inner_lr: float | None = typer.Option(None, help="Inner-loop step size."),
     first_order: bool | None = typer.Option(None, "--first-order/--second-order", help="Meta-gradient order."),
+    adapt: str | None = typer.Option(None, help="Inner-loop groups: auto, all, head (ANIL-style), extractor."),
     meta_lr: float | None = typer.Option(None, help="Adam meta learning rate."),
     meta_batch: int | None = typer.Option(None, help="Tasks per meta-iteration."),
     steps: int | None = typer.Option(None, help="Meta-iterations."),

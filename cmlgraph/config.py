@@ -89,6 +89,8 @@ class AlgoConfig:
         inner_steps: Inner steps S during meta-training.
         eval_inner_steps: Inner steps at evaluation (default: ``inner_steps``).
         inner_lr: Inner step size α.
+        inner_lr_extractor: Inner step size of the extractor's parameters (default: ``inner_lr``).
+        inner_lr_head: Inner step size of the head's parameters (default: ``inner_lr``).
         first_order: First-order meta-gradients.
         adapt: Groups that adapt in the inner loop: ``auto`` (the algorithm's), ``all``, ``head`` or ``extractor``.
         sam_rho: Sharp-MAML's perturbation radius ρ of the outer step.
@@ -106,6 +108,8 @@ class AlgoConfig:
     inner_steps: int | None = None
     eval_inner_steps: int | None = None
     inner_lr: float | None = None
+    inner_lr_extractor: float | None = None
+    inner_lr_head: float | None = None
     first_order: bool = False
     adapt: str = "auto"
     sam_rho: float = 0.05

@@ -107,7 +107,10 @@ def validate_config(cfg: Config) -> None:
     _need(a.eval_inner_steps is None or a.eval_inner_steps >= 1,
           f"algo.eval_inner_steps = {a.eval_inner_steps}: must be >= 1")
     _need(a.inner_lr is not None and a.inner_lr > 0, f"--inner-lr {a.inner_lr}: must be > 0")
-    _choice("algo.adapt", a.adapt, ("auto", "all", "head", "extractor"))
+    _choice("--adapt", a.adapt, ("auto", "all", "head", "extractor"))
+    for key in ("inner_lr_extractor", "inner_lr_head"):
+        value = getattr(a, key)
+        _need(value is None or value > 0, f"algo.{key} = {value}: must be > 0")
     _need(a.sam_rho >= 0, f"algo.sam_rho = {a.sam_rho}: must be >= 0")
     for key in ("msl_fraction", "first_order_fraction"):
         value = getattr(a, key)

@@ -75,8 +75,10 @@ class MetaAlgorithm:
     def inner_config(self, step: int = 0, evaluation: bool = False) -> InnerLoopConfig:
         """The inner-loop settings at a meta-iteration (evaluation uses ``eval_inner_steps``)."""
         steps = self.cfg.eval_inner_steps if evaluation and self.cfg.eval_inner_steps else self.cfg.inner_steps
+        group_lr = {g: float(v) for g, v in (("extractor", self.cfg.inner_lr_extractor),
+                                             ("head", self.cfg.inner_lr_head)) if v is not None}
         return InnerLoopConfig(steps=int(steps), lr=float(self.cfg.inner_lr), first_order=self.cfg.first_order,
-                               adapt=self.adapt_groups())
+                               adapt=self.adapt_groups(), group_lr=group_lr)
 
     def prepare(self, model: MetaModel) -> None:
         """Add algorithm-owned parameters to the model (MAML++'s learned rates); nothing for MAML."""

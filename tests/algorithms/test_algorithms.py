@@ -235,3 +235,20 @@ def test_diagnostics_split_gradients_sum_to_total():
     d = with_diag.diagnostics
     assert -1 <= d["cos_extractor"] <= 1 and d["norm_co_extractor"] > 0
     assert set(d["layers"]) == {"extractor.net.0", "extractor.net.2"}
+
+
+def test_per_group_inner_step_sizes():
+    algo = get_algorithm(_cfg(algo="maml", inner_steps=1, inner_lr_head=0.0001, inner_lr_extractor=0.7))
+    inner = algo.inner_config()
+    model = tiny_model()
+    params = parameters_of(model)
+    ep = tiny_episodes(1)[0]
+    fast = inner_loop(model, params, ep.support_x, ep.support_y, CE, inner)[-1]
+    f = features(model, params, ep.support_x)
+    names = list(params)
+    g = dict(zip(names, torch.autograd.grad(CE(head(model, params, f), ep.support_y), [params[k] for k in names],
+                                            allow_unused=True), strict=True))
+    for k in params:
+        lr = {"extractor": 0.7, "head": 0.0001}.get(group_of(k))
+        if lr is not None:
+            assert torch.allclose(fast[k], params[k] - lr * g[k]), k
