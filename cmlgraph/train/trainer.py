@@ -40,6 +40,7 @@ from cmlgraph.core.model import MetaModel, inference_state, parameters_of
 from cmlgraph.domains.base import Domain
 from cmlgraph.domains.registry import build_domain, fill_defaults
 from cmlgraph.errors import CmlgraphError, ConfigError, NumericalError
+from cmlgraph.train.distributed import setup as setup_distributed
 from cmlgraph.train.evaluate import evaluate
 from cmlgraph.train.io import (
     MetricsLog,
@@ -120,9 +121,12 @@ class Trainer:
 
     def __init__(self, cfg: Config, console: Console | None = None, progress: bool = True) -> None:
         self.cfg = prepare(cfg)
-        self.console = console or Console(quiet=True)
-        self.show_progress = progress
-        self.exp = build_experiment(self.cfg)
+        self.dist = setup_distributed()  # one process (no process group) unless launched by torchrun
+        self.dist.check_config(self.cfg)
+        self.console = (console if self.dist.is_main else None) or Console(quiet=True)
+        self.show_progress = progress and self.dist.is_main
+        self.exp = self.dist.staged(build_experiment, self.cfg)
+        self.dist.broadcast_module(self.exp.model)
         self.run_dir: Path | None = None
         self.step = 0
         self.best: float | None = None
@@ -190,7 +194,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Atomically write ``checkpoint.pt``."""
         assert self.run_dir is not None
-        save_torch(self.run_dir / "checkpoint.pt", self.checkpoint_state(), event="checkpoint_write")
+        if self.dist.is_main:  # only rank 0 writes files
+            save_torch(self.run_dir / "checkpoint.pt", self.checkpoint_state(), event="checkpoint_write")
         self.ckpt_step = self.step
 
     # --- the loop --------------------------------------------------------------------------------------------
@@ -203,11 +208,15 @@ class Trainer:
         e.domain.sample("train", 1, torch.Generator().manual_seed(0))  # a probe: its own generator, result unused
         self.val_raws = e.domain.fixed("val", self.cfg.train.val_tasks, self.cfg.train.seed)
         self.test_raws = e.domain.fixed("test", int(self.cfg.train.test_tasks), self.cfg.train.seed)
+        self.run_dir = Path(self.dist.on_rank0(self._create_folder))  # rank 0 names it; the others are told
+        return self.run_dir
+
+    def _create_folder(self) -> Path:
         self.run_dir = create_run_dir(self.cfg)
         self._lock = RunLock(self.run_dir)
         try:
             write_yaml(self.run_dir / "config.yaml", self.cfg.to_dict())
-            save_torch(self.run_dir / "test_episodes.pt", e.domain.to_state(self.test_raws))
+            save_torch(self.run_dir / "test_episodes.pt", self.exp.domain.to_state(self.test_raws))
         except Exception:  # e.g. a full disk: leave no half-made folder behind
             self._release()
             shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -226,12 +235,20 @@ class Trainer:
                 checkpoint is unreadable or belongs to other settings.
         """
         self.run_dir = Path(run_dir)
+        state = self.dist.on_rank0(self._resume_main)  # rank 0 reads the folder and shares its checkpoint
+        if not self.dist.is_main and state is not None:
+            self.load_checkpoint(state)
+            self.ckpt_step = self.step
+
+    def _resume_main(self) -> dict[str, Any] | None:
+        assert self.run_dir is not None
         self._lock = RunLock(self.run_dir)
         try:
             self._resume()
         except BaseException:
             self._release()
             raise
+        return self.checkpoint_state() if self.dist.active and self.ckpt_step is not None else None
 
     def _resume(self) -> None:
         assert self.run_dir is not None
@@ -292,17 +309,18 @@ class Trainer:
                 self.step += 1
                 kill_point("step_end")
                 if self.step % int(cfg.train.val_every) == 0 or self.step == steps:
-                    record.update(self._validate())
+                    record.update(self.dist.on_rank0(self._validate))  # the other ranks wait for rank 0
                 self.elapsed += time.perf_counter() - t0
                 if self.step % cfg.train.log_every == 0 or "val" in record:
                     record["time_s"] = round(self.elapsed, 3)
-                    log.append(record)
+                    if self.dist.is_main:
+                        log.append(record)
                     kill_point("log")
                 if self.step % cfg.train.checkpoint_every == 0 or "val" in record:
                     self.save_checkpoint()
                 bar.update(task, advance=1, info=f"loss {record.get('loss', float('nan')):.4f}"
                            + (f"  best val {self.best:.4f}" if self.best is not None else ""))
-        return self.finish()
+        return self.dist.on_rank0(self.finish)
 
     def _progress(self) -> Progress:
         return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -311,13 +329,19 @@ class Trainer:
 
     def _train_step(self) -> dict[str, Any]:
         cfg, e = self.cfg, self.exp
-        raws = e.domain.sample("train", int(cfg.train.meta_batch), e.generator)
-        episodes = [e.domain.materialize(r, e.device) for r in raws]
+        raws = e.domain.sample("train", int(cfg.train.meta_batch), e.generator)  # the full batch on every rank
+        lo, hi = self.dist.slice_bounds(len(raws))  # this rank's episodes (all of them in one process)
+        episodes = [e.domain.materialize(r, e.device) for r in raws[lo:hi]]
         params = parameters_of(e.model)
         diag = cfg.train.diag_every > 0 and (self.step + 1) % cfg.train.diag_every == 0
         batched = {"auto": None, "on": True, "off": False}[cfg.train.batched]
-        ms = e.algo.meta_gradients(e.model, params, episodes, e.domain.loss_fn, self.step, diagnostics=diag,
-                                   batched=batched)
+        if self.dist.active:  # slice gradients summed over ranks: the full batch's, identical on every rank
+            ms = self.dist.meta_gradients(e.algo, e.model, params, episodes, e.domain.loss_fn, self.step,
+                                          meta_batch=len(raws), seed=cfg.train.seed, diagnostics=diag,
+                                          batched=batched)
+        else:
+            ms = e.algo.meta_gradients(e.model, params, episodes, e.domain.loss_fn, self.step, diagnostics=diag,
+                                       batched=batched)
         record: dict[str, Any] = {"step": self.step + 1, "loss": float(ms.loss.total.detach()), "meta_loss":
                                   float(ms.loss.meta.detach()), "co_loss": float(ms.loss.co.detach()),
                                   "lr": e.optimizer.param_groups[0]["lr"]}
@@ -444,9 +468,18 @@ def resume(run_dir: str | Path, console: Console | None = None, progress: bool =
     Raises:
         CmlgraphError: Not a run folder, already finished, in use, or with an unreadable checkpoint.
     """
+    run_dir = Path(run_dir)
+    cfg = setup_distributed().on_rank0(_resume_config, run_dir)  # only rank 0 reads the folder
+    trainer = Trainer(cfg, console, progress)
+    trainer.resume(run_dir)
+    summary = trainer.run()
+    return run_dir, summary
+
+
+def _resume_config(run_dir: Path) -> Config:
+    """The config of a run folder that can be resumed (raises CmlgraphError otherwise)."""
     from cmlgraph.config import from_yaml
 
-    run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         if run_dir.is_dir() and not any(p for p in run_dir.iterdir() if not p.name.endswith(".tmp")):
             raise CmlgraphError(f"{run_dir} is an empty run folder (its run was stopped while starting, before "
@@ -455,11 +488,7 @@ def resume(run_dir: str | Path, console: Console | None = None, progress: bool =
                             f"`cmlgraph train`")
     if (run_dir / "summary.json").is_file():
         raise CmlgraphError(_finished_message(run_dir))
-    cfg = from_yaml(run_dir / "config.yaml")
-    trainer = Trainer(cfg, console, progress)
-    trainer.resume(run_dir)
-    summary = trainer.run()
-    return run_dir, summary
+    return from_yaml(run_dir / "config.yaml")
 
 
 __all__ = ["Trainer", "apply_overrides", "build_experiment", "prepare", "resume", "train"]
