@@ -138,6 +138,35 @@ def compare(
     console.print((Path(out or runs_dir) / "compare.md").read_text())
 
 
+@app.command()
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="Reduced set (< 60 s on 2 cores): sinusoid, Conv4 at 28 px, "
+                                                      "the 10k-node graph."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write every case and ratio to this JSON file."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    graphs: str | None = typer.Option(None, help="Comma-separated graphs (synthetic-10k, synthetic-100k, "
+                                                 "synthetic-1m, amazon-clothing); default: all of the set."),
+    domains: str | None = typer.Option(None, help="Comma-separated domains: sinusoid, images, graph (default: all)."),
+    budget: float | None = typer.Option(None, help="Seconds of timed iterations per case (quick 2, full 20)."),
+    timeout: float | None = typer.Option(None, help="Seconds before a case is stopped and skipped (quick 60, "
+                                                    "full 300)."),
+    threads: int = typer.Option(1, help="torch threads per case (1: stable timings on a shared machine; 0: torch's "
+                                        "default)."),
+    start_method: str | None = typer.Option(None, help="Fresh process per case: spawn (full's default) or "
+                                                       "forkserver (--quick's default)."),
+    data_root: str | None = typer.Option(None, help="Raw data root (Amazon-Clothing)."),
+) -> None:
+    """Meta-training throughput, ms per meta-iteration and peak memory, cmlgraph vs reference implementations."""
+    from cmlgraph.bench import run_bench
+
+    def _list(text: str | None) -> list[str] | None:
+        return [t.strip() for t in text.split(",") if t.strip()] if text is not None else None
+
+    run_bench(quick=quick, json_path=json_path, device=device, graphs=_list(graphs), domains=_list(domains),
+              budget_s=budget, timeout_s=timeout, threads=threads, start_method=start_method, data_root=data_root,
+              console=console)
+
+
 @app.command("eval")
 def eval_cmd(run_dir: Path = typer.Argument(..., help="A run folder made by `cmlgraph train`.")) -> None:
     """Re-evaluate a saved run's inference model on its fixed test tasks."""

@@ -1,0 +1,130 @@
+"""What the benchmark measures: the cases (one timed workload each) and the ratios reported between them.
+
+Why data, not code: the parent process only decides *what* runs; each case is executed in a fresh child process
+(``cmlgraph.bench.worker``) that rebuilds its workload from the :class:`Case` alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cmlgraph.bench.graphs import GraphSpec, synthetic
+from cmlgraph.errors import ConfigError
+
+#: Graphs of the full benchmark; ``--quick`` uses only the first.
+GRAPHS: dict[str, GraphSpec] = {
+    "synthetic-10k": synthetic("synthetic-10k", 10_000),
+    "synthetic-100k": synthetic("synthetic-100k", 100_000),
+    "synthetic-1m": synthetic("synthetic-1m", 1_000_000, num_edges=10_000_000),
+    "amazon-clothing": GraphSpec("amazon-clothing", "amazon-clothing"),
+}
+QUICK_GRAPHS = ("synthetic-10k",)
+#: Graph on which CML is compared with MAML (and parameter counts checked) when it is benchmarked.
+OVERHEAD_GRAPHS = ("synthetic-10k", "amazon-clothing")
+#: Targets of issue 5 on the Amazon-Clothing-sized graph and the image domain (ratio >= value; CML: <=).
+TARGETS = {"graph/amazon-clothing:khop/ref-a": 30.0, "graph/amazon-clothing:khop/ref-b": 5.0,
+           "graph/amazon-clothing:full/ref-a": 30.0, "graph/amazon-clothing:full/ref-b": 5.0,
+           "images/conv4-84px:batched/loop": 1.5}
+CML_TARGET = 1.25
+#: Peak-memory targets (MiB) of cmlgraph's cases on Amazon-Clothing (1 GiB).
+MEMORY_TARGETS_MB = {"graph/amazon-clothing/khop": 1024.0, "graph/amazon-clothing/full": 1024.0}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One timed workload.
+
+    Attributes:
+        name: Unique name, ``domain/setting/variant`` (``graph/amazon-clothing/khop``).
+        impl: ``cmlgraph``, ``reference-a`` (published-code style) or ``reference-b`` (sparse per-task loop).
+        domain: ``sinusoid``, ``images`` or ``graph``.
+        workload: Builder key of :mod:`cmlgraph.bench.worker` (``sinusoid``, ``images``, ``graph``, ``reference``).
+        options: Keyword arguments of the builder.
+        graph: Key of :data:`GRAPHS` for graph cases.
+    """
+
+    name: str
+    impl: str
+    domain: str
+    workload: str
+    options: dict[str, Any] = field(default_factory=dict)
+    graph: str | None = None
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """``numerator ÷ denominator`` of two cases' ``metric`` (tasks/s; ms per iteration for CML's overhead)."""
+
+    name: str
+    numerator: str
+    denominator: str
+    metric: str = "tasks_per_s"
+    target: float | None = None
+    target_kind: str = ">="
+
+
+def graph_cases(key: str) -> list[Case]:
+    """cmlgraph (k-hop and full), both references and, on :data:`OVERHEAD_GRAPHS`, cmlgraph with CML off."""
+    base = f"graph/{key}"
+    out = [Case(f"{base}/khop", "cmlgraph", "graph", "graph", {"mode": "khop", "cml": True}, key),
+           Case(f"{base}/full", "cmlgraph", "graph", "graph", {"mode": "full", "cml": True}, key)]
+    if key in OVERHEAD_GRAPHS:
+        out.append(Case(f"{base}/khop-maml", "cmlgraph", "graph", "graph", {"mode": "khop", "cml": False}, key))
+    out += [Case(f"{base}/ref-a", "reference-a", "graph", "reference", {"kind": "a"}, key),
+            Case(f"{base}/ref-b", "reference-b", "graph", "reference", {"kind": "b"}, key)]
+    return out
+
+
+DOMAINS = ("sinusoid", "images", "graph")
+
+
+def build_cases(quick: bool, graphs: list[str] | None = None, domains: list[str] | None = None) -> list[Case]:
+    """The cases of the quick or full benchmark, optionally limited to some domains and graphs.
+
+    Raises:
+        ConfigError: An unknown graph or domain (the message lists the valid ones).
+    """
+    keys = list(QUICK_GRAPHS if quick else GRAPHS) if graphs is None else graphs
+    unknown = [k for k in keys if k not in GRAPHS]
+    if unknown:
+        raise ConfigError(f"unknown benchmark graphs {unknown}; valid: {', '.join(GRAPHS)}")
+    domains = list(DOMAINS) if domains is None else domains
+    unknown = [d for d in domains if d not in DOMAINS]
+    if unknown or not domains:
+        raise ConfigError(f"unknown benchmark domains {unknown or domains}; valid: {', '.join(DOMAINS)}")
+    img = ({"size": 28, "channels": 1, "shots": 1, "queries": 5} if quick
+           else {"size": 84, "channels": 3, "shots": 5, "queries": 15})
+    tag = f"conv4-{img['size']}px"
+    cases = [Case("sinusoid/mlp/batched", "cmlgraph", "sinusoid", "sinusoid", {"batched": True}),
+             Case("sinusoid/mlp/loop", "cmlgraph", "sinusoid", "sinusoid", {"batched": False}),
+             Case(f"images/{tag}/batched", "cmlgraph", "images", "images", {"batched": True, **img}),
+             Case(f"images/{tag}/loop", "cmlgraph", "images", "images", {"batched": False, **img})]
+    for key in keys:
+        cases += graph_cases(key)
+    return [c for c in cases if c.domain in domains]
+
+
+def build_ratios(cases: list[Case]) -> list[Ratio]:
+    """Ratios between the cases present: batched vs loop, cmlgraph vs each reference, CML vs MAML."""
+    names = {c.name for c in cases}
+    out: list[Ratio] = []
+
+    def add(name: str, num: str, den: str, metric: str = "tasks_per_s", target_kind: str = ">=",
+            target: float | None = None) -> None:
+        if num in names and den in names:
+            out.append(Ratio(name, num, den, metric, TARGETS.get(name, target), target_kind))
+
+    for prefix in sorted({c.name.rsplit("/", 1)[0] for c in cases if c.domain in ("sinusoid", "images")}):
+        add(f"{prefix}:batched/loop", f"{prefix}/batched", f"{prefix}/loop")
+    for key in GRAPHS:
+        base = f"graph/{key}"
+        for mode in ("khop", "full"):
+            for ref in ("ref-a", "ref-b"):
+                add(f"{base}:{mode}/{ref}", f"{base}/{mode}", f"{base}/{ref}")
+        add(f"{base}:cml/maml ms", f"{base}/khop", f"{base}/khop-maml", "ms_per_iter", "<=", CML_TARGET)
+    return out
+
+
+__all__ = ["CML_TARGET", "DOMAINS", "GRAPHS", "MEMORY_TARGETS_MB", "OVERHEAD_GRAPHS", "QUICK_GRAPHS", "TARGETS", "Case",
+           "Ratio", "build_cases", "build_ratios", "graph_cases"]

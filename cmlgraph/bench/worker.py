@@ -1,0 +1,124 @@
+"""What runs inside a benchmark child process: prepare a graph file, or build and time one case.
+
+Why a child per case: the peak resident memory (``ru_maxrss``) of a process never goes down, so each case runs in
+a fresh process and reads its own peak at the end; a case that crashes, runs out of memory or overruns its time
+limit takes only its own process down. The parent preloads this module in a fork server, so every child starts
+with the imports done (the same baseline a spawned process has after importing) without paying them again.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cmlgraph.bench.cases import GRAPHS, Case
+from cmlgraph.bench.graphs import build_graph, load_saved_graph, save_graph
+from cmlgraph.bench.reference import reference_workload
+from cmlgraph.bench.workloads import Workload, graph_workload, image_workload, sinusoid_workload
+from cmlgraph.graphs import FewShotGraph
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def time_workload(work: Workload, budget_s: float, max_iters: int, sync: Callable[[], None]) -> dict[str, Any]:
+    """Time meta-iterations after one warm-up, for at most ``max_iters`` and about ``budget_s`` seconds.
+
+    At least one iteration is timed after the warm-up. When the warm-up alone exceeds the budget (a reference
+    taking a minute per iteration), it is the measurement; ``timed_from_warmup`` says so. Times are the median.
+    """
+    t = time.perf_counter()
+    work.step()
+    sync()
+    warm = time.perf_counter() - t
+    times: list[float] = []
+    if warm >= budget_s:
+        times = [warm]
+    else:
+        start = time.perf_counter()
+        while len(times) < max_iters:
+            t = time.perf_counter()
+            work.step()
+            sync()
+            times.append(time.perf_counter() - t)
+            if time.perf_counter() - start + statistics.median(times) > budget_s:
+                break
+    med = statistics.median(times)
+    return {"tasks_per_s": work.meta_batch / med, "ms_per_iter": 1000 * med, "ms_per_iter_min": 1000 * min(times),
+            "iters": len(times), "warmup_ms": 1000 * warm, "timed_from_warmup": warm >= budget_s,
+            "meta_batch": work.meta_batch}
+
+
+def build_workload(case: Case, graph: FewShotGraph | None, device: str) -> Workload:
+    """The workload of a case."""
+    opts = dict(case.options)
+    if case.workload == "sinusoid":
+        return sinusoid_workload(device=device, **opts)
+    if case.workload == "images":
+        return image_workload(device=device, **opts)
+    if graph is None:
+        raise ValueError(f"case {case.name} needs a graph")
+    if case.workload == "graph":
+        return graph_workload(graph, opts["mode"], device, cml=opts["cml"])
+    if case.workload == "reference":
+        return reference_workload(graph, opts["kind"], device)
+    raise ValueError(f"unknown workload {case.workload!r} of case {case.name}")
+
+
+def _error(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
+
+
+def run_case(case: Case, graph_file: str | None, device: str, threads: int | None, budget_s: float,
+             max_iters: int, conn: Connection) -> None:
+    """Child entry: build the case's workload, time it and send the result dict through ``conn``."""
+    result: dict[str, Any]
+    # The notices cmlgraph/_warnings.py silences, again: imports after it may have reset the filters.
+    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+    warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        base = peak_rss_mb()
+        t0 = time.perf_counter()
+        graph = load_saved_graph(Path(graph_file), case.graph or "graph") if graph_file else None
+        work = build_workload(case, graph, device)
+        setup = time.perf_counter() - t0
+        cuda = device.startswith("cuda")
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        result = time_workload(work, budget_s, max_iters, sync)
+        result.update(setup_s=setup, base_rss_mb=base, **work.info)
+        if cuda:
+            result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    except Exception as exc:  # noqa: BLE001 - reported as a failed case, the others still run
+        result = {"error": _error(exc)}
+    result["peak_rss_mb"] = peak_rss_mb()
+    conn.send(result)
+    conn.close()
+
+
+def prepare_graph(key: str, path: str, data_root: str | None, conn: Connection) -> None:
+    """Child entry: generate or load a benchmark graph, save it to ``path`` and send its facts."""
+    try:
+        graph = build_graph(GRAPHS[key], data_root)
+        facts: dict[str, Any] = save_graph(graph, Path(path))
+        facts["notes"] = list(graph.notes)
+    except Exception as exc:  # noqa: BLE001 - e.g. a dataset that is not available: its cases are skipped
+        facts = {"error": _error(exc)}
+    conn.send(facts)
+    conn.close()
+
+
+__all__ = ["build_workload", "peak_rss_mb", "prepare_graph", "run_case", "time_workload"]

@@ -1,0 +1,179 @@
+"""cmlgraph's own meta-training step for each benchmarked domain, built through the library's public path.
+
+Why through ``prepare``/``build_experiment`` and ``MetaAlgorithm.meta_gradients``: the benchmark must time what
+``cmlgraph train`` runs (draw a meta-batch, materialise it, meta-gradients, one Adam step), not a copy of it.
+Each builder returns a :class:`Workload` whose ``step`` is one meta-iteration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from cmlgraph.config import Config
+from cmlgraph.core.episode import Episode
+from cmlgraph.core.model import inference_state, parameters_of
+from cmlgraph.domains.base import Domain
+from cmlgraph.graphs import FewShotGraph
+from cmlgraph.train.trainer import Experiment, build_experiment, prepare
+
+#: Few-shot settings of the graph cases (the brief's: 5-way 3-shot, 2-layer GCN, meta-batch 4, 2 inner steps).
+GRAPH_SETTING = {"ways": 5, "shots": 3, "queries": 10, "hidden": 64, "layers": 2, "meta_batch": 4,
+                 "inner_steps": 2, "inner_lr": 0.5}
+
+
+@dataclass
+class Workload:
+    """One meta-iteration to time, and facts about what it runs.
+
+    Attributes:
+        step: Runs one meta-iteration (meta-batch, meta-gradients, optimizer step).
+        meta_batch: Tasks per meta-iteration.
+        info: Facts for the report (saved parameter count, execution mode...).
+    """
+
+    step: Callable[[], None]
+    meta_batch: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def saved_parameters(exp: Experiment) -> int:
+    """Number of values in the saved inference weights (``model.pt``: ψ and θ, never the co-learner)."""
+    return int(sum(v.numel() for v in inference_state(exp.model).values()))
+
+
+def meta_step(exp: Experiment, episodes: list[Episode], step: int, batched: bool | None) -> None:
+    """One meta-update exactly as the trainer does it: meta-gradients, then Adam."""
+    ms = exp.algo.meta_gradients(exp.model, parameters_of(exp.model), episodes, exp.domain.loss_fn, step,
+                                 batched=batched)
+    for k, p in exp.model.named_parameters():
+        p.grad = ms.grads[k].detach()
+    exp.optimizer.step()
+    exp.optimizer.zero_grad(set_to_none=True)
+
+
+def _experiment(cfg: Config, domain: Domain | None = None) -> Experiment:
+    return build_experiment(prepare(cfg), domain)
+
+
+def _sampling_workload(exp: Experiment, batched: bool | None) -> Workload:
+    counter = [0]
+
+    def step() -> None:
+        raws = exp.domain.sample("train", int(exp.cfg.train.meta_batch), exp.generator)
+        episodes = [exp.domain.materialize(r, exp.device) for r in raws]
+        meta_step(exp, episodes, counter[0], batched)
+        counter[0] += 1
+
+    return Workload(step, int(exp.cfg.train.meta_batch), {"saved_params": saved_parameters(exp)})
+
+
+def sinusoid_workload(batched: bool, device: str, meta_batch: int = 25, cml: bool = True) -> Workload:
+    """Sinusoid regression, 40-40 MLP, 5-shot 10-query tasks; the meta-batch batched with vmap or looped."""
+    cfg = Config()
+    cfg.data.task = "sinusoid"
+    cfg.algo.cml = cml
+    cfg.train.meta_batch = meta_batch
+    cfg.train.device = device
+    cfg.train.steps = 1
+    return _sampling_workload(_experiment(cfg), batched)
+
+
+class RandomImageDomain(Domain):
+    """Random images of a fixed size standing in for miniImageNet: the cost of Conv4 does not depend on pixels.
+
+    The episodes are drawn once (a few meta-batches, cycled), so the timing holds no image decoding.
+    """
+
+    task = "images"
+    metric = "accuracy"
+
+    def __init__(self, ways: int, shots: int, queries: int, channels: int, size: int, pool: int = 8) -> None:
+        from cmlgraph.backbones.conv4 import Conv4Backbone
+
+        self.name = f"random-{size}px"
+        self.out_dim = ways
+        self.notes: list[str] = []
+        self.channels, self.size = channels, size
+        self._extractor = lambda: Conv4Backbone(in_channels=channels, image_size=size)
+        g = torch.Generator().manual_seed(0)
+        labels_s = torch.arange(ways).repeat_interleave(shots)
+        labels_q = torch.arange(ways).repeat_interleave(queries)
+        self.pool = [Episode(torch.randn(ways * shots, channels, size, size, generator=g), labels_s,
+                             torch.randn(ways * queries, channels, size, size, generator=g), labels_q)
+                     for _ in range(pool)]
+        self._next = 0
+
+    def build_extractor(self) -> Any:
+        """Conv4 on ``channels`` × ``size`` × ``size`` images."""
+        return self._extractor()
+
+    def sample(self, split: str, n: int, generator: torch.Generator) -> list[Episode]:
+        """The next ``n`` episodes of the pool."""
+        out = [self.pool[(self._next + i) % len(self.pool)] for i in range(n)]
+        self._next += n
+        return out
+
+    def materialize(self, raw: Episode, device: torch.device | str = "cpu") -> Episode:
+        """Move an episode to ``device``."""
+        return Episode(*(t.to(device) for t in (raw.support_x, raw.support_y, raw.query_x, raw.query_y)))
+
+    def to_state(self, raws: list[Any]) -> dict[str, torch.Tensor]:  # pragma: no cover - not saved
+        """Not used by the benchmark."""
+        raise NotImplementedError
+
+    def from_state(self, state: dict[str, torch.Tensor]) -> list[Any]:  # pragma: no cover - not saved
+        """Not used by the benchmark."""
+        raise NotImplementedError
+
+
+def image_workload(batched: bool, device: str, size: int = 84, channels: int = 3, ways: int = 5, shots: int = 5,
+                   queries: int = 15, meta_batch: int = 4, cml: bool = True) -> Workload:
+    """Conv4 (CML co-learner of depth 2, one inner step) on random images; batched with vmap or looped."""
+    cfg = Config()
+    cfg.data.task = "omniglot"
+    cfg.data.image_size = size
+    cfg.data.ways, cfg.data.shots, cfg.data.queries = ways, shots, queries
+    cfg.algo.cml = cml
+    cfg.algo.inner_lr = 0.01
+    cfg.train.meta_batch = meta_batch
+    cfg.train.device = device
+    cfg.train.steps = 1
+    domain = RandomImageDomain(ways, shots, queries, channels, size, pool=2)
+    return _sampling_workload(_experiment(cfg, domain), batched)
+
+
+def graph_config(device: str, cml: bool = True, subgraph: str = "khop") -> Config:
+    """The config of the graph cases (GCN, CML with a linear co-learner, second order)."""
+    s = GRAPH_SETTING
+    cfg = Config()
+    cfg.data.task = "graph"
+    cfg.data.ways, cfg.data.shots, cfg.data.queries = s["ways"], s["shots"], s["queries"]
+    cfg.data.subgraph = subgraph
+    cfg.model.gnn, cfg.model.hidden, cfg.model.layers = "gcn", s["hidden"], s["layers"]
+    cfg.algo.cml = cml
+    cfg.algo.inner_steps, cfg.algo.inner_lr = s["inner_steps"], s["inner_lr"]
+    cfg.train.meta_batch = s["meta_batch"]
+    cfg.train.device = device
+    cfg.train.steps = 1
+    return cfg
+
+
+def graph_workload(graph: FewShotGraph, mode: str, device: str, cml: bool = True) -> Workload:
+    """cmlgraph's graph domain in ``khop`` or ``full`` mode; the k-hop extraction is part of each step."""
+    from cmlgraph.domains.graph import GraphDomain
+
+    cfg = prepare(graph_config(device, cml, mode))
+    s = GRAPH_SETTING
+    domain = GraphDomain(graph, s["ways"], s["shots"], s["queries"], gnn="gcn", hidden=s["hidden"],
+                         layers=s["layers"], subgraph=mode)
+    work = _sampling_workload(build_experiment(cfg, domain), None)
+    work.info.update({"mode": domain.mode, "hops": domain.hops})
+    return work
+
+
+__all__ = ["GRAPH_SETTING", "RandomImageDomain", "Workload", "graph_config", "graph_workload", "image_workload",
+           "meta_step", "saved_parameters", "sinusoid_workload"]
