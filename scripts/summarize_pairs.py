@@ -33,9 +33,8 @@ def main(runs_dir: str) -> None:
         s0 = json.loads((pairs[0][1] / "summary.json").read_text())
         acc = cell.metric == "accuracy"
 
-        def fmt(m: float, c: float, sign: bool = False) -> str:
-            scale = 100 if acc else 1
-            text = f"{scale * m:.2f} ± {scale * c:.2f}" if acc else f"{m:.3f} ± {c:.3f}"
+        def fmt(m: float, c: float, sign: bool = False, acc: bool = acc) -> str:
+            text = f"{100 * m:.2f} ± {100 * c:.2f}" if acc else f"{m:.3f} ± {c:.3f}"
             return ("+" if sign and m >= 0 else "") + text
 
         shape = f"{s0['ways']}-way {s0['shots']}-shot" if s0.get("ways") else f"K = {s0['shots']}"
