@@ -60,14 +60,14 @@ class ModelConfig:
     """The extractor ψ.
 
     Attributes:
-        gnn: GNN kind (``gcn``, ``sgc``, ``sage``, ``gat``, ``gin``).
+        gnn: GNN kind (``sgc`` (default: fast, as in Meta-GNN), ``gcn``, ``sage``, ``gat``, ``gin``).
         hidden: Hidden width of the GNN (MLP: width of each hidden layer).
         layers: Message-passing layers (MLP: hidden layers).
         dropout: Dropout of the GNN.
         gat_heads: Attention heads of GAT.
     """
 
-    gnn: str = "gcn"
+    gnn: str = "sgc"
     hidden: int | None = None
     layers: int = 2
     dropout: float = 0.0

@@ -20,7 +20,7 @@ DOMAIN_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "data": {"shots": 3, "queries": 10},
         "model": {"hidden": 64},
         "algo": {"inner_steps": 2, "inner_lr": 0.5, "co_depth": 0},
-        "train": {"steps": 300, "meta_batch": 4, "val_every": 50, "test_tasks": 500},
+        "train": {"steps": 500, "meta_batch": 4, "val_every": 100, "test_tasks": 500},
     },
     "omniglot": {  # Finn et al. 2017, meta-batch reduced for CPUs
         "data": {"shots": 1, "queries": 5},
