@@ -311,7 +311,7 @@ class Trainer:
                 if self.step % int(cfg.train.val_every) == 0 or self.step == steps:
                     record.update(self.dist.on_rank0(self._validate))  # the other ranks wait for rank 0
                 self.elapsed += time.perf_counter() - t0
-                if self.step % cfg.train.log_every == 0 or "val" in record:
+                if self.step % cfg.train.log_every == 0 or "val" in record or "diag" in record:
                     record["time_s"] = round(self.elapsed, 3)
                     if self.dist.is_main:
                         log.append(record)

@@ -80,3 +80,17 @@ def test_inference_model_has_maml_parameters_and_same_predictions(tmp_path):
     # `cmlgraph eval` reproduces the summary from the saved files alone.
     res = reevaluate(run)
     assert abs(res["mean"] - summary["mean"]) < 1e-6 and res["num_tasks"] == summary["num_tasks"]
+
+
+def test_gradient_diagnostics_are_logged_at_their_interval_and_plotted(tmp_path):
+    cfg = _cfg(tmp_path, "diag")
+    cfg.train.diag_every = 3
+    cfg.train.log_every = 5
+    run, _ = train(cfg, progress=False)
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    diag_steps = [r["step"] for r in recs if "diag" in r]
+    assert diag_steps == [3, 6, 9, 12]
+    d = recs[[r["step"] for r in recs].index(3)]["diag"]
+    assert -1 <= d["cos_extractor"] <= 1 and set(d["layers"]) == {"extractor.net.0", "extractor.net.2"}
+    assert all(set(v) == {"cos", "norm_meta", "norm_co"} for v in d["layers"].values())
+    assert (run / "gradients.png").is_file()
