@@ -108,7 +108,7 @@ def test_second_order_meta_gradient_matches_finite_differences():
 
     def fn():
         with torch.enable_grad():
-            return float(outer_objective(model, params, eps, CE, inner, gamma=0.8).total)
+            return float(outer_objective(model, params, eps, CE, inner, gamma=0.8).total.detach())
 
     numeric = _flat_fd(fn, params)
     for k in params:
