@@ -312,17 +312,21 @@ class DistContext:
         if not self.active:
             return fn(*args)
         if self.is_main:
-            try:
-                result = fn(*args)
-            except Exception as exc:
-                self._share(("error", _portable(exc)))
-                raise
+            result = self._run_sharing_errors(fn, *args)
             self._share(("ok", result))
             return result
         status, payload = self._share(None)
         if status == "error":
             raise payload
         return payload
+
+    def _run_sharing_errors(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on rank 0; if it raises, send the error to the other ranks (who re-raise it) first."""
+        try:
+            return fn(*args)
+        except Exception as exc:
+            self._share(("error", _portable(exc)))
+            raise
 
     def staged(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on every rank, rank 0 first, then each other node's first process, then the rest.
@@ -334,11 +338,7 @@ class DistContext:
             return fn(*args)
         result: Any = None
         if self.is_main:
-            try:
-                result = fn(*args)
-            except Exception as exc:
-                self._share(("error", _portable(exc)))
-                raise
+            result = self._run_sharing_errors(fn, *args)
             self._share(("ok", None))
         else:
             status, payload = self._share(None)
