@@ -1,7 +1,8 @@
 """``cmlgraph compare``: each base algorithm with and without CML, per domain, paired over seeds and tasks.
 
 Runs that are missing are trained; a finished run whose resolved config matches is reused, whatever its
-folder name. Both arms of a seed share the seed's fixed test tasks, so the difference CML − base is paired
+folder name (execution strategies that give the same results, ``data.subgraph``, ``data.subgraph_threshold`` and
+``train.batched``, are not compared). Both arms of a seed share the seed's fixed test tasks, so the difference CML − base is paired
 task by task; its mean and 95% CI pool the per-task differences of all seeds.
 """
 
@@ -53,6 +54,9 @@ def _key(cfg: Config) -> str:
     d = prepare(cfg).to_dict()
     d.pop("run")
     d["data"].pop("data_root", None)
+    # Execution strategies with the same results (tested equal): they do not make a run different.
+    for section, key in (("data", "subgraph"), ("data", "subgraph_threshold"), ("train", "batched")):
+        d[section].pop(key, None)
     return json.dumps(d, sort_keys=True)
 
 

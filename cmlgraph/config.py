@@ -31,8 +31,9 @@ class DataConfig:
         ways: N classes per task (classification).
         shots: K support examples per class (regression: support points).
         queries: Query examples per class (regression: query points).
-        subgraph: Graph execution mode: ``auto``, ``full`` or ``khop``.
-        subgraph_threshold: ``auto`` uses k-hop subgraphs above this many nodes.
+        subgraph: Graph execution mode: ``auto``, ``full`` (every node of the graph at every pass) or ``khop``
+            (only each output's exact computation tree; the k-hop subgraph for GAT). Same results either way.
+        subgraph_threshold: ``auto`` uses ``khop`` above this many nodes.
         synthetic_nodes: Nodes of the ``synthetic`` graph.
         synthetic_classes: Classes of the ``synthetic`` graph.
         image_size: Image side in pixels (image domains).
@@ -48,7 +49,7 @@ class DataConfig:
     shots: int | None = None
     queries: int | None = None
     subgraph: str = "auto"
-    subgraph_threshold: int = 50_000
+    subgraph_threshold: int = 20_000
     synthetic_nodes: int = 3000
     synthetic_classes: int = 60
     image_size: int = 28

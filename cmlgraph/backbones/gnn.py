@@ -23,6 +23,8 @@ The first layer multiplies the features by its weight before aggregating (``Â (
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,7 @@ from cmlgraph.backbones.base import Backbone
 from cmlgraph.backbones.gnn_ops import (
     FastSparseAggregation,
     SparseLinear,
+    adjacency_rows,
     cached,
     feature_dropout,
     gcn_adj,
@@ -48,8 +51,12 @@ from cmlgraph.backbones.gnn_ops import (
     sparse_nnz,
     sum_adj,
 )
+from cmlgraph.backbones.gnn_plan import Plan, TaskLayout, build_plan, prefix_rows, task_linear
 from cmlgraph.errors import ConfigError
-from cmlgraph.graphs.types import GraphInput
+from cmlgraph.graphs.types import GraphBatch, GraphInput
+
+#: Kinds with a computation-tree path (``GraphInput.local`` and batched tasks), and the aggregation they read.
+PLAN_AGGREGATION = {"gcn": "gcn", "sgc": "gcn", "sage": "mean", "gin": "sum"}
 
 
 class _GCNConv(FastSparseAggregation, GCNConv):
@@ -178,6 +185,9 @@ class GNNBackbone(Backbone):
 
     def forward(self, inputs: GraphInput) -> Tensor:
         """Features ``Tensor[len(inputs.nodes), hidden]`` of the requested nodes."""
+        if inputs.local and self.supports_plan:
+            weights = {k: v.unsqueeze(0) for k, v in self._weights().items()}
+            return self._forward_plan(weights, TaskLayout([self.plan(inputs)]))[0]
         if self.kind == "sgc":
             return self._forward_sgc(inputs)
         graph = self._graph(inputs)
@@ -189,6 +199,102 @@ class GNNBackbone(Backbone):
             if i < last or self.last_activation:
                 h = F.relu(h)
         return h[inputs.nodes]
+
+    @property
+    def supports_plan(self) -> bool:
+        """Whether this kind runs computation trees (``GraphInput.local``) and batched tasks."""
+        return self.kind in PLAN_AGGREGATION
+
+    def plan(self, inputs: GraphInput) -> Plan:
+        """The exact computation tree of ``inputs.nodes`` for this GNN, built once per input and kept on it."""
+        store = inputs.__dict__.setdefault("_plans", {})
+        key = (PLAN_AGGREGATION[self.kind], self.hops)
+        if key not in store:
+            adj = adjacency_rows(inputs, PLAN_AGGREGATION[self.kind])
+            store[key] = build_plan(adj, inputs.x, inputs.nodes.to(inputs.x.device), self.hops)
+        return store[key]
+
+    def forward_tasks(self, params: dict[str, Tensor], batch: GraphBatch) -> Tensor:
+        """Features ``Tensor[T, n, hidden]`` of ``T`` tasks' nodes, with per-task weights ``params[name][t]``.
+
+        Computation-tree inputs of the plan kinds run as one block-diagonal pass; anything else (GAT, whole-graph
+        inputs) runs task by task with the same results.
+        """
+        items = batch.items
+        if self.supports_plan and all(g.local for g in items):
+            key = f"layout/{PLAN_AGGREGATION[self.kind]}/{self.hops}"
+            if key not in batch.memo:
+                batch.memo[key] = TaskLayout([self.plan(g) for g in items])
+            fixed = {n: v for n, v in self._weights().items() if n not in params}  # GIN's fixed ε
+            return self._forward_plan({**fixed, **params}, batch.memo[key])
+        outs = [torch.func.functional_call(self, {k: v[t] for k, v in params.items()}, (g,))
+                for t, g in enumerate(items)]
+        return torch.stack(outs)
+
+    def _weights(self) -> dict[str, Tensor]:
+        """The weights (and GIN's ε) currently in the modules: under ``functional_call``, the substituted ones."""
+        names = [n for n, _ in self.named_parameters()]
+        if self.kind == "gin":
+            names += [f"convs.{i}.eps" for i in range(len(self.convs)) if f"convs.{i}.eps" not in names]
+        return {n: attrgetter(n)(self) for n in names}
+
+    def _forward_plan(self, w: dict[str, Any], lay: TaskLayout) -> Tensor:
+        """The GNN over computation trees with per-task weights ``w[name]: [T, ...]``; returns ``[T, n, hidden]``."""
+        t = lay.tasks
+        if self.kind == "sgc":
+            z = feature_dropout(lay.constant("sgc", len(lay.sizes) - 1), self.dropout, self.training)
+            h = task_linear(z, w["convs.0.lin.weight"], t, w.get("convs.0.lin.bias"))
+            return lay.select_output(self._sgc_out(h))
+        drop_input = self.training and self.dropout > 0
+        last = len(self.convs) - 1
+        h = torch.empty(0)
+        for i in range(len(self.convs)):
+            n_out = lay.sizes[i + 1]
+            pre = f"convs.{i}."
+            if i == 0 and not drop_input:
+                h = self._plan_first_layer(w, lay)
+            else:
+                x = lay.features() if i == 0 else h
+                x = feature_dropout(x, self.dropout, self.training)
+                h = self._plan_layer(w, pre, lay.agg(i), x, t, n_out, i)
+            if i < last or self.last_activation:
+                h = F.relu(h)
+        return lay.select_output(h)
+
+    def _plan_first_layer(self, w: dict[str, Any], lay: TaskLayout) -> Tensor:
+        """First layer from constants: ``z = A x`` (aggregated features) and ``r`` (the root nodes' features)."""
+        t = lay.tasks
+        z = lay.constant("z", 1)
+        if self.kind == "gcn":
+            return task_linear(z, w["convs.0.lin.weight"], t, w.get("convs.0.bias"))
+        r = lay.constant("r", 1)
+        if self.kind == "sage":
+            return (task_linear(z, w["convs.0.lin_l.weight"], t, w.get("convs.0.lin_l.bias"))
+                    + task_linear(r, w["convs.0.lin_r.weight"], t, w.get("convs.0.lin_r.bias")))
+        w1, b1 = w["convs.0.nn.0.weight"], w.get("convs.0.nn.0.bias")
+        h = task_linear(z, w1, t) + _task_scale(1 + w["convs.0.eps"], task_linear(r, w1, t), t)
+        if b1 is not None:
+            h = (h.view(t, -1, h.shape[-1]) + b1.unsqueeze(1)).reshape(-1, h.shape[-1])
+        return self._gin_rest(w, "convs.0.", h, t)
+
+    def _plan_layer(self, w: dict[str, Any], pre: str, agg: Tensor, x: Tensor, t: int, n_out: int, i: int
+                    ) -> Tensor:
+        """One layer from the previous level's ``x`` (dense, or block-sparse features): project, aggregate."""
+        if self.kind == "gcn":
+            h = sparse_matmul(agg, task_linear(x, w[pre + "lin.weight"], t))
+            return _task_bias(h, w.get(pre + "bias"), t)
+        if self.kind == "sage":
+            hl = sparse_matmul(agg, task_linear(x, w[pre + "lin_l.weight"], t))
+            hr = prefix_rows(task_linear(x, w[pre + "lin_r.weight"], t, w.get(pre + "lin_r.bias")), t, n_out)
+            return _task_bias(hl, w.get(pre + "lin_l.bias"), t) + hr
+        w1, b1 = w[pre + "nn.0.weight"], w.get(pre + "nn.0.bias")
+        p = task_linear(x, w1, t)
+        h = sparse_matmul(agg, p) + _task_scale(1 + w[pre + "eps"], prefix_rows(p, t, n_out), t)
+        return self._gin_rest(w, pre, _task_bias(h, b1, t), t)
+
+    def _gin_rest(self, w: dict[str, Any], pre: str, h: Tensor, t: int) -> Tensor:
+        """GIN's MLP after its first linear layer (ReLU, Linear)."""
+        return task_linear(F.relu(h), w[pre + "nn.2.weight"], t, w.get(pre + "nn.2.bias"))
 
     def _graph(self, inputs: GraphInput) -> Tensor:
         """The cached graph structure this kind propagates over."""
@@ -278,6 +384,20 @@ class GNNBackbone(Backbone):
     def extra_repr(self) -> str:
         """Shown by ``print(model)``."""
         return f"kind={self.kind}, in_dim={self.in_dim}, hidden={self.hidden}, layers={self.num_layers}"
+
+
+def _task_bias(h: Tensor, bias: Tensor | None, t: int) -> Tensor:
+    """``h`` (``[T·rows, d]``) plus the per-task ``bias`` (``[T, d]``)."""
+    if bias is None:
+        return h
+    return (h.view(t, -1, h.shape[-1]) + bias.unsqueeze(1)).reshape(-1, h.shape[-1])
+
+
+def _task_scale(scale: Tensor, h: Tensor, t: int) -> Tensor:
+    """``h`` (``[T·rows, d]``) times a per-task (``[T, 1]``) or shared (``[1]``) scalar."""
+    if scale.dim() < 2:
+        return scale * h
+    return (h.view(t, -1, h.shape[-1]) * scale.view(t, 1, 1)).reshape(-1, h.shape[-1])
 
 
 def gnn_hops(backbone: nn.Module, *, exact: bool = False) -> int:

@@ -68,6 +68,20 @@ def transposable(a: Tensor) -> Tensor:
     return out
 
 
+def transposable_csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    """Like :func:`transposable` for a valid CSR matrix given by its parts (sorted, no duplicates): no coalescing,
+    one stable sort by column builds the transpose."""
+    rows = torch.repeat_interleave(torch.arange(shape[0], device=col.device), crow[1:] - crow[:-1])
+    perm = torch.sort(col, stable=True).indices
+    counts = torch.bincount(col, minlength=shape[1])
+    crow_t = torch.zeros(shape[1] + 1, dtype=crow.dtype, device=col.device)
+    torch.cumsum(counts, 0, out=crow_t[1:])
+    out = torch.sparse_csr_tensor(crow, col, values, shape)
+    setattr(out, _TRANSPOSE, torch.sparse_csr_tensor(crow_t, rows[perm], values[perm], (shape[1], shape[0])))
+    setattr(out, _PERM, perm)
+    return out
+
+
 def with_values(a: Tensor, values: Tensor) -> Tensor:
     """The matrix ``a`` from :func:`transposable` with its stored values replaced (e.g. after dropout)."""
     out = torch.sparse_csr_tensor(a.crow_indices(), a.col_indices(), values, a.shape)
@@ -182,37 +196,52 @@ def _adj_t(edge_index: Tensor, weight: Tensor, num_nodes: int) -> Tensor:
     return transposable(torch.sparse_coo_tensor(edge_index.flip(0), weight, (n, n)))
 
 
+def _edge_weights(inputs: GraphInput, kind: str) -> tuple[Tensor, Tensor]:
+    """``(edge_index, weight)`` of a kind's aggregation on the graph of ``inputs`` (PyG's source → target)."""
+    n = inputs.num_nodes
+    dev, dtype = inputs.x.device, inputs.x.dtype
+    if kind == "gcn":
+        ei, w = gcn_norm(inputs.edge_index, None, n, improved=False, add_self_loops=True, dtype=dtype)
+        return ei.to(dev), w.to(dev)
+    ei = inputs.edge_index.to(dev)
+    if kind == "mean":
+        deg = degree(ei[1], n, dtype=dtype)
+        return ei, deg.reciprocal()[ei[1]]
+    if kind == "sum":
+        return ei, torch.ones(ei.shape[1], dtype=dtype, device=dev)
+    raise ValueError(f"unknown aggregation {kind!r}")
+
+
 def gcn_adj(inputs: GraphInput) -> Tensor:
     """Symmetrically normalised adjacency with self-loops, ``D^-1/2 (A + I) D^-1/2`` (GCN, SGC), cached."""
-
-    def build() -> Tensor:
-        n = inputs.num_nodes
-        ei, w = gcn_norm(inputs.edge_index, None, n, improved=False, add_self_loops=True, dtype=inputs.x.dtype)
-        return _adj_t(ei.to(inputs.x.device), w.to(inputs.x.device), n)
-
-    return cached(inputs, "adj/gcn", build)
+    return cached(inputs, "adj/gcn", lambda: _adj_t(*_edge_weights(inputs, "gcn"), inputs.num_nodes))
 
 
 def mean_adj(inputs: GraphInput) -> Tensor:
     """In-degree normalised adjacency (mean over in-neighbours; isolated nodes get 0), cached (SAGE)."""
-
-    def build() -> Tensor:
-        n = inputs.num_nodes
-        ei = inputs.edge_index.to(inputs.x.device)
-        deg = degree(ei[1], n, dtype=inputs.x.dtype)
-        return _adj_t(ei, deg.reciprocal()[ei[1]], n)
-
-    return cached(inputs, "adj/mean", build)
+    return cached(inputs, "adj/mean", lambda: _adj_t(*_edge_weights(inputs, "mean"), inputs.num_nodes))
 
 
 def sum_adj(inputs: GraphInput) -> Tensor:
     """Unweighted adjacency (sum over in-neighbours), cached (GIN)."""
+    return cached(inputs, "adj/sum", lambda: _adj_t(*_edge_weights(inputs, "sum"), inputs.num_nodes))
+
+
+def adjacency_rows(inputs: GraphInput, kind: str) -> Tensor:
+    """The aggregation matrix of ``kind`` (``gcn``, ``mean``, ``sum``) as a plain CSR ``adj_t``, for reading rows.
+
+    Reuses the full (transposable) adjacency when a full-graph pass already built it; otherwise builds only the
+    CSR (no transpose), which is all a computation-tree plan needs, and caches it.
+    """
+    if CACHE_PREFIX + f"adj/{kind}" in inputs.cache:
+        return cached(inputs, f"adj/{kind}", lambda: None)
 
     def build() -> Tensor:
-        ei = inputs.edge_index.to(inputs.x.device)
-        return _adj_t(ei, torch.ones(ei.shape[1], dtype=inputs.x.dtype, device=ei.device), inputs.num_nodes)
+        ei, w = _edge_weights(inputs, kind)
+        n = inputs.num_nodes
+        return torch.sparse_coo_tensor(ei.flip(0), w, (n, n)).coalesce().to_sparse_csr()
 
-    return cached(inputs, "adj/sum", build)
+    return cached(inputs, f"adj/{kind}/rows", build)
 
 
 def self_loop_edge_index(inputs: GraphInput) -> Tensor:
@@ -257,6 +286,7 @@ def select_rows(x: Tensor, rows: Tensor) -> Tensor:
 
 __all__ = [
     "FastSparseAggregation",
+    "adjacency_rows",
     "SparseLinear",
     "cached",
     "feature_dropout",
@@ -272,5 +302,6 @@ __all__ = [
     "sparse_nnz",
     "sum_adj",
     "transposable",
+    "transposable_csr",
     "with_values",
 ]

@@ -26,24 +26,32 @@ class Episode:
     query_y: Tensor
 
 
+def _stackable(xs: list[Any]) -> bool:
+    first = xs[0]
+    if isinstance(first, Tensor):
+        return all(isinstance(x, Tensor) and x.shape == first.shape for x in xs)
+    check = getattr(type(first), "can_stack_tasks", None)
+    return check is not None and all(type(x) is type(first) for x in xs) and bool(check(xs))
+
+
+def _stack(xs: list[Any]) -> Any:
+    if isinstance(xs[0], Tensor):
+        return torch.stack(xs)
+    return type(xs[0]).stack_tasks(xs)
+
+
 def can_stack(episodes: list[Episode]) -> bool:
-    """Whether the episodes are plain tensors of equal shapes, so they can run batched with ``vmap``."""
-    first = episodes[0]
-    if not all(isinstance(v, Tensor) for v in (first.support_x, first.query_x)):
-        return False
-    return all(
-        isinstance(e.support_x, Tensor) and isinstance(e.query_x, Tensor)
-        and e.support_x.shape == first.support_x.shape and e.query_x.shape == first.query_x.shape
-        and e.support_y.shape == first.support_y.shape and e.query_y.shape == first.query_y.shape
-        for e in episodes
-    )
+    """Whether the episodes can run batched: equal-shape tensors (for ``vmap``), or inputs whose type provides
+    ``can_stack_tasks``/``stack_tasks`` (graph inputs, which the GNN batches itself)."""
+    return (_stackable([e.support_x for e in episodes]) and _stackable([e.query_x for e in episodes])
+            and _stackable([e.support_y for e in episodes]) and _stackable([e.query_y for e in episodes]))
 
 
 def stack(episodes: list[Episode]) -> Episode:
-    """Stack tensor episodes along a new leading task dimension."""
+    """Stack episodes along a new leading task dimension (tensors) or into a task batch (graph inputs)."""
     return Episode(
-        torch.stack([e.support_x for e in episodes]),
+        _stack([e.support_x for e in episodes]),
         torch.stack([e.support_y for e in episodes]),
-        torch.stack([e.query_x for e in episodes]),
+        _stack([e.query_x for e in episodes]),
         torch.stack([e.query_y for e in episodes]),
     )

@@ -22,6 +22,9 @@ def call(module: nn.Module, params: Mapping[str, Tensor], x: Any, batched: bool 
     """Run ``module`` with ``params``; when ``batched``, over a leading task dimension of params and x."""
     if not batched:
         return functional_call(module, dict(params), (x,))
+    if getattr(x, "task_batch", False):
+        # A task batch the module runs itself (graph inputs: one block-diagonal pass with per-task weights).
+        return module.forward_tasks(dict(params), x)
 
     def one(p: dict[str, Tensor], xi: Tensor) -> Tensor:
         return functional_call(module, p, (xi,))

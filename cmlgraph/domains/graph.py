@@ -1,8 +1,10 @@
 """Few-shot node classification on a graph with a GNN extractor.
 
 Episodes run on the full graph (the normalised adjacency and other graph-only precomputations are cached once
-for the whole run) or on the k-hop subgraph around each episode's nodes (the default above a size threshold;
-sparse features stay sparse). Support and query of one episode share one subgraph and its cache.
+for the whole run) or, in k-hop mode (the default above a size threshold), only on the nodes each output depends
+on: for GCN, SGC, SAGE and GIN the exact L-hop computation tree of the support and of the query nodes on the full
+graph (full-graph normalisation, layer by layer shrinking, a meta-batch's tasks batched into one block-diagonal
+pass); for GAT the k-hop subgraph around the episode. Sparse features stay sparse.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class GraphDomain(Domain):
 
     def __init__(self, graph: FewShotGraph, ways: int, shots: int, queries: int, *, gnn: str = "gcn",
                  hidden: int = 64, layers: int = 2, dropout: float = 0.0, heads: int = 4, subgraph: str = "auto",
-                 threshold: int = 50_000) -> None:
+                 threshold: int = 20_000) -> None:
         self.graph = graph
         self.name = graph.name
         self.out_dim = ways
@@ -82,7 +84,11 @@ class GraphDomain(Domain):
         self.partial = bool(graph.partial)
         self.notes = list(graph.notes)
         self.mode = subgraph if subgraph != "auto" else ("khop" if graph.num_nodes > threshold else "full")
-        self.hops = gnn_hops(self.build_extractor(), exact=True) if self.mode == "khop" else None
+        extractor = self.build_extractor()
+        # k-hop mode: exact computation trees on the full graph (L hops, batched over tasks) where the GNN kind
+        # has that path; otherwise (GAT) the k-hop subgraph around the episode.
+        self.trees = self.mode == "khop" and extractor.supports_plan
+        self.hops = gnn_hops(extractor, exact=not self.trees) if self.mode == "khop" else None
         # Built now, so impossible settings (too few classes, classes too small) fail before a run folder exists.
         self.samplers = {}
         for split in ("train", "val", "test"):
@@ -123,12 +129,19 @@ class GraphDomain(Domain):
     def _full_graph(self, device: torch.device | str) -> tuple[Tensor, Tensor, dict[str, Any]]:
         key = str(device)
         if key not in self._full:
-            self._full[key] = (compute_layout(self.graph.x).to(device), self.graph.edge_index.to(device), {})
+            x = compute_layout(self.graph.x)
+            if x.layout == torch.sparse_coo:
+                x = x.coalesce().to_sparse_csr()  # fast row slicing for computation trees; same values
+            self._full[key] = (x.to(device), self.graph.edge_index.to(device), {})
         return self._full[key]
 
     def materialize(self, raw: NodeEpisode, device: torch.device | str = "cpu") -> Episode:
         """Support and query inputs over the full graph or the episode's k-hop subgraph."""
         ns = raw.support.numel()
+        if self.trees:
+            x, ei, cache = self._full_graph(device)
+            return Episode(GraphInput(x, ei, raw.support.to(device), cache, local=True), raw.support_y.to(device),
+                           GraphInput(x, ei, raw.query.to(device), cache, local=True), raw.query_y.to(device))
         if self.mode == "full":
             x, ei, cache = self._full_graph(device)
             nodes = torch.cat([raw.support, raw.query]).to(device)
@@ -149,5 +162,5 @@ class GraphDomain(Domain):
     def describe(self) -> dict[str, Any]:
         """Facts for the summary."""
         return {**super().describe(), "ways": self.ways, "shots": self.shots, "queries": self.queries,
-                "mode": self.mode, "hops": self.hops, "nodes": self.graph.num_nodes,
+                "mode": self.mode, "computation_trees": self.trees, "hops": self.hops, "nodes": self.graph.num_nodes,
                 "classes": {k: len(v) for k, v in self.graph.splits.items()}}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor
 
@@ -17,17 +17,52 @@ class GraphInput:
         edge_index: ``LongTensor[2, E]`` in PyG convention (both directions for undirected graphs).
         nodes: ``LongTensor[n]`` indices (into this graph) of the nodes whose features the backbone returns.
         cache: Per-graph precomputations a backbone may store (e.g. the normalised adjacency); keyed by name.
+        local: Compute only the exact computation tree of ``nodes`` (their ``layers``-hop neighbourhood,
+            shrinking layer by layer) instead of every node of the graph; same outputs. GNN kinds without a
+            computation-tree path (GAT) ignore it and compute on the whole graph given.
     """
 
     x: Tensor
     edge_index: Tensor
     nodes: Tensor
     cache: dict[str, Any] = field(default_factory=dict)
+    local: bool = False
 
     @property
     def num_nodes(self) -> int:
         """Number of nodes of the graph (not of ``nodes``)."""
         return int(self.x.shape[0])
+
+    @staticmethod
+    def can_stack_tasks(items: list[GraphInput]) -> bool:
+        """Whether these inputs (one per task) can run batched: computation-tree inputs of one graph, with the
+        same number of requested nodes."""
+        first = items[0]
+        return all(isinstance(g, GraphInput) and g.local and g.x is first.x and g.nodes.shape == first.nodes.shape
+                   for g in items)
+
+    @staticmethod
+    def stack_tasks(items: list[GraphInput]) -> GraphBatch:
+        """The inputs of a meta-batch's tasks, to run together (see :class:`GraphBatch`)."""
+        return GraphBatch(list(items))
+
+
+@dataclass
+class GraphBatch:
+    """The graph inputs of several tasks run as one batch by a GNN backbone's ``forward_tasks``.
+
+    Attributes:
+        items: One :class:`GraphInput` per task.
+        memo: The backbone's batched layout of the tasks (block-diagonal matrices), built on first use and
+            reused by every inner step.
+    """
+
+    items: list[GraphInput]
+    memo: dict[str, Any] = field(default_factory=dict)
+    task_batch: ClassVar[bool] = True
+
+    def __len__(self) -> int:
+        return len(self.items)
 
 
 @dataclass

@@ -35,11 +35,13 @@ def test_one_cml_meta_step_reaches_every_parameter(small_graph, gnn):
         assert torch.isfinite(g).all() and g.abs().sum() > 0, k
 
 
-def test_khop_mode_equals_full_graph():
+@pytest.mark.parametrize("gnn", ["gcn", "sgc", "gat"])
+def test_khop_mode_equals_full_graph(gnn):
     small_graph = make_synthetic(num_nodes=3000, num_classes=12, avg_degree=2, seed=0, split="4/4/4")
-    full = GraphDomain(small_graph, ways=3, shots=2, queries=3, hidden=16, subgraph="full")
-    khop = GraphDomain(small_graph, ways=3, shots=2, queries=3, hidden=16, subgraph="khop")
-    assert khop.hops is not None and khop.hops >= 2
+    full = GraphDomain(small_graph, ways=3, shots=2, queries=3, hidden=16, subgraph="full", gnn=gnn)
+    khop = GraphDomain(small_graph, ways=3, shots=2, queries=3, hidden=16, subgraph="khop", gnn=gnn)
+    # Computation trees read the full graph's normalisation, so L hops suffice; GAT's subgraph needs L as well.
+    assert khop.hops == 2 and khop.trees == (gnn != "gat")
     torch.manual_seed(0)
     model = MetaModel(full.build_extractor(), 3, co_depth=0)
     algo = get_algorithm(AlgoConfig(algo="maml", inner_steps=2, inner_lr=0.5, co_depth=0))
@@ -49,8 +51,15 @@ def test_khop_mode_equals_full_graph():
     b = algo.meta_gradients(model, params, [khop.materialize(raw)], khop.loss_fn, 0)
     assert torch.allclose(a.loss.total, b.loss.total, atol=1e-5)
     for k in params:
-        assert torch.allclose(a.grads[k], b.grads[k], atol=1e-5), k
-    assert khop.materialize(raw).support_x.num_nodes < small_graph.num_nodes
+        # float32 sums in another order: compare relative to the gradient's scale (GAT's reach ~100)
+        err = (a.grads[k] - b.grads[k]).abs().max()
+        assert err <= 1e-4 * a.grads[k].abs().max() + 1e-5, (k, err)
+    support = khop.materialize(raw).support_x
+    if khop.trees:
+        plan = model.extractor.plan(support)
+        assert plan.sizes[0] < small_graph.num_nodes and plan.sizes[-1] == raw.support.numel()
+    else:
+        assert support.num_nodes < small_graph.num_nodes
 
 
 def test_dense_enough_sparse_features_are_densified_and_bag_of_words_stays_sparse():

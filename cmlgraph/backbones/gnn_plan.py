@@ -1,0 +1,273 @@
+"""Exact computation trees of GNN outputs on the full graph, per task and batched over a meta-batch's tasks.
+
+Why: a k-layer GNN's output at an episode's nodes depends only on their k-hop neighbourhood, and only on a
+shrinking part of it at each layer: layer ``i`` (counted from the input) is needed at the nodes within ``k - i - 1``
+hops. A :class:`Plan` holds those nested node levels ``N_k ⊇ ... ⊇ N_1 ⊇ N_0`` (``N_0`` the requested nodes, each
+level listing the previous one first) and, per layer, the rows ``N_{l-1}`` × columns ``N_l`` of the *full graph's*
+aggregation matrix (GCN's ``D^-1/2 (A + I) D^-1/2``, SAGE's mean, GIN's sum). Reading the full graph's weights
+makes the result exact with ``k`` hops (a k-hop subgraph renormalised on its own needs one more hop for GCN and SGC,
+and computes every layer on every node of it).
+
+Batching: the plans of several tasks are laid out block-diagonally, each task's level padded to the largest task's
+size; per-task weights (``[T, out, in]``) multiply dense blocks with ``torch.bmm`` and sparse features through a
+block-diagonal ``[T·rows, T·F]`` matrix times the stacked weights ``[T·F, out]``, so a meta-batch runs as one
+chain of kernels and each task still gets its own weights and gradients. Padding rows are never read by real rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cmlgraph.backbones.gnn_ops import is_sparse, sparse_matmul, transposable_csr
+from cmlgraph.graphs.sparse import slice_rows
+
+
+@dataclass
+class SparseBlock:
+    """A sparse matrix as COO parts, cheap to place on a block diagonal with others."""
+
+    rows: Tensor
+    cols: Tensor
+    vals: Tensor
+    shape: tuple[int, int]
+
+
+@dataclass
+class Plan:
+    """The computation tree of one set of target nodes for a ``layers``-deep GNN.
+
+    Attributes:
+        sizes: Rows at each level, input level first: ``sizes[0] = |N_k|``, ``sizes[k] = |N_0|``.
+        mats: Per layer (input layer first), the aggregation rows ``N_{l-1}`` × columns ``N_l``.
+        x: The full graph's features (rows are read through the plan).
+        out: Positions of the requested nodes in ``N_0`` (``None``: they are ``N_0`` in order).
+        memo: Constants derived from the plan (products with ``x``), built on first use.
+    """
+
+    sizes: list[int]
+    mats: list[SparseBlock]
+    x: Tensor
+    out: Tensor | None
+    memo: dict[str, Any] = field(default_factory=dict)
+
+
+def _unique_in_order(ids: Tensor) -> tuple[Tensor, Tensor]:
+    """``(uniq, inverse)``: distinct ids in order of first occurrence, and each entry's position in ``uniq``."""
+    uniq, inv = torch.unique(ids, return_inverse=True)
+    first = torch.full((uniq.numel(),), ids.numel(), dtype=torch.long, device=ids.device)
+    first.scatter_reduce_(0, inv, torch.arange(ids.numel(), device=ids.device), reduce="amin")
+    order = torch.argsort(first)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=ids.device)
+    return uniq[order], rank[inv]
+
+
+def _gather_rows(crow: Tensor, col: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """``(row_position, entry_position)`` of every stored entry in the CSR rows ``rows``."""
+    start = crow[rows]
+    counts = crow[rows + 1] - start
+    total = int(counts.sum())
+    row_pos = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), counts)
+    offsets = torch.cumsum(counts, 0) - counts
+    pos = torch.repeat_interleave(start - offsets, counts) + torch.arange(total, device=rows.device)
+    return row_pos, pos
+
+
+def build_plan(adj_rows: Tensor, x: Tensor, nodes: Tensor, layers: int) -> Plan:
+    """The exact ``layers``-hop computation tree of ``nodes``.
+
+    Args:
+        adj_rows: The full graph's aggregation matrix as CSR ``adj_t`` (row = target, column = source).
+        x: The full graph's node features (dense, or sparse; CSR is fastest).
+        nodes: ``LongTensor[n]`` target node ids (duplicates allowed).
+        layers: GNN depth (SGC: its K).
+    """
+    crow, col, val = adj_rows.crow_indices(), adj_rows.col_indices(), adj_rows.values()
+    level, inverse = _unique_in_order(nodes)
+    out = None if level.numel() == nodes.numel() and bool((level == nodes).all()) else inverse
+    mats: list[SparseBlock] = []
+    sizes = [level.numel()]
+    first_global: SparseBlock | None = None
+    for i in range(layers):
+        row_pos, pos = _gather_rows(crow, col, level)
+        nxt, local = _unique_in_order(torch.cat([level, col[pos]]))
+        cols = local[level.numel():]
+        mats.append(SparseBlock(row_pos, cols, val[pos], (level.numel(), nxt.numel())))
+        if i == layers - 1:
+            # The input layer's aggregation with global column ids: multiplies the full features directly.
+            first_global = SparseBlock(row_pos, col[pos], val[pos], (level.numel(), int(x.shape[0])))
+        level = nxt
+        sizes.append(level.numel())
+    mats.reverse()
+    sizes.reverse()
+    plan = Plan(sizes=sizes, mats=mats, x=x, out=out)
+    plan.memo["level"] = level
+    plan.memo["first_global"] = first_global
+    return plan
+
+
+def _csr(block: SparseBlock, rows_sorted: bool = False) -> Tensor:
+    """A block as a CSR matrix: directly when its entries are row-major sorted without duplicates
+    (``rows_sorted``: rows gathered from a coalesced CSR matrix), else by coalescing."""
+    if rows_sorted:
+        crow = torch.zeros(block.shape[0] + 1, dtype=torch.long, device=block.rows.device)
+        torch.cumsum(torch.bincount(block.rows, minlength=block.shape[0]), 0, out=crow[1:])
+        return torch.sparse_csr_tensor(crow, block.cols, block.vals, block.shape)
+    return torch.sparse_coo_tensor(torch.stack([block.rows, block.cols]), block.vals, block.shape).coalesce(
+        ).to_sparse_csr()
+
+
+def _block_diag(parts: list[Tensor], rows_per: int, cols_per: int) -> Tensor:
+    """Place the CSR matrices ``parts`` on a diagonal with strides ``rows_per``/``cols_per`` (rows padded with
+    empty rows), as a transposable CSR matrix; no sorting but the one that builds the transpose."""
+    crows, cols, vals = [], [], []
+    offset = 0
+    for i, m in enumerate(parts):
+        crow = m.crow_indices()
+        pad = crow[-1:].expand(rows_per - (crow.numel() - 1))
+        crows.append(torch.cat([crow[:-1], pad]) + offset if i else torch.cat([crow[:-1], pad]))
+        cols.append(m.col_indices() + i * cols_per)
+        vals.append(m.values())
+        offset += int(crow[-1])
+    crows.append(torch.tensor([offset], dtype=torch.long, device=parts[0].device))
+    t = len(parts)
+    return transposable_csr(torch.cat(crows), torch.cat(cols), torch.cat(vals), (t * rows_per, t * cols_per))
+
+
+def _to_csr(x: Tensor) -> Tensor:
+    return x if x.layout == torch.sparse_csr else x.to_sparse_coo().coalesce().to_sparse_csr()
+
+
+def _mat(block: SparseBlock) -> Tensor:
+    return torch.sparse_coo_tensor(torch.stack([block.rows, block.cols]), block.vals, block.shape).coalesce()
+
+
+def _sparse_product(a: SparseBlock, x: Tensor, rows_sorted: bool = False) -> Tensor:
+    """``a @ x`` (constant): CSR when ``x`` is sparse, dense otherwise."""
+    with torch.no_grad():
+        if is_sparse(x):
+            x = x if x.layout == torch.sparse_csr else x.to_sparse_coo().coalesce().to_sparse_csr()
+            return torch.sparse.mm(_csr(a, rows_sorted), x)
+        return torch.sparse.mm(_mat(a), x)
+
+
+def plan_constant(plan: Plan, key: str) -> Tensor:
+    """Constants of one plan: ``"z"`` = first aggregation of the features, ``"r"`` = the features of ``N_{k-1}``
+    (the root term of SAGE and GIN), ``"x"`` = the features of the input level ``N_k``, ``"sgc"`` = all
+    aggregations of the features (SGC's ``(Â^K X)[N_0]``)."""
+    if key not in plan.memo:
+        level = plan.memo["level"]
+        if key == "z":
+            plan.memo[key] = _sparse_product(plan.memo["first_global"], plan.x, rows_sorted=True)
+        elif key == "x":
+            plan.memo[key] = slice_rows(plan.x, level)
+        elif key == "r":
+            plan.memo[key] = slice_rows(plan.x, level[: plan.sizes[1]])
+        elif key == "sgc":
+            z = plan_constant(plan, "z")
+            for m in plan.mats[1:]:
+                z = _sparse_product(m, z)
+            plan.memo[key] = z
+        else:
+            raise KeyError(key)
+    return plan.memo[key]
+
+
+class TaskLayout:
+    """The plans of ``T`` tasks laid out for batched kernels (``T = 1`` for a single task).
+
+    Args:
+        plans: One plan per task, all with the same number of levels and of requested nodes.
+    """
+
+    def __init__(self, plans: list[Plan]) -> None:
+        self.plans = plans
+        self.tasks = len(plans)
+        self.sizes = [max(p.sizes[i] for p in plans) for i in range(len(plans[0].sizes))]
+        self._memo: dict[str, Any] = {}
+
+    def agg(self, layer: int) -> Tensor:
+        """Block-diagonal aggregation of ``layer``: ``[T·sizes[layer+1], T·sizes[layer]]``."""
+        return self._get(f"agg/{layer}", lambda: _block_diag([_csr(p.mats[layer]) for p in self.plans],
+                                                             self.sizes[layer + 1], self.sizes[layer]))
+
+    def constant(self, key: str, level: int) -> Tensor:
+        """A per-task constant (see :func:`plan_constant`) stacked over tasks with rows padded to ``level``.
+
+        Dense constants come back as ``[T, rows, F]``; sparse ones as a block-diagonal ``[T·rows, T·F]`` matrix.
+        """
+
+        def build() -> Tensor:
+            parts = [plan_constant(p, key) for p in self.plans]
+            rows = self.sizes[level]
+            if is_sparse(parts[0]):
+                return _block_diag([_to_csr(z) for z in parts], rows, int(parts[0].shape[1]))
+            out = parts[0].new_zeros(self.tasks, rows, parts[0].shape[1])
+            for i, z in enumerate(parts):
+                out[i, : z.shape[0]] = z
+            return out
+
+        return self._get(f"const/{key}/{level}", build)
+
+    def features(self) -> Tensor:
+        """The input level's features, stacked like :meth:`constant`."""
+        return self._get("x", self._features)
+
+    def _features(self) -> Tensor:
+        parts = [plan_constant(p, "x") for p in self.plans]
+        rows = self.sizes[0]
+        if is_sparse(parts[0]):
+            return _block_diag([_to_csr(z) for z in parts], rows, int(parts[0].shape[1]))
+        out = parts[0].new_zeros(self.tasks, rows, parts[0].shape[1])
+        for i, z in enumerate(parts):
+            out[i, : z.shape[0]] = z
+        return out
+
+    def select_output(self, h: Tensor) -> Tensor:
+        """``[T·rows_0, d]`` last-level rows → ``[T, n, d]`` in the requested node order of each task."""
+        h = h.view(self.tasks, self.sizes[-1], h.shape[-1])
+        outs = [p.out for p in self.plans]
+        if all(o is None for o in outs):
+            return h[:, : self.plans[0].sizes[-1]]
+        idx = torch.stack([o if o is not None else torch.arange(p.sizes[-1], device=h.device)
+                           for o, p in zip(outs, self.plans, strict=True)])
+        return torch.gather(h, 1, idx.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+
+    def _get(self, key: str, build: Any) -> Any:
+        if key not in self._memo:
+            self._memo[key] = build()
+        return self._memo[key]
+
+
+def task_linear(h: Tensor, weight: Tensor, tasks: int, bias: Tensor | None = None) -> Tensor:
+    """Per-task ``h @ weight[t].T (+ bias[t])``.
+
+    Args:
+        h: ``[T·rows, in]`` dense, ``[T, rows, in]`` dense, or a block-diagonal sparse ``[T·rows, T·in]``.
+        weight: ``[T, out, in]``.
+        tasks: ``T``.
+        bias: ``[T, out]`` or None.
+
+    Returns:
+        ``[T·rows, out]``.
+    """
+    t, out_dim, in_dim = weight.shape
+    if is_sparse(h):
+        y = sparse_matmul(h, weight.transpose(1, 2).reshape(t * in_dim, out_dim)).view(t, -1, out_dim)
+    else:
+        y = torch.bmm(h.reshape(tasks, -1, in_dim), weight.transpose(1, 2))
+    if bias is not None:
+        y = y + bias.unsqueeze(1)
+    return y.reshape(-1, out_dim)
+
+
+def prefix_rows(h: Tensor, tasks: int, rows: int) -> Tensor:
+    """The first ``rows`` rows of every task's block of a dense ``[T·R, d]`` (the previous level's nodes)."""
+    return h.view(tasks, -1, h.shape[-1])[:, :rows].reshape(-1, h.shape[-1])
+
+
+__all__ = ["Plan", "SparseBlock", "TaskLayout", "build_plan", "plan_constant", "prefix_rows", "task_linear"]

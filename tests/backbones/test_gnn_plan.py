@@ -1,0 +1,125 @@
+"""Computation trees and batched GNN tasks: exact against the whole-graph pass and the per-task loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cmlgraph.backbones.gnn import GNNBackbone
+from cmlgraph.core.episode import Episode, can_stack, stack
+from cmlgraph.core.inner_loop import InnerLoopConfig
+from cmlgraph.core.model import MetaModel, parameters_of
+from cmlgraph.core.objective import outer_objective
+from cmlgraph.graphs.types import GraphBatch, GraphInput
+
+KINDS = ["gcn", "sgc", "sage", "gin"]
+
+
+def _graph(n: int = 200, sparse: bool = False, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ei = torch.randint(0, n, (2, 4 * n), generator=g)
+    ei = torch.cat([ei, ei.flip(0), torch.tensor([[3, 3], [3, 3]])], 1)  # a self-loop and duplicate edges
+    if sparse:
+        x = (torch.rand(n, 40, generator=g) < 0.08).double() * torch.rand(n, 40, generator=g, dtype=torch.float64)
+        return x.to_sparse_csr(), ei
+    return torch.randn(n, 12, generator=g, dtype=torch.float64), ei
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_computation_tree_equals_whole_graph(kind, sparse, layers):
+    x, ei = _graph(sparse=sparse)
+    torch.manual_seed(0)
+    net = GNNBackbone(kind, x.shape[1], hidden=8, layers=layers, train_eps=True).double()
+    nodes = torch.tensor([5, 17, 3, 5, 150])  # a duplicate and the self-looped node
+    cache: dict = {}
+    whole = net(GraphInput(x, ei, nodes, cache))
+    tree_input = GraphInput(x, ei, nodes, cache, local=True)
+    tree = net(tree_input)
+    torch.testing.assert_close(tree, whole, atol=1e-12, rtol=1e-10)
+    plan = net.plan(tree_input)
+    assert len(plan.sizes) == layers + 1 and plan.sizes[-1] == 4  # distinct requested nodes
+    assert plan.sizes == sorted(plan.sizes, reverse=True)  # levels shrink towards the output
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("sparse", [False, True])
+def test_forward_tasks_equals_loop_with_per_task_weights(kind, sparse):
+    x, ei = _graph(sparse=sparse, seed=1)
+    torch.manual_seed(1)
+    net = GNNBackbone(kind, x.shape[1], hidden=8, layers=2, train_eps=True).double()
+    cache: dict = {}
+    items = [GraphInput(x, ei, torch.randperm(200)[:6], cache, local=True) for _ in range(3)]
+    params = {k: v.detach().unsqueeze(0) + 0.1 * torch.randn(3, *v.shape, dtype=v.dtype)
+              for k, v in net.named_parameters()}
+    batched = net.forward_tasks(params, GraphBatch(items))
+    looped = torch.stack([torch.func.functional_call(net, {k: v[t] for k, v in params.items()},
+                                                     (GraphInput(x, ei, g.nodes, cache),))
+                          for t, g in enumerate(items)])
+    torch.testing.assert_close(batched, looped, atol=1e-12, rtol=1e-10)
+
+
+def _episodes(x, ei, tasks: int, seed: int) -> list[Episode]:
+    g = torch.Generator().manual_seed(seed)
+    cache: dict = {}
+    out = []
+    for _ in range(tasks):
+        perm = torch.randperm(x.shape[0], generator=g)
+        s, q = perm[:6], perm[6:15]
+        out.append(Episode(GraphInput(x, ei, s, cache, local=True), torch.arange(3).repeat(2),
+                           GraphInput(x, ei, q, cache, local=True), torch.arange(3).repeat(3)))
+    return out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("first_order", [False, True])
+def test_batched_outer_objective_equals_per_task_loop(kind, first_order):
+    x, ei = _graph(sparse=kind in ("gcn", "sage"), seed=2)
+    torch.manual_seed(2)
+    model = MetaModel(GNNBackbone(kind, x.shape[1], hidden=8, layers=2), 3, co_depth=1).double()
+    params = parameters_of(model)
+    eps = _episodes(x, ei, 4, seed=3)
+    assert can_stack(eps) and isinstance(stack(eps).support_x, GraphBatch)
+    inner = InnerLoopConfig(steps=2, lr=0.3, first_order=first_order)
+    a = outer_objective(model, params, eps, F.cross_entropy, inner, batched=True)
+    b = outer_objective(model, params, eps, F.cross_entropy, inner, batched=False)
+    torch.testing.assert_close(a.total, b.total, atol=1e-12, rtol=1e-10)
+    names = list(params)
+    ga = torch.autograd.grad(a.total, [params[k] for k in names])
+    gb = torch.autograd.grad(b.total, [params[k] for k in names])
+    for k, u, v in zip(names, ga, gb, strict=True):
+        assert u.abs().sum() > 0, k
+        torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-8, msg=k)
+
+
+def test_whole_graph_inputs_do_not_stack_and_gat_runs_task_by_task():
+    x, ei = _graph(seed=4)
+    eps = _episodes(x, ei, 2, seed=5)
+    whole = [Episode(GraphInput(e.support_x.x, ei, e.support_x.nodes), e.support_y,
+                     GraphInput(e.query_x.x, ei, e.query_x.nodes), e.query_y) for e in eps]
+    assert not can_stack(whole)
+    torch.manual_seed(4)
+    net = GNNBackbone("gat", x.shape[1], hidden=8, layers=2).double()
+    params = {k: v.detach().unsqueeze(0).repeat(2, *[1] * v.dim()) for k, v in net.named_parameters()}
+    out = net.forward_tasks(params, stack(eps).support_x)
+    ref = torch.stack([net(GraphInput(x, ei, e.support_x.nodes)) for e in eps])
+    torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage", "gin"])
+def test_input_dropout_in_training_runs_on_the_tree_and_is_off_in_eval(kind):
+    x, ei = _graph(sparse=True, seed=6)
+    torch.manual_seed(6)
+    net = GNNBackbone(kind, x.shape[1], hidden=8, layers=2, dropout=0.5).double()
+    nodes = torch.arange(10)
+    cache: dict = {}
+    net.eval()
+    torch.testing.assert_close(net(GraphInput(x, ei, nodes, cache, local=True)), net(GraphInput(x, ei, nodes, cache)))
+    net.train()
+    items = [GraphInput(x, ei, nodes, cache, local=True) for _ in range(2)]
+    params = {k: v.detach().unsqueeze(0).repeat(2, *[1] * v.dim()) for k, v in net.named_parameters()}
+    out = net.forward_tasks(params, GraphBatch(items))
+    assert out.shape == (2, 10, 8) and torch.isfinite(out).all()
+    assert not torch.allclose(out[0], out[1])  # each task draws its own mask
