@@ -41,8 +41,10 @@ class Plan:
     """The computation tree of one set of target nodes for a ``layers``-deep GNN.
 
     Attributes:
-        sizes: Rows at each level, input level first: ``sizes[0] = |N_k|``, ``sizes[k] = |N_0|``.
-        mats: Per layer (input layer first), the aggregation rows ``N_{l-1}`` × columns ``N_l``.
+        sizes: Rows at each level, input level first: ``sizes[0] = |N_k|`` (0 until :func:`complete_plan`),
+            ``sizes[k] = |N_0|``.
+        mats: Per layer (input layer first), the aggregation rows ``N_{l-1}`` × columns ``N_l`` (the first one
+            ``None`` until :func:`complete_plan`).
         x: The full graph's features (rows are read through the plan).
         out: Positions of the requested nodes in ``N_0`` (``None``: they are ``N_0`` in order).
         memo: Constants derived from the plan (products with ``x``), built on first use.
@@ -80,6 +82,10 @@ def _gather_rows(crow: Tensor, col: Tensor, rows: Tensor) -> tuple[Tensor, Tenso
 def build_plan(adj_rows: Tensor, x: Tensor, nodes: Tensor, layers: int) -> Plan:
     """The exact ``layers``-hop computation tree of ``nodes``.
 
+    The input level ``N_k`` itself (the largest) is only listed when something reads its rows one by one (input
+    dropout, SAGE/GIN roots); the first aggregation multiplies the full features directly (see
+    :func:`complete_plan`).
+
     Args:
         adj_rows: The full graph's aggregation matrix as CSR ``adj_t`` (row = target, column = source).
         x: The full graph's node features (dense, or sparse; CSR is fastest).
@@ -89,24 +95,37 @@ def build_plan(adj_rows: Tensor, x: Tensor, nodes: Tensor, layers: int) -> Plan:
     crow, col, val = adj_rows.crow_indices(), adj_rows.col_indices(), adj_rows.values()
     level, inverse = _unique_in_order(nodes)
     out = None if level.numel() == nodes.numel() and bool((level == nodes).all()) else inverse
-    mats: list[SparseBlock] = []
+    mats: list[SparseBlock | None] = []
     sizes = [level.numel()]
-    first_global: SparseBlock | None = None
+    first_global = SparseBlock(torch.empty(0), torch.empty(0), torch.empty(0), (0, 0))
     for i in range(layers):
         row_pos, pos = _gather_rows(crow, col, level)
-        nxt, local = _unique_in_order(torch.cat([level, col[pos]]))
-        cols = local[level.numel():]
-        mats.append(SparseBlock(row_pos, cols, val[pos], (level.numel(), nxt.numel())))
         if i == layers - 1:
             # The input layer's aggregation with global column ids: multiplies the full features directly.
             first_global = SparseBlock(row_pos, col[pos], val[pos], (level.numel(), int(x.shape[0])))
+            mats.append(None)
+            sizes.append(0)
+            break
+        nxt, local = _unique_in_order(torch.cat([level, col[pos]]))
+        mats.append(SparseBlock(row_pos, local[level.numel():], val[pos], (level.numel(), nxt.numel())))
         level = nxt
         sizes.append(level.numel())
     mats.reverse()
     sizes.reverse()
-    plan = Plan(sizes=sizes, mats=mats, x=x, out=out)
-    plan.memo["level"] = level
+    plan = Plan(sizes=sizes, mats=mats, x=x, out=out)  # type: ignore[arg-type]
+    plan.memo["prev_level"] = level
     plan.memo["first_global"] = first_global
+    return plan
+
+
+def complete_plan(plan: Plan) -> Plan:
+    """List the input level ``N_k`` and the first layer's matrix over it (once)."""
+    if plan.mats[0] is None:
+        prev, fg = plan.memo["prev_level"], plan.memo["first_global"]
+        level, local = _unique_in_order(torch.cat([prev, fg.cols]))
+        plan.mats[0] = SparseBlock(fg.rows, local[prev.numel():], fg.vals, (prev.numel(), level.numel()))
+        plan.sizes[0] = level.numel()
+        plan.memo["level"] = level
     return plan
 
 
@@ -142,17 +161,15 @@ def _to_csr(x: Tensor) -> Tensor:
     return x if x.layout == torch.sparse_csr else x.to_sparse_coo().coalesce().to_sparse_csr()
 
 
-def _mat(block: SparseBlock) -> Tensor:
-    return torch.sparse_coo_tensor(torch.stack([block.rows, block.cols]), block.vals, block.shape).coalesce()
-
-
 def _sparse_product(a: SparseBlock, x: Tensor, rows_sorted: bool = False) -> Tensor:
     """``a @ x`` (constant): CSR when ``x`` is sparse, dense otherwise."""
     with torch.no_grad():
         if is_sparse(x):
             x = x if x.layout == torch.sparse_csr else x.to_sparse_coo().coalesce().to_sparse_csr()
             return torch.sparse.mm(_csr(a, rows_sorted), x)
-        return torch.sparse.mm(_mat(a), x)
+        # Dense x: gather only the rows a reads (a sparse product may touch all of a large x).
+        out = x.new_zeros(a.shape[0], x.shape[1])
+        return out.index_add_(0, a.rows, x.index_select(0, a.cols) * a.vals.unsqueeze(1))
 
 
 def plan_constant(plan: Plan, key: str) -> Tensor:
@@ -160,13 +177,12 @@ def plan_constant(plan: Plan, key: str) -> Tensor:
     (the root term of SAGE and GIN), ``"x"`` = the features of the input level ``N_k``, ``"sgc"`` = all
     aggregations of the features (SGC's ``(Â^K X)[N_0]``)."""
     if key not in plan.memo:
-        level = plan.memo["level"]
         if key == "z":
             plan.memo[key] = _sparse_product(plan.memo["first_global"], plan.x, rows_sorted=True)
         elif key == "x":
-            plan.memo[key] = slice_rows(plan.x, level)
+            plan.memo[key] = slice_rows(plan.x, complete_plan(plan).memo["level"])
         elif key == "r":
-            plan.memo[key] = slice_rows(plan.x, level[: plan.sizes[1]])
+            plan.memo[key] = slice_rows(plan.x, plan.memo["prev_level"])
         elif key == "sgc":
             z = plan_constant(plan, "z")
             for m in plan.mats[1:]:
@@ -192,6 +208,8 @@ class TaskLayout:
 
     def agg(self, layer: int) -> Tensor:
         """Block-diagonal aggregation of ``layer``: ``[T·sizes[layer+1], T·sizes[layer]]``."""
+        if layer == 0:
+            self._complete()
         return self._get(f"agg/{layer}", lambda: _block_diag([_csr(p.mats[layer]) for p in self.plans],
                                                              self.sizes[layer + 1], self.sizes[layer]))
 
@@ -215,7 +233,13 @@ class TaskLayout:
 
     def features(self) -> Tensor:
         """The input level's features, stacked like :meth:`constant`."""
+        self._complete()
         return self._get("x", self._features)
+
+    def _complete(self) -> None:
+        for p in self.plans:
+            complete_plan(p)
+        self.sizes[0] = max(p.sizes[0] for p in self.plans)
 
     def _features(self) -> Tensor:
         parts = [plan_constant(p, "x") for p in self.plans]
@@ -270,4 +294,4 @@ def prefix_rows(h: Tensor, tasks: int, rows: int) -> Tensor:
     return h.view(tasks, -1, h.shape[-1])[:, :rows].reshape(-1, h.shape[-1])
 
 
-__all__ = ["Plan", "SparseBlock", "TaskLayout", "build_plan", "plan_constant", "prefix_rows", "task_linear"]
+__all__ = ["Plan", "SparseBlock", "TaskLayout", "build_plan", "complete_plan", "plan_constant", "prefix_rows", "task_linear"]

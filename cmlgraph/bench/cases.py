@@ -14,8 +14,9 @@ from cmlgraph.errors import ConfigError
 
 #: Graphs of the full benchmark; ``--quick`` uses only the first.
 GRAPHS: dict[str, GraphSpec] = {
-    "synthetic-10k": synthetic("synthetic-10k", 10_000),
-    "synthetic-100k": synthetic("synthetic-100k", 100_000),
+    # One average degree (20) at every size, so the ratios show how cost grows with the graph, not the degree.
+    "synthetic-10k": synthetic("synthetic-10k", 10_000, num_edges=100_000),
+    "synthetic-100k": synthetic("synthetic-100k", 100_000, num_edges=1_000_000),
     "synthetic-1m": synthetic("synthetic-1m", 1_000_000, num_edges=10_000_000),
     "amazon-clothing": GraphSpec("amazon-clothing", "amazon-clothing"),
 }

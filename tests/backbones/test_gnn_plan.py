@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cmlgraph.backbones.gnn import GNNBackbone
+from cmlgraph.backbones.gnn_plan import complete_plan
 from cmlgraph.core.episode import Episode, can_stack, stack
 from cmlgraph.core.inner_loop import InnerLoopConfig
 from cmlgraph.core.model import MetaModel, parameters_of
@@ -39,7 +40,7 @@ def test_computation_tree_equals_whole_graph(kind, sparse, layers):
     tree_input = GraphInput(x, ei, nodes, cache, local=True)
     tree = net(tree_input)
     torch.testing.assert_close(tree, whole, atol=1e-12, rtol=1e-10)
-    plan = net.plan(tree_input)
+    plan = complete_plan(net.plan(tree_input))
     assert len(plan.sizes) == layers + 1 and plan.sizes[-1] == 4  # distinct requested nodes
     assert plan.sizes == sorted(plan.sizes, reverse=True)  # levels shrink towards the output
 
