@@ -2,8 +2,8 @@
 
 Runs that are missing are trained; a finished run whose resolved config matches is reused, whatever its
 folder name (execution strategies that give the same results, ``data.subgraph``, ``data.subgraph_threshold`` and
-``train.batched``, are not compared). Both arms of a seed share the seed's fixed test tasks, so the difference CML − base is paired
-task by task; its mean and 95% CI pool the per-task differences of all seeds.
+``train.batched``, are not compared). Both arms of a seed share the seed's fixed test tasks, so the difference
+CML − base is paired task by task; its mean and 95% CI pool the per-task differences of all seeds.
 """
 
 from __future__ import annotations

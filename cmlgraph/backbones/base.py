@@ -45,6 +45,8 @@ class Backbone(nn.Module):
     """
 
     feature_dim: int
+    #: Whether running a meta-batch's tasks together (``train.batched: auto``) beats a per-task loop on CPU.
+    batch_on_cpu: bool = True
 
     def forward(self, inputs: Any) -> Tensor:  # pragma: no cover - abstract
         """Map a task input to features ``Tensor[n, feature_dim]``."""
@@ -59,9 +61,16 @@ class Backbone(nn.Module):
         return mlp_head(self.feature_dim, out_dim, depth=depth)
 
 
+def auto_batched(extractor: nn.Module, device: torch.device | str) -> bool | None:
+    """What ``train.batched: auto`` means for this extractor on ``device``: ``None`` (batch whenever the
+    episodes stack) unless the backbone runs faster task by task there (``False``)."""
+    on_cpu = torch.device(device).type == "cpu"
+    return False if on_cpu and not getattr(extractor, "batch_on_cpu", True) else None
+
+
 def num_parameters(module: nn.Module) -> int:
     """Count the parameters of a module."""
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["Backbone", "mlp_head", "num_parameters", "torch"]
+__all__ = ["Backbone", "auto_batched", "mlp_head", "num_parameters", "torch"]

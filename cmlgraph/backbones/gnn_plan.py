@@ -294,4 +294,5 @@ def prefix_rows(h: Tensor, tasks: int, rows: int) -> Tensor:
     return h.view(tasks, -1, h.shape[-1])[:, :rows].reshape(-1, h.shape[-1])
 
 
-__all__ = ["Plan", "SparseBlock", "TaskLayout", "build_plan", "complete_plan", "plan_constant", "prefix_rows", "task_linear"]
+__all__ = ["Plan", "SparseBlock", "TaskLayout", "build_plan", "complete_plan", "plan_constant", "prefix_rows",
+           "task_linear"]

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from cmlgraph.algorithms.base import MetaAlgorithm
+from cmlgraph.backbones.base import auto_batched
 from cmlgraph.core.episode import can_stack, stack
 from cmlgraph.core.model import MetaModel
 from cmlgraph.domains.base import Domain
@@ -35,7 +36,8 @@ def evaluate(
         raws: Raw fixed episodes.
         device: Device of the run.
         progress: Optional callable invoked once per episode (progress bars).
-        batch_size: Episodes adapted together (vmap) when they are equal-shape tensors.
+        batch_size: Most episodes adapted together (vmap, or a graph batch) when they stack; fewer for large
+            models (about 8M weight values per chunk), and one by one where ``train.batched: auto`` means so.
 
     Returns:
         ``mean``, ``ci95``, ``num_tasks``, ``scores``; plus ``dagger_mean``/``dagger_ci95`` with a co-learner.
@@ -45,10 +47,13 @@ def evaluate(
     scores: list[float] = []
     dagger: list[float] = []
     try:
-        chunk = batch_size if algo.uses_inner_loop else 1
+        # Episodes adapted together hold one copy of the weights each: cap a chunk at ~8M values per copy.
+        n_params = sum(v.numel() for v in params.values())
+        chunk = max(1, min(batch_size, int(8e6 // max(n_params, 1)))) if algo.uses_inner_loop else 1
+        together = auto_batched(model.extractor, device) is None
         for start in range(0, len(raws), chunk):
             eps = [domain.materialize(raw, device) for raw in raws[start:start + chunk]]
-            if len(eps) > 1 and can_stack(eps):
+            if together and len(eps) > 1 and can_stack(eps):
                 ep = stack(eps)
                 out, co = algo.predict(model, params, ep, domain.loss_fn, batched=True)
                 pairs = [(out[i], None if co is None else co[i], ep.query_y[i]) for i in range(len(eps))]

@@ -35,6 +35,7 @@ from rich.progress import (
 
 from cmlgraph.algorithms.base import MetaAlgorithm
 from cmlgraph.algorithms.registry import get_algorithm
+from cmlgraph.backbones.base import auto_batched
 from cmlgraph.config import Config, apply_overrides, check_types
 from cmlgraph.core.model import MetaModel, inference_state, parameters_of
 from cmlgraph.domains.base import Domain
@@ -334,7 +335,7 @@ class Trainer:
         episodes = [e.domain.materialize(r, e.device) for r in raws[lo:hi]]
         params = parameters_of(e.model)
         diag = cfg.train.diag_every > 0 and (self.step + 1) % cfg.train.diag_every == 0
-        batched = {"auto": None, "on": True, "off": False}[cfg.train.batched]
+        batched = {"auto": auto_batched(e.model.extractor, e.device), "on": True, "off": False}[cfg.train.batched]
         if self.dist.active:  # slice gradients summed over ranks: the full batch's, identical on every rank
             ms = self.dist.meta_gradients(e.algo, e.model, params, episodes, e.domain.loss_fn, self.step,
                                           meta_batch=len(raws), seed=cfg.train.seed, diagnostics=diag,

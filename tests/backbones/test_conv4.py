@@ -129,3 +129,12 @@ def test_vmap_over_tasks_with_per_task_params_matches_a_loop() -> None:
         [one({k: v[i] for k, v in pn.items()}, {k: v[i] for k, v in pc.items()}, x[i]) for i in range(tasks)]
     )
     torch.testing.assert_close(batched, looped, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_batching_runs_conv4_task_by_task_on_cpu_only():
+    from cmlgraph.backbones.base import auto_batched
+    from cmlgraph.backbones.mlp import MLPBackbone
+
+    net = Conv4Backbone(in_channels=1, channels=4, image_size=28)
+    assert auto_batched(net, "cpu") is False and auto_batched(net, "cuda") is None
+    assert auto_batched(MLPBackbone(), "cpu") is None

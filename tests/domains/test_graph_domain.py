@@ -120,3 +120,19 @@ def test_too_many_ways_for_a_split_names_the_split_and_leaves_no_run_folder(tmp_
 def test_unknown_setting_lists_valid_ones():
     with pytest.raises(ConfigError, match="valid settings"):
         cmlgraph.make_config(wayz=3)
+
+
+def test_evaluation_in_graph_batches_equals_one_by_one():
+    from cmlgraph.train.evaluate import evaluate
+
+    small_graph = make_synthetic(num_nodes=3000, num_classes=12, avg_degree=4, seed=1, split="4/4/4")
+    khop = GraphDomain(small_graph, ways=3, shots=2, queries=3, hidden=16, subgraph="khop", gnn="gcn")
+    torch.manual_seed(1)
+    model = MetaModel(khop.build_extractor(), 3, co_depth=0)
+    algo = get_algorithm(AlgoConfig(algo="maml", inner_steps=2, inner_lr=0.5, co_depth=0))
+    raws = khop.sample("test", 6, torch.Generator().manual_seed(3))
+    params = parameters_of(model)
+    together = evaluate(algo, model, params, khop, raws, batch_size=6)
+    alone = evaluate(algo, model, params, khop, raws, batch_size=1)
+    assert np.allclose(together["scores"], alone["scores"])
+    assert "dagger_mean" in together and np.isclose(together["dagger_mean"], alone["dagger_mean"])

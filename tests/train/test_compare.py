@@ -31,3 +31,13 @@ def test_compare_two_tiny_domains_matches_summaries_and_reuses_runs(tmp_path):
     run_compare(["sinusoid", "digits"], ["maml"], [0, 1], tmp_path / "runs", TINY,
                 log=lambda m: again.append(m))
     assert all(m.startswith("reusing") for m in again) and len(again) == 8
+
+
+def test_execution_strategies_do_not_block_reuse_but_settings_do():
+    from cmlgraph.compare import _key, domain_config
+
+    base = domain_config("sinusoid", "maml", True, 0)
+    other_exec = domain_config("sinusoid", "maml", True, 0, {"data": {"subgraph": "full", "subgraph_threshold": 7},
+                                                             "train": {"batched": "off"}})
+    assert _key(base) == _key(other_exec)
+    assert _key(base) != _key(domain_config("sinusoid", "maml", True, 0, {"train": {"meta_lr": 0.5}}))
