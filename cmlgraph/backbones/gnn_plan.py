@@ -219,31 +219,21 @@ class TaskLayout:
         Dense constants come back as ``[T, rows, F]``; sparse ones as a block-diagonal ``[T·rows, T·F]`` matrix.
         """
 
-        def build() -> Tensor:
-            parts = [plan_constant(p, key) for p in self.plans]
-            rows = self.sizes[level]
-            if is_sparse(parts[0]):
-                return _block_diag([_to_csr(z) for z in parts], rows, int(parts[0].shape[1]))
-            out = parts[0].new_zeros(self.tasks, rows, parts[0].shape[1])
-            for i, z in enumerate(parts):
-                out[i, : z.shape[0]] = z
-            return out
-
-        return self._get(f"const/{key}/{level}", build)
+        if level == 0:
+            self._complete()
+        return self._get(f"const/{key}/{level}", lambda: self._stack([plan_constant(p, key) for p in self.plans],
+                                                                     self.sizes[level]))
 
     def features(self) -> Tensor:
         """The input level's features, stacked like :meth:`constant`."""
-        self._complete()
-        return self._get("x", self._features)
+        return self.constant("x", 0)
 
     def _complete(self) -> None:
         for p in self.plans:
             complete_plan(p)
         self.sizes[0] = max(p.sizes[0] for p in self.plans)
 
-    def _features(self) -> Tensor:
-        parts = [plan_constant(p, "x") for p in self.plans]
-        rows = self.sizes[0]
+    def _stack(self, parts: list[Tensor], rows: int) -> Tensor:
         if is_sparse(parts[0]):
             return _block_diag([_to_csr(z) for z in parts], rows, int(parts[0].shape[1]))
         out = parts[0].new_zeros(self.tasks, rows, parts[0].shape[1])
