@@ -211,7 +211,10 @@ class GNNBackbone(Backbone):
         key = (PLAN_AGGREGATION[self.kind], self.hops)
         if key not in store:
             adj = adjacency_rows(inputs, PLAN_AGGREGATION[self.kind])
-            store[key] = build_plan(adj, inputs.x, inputs.nodes.to(inputs.x.device), self.hops)
+            x = inputs.x
+            if is_sparse(x):  # one coalesced COO copy per graph: what the sparse products read
+                x = cached(inputs, "x/coo", lambda: inputs.x.to_sparse_coo().coalesce())
+            store[key] = build_plan(adj, x, inputs.nodes.to(inputs.x.device), self.hops)
         return store[key]
 
     def forward_tasks(self, params: dict[str, Tensor], batch: GraphBatch) -> Tensor:

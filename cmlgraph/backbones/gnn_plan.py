@@ -88,7 +88,7 @@ def build_plan(adj_rows: Tensor, x: Tensor, nodes: Tensor, layers: int) -> Plan:
 
     Args:
         adj_rows: The full graph's aggregation matrix as CSR ``adj_t`` (row = target, column = source).
-        x: The full graph's node features (dense, or sparse; CSR is fastest).
+        x: The full graph's node features (dense, or sparse: coalesced COO is fastest).
         nodes: ``LongTensor[n]`` target node ids (duplicates allowed).
         layers: GNN depth (SGC: its K).
     """
@@ -129,13 +129,8 @@ def complete_plan(plan: Plan) -> Plan:
     return plan
 
 
-def _csr(block: SparseBlock, rows_sorted: bool = False) -> Tensor:
-    """A block as a CSR matrix: directly when its entries are row-major sorted without duplicates
-    (``rows_sorted``: rows gathered from a coalesced CSR matrix), else by coalescing."""
-    if rows_sorted:
-        crow = torch.zeros(block.shape[0] + 1, dtype=torch.long, device=block.rows.device)
-        torch.cumsum(torch.bincount(block.rows, minlength=block.shape[0]), 0, out=crow[1:])
-        return torch.sparse_csr_tensor(crow, block.cols, block.vals, block.shape)
+def _csr(block: SparseBlock) -> Tensor:
+    """A block as a CSR matrix, duplicates summed."""
     return torch.sparse_coo_tensor(torch.stack([block.rows, block.cols]), block.vals, block.shape).coalesce(
         ).to_sparse_csr()
 
@@ -161,15 +156,19 @@ def _to_csr(x: Tensor) -> Tensor:
     return x if x.layout == torch.sparse_csr else x.to_sparse_coo().coalesce().to_sparse_csr()
 
 
-def _sparse_product(a: SparseBlock, x: Tensor, rows_sorted: bool = False) -> Tensor:
-    """``a @ x`` (constant): CSR when ``x`` is sparse, dense otherwise."""
+def _sparse_product(a: SparseBlock, x: Tensor) -> Tensor:
+    """``a @ x`` (constant): sparse COO when ``x`` is sparse (pass it as coalesced COO), dense otherwise.
+
+    COO × COO, not CSR × CSR: ``torch.sparse.mm`` of two CSR matrices leaks memory on CPU in torch 2.13 (about
+    0.2 MB per call, i.e. per episode). A dense ``x`` is read only at the rows ``a`` touches.
+    """
     with torch.no_grad():
-        if is_sparse(x):
-            x = x if x.layout == torch.sparse_csr else x.to_sparse_coo().coalesce().to_sparse_csr()
-            return torch.sparse.mm(_csr(a, rows_sorted), x)
-        # Dense x: gather only the rows a reads (a sparse product may touch all of a large x).
-        out = x.new_zeros(a.shape[0], x.shape[1])
-        return out.index_add_(0, a.rows, x.index_select(0, a.cols) * a.vals.unsqueeze(1))
+        if not is_sparse(x):
+            out = x.new_zeros(a.shape[0], x.shape[1])
+            return out.index_add_(0, a.rows, x.index_select(0, a.cols) * a.vals.unsqueeze(1))
+        x = x if x.layout == torch.sparse_coo else x.to_sparse_coo().coalesce()
+        mat = torch.sparse_coo_tensor(torch.stack([a.rows, a.cols]), a.vals, a.shape).coalesce()
+        return torch.sparse.mm(mat, x)
 
 
 def plan_constant(plan: Plan, key: str) -> Tensor:
@@ -178,7 +177,7 @@ def plan_constant(plan: Plan, key: str) -> Tensor:
     aggregations of the features (SGC's ``(Â^K X)[N_0]``)."""
     if key not in plan.memo:
         if key == "z":
-            plan.memo[key] = _sparse_product(plan.memo["first_global"], plan.x, rows_sorted=True)
+            plan.memo[key] = _sparse_product(plan.memo["first_global"], plan.x)
         elif key == "x":
             plan.memo[key] = slice_rows(plan.x, complete_plan(plan).memo["level"])
         elif key == "r":
