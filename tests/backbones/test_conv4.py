@@ -138,3 +138,28 @@ def test_auto_batching_runs_conv4_task_by_task_on_cpu_only():
     net = Conv4Backbone(in_channels=1, channels=4, image_size=28)
     assert auto_batched(net, "cpu") is False and auto_batched(net, "cuda") is None
     assert auto_batched(MLPBackbone(), "cpu") is None
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_batched_outer_objective_and_meta_gradients_equal_the_loop(first_order):
+    from cmlgraph.core.episode import Episode
+    from cmlgraph.core.inner_loop import InnerLoopConfig
+    from cmlgraph.core.model import MetaModel, parameters_of
+    from cmlgraph.core.objective import outer_objective
+
+    torch.manual_seed(0)
+    model = MetaModel(Conv4Backbone(in_channels=1, channels=4, image_size=16), 3, co_depth=2).double()
+    params = parameters_of(model)
+    g = torch.Generator().manual_seed(1)
+    eps = [Episode(torch.randn(3, 1, 16, 16, generator=g, dtype=torch.float64), torch.arange(3),
+                   torch.randn(6, 1, 16, 16, generator=g, dtype=torch.float64), torch.arange(3).repeat(2))
+           for _ in range(3)]
+    inner = InnerLoopConfig(steps=2, lr=0.1, first_order=first_order)
+    a = outer_objective(model, params, eps, F.cross_entropy, inner, batched=True)
+    b = outer_objective(model, params, eps, F.cross_entropy, inner, batched=False)
+    torch.testing.assert_close(a.total, b.total)
+    names = list(params)
+    ga = torch.autograd.grad(a.total, [params[k] for k in names])
+    gb = torch.autograd.grad(b.total, [params[k] for k in names])
+    for k, u, v in zip(names, ga, gb, strict=True):
+        torch.testing.assert_close(u, v, atol=1e-9, rtol=1e-7, msg=k)
