@@ -23,7 +23,7 @@ from cmlgraph.errors import ConfigError
 
 #: Defaults per set: seconds of timed iterations per case, case time limit, most timed iterations.
 DEFAULTS = {"quick": {"budget_s": 2.0, "timeout_s": 60.0, "max_iters": 3},
-            "full": {"budget_s": 20.0, "timeout_s": 300.0, "max_iters": 10}}
+            "full": {"budget_s": 20.0, "timeout_s": 300.0, "max_iters": 50}}
 
 
 def check_device(device: str) -> str:
