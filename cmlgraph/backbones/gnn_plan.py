@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from cmlgraph.backbones.gnn_ops import is_sparse, sparse_matmul, transposable_csr
-from cmlgraph.graphs.sparse import slice_rows
+from cmlgraph.graphs.sparse import csr_row_entries, slice_rows
 
 
 @dataclass
@@ -68,17 +68,6 @@ def _unique_in_order(ids: Tensor) -> tuple[Tensor, Tensor]:
     return uniq[order], rank[inv]
 
 
-def _gather_rows(crow: Tensor, col: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
-    """``(row_position, entry_position)`` of every stored entry in the CSR rows ``rows``."""
-    start = crow[rows]
-    counts = crow[rows + 1] - start
-    total = int(counts.sum())
-    row_pos = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), counts)
-    offsets = torch.cumsum(counts, 0) - counts
-    pos = torch.repeat_interleave(start - offsets, counts) + torch.arange(total, device=rows.device)
-    return row_pos, pos
-
-
 def build_plan(adj_rows: Tensor, x: Tensor, nodes: Tensor, layers: int) -> Plan:
     """The exact ``layers``-hop computation tree of ``nodes``.
 
@@ -97,19 +86,18 @@ def build_plan(adj_rows: Tensor, x: Tensor, nodes: Tensor, layers: int) -> Plan:
     out = None if level.numel() == nodes.numel() and bool((level == nodes).all()) else inverse
     mats: list[SparseBlock | None] = []
     sizes = [level.numel()]
-    first_global = SparseBlock(torch.empty(0), torch.empty(0), torch.empty(0), (0, 0))
-    for i in range(layers):
-        row_pos, pos = _gather_rows(crow, col, level)
-        if i == layers - 1:
-            # The input layer's aggregation with global column ids: multiplies the full features directly.
-            first_global = SparseBlock(row_pos, col[pos], val[pos], (level.numel(), int(x.shape[0])))
-            mats.append(None)
-            sizes.append(0)
-            break
+    for _ in range(layers - 1):
+        row_pos, pos = csr_row_entries(crow, level)
         nxt, local = _unique_in_order(torch.cat([level, col[pos]]))
         mats.append(SparseBlock(row_pos, local[level.numel():], val[pos], (level.numel(), nxt.numel())))
         level = nxt
         sizes.append(level.numel())
+    # The input layer's aggregation keeps global column ids: it multiplies the full features directly, so the
+    # input level is listed (complete_plan) only when something reads it row by row.
+    row_pos, pos = csr_row_entries(crow, level)
+    first_global = SparseBlock(row_pos, col[pos], val[pos], (level.numel(), int(x.shape[0])))
+    mats.append(None)
+    sizes.append(0)
     mats.reverse()
     sizes.reverse()
     plan = Plan(sizes=sizes, mats=mats, x=x, out=out)  # type: ignore[arg-type]

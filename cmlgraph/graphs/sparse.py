@@ -33,6 +33,17 @@ def to_coo(x: Tensor) -> Tensor:
     return x.to_sparse_coo().coalesce()
 
 
+def csr_row_entries(crow: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """For the CSR rows ``rows`` (given the row pointer ``crow``): ``(row_position, entry_position)`` of every
+    stored entry, row by row in CSR order; ``row_position`` indexes ``rows``."""
+    start = crow[rows]
+    counts = crow[rows + 1] - start
+    row_pos = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), counts)
+    offsets = torch.cumsum(counts, 0) - counts
+    pos = torch.repeat_interleave(start - offsets, counts) + torch.arange(int(counts.sum()), device=rows.device)
+    return row_pos, pos
+
+
 def slice_rows(x: Tensor, index: Tensor) -> Tensor:
     """Select rows ``index`` of dense or sparse ``x``; sparse input gives a coalesced sparse COO output.
 
@@ -43,16 +54,12 @@ def slice_rows(x: Tensor, index: Tensor) -> Tensor:
     if x.layout == torch.strided:
         return x.index_select(0, index)
     if x.layout == torch.sparse_csr:
-        crow, col, val = x.crow_indices(), x.col_indices(), x.values()
-        start, end = crow[index], crow[index + 1]
-        counts = end - start
-        rows = torch.repeat_interleave(torch.arange(index.numel(), device=index.device), counts)
-        offsets = torch.cumsum(counts, 0) - counts
-        pos = torch.repeat_interleave(start - offsets, counts) + torch.arange(int(counts.sum()), device=x.device)
+        col, val = x.col_indices(), x.values()
+        rows, pos = csr_row_entries(x.crow_indices(), index)
         indices = torch.stack([rows, col[pos]])
         shape = (index.numel(), x.shape[1])
         return torch.sparse_coo_tensor(indices, val[pos], shape, check_invariants=False).coalesce()
     return to_coo(x).index_select(0, index).coalesce()
 
 
-__all__ = ["is_sparse", "scipy_to_torch", "slice_rows", "to_coo"]
+__all__ = ["csr_row_entries", "is_sparse", "scipy_to_torch", "slice_rows", "to_coo"]

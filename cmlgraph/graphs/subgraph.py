@@ -14,18 +14,13 @@ from torch import Tensor
 
 from cmlgraph.errors import ConfigError
 from cmlgraph.graphs.fewshot_graph import FewShotGraph
-from cmlgraph.graphs.sparse import slice_rows
+from cmlgraph.graphs.sparse import csr_row_entries, slice_rows
 from cmlgraph.graphs.types import GraphInput
 
 
 def _neighbours(rowptr: Tensor, col: Tensor, nodes: Tensor) -> tuple[Tensor, Tensor]:
     """Return ``(source_position, neighbour)`` pairs of every edge out of ``nodes`` (CSR gather)."""
-    start = rowptr[nodes]
-    counts = rowptr[nodes + 1] - start
-    total = int(counts.sum())
-    src_pos = torch.repeat_interleave(torch.arange(nodes.numel()), counts)
-    offsets = torch.cumsum(counts, 0) - counts
-    pos = torch.repeat_interleave(start - offsets, counts) + torch.arange(total)
+    src_pos, pos = csr_row_entries(rowptr, nodes)
     return src_pos, col[pos]
 
 
