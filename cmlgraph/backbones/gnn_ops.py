@@ -233,8 +233,9 @@ def adjacency_rows(inputs: GraphInput, kind: str) -> Tensor:
     Reuses the full (transposable) adjacency when a full-graph pass already built it; otherwise builds only the
     CSR (no transpose), which is all a computation-tree plan needs, and caches it.
     """
-    if CACHE_PREFIX + f"adj/{kind}" in inputs.cache:
-        return cached(inputs, f"adj/{kind}", lambda: None)
+    full = inputs.cache.get(CACHE_PREFIX + f"adj/{kind}")
+    if full is not None and _matches(full, inputs.x):
+        return full
 
     def build() -> Tensor:
         ei, w = _edge_weights(inputs, kind)
