@@ -236,10 +236,12 @@ class GNNBackbone(Backbone):
 
     def _weights(self) -> dict[str, Tensor]:
         """The weights (and GIN's ε) currently in the modules: under ``functional_call``, the substituted ones."""
-        names = [n for n, _ in self.named_parameters()]
-        if self.kind == "gin":
-            names += [f"convs.{i}.eps" for i in range(len(self.convs)) if f"convs.{i}.eps" not in names]
-        return {n: attrgetter(n)(self) for n in names}
+        if not hasattr(self, "_weight_names"):  # static: the module tree never changes after __init__
+            names = [n for n, _ in self.named_parameters()]
+            if self.kind == "gin":
+                names += [f"convs.{i}.eps" for i in range(len(self.convs)) if f"convs.{i}.eps" not in names]
+            self._weight_names = tuple(names)
+        return {n: attrgetter(n)(self) for n in self._weight_names}
 
     def _forward_plan(self, w: dict[str, Any], lay: TaskLayout) -> Tensor:
         """The GNN over computation trees with per-task weights ``w[name]: [T, ...]``; returns ``[T, n, hidden]``."""

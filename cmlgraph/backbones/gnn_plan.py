@@ -117,10 +117,14 @@ def complete_plan(plan: Plan) -> Plan:
     return plan
 
 
+def _coo(block: SparseBlock) -> Tensor:
+    """A block as a coalesced COO matrix (duplicates summed)."""
+    return torch.sparse_coo_tensor(torch.stack([block.rows, block.cols]), block.vals, block.shape).coalesce()
+
+
 def _csr(block: SparseBlock) -> Tensor:
     """A block as a CSR matrix, duplicates summed."""
-    return torch.sparse_coo_tensor(torch.stack([block.rows, block.cols]), block.vals, block.shape).coalesce(
-        ).to_sparse_csr()
+    return _coo(block).to_sparse_csr()
 
 
 def _block_diag(parts: list[Tensor], rows_per: int, cols_per: int) -> Tensor:
@@ -155,8 +159,7 @@ def _sparse_product(a: SparseBlock, x: Tensor) -> Tensor:
             out = x.new_zeros(a.shape[0], x.shape[1])
             return out.index_add_(0, a.rows, x.index_select(0, a.cols) * a.vals.unsqueeze(1))
         x = x if x.layout == torch.sparse_coo else x.to_sparse_coo().coalesce()
-        mat = torch.sparse_coo_tensor(torch.stack([a.rows, a.cols]), a.vals, a.shape).coalesce()
-        return torch.sparse.mm(mat, x)
+        return torch.sparse.mm(_coo(a), x)
 
 
 def plan_constant(plan: Plan, key: str) -> Tensor:
@@ -205,7 +208,6 @@ class TaskLayout:
 
         Dense constants come back as ``[T, rows, F]``; sparse ones as a block-diagonal ``[T·rows, T·F]`` matrix.
         """
-
         if level == 0:
             self._complete()
         return self._get(f"const/{key}/{level}", lambda: self._stack([plan_constant(p, key) for p in self.plans],

@@ -124,3 +124,13 @@ def test_input_dropout_in_training_runs_on_the_tree_and_is_off_in_eval(kind):
     out = net.forward_tasks(params, GraphBatch(items))
     assert out.shape == (2, 10, 8) and torch.isfinite(out).all()
     assert not torch.allclose(out[0], out[1])  # each task draws its own mask
+
+
+def test_adjacency_rows_rebuilds_when_the_cached_full_adjacency_has_another_dtype():
+    from cmlgraph.backbones.gnn_ops import adjacency_rows, gcn_adj
+
+    x, ei = _graph(seed=7)
+    cache: dict = {}
+    gcn_adj(GraphInput(x.float(), ei, torch.arange(3), cache))  # a float32 whole-graph pass filled the cache
+    rows = adjacency_rows(GraphInput(x, ei, torch.arange(3), cache), "gcn")
+    assert rows is not None and rows.dtype == torch.float64 and rows.layout == torch.sparse_csr
