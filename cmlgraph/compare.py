@@ -75,33 +75,6 @@ def find_run(runs_dir: Path, cfg: Config) -> Path | None:
 
 
 @dataclass
-class Cell:
-    """One domain × algorithm row of the comparison."""
-
-    domain: str
-    algorithm: str
-    metric: str
-    base: tuple[float, float]
-    cml: tuple[float, float]
-    diff: tuple[float, float]
-    seeds: int
-    tasks: int
-    base_runs: list[str]
-    cml_runs: list[str]
-
-    def row(self) -> dict[str, Any]:
-        """A flat dict for CSV."""
-        return {"domain": self.domain, "algorithm": self.algorithm, "metric": self.metric,
-                "base_mean": self.base[0], "base_ci95": self.base[1], "cml_mean": self.cml[0],
-                "cml_ci95": self.cml[1], "diff_mean": self.diff[0], "diff_ci95": self.diff[1], "seeds": self.seeds,
-                "paired_tasks": self.tasks, "base_runs": ";".join(self.base_runs), "cml_runs": ";".join(self.cml_runs)}
-
-
-def _scores(run: Path) -> list[float]:
-    return [float(v) for v in load_torch(run / "scores.pt")["scores"].tolist()]
-
-
-@dataclass
 class Paired:
     """Paired statistics of (base run, CML run) pairs that share their seeds' fixed test tasks.
 
@@ -117,6 +90,25 @@ class Paired:
     tasks: int
     base_runs: list[str]
     cml_runs: list[str]
+
+
+@dataclass
+class Cell(Paired):
+    """One domain × algorithm row of the comparison: the paired statistics of its runs."""
+
+    domain: str = ""
+    algorithm: str = ""
+
+    def row(self) -> dict[str, Any]:
+        """A flat dict for CSV."""
+        return {"domain": self.domain, "algorithm": self.algorithm, "metric": self.metric,
+                "base_mean": self.base[0], "base_ci95": self.base[1], "cml_mean": self.cml[0],
+                "cml_ci95": self.cml[1], "diff_mean": self.diff[0], "diff_ci95": self.diff[1], "seeds": self.seeds,
+                "paired_tasks": self.tasks, "base_runs": ";".join(self.base_runs), "cml_runs": ";".join(self.cml_runs)}
+
+
+def _scores(run: Path) -> list[float]:
+    return [float(v) for v in load_torch(run / "scores.pt")["scores"].tolist()]
 
 
 def paired_stats(pairs: Sequence[tuple[Path, Path]]) -> Paired:
@@ -142,8 +134,7 @@ def paired_stats(pairs: Sequence[tuple[Path, Path]]) -> Paired:
 
 def build_cell(domain: str, algo: str, pairs: Sequence[tuple[Path, Path]]) -> Cell:
     """Aggregate (base run, CML run) pairs of the same seeds into a row."""
-    p = paired_stats(pairs)
-    return Cell(domain, algo, p.metric, p.base, p.cml, p.diff, p.seeds, p.tasks, p.base_runs, p.cml_runs)
+    return Cell(**vars(paired_stats(pairs)), domain=domain, algorithm=algo)
 
 
 def obtain_run(cfg: Config, runs_dir: Path, name: str, train_fn: Callable[[Config], Any] | None = None,
