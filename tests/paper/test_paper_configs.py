@@ -29,16 +29,24 @@ def test_the_paper_folder_has_the_sinusoid_and_image_configs():
             "images-sharp-maml.yaml"} <= names
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One processed-data cache for the module, so Omniglot is decoded once, not once per config."""
+    folder = tmp_path_factory.mktemp("paper_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CMLGRAPH_CACHE", str(folder))
+        yield folder
+
+
 @pytest.mark.parametrize("path", [_param(f) for f in FILES])
-def test_paper_config_runs_a_few_steps(path, tmp_path, data_root, monkeypatch):
+def test_paper_config_runs_a_few_steps(path, tmp_path, data_root, cache):
     from cmlgraph.train.trainer import train
 
-    monkeypatch.setenv("CMLGRAPH_CACHE", str(tmp_path / "cache"))
     cfg = from_yaml(path)
-    tiny = {"train": {"steps": 2, "val_every": 1, "val_tasks": 2, "test_tasks": 4},
+    tiny = {"train": {"steps": 2, "meta_batch": 1, "val_every": 2, "val_tasks": 1, "test_tasks": 2},
             "run": {"runs_dir": str(tmp_path / "runs"), "name": "tiny"}}
     if cfg.data.task != "sinusoid":
         tiny["data"] = {"data_root": str(data_root), "allow_partial": True}
     run_dir, summary = train(apply_overrides(cfg, tiny, "test"), progress=False)
-    assert summary["steps"] == 2 and summary["num_tasks"] == 4
+    assert summary["steps"] == 2 and summary["num_tasks"] == 2
     assert json.loads((run_dir / "summary.json").read_text())["algorithm"] == cfg.algo.algo

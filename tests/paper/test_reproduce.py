@@ -104,3 +104,16 @@ def test_sinusoid_cells_from_paper_config_and_figure2_fits_match_evaluation(tmp_
     assert steps == 1
     score = float(torch.load(cml / "scores.pt")["scores"][0])
     assert float(((fit - qy.reshape(-1)) ** 2).mean()) == pytest.approx(score, rel=1e-5)
+
+
+def test_cli_lists_cells_with_data_status_and_rejects_unknown_selectors(tmp_path, capsys):
+    from cmlgraph.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", "--only", "cifar"])
+    assert exc.value.code == 2 and "--only 'cifar' matches no experiment" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", "--only", "sinusoid,cora-full", "--list", "--data-root", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and "sinusoid/maml/k20" in out and "table3/cora-full/gmeta/5way-5shot" in out
+    assert "data missing (cora.npz" in out
