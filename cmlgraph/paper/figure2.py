@@ -66,7 +66,7 @@ def plot_figure2(runs: Mapping[int, tuple[Path, Path]], path: str | Path, seed: 
         ax.scatter(sx[:, 0], sy[:, 0], color="black", marker="^", zorder=3, label=f"{k} support points")
         ax.set_title(f"K = {k} ({steps} test step{'s' if steps != 1 else ''})")
         ax.set_xlabel("x")
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, dpi=110)
