@@ -26,7 +26,8 @@ console = Console(width=max(Console().width, 150))
 def _overrides(**flags: Any) -> dict[str, dict[str, Any]]:
     """Map CLI flags to config sections, keeping only the flags the user gave."""
     sections = {
-        "data": ("task", "graph", "data_root", "allow_partial", "split", "ways", "shots", "queries", "subgraph"),
+        "data": ("task", "graph", "data_root", "allow_partial", "split", "ways", "shots", "queries", "subgraph",
+                 "features"),
         "model": ("gnn", "hidden", "layers", "dropout"),
         "algo": ("algo", "cml", "gamma", "co_depth", "control", "inner_steps", "inner_lr", "first_order", "adapt"),
         "train": ("steps", "meta_batch", "meta_lr", "seed", "val_every", "test_tasks", "device", "diag_every",
@@ -72,6 +73,8 @@ def train(
     allow_partial: bool | None = typer.Option(None, "--allow-partial", help="Run on the classes present."),
     split: str | None = typer.Option(None, help="Class split: counts 'a/b/c' or a JSON file."),
     subgraph: str | None = typer.Option(None, help="Graph execution: auto, full, khop."),
+    features: str | None = typer.Option(None, help="Feature preprocessing: raw, row (L1), standard (z-score); "
+                                                    "default: the dataset's own."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:N."),
     diag_every: int | None = typer.Option(None, help="Gradient diagnostics every N steps (0: off)."),
     nan_policy: str | None = typer.Option(None, help="On NaN/inf: stop or skip the meta-batch."),
