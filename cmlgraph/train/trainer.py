@@ -399,11 +399,11 @@ class Trainer:
         """Test the best-validation parameters and write ``model.pt``, ``summary.json`` and the plots."""
         assert self.run_dir is not None
         cfg, e = self.cfg, self.exp
+        warns = check_test_result({"num_tasks": 0}, self.skipped, int(cfg.train.steps))  # all skipped: fail now
         if self.best_params is not None:
             e.model.load_state_dict(self.best_params)
         self.console.print(f"evaluating on {len(self.test_raws)} fixed test tasks (best validation step "
                            f"{self.best_step})")
-        warns = check_test_result({"num_tasks": 0}, self.skipped, int(cfg.train.steps))  # all skipped: fail now
         with self._progress() as bar, stage(bar, "testing", len(self.test_raws), _eval_hook, keep=True) as hook:
             res = evaluate(e.algo, e.model, parameters_of(e.model), e.domain, self.test_raws, e.device,
                            progress=hook)
