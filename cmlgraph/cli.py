@@ -147,7 +147,7 @@ def bench(
                                                       "the 10k-node graph."),
     json_path: Path | None = typer.Option(None, "--json", help="Write every case and ratio to this JSON file."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
-    graphs: str | None = typer.Option(None, help="Comma-separated graphs (synthetic-10k, synthetic-100k, "
+    graphs: str | None = typer.Option(None, help="Comma-separated graphs (synthetic-10k, synthetic-100k, cora, synthetic-2k, "
                                                  "synthetic-1m, amazon-clothing); default: all of the set."),
     domains: str | None = typer.Option(None, help="Comma-separated domains: sinusoid, images, graph (default: all)."),
     budget: float | None = typer.Option(None, help="Seconds of timed iterations per case (quick 2, full 20)."),
