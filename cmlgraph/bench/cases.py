@@ -140,5 +140,5 @@ def build_ratios(cases: list[Case]) -> list[Ratio]:
     return out
 
 
-__all__ = ["AUTO_GRAPHS", "CML_TARGET", "DOMAINS", "GRAPHS", "MEMORY_TARGETS_MB", "OVERHEAD_GRAPHS", "QUICK_GRAPHS", "SCALE_TARGET",
-           "TARGETS", "Case", "Ratio", "build_cases", "build_ratios", "graph_cases"]
+__all__ = ["AUTO_GRAPHS", "CML_TARGET", "DOMAINS", "GRAPHS", "MEMORY_TARGETS_MB", "OVERHEAD_GRAPHS", "QUICK_GRAPHS",
+           "SCALE_TARGET", "TARGETS", "Case", "Ratio", "build_cases", "build_ratios", "graph_cases"]
