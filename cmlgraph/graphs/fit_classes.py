@@ -54,7 +54,8 @@ def check_split_ways(graph: FewShotGraph, ways: int, need: int, *, default: bool
         ConfigError: Naming the split, its classes by the user's labels, and changes that are possible
             (never ``ways <= 0``): a smaller ``ways``, a split argument, or more labelled classes.
     """
-    usable = sum(len(graph.splits.get(s, [])) for s in SPLIT_NAMES)
+    pooled = sorted(c for s in SPLIT_NAMES for c in graph.splits.get(s, []))
+    usable = len(pooled)
     for name in SPLIT_NAMES:
         classes = graph.splits.get(name, [])
         if (name == "val" and not classes) or len(classes) >= ways:
@@ -64,7 +65,8 @@ def check_split_ways(graph: FewShotGraph, ways: int, need: int, *, default: bool
             most = usable // 2 if usable < 3 * ways else usable // 3
             if most >= 2:
                 fixes.append(f"use ways <= {most}")
-            fixes.append(f"label more nodes: the graph has {usable} classes with at least shots+queries={need} "
+            fixes.append(f"label more nodes: the graph has {usable} classes ({label_names(graph, pooled)}) with at "
+                         f"least shots+queries={need} "
                          f"labelled nodes, and ways={ways} needs at least {2 * ways} (disjoint train and test "
                          f"classes; {3 * ways} with a validation split)")
         else:
