@@ -135,7 +135,8 @@ def compare(
         overrides.setdefault("train", {})["test_tasks"] = test_tasks
     if data_root is not None:
         overrides.setdefault("data", {})["data_root"] = data_root
-    cells = run_compare(_list(domains), _list(algos), _list(seeds, int), runs_dir, overrides, log=console.print)
+    cells = run_compare(_list(domains), _list(algos), _list(seeds, int), runs_dir, overrides, log=console.print,
+                        console=console)
     for path in write_outputs(cells, out or runs_dir):
         console.print(f"wrote {path}")
     console.print((Path(out or runs_dir) / "compare.md").read_text())
@@ -176,8 +177,9 @@ def eval_cmd(run_dir: Path = typer.Argument(..., help="A run folder made by `cml
     """Re-evaluate a saved run's inference model on its fixed test tasks."""
     from cmlgraph.train.reeval import reevaluate
 
-    res = reevaluate(run_dir)
-    console.print(f"{res['metric']}: {res['mean']:.4f} ± {res['ci95']:.4f} over {res['num_tasks']} tasks")
+    res = reevaluate(run_dir, console)
+    console.print(f"{res['metric']}: {res['mean']:.4f} ± {res['ci95']:.4f} over {res['num_tasks']} tasks"
+                  + (f"  ({res['nonfinite_tasks']} with NaN/inf predictions)" if res["nonfinite_tasks"] else ""))
 
 
 @datasets_app.command("list")

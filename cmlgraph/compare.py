@@ -120,8 +120,12 @@ def build_cell(domain: str, algo: str, pairs: Sequence[tuple[Path, Path]]) -> Ce
 
 def run_compare(domains: Sequence[str], algos: Sequence[str], seeds: Sequence[int], runs_dir: str | Path,
                 overrides: dict[str, dict[str, Any]] | None = None,
-                train_fn: Callable[[Config], Any] | None = None, log: Callable[[str], None] = print) -> list[Cell]:
-    """Train what is missing, reuse what is finished, and aggregate the comparison."""
+                train_fn: Callable[[Config], Any] | None = None, log: Callable[[str], None] = print,
+                console: Any = None) -> list[Cell]:
+    """Train what is missing, reuse what is finished, and aggregate the comparison.
+
+    Each run is announced as ``[i/N]``; with a rich ``console`` the runs show their progress bars there.
+    """
     from cmlgraph.train.trainer import prepare, train
 
     runs_dir = Path(runs_dir)
@@ -135,16 +139,16 @@ def run_compare(domains: Sequence[str], algos: Sequence[str], seeds: Sequence[in
                     prepare(cfg)  # validate every cell before training any
                     plan.append((domain, algo, seed, cml, cfg))
     found: dict[tuple[str, str, int, bool], Path] = {}
-    for domain, algo, seed, cml, cfg in plan:
+    for i, (domain, algo, seed, cml, cfg) in enumerate(plan, 1):
         run = find_run(runs_dir, cfg)
         if run is None:
             cfg.run.runs_dir = str(runs_dir)
             cfg.run.name = f"{domain}-{algo}-{'cml' if cml else 'base'}-s{seed}"
             cfg.run.overwrite = True
-            log(f"training {cfg.run.name}")
-            run = (train_fn or (lambda c: train(c, progress=False)[0]))(cfg)
+            log(f"[{i}/{len(plan)}] training {cfg.run.name}")
+            run = (train_fn or (lambda c: train(c, console, progress=console is not None)[0]))(cfg)
         else:
-            log(f"reusing {run}")
+            log(f"[{i}/{len(plan)}] reusing {run}")
         found[(domain, algo, seed, cml)] = Path(run)
     return [build_cell(d, a, [(found[(d, a, s, False)], found[(d, a, s, True)]) for s in seeds])
             for d in domains for a in algos]

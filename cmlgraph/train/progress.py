@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -42,11 +41,4 @@ def stage(bar: Progress | None, label: str, total: int, hook: Callable[[], None]
             bar.remove_task(task)
 
 
-def run_progress(console: Any, total: int) -> Callable[[int, str], None]:
-    """A ``(i, name)`` logger of the runs of a multi-run command (``cmlgraph compare``): ``[i/total] name``."""
-    def log(i: int, name: str) -> None:
-        console.print(f"[bold][{i}/{total}][/bold] {name}")
-    return log
-
-
-__all__ = ["progress_bar", "run_progress", "stage"]
+__all__ = ["progress_bar", "stage"]

@@ -12,6 +12,7 @@ from cmlgraph.domains.registry import build_domain
 from cmlgraph.errors import CmlgraphError
 from cmlgraph.train.evaluate import evaluate
 from cmlgraph.train.io import load_torch
+from cmlgraph.train.progress import progress_bar, stage
 from cmlgraph.train.trainer import prepare
 
 
@@ -31,9 +32,13 @@ def load_inference_model(run_dir: str | Path) -> tuple[Any, MetaModel, Any]:
     return (cfg, algo, domain), model, load_torch(run_dir / "test_episodes.pt")
 
 
-def reevaluate(run_dir: str | Path) -> dict[str, Any]:
-    """Mean ± 95% CI of the saved inference model on the run's saved test episodes."""
+def reevaluate(run_dir: str | Path, console: Any = None) -> dict[str, Any]:
+    """Mean ± 95% CI of the saved inference model on the run's saved test episodes (a progress bar on
+    ``console`` when given); ``nonfinite_tasks`` counts tasks with NaN/inf predictions (scored as wrong)."""
     (cfg, algo, domain), model, state = load_inference_model(run_dir)
     raws = domain.from_state(state)
-    res = evaluate(algo, model, parameters_of(model), domain, raws, cfg.train.device)
-    return {"metric": domain.metric, "mean": res["mean"], "ci95": res["ci95"], "num_tasks": res["num_tasks"]}
+    with progress_bar(console, enabled=console is not None) as bar, \
+            stage(bar, "evaluating", len(raws), keep=True) as hook:
+        res = evaluate(algo, model, parameters_of(model), domain, raws, cfg.train.device, progress=hook)
+    return {"metric": domain.metric, "mean": res["mean"], "ci95": res["ci95"], "num_tasks": res["num_tasks"],
+            "nonfinite_tasks": res["nonfinite_tasks"]}
