@@ -100,6 +100,7 @@ class GraphDomain(Domain):
         if subgraph == "auto":
             self.mode, self.mode_reason = choose_mode(graph, self.samplers["train"], hops=gnn_hops(extractor),
                                                       trees=extractor.supports_plan, threshold=threshold)
+            self.notes.append(f"subgraph auto: {self.mode} ({self.mode_reason})")
         # k-hop mode: exact computation trees on the full graph (L hops, batched over tasks) where the GNN kind
         # has that path; otherwise (GAT) the k-hop subgraph around the episode.
         self.trees = self.mode == "khop" and extractor.supports_plan

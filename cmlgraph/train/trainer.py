@@ -414,8 +414,9 @@ class Trainer:
         save_torch(self.run_dir / "model.pt", inference_state(e.model))
         save_torch(self.run_dir / "scores.pt", {"scores": torch.tensor(res["scores"], dtype=torch.float64)})
         summary = build_summary(cfg, e, res, self)
-        summary.update(warnings=[*self.guard.messages, *warns],
-                       nonfinite_test_tasks=res.get("nonfinite_tasks", 0), features=e.domain.describe().get("features"))
+        info = e.domain.describe()  # issue 12: what was checked and chosen for this run
+        summary.update(warnings=[*self.guard.messages, *warns], nonfinite_test_tasks=res.get("nonfinite_tasks", 0),
+                       **{k: info[k] for k in ("features", "mode", "mode_reason") if k in info})
         try:
             from cmlgraph.train.plots import plot_run
 
