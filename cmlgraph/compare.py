@@ -62,11 +62,14 @@ def _key(cfg: Config) -> str:
 
 def find_run(runs_dir: Path, cfg: Config) -> Path | None:
     """A finished run under ``runs_dir`` whose resolved config equals ``cfg`` (run section aside)."""
+    from cmlgraph.graphs.features import pin_legacy_features
+
     want = _key(cfg)
     for summary in sorted(runs_dir.glob("*/summary.json")):
         try:
             have = Config()
-            apply_overrides(have, yaml.safe_load((summary.parent / "config.yaml").read_text()), "run config")
+            saved = yaml.safe_load((summary.parent / "config.yaml").read_text())
+            pin_legacy_features(apply_overrides(have, saved, "run config"), saved)
             if _key(have) == want:
                 return summary.parent
         except Exception:  # noqa: BLE001 - an unreadable folder is simply not reused

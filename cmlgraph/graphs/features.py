@@ -13,6 +13,7 @@ above :data:`MAX_DENSE_BYTES`).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -105,11 +106,26 @@ def with_features(graph: FewShotGraph, mode: str | None) -> tuple[FewShotGraph, 
     return dataclasses.replace(graph, x=preprocess(graph.x, mode), info=info, full_graph_cache={}), mode
 
 
+def pin_legacy_features(cfg: Any, saved: Any) -> Any:
+    """A run folder's config written before ``data.features`` existed trained graphs on raw features: say so.
+
+    Without this a re-evaluated or resumed old run would get today's default (e.g. ``row`` on Cora) silently.
+
+    Args:
+        cfg: The :class:`~cmlgraph.config.Config` read from the folder's ``config.yaml`` (changed in place).
+        saved: That file's parsed YAML mapping.
+    """
+    data = saved.get("data") if isinstance(saved, dict) else None
+    if isinstance(data, dict) and "features" not in data:
+        cfg.data.features = "raw"
+    return cfg
+
+
 def feature_scale(x: Tensor) -> float:
     """The largest absolute feature value (how far the features are from a unit scale)."""
     values = to_coo(x).coalesce().values() if is_sparse(x) else x
     return float(values.abs().max()) if values.numel() else 0.0
 
 
-__all__ = ["DATASET_FEATURES", "FEATURE_MODES", "default_features", "feature_scale", "preprocess", "row_normalise",
-           "standardise", "with_features"]
+__all__ = ["DATASET_FEATURES", "FEATURE_MODES", "default_features", "feature_scale", "pin_legacy_features",
+           "preprocess", "row_normalise", "standardise", "with_features"]

@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from cmlgraph.algorithms.registry import get_algorithm
-from cmlgraph.config import from_yaml
+from cmlgraph.config import from_yaml, load_yaml
 from cmlgraph.core.model import MetaModel, parameters_of
 from cmlgraph.domains.registry import build_domain
 from cmlgraph.errors import CmlgraphError
+from cmlgraph.graphs.features import pin_legacy_features
 from cmlgraph.train.evaluate import evaluate
 from cmlgraph.train.io import load_torch
 from cmlgraph.train.progress import progress_bar, stage
@@ -23,7 +24,7 @@ def load_inference_model(run_dir: str | Path) -> tuple[Any, MetaModel, Any]:
         if not (run_dir / f).is_file():
             raise CmlgraphError(f"{run_dir / f} is missing; `cmlgraph eval` needs a finished run folder "
                                 f"made by `cmlgraph train`")
-    cfg = prepare(from_yaml(run_dir / "config.yaml"))
+    cfg = prepare(pin_legacy_features(from_yaml(run_dir / "config.yaml"), load_yaml(run_dir / "config.yaml")))
     domain = build_domain(cfg)
     algo = get_algorithm(cfg.algo, total_steps=int(cfg.train.steps), seed=cfg.train.seed)
     model = MetaModel(domain.build_extractor(), domain.out_dim, co_depth=None)

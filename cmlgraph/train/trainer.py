@@ -507,7 +507,10 @@ def _resume_config(run_dir: Path) -> Config:
                             f"`cmlgraph train`")
     if (run_dir / "summary.json").is_file():
         raise CmlgraphError(_finished_message(run_dir))
-    return from_yaml(run_dir / "config.yaml")
+    from cmlgraph.config import load_yaml
+    from cmlgraph.graphs.features import pin_legacy_features
+
+    return pin_legacy_features(from_yaml(run_dir / "config.yaml"), load_yaml(run_dir / "config.yaml"))
 
 
 __all__ = ["Trainer", "apply_overrides", "build_experiment", "prepare", "resume", "train"]
