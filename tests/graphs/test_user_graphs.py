@@ -203,3 +203,12 @@ def test_repr_is_short() -> None:
     assert text.startswith("FewShotGraph(name='synthetic', nodes=300, edges=") and "classes=10 [train=6, val=2, " \
         "test=2]" in text and "notes=" in text
     assert "tensor" not in text and len(text) < 200
+
+
+def test_old_run_folders_keep_raw_features() -> None:
+    """A config.yaml written before data.features existed was trained on raw features; eval/resume keep them."""
+    from cmlgraph.config import Config
+    from cmlgraph.graphs.features import pin_legacy_features
+
+    assert pin_legacy_features(Config(), {"data": {"task": "graph", "graph": "cora"}}).data.features == "raw"
+    assert pin_legacy_features(Config(), {"data": {"task": "graph", "features": None}}).data.features is None
