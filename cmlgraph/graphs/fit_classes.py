@@ -47,7 +47,7 @@ def default_split(num_classes: int, ways: int | None) -> str:
     return f"{num_classes - 2 * val}/{val}/{val}"
 
 
-def check_split_ways(graph: FewShotGraph, ways: int, need: int, *, default: bool) -> None:
+def check_split_ways(graph: FewShotGraph, ways: int, need: int, *, default: bool, dropped: str = "") -> None:
     """Check that train, test and a non-empty val hold at least ``ways`` classes each.
 
     Raises:
@@ -79,6 +79,8 @@ def check_split_ways(graph: FewShotGraph, ways: int, need: int, *, default: bool
             fixes.append(f"{missing} nodes labelled {graph.info.get('missing_label')!r} were treated as unlabelled "
                          f"(missing_label={graph.info.get('missing_label')!r}); pass missing_label=None to keep "
                          f"them as a class")
+        if dropped:
+            fixes.append(f"lower shots or queries ({dropped})")
         shown = f" ({label_names(graph, classes)})" if classes else ""
         raise ConfigError(f"{graph.name}: the {name!r} split has {len(classes)} classes{shown} but ways={ways}; "
                           + "; or ".join(fixes))
@@ -152,7 +154,7 @@ def fit_graph(graph: FewShotGraph, ways: int, shots: int, queries: int, *, split
             extra.append(VAL_EMPTY_NOTE)
         fitted = dataclasses.replace(graph, y=y, splits=splits, notes=[*base, *extra], info=info,
                                      full_graph_cache={})
-    check_split_ways(fitted, ways, need, default=given is None)
+    check_split_ways(fitted, ways, need, default=given is None, dropped=notes[0] if notes else "")
     return fitted
 
 
