@@ -121,11 +121,5 @@ def pin_legacy_features(cfg: Any, saved: Any) -> Any:
     return cfg
 
 
-def feature_scale(x: Tensor) -> float:
-    """The largest absolute feature value (how far the features are from a unit scale)."""
-    values = to_coo(x).coalesce().values() if is_sparse(x) else x
-    return float(values.abs().max()) if values.numel() else 0.0
-
-
-__all__ = ["DATASET_FEATURES", "FEATURE_MODES", "default_features", "feature_scale", "pin_legacy_features",
+__all__ = ["DATASET_FEATURES", "FEATURE_MODES", "default_features", "pin_legacy_features",
            "preprocess", "row_normalise", "standardise", "with_features"]
