@@ -22,7 +22,7 @@ from cmlgraph.graphs import FewShotGraph
 #: Which config section each keyword of :func:`fit` / :func:`make_config` belongs to.
 _SECTION_OF = {key: section for section, keys in {
     "data": ("task", "graph", "data_root", "allow_partial", "split", "ways", "shots", "queries", "subgraph",
-             "subgraph_threshold", "synthetic_nodes", "synthetic_classes", "image_size", "rotations"),
+             "subgraph_threshold", "features", "synthetic_nodes", "synthetic_classes", "image_size", "rotations"),
     "model": ("gnn", "hidden", "layers", "dropout", "gat_heads"),
     "algo": ("algo", "cml", "gamma", "co_depth", "control", "noise_std", "inner_steps", "eval_inner_steps",
              "inner_lr", "inner_lr_extractor", "inner_lr_head", "first_order", "adapt", "sam_rho", "sam_inner",

@@ -26,7 +26,8 @@ console = Console(width=max(Console().width, 150))
 def _overrides(**flags: Any) -> dict[str, dict[str, Any]]:
     """Map CLI flags to config sections, keeping only the flags the user gave."""
     sections = {
-        "data": ("task", "graph", "data_root", "allow_partial", "split", "ways", "shots", "queries", "subgraph"),
+        "data": ("task", "graph", "data_root", "allow_partial", "split", "ways", "shots", "queries", "subgraph",
+                 "features"),
         "model": ("gnn", "hidden", "layers", "dropout"),
         "algo": ("algo", "cml", "gamma", "co_depth", "control", "inner_steps", "inner_lr", "first_order", "adapt"),
         "train": ("steps", "meta_batch", "meta_lr", "seed", "val_every", "test_tasks", "device", "diag_every",
@@ -72,6 +73,8 @@ def train(
     allow_partial: bool | None = typer.Option(None, "--allow-partial", help="Run on the classes present."),
     split: str | None = typer.Option(None, help="Class split: counts 'a/b/c' or a JSON file."),
     subgraph: str | None = typer.Option(None, help="Graph execution: auto, full, khop."),
+    features: str | None = typer.Option(None, help="Feature preprocessing: raw, row (L1), standard (z-score); "
+                                                    "default: the dataset's own."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:N."),
     diag_every: int | None = typer.Option(None, help="Gradient diagnostics every N steps (0: off)."),
     nan_policy: str | None = typer.Option(None, help="On NaN/inf: stop or skip the meta-batch."),
@@ -132,7 +135,8 @@ def compare(
         overrides.setdefault("train", {})["test_tasks"] = test_tasks
     if data_root is not None:
         overrides.setdefault("data", {})["data_root"] = data_root
-    cells = run_compare(_list(domains), _list(algos), _list(seeds, int), runs_dir, overrides, log=console.print)
+    cells = run_compare(_list(domains), _list(algos), _list(seeds, int), runs_dir, overrides, log=console.print,
+                        console=console)
     for path in write_outputs(cells, out or runs_dir):
         console.print(f"wrote {path}")
     console.print((Path(out or runs_dir) / "compare.md").read_text())
@@ -180,7 +184,8 @@ def bench(
     json_path: Path | None = typer.Option(None, "--json", help="Write every case and ratio to this JSON file."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     graphs: str | None = typer.Option(None, help="Comma-separated graphs (synthetic-10k, synthetic-100k, "
-                                                 "synthetic-1m, amazon-clothing); default: all of the set."),
+                                                 "synthetic-1m, amazon-clothing, synthetic-2k); default: all of the "
+                                                 "set."),
     domains: str | None = typer.Option(None, help="Comma-separated domains: sinusoid, images, graph (default: all)."),
     budget: float | None = typer.Option(None, help="Seconds of timed iterations per case (quick 2, full 20)."),
     timeout: float | None = typer.Option(None, help="Seconds before a case is stopped and skipped (quick 60, "
@@ -207,8 +212,9 @@ def eval_cmd(run_dir: Path = typer.Argument(..., help="A run folder made by `cml
     """Re-evaluate a saved run's inference model on its fixed test tasks."""
     from cmlgraph.train.reeval import reevaluate
 
-    res = reevaluate(run_dir)
-    console.print(f"{res['metric']}: {res['mean']:.4f} ± {res['ci95']:.4f} over {res['num_tasks']} tasks")
+    res = reevaluate(run_dir, console)
+    console.print(f"{res['metric']}: {res['mean']:.4f} ± {res['ci95']:.4f} over {res['num_tasks']} tasks"
+                  + (f"  ({res['nonfinite_tasks']} with NaN/inf predictions)" if res["nonfinite_tasks"] else ""))
 
 
 @datasets_app.command("list")

@@ -62,11 +62,14 @@ def _key(cfg: Config) -> str:
 
 def find_run(runs_dir: Path, cfg: Config) -> Path | None:
     """A finished run under ``runs_dir`` whose resolved config equals ``cfg`` (run section aside)."""
+    from cmlgraph.graphs.features import pin_legacy_features
+
     want = _key(cfg)
     for summary in sorted(runs_dir.glob("*/summary.json")):
         try:
             have = Config()
-            apply_overrides(have, yaml.safe_load((summary.parent / "config.yaml").read_text()), "run config")
+            saved = yaml.safe_load((summary.parent / "config.yaml").read_text())
+            pin_legacy_features(apply_overrides(have, saved, "run config"), saved)
             if _key(have) == want:
                 return summary.parent
         except Exception:  # noqa: BLE001 - an unreadable folder is simply not reused
@@ -138,11 +141,12 @@ def build_cell(domain: str, algo: str, pairs: Sequence[tuple[Path, Path]]) -> Ce
 
 
 def obtain_run(cfg: Config, runs_dir: Path, name: str, train_fn: Callable[[Config], Any] | None = None,
-               log: Callable[[str], None] = print) -> Path:
+               log: Callable[[str], None] = print, console: Any = None) -> Path:
     """The finished run of ``cfg`` under ``runs_dir``: reused if one matches (:func:`find_run`), else trained.
 
     A new run is written to ``runs_dir/name`` (replacing an unfinished folder of that name). ``train_fn`` trains
-    a config and returns its run folder (default: :func:`cmlgraph.train.trainer.train` without progress bars).
+    a config and returns its run folder (default: :func:`cmlgraph.train.trainer.train`, with its progress bars on
+    ``console`` when one is given).
     """
     from cmlgraph.train.trainer import train
 
@@ -154,13 +158,17 @@ def obtain_run(cfg: Config, runs_dir: Path, name: str, train_fn: Callable[[Confi
     cfg.run.name = name
     cfg.run.overwrite = True
     log(f"training {cfg.run.name}")
-    return Path((train_fn or (lambda c: train(c, progress=False)[0]))(cfg))
+    return Path((train_fn or (lambda c: train(c, console, progress=console is not None)[0]))(cfg))
 
 
 def run_compare(domains: Sequence[str], algos: Sequence[str], seeds: Sequence[int], runs_dir: str | Path,
                 overrides: dict[str, dict[str, Any]] | None = None,
-                train_fn: Callable[[Config], Any] | None = None, log: Callable[[str], None] = print) -> list[Cell]:
-    """Train what is missing, reuse what is finished, and aggregate the comparison."""
+                train_fn: Callable[[Config], Any] | None = None, log: Callable[[str], None] = print,
+                console: Any = None) -> list[Cell]:
+    """Train what is missing, reuse what is finished, and aggregate the comparison.
+
+    Each run is announced as ``[i/N]``; with a rich ``console`` the runs show their progress bars there.
+    """
     from cmlgraph.train.trainer import prepare
 
     runs_dir = Path(runs_dir)
@@ -174,9 +182,10 @@ def run_compare(domains: Sequence[str], algos: Sequence[str], seeds: Sequence[in
                     prepare(cfg)  # validate every cell before training any
                     plan.append((domain, algo, seed, cml, cfg))
     found: dict[tuple[str, str, int, bool], Path] = {}
-    for domain, algo, seed, cml, cfg in plan:
+    for i, (domain, algo, seed, cml, cfg) in enumerate(plan, 1):
         name = f"{domain}-{algo}-{'cml' if cml else 'base'}-s{seed}"
-        found[(domain, algo, seed, cml)] = obtain_run(cfg, runs_dir, name, train_fn, log)
+        found[(domain, algo, seed, cml)] = obtain_run(cfg, runs_dir, name, train_fn,
+                                                      lambda m, i=i: log(f"[{i}/{len(plan)}] {m}"), console)
     return [build_cell(d, a, [(found[(d, a, s, False)], found[(d, a, s, True)]) for s in seeds])
             for d in domains for a in algos]
 

@@ -33,7 +33,11 @@ class DataConfig:
         queries: Query examples per class (regression: query points).
         subgraph: Graph execution mode: ``auto``, ``full`` (every node of the graph at every pass) or ``khop``
             (only each output's exact computation tree; the k-hop subgraph for GAT). Same results either way.
-        subgraph_threshold: ``auto`` uses ``khop`` above this many nodes.
+        subgraph_threshold: ``auto`` uses ``khop`` above this many nodes; below, it picks the faster mode by the
+            episode's computation-tree size relative to the graph.
+        features: Feature preprocessing: ``raw``, ``row`` (row-normalised, L1) or ``standard`` (per-column
+            z-score); default: the dataset's own (row for bag-of-words citation/product graphs as Meta-GNN/GCN use,
+            raw for OGB and synthetic) and a safe default for custom graphs (row if sparse, standard if dense).
         synthetic_nodes: Nodes of the ``synthetic`` graph.
         synthetic_classes: Classes of the ``synthetic`` graph.
         image_size: Image side in pixels (image domains).
@@ -50,6 +54,7 @@ class DataConfig:
     queries: int | None = None
     subgraph: str = "auto"
     subgraph_threshold: int = 20_000
+    features: str | None = None
     synthetic_nodes: int = 3000
     synthetic_classes: int = 60
     image_size: int = 28

@@ -79,6 +79,8 @@ def validate_config(cfg: Config) -> None:
     _need(d.queries is not None and d.queries >= 1, f"--queries {d.queries}: queries must be a positive integer")
     _choice("data.subgraph", d.subgraph, ("auto", "full", "khop"))
     _need(d.subgraph_threshold >= 0, "data.subgraph_threshold must be >= 0")
+    if d.features is not None:
+        _choice("data.features", d.features, ("raw", "row", "standard"))
     _split(d.task, d.split)
     _need(d.synthetic_nodes >= 10, f"data.synthetic_nodes = {d.synthetic_nodes}: need at least 10 nodes")
     _need(d.synthetic_classes >= 2, f"data.synthetic_classes = {d.synthetic_classes}: need at least 2 classes")

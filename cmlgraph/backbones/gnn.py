@@ -52,6 +52,7 @@ from cmlgraph.backbones.gnn_ops import (
     sum_adj,
 )
 from cmlgraph.backbones.gnn_plan import Plan, TaskLayout, build_plan, prefix_rows, task_linear
+from cmlgraph.backbones.pyg_templates import remove_template_files
 from cmlgraph.errors import ConfigError
 from cmlgraph.graphs.types import GraphBatch, GraphInput
 
@@ -162,6 +163,7 @@ class GNNBackbone(Backbone):
             conv = _SGConv(in_dim, hidden, K=layers, cached=False, add_self_loops=True)
             conv.lin = SparseLinear.from_linear(conv.lin)
             self.convs = nn.ModuleList([conv])
+            remove_template_files()  # PyG's generated propagate modules: imported, no longer needed on disk
             return
         convs: list[MessagePassing] = []
         for i in range(layers):
@@ -182,6 +184,7 @@ class GNNBackbone(Backbone):
                 conv = _GINConv(mlp, eps=0.0, train_eps=train_eps)
             convs.append(conv)
         self.convs = nn.ModuleList(convs)
+        remove_template_files()
 
     def forward(self, inputs: GraphInput) -> Tensor:
         """Features ``Tensor[len(inputs.nodes), hidden]`` of the requested nodes."""

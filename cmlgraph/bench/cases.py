@@ -19,8 +19,12 @@ GRAPHS: dict[str, GraphSpec] = {
     "synthetic-100k": synthetic("synthetic-100k", 100_000, num_edges=1_000_000),
     "synthetic-1m": synthetic("synthetic-1m", 1_000_000, num_edges=10_000_000),
     "amazon-clothing": GraphSpec("amazon-clothing", "amazon-clothing"),
+    # A small graph (Cora-sized), where data.subgraph auto used to run the whole graph: both exact modes and auto.
+    "synthetic-2k": synthetic("synthetic-2k", 2_000, num_edges=20_000),
 }
 QUICK_GRAPHS = ("synthetic-10k",)
+#: Graphs on which the ``auto`` mode is timed too (it must match the faster of khop and full).
+AUTO_GRAPHS = ("synthetic-2k",)
 #: Graph on which CML is compared with MAML (and parameter counts checked) when it is benchmarked.
 OVERHEAD_GRAPHS = ("synthetic-10k", "amazon-clothing")
 #: Targets of issue 5 on the Amazon-Clothing-sized graph (its default, k-hop mode: computation trees) and the image
@@ -72,6 +76,8 @@ def graph_cases(key: str) -> list[Case]:
     base = f"graph/{key}"
     out = [Case(f"{base}/khop", "cmlgraph", "graph", "graph", {"mode": "khop", "cml": True}, key),
            Case(f"{base}/full", "cmlgraph", "graph", "graph", {"mode": "full", "cml": True}, key)]
+    if key in AUTO_GRAPHS:
+        out.append(Case(f"{base}/auto", "cmlgraph", "graph", "graph", {"mode": "auto", "cml": True}, key))
     if key in OVERHEAD_GRAPHS:
         out.append(Case(f"{base}/khop-maml", "cmlgraph", "graph", "graph", {"mode": "khop", "cml": False}, key))
     out += [Case(f"{base}/ref-a", "reference-a", "graph", "reference", {"kind": "a"}, key),
@@ -125,11 +131,13 @@ def build_ratios(cases: list[Case]) -> list[Ratio]:
         for mode in ("khop", "full"):
             for ref in ("ref-a", "ref-b"):
                 add(f"{base}:{mode}/{ref}", f"{base}/{mode}", f"{base}/{ref}")
+        add(f"{base}:khop/full", f"{base}/khop", f"{base}/full")
+        add(f"{base}:auto/khop", f"{base}/auto", f"{base}/khop")
         add(f"{base}:cml/maml ms", f"{base}/khop", f"{base}/khop-maml", "ms_per_iter", "<=", CML_TARGET)
     add("graph/synthetic-1m÷10k:khop ms", "graph/synthetic-1m/khop", "graph/synthetic-10k/khop", "ms_per_iter", "<=",
         SCALE_TARGET)
     return out
 
 
-__all__ = ["CML_TARGET", "DOMAINS", "GRAPHS", "MEMORY_TARGETS_MB", "OVERHEAD_GRAPHS", "QUICK_GRAPHS", "SCALE_TARGET",
-           "TARGETS", "Case", "Ratio", "build_cases", "build_ratios", "graph_cases"]
+__all__ = ["AUTO_GRAPHS", "CML_TARGET", "DOMAINS", "GRAPHS", "MEMORY_TARGETS_MB", "OVERHEAD_GRAPHS", "QUICK_GRAPHS",
+           "SCALE_TARGET", "TARGETS", "Case", "Ratio", "build_cases", "build_ratios", "graph_cases"]

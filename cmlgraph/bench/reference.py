@@ -26,6 +26,7 @@ from torch.func import functional_call
 from torch_geometric.nn import GCNConv
 
 from cmlgraph.backbones.gnn import GNNBackbone
+from cmlgraph.backbones.pyg_templates import remove_template_files
 from cmlgraph.bench.workloads import GRAPH_SETTING, Workload
 from cmlgraph.graphs import FewShotGraph, GraphInput, NodeEpisode
 
@@ -43,6 +44,7 @@ class PlainGCN(nn.Module):
         super().__init__()
         self.convs = nn.ModuleList([GCNConv(in_dim if i == 0 else hidden, hidden, cached=False)
                                     for i in range(layers)])
+        remove_template_files()  # PyG's generated propagate module: imported, no longer needed on disk
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
         """Features of every node."""

@@ -29,6 +29,9 @@ from cmlgraph.graphs import (
     episodes_to_state,
     load_graph,
 )
+from cmlgraph.graphs.auto_mode import choose_mode
+from cmlgraph.graphs.features import with_features
+from cmlgraph.graphs.fit_classes import fit_graph
 
 #: Graphs registered in memory by the Python API (``cmlgraph.fit``), looked up by name before the registry.
 CUSTOM_GRAPHS: dict[str, FewShotGraph] = {}
@@ -72,6 +75,7 @@ class GraphDomain(Domain):
 
     task = "graph"
     metric = "accuracy"
+    features = "raw"
 
     def __init__(self, graph: FewShotGraph, ways: int, shots: int, queries: int, *, gnn: str = "gcn",
                  hidden: int = 64, layers: int = 2, dropout: float = 0.0, heads: int = 4, subgraph: str = "auto",
@@ -83,12 +87,7 @@ class GraphDomain(Domain):
         self.gnn = dict(kind=gnn, hidden=hidden, layers=layers, dropout=dropout, heads=heads)
         self.partial = bool(graph.partial)
         self.notes = list(graph.notes)
-        self.mode = subgraph if subgraph != "auto" else ("khop" if graph.num_nodes > threshold else "full")
         extractor = self.build_extractor()
-        # k-hop mode: exact computation trees on the full graph (L hops, batched over tasks) where the GNN kind
-        # has that path; otherwise (GAT) the k-hop subgraph around the episode.
-        self.trees = self.mode == "khop" and extractor.supports_plan
-        self.hops = gnn_hops(extractor, exact=not self.trees) if self.mode == "khop" else None
         # Built now, so impossible settings (too few classes, classes too small) fail before a run folder exists.
         self.samplers = {}
         for split in ("train", "val", "test"):
@@ -97,22 +96,35 @@ class GraphDomain(Domain):
                                                       torch.Generator())
             except ConfigError as exc:
                 raise ConfigError(f"{graph.name}, {split} classes: {exc}") from None
+        self.mode, self.mode_reason = subgraph, "data.subgraph"
+        if subgraph == "auto":
+            self.mode, self.mode_reason = choose_mode(graph, self.samplers["train"], hops=gnn_hops(extractor),
+                                                      trees=extractor.supports_plan, threshold=threshold)
+            self.notes.append(f"subgraph auto: {self.mode} ({self.mode_reason})")
+        # k-hop mode: exact computation trees on the full graph (L hops, batched over tasks) where the GNN kind
+        # has that path; otherwise (GAT) the k-hop subgraph around the episode.
+        self.trees = self.mode == "khop" and extractor.supports_plan
+        self.hops = gnn_hops(extractor, exact=not self.trees) if self.mode == "khop" else None
         self._full: dict[str, tuple[Tensor, Tensor, dict[str, Any]]] = {}
 
     @classmethod
     def from_config(cls, cfg: Config) -> GraphDomain:
         """Load ``data.graph`` (a registered or in-memory graph) and build the domain."""
         d, m = cfg.data, cfg.model
-        if d.graph in CUSTOM_GRAPHS:
-            graph = CUSTOM_GRAPHS[d.graph]
+        if d.graph in CUSTOM_GRAPHS:  # a user's graph meets the episode settings here (issue 12)
+            graph = fit_graph(CUSTOM_GRAPHS[d.graph], d.ways, int(d.shots), int(d.queries), split=d.split,
+                              seed=cfg.train.seed)
         else:
             options: dict[str, Any] = {}
             if d.graph == "synthetic":
                 options = {"num_nodes": d.synthetic_nodes, "num_classes": d.synthetic_classes}
             graph = load_graph(d.graph, d.data_root, allow_partial=d.allow_partial, split=d.split,
                                seed=cfg.train.seed, **options)
-        return cls(graph, d.ways, int(d.shots), int(d.queries), gnn=m.gnn, hidden=int(m.hidden), layers=m.layers,
-                   dropout=m.dropout, heads=m.gat_heads, subgraph=d.subgraph, threshold=d.subgraph_threshold)
+        graph, features = with_features(graph, getattr(d, "features", None))
+        domain = cls(graph, d.ways, int(d.shots), int(d.queries), gnn=m.gnn, hidden=int(m.hidden), layers=m.layers,
+                     dropout=m.dropout, heads=m.gat_heads, subgraph=d.subgraph, threshold=d.subgraph_threshold)
+        domain.features = features
+        return domain
 
     def build_extractor(self) -> GNNBackbone:
         """A fresh GNN on the graph's features."""
@@ -162,5 +174,6 @@ class GraphDomain(Domain):
     def describe(self) -> dict[str, Any]:
         """Facts for the summary."""
         return {**super().describe(), "ways": self.ways, "shots": self.shots, "queries": self.queries,
-                "mode": self.mode, "computation_trees": self.trees, "hops": self.hops, "nodes": self.graph.num_nodes,
+                "mode": self.mode, "mode_reason": self.mode_reason, "features": self.features,
+                "computation_trees": self.trees, "hops": self.hops, "nodes": self.graph.num_nodes,
                 "classes": {k: len(v) for k, v in self.graph.splits.items()}}

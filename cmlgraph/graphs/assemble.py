@@ -56,6 +56,10 @@ def assemble(
     splits = class_splits(classes, split, seed)
     info.setdefault("split", split if isinstance(split, str) else "explicit")
     info["split_seed"] = seed
+    unlabelled = int((y < 0).sum())
+    if unlabelled:
+        notes.append(f"{unlabelled} of {y.numel()} nodes have no label: they are unlabelled (-1), kept as graph "
+                     "context but never drawn into episodes")
     if not splits["val"]:
         notes.append(
             "the 'val' split is empty (too few classes for three disjoint splits): validation episodes are drawn "

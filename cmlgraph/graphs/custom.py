@@ -22,8 +22,12 @@ from torch_geometric.utils import coalesce, is_undirected, remove_self_loops, to
 from cmlgraph.errors import ConfigError, DataError
 from cmlgraph.graphs.assemble import assemble
 from cmlgraph.graphs.fewshot_graph import FewShotGraph
+from cmlgraph.graphs.fit_classes import check_split_ways, default_split
 from cmlgraph.graphs.sparse import is_sparse, scipy_to_torch, to_coo
-from cmlgraph.graphs.splits import SplitSpec, check_ways
+from cmlgraph.graphs.splits import SplitSpec
+
+#: What marks an unlabelled node in every entry point (besides None and NaN): -1, PyG's convention.
+MISSING_LABEL = -1
 
 
 def _features(features: Any) -> Tensor:
@@ -63,7 +67,7 @@ def _is_missing(label: Any, missing_label: Any) -> bool:
     return missing_label is not None and label == missing_label
 
 
-def _labels(labels: Any, missing_label: Any) -> tuple[Tensor, list[Hashable]]:
+def _labels(labels: Any, missing_label: Any) -> tuple[Tensor, list[Hashable], int]:
     if isinstance(labels, Tensor):
         labels = labels.detach().cpu().view(-1).tolist()
     elif isinstance(labels, np.ndarray):
@@ -82,7 +86,10 @@ def _labels(labels: Any, missing_label: Any) -> tuple[Tensor, list[Hashable]]:
         pass  # mixed types: keep the order of first appearance
     mapping = {lab: i for i, lab in enumerate(uniq)}
     y = torch.tensor([-1 if _is_missing(lab, missing_label) else mapping[lab] for lab in labels], dtype=torch.long)
-    return y, uniq
+    by_value = 0 if missing_label is None else sum(
+        1 for lab in labels if lab is not None and not (isinstance(lab, float) and math.isnan(lab))
+        and _is_missing(lab, missing_label))
+    return y, uniq, by_value
 
 
 def _edges(edge_index: Any, num_nodes: int, self_loops: str, notes: list[str]) -> Tensor:
@@ -124,14 +131,6 @@ def _edges(edge_index: Any, num_nodes: int, self_loops: str, notes: list[str]) -
     return deduped
 
 
-def _default_split(num_classes: int, ways: int | None) -> str:
-    if ways is not None and num_classes < 3 * ways:
-        test = min(ways, num_classes)
-        return f"{num_classes - test}/0/{test}"
-    val = max(1, round(0.2 * num_classes)) if num_classes >= 3 else 0
-    return f"{num_classes - 2 * val}/{val}/{val}"
-
-
 def from_arrays(
     edge_index: Any,
     features: Any,
@@ -144,7 +143,7 @@ def from_arrays(
     ways: int | None = None,
     shots: int | None = None,
     queries: int | None = None,
-    missing_label: Any = -1,
+    missing_label: Any = MISSING_LABEL,
     self_loops: str = "remove",
     info: Mapping[str, Any] | None = None,
 ) -> FewShotGraph:
@@ -158,13 +157,16 @@ def from_arrays(
             nodes. Labels are mapped to ``0..C-1`` in sorted order; ``info["class_names"][i]`` is class i's label.
         name: Graph name.
         num_nodes: Number of nodes; default: the number of feature rows.
-        split: Class split over the mapped ids (``"a/b/c"`` counts, mapping, or JSON file); default 60/20/20% of
-            the classes, or ``C-ways/0/ways`` when there are fewer than ``3 * ways`` classes.
+        split: Class split over the mapped ids (``"a/b/c"`` counts, mapping, or JSON file); default about
+            60/20/20 % of the classes with at least ``ways`` in each, or ``C-ways/0/ways`` when there are fewer
+            than ``3 * ways`` classes. ``cmlgraph.fit`` redraws a default split for the ways it is given.
         seed: Seed of a counts split.
         ways: Episode ways to check feasibility for (optional).
         shots: Episode shots (optional; with ``queries``, classes with fewer labelled nodes are dropped).
         queries: Episode queries per class (optional).
-        missing_label: Label value meaning "unlabelled" (default -1; None to disable).
+        missing_label: Label value meaning "unlabelled" (default -1, as in PyG, for every entry point; None
+            to keep every value as a class). Nodes treated as unlabelled this way are counted in a warning and
+            in ``notes``.
         self_loops: ``"remove"`` (default) or ``"keep"``.
         info: Extra provenance stored in ``info``.
 
@@ -174,7 +176,7 @@ def from_arrays(
     """
     notes: list[str] = []
     x = _features(features)
-    y, class_names = _labels(labels, missing_label)
+    y, class_names, by_value = _labels(labels, missing_label)
     n = int(num_nodes) if num_nodes is not None else int(x.shape[0])
     if x.shape[0] != n or y.numel() != n:
         raise DataError(
@@ -182,15 +184,22 @@ def from_arrays(
             "give one feature row and one label (None for unlabelled) per node"
         )
     ei = _edges(edge_index, n, self_loops, notes)
+    if by_value:
+        msg = (f"{by_value} nodes have the label {missing_label!r} and were treated as unlabelled "
+               f"(missing_label={missing_label!r}); pass missing_label=None to keep {missing_label!r} as a class")
+        warnings.warn(msg, stacklevel=2)
+        notes.append(msg)
     if not class_names:
-        raise DataError("no node has a label; give labels (None/-1 marks unlabelled nodes) for at least 2 classes")
+        raise DataError("no node has a label; give labels (None/NaN, or missing_label, marks unlabelled nodes) "
+                        "for at least 2 classes" + (f" (all were {missing_label!r}: pass missing_label=None to keep "
+                                                   "them)" if by_value else ""))
     classes = list(range(len(class_names)))
     if shots is not None or queries is not None:
         need = int(shots or 0) + int(queries or 0)
         counts = torch.bincount(y[y >= 0], minlength=len(class_names))
         small = [c for c in classes if int(counts[c]) < need]
         if small:
-            desc = ", ".join(f"{class_names[c]!r} ({int(counts[c])} nodes)" for c in small[:20])
+            desc = ", ".join(f"{class_names[c]!r} ({int(counts[c])} nodes)" for c in small[:20])  # the user's labels
             msg = (f"dropped {len(small)} classes with fewer than shots+queries={need} labelled nodes: {desc}"
                    f"{' ...' if len(small) > 20 else ''}")
             warnings.warn(msg, stacklevel=2)
@@ -198,17 +207,19 @@ def from_arrays(
             classes = [c for c in classes if c not in set(small)]
             y = torch.where(torch.isin(y, torch.tensor(small, dtype=torch.long)), torch.full_like(y, -1), y)
         if ways is not None and len(classes) < ways:
+            hint = (f"; {by_value} nodes labelled {missing_label!r} were treated as unlabelled: pass "
+                    f"missing_label=None to keep them as a class" if by_value else "")
             raise ConfigError(
                 f"only {len(classes)} classes have at least shots+queries={need} labelled nodes, fewer than "
-                f"ways={ways}; lower ways, shots or queries, or label more nodes"
+                f"ways={ways}; lower shots or queries, or label more nodes{hint}"
             )
-    if split is None:
-        split = _default_split(len(classes), ways)
     meta = dict(info or {})
-    meta["class_names"] = class_names
-    graph = assemble(name, x, ei, y, split=split, seed=seed, notes=notes, info=meta, classes=classes)
+    meta.update(class_names=class_names, custom=True, split_spec=split, missing_label=missing_label,
+                missing_label_nodes=by_value)
+    graph = assemble(name, x, ei, y, split=default_split(len(classes), ways) if split is None else split,
+                     seed=seed, notes=notes, info=meta, classes=classes)
     if ways is not None:
-        check_ways(graph.splits, ways)
+        check_split_ways(graph, ways, int(shots or 0) + int(queries or 0), default=split is None)
     return graph
 
 
@@ -237,7 +248,8 @@ def from_networkx(
     """Build a few-shot graph from a networkx graph whose nodes carry feature and label attributes.
 
     Nodes are numbered in ``graph.nodes`` order (``info["node_ids"]`` keeps the original ids). A node without
-    ``label_attr`` is unlabelled. Directed graphs are symmetrised (noted). Keyword arguments are those of
+    ``label_attr`` (or with the label ``missing_label``, -1 by default) is unlabelled. An undirected graph's edges
+    are used in both directions; a directed graph is symmetrised (noted). Keyword arguments are those of
     :func:`from_arrays`.
 
     Raises:
@@ -255,12 +267,14 @@ def from_networkx(
         raise DataError(f"node feature vectors ('{feature_attr}') have different lengths {lengths}; make them equal")
     x = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
     labels = [graph.nodes[v].get(label_attr) for v in nodes]
-    edges = np.array([[index[u], index[v]] for u, v in graph.edges()], dtype=np.int64).reshape(-1, 2).T
+    pairs = [(index[u], index[v]) for u, v in graph.edges()]
+    if not graph.is_directed():  # networkx lists an undirected edge once: both directions are meant
+        pairs += [(v, u) for u, v in pairs if u != v]
+    edges = np.array(pairs, dtype=np.int64).reshape(-1, 2).T
     meta = dict(kwargs.pop("info", None) or {})
     meta["node_ids"] = nodes
     if graph.is_directed():
         meta["directed_input"] = True
-    kwargs.setdefault("missing_label", None)
     return from_arrays(edges, x, labels, info=meta, **kwargs)
 
 

@@ -64,7 +64,8 @@ class EpisodeSampler:
         if len(self.classes) < ways:
             raise ConfigError(
                 f"ways={ways} but the split has only {len(self.classes)} classes ({self.classes}); "
-                f"use ways <= {len(self.classes)} or a split with more classes"
+                + (f"use ways <= {len(self.classes)} or " if len(self.classes) >= 2 else "use ")
+                + "a split with more classes"
             )
         y = y.detach().to("cpu", torch.long)
         order = torch.argsort(y, stable=True)
@@ -81,7 +82,8 @@ class EpisodeSampler:
         if short:
             raise ConfigError(
                 f"{len(short)} classes have fewer than shots+queries={need} labelled nodes: {', '.join(short)}; "
-                "lower shots/queries, or use a split without these classes (--split)"
+                "lower shots/queries, or use a split without these classes (split= in Python, --split on the command "
+                "line)"
             )
 
     def sample(self) -> NodeEpisode:

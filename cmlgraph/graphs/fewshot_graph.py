@@ -131,6 +131,15 @@ class FewShotGraph:
         data.name = self.name
         return data
 
+    def __repr__(self) -> str:
+        """A short PyG-style description (no tensors, no node ids)."""
+        split = ", ".join(f"{k}={len(self.splits.get(k, []))}" for k in SPLIT_NAMES)
+        unlabelled = int((self.y < 0).sum())
+        return (f"FewShotGraph(name={self.name!r}, nodes={self.num_nodes}, edges={self.num_edges}, "
+                f"features={self.num_features}{' sparse' if self.sparse_features else ''}, "
+                f"classes={self.num_classes} [{split}], unlabelled={unlabelled}, partial={self.partial}, "
+                f"notes={len(self.notes)})")
+
     def summary(self) -> dict[str, Any]:
         """A JSON-able description: counts, split sizes, partial flag and notes."""
         return {

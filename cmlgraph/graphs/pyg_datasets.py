@@ -96,7 +96,29 @@ def load_planetoid(req: LoadRequest) -> FewShotGraph:
     edge_index = undirected_edges(data.edge_index, data.num_nodes)
     info = {"source": PLANETOID_URL, "citation": req.spec.citation, "pyg_class": f"Planetoid(name='{pyg_name}')"}
     split = req.split if req.split is not None else req.spec.default_split
-    return assemble(req.spec.name, x, edge_index, data.y, split=split, seed=req.seed, info=info)
+    y = torch.where(planetoid_labelled(raw_dir, req.spec.name), data.y, torch.full_like(data.y, -1))
+    return assemble(req.spec.name, x, edge_index, y, split=split, seed=req.seed, info=info)
+
+
+def planetoid_labelled(raw_dir: Path, name: str) -> torch.Tensor:
+    """``BoolTensor[num_nodes]``: which nodes carry a label in the raw Planetoid files, in PyG's node order.
+
+    CiteSeer's test ids skip 15 nodes that have no features and no label in the source; PyG fills them with zero
+    rows, and the arg-max of a zero label row is class 0. They are unlabelled here, not members of class 0.
+    """
+    from torch_geometric.io.planetoid import read_file
+
+    ally, ty = read_file(str(raw_dir), name, "ally"), read_file(str(raw_dir), name, "ty")
+    test_index = read_file(str(raw_dir), name, "test.index")
+    sorted_test = test_index.sort()[0]
+    has_ty = ty.abs().sum(dim=1) > 0
+    if name == "citeseer":  # the same extension PyG applies to tx/ty (see torch_geometric.io.planetoid)
+        ext = torch.zeros(int(test_index.max() - test_index.min()) + 1, dtype=torch.bool)
+        ext[sorted_test - test_index.min()] = has_ty
+        has_ty = ext
+    has = torch.cat([ally.abs().sum(dim=1) > 0, has_ty])
+    has[test_index] = has[sorted_test]
+    return has
 
 
 def read_npz_sparse(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

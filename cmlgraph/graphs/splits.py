@@ -178,7 +178,9 @@ def check_ways(splits: Mapping[str, Sequence[int]], ways: int) -> None:
             continue
         if n < ways:
             raise ConfigError(
-                f"the {name!r} split has {n} classes but ways={ways}; use ways <= {n} or a split with at least "
+                f"the {name!r} split has {n} classes but ways={ways}; "
+                + (f"use ways <= {n} or " if n >= 2 else "use ")  # never an impossible ways (<= 1)
+                + "a split with at least "
                 f"{ways} {name} classes (e.g. --split 'TRAIN/VAL/TEST' counts or a JSON file)"
             )
 

@@ -13,6 +13,7 @@ from cmlgraph.backbones.base import auto_batched
 from cmlgraph.core.episode import can_stack, stack
 from cmlgraph.core.model import MetaModel
 from cmlgraph.domains.base import Domain
+from cmlgraph.train.guards import score_predictions
 from cmlgraph.train.stats import mean_ci95
 
 
@@ -40,12 +41,14 @@ def evaluate(
             models (about 8M weight values per chunk), and one by one where ``train.batched: auto`` means so.
 
     Returns:
-        ``mean``, ``ci95``, ``num_tasks``, ``scores``; plus ``dagger_mean``/``dagger_ci95`` with a co-learner.
+        ``mean``, ``ci95``, ``num_tasks``, ``scores``, ``nonfinite_tasks`` (tasks with NaN/inf predictions,
+        scored as wrong, or inf for MSE); plus ``dagger_mean``/``dagger_ci95`` with a co-learner.
     """
     was_training = model.training
     model.eval()
     scores: list[float] = []
     dagger: list[float] = []
+    nonfinite = 0
     try:
         # Episodes adapted together hold one copy of the weights each: cap a chunk at ~8M values per copy.
         n_params = sum(v.numel() for v in params.values())
@@ -63,15 +66,18 @@ def evaluate(
                     out, co = algo.predict(model, params, ep, domain.loss_fn)
                     pairs.append((out, co, ep.query_y))
             for out, co, y in pairs:
-                scores.append(domain.score(out, y))
+                score, finite = score_predictions(domain.metric, out, y)  # NaN logits are never answers
+                scores.append(score)
+                nonfinite += not finite
                 if co is not None:
-                    dagger.append(domain.score(co, y))
+                    dagger.append(score_predictions(domain.metric, co, y)[0])
                 if progress is not None:
                     progress()
     finally:
         model.train(was_training)
     mean, ci = mean_ci95(scores)
-    result: dict[str, Any] = {"mean": mean, "ci95": ci, "num_tasks": len(scores), "scores": scores}
+    result: dict[str, Any] = {"mean": mean, "ci95": ci, "num_tasks": len(scores), "scores": scores,
+                              "nonfinite_tasks": nonfinite}
     if dagger:
         result["dagger_mean"], result["dagger_ci95"] = mean_ci95(dagger)
     return result

@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Any
 
 from cmlgraph.algorithms.registry import get_algorithm
-from cmlgraph.config import from_yaml
+from cmlgraph.config import from_yaml, load_yaml
 from cmlgraph.core.model import MetaModel, parameters_of
 from cmlgraph.domains.registry import build_domain
 from cmlgraph.errors import CmlgraphError
+from cmlgraph.graphs.features import pin_legacy_features
 from cmlgraph.train.evaluate import evaluate
 from cmlgraph.train.io import load_torch
+from cmlgraph.train.progress import progress_bar, stage
 from cmlgraph.train.trainer import prepare
 
 
@@ -22,7 +24,7 @@ def load_inference_model(run_dir: str | Path) -> tuple[Any, MetaModel, Any]:
         if not (run_dir / f).is_file():
             raise CmlgraphError(f"{run_dir / f} is missing; `cmlgraph eval` needs a finished run folder "
                                 f"made by `cmlgraph train`")
-    cfg = prepare(from_yaml(run_dir / "config.yaml"))
+    cfg = prepare(pin_legacy_features(from_yaml(run_dir / "config.yaml"), load_yaml(run_dir / "config.yaml")))
     domain = build_domain(cfg)
     algo = get_algorithm(cfg.algo, total_steps=int(cfg.train.steps), seed=cfg.train.seed)
     model = MetaModel(domain.build_extractor(), domain.out_dim, co_depth=None)
@@ -31,9 +33,13 @@ def load_inference_model(run_dir: str | Path) -> tuple[Any, MetaModel, Any]:
     return (cfg, algo, domain), model, load_torch(run_dir / "test_episodes.pt")
 
 
-def reevaluate(run_dir: str | Path) -> dict[str, Any]:
-    """Mean ± 95% CI of the saved inference model on the run's saved test episodes."""
+def reevaluate(run_dir: str | Path, console: Any = None) -> dict[str, Any]:
+    """Mean ± 95% CI of the saved inference model on the run's saved test episodes (a progress bar on
+    ``console`` when given); ``nonfinite_tasks`` counts tasks with NaN/inf predictions (scored as wrong)."""
     (cfg, algo, domain), model, state = load_inference_model(run_dir)
     raws = domain.from_state(state)
-    res = evaluate(algo, model, parameters_of(model), domain, raws, cfg.train.device)
-    return {"metric": domain.metric, "mean": res["mean"], "ci95": res["ci95"], "num_tasks": res["num_tasks"]}
+    with progress_bar(console, enabled=console is not None) as bar, \
+            stage(bar, "evaluating", len(raws), keep=True) as hook:
+        res = evaluate(algo, model, parameters_of(model), domain, raws, cfg.train.device, progress=hook)
+    return {"metric": domain.metric, "mean": res["mean"], "ci95": res["ci95"], "num_tasks": res["num_tasks"],
+            "nonfinite_tasks": res["nonfinite_tasks"]}

@@ -43,6 +43,7 @@ from cmlgraph.domains.registry import build_domain, fill_defaults
 from cmlgraph.errors import CmlgraphError, ConfigError, NumericalError
 from cmlgraph.train.distributed import setup as setup_distributed
 from cmlgraph.train.evaluate import evaluate
+from cmlgraph.train.guards import check_test_result, make_guard, test_tasks_warning
 from cmlgraph.train.io import (
     MetricsLog,
     kill_point,
@@ -52,6 +53,7 @@ from cmlgraph.train.io import (
     write_json,
     write_yaml,
 )
+from cmlgraph.train.progress import stage
 from cmlgraph.train.run_dir import RunLock, create_run_dir
 from cmlgraph.validate import validate_config
 
@@ -137,6 +139,7 @@ class Trainer:
         self.elapsed = 0.0
         self.ckpt_step: int | None = None
         self._lock: RunLock | None = None
+        self.guard = make_guard(self.cfg, self.exp.domain, self.console)  # divergence warnings (issue 12)
 
     # --- state -----------------------------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
@@ -302,12 +305,15 @@ class Trainer:
         for note in e.domain.notes:
             self.console.print(f"[yellow]note:[/yellow] {note}")
         with self._progress() as bar:
+            self._bar = bar
             task = bar.add_task("meta-training", total=steps, completed=self.step, info="")
             while self.step < steps:
                 kill_point("step_begin")
                 t0 = time.perf_counter()
                 record = self._train_step()
                 self.step += 1
+                if not record.get("skipped"):
+                    self.guard.loss(self.step, record["loss"])
                 kill_point("step_end")
                 if self.step % int(cfg.train.val_every) == 0 or self.step == steps:
                     record.update(self.dist.on_rank0(self._validate))  # the other ranks wait for rank 0
@@ -378,9 +384,12 @@ class Trainer:
     def _validate(self) -> dict[str, Any]:
         e = self.exp
         params = parameters_of(e.model)
-        res = evaluate(e.algo, e.model, params, e.domain, self.val_raws, e.device, progress=_eval_hook)
+        with stage(getattr(self, "_bar", None), "validating", len(self.val_raws), _eval_hook) as hook:
+            res = evaluate(e.algo, e.model, params, e.domain, self.val_raws, e.device, progress=hook)
         out = {"val": res["mean"], "val_ci95": res["ci95"]}
-        if _better(e.domain.metric, res["mean"], self.best):
+        self.guard.validation(self.step, res["mean"])
+        usable = res["mean"] if not res.get("nonfinite_tasks") else float("nan")  # NaN predictions: never best
+        if _better(e.domain.metric, usable, self.best):
             self.best, self.best_step = res["mean"], self.step
             self.best_params = {k: v.detach().clone() for k, v in e.model.state_dict().items()}
             out["best"] = True
@@ -390,15 +399,24 @@ class Trainer:
         """Test the best-validation parameters and write ``model.pt``, ``summary.json`` and the plots."""
         assert self.run_dir is not None
         cfg, e = self.cfg, self.exp
+        warns = check_test_result({"num_tasks": 0}, self.skipped, int(cfg.train.steps))  # all skipped: fail now
         if self.best_params is not None:
             e.model.load_state_dict(self.best_params)
         self.console.print(f"evaluating on {len(self.test_raws)} fixed test tasks (best validation step "
                            f"{self.best_step})")
-        res = evaluate(e.algo, e.model, parameters_of(e.model), e.domain, self.test_raws, e.device,
-                       progress=_eval_hook)
+        with self._progress() as bar, stage(bar, "testing", len(self.test_raws), _eval_hook, keep=True) as hook:
+            res = evaluate(e.algo, e.model, parameters_of(e.model), e.domain, self.test_raws, e.device,
+                           progress=hook)
+        warns += check_test_result(res, self.skipped, int(cfg.train.steps))
+        warns += [w for w in [test_tasks_warning(res["num_tasks"])] if w]
+        for w in warns:
+            self.console.print(f"[yellow]warning:[/yellow] {w}")
         save_torch(self.run_dir / "model.pt", inference_state(e.model))
         save_torch(self.run_dir / "scores.pt", {"scores": torch.tensor(res["scores"], dtype=torch.float64)})
         summary = build_summary(cfg, e, res, self)
+        info = e.domain.describe()  # issue 12: what was checked and chosen for this run
+        summary.update(warnings=[*self.guard.messages, *warns], nonfinite_test_tasks=res.get("nonfinite_tasks", 0),
+                       **{k: info[k] for k in ("features", "mode", "mode_reason") if k in info})
         try:
             from cmlgraph.train.plots import plot_run
 
@@ -489,7 +507,10 @@ def _resume_config(run_dir: Path) -> Config:
                             f"`cmlgraph train`")
     if (run_dir / "summary.json").is_file():
         raise CmlgraphError(_finished_message(run_dir))
-    return from_yaml(run_dir / "config.yaml")
+    from cmlgraph.config import load_yaml
+    from cmlgraph.graphs.features import pin_legacy_features
+
+    return pin_legacy_features(from_yaml(run_dir / "config.yaml"), load_yaml(run_dir / "config.yaml"))
 
 
 __all__ = ["Trainer", "apply_overrides", "build_experiment", "prepare", "resume", "train"]

@@ -27,7 +27,7 @@ def test_counts_match_manifest(name: str, shared_root: Path) -> None:
     assert (g.num_nodes, g.num_edges, g.num_features, g.num_classes) == EXPECTED[name]
     assert g.x.layout == torch.sparse_coo and g.sparse_features
     assert not g.partial
-    assert (g.y >= 0).all()
+    assert int((g.y < 0).sum()) == (15 if name == "citeseer" else 0)  # CiteSeer: 15 ids without a label (issue 12)
     parts = [set(g.splits[k]) for k in ("train", "val", "test")]
     assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
     row, col = g.edge_index

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 from cmlgraph.compare import run_compare, write_outputs
 
@@ -13,7 +14,7 @@ TINY = {"train": {"steps": 2, "meta_batch": 2, "val_tasks": 3, "test_tasks": 6, 
 def test_compare_two_tiny_domains_matches_summaries_and_reuses_runs(tmp_path):
     trained = []
     cells = run_compare(["sinusoid", "digits"], ["maml"], [0, 1], tmp_path / "runs", TINY,
-                        log=lambda m: trained.append(m) if m.startswith("training") else None)
+                        log=lambda m: trained.append(m) if "] training " in m else None)
     assert len(trained) == 8
     files = write_outputs(cells, tmp_path / "out")
     assert all(f.is_file() and f.stat().st_size > 0 for f in files)
@@ -30,7 +31,7 @@ def test_compare_two_tiny_domains_matches_summaries_and_reuses_runs(tmp_path):
     again = []
     run_compare(["sinusoid", "digits"], ["maml"], [0, 1], tmp_path / "runs", TINY,
                 log=lambda m: again.append(m))
-    assert all(m.startswith("reusing") for m in again) and len(again) == 8
+    assert all(re.match(r"\[\d/8\] reusing", m) for m in again) and len(again) == 8
 
 
 def test_execution_strategies_do_not_block_reuse_but_settings_do():

@@ -1,0 +1,139 @@
+"""Honest-result guards of a run: divergence warnings, non-finite predictions, too few test tasks.
+
+Why: a run whose loss explodes or whose validation sits at chance still ends with a number that looks like a
+result (e.g. 1/ways ± 0.0 when every prediction is the same class), and the arg-max of NaN logits is class 0, so
+NaN predictions used to be scored as answers. These checks turn such runs into warnings the user sees (console,
+Python ``warnings`` and ``summary.json``) or, when nothing usable is left, into a :class:`NumericalError`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cmlgraph.errors import NumericalError
+
+#: A classification meta-loss above this many times chance level (ln ways) counts as exploding.
+EXPLODE_FACTOR = 10.0
+#: Consecutive validations within :data:`CHANCE_TOLERANCE` of 1/ways before "stuck at chance" is reported.
+CHANCE_VALIDATIONS = 3
+CHANCE_TOLERANCE = 0.01
+#: The README's evaluation standard: at least this many fixed test tasks.
+MIN_TEST_TASKS = 500
+
+
+def score_predictions(metric: str, pred: Tensor, y: Tensor) -> tuple[float, bool]:
+    """Per-task score of predictions and whether they were all finite.
+
+    Rows of non-finite logits are never counted as correct (the arg-max of NaN is 0, a real class); a regression
+    task with a non-finite prediction scores ``inf``.
+    """
+    finite_rows = torch.isfinite(pred).all(dim=-1) if pred.dim() > 1 else torch.isfinite(pred)
+    finite = bool(finite_rows.all())
+    if metric == "mse":
+        return (float(torch.nn.functional.mse_loss(pred, y)) if finite else math.inf), finite
+    correct = (pred.argmax(-1) == y) & finite_rows
+    return float(correct.float().mean()), finite
+
+
+class DivergenceGuard:
+    """Warn once when training diverges: an exploding loss, or validation stuck at chance.
+
+    Args:
+        metric: ``accuracy`` or ``mse``.
+        ways: Classes per task (chance accuracy is 1/ways, chance loss ln(ways)).
+        hint: What to check, e.g. ``"features raw (--features row|standard), inner lr 0.5 (--inner-lr)"``.
+        emit: Called with each warning message (console print); Python ``warnings`` get it too.
+    """
+
+    def __init__(self, metric: str, ways: int, hint: str, emit: Any = None) -> None:
+        self.metric, self.ways, self.hint, self.emit = metric, max(int(ways), 2), hint, emit
+        self.first_loss: float | None = None
+        self.chance_run = 0
+        self.messages: list[str] = []
+        self._said: set[str] = set()
+
+    def _warn(self, kind: str, message: str) -> None:
+        if kind in self._said:
+            return
+        self._said.add(kind)
+        self.messages.append(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        if self.emit is not None:
+            self.emit(message)
+
+    def loss(self, step: int, value: float) -> None:
+        """Record a meta-training loss; warn if it explodes (non-finite losses are handled by ``nan_policy``)."""
+        if not math.isfinite(value):
+            return
+        if self.first_loss is None:
+            self.first_loss = value
+        if self.metric == "accuracy":
+            limit = EXPLODE_FACTOR * math.log(self.ways)
+        else:
+            limit = 10 * EXPLODE_FACTOR * max(self.first_loss, 1e-8)
+        if value > limit:
+            ref = f"{EXPLODE_FACTOR:g}x chance level ln({self.ways}) = {math.log(self.ways):.2f}" \
+                if self.metric == "accuracy" else f"{10 * EXPLODE_FACTOR:g}x the first loss {self.first_loss:.3g}"
+            self._warn("explode", f"training is diverging: the meta-loss is {value:.4g} at step {step}, more than "
+                                  f"{ref}. Check the feature scale and the inner step size: "
+                                  f"{self.hint}")
+
+    def validation(self, step: int, value: float) -> None:
+        """Record a validation accuracy; warn after several validations in a row at chance."""
+        if self.metric != "accuracy" or not math.isfinite(value):
+            return
+        chance = 1.0 / self.ways
+        self.chance_run = self.chance_run + 1 if abs(value - chance) <= CHANCE_TOLERANCE else 0
+        if self.chance_run >= CHANCE_VALIDATIONS:
+            self._warn("chance", f"validation accuracy has been at chance (1/{self.ways} = {chance:.3f}) for "
+                                 f"{self.chance_run} validations in a row (step {step}): the model is not learning. "
+                                 f"Check the feature scale and the inner step size: {self.hint}")
+
+
+def make_guard(cfg: Any, domain: Any, console: Any = None) -> DivergenceGuard:
+    """The run's :class:`DivergenceGuard`; its hint names the features (graphs) and the inner step size."""
+    hint = f"inner lr {cfg.algo.inner_lr} (--inner-lr)"
+    features = getattr(domain, "features", None)
+    if cfg.data.task == "graph" and features is not None:
+        hint = f"features {features} (--features row|standard scales them), " + hint
+    emit = (lambda m: console.print(f"[yellow]warning:[/yellow] {m}")) if console is not None else None
+    return DivergenceGuard(domain.metric, getattr(domain, "out_dim", 2), hint, emit)
+
+
+def check_test_result(res: dict[str, Any], skipped: int, steps: int) -> list[str]:
+    """Fail a run with nothing usable; return the warnings for the console and ``summary.json``.
+
+    Raises:
+        NumericalError: Every meta-batch was skipped (nothing was learned), or every test task's predictions
+            were non-finite.
+    """
+    if steps > 0 and skipped >= steps:
+        raise NumericalError(f"all {steps} meta-batches were skipped (non-finite loss or gradient), so nothing was "
+                             f"learned and the test score would be meaningless; lower --inner-lr or --meta-lr, or "
+                             f"scale the features (--features row|standard)")
+    bad, n = int(res.get("nonfinite_tasks", 0)), int(res.get("num_tasks", 0))
+    if n and bad >= n:
+        raise NumericalError(f"the model's predictions are NaN/inf on all {n} test tasks: training diverged; lower "
+                             f"--inner-lr or --meta-lr, or scale the features (--features row|standard)")
+    out = []
+    if bad:
+        out.append(f"{bad} of {n} test tasks had NaN/inf predictions; they are scored as wrong (accuracy) or inf "
+                   f"(MSE), not as answers")
+    return out
+
+
+def test_tasks_warning(n: int, minimum: int = MIN_TEST_TASKS) -> str | None:
+    """A warning when fewer than ``minimum`` test tasks are used (the README's standard), else None."""
+    if n < minimum:
+        return (f"only {n} test tasks (fewer than the {minimum} the evaluation standard asks for): the 95% CI is "
+                f"wider and results are not comparable with runs on >= {minimum} tasks")
+    return None
+
+
+__all__ = ["CHANCE_TOLERANCE", "CHANCE_VALIDATIONS", "DivergenceGuard", "EXPLODE_FACTOR", "MIN_TEST_TASKS",
+           "check_test_result", "make_guard", "score_predictions", "test_tasks_warning"]

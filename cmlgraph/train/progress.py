@@ -1,0 +1,44 @@
+"""Progress bars of the long stages other than meta-training: validation, testing, re-evaluation.
+
+Why: evaluating 500 fixed tasks takes from seconds to minutes (a GCN on a large graph); without a bar a run looks
+stuck after its last meta-iteration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def progress_bar(console: Console, enabled: bool = True) -> Progress:
+    """A rich progress display with a bar, done/total, elapsed and remaining time."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console, disable=not enabled, transient=False)
+
+
+@contextmanager
+def stage(bar: Progress | None, label: str, total: int, hook: Callable[[], None] | None = None,
+          keep: bool = False) -> Iterator[Callable[[], None]]:
+    """A per-item callback advancing a ``label`` task of ``bar`` (after ``hook``); the task is removed at the end
+    unless ``keep``. With ``bar`` None the callback is ``hook`` alone."""
+    if bar is None:
+        yield hook or (lambda: None)
+        return
+    task = bar.add_task(label, total=total, info="")
+
+    def step() -> None:
+        if hook is not None:
+            hook()
+        bar.advance(task)
+
+    try:
+        yield step
+    finally:
+        if not keep:
+            bar.remove_task(task)
+
+
+__all__ = ["progress_bar", "stage"]

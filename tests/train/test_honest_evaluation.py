@@ -1,0 +1,80 @@
+"""Honest evaluation (issue 12): NaN predictions are not answers, runs that learned nothing fail, too few test
+tasks are flagged, divergence is warned about, and a run leaves nothing in the temp folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cmlgraph.api import make_config
+from cmlgraph.errors import NumericalError
+from cmlgraph.train.guards import DivergenceGuard, check_test_result, score_predictions
+from cmlgraph.train.trainer import train
+
+TINY = dict(task="graph", graph="synthetic", synthetic_nodes=200, synthetic_classes=15, ways=3, shots=2, queries=3,
+            hidden=8, meta_batch=2, val_tasks=4)
+
+
+def test_nan_logits_are_never_correct() -> None:
+    """Fault 7: the arg-max of NaN logits is class 0; such rows must not count as right answers."""
+    pred = torch.full((4, 5), float("nan"))
+    y = torch.zeros(4, dtype=torch.long)
+    assert score_predictions("accuracy", pred, y) == (0.0, False)
+    pred[0] = torch.tensor([3.0, 0, 0, 0, 0])
+    assert score_predictions("accuracy", pred, y) == (0.25, False)
+    assert score_predictions("mse", torch.tensor([float("inf")]), torch.tensor([1.0]))[0] == float("inf")
+
+
+def test_all_skipped_or_all_nonfinite_fails() -> None:
+    with pytest.raises(NumericalError, match="all 5 meta-batches were skipped"):
+        check_test_result({"num_tasks": 10, "nonfinite_tasks": 0}, skipped=5, steps=5)
+    with pytest.raises(NumericalError, match="NaN/inf on all 10 test tasks"):
+        check_test_result({"num_tasks": 10, "nonfinite_tasks": 10}, skipped=0, steps=5)
+    assert "3 of 10 test tasks had NaN/inf" in check_test_result({"num_tasks": 10, "nonfinite_tasks": 3}, 0, 5)[0]
+
+
+def test_huge_inner_lr_with_skip_fails_instead_of_scoring_chance(tmp_path: Path) -> None:
+    """Fault 7 end to end: ``--inner-lr 1e12 --nan-policy skip`` used to report 1/ways ± 0 and exit 0."""
+    cfg = make_config(**TINY, inner_lr=1e12, nan_policy="skip", steps=3, val_every=3, test_tasks=6,
+                      runs_dir=str(tmp_path))
+    with pytest.raises(NumericalError, match="all 3 meta-batches were skipped"):
+        train(cfg, progress=False)
+    assert not list(tmp_path.glob("*/summary.json"))
+
+
+def test_few_test_tasks_are_flagged(tmp_path: Path) -> None:
+    cfg = make_config(**TINY, steps=2, val_every=2, test_tasks=6, runs_dir=str(tmp_path))
+    _, summary = train(cfg, progress=False)
+    assert any("only 6 test tasks" in w for w in summary["warnings"]) and summary["nonfinite_test_tasks"] == 0
+
+
+def test_divergence_guard() -> None:
+    said = []
+    guard = DivergenceGuard("accuracy", 5, "features raw, inner lr 0.5", said.append)
+    with pytest.warns(RuntimeWarning, match="diverging: the meta-loss is 1234 at step 3"):
+        guard.loss(1, 1.6), guard.loss(2, 1.5), guard.loss(3, 1234.0)
+    guard.loss(4, 5000.0)  # warned once
+    for step, acc in [(10, 0.2), (20, 0.205), (30, 0.31)]:
+        guard.validation(step, acc)
+    assert len(said) == 1
+    with pytest.warns(RuntimeWarning, match=r"at chance \(1/5 = 0.200\) for 3 validations in a row"):
+        for step, acc in [(40, 0.2), (50, 0.2), (60, 0.195)]:
+            guard.validation(step, acc)
+    assert len(said) == 2 and all("features raw" in m for m in said)
+
+
+def test_a_run_leaves_no_files_in_the_temp_folder(tmp_path: Path) -> None:
+    """PyG writes its generated ``propagate`` modules into the temp folder; a run removes them."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    code = ("from cmlgraph.api import fit; fit('synthetic', synthetic_nodes=200, synthetic_classes=15, ways=3, "
+            "shots=2, queries=3, gnn='gcn', hidden=8, steps=1, val_every=1, val_tasks=2, test_tasks=2, "
+            f"runs_dir={str(tmp_path / 'runs')!r})")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=300)
+    assert sorted(p.name for p in tmp.iterdir()) == []
