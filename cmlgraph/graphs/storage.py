@@ -138,13 +138,14 @@ def read_graph(path: str | os.PathLike[str]) -> FewShotGraph:
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 raise ValueError("no cmlgraph-graph metadata")
             if meta["sparse"]:
+                # check_invariants: indices outside the shape are an error here, not a crash later
                 x = torch.sparse_coo_tensor(torch.from_numpy(z["x_indices"]), torch.from_numpy(z["x_values"]),
-                                            tuple(int(s) for s in z["x_shape"])).coalesce()
+                                            tuple(int(s) for s in z["x_shape"]), check_invariants=True).coalesce()
             else:
                 x = torch.from_numpy(z["x"].astype(np.float32))
             edge_index = torch.from_numpy(z["edge_index"].astype(np.int64))
             y = torch.from_numpy(z["y"].astype(np.int64))
-    except (OSError, ValueError, KeyError, UnicodeDecodeError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
         raise DataError(f"{str(path)!r} is not a readable cmlgraph graph file ({exc.__class__.__name__}: {exc}); "
                         f"write it with graph.save(PATH)") from None
     if meta.get("version", 0) > FORMAT_VERSION:
