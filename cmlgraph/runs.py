@@ -80,7 +80,7 @@ def describe_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     Keys: ``name``, ``path``, ``dataset``, ``task``, ``algorithm``, ``control``, ``cml``, ``ways``, ``shots``,
     ``metric``, ``mean``, ``ci95``, ``num_tasks``, ``partial``, ``status`` (finished, running, resumable),
     ``step`` (last logged step), ``steps``, ``date`` (when the run started: the config's write time, ISO 8601
-    UTC), ``cmlgraph`` (the version that finished it, when recorded).
+    UTC; ``started_s`` the same in seconds since the epoch), ``cmlgraph`` (the version that finished it, when recorded).
     """
     folder = Path(folder)
     config_path = folder / "config.yaml"
@@ -99,7 +99,7 @@ def describe_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
         "ways": data.get("ways") if task != "sinusoid" else None, "shots": data.get("shots"),
         "metric": None, "mean": None, "ci95": None, "num_tasks": None, "partial": bool(data.get("allow_partial")),
         "status": status, "step": _last_step(folder / "metrics.jsonl"), "steps": train.get("steps"),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "cmlgraph": None,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "started_s": started, "cmlgraph": None,
     }
     if summary is not None:
         for key in ("metric", "mean", "ci95", "num_tasks", "partial", "cml"):
@@ -123,7 +123,7 @@ def list_runs(runs_dir: str | os.PathLike[str] = "runs") -> list[dict[str, Any]]
                           f"--runs-dir` (default: runs)")
     records = [r for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")
                if (r := describe_run(p)) is not None]
-    return sorted(records, key=lambda r: (r["date"], r["name"]))
+    return sorted(records, key=lambda r: (r["started_s"], r["name"]))
 
 
 def format_score(record: dict[str, Any]) -> str:
