@@ -40,7 +40,8 @@ def test_every_commands_help_leaves_torch_out():
 
         pulled, seen = {}, []
         for path in paths(typer.main.get_command(app), []):
-            for args in ([*path, "--help"], ["--version"], ["runs", "--json", "."]) if not path else ([*path, "--help"],):
+            extra = [["--version"], ["runs", "--json", "."]] if not path else []
+            for args in [[*path, "--help"], *extra]:
                 with contextlib.redirect_stdout(io.StringIO()):
                     try:
                         main(args)

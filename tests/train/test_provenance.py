@@ -33,7 +33,8 @@ def test_summary_and_config_record_versions_device_command_and_commit(tmp_path):
     assert prov["git_commit"] == git_state()["git_commit"]
     text = (run / "config.yaml").read_text()
     header = [line for line in text.splitlines() if line.startswith("#")]
-    assert f"# cmlgraph: {prov['cmlgraph']}" in header and any(h.startswith("# command: cmlgraph train") for h in header)
+    assert f"# cmlgraph: {prov['cmlgraph']}" in header
+    assert any(h.startswith("# command: cmlgraph train") for h in header)
     # the header is comments: the file still loads with safe_load and round-trips through --config
     saved = yaml.safe_load(text)
     assert saved["data"]["task"] == "sinusoid" and "cmlgraph" not in saved
