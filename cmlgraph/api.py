@@ -62,19 +62,17 @@ def fit(graph: FewShotGraph | str = "synthetic", *, verbose: bool = False, **set
 
     name = register_graph(graph) if isinstance(graph, FewShotGraph) else graph
     cfg = make_config(task="graph", graph=name, **settings)
-    from cmlgraph.provenance import api_call, set_command
+    from cmlgraph.provenance import api_call, recording
     from cmlgraph.train.trainer import train
 
-    set_command(api_call("fit", graph, **settings))
-
-    return train(cfg, Console() if verbose else None, progress=verbose)
+    with recording(api_call("fit", graph, **settings)):
+        return train(cfg, Console() if verbose else None, progress=verbose)
 
 
 def fit_config(cfg: Config, *, verbose: bool = False) -> tuple[Path, dict[str, Any]]:
     """Meta-train and evaluate a full :class:`Config` (any domain)."""
-    from cmlgraph.provenance import api_call, set_command
+    from cmlgraph.provenance import api_call, recording
     from cmlgraph.train.trainer import train
 
-    set_command(api_call("fit_config", cfg))
-
-    return train(cfg, Console() if verbose else None, progress=verbose)
+    with recording(api_call("fit_config", cfg)):
+        return train(cfg, Console() if verbose else None, progress=verbose)

@@ -304,11 +304,11 @@ def datasets_download(name: str = typer.Argument(..., help="Dataset name (`cmlgr
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning project errors into one-line messages (exit status 2)."""
-    from cmlgraph.provenance import cli_command, set_command
+    from cmlgraph.provenance import cli_command, recording
 
-    set_command(cli_command(argv))  # recorded in the run's summary.json and config.yaml
     try:
-        app(args=argv, standalone_mode=True)
+        with recording(cli_command(argv)):  # the command line, in the run's summary.json and config.yaml
+            app(args=argv, standalone_mode=True)
     except CmlgraphError as exc:
         msg = " ".join(str(exc).split())
         print(f"error: {msg}", file=sys.stderr)

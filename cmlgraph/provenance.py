@@ -13,6 +13,8 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from importlib import metadata
 from pathlib import Path
@@ -39,9 +41,18 @@ def cmlgraph_version() -> str:
     return package_version("cmlgraph") or __version__
 
 
-def set_command(command: str) -> None:
-    """Record the command line or API call of the run this process is about to start."""
-    _COMMAND.set(command)
+@contextmanager
+def recording(command: str) -> Iterator[None]:
+    """Record ``command`` (a command line or API call) as the origin of runs started inside the block.
+
+    The record ends with the block, so a later run in the same process (e.g. a direct ``train(cfg)`` call) never
+    inherits another call's command.
+    """
+    token = _COMMAND.set(command)
+    try:
+        yield
+    finally:
+        _COMMAND.reset(token)
 
 
 def cli_command(argv: list[str] | None) -> str:
@@ -65,9 +76,8 @@ def _short_repr(value: Any) -> str:
 
 
 def current_command() -> str:
-    """The recorded command, or this process's ``argv`` when none was recorded."""
-    return _COMMAND.get() or shlex.join([Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python",
-                                         *sys.argv[1:]])
+    """The recorded command, or the interpreter and this process's ``argv`` when none was recorded."""
+    return _COMMAND.get() or shlex.join([Path(sys.executable or "python").name, *sys.argv])
 
 
 def git_state(package_dir: Path | None = None) -> dict[str, Any]:
@@ -138,4 +148,4 @@ def yaml_header(record: dict[str, Any]) -> str:
 
 
 __all__ = ["VERSION_KEYS", "api_call", "cli_command", "cmlgraph_version", "current_command", "git_state",
-           "package_version", "provenance", "set_command", "yaml_header"]
+           "package_version", "provenance", "recording", "yaml_header"]

@@ -56,3 +56,13 @@ def test_version_flag():
     import cmlgraph
 
     assert out.returncode == 0 and out.stdout.strip() == f"cmlgraph {cmlgraph.__version__}"
+
+
+def test_a_later_run_in_the_same_process_does_not_inherit_the_command(tmp_path):
+    from cmlgraph.train.trainer import train
+
+    _train(tmp_path)  # through the CLI entry point
+    cfg = from_yaml(tmp_path / "p" / "config.yaml")
+    cfg.run.name = "direct"
+    _, summary = train(cfg, progress=False)
+    assert not summary["provenance"]["command"].startswith("cmlgraph train")
