@@ -208,9 +208,9 @@ def predict(
 ) -> None:
     """Label a few nodes of new classes, predict the rest: adapts the run's model on the support set exactly as
     its evaluation does."""
-    from cmlgraph.predict import _load_run, _resolve_graph, adapt, read_support_csv
+    from cmlgraph.predict import adapt, read_support_csv, resolve_graph
 
-    g = _resolve_graph(_load_run(run_dir), graph, data_root)
+    g = resolve_graph(run_dir, graph, data_root)
     labels = read_support_csv(support, g)
     order = [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None
     pred = adapt(run_dir, g, labels, classes=order, device=device)

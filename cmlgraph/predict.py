@@ -125,7 +125,13 @@ def _resolve_graph(run: _Run, graph: Any, data_root: str | None) -> Any:
             options = {"num_nodes": d.synthetic_nodes, "num_classes": d.synthetic_classes}
         return load_graph(name, data_root or d.data_root, allow_partial=d.allow_partial, split=d.split,
                           seed=run.cfg.train.seed, **options)
-    return load_graph(name, data_root, allow_partial=True)
+    return load_graph(name, data_root)
+
+
+def resolve_graph(run_dir: str | os.PathLike[str], graph: Any = None, data_root: str | None = None) -> Any:
+    """The :class:`FewShotGraph` that :func:`adapt` / :func:`embed` would use for ``graph`` with this run (the
+    run's own graph, loaded with the run's settings, when ``graph`` is ``None`` or its name)."""
+    return _resolve_graph(_load_run(run_dir), graph, data_root)
 
 
 def _domain(run: _Run, graph: Any, ways: int) -> Any:
@@ -365,4 +371,4 @@ def read_support_csv(path: str | os.PathLike[str], graph: Any) -> dict[Hashable,
     return support
 
 
-__all__ = ["Prediction", "adapt", "embed", "node_ids", "read_support_csv"]
+__all__ = ["Prediction", "adapt", "embed", "node_ids", "read_support_csv", "resolve_graph"]
