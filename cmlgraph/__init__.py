@@ -15,6 +15,7 @@ torch-geometric; ``cmlgraph.fit`` (say) imports what it needs when it is first t
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 import cmlgraph._warnings  # noqa: F401  (filters torch's sparse-CSR notices; imports no torch)
@@ -51,6 +52,8 @@ def __getattr__(name: str) -> Any:
     """Import a public name's module on first access and cache the name in this module."""
     module = _LAZY.get(name)
     if module is None:
+        if importlib.util.find_spec(f"cmlgraph.{name}") is not None:  # a subpackage: ``cmlgraph.graphs.…``
+            return importlib.import_module(f"cmlgraph.{name}")
         raise AttributeError(f"module 'cmlgraph' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value

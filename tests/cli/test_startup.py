@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 
 def _python(code: str) -> dict:
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
@@ -24,6 +26,15 @@ def test_import_cmlgraph_loads_neither_torch_nor_pyg():
         print(json.dumps({"torch": "torch" in sys.modules, "pyg": "torch_geometric" in sys.modules}))
     """)
     assert res == {"torch": False, "pyg": False}
+
+
+def test_lazy_names_and_subpackages_resolve():
+    import cmlgraph
+
+    assert cmlgraph.graphs.load_graph is cmlgraph.load_graph and cmlgraph.fit.__module__ == "cmlgraph.api"
+    assert set(cmlgraph.__all__) <= set(dir(cmlgraph))
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        cmlgraph.nope  # noqa: B018
 
 
 def test_every_commands_help_leaves_torch_out():
