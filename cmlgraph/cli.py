@@ -157,6 +157,41 @@ def compare(
 
 
 @app.command()
+def reproduce(
+    only: str | None = typer.Option(None, help="Comma-separated selectors: a tag (sinusoid, table3, citeseer, "
+                                               "gmeta, 1shot, k5, ...), tag+tag, or a glob on the ids; default: "
+                                               "all."),
+    runs: int | None = typer.Option(None, help="Runs (seeds 0..N-1) per arm (default: 5 for Table 3 as in the "
+                                               "paper, 3 for the sinusoid)."),
+    steps: int | None = typer.Option(None, help="Cap on the meta-iterations of every run."),
+    test_tasks: int | None = typer.Option(None, help="Override test tasks of every run."),
+    runs_dir: Path = typer.Option(Path("runs/reproduce"), help="Where runs are found or trained."),
+    out: Path | None = typer.Option(None, help="Folder for reproduce.md/csv and figure2.png (default: RUNS_DIR)."),
+    data_root: str | None = typer.Option(None, help="Raw data root."),
+    list_only: bool = typer.Option(False, "--list", help="List the selected experiments and exit."),
+) -> None:
+    """The paper's experiments the local data allows, ours beside its numbers; trains missing runs, reuses
+    finished ones."""
+    from cmlgraph.paper.cells import paper_cells, select_cells
+    from cmlgraph.paper.reproduce import data_status, run_reproduce, write_reproduce
+    from cmlgraph.train.trainer import train as train_run
+
+    cells = select_cells(paper_cells(), only)
+    if list_only:
+        status = data_status(cells, data_root)
+        for cell in cells:
+            console.print(f"{cell.id}  ({cell.config})" + (f"  [yellow]{status[cell.id]}[/yellow]"
+                                                           if cell.id in status else ""))
+        return
+    overrides = {"train": {"test_tasks": test_tasks}} if test_tasks is not None else None
+    results = run_reproduce(cells, runs_dir, runs, steps, overrides, data_root=data_root,
+                            train_fn=lambda cfg: train_run(cfg, console, progress=True)[0], log=console.print)
+    for path in write_reproduce(results, out or runs_dir):
+        console.print(f"wrote {path}")
+    console.print((Path(out or runs_dir) / "reproduce.md").read_text())
+
+
+@app.command()
 def bench(
     quick: bool = typer.Option(False, "--quick", help="Reduced set (< 60 s on 2 cores): sinusoid, Conv4 at 28 px, "
                                                       "the 10k-node graph."),

@@ -75,11 +75,13 @@ def find_run(runs_dir: Path, cfg: Config) -> Path | None:
 
 
 @dataclass
-class Cell:
-    """One domain × algorithm row of the comparison."""
+class Paired:
+    """Paired statistics of (base run, CML run) pairs that share their seeds' fixed test tasks.
 
-    domain: str
-    algorithm: str
+    ``base`` and ``cml`` are (mean, 95% CI half-width) over the per-seed test means; ``diff`` pools the per-task
+    differences CML − base of all pairs. Accuracy is a fraction, as in ``summary.json``.
+    """
+
     metric: str
     base: tuple[float, float]
     cml: tuple[float, float]
@@ -88,6 +90,14 @@ class Cell:
     tasks: int
     base_runs: list[str]
     cml_runs: list[str]
+
+
+@dataclass
+class Cell(Paired):
+    """One domain × algorithm row of the comparison: the paired statistics of its runs."""
+
+    domain: str = ""
+    algorithm: str = ""
 
     def row(self) -> dict[str, Any]:
         """A flat dict for CSV."""
@@ -101,8 +111,12 @@ def _scores(run: Path) -> list[float]:
     return [float(v) for v in load_torch(run / "scores.pt")["scores"].tolist()]
 
 
-def build_cell(domain: str, algo: str, pairs: Sequence[tuple[Path, Path]]) -> Cell:
-    """Aggregate (base run, CML run) pairs of the same seeds into a row."""
+def paired_stats(pairs: Sequence[tuple[Path, Path]]) -> Paired:
+    """Mean ± 95% CI of each arm over seeds and of the per-task paired difference CML − base.
+
+    Raises:
+        ConfigError: The two runs of a pair have different numbers of test tasks (they cannot be paired).
+    """
     base_means, cml_means, diffs = [], [], []
     metric = ""
     for base, cml in pairs:
@@ -114,15 +128,40 @@ def build_cell(domain: str, algo: str, pairs: Sequence[tuple[Path, Path]]) -> Ce
         if len(xb) != len(xc):
             raise ConfigError(f"{base} and {cml} have different test tasks; they cannot be paired")
         diffs += [c - b for b, c in zip(xb, xc, strict=True)]
-    return Cell(domain, algo, metric, mean_ci95(base_means), mean_ci95(cml_means), mean_ci95(diffs), len(pairs),
-                len(diffs), [p[0].name for p in pairs], [p[1].name for p in pairs])
+    return Paired(metric, mean_ci95(base_means), mean_ci95(cml_means), mean_ci95(diffs), len(pairs), len(diffs),
+                  [p[0].name for p in pairs], [p[1].name for p in pairs])
+
+
+def build_cell(domain: str, algo: str, pairs: Sequence[tuple[Path, Path]]) -> Cell:
+    """Aggregate (base run, CML run) pairs of the same seeds into a row."""
+    return Cell(**vars(paired_stats(pairs)), domain=domain, algorithm=algo)
+
+
+def obtain_run(cfg: Config, runs_dir: Path, name: str, train_fn: Callable[[Config], Any] | None = None,
+               log: Callable[[str], None] = print) -> Path:
+    """The finished run of ``cfg`` under ``runs_dir``: reused if one matches (:func:`find_run`), else trained.
+
+    A new run is written to ``runs_dir/name`` (replacing an unfinished folder of that name). ``train_fn`` trains
+    a config and returns its run folder (default: :func:`cmlgraph.train.trainer.train` without progress bars).
+    """
+    from cmlgraph.train.trainer import train
+
+    run = find_run(runs_dir, cfg)
+    if run is not None:
+        log(f"reusing {run}")
+        return Path(run)
+    cfg.run.runs_dir = str(runs_dir)
+    cfg.run.name = name
+    cfg.run.overwrite = True
+    log(f"training {cfg.run.name}")
+    return Path((train_fn or (lambda c: train(c, progress=False)[0]))(cfg))
 
 
 def run_compare(domains: Sequence[str], algos: Sequence[str], seeds: Sequence[int], runs_dir: str | Path,
                 overrides: dict[str, dict[str, Any]] | None = None,
                 train_fn: Callable[[Config], Any] | None = None, log: Callable[[str], None] = print) -> list[Cell]:
     """Train what is missing, reuse what is finished, and aggregate the comparison."""
-    from cmlgraph.train.trainer import prepare, train
+    from cmlgraph.train.trainer import prepare
 
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -136,16 +175,8 @@ def run_compare(domains: Sequence[str], algos: Sequence[str], seeds: Sequence[in
                     plan.append((domain, algo, seed, cml, cfg))
     found: dict[tuple[str, str, int, bool], Path] = {}
     for domain, algo, seed, cml, cfg in plan:
-        run = find_run(runs_dir, cfg)
-        if run is None:
-            cfg.run.runs_dir = str(runs_dir)
-            cfg.run.name = f"{domain}-{algo}-{'cml' if cml else 'base'}-s{seed}"
-            cfg.run.overwrite = True
-            log(f"training {cfg.run.name}")
-            run = (train_fn or (lambda c: train(c, progress=False)[0]))(cfg)
-        else:
-            log(f"reusing {run}")
-        found[(domain, algo, seed, cml)] = Path(run)
+        name = f"{domain}-{algo}-{'cml' if cml else 'base'}-s{seed}"
+        found[(domain, algo, seed, cml)] = obtain_run(cfg, runs_dir, name, train_fn, log)
     return [build_cell(d, a, [(found[(d, a, s, False)], found[(d, a, s, True)]) for s in seeds])
             for d in domains for a in algos]
 
@@ -154,6 +185,17 @@ def _fmt(mean: float, ci: float, metric: str) -> str:
     if metric == "accuracy":
         return f"{100 * mean:.2f} ± {100 * ci:.2f}"
     return f"{mean:.3f} ± {ci:.3f}"
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Atomically write ``rows`` (flat dicts with the same keys) as a CSV file with a header."""
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
 
 
 def write_outputs(cells: Sequence[Cell], out_dir: str | Path) -> list[Path]:
@@ -170,18 +212,7 @@ def write_outputs(cells: Sequence[Cell], out_dir: str | Path) -> list[Path]:
               "(column 6). Accuracy: higher is better; MSE: lower is better."]
     md = "\n".join(lines) + "\n"
     atomic_write(out / "compare.md", lambda f: f.write(md.encode()))
-    rows = [c.row() for c in cells]
-
-    def _csv(f: Any) -> None:
-        import io
-
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        f.write(buf.getvalue().encode())
-
-    atomic_write(out / "compare.csv", _csv)
+    write_csv(out / "compare.csv", [c.row() for c in cells])
     _plot(cells, out / "compare.png")
     return [out / "compare.md", out / "compare.csv", out / "compare.png"]
 
