@@ -78,3 +78,14 @@ def test_embed_cli_writes_the_api_result(maml_run, tmp_path):
     emb = np.load(out, allow_pickle=False)
     assert emb.shape == (300, 64)
     np.testing.assert_array_equal(emb, cmlgraph.embed(maml_run))
+
+
+def test_train_and_predict_on_a_graph_file(tmp_path):
+    path = load_graph("synthetic", num_nodes=300, num_classes=15).save(tmp_path / "syn.npz")
+    assert _cli(["train", "--graph", path, "--ways", "3", "--shots", "2", "--queries", "4", "--steps", "2",
+                 "--val-every", "2", "--test-tasks", "3", "--runs-dir", tmp_path / "runs", "--name", "f",
+                 "--quiet"]) == 0
+    support = tmp_path / "labels.csv"
+    support.write_text("node,label\n1,x\n2,y\n")
+    assert _cli(["predict", tmp_path / "runs" / "f", "--support", support, "--out", tmp_path / "p.csv"]) == 0
+    assert len(_read(tmp_path / "p.csv")) == 298
