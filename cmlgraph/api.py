@@ -10,14 +10,15 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from cmlgraph.config import Config, apply_overrides
-from cmlgraph.domains.graph import register_graph
 from cmlgraph.errors import ConfigError
-from cmlgraph.graphs import FewShotGraph
+
+if TYPE_CHECKING:  # imported in fit(): sinusoid and image runs through fit_config never load torch-geometric
+    from cmlgraph.graphs import FewShotGraph
 
 #: Which config section each keyword of :func:`fit` / :func:`make_config` belongs to.
 _SECTION_OF = {key: section for section, keys in {
@@ -56,15 +57,22 @@ def fit(graph: FewShotGraph | str = "synthetic", *, verbose: bool = False, **set
         verbose: Print progress and the result.
         **settings: Flat settings, e.g. ``ways=3, shots=2, algo="maml", cml=True, steps=100, runs_dir="runs"``.
     """
+    from cmlgraph.domains.graph import register_graph
+    from cmlgraph.graphs import FewShotGraph
+
     name = register_graph(graph) if isinstance(graph, FewShotGraph) else graph
     cfg = make_config(task="graph", graph=name, **settings)
+    from cmlgraph.provenance import api_call, recording
     from cmlgraph.train.trainer import train
 
-    return train(cfg, Console() if verbose else None, progress=verbose)
+    with recording(api_call("fit", graph, **settings)):
+        return train(cfg, Console() if verbose else None, progress=verbose)
 
 
 def fit_config(cfg: Config, *, verbose: bool = False) -> tuple[Path, dict[str, Any]]:
     """Meta-train and evaluate a full :class:`Config` (any domain)."""
+    from cmlgraph.provenance import api_call, recording
     from cmlgraph.train.trainer import train
 
-    return train(cfg, Console() if verbose else None, progress=verbose)
+    with recording(api_call("fit_config", cfg)):
+        return train(cfg, Console() if verbose else None, progress=verbose)

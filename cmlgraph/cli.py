@@ -13,6 +13,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from cmlgraph.cli_help import show_defaults
 from cmlgraph.config import Config, apply_overrides, from_yaml
 from cmlgraph.errors import CmlgraphError, ConfigError
 
@@ -21,6 +22,20 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
 datasets_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help="Graph datasets.")
 app.add_typer(datasets_app, name="datasets")
 console = Console(width=max(Console().width, 150))
+
+
+def _version(value: bool) -> None:
+    if value:
+        from cmlgraph.provenance import cmlgraph_version
+
+        print(f"cmlgraph {cmlgraph_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the cmlgraph version and exit.")) -> None:
+    """Few-shot node classification with gradient-based meta-learning and CML."""
 
 
 def _overrides(**flags: Any) -> dict[str, dict[str, Any]]:
@@ -103,6 +118,9 @@ def train(
     cfg = from_yaml(config) if config is not None else Config()
     cfg = apply_overrides(cfg, _overrides(**flags), "command line")
     train_run(cfg, console, progress=not quiet)
+
+
+show_defaults(train, {"config": "none", "resume": "none"})  # effective defaults in --help
 
 
 @app.command()
@@ -217,6 +235,83 @@ def eval_cmd(run_dir: Path = typer.Argument(..., help="A run folder made by `cml
                   + (f"  ({res['nonfinite_tasks']} with NaN/inf predictions)" if res["nonfinite_tasks"] else ""))
 
 
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="A finished graph run folder made by `cmlgraph train`."),
+    support: Path = typer.Option(..., "--support", help="CSV with a header `node,label`: the labelled nodes."),
+    out: Path = typer.Option(..., "--out", help="Output CSV: node, prediction, one probability column per class."),
+    graph: str | None = typer.Option(None, help="Registered graph name or a .npz file from graph.save(PATH) "
+                                                "[default: the run's graph]."),
+    classes: str | None = typer.Option(None, help="Comma-separated class order (each needs a support node) "
+                                                  "[default: the sorted labels]."),
+    data_root: str | None = typer.Option(None, help="Raw data root of a registered graph [default: none]."),
+    device: str | None = typer.Option(None, help="cpu or cuda [default: the run's device if available]."),
+) -> None:
+    """Label a few nodes of new classes, predict the rest: adapts the run's model on the support set exactly as
+    its evaluation does."""
+    from cmlgraph.predict import adapt, read_support_csv, resolve_graph
+
+    g = resolve_graph(run_dir, graph, data_root)
+    labels = read_support_csv(support, g)
+    order = [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None
+    pred = adapt(run_dir, g, labels, classes=order, device=device)
+    pred.to_csv(out)
+    counts = {c: pred.labels.count(c) for c in pred.classes}
+    console.print(f"{len(pred.nodes)} nodes of {g.name!r} predicted from {len(labels)} labelled nodes "
+                  f"({', '.join(f'{c}: {n}' for c, n in counts.items())}); wrote {out}")
+
+
+@app.command()
+def embed(
+    run_dir: Path = typer.Argument(..., help="A finished graph run folder made by `cmlgraph train`."),
+    out: Path = typer.Option(..., "--out", help="Output .npy file: float32 [num_nodes, d]."),
+    graph: str | None = typer.Option(None, help="Registered graph name or a .npz file from graph.save(PATH) "
+                                                "[default: the run's graph]."),
+    data_root: str | None = typer.Option(None, help="Raw data root of a registered graph [default: none]."),
+    device: str | None = typer.Option(None, help="cpu or cuda [default: the run's device if available]."),
+) -> None:
+    """The trained extractor's features of every node (row i: node i), for probing or plotting."""
+    import numpy as np
+
+    from cmlgraph.predict import embed as embed_nodes
+
+    feats = embed_nodes(run_dir, graph, data_root=data_root, device=device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, feats, allow_pickle=False)
+    tmp.replace(out)
+    console.print(f"wrote {out}: {feats.shape[0]} nodes × {feats.shape[1]} features")
+
+
+@app.command()
+def runs(
+    runs_dir: Path = typer.Argument(Path("runs"), help="Folder holding run folders."),
+    json_out: bool = typer.Option(False, "--json", help="Print the records as JSON instead of a table."),
+) -> None:
+    """The run folders, oldest first: dataset, algorithm, CML, ways/shots, test score ± 95% CI, status, date."""
+    import json
+
+    from cmlgraph.runs import format_score, format_shape, list_runs
+
+    records = list_runs(runs_dir)
+    if json_out:
+        print(json.dumps(records, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"runs in {runs_dir}")
+    for col in ("name", "dataset", "algorithm", "CML", "shape", "test score", "status", "date"):
+        table.add_column(col, no_wrap=col != "name", overflow="fold")
+    for r in records:
+        algo = r["algorithm"] + ("" if r["control"] in (None, "none") else f" ({r['control']})")
+        status = r["status"] if r["status"] == "finished" else f"{r['status']} (step {r['step'] or 0}/{r['steps']})"
+        table.add_row(r["name"], str(r["dataset"]) + (" (partial)" if r["partial"] else ""), algo,
+                      "yes" if r["cml"] else "no", format_shape(r), format_score(r), status,
+                      r["date"].replace("T", " ").rstrip("Z"))
+    console.print(table)
+
+
 @datasets_app.command("list")
 def datasets_list(data_root: str | None = typer.Option(None, help="Raw data root.")) -> None:
     """Every graph dataset with its stats, source URL and local availability."""
@@ -250,8 +345,11 @@ def datasets_download(name: str = typer.Argument(..., help="Dataset name (`cmlgr
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning project errors into one-line messages (exit status 2)."""
+    from cmlgraph.provenance import cli_command, recording
+
     try:
-        app(args=argv, standalone_mode=True)
+        with recording(cli_command(argv)):  # the command line, in the run's summary.json and config.yaml
+            app(args=argv, standalone_mode=True)
     except CmlgraphError as exc:
         msg = " ".join(str(exc).split())
         print(f"error: {msg}", file=sys.stderr)

@@ -71,6 +71,7 @@ class GraphDomain(Domain):
         heads: GAT heads.
         subgraph: ``auto``, ``full`` or ``khop``.
         threshold: ``auto`` switches to k-hop subgraphs above this many nodes.
+        episodes: Build the train/val/test episode samplers (``False``: materialize given episodes only).
     """
 
     task = "graph"
@@ -79,7 +80,7 @@ class GraphDomain(Domain):
 
     def __init__(self, graph: FewShotGraph, ways: int, shots: int, queries: int, *, gnn: str = "gcn",
                  hidden: int = 64, layers: int = 2, dropout: float = 0.0, heads: int = 4, subgraph: str = "auto",
-                 threshold: int = 20_000) -> None:
+                 threshold: int = 20_000, episodes: bool = True) -> None:
         self.graph = graph
         self.name = graph.name
         self.out_dim = ways
@@ -89,8 +90,9 @@ class GraphDomain(Domain):
         self.notes = list(graph.notes)
         extractor = self.build_extractor()
         # Built now, so impossible settings (too few classes, classes too small) fail before a run folder exists.
+        # ``episodes=False`` (prediction on a user's task, cmlgraph.predict) builds none: nothing is sampled.
         self.samplers = {}
-        for split in ("train", "val", "test"):
+        for split in ("train", "val", "test") if episodes else ():
             try:
                 self.samplers[split] = EpisodeSampler(graph.y, graph.episode_classes(split), ways, shots, queries,
                                                       torch.Generator())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cmlgraph.config import TASKS, Config
-from cmlgraph.domains.base import Domain
 from cmlgraph.errors import ConfigError
+
+if TYPE_CHECKING:  # the defaults below are read by `cmlgraph train --help`, which must not import torch
+    from cmlgraph.domains.base import Domain
 
 #: Values used where the config leaves a setting ``None``; per domain, following each field's literature.
 DOMAIN_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {

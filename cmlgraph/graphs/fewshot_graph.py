@@ -154,5 +154,12 @@ class FewShotGraph:
             "notes": list(self.notes),
         }
 
+    def save(self, path: Any) -> Any:
+        """Write the graph to a ``.npz`` file (no pickle) that :func:`cmlgraph.load_graph` reads back with its
+        node ids and label names; see :mod:`cmlgraph.graphs.storage` for what round-trips. Returns the path."""
+        from cmlgraph.graphs.storage import save_graph
+
+        return save_graph(self, path)
+
 
 __all__ = ["SPLIT_NAMES", "FewShotGraph"]

@@ -72,10 +72,11 @@ def load_graph(
     cache: str | os.PathLike[str] | None = None,
     **kwargs: Any,
 ) -> FewShotGraph:
-    """Load a registered graph with its class split.
+    """Load a registered graph with its class split, or a graph file written by ``graph.save(PATH)``.
 
     Args:
-        name: Registry name (see :func:`dataset_names`).
+        name: Registry name (see :func:`dataset_names`), or the path of a ``.npz`` graph file (read safely, no
+            pickle; the other arguments are then ignored: the file holds its own split).
         root: Raw data root (read only); default ``$CMLGRAPH_DATA`` or ``<repo>/datasets``.
         allow_partial: Load what is present when some files are missing (GPN datasets); sets ``graph.partial``.
         split: Class split override: ``"a/b/c"`` counts (seeded), a mapping, or a JSON file path.
@@ -88,6 +89,10 @@ def load_graph(
         ConfigError: Unknown name or bad options.
         DataError: Missing, corrupted or partial data (the message names the file, its URL and the fix).
     """
+    from cmlgraph.graphs.storage import is_graph_file, read_graph
+
+    if is_graph_file(name):  # a graph saved with graph.save(PATH)
+        return read_graph(name)
     spec = get_spec(name)
     if kwargs and spec.name != "synthetic":
         raise ConfigError(f"dataset {spec.name!r} takes no options {sorted(kwargs)}; only 'synthetic' does")

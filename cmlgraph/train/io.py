@@ -132,9 +132,9 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
-def write_yaml(path: str | Path, obj: Any) -> None:
-    """Atomically write YAML."""
-    data = yaml.safe_dump(obj, sort_keys=False).encode()
+def write_yaml(path: str | Path, obj: Any, header: str = "") -> None:
+    """Atomically write YAML, after ``header`` (``# ...`` comment lines, e.g. the run's provenance)."""
+    data = (header + yaml.safe_dump(obj, sort_keys=False)).encode()
     atomic_write(path, lambda f: f.write(data))
 
 

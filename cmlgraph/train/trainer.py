@@ -219,7 +219,10 @@ class Trainer:
         self.run_dir = create_run_dir(self.cfg)
         self._lock = RunLock(self.run_dir)
         try:
-            write_yaml(self.run_dir / "config.yaml", self.cfg.to_dict())
+            from cmlgraph.provenance import provenance, yaml_header
+
+            write_yaml(self.run_dir / "config.yaml", self.cfg.to_dict(),
+                       header=yaml_header(provenance(self.cfg.train.device)))
             save_torch(self.run_dir / "test_episodes.pt", self.exp.domain.to_state(self.test_raws))
         except Exception:  # e.g. a full disk: leave no half-made folder behind
             self._release()
@@ -466,6 +469,9 @@ def build_summary(cfg: Config, e: Experiment, res: dict[str, Any], trainer: Trai
         "wall_time_s": round(trainer.elapsed, 3),
         "inference_parameters": sum(v.numel() for v in inference_state(e.model).values()),
     }
+    from cmlgraph.provenance import provenance
+
+    summary["provenance"] = provenance(cfg.train.device)  # versions, device, command, git commit (issue 11)
     if "dagger_mean" in res:
         summary["cml_dagger_mean"], summary["cml_dagger_ci95"] = res["dagger_mean"], res["dagger_ci95"]
     return summary

@@ -32,7 +32,7 @@ SETTINGS = {
 }
 RUN_FILES = {"config.yaml", "metrics.jsonl", "checkpoint.pt", "test_episodes.pt", "model.pt", "scores.pt",
              "summary.json"}
-TIMING = {"time_s", "wall_time_s"}
+TIMING = {"time_s", "wall_time_s", "provenance"}  # provenance: the command and time of each process
 
 
 def _free_port() -> int:

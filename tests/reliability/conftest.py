@@ -19,7 +19,7 @@ import yaml
 
 from cmlgraph.train.io import KILL_ENV, load_torch
 
-TIMING = {"time_s", "wall_time_s"}
+TIMING = {"time_s", "wall_time_s", "provenance"}  # provenance: the command and time of each process
 
 
 def tiny_settings(**train: Any) -> dict[str, Any]:

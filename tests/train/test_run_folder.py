@@ -29,7 +29,7 @@ def _cfg(tmp_path, name, cml=True, seed=3):
     return cfg
 
 
-TIMING = {"time_s", "wall_time_s"}
+TIMING = {"time_s", "wall_time_s", "provenance"}  # provenance: the command and time of each process
 
 
 def _strip(obj):

@@ -1,0 +1,374 @@
+"""Use a trained run: label a few nodes of new classes and predict the rest (:func:`adapt`), or read the trained
+extractor's node features (:func:`embed`).
+
+Why it reuses evaluation: the prediction is the run's own test-time rule, nothing re-implemented. The user's
+support nodes and every other node become one node episode (support / query); the run's domain code builds its
+input exactly as for a test task (full graph, k-hop subgraph or computation trees, by the run's settings) and the
+run's algorithm's ``predict`` adapts and predicts, the same call :func:`cmlgraph.train.evaluate.evaluate` makes
+per test task: MAML / Sharp-MAML adapt ψ and θ, ANIL θ, BOIL ψ, MAML++ with its learned per-step rates, ProtoNet
+compares with class prototypes. So a test episode's support given to :func:`adapt` reproduces the run's own score
+on that episode.
+
+Number of classes: the saved head θ has one row per trained way (``W``). A task with ``W`` classes uses it as
+is (class ``classes[i]`` → row ``i``). A task with another number ``C >= 2`` of classes starts from a head of
+``C`` identical rows, each the mean of the trained rows (the trained rows are exchangeable: every training task
+assigns its classes to rows at random); the inner loop then tells them apart. That needs an inner loop that
+adapts the head, so an algorithm whose head stays frozen at test time (BOIL, ``adapt: extractor``) predicts
+exactly ``W`` classes. ProtoNet takes any number of classes.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cmlgraph.errors import CmlgraphError, ConfigError, DataError
+
+
+@dataclass
+class Prediction:
+    """Predictions for every node of a graph that was not in the support set.
+
+    Attributes:
+        nodes: The predicted nodes' ids (the user's ids for a custom graph, else 0-based indices), in graph order.
+        classes: The task's labels; column ``j`` of ``probabilities`` is ``classes[j]``.
+        probabilities: ``float32[len(nodes), len(classes)]``, each row sums to 1 (softmax of the predictor's
+            outputs; for ProtoNet, of the negative squared distances to the prototypes).
+        labels: The predicted label of each node (``classes[argmax]``), of the support labels' type.
+    """
+
+    nodes: list[Hashable]
+    classes: list[Hashable]
+    probabilities: np.ndarray
+    labels: list[Hashable]
+
+    def to_pandas(self) -> Any:
+        """A ``pandas.DataFrame``: ``node``, ``prediction`` and one probability column per class.
+
+        Raises:
+            ImportError: pandas is not installed (``pip install pandas``).
+        """
+        import pandas as pd
+
+        frame = pd.DataFrame({"node": self.nodes, "prediction": self.labels})
+        for j, c in enumerate(self.classes):
+            frame[f"p_{c}"] = self.probabilities[:, j]
+        return frame
+
+    def to_csv(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``node,prediction,p_<class>...`` rows to ``path`` atomically; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                w = csv.writer(f)
+                w.writerow(["node", "prediction", *(f"p_{c}" for c in self.classes)])
+                for node, label, row in zip(self.nodes, self.labels, self.probabilities, strict=True):
+                    w.writerow([node, label, *(f"{p:.6g}" for p in row)])
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+
+# --- the run's model --------------------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    cfg: Any
+    algo: Any
+    state: dict[str, Any]
+
+
+def _load_run(run_dir: str | os.PathLike[str]) -> _Run:
+    """A finished graph run's config, algorithm and inference weights (``model.pt``, read weights-only)."""
+    from cmlgraph.algorithms.registry import get_algorithm
+    from cmlgraph.config import from_yaml
+    from cmlgraph.train.io import load_torch
+    from cmlgraph.train.trainer import prepare
+
+    run_dir = Path(run_dir)
+    for f in ("config.yaml", "model.pt"):
+        if not (run_dir / f).is_file():
+            raise CmlgraphError(f"{run_dir / f} is missing; pass a finished run folder made by `cmlgraph train` "
+                                f"(`cmlgraph runs` lists them)")
+    cfg = prepare(from_yaml(run_dir / "config.yaml"))
+    if cfg.data.task != "graph":
+        raise ConfigError(f"{run_dir} is a {cfg.data.task} run; predict and embed need a node-classification run "
+                          f"(task: graph)")
+    algo = get_algorithm(cfg.algo, total_steps=int(cfg.train.steps), seed=cfg.train.seed)
+    return _Run(cfg, algo, load_torch(run_dir / "model.pt"))
+
+
+def _resolve_graph(run: _Run, graph: Any, data_root: str | None) -> Any:
+    """The graph to work on: a FewShotGraph, a registered name, a ``.npz`` file, or ``None`` (the run's own)."""
+    from cmlgraph.graphs import FewShotGraph, load_graph
+
+    if isinstance(graph, FewShotGraph):
+        return graph
+    d = run.cfg.data
+    name = d.graph if graph is None else os.fspath(graph)
+    from cmlgraph.domains.graph import CUSTOM_GRAPHS
+
+    if name in CUSTOM_GRAPHS:
+        return CUSTOM_GRAPHS[name]
+    if name == d.graph:  # the run's graph: load it exactly as the run did
+        options: dict[str, Any] = {}
+        if name == "synthetic":
+            options = {"num_nodes": d.synthetic_nodes, "num_classes": d.synthetic_classes}
+        return load_graph(name, data_root or d.data_root, allow_partial=d.allow_partial, split=d.split,
+                          seed=run.cfg.train.seed, **options)
+    return load_graph(name, data_root)
+
+
+def resolve_graph(run_dir: str | os.PathLike[str], graph: Any = None, data_root: str | None = None) -> Any:
+    """The :class:`FewShotGraph` that :func:`adapt` / :func:`embed` would use for ``graph`` with this run (the
+    run's own graph, loaded with the run's settings, when ``graph`` is ``None`` or its name)."""
+    return _resolve_graph(_load_run(run_dir), graph, data_root)
+
+
+def _domain(run: _Run, graph: Any, ways: int) -> Any:
+    from cmlgraph.domains.graph import GraphDomain
+
+    d, m = run.cfg.data, run.cfg.model
+    return GraphDomain(graph, ways, int(d.shots), int(d.queries), gnn=m.gnn, hidden=int(m.hidden), layers=m.layers,
+                       dropout=m.dropout, heads=m.gat_heads, subgraph=d.subgraph, threshold=d.subgraph_threshold,
+                       episodes=False)
+
+
+def _model(run: _Run, domain: Any, ways: int) -> Any:
+    """The run's inference model on ``domain``'s graph, with a head for ``ways`` classes (see module doc)."""
+    import torch
+
+    from cmlgraph.core.model import MetaModel, group_of
+
+    trained_ways = int(run.cfg.data.ways)
+    model = MetaModel(domain.build_extractor(), trained_ways, co_depth=None)
+    run.algo.prepare(model)
+    own = model.state_dict()
+    bad = [k for k, v in run.state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    if bad:
+        k = bad[0]
+        trained, here = tuple(run.state[k].shape), tuple(own[k].shape)
+        hint = ""
+        if group_of(k) == "extractor" and len(trained) == 2 and trained[0] == here[0]:
+            hint = (f": the run's model reads {trained[1]}-dimensional node features, this graph "
+                    f"({domain.graph.name!r}) has {domain.graph.num_features}")
+        raise DataError(f"this graph does not fit the trained model ({k} has shape {trained} in model.pt, {here} "
+                        f"here){hint}; predict on a graph with the same node features as the run's training graph "
+                        f"({run.cfg.data.graph!r})")
+    try:
+        model.load_state_dict(run.state)
+    except RuntimeError as exc:
+        raise CmlgraphError(f"model.pt does not match the run's config.yaml ({str(exc).splitlines()[0][:200]}); "
+                            f"the run folder was edited") from None
+    if ways != trained_ways:
+        if run.algo.uses_inner_loop and "head" not in run.algo.adapt_groups():
+            raise ConfigError(f"this run's {run.cfg.algo.algo} keeps the head frozen at test time, so it predicts "
+                              f"exactly the {trained_ways} classes it was trained with; give {trained_ways} classes "
+                              f"(got {ways})")
+        head = domain.build_extractor().make_head(ways)
+        trained = dict(model.head.named_parameters())
+        with torch.no_grad():
+            for name, p in head.named_parameters():  # every row (and bias entry): the mean of the trained ones
+                p.copy_(trained[name].mean(0, keepdim=True).expand_as(p))
+        model.head = head
+        model.out_dim = ways
+    model.eval()
+    return model
+
+
+# --- the user's task --------------------------------------------------------------------------------------------
+def node_ids(graph: Any) -> list[Hashable]:
+    """The ids users name nodes by: ``info["node_ids"]`` (custom graphs from networkx or a saved file), else the
+    0-based node indices."""
+    ids = graph.info.get("node_ids")
+    return list(ids) if ids is not None else list(range(graph.num_nodes))
+
+
+def _is_missing(label: Any) -> bool:
+    return label is None or (isinstance(label, float) and math.isnan(label)) or label == ""
+
+
+def _task(graph: Any, support: Mapping[Hashable, Hashable], classes: Sequence[Hashable] | None
+          ) -> tuple[list[int], list[int], list[Hashable]]:
+    """Support node indices, their class positions and the class order; raises on every bad input."""
+    if not isinstance(support, Mapping) or not support:
+        raise ConfigError("support must be a non-empty mapping node id → label (e.g. {12: 'cat', 40: 'dog'})")
+    ids = node_ids(graph)
+    index = {v: i for i, v in enumerate(ids)}
+    unknown = [v for v in support if v not in index]
+    if unknown:
+        raise DataError(f"{len(unknown)} support node ids are not nodes of graph {graph.name!r} (e.g. "
+                        f"{unknown[:5]}); node ids are {_id_doc(graph)}")
+    missing = [v for v, lab in support.items() if _is_missing(lab)]
+    if missing:
+        raise DataError(f"support nodes {missing[:5]} have no label; give every support node a label")
+    given = list(dict.fromkeys(support.values()))
+    if classes is None:
+        try:
+            order = sorted(given)
+        except TypeError:
+            order = given  # labels of mixed types: the order of first appearance
+    else:
+        order = list(classes)
+        if len(set(order)) != len(order):
+            raise ConfigError(f"classes {order} repeat a label; list each class once")
+        extra = [c for c in given if c not in set(order)]
+        if extra:
+            raise DataError(f"support labels {extra[:5]} are not among classes {order}; add them to classes")
+        empty = [c for c in order if c not in set(given)]
+        if empty:
+            raise DataError(f"class {empty[0]!r} has no support node ({len(empty)} such classes: {empty[:5]}); "
+                            f"label at least one node of every class, or drop it from classes")
+    if len(order) < 2:
+        raise DataError(f"the support set has {len(order)} class ({order}); a prediction needs at least 2 classes "
+                        f"with labelled nodes")
+    pos = {c: j for j, c in enumerate(order)}
+    nodes = [index[v] for v in support]
+    return nodes, [pos[lab] for lab in support.values()], order
+
+
+def _id_doc(graph: Any) -> str:
+    if graph.info.get("node_ids") is not None:
+        ids = graph.info["node_ids"]
+        return f"the graph's own ids (e.g. {list(ids)[:3]})"
+    return f"0-based indices 0..{graph.num_nodes - 1}"
+
+
+def adapt(run_dir: str | os.PathLike[str], graph: Any = None, support: Mapping[Hashable, Hashable] | None = None,
+          *, classes: Sequence[Hashable] | None = None, data_root: str | None = None,
+          device: str | None = None) -> Prediction:
+    """Adapt a trained run to a new few-shot task and predict every other node of the graph.
+
+    Args:
+        run_dir: A finished graph run folder (``cmlgraph train``).
+        graph: A :class:`FewShotGraph`, a registered dataset name, a ``.npz`` file from ``graph.save(PATH)``, or
+            ``None`` for the run's own graph. Its node features must have the run's dimension.
+        support: Node id → label for the labelled nodes, any number per class. Ids are the graph's own node ids
+            (``info["node_ids"]``: custom graphs from networkx or a saved file) or 0-based indices; labels any
+            hashable (strings come back as strings).
+        classes: The class order (optional; default: the sorted labels). Class ``classes[i]`` uses head row ``i``
+            when the run's number of ways equals ``len(classes)``.
+        data_root: Raw data root for a registered graph.
+        device: ``cpu``/``cuda``; default the run's device when available, else CPU.
+
+    Returns:
+        A :class:`Prediction` for every node not in ``support``.
+
+    Raises:
+        DataError: Unknown node ids, unlabelled support nodes, a class without a support node, fewer than 2
+            classes, or node features of another dimension than the trained model's.
+        ConfigError: A non-graph run, or a frozen-head algorithm asked for another number of classes.
+    """
+    import torch
+
+    from cmlgraph.core.model import parameters_of
+    from cmlgraph.graphs.types import NodeEpisode
+
+    run = _load_run(run_dir)
+    g = _resolve_graph(run, graph, data_root)
+    nodes, labels, order = _task(g, support or {}, classes)
+    dev = _device(run, device)
+    domain = _domain(run, g, len(order))
+    model = _model(run, domain, len(order)).to(dev)
+    chosen = torch.zeros(g.num_nodes, dtype=torch.bool)
+    chosen[torch.tensor(nodes)] = True
+    query = torch.nonzero(~chosen).view(-1)
+    if query.numel() == 0:
+        raise DataError("every node of the graph is in the support set; leave some nodes to predict")
+    raw = NodeEpisode(support=torch.tensor(nodes), support_y=torch.tensor(labels), query=query,
+                      query_y=torch.zeros_like(query), classes=torch.arange(len(order)))
+    ep = domain.materialize(raw, dev)
+    out, _ = run.algo.predict(model, parameters_of(model), ep, domain.loss_fn)  # the evaluation's own call
+    probs = torch.softmax(out.detach().double(), dim=-1).float().cpu().numpy()
+    ids = node_ids(g)
+    best = probs.argmax(axis=1)
+    return Prediction(nodes=[ids[i] for i in query.tolist()], classes=list(order), probabilities=probs,
+                      labels=[order[j] for j in best.tolist()])
+
+
+def embed(run_dir: str | os.PathLike[str], graph: Any = None, *, data_root: str | None = None,
+          device: str | None = None) -> np.ndarray:
+    """The trained (unadapted) extractor ψ's features of every node: ``float32[num_nodes, d]``.
+
+    Args:
+        run_dir: A finished graph run folder.
+        graph: As for :func:`adapt` (default: the run's own graph).
+        data_root: Raw data root for a registered graph.
+        device: As for :func:`adapt`.
+
+    Raises:
+        DataError: Node features of another dimension than the trained model's.
+    """
+    import torch
+
+    from cmlgraph.core.functional import features
+    from cmlgraph.core.model import parameters_of
+    from cmlgraph.graphs.types import GraphInput
+
+    run = _load_run(run_dir)
+    g = _resolve_graph(run, graph, data_root)
+    dev = _device(run, device)
+    domain = _domain(run, g, int(run.cfg.data.ways))
+    model = _model(run, domain, int(run.cfg.data.ways)).to(dev)
+    x, ei, cache = domain._full_graph(dev)
+    with torch.no_grad():
+        out = features(model, parameters_of(model), GraphInput(x, ei, torch.arange(g.num_nodes, device=dev), cache))
+    return out.detach().float().cpu().numpy()
+
+
+def _device(run: _Run, device: str | None) -> str:
+    import torch
+
+    want = device or run.cfg.train.device
+    if want.startswith("cuda") and not torch.cuda.is_available():
+        if device is not None:
+            raise ConfigError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
+        return "cpu"
+    return want
+
+
+# --- CSV files --------------------------------------------------------------------------------------------------
+def read_support_csv(path: str | os.PathLike[str], graph: Any) -> dict[Hashable, str]:
+    """Read a ``node,label`` CSV into a support mapping, matching node ids to the graph's ids.
+
+    Node ids in the file are text; each is matched to the graph's id with the same text (``"12"`` → node 12).
+    Labels stay strings.
+
+    Raises:
+        DataError: Missing file or columns, empty file, a node listed twice with different labels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"support file {str(path)!r} does not exist; give a CSV with a header `node,label`")
+    by_text = {str(v): v for v in node_ids(graph)}
+    support: dict[Hashable, str] = {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        fields = [c.strip() for c in reader.fieldnames or []]
+        if "node" not in fields or "label" not in fields:
+            raise DataError(f"{str(path)!r} has columns {fields}; it needs a header row `node,label`")
+        for line, row in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            text, label = row["node"], row["label"]
+            if not text:
+                raise DataError(f"{str(path)!r} line {line}: empty node id; give a node id on every row")
+            node = by_text.get(text, text)
+            if node in support and support[node] != label:
+                raise DataError(f"{str(path)!r} line {line}: node {text} is listed twice with different labels "
+                                f"({support[node]!r}, {label!r}); keep one")
+            support[node] = label
+    if not support:
+        raise DataError(f"{str(path)!r} has no rows; list the labelled nodes as `node,label` rows")
+    return support
+
+
+__all__ = ["Prediction", "adapt", "embed", "node_ids", "read_support_csv", "resolve_graph"]

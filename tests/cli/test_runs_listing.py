@@ -1,0 +1,56 @@
+"""`cmlgraph runs`: finished, killed (resumable) and running run folders, table and --json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from cmlgraph.runs import list_runs
+from cmlgraph.train.io import KILL_ENV
+from cmlgraph.train.run_dir import RunLock
+
+
+def _cli(args, cwd, kill_at=None):
+    env = dict(os.environ)
+    env.pop(KILL_ENV, None)
+    if kill_at:
+        env[KILL_ENV] = kill_at
+    return subprocess.run([sys.executable, "-m", "cmlgraph", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_runs_lists_finished_and_killed_runs(tmp_path):
+    runs = tmp_path / "runs"
+    common = ["--task", "sinusoid", "--steps", "6", "--val-every", "3", "--test-tasks", "3", "--quiet",
+              "--runs-dir", runs]
+    assert _cli(["train", *common, "--name", "done", "--no-cml"], tmp_path).returncode == 0
+    killed = _cli(["train", *common, "--name", "a-killed", "--algo", "anil"], tmp_path, kill_at="step_end:5")
+    assert killed.returncode == -9
+    (runs / "notes").mkdir()  # not a run folder: ignored
+    records = {r["name"]: r for r in list_runs(runs)}
+    assert set(records) == {"done", "a-killed"}
+    done, dead = records["done"], records["a-killed"]
+    assert done["status"] == "finished" and done["metric"] == "mse" and done["mean"] is not None
+    assert done["algorithm"] == "maml" and done["cml"] is False and done["dataset"] == "sinusoid"
+    assert done["cmlgraph"] and done["step"] == 6
+    assert dead["status"] == "resumable" and dead["mean"] is None and dead["algorithm"] == "anil" and dead["cml"]
+    assert dead["step"] == 3 and dead["steps"] == 6  # the last logged step before the kill (validation at 3)
+    assert [r["name"] for r in list_runs(runs)] == ["done", "a-killed"]  # by start time, not by name
+
+    table = _cli(["runs", runs], tmp_path)
+    assert table.returncode == 0 and "done" in table.stdout and "finished" in table.stdout
+    assert "resumable (step 3/6)" in table.stdout
+    as_json = json.loads(_cli(["runs", runs, "--json"], tmp_path).stdout)
+    assert {r["name"]: r["status"] for r in as_json} == {"done": "finished", "a-killed": "resumable"}
+
+    with RunLock(runs / "a-killed"):  # a live process holds the folder
+        assert {r["name"]: r["status"] for r in list_runs(runs)}["a-killed"] == "running"
+    assert _cli(["train", "--resume", runs / "a-killed", "--quiet"], tmp_path).returncode == 0
+    assert {r["name"]: r["status"] for r in list_runs(runs)}["a-killed"] == "finished"
+
+
+def test_runs_on_a_missing_folder_is_one_line(tmp_path):
+    res = _cli(["runs", tmp_path / "nothing"], tmp_path)
+    assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr

@@ -1,0 +1,98 @@
+"""Instant startup: `import cmlgraph`, `cmlgraph --help`/`--version`/`runs` and every command's `--help` import
+neither torch nor torch-geometric; sinusoid and image runs never import torch-geometric; `train --help` shows
+the effective defaults."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+def _python(code: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_cmlgraph_loads_neither_torch_nor_pyg():
+    res = _python("""
+        import json, sys
+        import cmlgraph
+        cmlgraph.__version__, cmlgraph.__all__, cmlgraph.ConfigError, cmlgraph.Config, cmlgraph.list_runs
+        print(json.dumps({"torch": "torch" in sys.modules, "pyg": "torch_geometric" in sys.modules}))
+    """)
+    assert res == {"torch": False, "pyg": False}
+
+
+def test_lazy_names_and_subpackages_resolve():
+    import cmlgraph
+
+    assert cmlgraph.graphs.load_graph is cmlgraph.load_graph and cmlgraph.fit.__module__ == "cmlgraph.api"
+    assert set(cmlgraph.__all__) <= set(dir(cmlgraph))
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        cmlgraph.nope  # noqa: B018
+
+
+def test_every_commands_help_leaves_torch_out():
+    """Walks the real command tree, so a command added later with an eager heavy import fails here."""
+    res = _python("""
+        import io, json, sys, contextlib
+        import typer
+        from cmlgraph.cli import app, main
+
+        def paths(cmd, prefix):
+            yield prefix
+            for name, sub in getattr(cmd, "commands", {}).items():
+                yield from paths(sub, prefix + [name])
+
+        pulled, seen = {}, []
+        for path in paths(typer.main.get_command(app), []):
+            extra = [["--version"], ["runs", "--json", "."]] if not path else []
+            for args in [[*path, "--help"], *extra]:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    try:
+                        main(args)
+                    except SystemExit:
+                        pass
+                seen.append(" ".join(args))
+                for mod in ("torch", "torch_geometric"):
+                    if mod in sys.modules and mod not in pulled:
+                        pulled[mod] = " ".join(args)
+        print(json.dumps({"pulled": pulled, "seen": seen}))
+    """)
+    assert {"--help", "train --help", "predict --help", "embed --help", "runs --help", "datasets list --help",
+            "--version", "runs --json ."} <= set(res["seen"])
+    assert res["pulled"] == {}, f"these commands import torch/torch_geometric at --help time: {res['pulled']}"
+
+
+def test_sinusoid_and_image_runs_never_import_pyg(tmp_path):
+    res = _python(f"""
+        import json, sys
+        import cmlgraph
+        for task in ("sinusoid", "digits"):
+            cfg = cmlgraph.make_config(task=task, steps=1, val_every=1, val_tasks=2, test_tasks=2, meta_batch=2,
+                                       runs_dir={str(tmp_path)!r}, name=task)
+            cmlgraph.fit_config(cfg)
+        print(json.dumps({{"pyg": "torch_geometric" in sys.modules}}))
+    """)
+    assert res == {"pyg": False}
+
+
+def test_train_help_shows_effective_defaults_and_flags_stay_unset():
+    import inspect
+
+    from cmlgraph.cli import train
+
+    out = subprocess.run([sys.executable, "-m", "cmlgraph", "train", "--help"], capture_output=True, text=True,
+                         timeout=60, env={"COLUMNS": "200", "PATH": ""}).stdout
+    flat = " ".join(out.split())
+    for text in ("N classes per task. [default: (5)]", "[default: (maml)]", "[default: (0.001)]",
+                 "domain default: sinusoid 5, graph 3, omniglot/digits 1", "[default: (true)]"):
+        assert text in flat, text
+    opts = [p for p in inspect.signature(train).parameters.values() if hasattr(p.default, "help")]
+    assert all(p.default.default is None for p in opts if p.name != "quiet")  # None = not given: --config wins
+    assert all(isinstance(p.default.show_default, str) for p in opts if p.name != "quiet")
