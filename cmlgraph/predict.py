@@ -20,6 +20,7 @@ exactly ``W`` classes. ProtoNet takes any number of classes.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from collections.abc import Hashable, Mapping, Sequence
@@ -90,7 +91,8 @@ class _Run:
 def _load_run(run_dir: str | os.PathLike[str]) -> _Run:
     """A finished graph run's config, algorithm and inference weights (``model.pt``, read weights-only)."""
     from cmlgraph.algorithms.registry import get_algorithm
-    from cmlgraph.config import from_yaml
+    from cmlgraph.config import from_yaml, load_yaml
+    from cmlgraph.graphs.features import pin_legacy_features
     from cmlgraph.train.io import load_torch
     from cmlgraph.train.trainer import prepare
 
@@ -99,7 +101,10 @@ def _load_run(run_dir: str | os.PathLike[str]) -> _Run:
         if not (run_dir / f).is_file():
             raise CmlgraphError(f"{run_dir / f} is missing; pass a finished run folder made by `cmlgraph train` "
                                 f"(`cmlgraph runs` lists them)")
-    cfg = prepare(from_yaml(run_dir / "config.yaml"))
+    cfg = prepare(pin_legacy_features(from_yaml(run_dir / "config.yaml"), load_yaml(run_dir / "config.yaml")))
+    summary = run_dir / "summary.json"
+    if summary.is_file():  # the preprocessing the run resolved (data.features None: the graph's default)
+        cfg.data.features = json.loads(summary.read_text()).get("features") or cfg.data.features
     if cfg.data.task != "graph":
         raise ConfigError(f"{run_dir} is a {cfg.data.task} run; predict and embed need a node-classification run "
                           f"(task: graph)")
@@ -136,8 +141,10 @@ def resolve_graph(run_dir: str | os.PathLike[str], graph: Any = None, data_root:
 
 def _domain(run: _Run, graph: Any, ways: int) -> Any:
     from cmlgraph.domains.graph import GraphDomain
+    from cmlgraph.graphs.features import with_features
 
     d, m = run.cfg.data, run.cfg.model
+    graph, _ = with_features(graph, d.features)  # the features the model was trained on (data.features)
     return GraphDomain(graph, ways, int(d.shots), int(d.queries), gnn=m.gnn, hidden=int(m.hidden), layers=m.layers,
                        dropout=m.dropout, heads=m.gat_heads, subgraph=d.subgraph, threshold=d.subgraph_threshold,
                        episodes=False)

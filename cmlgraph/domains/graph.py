@@ -99,7 +99,10 @@ class GraphDomain(Domain):
             except ConfigError as exc:
                 raise ConfigError(f"{graph.name}, {split} classes: {exc}") from None
         self.mode, self.mode_reason = subgraph, "data.subgraph"
-        if subgraph == "auto":
+        if subgraph == "auto" and not episodes:
+            # A prediction task queries every node, so its neighbourhood is the whole graph.
+            self.mode, self.mode_reason = "full", "prediction over every node of the graph"
+        elif subgraph == "auto":
             self.mode, self.mode_reason = choose_mode(graph, self.samplers["train"], hops=gnn_hops(extractor),
                                                       trees=extractor.supports_plan, threshold=threshold)
             self.notes.append(f"subgraph auto: {self.mode} ({self.mode_reason})")

@@ -34,7 +34,8 @@ def _episode_accuracies(run, label=str):
 
 @pytest.mark.parametrize(("algo", "extra"), [("maml", {}), ("anil", {}), ("boil", {}), ("maml++", {}),
                                              ("sharp-maml", {}), ("protonet", {}),
-                                             ("maml", {"subgraph": "khop", "gnn": "gcn"})])
+                                             ("maml", {"subgraph": "khop", "gnn": "gcn"}),
+                                             ("maml", {"features": "standard"})])
 def test_adapt_reproduces_the_runs_own_test_accuracy(tmp_path, algo, extra):
     run = train_tiny(tmp_path, algo, **extra)
     mine, scores = _episode_accuracies(run, label=lambda c: f"class-{c}")
