@@ -26,11 +26,13 @@ console = Console(width=max(Console().width, 150))
 def _overrides(**flags: Any) -> dict[str, dict[str, Any]]:
     """Map CLI flags to config sections, keeping only the flags the user gave."""
     sections = {
-        "data": ("task", "graph", "data_root", "allow_partial", "split", "ways", "shots", "queries", "subgraph"),
+        "data": ("task", "graph", "data_root", "allow_partial", "split", "ways", "shots", "queries", "subgraph",
+                 "protocol"),
         "model": ("gnn", "hidden", "layers", "dropout"),
-        "algo": ("algo", "cml", "gamma", "co_depth", "control", "inner_steps", "inner_lr", "first_order", "adapt"),
+        "algo": ("algo", "cml", "gamma", "co_depth", "control", "inner_steps", "inner_lr", "first_order", "adapt",
+                 "co_hidden"),
         "train": ("steps", "meta_batch", "meta_lr", "seed", "val_every", "test_tasks", "device", "diag_every",
-                  "nan_policy"),
+                  "nan_policy", "patience"),
         "run": ("runs_dir", "name", "overwrite"),
     }
     out: dict[str, dict[str, Any]] = {}
@@ -53,11 +55,12 @@ def train(
     hidden: int | None = typer.Option(None, help="Hidden width of the extractor."),
     layers: int | None = typer.Option(None, help="Layers of the extractor."),
     dropout: float | None = typer.Option(None, help="Dropout of the GNN."),
-    algo: str | None = typer.Option(None, help="maml, anil, boil, maml++, sharp-maml, protonet."),
+    algo: str | None = typer.Option(None, help="maml, anil, boil, maml++, sharp-maml, protonet, gmeta, ammgnn."),
     cml: bool | None = typer.Option(None, "--cml/--no-cml", help="Cooperative Meta-Learning co-learner term."),
     gamma: float | None = typer.Option(None, help="Weight γ of the co-learner loss."),
     co_depth: int | None = typer.Option(None, help="Hidden layers of the co-learner."),
-    control: str | None = typer.Option(None, help="Paper controls: none, cl, noise."),
+    co_hidden: int | None = typer.Option(None, help="Co-learner hidden width (default: feature width)."),
+    control: str | None = typer.Option(None, help="Paper controls: none, cl, noise, frozen-co."),
     inner_steps: int | None = typer.Option(None, help="Inner-loop steps."),
     inner_lr: float | None = typer.Option(None, help="Inner-loop step size."),
     first_order: bool | None = typer.Option(None, "--first-order/--second-order", help="Meta-gradient order."),
@@ -72,6 +75,8 @@ def train(
     allow_partial: bool | None = typer.Option(None, "--allow-partial", help="Run on the classes present."),
     split: str | None = typer.Option(None, help="Class split: counts 'a/b/c' or a JSON file."),
     subgraph: str | None = typer.Option(None, help="Graph execution: auto, full, khop."),
+    protocol: str | None = typer.Option(None, help="Preset of a published protocol filling unset settings: tlp."),
+    patience: int | None = typer.Option(None, help="Stop after N validations without improvement."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:N."),
     diag_every: int | None = typer.Option(None, help="Gradient diagnostics every N steps (0: off)."),
     nan_policy: str | None = typer.Option(None, help="On NaN/inf: stop or skip the meta-batch."),
