@@ -460,7 +460,7 @@ def build_summary(cfg: Config, e: Experiment, res: dict[str, Any], trainer: Trai
     info = e.domain.describe()
     summary = {
         "metric": e.domain.metric, "mean": res["mean"], "ci95": res["ci95"], "num_tasks": res["num_tasks"],
-        "algorithm": cfg.algo.algo, "cml": bool(e.algo.cml and cfg.algo.control != "cl"),
+        "algorithm": cfg.algo.algo, "cml": bool(e.algo.cml and cfg.algo.control not in ("cl", "frozen-co")),
         "control": cfg.algo.control, "gamma": cfg.algo.gamma, "co_depth": cfg.algo.co_depth,
         "task": cfg.data.task, "dataset": e.domain.name, "ways": cfg.data.ways if cfg.data.task != "sinusoid"
         else None, "shots": cfg.data.shots, "queries": cfg.data.queries, "seed": cfg.train.seed,
