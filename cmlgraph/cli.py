@@ -151,7 +151,8 @@ def bench(
     device: str = typer.Option("cpu", help="cpu or cuda."),
     graphs: str | None = typer.Option(None, help="Comma-separated graphs (synthetic-10k, synthetic-100k, "
                                                  "synthetic-1m, amazon-clothing); default: all of the set."),
-    domains: str | None = typer.Option(None, help="Comma-separated domains: sinusoid, images, graph (default: all)."),
+    domains: str | None = typer.Option(None, help="Comma-separated domains: sinusoid, images, graph, "
+                                                   "gmeta (default: all)."),
     budget: float | None = typer.Option(None, help="Seconds of timed iterations per case (quick 2, full 20)."),
     timeout: float | None = typer.Option(None, help="Seconds before a case is stopped and skipped (quick 60, "
                                                     "full 300)."),

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmlgraph.backbones.base import Backbone, mlp_head
-from cmlgraph.backbones.gnn_ops import is_sparse, sparse_matmul, transposable
+from cmlgraph.backbones.gnn_ops import is_sparse, sparse_matmul, transposable, transposable_csr
 from cmlgraph.graphs.balls import BallBatch, BallIndex, BallInput
 from cmlgraph.graphs.sparse import slice_rows
 
@@ -43,11 +43,6 @@ def tlp_init(module: nn.Module) -> nn.Module:
             if m.bias is not None:
                 nn.init.uniform_(m.bias, -bound, bound)
     return module
-
-
-def _sparse(rows: Tensor, cols: Tensor, vals: Tensor, shape: tuple[int, int]) -> Tensor:
-    """A constant CSR matrix (duplicates summed) carrying its transpose, for :func:`sparse_matmul`."""
-    return transposable(torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, shape))
 
 
 class BallGCN(Backbone):
@@ -112,10 +107,18 @@ class BallGCN(Backbone):
         task_of_row = blk.ball_of_row // n
         r = int(blk.members.numel())
         dev = index.x.device
+        # B's entries are already in CSR order (rows ascending, columns ascending within a row, no duplicates).
+        crow = torch.zeros(r + 1, dtype=torch.long)
+        torch.cumsum(torch.bincount(blk.rows, minlength=r), 0, out=crow[1:])
         b_cols = task_of_row[blk.rows] * u + inv[blk.cols]
-        memo["B"] = _sparse(blk.rows.to(dev), b_cols.to(dev), blk.vals.to(dev), (r, t * u))
-        pool = blk.vals / blk.sizes[blk.ball_of_row[blk.rows]].to(blk.vals.dtype)
-        memo["PB"] = _sparse(blk.ball_of_row[blk.rows].to(dev), blk.cols.to(dev), pool.to(dev), (t * n, r))
+        memo["B"] = transposable_csr(crow.to(dev), b_cols.to(dev), blk.vals.to(dev), (r, t * u))
+        # P·B (mean over a ball of B's rows): B is block diagonal, so column c only meets its own ball's rows and
+        # (P B)[ball(c), c] = (column sum of B at c) / |S_ball(c)|: one entry per column.
+        colsum = torch.bincount(blk.cols, weights=blk.vals.double(), minlength=r).to(blk.vals.dtype)
+        pool = colsum / blk.sizes[blk.ball_of_row].to(blk.vals.dtype)
+        crow = torch.zeros(t * n + 1, dtype=torch.long)
+        torch.cumsum(blk.sizes, 0, out=crow[1:])
+        memo["PB"] = transposable_csr(crow.to(dev), torch.arange(r, device=dev), pool.to(dev), (t * n, r))
         x = index.x
         xu = slice_rows(x, union.to(dev))
         memo["XU"] = transposable(xu) if is_sparse(xu) else xu

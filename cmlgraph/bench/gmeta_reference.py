@@ -1,11 +1,14 @@
-"""A per-node-subgraph G-Meta encoder in the style of the published code (TLP's ``G-Meta``): the reference that the
-batched :class:`~cmlgraph.backbones.gmeta.BallGCN` is checked against (loss and meta-gradients, in the tests) and
-timed against (``cmlgraph bench``).
+"""Per-node-subgraph G-Meta encoders: the references that the batched :class:`~cmlgraph.backbones.gmeta.BallGCN` is
+checked against (loss and meta-gradients, in the tests) and timed against (``cmlgraph bench``).
 
-For every centre node, one at a time: its ball's adjacency ``Â[S, S]`` (sliced with scipy from the full graph's
-``D⁻¹(A + I)``, precomputed once per node, as the published code caches its subgraphs), the dense features
-``X[S]``, a 2-layer GCN with torch sparse products, and the mean over the ball. Same parameter names and shapes as
-``BallGCN``, so one state dict loads into both.
+- :class:`DensePerNodeBallGCN`, in the style of the published code (TLP's ``train_G-Meta.py``): the full graph's
+  ``D⁻¹(A + I)`` is held as a dense ``N × N`` matrix; each episode extracts every support and query node's ball
+  from it (non-zeros of its row, then of those rows' sum) with the dense sub-adjacency ``Â[S, S]`` and features
+  ``X[S]``, and every inner step runs a dense 2-layer GCN per node, one node at a time, then the ball mean.
+- :class:`PerNodeBallGCN`, a stronger per-node loop: the ball's ``Â[S, S]`` sliced with scipy as a sparse matrix,
+  built once per node and cached, sparse products.
+
+Both have the parameter names and shapes of ``BallGCN``, so one state dict loads into all three.
 """
 
 from __future__ import annotations
@@ -74,4 +77,39 @@ class PerNodeBallGCN(Backbone):
         return torch.stack(outs)
 
 
-__all__ = ["PerNodeBallGCN"]
+class DensePerNodeBallGCN(PerNodeBallGCN):
+    """G-Meta's encoder as the published code runs it: dense adjacency, subgraphs extracted per episode, node loop."""
+
+    def _balls(self, inputs: BallInput) -> list[tuple[Tensor, Tensor]]:
+        if "dense" not in inputs.memo:  # once per episode input, reused by its inner steps, as the published code
+            index = inputs.index
+            if "dense_adj" not in index.memo:
+                n = index.num_nodes
+                index.memo["dense_adj"] = torch.sparse_csr_tensor(index.crow, index.col, index.val,
+                                                                  (n, n)).to_dense().to(index.x.device)
+            adj = index.memo["dense_adj"]
+            subs = []
+            for v in inputs.nodes.tolist():
+                nbrs = torch.nonzero(adj[v]).view(-1)
+                ball = torch.nonzero(adj[nbrs].sum(0)).view(-1)
+                subs.append((adj[ball][:, ball], ball))
+            inputs.memo["dense"] = subs
+        return inputs.memo["dense"]
+
+    def forward(self, inputs: BallInput) -> Tensor:
+        """One embedding per centre node, dense, node by node."""
+        index = inputs.index
+        if "dense_x" not in index.memo:
+            index.memo["dense_x"] = index.x if index.x.layout == torch.strided else index.x.to_dense()
+        x = index.memo["dense_x"]
+        outs = []
+        for adj, ball in self._balls(inputs):
+            h = F.relu(adj @ (x[ball] @ self.lin1.weight.t()) + self.lin1.bias)
+            if self.training and inputs.dropout and self.dropout > 0:
+                h = F.dropout(h, self.dropout, training=True)
+            h = adj @ (h @ self.lin2.weight.t()) + self.lin2.bias
+            outs.append(h.mean(0))
+        return torch.stack(outs)
+
+
+__all__ = ["DensePerNodeBallGCN", "PerNodeBallGCN"]

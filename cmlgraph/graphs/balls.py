@@ -83,6 +83,7 @@ class BallIndex:
         self.crow, self.col, self.val = row_normalised_adjacency(edge_index, self.num_nodes)
         self._balls: dict[int, Tensor] = {}
         self.memo: dict[str, Any] = {}
+        self.max_table = 50_000_000  # entries of the (ball, node) look-up table of block(); above: binary search
 
     def expand(self, nodes: Tensor) -> tuple[Tensor, Tensor]:
         """Closed balls of ``nodes`` by CSR expansion: ``(ball_position, member)`` sorted by ball then member."""
@@ -115,18 +116,27 @@ class BallIndex:
         """The balls of ``nodes`` (duplicates allowed) and their induced adjacency, block diagonal.
 
         Rows of ball ``b`` are its members in sorted order; entry ``(r, c)`` is the full graph's ``D⁻¹(A+I)`` at
-        (member r, member c) for every pair inside the same ball, found with one ``searchsorted`` over all balls.
+        (member r, member c) for every pair inside the same ball, found with one table look-up (or binary search)
+        over all balls. Entries come row by row with ascending columns and no duplicates (valid CSR order).
         """
         members_list = self.balls(nodes)
         sizes = torch.tensor([m.numel() for m in members_list], dtype=torch.long)
         members = torch.cat(members_list)
         ball_of_row = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
-        n = self.num_nodes
-        key = ball_of_row * n + members  # strictly increasing: balls in order, members sorted
+        n, r = self.num_nodes, members.numel()
         rp, pos = csr_row_entries(self.crow, members)
-        ckey = ball_of_row[rp] * n + self.col[pos]
-        idx = torch.searchsorted(key, ckey).clamp_max(key.numel() - 1)
-        keep = key[idx] == ckey
+        cball, cnode = ball_of_row[rp], self.col[pos]
+        if sizes.numel() * n <= self.max_table:
+            # Position of (ball, node) by a dense look-up table: one gather instead of a binary search per entry.
+            table = torch.full((sizes.numel(), n), -1, dtype=torch.int32)
+            table[ball_of_row, members] = torch.arange(r, dtype=torch.int32)
+            idx = table[cball, cnode].long()
+            keep = idx >= 0
+        else:
+            key = ball_of_row * n + members  # strictly increasing: balls in order, members sorted
+            ckey = cball * n + cnode
+            idx = torch.searchsorted(key, ckey).clamp_max(r - 1)
+            keep = key[idx] == ckey
         return BallBlock(members, ball_of_row, sizes, rp[keep], idx[keep], self.val[pos][keep])
 
 

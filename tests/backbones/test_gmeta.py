@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from cmlgraph.algorithms.tlp import GMeta
 from cmlgraph.backbones.gmeta import BallGCN
-from cmlgraph.bench.gmeta_reference import PerNodeBallGCN
+from cmlgraph.bench.gmeta_reference import DensePerNodeBallGCN, PerNodeBallGCN
 from cmlgraph.config import AlgoConfig
 from cmlgraph.core.episode import Episode
 from cmlgraph.core.model import MetaModel, parameters_of
@@ -54,6 +55,9 @@ def test_embedding_equals_hand_computation_with_unrenormalised_boundary_and_isol
     # The ball of 0 is {0, 1, 2}; row 2 keeps 1/3 weights (its neighbour 3 lies outside): rows sum to 2/3.
     blk = index.block(torch.tensor([0]))
     assert blk.members.tolist() == [0, 1, 2]
+    index.max_table = 0  # the binary-search path finds the same entries as the look-up table
+    other = index.block(torch.tensor([0]))
+    assert torch.equal(other.rows, blk.rows) and torch.equal(other.cols, blk.cols)
     row2 = blk.vals[blk.rows == 2]
     np.testing.assert_allclose(row2.numpy(), [1 / 3, 1 / 3])
     # The isolated node is its own one-node ball: ReLU(x W1ᵀ + b1) W2ᵀ + b2.
@@ -90,13 +94,14 @@ def _episodes(index: BallIndex, tasks: int, seed: int = 1) -> list[Episode]:
     return eps
 
 
-def test_batched_balls_equal_per_node_loop_in_loss_and_meta_gradients():
+@pytest.mark.parametrize("reference", [PerNodeBallGCN, DensePerNodeBallGCN])
+def test_batched_balls_equal_per_node_loop_in_loss_and_meta_gradients(reference):
     x, ei = _random_graph()
     index = BallIndex(x, ei)
     torch.manual_seed(0)
     fast = MetaModel(BallGCN(7, hidden=5, dropout=0.0), 2, co_depth=1, co_hidden=6)
     torch.manual_seed(0)
-    ref = MetaModel(PerNodeBallGCN(7, hidden=5, dropout=0.0), 2, co_depth=1, co_hidden=6)
+    ref = MetaModel(reference(7, hidden=5, dropout=0.0), 2, co_depth=1, co_hidden=6)
     ref.load_state_dict(fast.state_dict())
     cfg = AlgoConfig(algo="gmeta", cml=True, gamma=0.2, inner_steps=3, inner_lr=0.05, first_order=True)
     eps = _episodes(index, 3)
