@@ -71,7 +71,7 @@ def check_equal(graph: FewShotGraph, impl: str, device: str) -> dict[str, float]
         steps.append(exp.algo.meta_gradients(model, parameters_of(model), [dom.materialize(raw[0], device)],
                                              F.cross_entropy, 0, batched=batched))
     a, b = steps
-    out["loss_abs_diff"] = float((a.loss.total - b.loss.total).abs())
+    out["loss_abs_diff"] = float((a.loss.total - b.loss.total).detach().abs())
     out["grad_max_abs_diff"] = max(float((a.grads[k] - b.grads[k]).abs().max()) for k in a.grads)
     out["grad_max_abs"] = max(float(b.grads[k].abs().max()) for k in b.grads)
     return out
