@@ -148,3 +148,20 @@ def test_table3_configs_run_on_citeseer(tmp_path, name, data_root):
     _, summary = train(cfg)
     assert summary["classes"] == {"train": [3, 5], "val": [0, 4], "test": [1, 2]}
     assert summary["dataset"] == "citeseer" and summary["num_tasks"] == 3
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    ({"data": {"task": "sinusoid"}, "algo": {"algo": "gmeta"}}, "node-classification method"),
+    ({"algo": {"co_hidden": 0}}, "--co-hidden 0"),
+    ({"data": {"task": "digits"}, "algo": {"co_hidden": 8}}, "Conv4's co-learner"),
+    ({"data": {"protocol": "nope"}}, "unknown protocol 'nope'"),
+    ({"data": {"task": "sinusoid", "protocol": "tlp"}}, "node-classification protocol"),
+    ({"data": {"features": "row"}}, "data.features = 'row'"),
+    ({"train": {"patience": 0}}, "--patience 0"),
+    ({"algo": {"control": "frozen"}}, "frozen-co"),
+])
+def test_bad_settings_are_refused_with_the_fix(overrides, match):
+    from cmlgraph.train.trainer import prepare
+
+    with pytest.raises(ConfigError, match=match):
+        prepare(apply_overrides(Config(), overrides, "test"))
