@@ -475,6 +475,8 @@ def build_summary(cfg: Config, e: Experiment, res: dict[str, Any], trainer: Trai
             summary["cl_dagger_mean"], summary["cl_dagger_ci95"] = res["dagger_mean"], res["dagger_ci95"]
     if hasattr(e.domain, "class_ids"):
         summary["classes"] = e.domain.class_ids()
+        summary["test_queries"] = cfg.data.test_queries or cfg.data.queries
+        summary["protocol"] = cfg.data.protocol
     summary["stopped_early"] = trainer._patience_spent() and trainer.step < int(cfg.train.steps)
     summary["steps_run"] = trainer.step
     return summary

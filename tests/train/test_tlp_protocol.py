@@ -118,7 +118,7 @@ def test_summary_records_classes_tlp100_and_early_stopping(tmp_path):
     assert summary["classes"] == {"train": [2, 5], "val": [0, 3], "test": [1, 4]}  # the graph's original ids
     assert summary["tlp100_num_tasks"] == 100 and 0 <= summary["tlp100_mean"] <= 1
     assert summary["stopped_early"] and summary["steps_run"] == 3  # best at 1, then two without improvement
-    assert "cl_dagger_mean" in summary and summary["queries"] == 5
+    assert "cl_dagger_mean" in summary and summary["queries"] == 5 and summary["test_queries"] == 10
 
 
 @pytest.mark.parametrize("name", ["table3-gmeta.yaml", "table3-ammgnn.yaml"])
