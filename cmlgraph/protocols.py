@@ -7,6 +7,8 @@ the CML paper (Shin et al., UAI 2024, §4.3, Table 3) says it used for node clas
 - raw features; the GCN of ``gmeta``/``ammgnn`` aggregates with the row-normalised ``D⁻¹(A + I)``;
 - 5 query nodes per class in training and validation, 10 at test; meta-batch 1;
 - validation every 10 episodes on 20 tasks; early stopping after 10 validations without improvement;
+- for ``gmeta``/``ammgnn``, TLP's inner step when unset: 0.05 for G-Meta, 0.1 for AMM-GNN but 0.05 on
+  Amazon-Computer (:func:`tlp_inner_lr`);
 - TLP reports the mean over 100 test tasks; we still evaluate on ≥ 500 fixed tasks and report TLP's 100-task
   figure beside it (``tlp100_mean`` in ``summary.json``).
 
@@ -79,6 +81,15 @@ def tlp_split_for(dataset: str) -> dict[str, list[int]]:
     return tlp_split(TLP_COUNTS[dataset])
 
 
+def tlp_inner_lr(algo: str, dataset: str) -> float | None:
+    """TLP's inner step size: G-Meta 0.05; AMM-GNN 0.1, except 0.05 on Amazon-Computer; ``None`` for other algos."""
+    if algo == "gmeta":
+        return 0.05
+    if algo == "ammgnn":
+        return 0.05 if dataset == "amazon-computers" else 0.1
+    return None
+
+
 def apply_protocol(cfg: Any) -> Any:
     """Fill the unset (``None``) settings of ``cfg`` from its ``data.protocol`` preset, in place.
 
@@ -97,8 +108,10 @@ def apply_protocol(cfg: Any) -> Any:
         for key, value in values.items():
             if getattr(target, key) is None:
                 setattr(target, key, value)
+    if cfg.algo.inner_lr is None:
+        cfg.algo.inner_lr = tlp_inner_lr(cfg.algo.algo, cfg.data.graph)
     return cfg
 
 
-__all__ = ["PROTOCOLS", "TLP_COUNTS", "TLP_PRESET", "TLP_TEST_TASKS", "apply_protocol", "tlp_split",
-           "tlp_split_for"]
+__all__ = ["PROTOCOLS", "TLP_COUNTS", "TLP_PRESET", "TLP_TEST_TASKS", "apply_protocol", "tlp_inner_lr",
+           "tlp_split", "tlp_split_for"]

@@ -49,6 +49,21 @@ def test_tlp_preset_fills_unset_settings_and_user_values_win():
     fill_defaults(cfg)
     assert (cfg.data.queries, cfg.data.test_queries, cfg.data.features) == (7, 10, "raw")
     assert (cfg.train.meta_batch, cfg.train.val_every, cfg.train.val_tasks, cfg.train.patience) == (1, 3, 20, 10)
+    assert cfg.algo.inner_lr == 0.5  # maml: the protocol has no inner step for it; the graph default applies
+
+
+@pytest.mark.parametrize(("graph", "lr"), [("citeseer", 0.1), ("amazon-computers", 0.05)])
+def test_ammgnn_config_gets_tlps_inner_step_per_dataset_and_a_flag_wins(graph, lr):
+    cfg = from_yaml(CONFIGS / "table3-ammgnn.yaml")
+    cfg.data.graph = graph
+    assert fill_defaults(cfg).algo.inner_lr == lr
+    cfg = apply_overrides(from_yaml(CONFIGS / "table3-ammgnn.yaml"), {"data": {"graph": graph},
+                                                                     "algo": {"inner_lr": 0.3}}, "flags")
+    assert fill_defaults(cfg).algo.inner_lr == 0.3
+    assert fill_defaults(from_yaml(CONFIGS / "table3-gmeta.yaml")).algo.inner_lr == 0.05
+
+
+def test_plain_config_is_untouched_by_protocol_defaults():
     plain = fill_defaults(Config())
     assert plain.train.val_tasks == 100 and plain.train.patience is None and plain.data.test_queries is None
 
