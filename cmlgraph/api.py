@@ -23,13 +23,14 @@ if TYPE_CHECKING:  # imported in fit(): sinusoid and image runs through fit_conf
 #: Which config section each keyword of :func:`fit` / :func:`make_config` belongs to.
 _SECTION_OF = {key: section for section, keys in {
     "data": ("task", "graph", "data_root", "allow_partial", "split", "ways", "shots", "queries", "subgraph",
-             "subgraph_threshold", "features", "synthetic_nodes", "synthetic_classes", "image_size", "rotations"),
+             "subgraph_threshold", "features", "synthetic_nodes", "synthetic_classes", "image_size", "rotations",
+             "protocol", "test_queries"),
     "model": ("gnn", "hidden", "layers", "dropout", "gat_heads"),
     "algo": ("algo", "cml", "gamma", "co_depth", "control", "noise_std", "inner_steps", "eval_inner_steps",
              "inner_lr", "inner_lr_extractor", "inner_lr_head", "first_order", "adapt", "sam_rho", "sam_inner",
-             "msl_fraction", "first_order_fraction"),
+             "msl_fraction", "first_order_fraction", "co_hidden"),
     "train": ("steps", "meta_batch", "meta_lr", "seed", "val_every", "val_tasks", "test_tasks", "log_every",
-              "checkpoint_every", "diag_every", "device", "batched", "nan_policy"),
+              "checkpoint_every", "diag_every", "device", "batched", "nan_policy", "patience", "weight_decay"),
     "run": ("runs_dir", "name", "overwrite"),
 }.items() for key in keys}
 

@@ -42,11 +42,12 @@ def _overrides(**flags: Any) -> dict[str, dict[str, Any]]:
     """Map CLI flags to config sections, keeping only the flags the user gave."""
     sections = {
         "data": ("task", "graph", "data_root", "allow_partial", "split", "ways", "shots", "queries", "subgraph",
-                 "features"),
+                 "features", "protocol"),
         "model": ("gnn", "hidden", "layers", "dropout"),
-        "algo": ("algo", "cml", "gamma", "co_depth", "control", "inner_steps", "inner_lr", "first_order", "adapt"),
+        "algo": ("algo", "cml", "gamma", "co_depth", "control", "inner_steps", "inner_lr", "first_order", "adapt",
+                 "co_hidden"),
         "train": ("steps", "meta_batch", "meta_lr", "seed", "val_every", "test_tasks", "device", "diag_every",
-                  "nan_policy"),
+                  "nan_policy", "patience"),
         "run": ("runs_dir", "name", "overwrite"),
     }
     out: dict[str, dict[str, Any]] = {}
@@ -69,11 +70,12 @@ def train(
     hidden: int | None = typer.Option(None, help="Hidden width of the extractor."),
     layers: int | None = typer.Option(None, help="Layers of the extractor."),
     dropout: float | None = typer.Option(None, help="Dropout of the GNN."),
-    algo: str | None = typer.Option(None, help="maml, anil, boil, maml++, sharp-maml, protonet."),
+    algo: str | None = typer.Option(None, help="maml, anil, boil, maml++, sharp-maml, protonet, gmeta, ammgnn."),
     cml: bool | None = typer.Option(None, "--cml/--no-cml", help="Cooperative Meta-Learning co-learner term."),
     gamma: float | None = typer.Option(None, help="Weight γ of the co-learner loss."),
     co_depth: int | None = typer.Option(None, help="Hidden layers of the co-learner."),
-    control: str | None = typer.Option(None, help="Paper controls: none, cl, noise."),
+    co_hidden: int | None = typer.Option(None, help="Co-learner hidden width (default: feature width)."),
+    control: str | None = typer.Option(None, help="Paper controls: none, cl, noise, frozen-co."),
     inner_steps: int | None = typer.Option(None, help="Inner-loop steps."),
     inner_lr: float | None = typer.Option(None, help="Inner-loop step size."),
     first_order: bool | None = typer.Option(None, "--first-order/--second-order", help="Meta-gradient order."),
@@ -90,6 +92,8 @@ def train(
     subgraph: str | None = typer.Option(None, help="Graph execution: auto, full, khop."),
     features: str | None = typer.Option(None, help="Feature preprocessing: raw, row (L1), standard (z-score); "
                                                     "default: the dataset's own."),
+    protocol: str | None = typer.Option(None, help="Preset of a published protocol filling unset settings: tlp."),
+    patience: int | None = typer.Option(None, help="Stop after N validations without improvement."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:N."),
     diag_every: int | None = typer.Option(None, help="Gradient diagnostics every N steps (0: off)."),
     nan_policy: str | None = typer.Option(None, help="On NaN/inf: stop or skip the meta-batch."),
@@ -204,7 +208,8 @@ def bench(
     graphs: str | None = typer.Option(None, help="Comma-separated graphs (synthetic-10k, synthetic-100k, "
                                                  "synthetic-1m, amazon-clothing, synthetic-2k); default: all of the "
                                                  "set."),
-    domains: str | None = typer.Option(None, help="Comma-separated domains: sinusoid, images, graph (default: all)."),
+    domains: str | None = typer.Option(None, help="Comma-separated domains: sinusoid, images, graph, "
+                                                   "gmeta (default: all)."),
     budget: float | None = typer.Option(None, help="Seconds of timed iterations per case (quick 2, full 20)."),
     timeout: float | None = typer.Option(None, help="Seconds before a case is stopped and skipped (quick 60, "
                                                     "full 300)."),

@@ -38,6 +38,9 @@ class DataConfig:
         features: Feature preprocessing: ``raw``, ``row`` (row-normalised, L1) or ``standard`` (per-column
             z-score); default: the dataset's own (row for bag-of-words citation/product graphs as Meta-GNN/GCN use,
             raw for OGB and synthetic) and a safe default for custom graphs (row if sparse, standard if dense).
+        protocol: A preset of the settings a published protocol used, filling what is left unset: ``tlp``
+            (Tan et al.'s TLP code, used by the CML paper's Table 3; see ``cmlgraph/protocols.py``).
+        test_queries: Query examples per class of test tasks (default: ``queries``).
         synthetic_nodes: Nodes of the ``synthetic`` graph.
         synthetic_classes: Classes of the ``synthetic`` graph.
         image_size: Image side in pixels (image domains).
@@ -55,6 +58,8 @@ class DataConfig:
     subgraph: str = "auto"
     subgraph_threshold: int = 20_000
     features: str | None = None
+    protocol: str | None = None
+    test_queries: int | None = None
     synthetic_nodes: int = 3000
     synthetic_classes: int = 60
     image_size: int = 28
@@ -85,12 +90,14 @@ class AlgoConfig:
     """The meta-learning algorithm and the CML switch.
 
     Attributes:
-        algo: ``maml``, ``anil``, ``boil``, ``maml++``, ``sharp-maml`` or ``protonet``.
+        algo: ``maml``, ``anil``, ``boil``, ``maml++``, ``sharp-maml``, ``protonet``, ``gmeta`` or ``ammgnn``.
         cml: Add the co-learner term (Cooperative Meta-Learning).
         gamma: Weight γ of the co-learner term.
         co_depth: Hidden layers (or conv blocks) of the co-learner (default: 0; 2 for images, the reference).
-        control: The paper's controls: ``none``, ``cl`` (co-learner adapted in the inner loop) or ``noise``
-            (Gaussian noise on the meta-gradients instead of a co-learner).
+        co_hidden: Width of the co-learner's hidden layers (default ``None``: the extractor's feature width).
+        control: The paper's controls: ``none``, ``cl`` (co-learner adapted in the inner loop), ``noise``
+            (Gaussian noise on the meta-gradients instead of a co-learner) or ``frozen-co`` (the paper's "random
+            noise": a co-learner whose random initial weights are never updated).
         noise_std: Relative σ of the ``noise`` control: σ_t = noise_std · ‖g_t‖ / √numel(g_t) per tensor.
         inner_steps: Inner steps S during meta-training.
         eval_inner_steps: Inner steps at evaluation (default: ``inner_steps``).
@@ -109,6 +116,7 @@ class AlgoConfig:
     cml: bool = True
     gamma: float = 1.0
     co_depth: int | None = None
+    co_hidden: int | None = None
     control: str = "none"
     noise_std: float = 0.1
     inner_steps: int | None = None
@@ -134,7 +142,7 @@ class TrainConfig:
         meta_lr: Adam learning rate β.
         seed: Seed of initialisation, task sampling and the fixed evaluation tasks.
         val_every: Validate every this many steps.
-        val_tasks: Fixed validation tasks.
+        val_tasks: Fixed validation tasks (default 100).
         test_tasks: Fixed test tasks.
         log_every: Write a metrics line every this many steps.
         checkpoint_every: Write ``checkpoint.pt`` every this many steps.
@@ -142,6 +150,8 @@ class TrainConfig:
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         batched: Run the meta-batch's tasks together with vmap where the domain allows (``auto``/``on``/``off``).
         nan_policy: On a NaN/inf loss or gradient: ``stop`` or ``skip`` the meta-batch.
+        patience: Stop training after this many validations without improvement (``None``: never).
+        weight_decay: Adam's weight decay (L2 added to the meta-gradients).
     """
 
     steps: int | None = None
@@ -149,7 +159,7 @@ class TrainConfig:
     meta_lr: float = 1e-3
     seed: int = 0
     val_every: int | None = None
-    val_tasks: int = 100
+    val_tasks: int | None = None
     test_tasks: int | None = None
     log_every: int = 10
     checkpoint_every: int = 200
@@ -157,6 +167,8 @@ class TrainConfig:
     device: str = "cpu"
     batched: str = "auto"
     nan_policy: str = "stop"
+    patience: int | None = None
+    weight_decay: float = 0.0
 
 
 @dataclass

@@ -78,6 +78,11 @@ def validate_config(cfg: Config) -> None:
     _need(d.shots is not None and d.shots >= 1, f"--shots {d.shots}: shots must be a positive integer (e.g. 5)")
     _need(d.queries is not None and d.queries >= 1, f"--queries {d.queries}: queries must be a positive integer")
     _choice("data.subgraph", d.subgraph, ("auto", "full", "khop"))
+    if d.protocol is not None:
+        from cmlgraph.protocols import PROTOCOLS
+
+        _choice("--protocol", d.protocol, PROTOCOLS)
+    _need(d.test_queries is None or d.test_queries >= 1, f"data.test_queries = {d.test_queries}: must be >= 1")
     _need(d.subgraph_threshold >= 0, "data.subgraph_threshold must be >= 0")
     if d.features is not None:
         _choice("data.features", d.features, ("raw", "row", "standard"))
@@ -101,7 +106,13 @@ def validate_config(cfg: Config) -> None:
                                     "use maml, anil, boil, maml++ or sharp-maml")
     _need(a.gamma >= 0, f"--gamma {a.gamma}: γ weights the co-learner loss and must be >= 0")
     _need(a.co_depth is not None and a.co_depth >= 0, f"--co-depth {a.co_depth}: must be >= 0")
-    _choice("--control", a.control, ("none", "cl", "noise"))
+    _choice("--control", a.control, ("none", "cl", "noise", "frozen-co"))
+    _need(a.co_hidden is None or a.co_hidden >= 1, f"--co-hidden {a.co_hidden}: must be a positive integer")
+    _need(a.co_hidden is None or d.task not in ("omniglot", "digits"),
+          "--co-hidden sets the width of an MLP co-learner (graph, sinusoid); Conv4's co-learner is conv blocks: "
+          "drop --co-hidden")
+    if a.algo in ("gmeta", "ammgnn"):
+        _need(d.task == "graph", f"--algo {a.algo} is a node-classification method; use it with --task graph")
     if a.control == "noise":
         _need(not a.cml, "--control noise replaces the co-learner by gradient noise; add --no-cml")
     _need(a.noise_std >= 0, f"algo.noise_std = {a.noise_std}: must be >= 0")
@@ -128,6 +139,8 @@ def validate_config(cfg: Config) -> None:
     _need(t.diag_every >= 0, f"train.diag_every = {t.diag_every}: must be >= 0 (0 turns diagnostics off)")
     _choice("train.batched", t.batched, ("auto", "on", "off"))
     _choice("train.nan_policy", t.nan_policy, ("stop", "skip"))
+    _need(t.patience is None or t.patience >= 1, f"--patience {t.patience}: must be >= 1 (or unset: no early stop)")
+    _need(t.weight_decay >= 0, f"train.weight_decay = {t.weight_decay}: must be >= 0")
     _need(re.fullmatch(r"cpu|cuda(:\d+)?|mps", t.device) is not None,
           f"--device {t.device!r}: use cpu, cuda or cuda:N")
     if t.device.startswith("cuda"):

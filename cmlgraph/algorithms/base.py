@@ -63,8 +63,8 @@ class MetaAlgorithm:
     # --- configuration -------------------------------------------------------------------------------------
     @property
     def cml(self) -> bool:
-        """Whether the objective carries a co-learner term (CML, or the CL control)."""
-        return self.cfg.cml or self.cfg.control == "cl"
+        """Whether the objective carries a co-learner term (CML, or the CL and frozen-co controls)."""
+        return self.cfg.cml or self.cfg.control in ("cl", "frozen-co")
 
     def adapt_groups(self) -> tuple[str, ...]:
         """Groups that adapt in the inner loop (the CL control adds the co-learner)."""

@@ -6,6 +6,7 @@ from cmlgraph.algorithms.base import MetaAlgorithm
 from cmlgraph.algorithms.mamlpp import MAMLPlusPlus
 from cmlgraph.algorithms.protonet import ProtoNet
 from cmlgraph.algorithms.sharp import SharpMAML
+from cmlgraph.algorithms.tlp import AMMGNN, GMeta
 from cmlgraph.algorithms.variants import ANIL, BOIL
 from cmlgraph.config import AlgoConfig
 from cmlgraph.errors import ConfigError
@@ -18,6 +19,8 @@ ALGORITHMS: dict[str, type[MetaAlgorithm]] = {
     "mamlpp": MAMLPlusPlus,
     "sharp-maml": SharpMAML,
     "protonet": ProtoNet,
+    "gmeta": GMeta,
+    "ammgnn": AMMGNN,
 }
 
 

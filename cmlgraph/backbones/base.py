@@ -56,9 +56,9 @@ class Backbone(nn.Module):
         """The meta-learner head θ: a linear layer on the features."""
         return mlp_head(self.feature_dim, out_dim, depth=0)
 
-    def make_co_learner(self, out_dim: int, depth: int) -> nn.Module:
-        """The co-learner head φ: ``depth`` hidden Linear+ReLU layers then a linear layer."""
-        return mlp_head(self.feature_dim, out_dim, depth=depth)
+    def make_co_learner(self, out_dim: int, depth: int, hidden: int | None = None) -> nn.Module:
+        """The co-learner head φ: ``depth`` hidden Linear+ReLU layers (width ``hidden``, default d), then linear."""
+        return mlp_head(self.feature_dim, out_dim, depth=depth, hidden=hidden)
 
 
 def auto_batched(extractor: nn.Module, device: torch.device | str) -> bool | None:

@@ -74,6 +74,10 @@ def build_workload(case: Case, graph: FewShotGraph | None, device: str) -> Workl
         return graph_workload(graph, opts["mode"], device, cml=opts["cml"])
     if case.workload == "reference":
         return reference_workload(graph, opts["kind"], device)
+    if case.workload == "gmeta":
+        from cmlgraph.bench.gmeta_workload import gmeta_workload
+
+        return gmeta_workload(graph, opts["impl"], device)
     raise ValueError(f"unknown workload {case.workload!r} of case {case.name}")
 
 

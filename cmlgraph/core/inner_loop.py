@@ -31,6 +31,7 @@ class InnerLoopConfig:
         group_lr: Per-group step sizes, e.g. ``{"head": 0.5}``; groups not named use ``lr``.
         sam_rho: Radius of a sharpness-aware perturbation inside each inner step (Sharp-MAML's inner option);
             0 disables it.
+        frozen: Parameter-name prefixes that never adapt even inside an adapted group (AMM-GNN's α and β).
     """
 
     steps: int = 1
@@ -39,6 +40,7 @@ class InnerLoopConfig:
     adapt: tuple[str, ...] = ("extractor", "head")
     group_lr: Mapping[str, float] = field(default_factory=dict)
     sam_rho: float = 0.0
+    frozen: tuple[str, ...] = ()
 
     def step_size(self, name: str) -> float:
         """The fixed inner step size of a parameter."""
@@ -97,7 +99,7 @@ def inner_loop(
     fo = cfg.first_order if first_order is None else first_order
     create_graph = not fo and torch.is_grad_enabled()
     with_co = "co" in cfg.adapt
-    names = [k for k in params if group_of(k) in cfg.adapt]
+    names = [k for k in params if group_of(k) in cfg.adapt and not (cfg.frozen and k.startswith(cfg.frozen))]
     fast = dict(params)
     trajectory = [fast]
     for s in range(cfg.steps):

@@ -24,13 +24,20 @@ class MetaModel(nn.Module):
         extractor: The feature extractor ψ.
         out_dim: Outputs of the heads (ways, or 1 for regression).
         co_depth: Depth of the co-learner; ``None`` builds no co-learner (plain MAML and friends).
+        co_hidden: Width of the co-learner's hidden layers; ``None``: the backbone's default.
     """
 
-    def __init__(self, extractor: Backbone, out_dim: int, co_depth: int | None = None) -> None:
+    def __init__(self, extractor: Backbone, out_dim: int, co_depth: int | None = None,
+                 co_hidden: int | None = None) -> None:
         super().__init__()
         self.extractor = extractor
         self.head = extractor.make_head(out_dim)
-        self.co = extractor.make_co_learner(out_dim, co_depth) if co_depth is not None else None
+        if co_depth is None:
+            self.co = None
+        elif co_hidden is None:
+            self.co = extractor.make_co_learner(out_dim, co_depth)
+        else:
+            self.co = extractor.make_co_learner(out_dim, co_depth, hidden=co_hidden)
         self.lrs: nn.ParameterDict | None = None
         self.out_dim = out_dim
 

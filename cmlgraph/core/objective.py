@@ -98,7 +98,8 @@ def outer_objective(
         inner: Inner-loop settings (steps, step size, order, which groups adapt; ``"co"`` in ``adapt`` = CL).
         gamma: Weight γ of the co-learner term.
         cml: Whether to add the co-learner term (needs ``co.*`` entries).
-        batched: Run the tasks together with ``vmap`` (default: when all episodes are equal-shape tensors).
+        batched: Run the tasks together with ``vmap`` (default: when there are several episodes and they stack;
+            a single episode runs without vmap, which only adds overhead for one task).
         first_order: Override of ``inner.first_order``.
         step_weights: MAML++ multi-step loss weights, one per inner step.
 
@@ -108,7 +109,7 @@ def outer_objective(
     if not episodes:
         raise ValueError("outer_objective needs at least one episode")
     if batched is None:
-        batched = can_stack(list(episodes))
+        batched = len(episodes) > 1 and can_stack(list(episodes))
     kwargs = dict(cml=cml, first_order=first_order, step_weights=step_weights)
     if batched:
         ep = stack(list(episodes))

@@ -56,6 +56,34 @@ def compute_layout(x: Tensor, min_density: float = 0.05, max_dense_bytes: int = 
     return x
 
 
+def split_of(cfg: Config) -> Any:
+    """The class split to load: ``data.split`` if given, else the protocol's (``tlp``), else the dataset's default."""
+    if cfg.data.split is None and cfg.data.protocol == "tlp":
+        from cmlgraph.protocols import tlp_split_for
+
+        return tlp_split_for(cfg.data.graph)
+    return cfg.data.split
+
+
+def graph_of(cfg: Config) -> tuple[FewShotGraph, str]:
+    """The run's graph as training sees it, and its feature preprocessing (``data.features`` resolved).
+
+    A registered dataset is loaded with the config's (or protocol's) class split; a user's in-memory graph meets
+    the episode settings (``fit_graph``: small classes dropped, a default split that fits ``ways``).
+    """
+    d = cfg.data
+    if d.graph in CUSTOM_GRAPHS:  # a user's graph meets the episode settings here (issue 12)
+        graph = fit_graph(CUSTOM_GRAPHS[d.graph], d.ways, int(d.shots), int(d.queries), split=d.split,
+                          seed=cfg.train.seed)
+    else:
+        options: dict[str, Any] = {}
+        if d.graph == "synthetic":
+            options = {"num_nodes": d.synthetic_nodes, "num_classes": d.synthetic_classes}
+        graph = load_graph(d.graph, d.data_root, allow_partial=d.allow_partial, split=split_of(cfg),
+                           seed=cfg.train.seed, **options)
+    return with_features(graph, d.features)
+
+
 class GraphDomain(Domain):
     """N-way K-shot node classification over disjoint train/val/test classes of one graph.
 
@@ -72,6 +100,7 @@ class GraphDomain(Domain):
         subgraph: ``auto``, ``full`` or ``khop``.
         threshold: ``auto`` switches to k-hop subgraphs above this many nodes.
         episodes: Build the train/val/test episode samplers (``False``: materialize given episodes only).
+        test_queries: Query nodes per class of test tasks (default: ``queries``).
     """
 
     task = "graph"
@@ -80,7 +109,7 @@ class GraphDomain(Domain):
 
     def __init__(self, graph: FewShotGraph, ways: int, shots: int, queries: int, *, gnn: str = "gcn",
                  hidden: int = 64, layers: int = 2, dropout: float = 0.0, heads: int = 4, subgraph: str = "auto",
-                 threshold: int = 20_000, episodes: bool = True) -> None:
+                 threshold: int = 20_000, test_queries: int | None = None, episodes: bool = True) -> None:
         self.graph = graph
         self.name = graph.name
         self.out_dim = ways
@@ -94,7 +123,8 @@ class GraphDomain(Domain):
         self.samplers = {}
         for split in ("train", "val", "test") if episodes else ():
             try:
-                self.samplers[split] = EpisodeSampler(graph.y, graph.episode_classes(split), ways, shots, queries,
+                q = test_queries if split == "test" and test_queries else queries
+                self.samplers[split] = EpisodeSampler(graph.y, graph.episode_classes(split), ways, shots, q,
                                                       torch.Generator())
             except ConfigError as exc:
                 raise ConfigError(f"{graph.name}, {split} classes: {exc}") from None
@@ -116,18 +146,10 @@ class GraphDomain(Domain):
     def from_config(cls, cfg: Config) -> GraphDomain:
         """Load ``data.graph`` (a registered or in-memory graph) and build the domain."""
         d, m = cfg.data, cfg.model
-        if d.graph in CUSTOM_GRAPHS:  # a user's graph meets the episode settings here (issue 12)
-            graph = fit_graph(CUSTOM_GRAPHS[d.graph], d.ways, int(d.shots), int(d.queries), split=d.split,
-                              seed=cfg.train.seed)
-        else:
-            options: dict[str, Any] = {}
-            if d.graph == "synthetic":
-                options = {"num_nodes": d.synthetic_nodes, "num_classes": d.synthetic_classes}
-            graph = load_graph(d.graph, d.data_root, allow_partial=d.allow_partial, split=d.split,
-                               seed=cfg.train.seed, **options)
-        graph, features = with_features(graph, getattr(d, "features", None))
+        graph, features = graph_of(cfg)
         domain = cls(graph, d.ways, int(d.shots), int(d.queries), gnn=m.gnn, hidden=int(m.hidden), layers=m.layers,
-                     dropout=m.dropout, heads=m.gat_heads, subgraph=d.subgraph, threshold=d.subgraph_threshold)
+                     dropout=m.dropout, heads=m.gat_heads, subgraph=d.subgraph, threshold=d.subgraph_threshold,
+                     test_queries=d.test_queries)
         domain.features = features
         return domain
 
@@ -175,6 +197,10 @@ class GraphDomain(Domain):
     def from_state(self, state: dict[str, Tensor]) -> list[NodeEpisode]:
         """Inverse of :meth:`to_state`."""
         return episodes_from_state(state)
+
+    def class_ids(self) -> dict[str, list[int]]:
+        """The original class ids of each split (``summary.json``'s ``classes``)."""
+        return {k: [int(c) for c in self.graph.splits.get(k, [])] for k in ("train", "val", "test")}
 
     def describe(self) -> dict[str, Any]:
         """Facts for the summary."""

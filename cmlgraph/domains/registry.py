@@ -43,6 +43,11 @@ def fill_defaults(cfg: Config) -> Config:
     """Fill every ``None`` setting with the domain's default (in place) and return ``cfg``."""
     if cfg.data.task not in TASKS:
         raise ConfigError(f"unknown task {cfg.data.task!r}; valid tasks: {', '.join(TASKS)}")
+    from cmlgraph.protocols import apply_protocol
+
+    apply_protocol(cfg)  # a protocol preset fills unset settings before the domain's defaults do
+    if cfg.train.val_tasks is None:
+        cfg.train.val_tasks = 100
     for section, values in DOMAIN_DEFAULTS[cfg.data.task].items():
         target = getattr(cfg, section)
         for key, value in values.items():
@@ -61,6 +66,10 @@ def build_domain(cfg: Config) -> Domain:
 
         hidden = tuple([int(cfg.model.hidden)] * cfg.model.layers)
         return SinusoidDomain(shots=int(cfg.data.shots), queries=int(cfg.data.queries), hidden=hidden)
+    if task == "graph" and cfg.algo.algo in ("gmeta", "ammgnn"):
+        from cmlgraph.domains.tlp_graph import TLPGraphDomain
+
+        return TLPGraphDomain.from_config(cfg)
     if task == "graph":
         from cmlgraph.domains.graph import GraphDomain
 

@@ -84,9 +84,17 @@ def prepare(cfg: Config) -> Config:
 def build_model(cfg: Config, domain: Domain, algo: MetaAlgorithm) -> MetaModel:
     """A freshly initialised meta-model (seeded by ``train.seed``)."""
     torch.manual_seed(cfg.train.seed)
-    model = MetaModel(domain.build_extractor(), domain.out_dim, cfg.algo.co_depth if algo.cml else None)
+    model = MetaModel(domain.build_extractor(), domain.out_dim, cfg.algo.co_depth if algo.cml else None,
+                      co_hidden=cfg.algo.co_hidden)
     algo.prepare(model)
     return model
+
+
+def trained_parameters(cfg: Config, model: MetaModel) -> list[torch.nn.Parameter]:
+    """The parameters the meta-optimizer updates: all of them, except the co-learner under ``--control frozen-co``
+    (the paper's "random noise": a co-learner whose random initial weights never change)."""
+    frozen = cfg.algo.control == "frozen-co"
+    return [p for k, p in model.named_parameters() if not (frozen and k.startswith("co."))]
 
 
 def build_experiment(cfg: Config, domain: Domain | None = None) -> Experiment:
@@ -95,7 +103,8 @@ def build_experiment(cfg: Config, domain: Domain | None = None) -> Experiment:
     algo = get_algorithm(cfg.algo, total_steps=int(cfg.train.steps), seed=cfg.train.seed)
     device = torch.device(cfg.train.device)
     model = build_model(cfg, domain, algo).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.meta_lr)
+    optimizer = torch.optim.Adam(trained_parameters(cfg, model), lr=cfg.train.meta_lr,
+                                 weight_decay=cfg.train.weight_decay)
     scheduler = algo.make_scheduler(optimizer)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     return Experiment(cfg, domain, model, algo, optimizer, scheduler, generator, device)
@@ -136,6 +145,7 @@ class Trainer:
         self.best_step = -1
         self.best_params: dict[str, torch.Tensor] | None = None
         self.skipped = 0
+        self.stale = 0  # validations since the best one (early stopping, ``train.patience``)
         self.elapsed = 0.0
         self.ckpt_step: int | None = None
         self._lock: RunLock | None = None
@@ -158,6 +168,7 @@ class Trainer:
             "best_step": self.best_step,
             "best_params": self.best_params or {},
             "skipped": self.skipped,
+            "stale": self.stale,
             "elapsed": self.elapsed,
             "config": self.cfg.to_dict(),
         }
@@ -191,6 +202,7 @@ class Trainer:
         self.best = None if best is None or math.isnan(float(best)) else float(best)
         self.best_step, self.skipped, self.elapsed = best_step, skipped, elapsed
         self.best_params = best_params
+        self.stale = int(state.get("stale", 0))
 
     def _uses_cuda(self) -> bool:
         return self.exp.device.type == "cuda" and torch.cuda.is_available()
@@ -310,7 +322,7 @@ class Trainer:
         with self._progress() as bar:
             self._bar = bar
             task = bar.add_task("meta-training", total=steps, completed=self.step, info="")
-            while self.step < steps:
+            while self.step < steps and not self._patience_spent():
                 kill_point("step_begin")
                 t0 = time.perf_counter()
                 record = self._train_step()
@@ -331,6 +343,11 @@ class Trainer:
                 bar.update(task, advance=1, info=f"loss {record.get('loss', float('nan')):.4f}"
                            + (f"  best val {self.best:.4f}" if self.best is not None else ""))
         return self.dist.on_rank0(self.finish)
+
+    def _patience_spent(self) -> bool:
+        """Early stopping: ``train.patience`` validations in a row without a new best score."""
+        patience = self.cfg.train.patience
+        return patience is not None and self.stale >= patience
 
     def _progress(self) -> Progress:
         return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -396,6 +413,9 @@ class Trainer:
             self.best, self.best_step = res["mean"], self.step
             self.best_params = {k: v.detach().clone() for k, v in e.model.state_dict().items()}
             out["best"] = True
+            self.stale = 0
+        else:
+            self.stale += 1
         return out
 
     def finish(self) -> dict[str, Any]:
@@ -420,6 +440,7 @@ class Trainer:
         info = e.domain.describe()  # issue 12: what was checked and chosen for this run
         summary.update(warnings=[*self.guard.messages, *warns], nonfinite_test_tasks=res.get("nonfinite_tasks", 0),
                        **{k: info[k] for k in ("features", "mode", "mode_reason") if k in info})
+        summary.update(protocol_figures(cfg, e))
         try:
             from cmlgraph.train.plots import plot_run
 
@@ -460,7 +481,7 @@ def build_summary(cfg: Config, e: Experiment, res: dict[str, Any], trainer: Trai
     info = e.domain.describe()
     summary = {
         "metric": e.domain.metric, "mean": res["mean"], "ci95": res["ci95"], "num_tasks": res["num_tasks"],
-        "algorithm": cfg.algo.algo, "cml": bool(e.algo.cml and cfg.algo.control != "cl"),
+        "algorithm": cfg.algo.algo, "cml": bool(e.algo.cml and cfg.algo.control not in ("cl", "frozen-co")),
         "control": cfg.algo.control, "gamma": cfg.algo.gamma, "co_depth": cfg.algo.co_depth,
         "task": cfg.data.task, "dataset": e.domain.name, "ways": cfg.data.ways if cfg.data.task != "sinusoid"
         else None, "shots": cfg.data.shots, "queries": cfg.data.queries, "seed": cfg.train.seed,
@@ -474,7 +495,30 @@ def build_summary(cfg: Config, e: Experiment, res: dict[str, Any], trainer: Trai
     summary["provenance"] = provenance(cfg.train.device)  # versions, device, command, git commit (issue 11)
     if "dagger_mean" in res:
         summary["cml_dagger_mean"], summary["cml_dagger_ci95"] = res["dagger_mean"], res["dagger_ci95"]
+        if cfg.algo.control == "cl":  # CL⋆ is ``mean`` (meta-learner); CL† the adapted co-learner's output
+            summary["cl_dagger_mean"], summary["cl_dagger_ci95"] = res["dagger_mean"], res["dagger_ci95"]
+    if hasattr(e.domain, "class_ids"):
+        summary["classes"] = e.domain.class_ids()
+        summary["test_queries"] = cfg.data.test_queries or cfg.data.queries
+        summary["protocol"] = cfg.data.protocol
+    summary["stopped_early"] = trainer._patience_spent() and trainer.step < int(cfg.train.steps)
+    summary["steps_run"] = trainer.step
     return summary
+
+
+def protocol_figures(cfg: Config, e: Experiment) -> dict[str, Any]:
+    """A protocol's own reported figure beside ours: TLP's mean over 100 test tasks (``tlp100_mean``/``ci95``).
+
+    TLP scores the model of the best validation on 100 freshly drawn test tasks; these are drawn once from their
+    own seeded generator (not the fixed ≥ 500 tasks) and scored with the same (best-validation) parameters.
+    """
+    if cfg.data.protocol != "tlp":
+        return {}
+    from cmlgraph.protocols import TLP_TEST_TASKS
+
+    raws = e.domain.sample("test", TLP_TEST_TASKS, torch.Generator().manual_seed(1234 + 7 * cfg.train.seed))
+    res = evaluate(e.algo, e.model, parameters_of(e.model), e.domain, raws, e.device)
+    return {"tlp100_mean": res["mean"], "tlp100_ci95": res["ci95"], "tlp100_num_tasks": res["num_tasks"]}
 
 
 def train(cfg: Config, console: Console | None = None, progress: bool = True) -> tuple[Path, dict[str, Any]]:

@@ -1,0 +1,150 @@
+"""G-Meta's encoder as TLP codes it: a 2-layer GCN on each node's closed 2-hop ball, mean readout over the ball.
+
+Variant (PAPER.md §1.2; Tan et al., "Transductive Linear Probing", LoG 2022, ``Meta-learning/G-Meta``; the CML
+paper's Table 3 uses this code): every support or query node ``v`` is embedded from its closed 2-hop ball ``S_v``
+(no size cap). The GCN runs on ``S_v`` with the adjacency **sliced from the full graph's** ``D⁻¹(A + I)`` and not
+renormalised: ``H₁ = ReLU(Â_S X_S W₁ᵀ + b₁)``, dropout 0.5 on ``H₁`` (support passes in training only),
+``H₂ = Â_S H₁ W₂ᵀ + b₂``, and the embedding is the **mean of H₂ over all nodes of S_v** (not the centre node).
+All weights and biases are initialised U(−1/√out, 1/√out), the head Linear(16 → N) too.
+
+The original G-Meta (Huang & Zitnik, NeurIPS 2020) differs: a ProtoMAML loss (prototypes from the support
+embeddings instead of a linear head), the centre node's embedding as readout, subgraphs capped at 1,000 nodes,
+hidden size 64, and DGL. None of that is built here.
+
+Batched, never a loop over nodes: the balls of all centre nodes of a task (and of all tasks of a meta-batch) form
+one block-diagonal sparse matrix ``B`` (rows = (ball, member) pairs). The first layer projects each *distinct*
+member's features once per task (``X_U W₁ᵀ``, U the union of the balls) and aggregates with ``B``, whose columns
+point into that projection; the mean readout and the second layer's aggregation fold into one constant sparse
+matrix ``P B`` (P averages the rows of a ball), and ``W₂`` applies after pooling (by linearity). Per-task weights
+carry a leading task dimension, so every task still gets its own weights and gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cmlgraph.backbones.base import Backbone, mlp_head
+from cmlgraph.backbones.gnn_ops import is_sparse, sparse_matmul, transposable, transposable_csr
+from cmlgraph.graphs.balls import BallBatch, BallIndex, BallInput
+from cmlgraph.graphs.sparse import slice_rows
+
+
+def tlp_init(module: nn.Module) -> nn.Module:
+    """TLP's initialisation: every ``nn.Linear`` weight and bias U(−1/√out, 1/√out), out = output features."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            bound = 1.0 / math.sqrt(m.out_features)
+            nn.init.uniform_(m.weight, -bound, bound)
+            if m.bias is not None:
+                nn.init.uniform_(m.bias, -bound, bound)
+    return module
+
+
+class BallGCN(Backbone):
+    """G-Meta's subgraph GCN (TLP variant) returning one ``hidden``-wide embedding per centre node.
+
+    Args:
+        in_dim: Node feature dimension F.
+        hidden: Width of both GCN layers (16 in the paper); also ``feature_dim``.
+        dropout: Dropout on the first layer's output, in training mode on passes whose input asks for it.
+        max_rows: Most ball rows run in one block-diagonal pass; larger task batches (evaluation) are split
+            into groups of whole tasks, with the same results.
+    """
+
+    def __init__(self, in_dim: int, hidden: int = 16, dropout: float = 0.5, max_rows: int = 400_000) -> None:
+        super().__init__()
+        self.lin1 = nn.Linear(in_dim, hidden)
+        self.lin2 = nn.Linear(hidden, hidden)
+        tlp_init(self)
+        self.in_dim, self.hidden, self.dropout, self.max_rows = in_dim, hidden, dropout, max_rows
+        self.feature_dim = hidden
+
+    def make_head(self, out_dim: int) -> nn.Module:
+        """The meta-learner head Linear(hidden → N), TLP-initialised."""
+        return tlp_init(mlp_head(self.feature_dim, out_dim, depth=0))
+
+    def _weights(self) -> dict[str, Tensor]:
+        return {"lin1.weight": self.lin1.weight, "lin1.bias": self.lin1.bias,
+                "lin2.weight": self.lin2.weight, "lin2.bias": self.lin2.bias}
+
+    def forward(self, inputs: BallInput) -> Tensor:
+        """Embeddings ``Tensor[len(inputs.nodes), hidden]`` of the centre nodes."""
+        w = {k: v.unsqueeze(0) for k, v in self._weights().items()}
+        return self._forward_group(w, [inputs], inputs.dropout, inputs.memo)[0]
+
+    def forward_tasks(self, params: dict[str, Tensor], batch: BallBatch) -> Tensor:
+        """Embeddings ``Tensor[T, n, hidden]`` of ``T`` tasks, with per-task weights ``params[name][t]``."""
+        items = batch.items
+        if "groups" not in batch.memo:
+            rows = [int(it.index.ball_sizes(it.nodes).sum()) for it in items]
+            groups, start, total = [], 0, 0
+            for t, r in enumerate(rows):
+                if t > start and total + r > self.max_rows:
+                    groups.append((start, t))
+                    start, total = t, 0
+                total += r
+            groups.append((start, len(items)))
+            batch.memo["groups"] = groups
+            batch.memo["layouts"] = [{} for _ in groups]
+        outs = [self._forward_group({k: v[a:b] for k, v in params.items()}, items[a:b], items[a].dropout, memo)
+                for (a, b), memo in zip(batch.memo["groups"], batch.memo["layouts"], strict=True)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def _layout(self, items: list[BallInput], memo: dict[str, Any]) -> dict[str, Any]:
+        """The constant sparse matrices of these tasks' balls (built once, reused by every pass)."""
+        if "B" in memo:
+            return memo
+        index: BallIndex = items[0].index
+        t, n = len(items), int(items[0].nodes.numel())
+        blk = index.block(torch.cat([it.nodes.cpu() for it in items]))
+        union, inv = torch.unique(blk.members, return_inverse=True)
+        u = int(union.numel())
+        task_of_row = blk.ball_of_row // n
+        r = int(blk.members.numel())
+        dev = index.x.device
+        # B's entries are already in CSR order (rows ascending, columns ascending within a row, no duplicates).
+        crow = torch.zeros(r + 1, dtype=torch.long)
+        torch.cumsum(torch.bincount(blk.rows, minlength=r), 0, out=crow[1:])
+        b_cols = task_of_row[blk.rows] * u + inv[blk.cols]
+        memo["B"] = transposable_csr(crow.to(dev), b_cols.to(dev), blk.vals.to(dev), (r, t * u))
+        # P·B (mean over a ball of B's rows): B is block diagonal, so column c only meets its own ball's rows and
+        # (P B)[ball(c), c] = (column sum of B at c) / |S_ball(c)|: one entry per column.
+        colsum = torch.bincount(blk.cols, weights=blk.vals.double(), minlength=r).to(blk.vals.dtype)
+        pool = colsum / blk.sizes[blk.ball_of_row].to(blk.vals.dtype)
+        crow = torch.zeros(t * n + 1, dtype=torch.long)
+        torch.cumsum(blk.sizes, 0, out=crow[1:])
+        memo["PB"] = transposable_csr(crow.to(dev), torch.arange(r, device=dev), pool.to(dev), (t * n, r))
+        x = index.x
+        xu = slice_rows(x, union.to(dev))
+        memo["XU"] = transposable(xu) if is_sparse(xu) else xu
+        memo["task_of_row"] = task_of_row.to(dev)
+        memo["shape"] = (t, n, u)
+        return memo
+
+    def _forward_group(self, w: dict[str, Tensor], items: list[BallInput], dropout: bool,
+                       memo: dict[str, Any]) -> Tensor:
+        lay = self._layout(items, memo)
+        t, n, u = lay["shape"]
+        w1, b1, w2, b2 = w["lin1.weight"], w["lin1.bias"], w["lin2.weight"], w["lin2.bias"]
+        h = self.hidden
+        w1_cat = w1.permute(2, 0, 1).reshape(self.in_dim, t * h)  # [F, T·h]: every task's W₁ᵀ side by side
+        xu = lay["XU"]
+        xw = sparse_matmul(xu, w1_cat) if is_sparse(xu) else xu @ w1_cat
+        xw = xw.view(u, t, h).transpose(0, 1).reshape(t * u, h)
+        h1 = F.relu(sparse_matmul(lay["B"], xw) + b1[lay["task_of_row"]])
+        if self.training and dropout and self.dropout > 0:
+            h1 = F.dropout(h1, self.dropout, training=True)
+        z = sparse_matmul(lay["PB"], h1).view(t, n, h)
+        return torch.baddbmm(b2.unsqueeze(1), z, w2.transpose(1, 2))
+
+    def extra_repr(self) -> str:
+        """Shown by ``print(model)``."""
+        return f"in_dim={self.in_dim}, hidden={self.hidden}, dropout={self.dropout}, readout=ball mean"
+
+
+__all__ = ["BallGCN", "tlp_init"]

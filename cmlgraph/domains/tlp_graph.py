@@ -1,0 +1,119 @@
+"""Node classification with the paper's graph base methods, G-Meta and AMM-GNN as TLP codes them (Table 3).
+
+Why a domain of its own: both methods read the graph through their own encoder input, not a plain
+:class:`GraphInput`: G-Meta embeds each node from its 2-hop ball (:class:`~cmlgraph.graphs.balls.BallInput`),
+AMM-GNN needs the task's attribute-matching draws (:class:`~cmlgraph.backbones.ammgnn.MatchedInput`). Episodes,
+class splits, samplers and evaluation are the graph domain's. Support inputs carry ``dropout=True`` (TLP applies
+dropout on support passes only, in training).
+
+AMM-GNN's two draws of ``k`` nodes come from a generator seeded by the episode's node ids, so a fixed episode
+always gets the same draws (evaluation sets, resumed runs). A task with fewer than ``k`` nodes draws with
+replacement.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from cmlgraph.backbones.ammgnn import MatchedGCN, MatchedInput
+from cmlgraph.backbones.base import Backbone
+from cmlgraph.backbones.gmeta import BallGCN
+from cmlgraph.config import Config
+from cmlgraph.core.episode import Episode
+from cmlgraph.domains.graph import GraphDomain, compute_layout, graph_of
+from cmlgraph.errors import ConfigError
+from cmlgraph.graphs import FewShotGraph, GraphInput, NodeEpisode
+from cmlgraph.graphs.balls import BallIndex, BallInput
+
+KINDS = ("gmeta", "ammgnn")
+
+
+def match_draws(nodes: torch.Tensor, k: int, draws: int = 2) -> torch.Tensor:
+    """``draws`` independent draws of ``k`` of ``nodes`` (without replacement when there are enough), seeded by
+    the node ids: ``LongTensor[draws, k]``."""
+    seed = int((nodes.long().cpu() * 2_654_435_761 + 97).remainder(2**61 - 1).sum()) % (2**61 - 1)
+    gen = torch.Generator().manual_seed(seed)
+    n = nodes.numel()
+    picks = [torch.randperm(n, generator=gen)[:k] if n >= k else torch.randint(n, (k,), generator=gen)
+             for _ in range(draws)]
+    return nodes.cpu()[torch.stack(picks)]
+
+
+class TLPGraphDomain(GraphDomain):
+    """The graph domain with G-Meta's or AMM-GNN's encoder (TLP variants).
+
+    Args:
+        graph: The few-shot graph.
+        ways, shots, queries: Episode shape.
+        kind: ``gmeta`` or ``ammgnn``.
+        hidden: GCN width (16 in the paper).
+        layers: GCN depth; must be 2 (the 2-hop ball / computation tree).
+        dropout: Dropout after the first layer (0.5 in TLP), support passes only.
+        test_queries: Query nodes per class of test tasks (TLP: 10).
+        match_size: AMM-GNN's nodes per draw (10).
+
+    Raises:
+        ConfigError: Unknown kind or ``layers != 2``.
+    """
+
+    def __init__(self, graph: FewShotGraph, ways: int, shots: int, queries: int, *, kind: str, hidden: int = 16,
+                 layers: int = 2, dropout: float = 0.5, test_queries: int | None = None,
+                 match_size: int = 10) -> None:
+        if kind not in KINDS:
+            raise ConfigError(f"unknown encoder kind {kind!r}; valid: {', '.join(KINDS)}")
+        if layers != 2:
+            raise ConfigError(f"--algo {kind} uses TLP's 2-layer GCN on 2-hop balls; got --layers {layers}; "
+                              f"use --layers 2")
+        self.kind, self.match_size = kind, match_size
+        self._index: dict[str, BallIndex] = {}
+        super().__init__(graph, ways, shots, queries, gnn="gcn", hidden=hidden, layers=layers, dropout=dropout,
+                         subgraph="full", test_queries=test_queries)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> TLPGraphDomain:
+        """Load ``data.graph`` with the config's (or protocol's) class split and build the domain."""
+        d, m = cfg.data, cfg.model
+        graph, features = graph_of(cfg)
+        domain = cls(graph, d.ways, int(d.shots), int(d.queries), kind=cfg.algo.algo, hidden=int(m.hidden),
+                     layers=m.layers, dropout=m.dropout, test_queries=d.test_queries)
+        domain.features = features
+        return domain
+
+    def build_extractor(self) -> Backbone:  # type: ignore[override]
+        """A fresh G-Meta or AMM-GNN encoder on the graph's features."""
+        g = self.gnn
+        if self.kind == "gmeta":
+            return BallGCN(self.graph.num_features, hidden=g["hidden"], dropout=g["dropout"])
+        return MatchedGCN(self.graph.num_features, hidden=g["hidden"], dropout=g["dropout"],
+                          match_size=self.match_size)
+
+    def ball_index(self, device: torch.device | str = "cpu") -> BallIndex:
+        """The graph's ball index (features on ``device``), built once per device."""
+        key = str(device)
+        if key not in self._index:
+            x = compute_layout(self.graph.x)
+            if x.layout == torch.sparse_coo:
+                x = x.coalesce().to_sparse_csr()
+            self._index[key] = BallIndex(x.to(device), self.graph.edge_index, hops=2)
+        return self._index[key]
+
+    def materialize(self, raw: NodeEpisode, device: torch.device | str = "cpu") -> Episode:
+        """Support and query inputs of the encoder; support passes use dropout in training."""
+        sy, qy = raw.support_y.to(device), raw.query_y.to(device)
+        if self.kind == "gmeta":
+            index = self.ball_index(device)
+            return Episode(BallInput(index, raw.support, dropout=True), sy, BallInput(index, raw.query), qy)
+        x, ei, cache = self._full_graph(device)
+        match = match_draws(torch.cat([raw.support, raw.query]), self.match_size).to(device)
+        s = GraphInput(x, ei, raw.support.to(device), cache, local=True)
+        q = GraphInput(x, ei, raw.query.to(device), cache, local=True)
+        return Episode(MatchedInput(s, match, dropout=True), sy, MatchedInput(q, match), qy)
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the summary."""
+        return {**super().describe(), "encoder": self.kind, "mode": "balls" if self.kind == "gmeta" else "full"}
+
+
+__all__ = ["KINDS", "TLPGraphDomain", "match_draws"]

@@ -1,0 +1,184 @@
+"""Closed k-hop balls of nodes and their induced, *not renormalised* slices of the row-normalised adjacency.
+
+Why: G-Meta as TLP codes it (Tan et al., LoG 2022; CML paper §4.3, PAPER.md §1.2) embeds every support and query
+node from its own subgraph, the closed 2-hop ball ``S_v``, by running a GCN on the rows and columns ``S_v × S_v``
+of the **full graph's** ``D⁻¹(A + I)``. Boundary rows keep their full-graph weights (they are not renormalised, so
+they sum to less than 1), and an isolated node is its own one-node ball.
+
+A :class:`BallIndex` holds that adjacency as CSR and each node's ball (computed once per graph, lazily, in one
+vectorised CSR expansion for all missing nodes of a request). :meth:`BallIndex.block` lays the balls of many nodes
+(a task, or a meta-batch of tasks) out block-diagonally in one sparse matrix, vectorised over all balls: nothing
+here loops over nodes in Python except the look-up of cached member lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from cmlgraph.graphs.sparse import csr_row_entries
+
+
+def row_normalised_adjacency(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``D⁻¹(A + I)`` as CSR parts ``(crow, col, val)``, row = target node (TLP's GCN normalisation).
+
+    Args:
+        edge_index: ``LongTensor[2, E]`` (both directions of undirected edges); self loops and duplicates are
+            dropped before ``I`` is added.
+        num_nodes: N.
+
+    Returns:
+        ``crow[N+1]``, ``col[nnz]``, ``val[nnz]`` (float32): row ``i`` holds ``1/(d_i + 1)`` at ``i`` and at each
+        neighbour of ``i``, ``d_i`` its number of distinct neighbours.
+    """
+    src, dst = edge_index[0].cpu(), edge_index[1].cpu()
+    keep = src != dst
+    loops = torch.arange(num_nodes)
+    rows = torch.cat([dst[keep], loops])
+    cols = torch.cat([src[keep], loops])
+    key = torch.unique(rows * num_nodes + cols)  # sorted by row, then column; duplicates gone
+    rows, cols = key // num_nodes, key % num_nodes
+    counts = torch.bincount(rows, minlength=num_nodes)
+    crow = torch.zeros(num_nodes + 1, dtype=torch.long)
+    torch.cumsum(counts, 0, out=crow[1:])
+    val = counts.to(torch.float32).reciprocal()[rows]
+    return crow, cols, val
+
+
+@dataclass
+class BallBlock:
+    """The balls of ``len(sizes)`` centre nodes laid out one after another (ball ``b``'s rows contiguous).
+
+    Attributes:
+        members: ``LongTensor[R]`` global node id of every row (ball by ball, each ball sorted).
+        ball_of_row: ``LongTensor[R]`` which ball a row belongs to.
+        sizes: ``LongTensor[B]`` ball sizes |S_b|.
+        rows, cols, vals: The induced adjacency ``R × R`` (block diagonal, full-graph weights, not renormalised).
+    """
+
+    members: Tensor
+    ball_of_row: Tensor
+    sizes: Tensor
+    rows: Tensor
+    cols: Tensor
+    vals: Tensor
+
+
+class BallIndex:
+    """A graph's features, row-normalised adjacency and each node's closed ``hops``-hop ball (cached).
+
+    Args:
+        x: Node features ``[N, F]`` (dense, or sparse CSR/COO); kept as given.
+        edge_index: ``LongTensor[2, E]``.
+        hops: Ball radius (the GCN depth: 2 for G-Meta).
+    """
+
+    def __init__(self, x: Tensor, edge_index: Tensor, hops: int = 2) -> None:
+        self.x = x
+        self.num_nodes = int(x.shape[0])
+        self.hops = hops
+        self.crow, self.col, self.val = row_normalised_adjacency(edge_index, self.num_nodes)
+        self._balls: dict[int, Tensor] = {}
+        self.memo: dict[str, Any] = {}
+        self.max_table = 50_000_000  # entries of the (ball, node) look-up table of block(); above: binary search
+
+    def expand(self, nodes: Tensor) -> tuple[Tensor, Tensor]:
+        """Closed balls of ``nodes`` by CSR expansion: ``(ball_position, member)`` sorted by ball then member."""
+        n = self.num_nodes
+        b = torch.arange(nodes.numel())
+        u = nodes.cpu()
+        for _ in range(self.hops):
+            rp, pos = csr_row_entries(self.crow, u)  # A + I: each node is its own neighbour, so balls only grow
+            key = torch.unique(b[rp] * n + self.col[pos])
+            b, u = key // n, key % n
+        return b, u
+
+    def balls(self, nodes: Tensor, chunk: int = 64) -> list[Tensor]:
+        """Member lists (sorted global ids) of the balls of ``nodes``; computed once per node and cached."""
+        ids = [int(v) for v in nodes.view(-1).tolist()]
+        missing = sorted({v for v in ids if v not in self._balls})
+        for start in range(0, len(missing), chunk):
+            part = torch.tensor(missing[start:start + chunk], dtype=torch.long)
+            b, u = self.expand(part)
+            counts = torch.bincount(b, minlength=part.numel()).tolist()
+            for v, members in zip(part.tolist(), torch.split(u, counts), strict=True):
+                self._balls[v] = members
+        return [self._balls[v] for v in ids]
+
+    def ball_sizes(self, nodes: Tensor) -> Tensor:
+        """|S_v| of each node (computing missing balls)."""
+        return torch.tensor([m.numel() for m in self.balls(nodes)], dtype=torch.long)
+
+    def block(self, nodes: Tensor) -> BallBlock:
+        """The balls of ``nodes`` (duplicates allowed) and their induced adjacency, block diagonal.
+
+        Rows of ball ``b`` are its members in sorted order; entry ``(r, c)`` is the full graph's ``D⁻¹(A+I)`` at
+        (member r, member c) for every pair inside the same ball, found with one table look-up (or binary search)
+        over all balls. Entries come row by row with ascending columns and no duplicates (valid CSR order).
+        """
+        members_list = self.balls(nodes)
+        sizes = torch.tensor([m.numel() for m in members_list], dtype=torch.long)
+        members = torch.cat(members_list)
+        ball_of_row = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
+        n, r = self.num_nodes, members.numel()
+        rp, pos = csr_row_entries(self.crow, members)
+        cball, cnode = ball_of_row[rp], self.col[pos]
+        if sizes.numel() * n <= self.max_table:
+            # Position of (ball, node) by a dense look-up table: one gather instead of a binary search per entry.
+            table = torch.full((sizes.numel(), n), -1, dtype=torch.int32)
+            table[ball_of_row, members] = torch.arange(r, dtype=torch.int32)
+            idx = table[cball, cnode].long()
+            keep = idx >= 0
+        else:
+            key = ball_of_row * n + members  # strictly increasing: balls in order, members sorted
+            ckey = cball * n + cnode
+            idx = torch.searchsorted(key, ckey).clamp_max(r - 1)
+            keep = key[idx] == ckey
+        return BallBlock(members, ball_of_row, sizes, rp[keep], idx[keep], self.val[pos][keep])
+
+
+@dataclass
+class BallInput:
+    """What the G-Meta encoder reads for one task's support or query set.
+
+    Attributes:
+        index: The graph's :class:`BallIndex`.
+        nodes: ``LongTensor[n]`` global ids of the centre nodes, in output order.
+        dropout: Whether this pass applies the encoder's dropout in training mode (TLP: support passes only).
+        memo: The encoder's block layout of these balls, built on the first pass and reused by every inner step.
+    """
+
+    index: BallIndex
+    nodes: Tensor
+    dropout: bool = False
+    memo: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def can_stack_tasks(items: list[BallInput]) -> bool:
+        """Inputs of one graph with equally many centre nodes run batched."""
+        first = items[0]
+        return all(isinstance(g, BallInput) and g.index is first.index and g.nodes.shape == first.nodes.shape
+                   and g.dropout == first.dropout for g in items)
+
+    @staticmethod
+    def stack_tasks(items: list[BallInput]) -> BallBatch:
+        """A meta-batch's inputs, run as one block-diagonal pass."""
+        return BallBatch(list(items))
+
+
+@dataclass
+class BallBatch:
+    """Several tasks' :class:`BallInput` run together by the encoder's ``forward_tasks``."""
+
+    items: list[BallInput]
+    memo: dict[str, Any] = field(default_factory=dict)
+    task_batch: ClassVar[bool] = True
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+__all__ = ["BallBatch", "BallBlock", "BallIndex", "BallInput", "row_normalised_adjacency"]

@@ -1,0 +1,130 @@
+"""G-Meta's ball encoder (TLP variant): hand-computed embeddings, and the batched path equals a per-node loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cmlgraph.algorithms.tlp import GMeta
+from cmlgraph.backbones.gmeta import BallGCN
+from cmlgraph.bench.gmeta_reference import DensePerNodeBallGCN, PerNodeBallGCN
+from cmlgraph.config import AlgoConfig
+from cmlgraph.core.episode import Episode
+from cmlgraph.core.model import MetaModel, parameters_of
+from cmlgraph.graphs.balls import BallIndex, BallInput
+
+# Path 0-1-2-3-4, a triangle 6-7-8 hanging off 4 via 4-6, and an isolated node 5.
+EDGES = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 6), (6, 7), (7, 8), (6, 8)]
+N = 9
+
+
+def _edge_index() -> torch.Tensor:
+    e = torch.tensor(EDGES).t()
+    return torch.cat([e, e.flip(0)], 1)
+
+
+def _hand_embedding(x: np.ndarray, v: int, w1, b1, w2, b2) -> np.ndarray:
+    """Closed 2-hop ball, Â = D⁻¹(A+I) of the FULL graph sliced to the ball, GCN, mean over the ball."""
+    a = np.eye(N)
+    for i, j in EDGES:
+        a[i, j] = a[j, i] = 1
+    a_hat = a / a.sum(1, keepdims=True)
+    ball = {v}
+    for _ in range(2):
+        ball |= {j for i in ball for j in range(N) if a[i, j]}
+    s = sorted(ball)
+    sub = a_hat[np.ix_(s, s)]  # boundary rows keep their full-graph weights: not renormalised
+    h = np.maximum(sub @ (x[s] @ w1.T) + b1, 0)
+    h = sub @ (h @ w2.T) + b2
+    return h.mean(0)
+
+
+def test_embedding_equals_hand_computation_with_unrenormalised_boundary_and_isolated_node():
+    torch.manual_seed(0)
+    x = torch.randn(N, 3)
+    enc = BallGCN(3, hidden=4, dropout=0.5).eval()
+    index = BallIndex(x, _edge_index())
+    nodes = torch.tensor([0, 2, 5, 7, 0])
+    out = enc(BallInput(index, nodes, dropout=True)).detach().numpy()
+    w = {k: v.detach().numpy() for k, v in enc.named_parameters()}
+    for i, v in enumerate(nodes.tolist()):
+        want = _hand_embedding(x.numpy(), v, w["lin1.weight"], w["lin1.bias"], w["lin2.weight"], w["lin2.bias"])
+        np.testing.assert_allclose(out[i], want, rtol=1e-5, atol=1e-6)
+    # The ball of 0 is {0, 1, 2}; row 2 keeps 1/3 weights (its neighbour 3 lies outside): rows sum to 2/3.
+    blk = index.block(torch.tensor([0]))
+    assert blk.members.tolist() == [0, 1, 2]
+    index.max_table = 0  # the binary-search path finds the same entries as the look-up table
+    other = index.block(torch.tensor([0]))
+    assert torch.equal(other.rows, blk.rows) and torch.equal(other.cols, blk.cols)
+    row2 = blk.vals[blk.rows == 2]
+    np.testing.assert_allclose(row2.numpy(), [1 / 3, 1 / 3])
+    # The isolated node is its own one-node ball: ReLU(x W1ᵀ + b1) W2ᵀ + b2.
+    assert index.balls(torch.tensor([5]))[0].tolist() == [5]
+    h = F.relu(x[5] @ enc.lin1.weight.t() + enc.lin1.bias) @ enc.lin2.weight.t() + enc.lin2.bias
+    torch.testing.assert_close(torch.from_numpy(out[2]), h.detach())
+
+
+def test_tlp_initialisation_bounds():
+    enc = BallGCN(50, hidden=16)
+    head = enc.make_head(3)
+    for lin in (enc.lin1, enc.lin2):
+        assert lin.weight.abs().max() <= 1 / 16 ** 0.5 and lin.bias.abs().max() <= 1 / 16 ** 0.5
+    assert head[0].weight.abs().max() <= 1 / 3 ** 0.5
+    assert head[0].weight.abs().max() > 1 / 16 ** 0.5  # not PyTorch's default U(−1/√in, 1/√in) with in = 16
+
+
+def _random_graph(n: int = 60, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(n, (150,), generator=g)
+    dst = torch.randint(n, (150,), generator=g)
+    keep = src != dst
+    ei = torch.stack([src[keep], dst[keep]])
+    return torch.randn(n, 7, generator=g), torch.cat([ei, ei.flip(0)], 1)
+
+
+def _episodes(index: BallIndex, tasks: int, seed: int = 1) -> list[Episode]:
+    g = torch.Generator().manual_seed(seed)
+    eps = []
+    for _ in range(tasks):
+        nodes = torch.randperm(index.num_nodes, generator=g)[:10]
+        y = torch.tensor([0, 1] * 5)
+        eps.append(Episode(BallInput(index, nodes[:4], dropout=True), y[:4], BallInput(index, nodes[4:]), y[4:]))
+    return eps
+
+
+@pytest.mark.parametrize("reference", [PerNodeBallGCN, DensePerNodeBallGCN])
+def test_batched_balls_equal_per_node_loop_in_loss_and_meta_gradients(reference):
+    x, ei = _random_graph()
+    index = BallIndex(x, ei)
+    torch.manual_seed(0)
+    fast = MetaModel(BallGCN(7, hidden=5, dropout=0.0), 2, co_depth=1, co_hidden=6)
+    torch.manual_seed(0)
+    ref = MetaModel(reference(7, hidden=5, dropout=0.0), 2, co_depth=1, co_hidden=6)
+    ref.load_state_dict(fast.state_dict())
+    cfg = AlgoConfig(algo="gmeta", cml=True, gamma=0.2, inner_steps=3, inner_lr=0.05, first_order=True)
+    eps = _episodes(index, 3)
+    a = GMeta(cfg).meta_gradients(fast, parameters_of(fast), eps, F.cross_entropy, 0, batched=True)
+    b = GMeta(cfg).meta_gradients(ref, parameters_of(ref), _episodes(index, 3), F.cross_entropy, 0, batched=False)
+    torch.testing.assert_close(a.loss.total, b.loss.total, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a.loss.co, b.loss.co, rtol=1e-5, atol=1e-6)
+    assert a.grads.keys() == b.grads.keys()
+    for k in a.grads:
+        torch.testing.assert_close(a.grads[k], b.grads[k], rtol=1e-4, atol=1e-6, msg=k)
+    assert any(a.grads[k].abs().sum() > 0 for k in a.grads if k.startswith("extractor."))
+
+
+def test_batched_groups_split_large_task_batches_without_changing_results():
+    x, ei = _random_graph(seed=3)
+    index = BallIndex(x, ei)
+    torch.manual_seed(0)
+    enc = BallGCN(7, hidden=5, dropout=0.0)
+    eps = _episodes(index, 4)
+    params = {k: v.unsqueeze(0).expand(4, *v.shape) for k, v in enc.named_parameters()}
+    whole = enc.forward_tasks(params, BallInput.stack_tasks([e.query_x for e in eps]))
+    enc.max_rows = 1  # one task per group
+    split = enc.forward_tasks(params, BallInput.stack_tasks([e.query_x for e in eps]))
+    torch.testing.assert_close(whole, split)
+    single = torch.stack([enc(e.query_x) for e in eps])
+    torch.testing.assert_close(whole, single, rtol=1e-5, atol=1e-6)
