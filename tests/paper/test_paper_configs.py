@@ -47,6 +47,8 @@ def test_paper_config_runs_a_few_steps(path, tmp_path, data_root, cache):
             "run": {"runs_dir": str(tmp_path / "runs"), "name": "tiny"}}
     if cfg.data.task != "sinusoid":
         tiny["data"] = {"data_root": str(data_root), "allow_partial": True}
+        if cfg.data.graph == "synthetic" and cfg.data.protocol == "tlp":  # Table 3's configs take the graph by flag
+            tiny["data"].update(graph="citeseer", ways=2, shots=1)
     run_dir, summary = train(apply_overrides(cfg, tiny, "test"), progress=False)
     assert summary["steps"] == 2 and summary["num_tasks"] == 2
     assert json.loads((run_dir / "summary.json").read_text())["algorithm"] == cfg.algo.algo

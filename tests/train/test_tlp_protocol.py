@@ -171,7 +171,7 @@ def test_table3_configs_run_on_citeseer(tmp_path, name, data_root):
     ({"data": {"task": "digits"}, "algo": {"co_hidden": 8}}, "Conv4's co-learner"),
     ({"data": {"protocol": "nope"}}, "unknown protocol 'nope'"),
     ({"data": {"task": "sinusoid", "protocol": "tlp"}}, "node-classification protocol"),
-    ({"data": {"features": "row"}}, "data.features = 'row'"),
+    ({"data": {"features": "zscore"}}, "data.features"),
     ({"train": {"patience": 0}}, "--patience 0"),
     ({"algo": {"control": "frozen"}}, "frozen-co"),
 ])
