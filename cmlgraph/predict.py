@@ -145,6 +145,11 @@ def _domain(run: _Run, graph: Any, ways: int) -> Any:
 
     d, m = run.cfg.data, run.cfg.model
     graph, _ = with_features(graph, d.features)  # the features the model was trained on (data.features)
+    if run.cfg.algo.algo in ("gmeta", "ammgnn"):  # TLP's encoders run on their own domain, as in training
+        from cmlgraph.domains.tlp_graph import TLPGraphDomain
+
+        return TLPGraphDomain(graph, ways, int(d.shots), int(d.queries), kind=run.cfg.algo.algo,
+                              hidden=int(m.hidden), layers=m.layers, dropout=m.dropout, episodes=False)
     return GraphDomain(graph, ways, int(d.shots), int(d.queries), gnn=m.gnn, hidden=int(m.hidden), layers=m.layers,
                        dropout=m.dropout, heads=m.gat_heads, subgraph=d.subgraph, threshold=d.subgraph_threshold,
                        episodes=False)
@@ -255,6 +260,10 @@ def adapt(run_dir: str | os.PathLike[str], graph: Any = None, support: Mapping[H
           device: str | None = None) -> Prediction:
     """Adapt a trained run to a new few-shot task and predict every other node of the graph.
 
+    The task is the support set plus every other node as its queries, run through the algorithm's own test-time
+    call. For G-Meta each node is read from its 2-hop ball as in training; AMM-GNN's feature modulation is drawn
+    from the task's nodes (support and queries, as in its episodes), here the whole graph.
+
     Args:
         run_dir: A finished graph run folder (``cmlgraph train``).
         graph: A :class:`FewShotGraph`, a registered dataset name, a ``.npz`` file from ``graph.save(PATH)``, or
@@ -319,16 +328,16 @@ def embed(run_dir: str | os.PathLike[str], graph: Any = None, *, data_root: str 
 
     from cmlgraph.core.functional import features
     from cmlgraph.core.model import parameters_of
-    from cmlgraph.graphs.types import GraphInput
-
     run = _load_run(run_dir)
     g = _resolve_graph(run, graph, data_root)
     dev = _device(run, device)
     domain = _domain(run, g, int(run.cfg.data.ways))
     model = _model(run, domain, int(run.cfg.data.ways)).to(dev)
-    x, ei, cache = domain._full_graph(dev)
+    nodes = torch.arange(domain.graph.num_nodes)
+    chunks = nodes.split(domain.embed_chunk) if domain.embed_chunk else [nodes]
+    params = parameters_of(model)
     with torch.no_grad():
-        out = features(model, parameters_of(model), GraphInput(x, ei, torch.arange(g.num_nodes, device=dev), cache))
+        out = torch.cat([features(model, params, domain.node_input(c, dev)) for c in chunks])
     return out.detach().float().cpu().numpy()
 
 

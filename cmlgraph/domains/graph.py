@@ -174,6 +174,14 @@ class GraphDomain(Domain):
             self._full[key] = (x.to(device), self.graph.edge_index.to(device), {})
         return self._full[key]
 
+    #: :func:`cmlgraph.embed` embeds this many nodes per pass (``None``: all in one whole-graph pass).
+    embed_chunk: int | None = None
+
+    def node_input(self, nodes: Tensor, device: torch.device | str = "cpu") -> GraphInput:
+        """The extractor's input for ``nodes`` outside any task (:func:`cmlgraph.embed`): the whole graph."""
+        x, ei, cache = self._full_graph(device)
+        return GraphInput(x, ei, nodes.to(device), cache)
+
     def materialize(self, raw: NodeEpisode, device: torch.device | str = "cpu") -> Episode:
         """Support and query inputs over the full graph or the episode's k-hop subgraph."""
         ns = raw.support.numel()

@@ -53,6 +53,7 @@ class TLPGraphDomain(GraphDomain):
         dropout: Dropout after the first layer (0.5 in TLP), support passes only.
         test_queries: Query nodes per class of test tasks (TLP: 10).
         match_size: AMM-GNN's nodes per draw (10).
+        episodes: Build the episode samplers (``False``: prediction on given episodes, as for the graph domain).
 
     Raises:
         ConfigError: Unknown kind or ``layers != 2``.
@@ -60,7 +61,7 @@ class TLPGraphDomain(GraphDomain):
 
     def __init__(self, graph: FewShotGraph, ways: int, shots: int, queries: int, *, kind: str, hidden: int = 16,
                  layers: int = 2, dropout: float = 0.5, test_queries: int | None = None,
-                 match_size: int = 10) -> None:
+                 match_size: int = 10, episodes: bool = True) -> None:
         if kind not in KINDS:
             raise ConfigError(f"unknown encoder kind {kind!r}; valid: {', '.join(KINDS)}")
         if layers != 2:
@@ -69,7 +70,7 @@ class TLPGraphDomain(GraphDomain):
         self.kind, self.match_size = kind, match_size
         self._index: dict[str, BallIndex] = {}
         super().__init__(graph, ways, shots, queries, gnn="gcn", hidden=hidden, layers=layers, dropout=dropout,
-                         subgraph="full", test_queries=test_queries)
+                         subgraph="full", test_queries=test_queries, episodes=episodes)
 
     @classmethod
     def from_config(cls, cfg: Config) -> TLPGraphDomain:
@@ -110,6 +111,19 @@ class TLPGraphDomain(GraphDomain):
         s = GraphInput(x, ei, raw.support.to(device), cache, local=True)
         q = GraphInput(x, ei, raw.query.to(device), cache, local=True)
         return Episode(MatchedInput(s, match, dropout=True), sy, MatchedInput(q, match), qy)
+
+    #: :func:`cmlgraph.embed` embeds this many nodes per pass (G-Meta's balls of all nodes at once can be huge).
+    embed_chunk = 512
+
+    def node_input(self, nodes: torch.Tensor, device: torch.device | str = "cpu") -> Any:
+        """The encoder's input for ``nodes`` outside any task (:func:`cmlgraph.embed`): G-Meta's ball means; for
+        AMM-GNN the attribute-matching draws are taken from ``nodes`` themselves (seeded by their ids), as a
+        task's draws are taken from its own nodes."""
+        if self.kind == "gmeta":
+            return BallInput(self.ball_index(device), nodes)
+        x, ei, cache = self._full_graph(device)
+        g = GraphInput(x, ei, nodes.to(device), cache, local=True)
+        return MatchedInput(g, match_draws(nodes, self.match_size).to(device))
 
     def describe(self) -> dict[str, Any]:
         """Facts for the summary."""

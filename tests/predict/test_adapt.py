@@ -35,7 +35,10 @@ def _episode_accuracies(run, label=str):
 @pytest.mark.parametrize(("algo", "extra"), [("maml", {}), ("anil", {}), ("boil", {}), ("maml++", {}),
                                              ("sharp-maml", {}), ("protonet", {}),
                                              ("maml", {"subgraph": "khop", "gnn": "gcn"}),
-                                             ("maml", {"features": "standard"})])
+                                             ("maml", {"features": "standard"}),
+                                             ("gmeta", {"hidden": 16})])
+# AMM-GNN is left out: its per-task feature modulation is drawn from the task's own nodes (support and query), and
+# a prediction task's queries are every other node, so it is a different task than any saved episode by design.
 def test_adapt_reproduces_the_runs_own_test_accuracy(tmp_path, algo, extra):
     run = train_tiny(tmp_path, algo, **extra)
     mine, scores = _episode_accuracies(run, label=lambda c: f"class-{c}")
@@ -76,6 +79,12 @@ def test_frozen_head_algorithm_refuses_another_number_of_classes(tmp_path):
     run = train_tiny(tmp_path, "boil")
     with pytest.raises(ConfigError, match="keeps the head frozen .* give 3 classes"):
         cmlgraph.adapt(run, None, {0: "a", 1: "b"})
+
+
+@pytest.mark.parametrize("algo", ["gmeta", "ammgnn"])
+def test_embed_of_tlp_encoders_has_one_row_per_node(tmp_path, algo):
+    emb = cmlgraph.embed(train_tiny(tmp_path, algo, hidden=16))
+    assert emb.shape == (300, 16) and np.isfinite(emb).all() and emb.std(0).max() > 0
 
 
 def test_embed_is_the_extractors_output_for_every_node(maml_run):
