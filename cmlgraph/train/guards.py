@@ -127,6 +127,19 @@ def check_test_result(res: dict[str, Any], skipped: int, steps: int) -> list[str
     return out
 
 
+def chance_warning(res: dict[str, Any], metric: str, ways: int) -> str | None:
+    """A warning when a classification run's test accuracy is indistinguishable from chance (1/ways inside its
+    95% CI, or within ``CHANCE_TOLERANCE`` of it), else None: such a run learned nothing usable."""
+    if metric != "accuracy" or ways < 2 or not res.get("num_tasks"):
+        return None
+    chance, mean, ci = 1.0 / ways, float(res["mean"]), float(res.get("ci95", 0.0))
+    if abs(mean - chance) <= max(ci, CHANCE_TOLERANCE):
+        return (f"test accuracy {mean:.4f} ± {ci:.4f} is at chance (1/{ways} = {chance:.3f}): the model did not "
+                f"learn this task; train longer (--steps), check the feature scale (--features) and the inner step "
+                f"size (--inner-lr)")
+    return None
+
+
 def test_tasks_warning(n: int, minimum: int = MIN_TEST_TASKS) -> str | None:
     """A warning when fewer than ``minimum`` test tasks are used (the README's standard), else None."""
     if n < minimum:
@@ -136,4 +149,4 @@ def test_tasks_warning(n: int, minimum: int = MIN_TEST_TASKS) -> str | None:
 
 
 __all__ = ["CHANCE_TOLERANCE", "CHANCE_VALIDATIONS", "DivergenceGuard", "EXPLODE_FACTOR", "MIN_TEST_TASKS",
-           "check_test_result", "make_guard", "score_predictions", "test_tasks_warning"]
+           "chance_warning", "check_test_result", "make_guard", "score_predictions", "test_tasks_warning"]

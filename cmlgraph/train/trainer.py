@@ -43,7 +43,7 @@ from cmlgraph.domains.registry import build_domain, fill_defaults
 from cmlgraph.errors import CmlgraphError, ConfigError, NumericalError
 from cmlgraph.train.distributed import setup as setup_distributed
 from cmlgraph.train.evaluate import evaluate
-from cmlgraph.train.guards import check_test_result, make_guard, test_tasks_warning
+from cmlgraph.train.guards import chance_warning, check_test_result, make_guard, test_tasks_warning
 from cmlgraph.train.io import (
     MetricsLog,
     kill_point,
@@ -431,7 +431,8 @@ class Trainer:
             res = evaluate(e.algo, e.model, parameters_of(e.model), e.domain, self.test_raws, e.device,
                            progress=hook)
         warns += check_test_result(res, self.skipped, int(cfg.train.steps))
-        warns += [w for w in [test_tasks_warning(res["num_tasks"])] if w]
+        warns += [w for w in [test_tasks_warning(res["num_tasks"]),
+                              chance_warning(res, e.domain.metric, int(getattr(e.domain, "out_dim", 0) or 0))] if w]
         for w in warns:
             self.console.print(f"[yellow]warning:[/yellow] {w}")
         save_torch(self.run_dir / "model.pt", inference_state(e.model))

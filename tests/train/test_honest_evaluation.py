@@ -78,3 +78,14 @@ def test_a_run_leaves_no_files_in_the_temp_folder(tmp_path: Path) -> None:
             f"runs_dir={str(tmp_path / 'runs')!r})")
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=300)
     assert sorted(p.name for p in tmp.iterdir()) == []
+
+
+def test_a_test_score_at_chance_is_flagged() -> None:
+    """A classification run whose test accuracy cannot be told from 1/ways says so (a silent chance result)."""
+    from cmlgraph.train.guards import chance_warning
+
+    assert "at chance (1/2 = 0.500)" in chance_warning({"mean": 0.5003, "ci95": 0.0022, "num_tasks": 500},
+                                                        "accuracy", 2)
+    assert "at chance" in chance_warning({"mean": 0.21, "ci95": 0.02, "num_tasks": 500}, "accuracy", 5)
+    assert chance_warning({"mean": 0.54, "ci95": 0.0115, "num_tasks": 500}, "accuracy", 2) is None
+    assert chance_warning({"mean": 0.5, "ci95": 0.01, "num_tasks": 600}, "mse", 1) is None
