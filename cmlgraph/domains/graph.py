@@ -134,7 +134,8 @@ class GraphDomain(Domain):
             self.mode, self.mode_reason = "full", "prediction over every node of the graph"
         elif subgraph == "auto":
             self.mode, self.mode_reason = choose_mode(graph, self.samplers["train"], hops=gnn_hops(extractor),
-                                                      trees=extractor.supports_plan, threshold=threshold)
+                                                      trees=extractor.supports_plan, threshold=threshold,
+                                                      kind=gnn)
             self.notes.append(f"subgraph auto: {self.mode} ({self.mode_reason})")
         # k-hop mode: exact computation trees on the full graph (L hops, batched over tasks) where the GNN kind
         # has that path; otherwise (GAT) the k-hop subgraph around the episode.

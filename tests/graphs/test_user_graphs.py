@@ -188,6 +188,8 @@ def test_auto_mode_by_tree_size() -> None:
     g = load_graph("synthetic", num_nodes=600, num_classes=12)
     sampler = EpisodeSampler(g.y, g.splits["train"], 5, 3, 10, torch.Generator())
     assert choose_mode(g, sampler, hops=2, trees=True, threshold=20_000)[0] == "khop"
+    # SGC's whole graph is one cached propagation: trees lose once they cover most of the graph
+    assert choose_mode(g, sampler, hops=2, trees=True, threshold=20_000, kind="sgc")[0] == "full"
     mode, why = choose_mode(g, sampler, hops=2, trees=False, threshold=20_000)
     assert mode == "full" and "neighbourhood" in why
     assert choose_mode(g, sampler, hops=2, trees=False, threshold=100)[0] == "khop"
