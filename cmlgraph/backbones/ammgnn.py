@@ -18,7 +18,7 @@ aggregation ``(Â X)`` stays a per-task constant and sparse features stay sparse
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from cmlgraph.backbones.gnn_ops import cached, is_sparse, sparse_matmul
 from cmlgraph.backbones.gnn_plan import TaskLayout, build_plan, task_linear
 from cmlgraph.graphs.balls import row_normalised_adjacency
 from cmlgraph.graphs.sparse import slice_rows
-from cmlgraph.graphs.types import GraphInput
+from cmlgraph.graphs.types import GraphBatch, GraphInput
 
 #: Weight of the modulation and of the regulariser in TLP's code.
 MATCH_SCALE = 0.01
@@ -66,16 +66,9 @@ class MatchedInput:
         return MatchedBatch(list(items))
 
 
-@dataclass
-class MatchedBatch:
-    """Several tasks' :class:`MatchedInput` for ``forward_tasks``."""
-
-    items: list[MatchedInput]
-    memo: dict[str, Any] = field(default_factory=dict)
-    task_batch: ClassVar[bool] = True
-
-    def __len__(self) -> int:
-        return len(self.items)
+class MatchedBatch(GraphBatch):
+    """Several tasks' :class:`MatchedInput` (``items``) for ``forward_tasks``; the same container as
+    :class:`~cmlgraph.graphs.types.GraphBatch`."""
 
 
 def match_rows(graph: GraphInput, match: Tensor) -> Tensor:

@@ -44,6 +44,13 @@ def _subgraph(index: BallIndex, v: int) -> tuple[Tensor, Tensor]:
     return store[v]
 
 
+def _dense_features(index: BallIndex) -> Tensor:
+    """The graph's node features as a dense matrix, made once per ball index (as the published code holds them)."""
+    if "dense_x" not in index.memo:
+        index.memo["dense_x"] = index.x if index.x.layout == torch.strided else index.x.to_dense()
+    return index.memo["dense_x"]
+
+
 class PerNodeBallGCN(Backbone):
     """G-Meta's encoder, one subgraph at a time (reference; see the module docstring)."""
 
@@ -61,10 +68,7 @@ class PerNodeBallGCN(Backbone):
 
     def forward(self, inputs: BallInput) -> Tensor:
         """One embedding per centre node, computed node by node."""
-        index = inputs.index
-        if "dense_x" not in index.memo:
-            index.memo["dense_x"] = index.x if index.x.layout == torch.strided else index.x.to_dense()
-        x = index.memo["dense_x"]
+        x = _dense_features(inputs.index)
         outs = []
         for v in inputs.nodes.tolist():
             adj, members = _subgraph(inputs.index, int(v))
@@ -98,10 +102,7 @@ class DensePerNodeBallGCN(PerNodeBallGCN):
 
     def forward(self, inputs: BallInput) -> Tensor:
         """One embedding per centre node, dense, node by node."""
-        index = inputs.index
-        if "dense_x" not in index.memo:
-            index.memo["dense_x"] = index.x if index.x.layout == torch.strided else index.x.to_dense()
-        x = index.memo["dense_x"]
+        x = _dense_features(inputs.index)
         outs = []
         for adj, ball in self._balls(inputs):
             h = F.relu(adj @ (x[ball] @ self.lin1.weight.t()) + self.lin1.bias)

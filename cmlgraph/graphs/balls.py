@@ -14,12 +14,13 @@ here loops over nodes in Python except the look-up of cached member lists.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from cmlgraph.graphs.sparse import csr_row_entries
+from cmlgraph.graphs.types import GraphBatch
 
 
 def row_normalised_adjacency(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -169,16 +170,9 @@ class BallInput:
         return BallBatch(list(items))
 
 
-@dataclass
-class BallBatch:
-    """Several tasks' :class:`BallInput` run together by the encoder's ``forward_tasks``."""
-
-    items: list[BallInput]
-    memo: dict[str, Any] = field(default_factory=dict)
-    task_batch: ClassVar[bool] = True
-
-    def __len__(self) -> int:
-        return len(self.items)
+class BallBatch(GraphBatch):
+    """Several tasks' :class:`BallInput` (``items``) run together by the encoder's ``forward_tasks``; the same
+    container as :class:`~cmlgraph.graphs.types.GraphBatch`."""
 
 
 __all__ = ["BallBatch", "BallBlock", "BallIndex", "BallInput", "row_normalised_adjacency"]
