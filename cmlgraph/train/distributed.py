@@ -99,6 +99,9 @@ def world_from_env() -> tuple[int, int, int, int] | None:
     return rank, world, local, local_world
 
 
+_OWNED = False  # whether setup() initialised the process group (and so tears it down)
+
+
 def _timeout() -> timedelta:
     raw = os.environ.get(TIMEOUT_ENV, "").strip()
     try:
@@ -116,6 +119,22 @@ def _shutdown() -> None:
             dist.destroy_process_group()
     except Exception:  # noqa: BLE001 - the interpreter is exiting; nothing left to report to
         pass
+
+
+def teardown() -> None:
+    """Leave the process group that :func:`setup` joined, together: every rank waits for the others, then closes.
+
+    Called at the end of a finished run. Why: a rank that tears gloo down while its peer is still closing its own
+    connections can abort the peer ("terminate called without an active exception", exit -6) after the run has
+    written everything; meeting at a barrier first makes the close happen with no collective in flight. A group
+    the caller initialised (not :func:`setup`) is left alone, and in one process this does nothing.
+    """
+    if not (_OWNED and dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        dist.barrier()
+    finally:
+        _shutdown()
 
 
 def setup() -> DistContext:
@@ -152,7 +171,10 @@ def setup() -> DistContext:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise CmlgraphError(f"rank {rank} of {world} could not join the process group at {where} ({first}); check "
                             f"--master-addr/--master-port and that every node was started") from None
-    atexit.register(_shutdown)
+    global _OWNED
+    if not _OWNED:
+        atexit.register(_shutdown)  # a run that fails still leaves the group when the interpreter exits
+    _OWNED = True
     return DistContext(rank, world, local, local_world)
 
 

@@ -42,6 +42,7 @@ from cmlgraph.domains.base import Domain
 from cmlgraph.domains.registry import build_domain, fill_defaults
 from cmlgraph.errors import CmlgraphError, ConfigError, NumericalError
 from cmlgraph.train.distributed import setup as setup_distributed
+from cmlgraph.train.distributed import teardown as teardown_distributed
 from cmlgraph.train.evaluate import evaluate
 from cmlgraph.train.guards import chance_warning, check_test_result, make_guard, test_tasks_warning
 from cmlgraph.train.io import (
@@ -527,6 +528,7 @@ def train(cfg: Config, console: Console | None = None, progress: bool = True) ->
     trainer = Trainer(cfg, console, progress)
     trainer.open_run()
     summary = trainer.run()
+    teardown_distributed()  # every rank has the summary: leave the process group together
     assert trainer.run_dir is not None
     return trainer.run_dir, summary
 
@@ -543,6 +545,7 @@ def resume(run_dir: str | Path, console: Console | None = None, progress: bool =
     trainer = Trainer(cfg, console, progress)
     trainer.resume(run_dir)
     summary = trainer.run()
+    teardown_distributed()
     return run_dir, summary
 
 
