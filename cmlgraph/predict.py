@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from cmlgraph.errors import CmlgraphError, ConfigError, DataError
+from cmlgraph.text import counted
 
 
 @dataclass
@@ -238,7 +239,8 @@ def _task(graph: Any, support: Mapping[Hashable, Hashable], classes: Sequence[Ha
             raise DataError(f"support labels {extra[:5]} are not among classes {order}; add them to classes")
         empty = [c for c in order if c not in set(given)]
         if empty:
-            raise DataError(f"class {empty[0]!r} has no support node ({len(empty)} such classes: {empty[:5]}); "
+            raise DataError(f"class {empty[0]!r} has no support node "
+                            f"({counted(len(empty), 'such class', 'such classes')}: {empty[:5]}); "
                             f"label at least one node of every class, or drop it from classes")
     if len(order) < 2:
         raise DataError(f"the support set has {len(order)} class ({order}); a prediction needs at least 2 classes "

@@ -14,6 +14,7 @@ from torch_geometric.utils import remove_self_loops, to_undirected
 
 from cmlgraph.graphs.fewshot_graph import FewShotGraph
 from cmlgraph.graphs.splits import SplitSpec, class_splits
+from cmlgraph.text import agree, have
 
 
 def undirected_edges(edge_index: Tensor, num_nodes: int) -> Tensor:
@@ -58,8 +59,9 @@ def assemble(
     info["split_seed"] = seed
     unlabelled = int((y < 0).sum())
     if unlabelled:
-        notes.append(f"{unlabelled} of {y.numel()} nodes have no label: they are unlabelled (-1), kept as graph "
-                     "context but never drawn into episodes")
+        notes.append(f"{unlabelled} of {y.numel()} nodes {agree(unlabelled, 'has', 'have')} no label: "
+                     f"{agree(unlabelled, 'it is', 'they are')} unlabelled (-1), kept as graph context but never drawn "
+                     "into episodes")
     if not splits["val"]:
         notes.append(
             "the 'val' split is empty (too few classes for three disjoint splits): validation episodes are drawn "
@@ -67,7 +69,8 @@ def assemble(
         )
     unused = sorted(set(classes) - set(splits["train"]) - set(splits["val"]) - set(splits["test"]))
     if unused:
-        notes.append(f"{len(unused)} classes are in no split and are never used: {unused[:20]}"
+        notes.append(f"{have(len(unused), 'class', 'is', 'are')} in no split and never used: "
+                     f"{unused[:20]}"
                      f"{'...' if len(unused) > 20 else ''}")
     return FewShotGraph(name=name, x=x, edge_index=edge_index, y=y.to(torch.long), splits=splits,
                         partial=partial, notes=notes, info=info)

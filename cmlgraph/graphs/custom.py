@@ -25,6 +25,7 @@ from cmlgraph.graphs.fewshot_graph import FewShotGraph
 from cmlgraph.graphs.fit_classes import check_split_ways, default_split
 from cmlgraph.graphs.sparse import is_sparse, scipy_to_torch, to_coo
 from cmlgraph.graphs.splits import SplitSpec
+from cmlgraph.text import agree, counted, have
 
 #: What marks an unlabelled node in every entry point (besides None and NaN): -1, PyG's convention.
 MISSING_LABEL = -1
@@ -185,8 +186,9 @@ def from_arrays(
         )
     ei = _edges(edge_index, n, self_loops, notes)
     if by_value:
-        msg = (f"{by_value} nodes have the label {missing_label!r} and were treated as unlabelled "
-               f"(missing_label={missing_label!r}); pass missing_label=None to keep {missing_label!r} as a class")
+        msg = (f"{have(by_value, 'node')} the label {missing_label!r} and {agree(by_value, 'was', 'were')} "
+               f"treated as unlabelled (missing_label={missing_label!r}); pass missing_label=None to keep "
+               f"{missing_label!r} as a class")
         warnings.warn(msg, stacklevel=2)
         notes.append(msg)
     if not class_names:
@@ -200,7 +202,8 @@ def from_arrays(
         small = [c for c in classes if int(counts[c]) < need]
         if small:
             desc = ", ".join(f"{class_names[c]!r} ({int(counts[c])} nodes)" for c in small[:20])  # the user's labels
-            msg = (f"dropped {len(small)} classes with fewer than shots+queries={need} labelled nodes: {desc}"
+            msg = (f"dropped {counted(len(small), 'class', 'classes')} with fewer than shots+queries={need} labelled "
+                   f"nodes: {desc}"
                    f"{' ...' if len(small) > 20 else ''}")
             warnings.warn(msg, stacklevel=2)
             notes.append(msg)
@@ -210,7 +213,7 @@ def from_arrays(
             hint = (f"; {by_value} nodes labelled {missing_label!r} were treated as unlabelled: pass "
                     f"missing_label=None to keep them as a class" if by_value else "")
             raise ConfigError(
-                f"only {len(classes)} classes have at least shots+queries={need} labelled nodes, fewer than "
+                f"only {have(len(classes), 'class')} at least shots+queries={need} labelled nodes, fewer than "
                 f"ways={ways}; lower shots or queries, or label more nodes{hint}"
             )
     meta = dict(info or {})
@@ -259,7 +262,7 @@ def from_networkx(
     index = {v: i for i, v in enumerate(nodes)}
     no_feat = [v for v in nodes if graph.nodes[v].get(feature_attr) is None]
     if no_feat:
-        raise DataError(f"{len(no_feat)} nodes have no '{feature_attr}' attribute (e.g. {no_feat[:5]}); give every "
+        raise DataError(f"{have(len(no_feat), 'node')} no '{feature_attr}' attribute (e.g. {no_feat[:5]}); give every "
                         f"node a feature vector, or pass feature_attr=<the attribute name>")
     rows = [np.asarray(graph.nodes[v][feature_attr], dtype=np.float32).reshape(-1) for v in nodes]
     lengths = sorted({r.shape[0] for r in rows})

@@ -16,6 +16,7 @@ from torch import Tensor
 from cmlgraph.errors import ConfigError
 from cmlgraph.graphs.splits import class_splits
 from cmlgraph.graphs.types import NodeEpisode
+from cmlgraph.text import have
 
 _STATE_KEYS = ("support", "support_y", "query", "query_y", "classes")
 
@@ -81,7 +82,7 @@ class EpisodeSampler:
                 short.append(f"{c} ({hi - lo} nodes)")
         if short:
             raise ConfigError(
-                f"{len(short)} classes have fewer than shots+queries={need} labelled nodes: {', '.join(short)}; "
+                f"{have(len(short), 'class')} fewer than shots+queries={need} labelled nodes: {', '.join(short)}; "
                 "lower shots/queries, or use a split without these classes (split= in Python, --split on the command "
                 "line)"
             )

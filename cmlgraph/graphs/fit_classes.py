@@ -19,6 +19,7 @@ import torch
 from cmlgraph.errors import ConfigError
 from cmlgraph.graphs.fewshot_graph import SPLIT_NAMES, FewShotGraph
 from cmlgraph.graphs.splits import class_splits, parse_counts
+from cmlgraph.text import counted, have
 
 VAL_EMPTY_NOTE = ("the 'val' split is empty (too few classes for three disjoint splits): validation episodes are "
                   "drawn from the train classes, so validation accuracy is not on unseen classes")
@@ -82,7 +83,8 @@ def check_split_ways(graph: FewShotGraph, ways: int, need: int, *, default: bool
         if dropped:
             fixes.append(f"lower shots or queries ({dropped})")
         shown = f" ({label_names(graph, classes)})" if classes else ""
-        raise ConfigError(f"{graph.name}: the {name!r} split has {len(classes)} classes{shown} but ways={ways}; "
+        has = counted(len(classes), "class", "classes")
+        raise ConfigError(f"{graph.name}: the {name!r} split has {has}{shown} but ways={ways}; "
                           + "; or ".join(fixes))
 
 
@@ -97,7 +99,8 @@ def _drop_small(graph: FewShotGraph, need: int) -> tuple[torch.Tensor, list[int]
     names = graph.info.get("class_names")
     desc = ", ".join(f"{names[c]!r} ({int(counts[c])} nodes)" if names is not None and c < len(names)
                      else f"{c} ({int(counts[c])} nodes)" for c in small[:20])
-    msg = (f"dropped {len(small)} classes with fewer than shots+queries={need} labelled nodes: {desc}"
+    msg = (f"dropped {counted(len(small), 'class', 'classes')} with fewer than shots+queries={need} labelled "
+                   f"nodes: {desc}"
            f"{' ...' if len(small) > 20 else ''}")
     warnings.warn(msg, stacklevel=3)
     y = torch.where(torch.isin(y, torch.tensor(small, dtype=torch.long)), torch.full_like(y, -1), y)
@@ -145,7 +148,7 @@ def fit_graph(graph: FewShotGraph, ways: int, shots: int, queries: int, *, split
         try:
             splits = class_splits(kept, spec, seed)
         except ConfigError as exc:
-            raise ConfigError(f"{graph.name}: {exc} ({len(kept)} classes have at least shots+queries={need} "
+            raise ConfigError(f"{graph.name}: {exc} ({have(len(kept), 'class')} at least shots+queries={need} "
                               f"labelled nodes: {label_names(graph, kept)})") from None
         info = {**graph.info, "split": spec if isinstance(spec, str) else "explicit", "split_seed": seed}
         base = [n for n in graph.notes if "'val' split is empty" not in n and "classes are in no split" not in n]

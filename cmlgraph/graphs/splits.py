@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from cmlgraph.errors import ConfigError
+from cmlgraph.text import counted
 
 SplitSpec = str | os.PathLike | Sequence[int] | Mapping[str, Sequence[int]]
 _NAMES = ("train", "val", "test")
@@ -178,7 +179,7 @@ def check_ways(splits: Mapping[str, Sequence[int]], ways: int) -> None:
             continue
         if n < ways:
             raise ConfigError(
-                f"the {name!r} split has {n} classes but ways={ways}; "
+                f"the {name!r} split has {counted(n, 'class', 'classes')} but ways={ways}; "
                 + (f"use ways <= {n} or " if n >= 2 else "use ")  # never an impossible ways (<= 1)
                 + "a split with at least "
                 f"{ways} {name} classes (e.g. --split 'TRAIN/VAL/TEST' counts or a JSON file)"

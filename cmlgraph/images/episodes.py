@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from cmlgraph.errors import ConfigError, DataError
+from cmlgraph.text import have
 
 
 @dataclass
@@ -93,7 +94,7 @@ class ImageEpisodeSampler:
         if short:
             shown = ", ".join(short[:10]) + (f", ... ({len(short)} in all)" if len(short) > 10 else "")
             raise ConfigError(
-                f"{len(short)} classes have fewer than shots + queries = {shots + queries} items: {shown}; "
+                f"{have(len(short), 'class')} fewer than shots + queries = {shots + queries} items: {shown}; "
                 "lower shots or queries, or drop these classes from the split"
             )
         self.classes = torch.tensor(class_list, dtype=torch.int64)

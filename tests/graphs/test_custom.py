@@ -52,7 +52,7 @@ def test_from_networkx() -> None:
     assert g.num_nodes == 6 and g.num_edges == 10 and g.info["node_ids"] == list("pqrstu")
     assert g.info["class_names"] == ["cat", "dog"]
     G.add_node("v")
-    with pytest.raises(DataError, match=r"1 nodes have no 'x' attribute \(e.g. \['v'\]\)"):
+    with pytest.raises(DataError, match=r"1 node has no 'x' attribute \(e.g. \['v'\]\)"):
         from_networkx(G)
 
 
@@ -64,7 +64,7 @@ def test_from_networkx() -> None:
          r"1 of 2 edges have node ids outside \[0, 6\) \(e.g. \[\[9, 7\]\], max id 9\)"),
         ({"edge_index": np.array([[0, 1], [1, 2], [3, 4]])}, DataError, r"looks like \[E, 2\]: transpose"),
         ({"features": np.array([[np.nan, 1]] + [[0, 1]] * 5)}, DataError, r"1 NaN/inf values in 1 rows"),
-        ({"ways": 3}, ConfigError, r"'train' split has 1 classes \(0\) but ways=3"),
+        ({"ways": 3}, ConfigError, r"'train' split has 1 class \(0\) but ways=3"),
         ({"labels": [None] * 6}, DataError, r"no node has a label"),
     ],
 )
@@ -78,7 +78,7 @@ def test_bad_inputs(kwargs, exc, match) -> None:
 
 def test_small_classes_dropped_with_warning() -> None:
     labels = ["a"] * 10 + ["b"] * 10 + ["c"] * 2 + ["d"] * 10 + ["e"] * 10
-    with pytest.warns(UserWarning, match=r"dropped 1 classes with fewer than shots\+queries=4.*'c' \(2 nodes\)"):
+    with pytest.warns(UserWarning, match=r"dropped 1 class with fewer than shots\+queries=4.*'c' \(2 nodes\)"):
         g = from_arrays([[0], [1]], np.ones((42, 2)), labels, ways=2, shots=1, queries=3, split="2/0/2")
     assert any("'c'" in n for n in g.notes)
     assert 2 not in sum(g.splits.values(), []) and (g.y == 2).sum() == 0

@@ -36,7 +36,7 @@ def test_fit_drops_small_class_by_user_label_and_trains(tmp_path: Path) -> None:
     """Fault 1: ``fit(graph, ways=3, shots=2, queries=3)`` on a graph built without them, one class of 3 nodes."""
     ei, x, y = _graph([10, 10, 10, 10, 3, 10, 10, 10, 10, 10], names=list("abcdefghij"))
     g = from_arrays(ei, x, y, name="fault1")
-    with pytest.warns(UserWarning, match=r"dropped 1 classes with fewer than shots\+queries=5 .*'e' \(3 nodes\)"):
+    with pytest.warns(UserWarning, match=r"dropped 1 class with fewer than shots\+queries=5 .*'e' \(3 nodes\)"):
         _, summary = cmlgraph.fit(g, ways=3, shots=2, queries=3, runs_dir=str(tmp_path), **FAST)
     assert any("'e' (3 nodes)" in n for n in summary["notes"])
     assert summary["num_tasks"] == 8

@@ -110,9 +110,9 @@ def test_impossible_few_shot_setting_names_classes_before_run_folder(tmp_path):
     cfg.data.graph, cfg.data.ways, cfg.data.shots, cfg.data.queries = "short-graph", 2, 2, 3
     cfg.run.runs_dir = str(tmp_path / "runs")
     # Class 2 is dropped at fit time (named in a warning) and the error says why the explicit split cannot work.
-    expected = (r"'test' split has 1 classes \(3\) but ways=2.*lower shots or queries \(dropped 1 classes with fewer "
+    expected = (r"'test' split has 1 class \(3\) but ways=2.*lower shots or queries \(dropped 1 class with fewer "
                 r"than shots\+queries=5 labelled nodes: 2 \(3 nodes\)\)")
-    with pytest.raises(ConfigError, match=expected), pytest.warns(UserWarning, match="dropped 1 classes"):
+    with pytest.raises(ConfigError, match=expected), pytest.warns(UserWarning, match="dropped 1 class"):
         train(cfg, progress=False)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
