@@ -47,7 +47,8 @@ class DivergenceGuard:
         metric: ``accuracy`` or ``mse``.
         ways: Classes per task (chance accuracy is 1/ways, chance loss ln(ways)).
         hint: What to check, e.g. ``"features raw (--features row|standard), inner lr 0.5 (--inner-lr)"``.
-        emit: Called with each warning message (console print); Python ``warnings`` get it too.
+        emit: Called with each warning message (a console print). Without it the message is a Python
+            ``RuntimeWarning`` instead (the API's quiet runs); never both, so a console shows each warning once.
     """
 
     def __init__(self, metric: str, ways: int, hint: str, emit: Any = None) -> None:
@@ -62,9 +63,10 @@ class DivergenceGuard:
             return
         self._said.add(kind)
         self.messages.append(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
         if self.emit is not None:
             self.emit(message)
+        else:
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def loss(self, step: int, value: float) -> None:
         """Record a meta-training loss; warn if it explodes (non-finite losses are handled by ``nan_policy``)."""
@@ -96,12 +98,17 @@ class DivergenceGuard:
 
 
 def make_guard(cfg: Any, domain: Any, console: Any = None) -> DivergenceGuard:
-    """The run's :class:`DivergenceGuard`; its hint names the features (graphs) and the inner step size."""
+    """The run's :class:`DivergenceGuard`; its hint names the features (graphs) and the inner step size.
+
+    A console that prints (the CLI, ``fit(verbose=True)``) shows its warnings; a quiet one or none (the API's
+    default) leaves them to Python's ``warnings``.
+    """
     hint = f"inner lr {cfg.algo.inner_lr} (--inner-lr)"
     features = getattr(domain, "features", None)
     if cfg.data.task == "graph" and features is not None:
         hint = f"features {features} (--features row|standard scales them), " + hint
-    emit = (lambda m: console.print(f"[yellow]warning:[/yellow] {m}")) if console is not None else None
+    loud = console is not None and not getattr(console, "quiet", False)
+    emit = (lambda m: console.print(f"[yellow]warning:[/yellow] {m}")) if loud else None
     return DivergenceGuard(domain.metric, getattr(domain, "out_dim", 2), hint, emit)
 
 

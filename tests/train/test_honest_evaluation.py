@@ -3,16 +3,22 @@ tasks are flagged, divergence is warned about, and a run leaves nothing in the t
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from rich.console import Console
 
 from cmlgraph.api import make_config
+from cmlgraph.domains.graph import register_graph
 from cmlgraph.errors import NumericalError
+from cmlgraph.graphs.custom import from_arrays
 from cmlgraph.train.guards import DivergenceGuard, check_test_result, score_predictions
 from cmlgraph.train.trainer import train
 
@@ -56,16 +62,53 @@ def test_few_test_tasks_are_flagged(tmp_path: Path) -> None:
 def test_divergence_guard() -> None:
     said = []
     guard = DivergenceGuard("accuracy", 5, "features raw, inner lr 0.5", said.append)
-    with pytest.warns(RuntimeWarning, match="diverging: the meta-loss is 1234 at step 3"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a console guard prints; it raises no Python warning as well
         guard.loss(1, 1.6), guard.loss(2, 1.5), guard.loss(3, 1234.0)
-    guard.loss(4, 5000.0)  # warned once
-    for step, acc in [(10, 0.2), (20, 0.205), (30, 0.31)]:
-        guard.validation(step, acc)
-    assert len(said) == 1
-    with pytest.warns(RuntimeWarning, match=r"at chance \(1/5 = 0.200\) for 3 validations in a row"):
+        guard.loss(4, 5000.0)  # warned once
+        for step, acc in [(10, 0.2), (20, 0.205), (30, 0.31)]:
+            guard.validation(step, acc)
+        assert len(said) == 1 and "diverging: the meta-loss is 1234 at step 3" in said[0]
         for step, acc in [(40, 0.2), (50, 0.2), (60, 0.195)]:
             guard.validation(step, acc)
     assert len(said) == 2 and all("features raw" in m for m in said)
+    assert "at chance (1/5 = 0.200) for 3 validations in a row" in said[1]
+    quiet = DivergenceGuard("accuracy", 5, "features raw, inner lr 0.5")  # no console: Python warnings
+    with pytest.warns(RuntimeWarning, match="diverging: the meta-loss is 1234 at step 3"):
+        quiet.loss(1, 1.6), quiet.loss(3, 1234.0)
+    with pytest.warns(RuntimeWarning, match=r"at chance \(1/5 = 0.200\) for 3 validations in a row"):
+        for step in (10, 20, 30):
+            quiet.validation(step, 0.2)
+    assert len(quiet.messages) == 2
+
+
+def test_a_console_run_at_chance_warns_once_in_the_console_and_the_summary(tmp_path: Path) -> None:
+    """The trainer's wiring: validation stuck at chance prints one ``warning:`` line (no duplicate Python warning
+    with a source path) and lands in ``summary.json``; a fresh-user check saw it printed twice."""
+    out = io.StringIO()
+    console = Console(file=out, width=2000, force_terminal=False, soft_wrap=True)
+    cfg = make_config(task="graph", graph=register_graph(_unscaled_graph()), ways=2, shots=3, queries=5, steps=12,
+                      val_every=3, val_tasks=10, test_tasks=40,
+                      meta_batch=2, hidden=16, features="raw", runs_dir=str(tmp_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, summary = train(cfg, console, progress=False)
+    text = out.getvalue()
+    guarded = [w for w in summary["warnings"] if "features raw" in w]
+    assert any("at chance" in w for w in guarded), text  # raw features in the tens: validation sits at chance
+    for message in guarded:
+        assert sum(ln.startswith("warning:") and message[:60] in ln for ln in text.splitlines()) == 1, text
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning) and "features raw" in str(w.message)]
+
+
+def _unscaled_graph():
+    """Two classes whose features sit in the tens (unscaled): raw features diverge at inner lr 0.5."""
+    rng = np.random.default_rng(0)
+    n, classes = 240, 8
+    y = np.arange(n) % classes
+    x = (rng.normal(size=(classes, 16))[y] + 0.5 * rng.normal(size=(n, 16))) * 30 + 40
+    ei = np.stack([rng.integers(0, n, 3 * n), rng.integers(0, n, 3 * n)])
+    return from_arrays(ei, x, y, name="unscaled")
 
 
 def test_a_run_leaves_no_files_in_the_temp_folder(tmp_path: Path) -> None:
