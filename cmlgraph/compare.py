@@ -105,8 +105,9 @@ class Cell(Paired):
     def row(self) -> dict[str, Any]:
         """A flat dict for CSV."""
         return {"domain": self.domain, "algorithm": self.algorithm, "metric": self.metric,
-                "base_mean": self.base[0], "base_ci95": self.base[1], "cml_mean": self.cml[0],
-                "cml_ci95": self.cml[1], "diff_mean": self.diff[0], "diff_ci95": self.diff[1], "seeds": self.seeds,
+                "base_mean": self.base[0], "base_ci95": seed_ci(self.base, self.seeds), "cml_mean": self.cml[0],
+                "cml_ci95": seed_ci(self.cml, self.seeds), "diff_mean": self.diff[0], "diff_ci95": self.diff[1],
+                "seeds": self.seeds,
                 "paired_tasks": self.tasks, "base_runs": ";".join(self.base_runs), "cml_runs": ";".join(self.cml_runs)}
 
 
@@ -190,10 +191,17 @@ def run_compare(domains: Sequence[str], algos: Sequence[str], seeds: Sequence[in
             for d in domains for a in algos]
 
 
-def _fmt(mean: float, ci: float, metric: str) -> str:
-    if metric == "accuracy":
-        return f"{100 * mean:.2f} ± {100 * ci:.2f}"
-    return f"{mean:.3f} ± {ci:.3f}"
+def _fmt(mean: float, ci: float | None, metric: str) -> str:
+    """``mean ± ci`` in the metric's unit; ``ci=None`` (one seed: no spread to measure) reads "(1 seed, no CI)"."""
+    scale, digits = (100.0, 2) if metric == "accuracy" else (1.0, 3)
+    if ci is None:
+        return f"{scale * mean:.{digits}f} (1 seed, no CI)"
+    return f"{scale * mean:.{digits}f} ± {scale * ci:.{digits}f}"
+
+
+def seed_ci(mc: tuple[float, float], seeds: int) -> float | None:
+    """The CI of an arm's mean over seeds, or ``None`` with one seed (its 0.0 would read as "no variation")."""
+    return mc[1] if seeds > 1 else None
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -215,7 +223,8 @@ def write_outputs(cells: Sequence[Cell], out_dir: str | Path) -> list[Path]:
              "|---|---|---|---|---|---|---|---|"]
     for c in cells:
         unit = "accuracy %" if c.metric == "accuracy" else "MSE"
-        lines.append(f"| {c.domain} | {c.algorithm} | {unit} | {_fmt(*c.base, c.metric)} | {_fmt(*c.cml, c.metric)}"
+        lines.append(f"| {c.domain} | {c.algorithm} | {unit} | {_fmt(c.base[0], seed_ci(c.base, c.seeds), c.metric)} | "
+                     f"{_fmt(c.cml[0], seed_ci(c.cml, c.seeds), c.metric)}"
                      f" | {'+' if c.diff[0] >= 0 else ''}{_fmt(*c.diff, c.metric)} | {c.seeds} | {c.tasks} |")
     lines += ["", "Mean ± 95% CI over seeds (columns 4–5) and over the pooled per-task paired differences "
               "(column 6). Accuracy: higher is better; MSE: lower is better."]

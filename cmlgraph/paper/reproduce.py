@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cmlgraph.compare import Paired, obtain_run, paired_stats, write_csv
+from cmlgraph.compare import Paired, obtain_run, paired_stats, seed_ci, write_csv
 from cmlgraph.config import Config, apply_overrides, from_yaml
 from cmlgraph.errors import ConfigError
 from cmlgraph.paper.cells import DEFAULT_RUNS, PAPER_CONFIGS, PaperCell
@@ -172,11 +172,13 @@ def _num(value: float | None, metric: str) -> str:
     return f"{value:.2f}" if metric == "accuracy" else f"{value:.3f}"
 
 
-def _ours(mc: tuple[float, float], metric: str, sign: bool = False) -> str:
+def _ours(mc: tuple[float, float | None], metric: str, sign: bool = False) -> str:
+    """``mean ± ci`` in the table's unit; without a CI (one run per arm) "(1 run, no CI)", never a false ± 0."""
     scale = 100.0 if metric == "accuracy" else 1.0
-    mean, ci = mc[0] * scale, mc[1] * scale
+    mean = mc[0] * scale
     digits = 2 if metric == "accuracy" else 3
-    return f"{'+' if sign and mean >= 0 else ''}{mean:.{digits}f} ± {ci:.{digits}f}"
+    spread = f" ± {mc[1] * scale:.{digits}f}" if mc[1] is not None else " (1 run, no CI)"
+    return f"{'+' if sign and mean >= 0 else ''}{mean:.{digits}f}{spread}"
 
 
 def _tlp100(runs: Sequence[Path]) -> float | None:
@@ -199,7 +201,8 @@ def _row(res: CellResult) -> dict[str, Any]:
     }
     if p is not None:
         for arm, mc in (("base", p.base), ("cml", p.cml), ("diff", p.diff)):
-            row[f"{arm}_mean"], row[f"{arm}_ci95"] = mc[0] * scale, mc[1] * scale
+            ci = seed_ci(mc, p.seeds) if arm != "diff" else mc[1]  # the paired difference pools tasks: always a CI
+            row[f"{arm}_mean"], row[f"{arm}_ci95"] = mc[0] * scale, (None if ci is None else ci * scale)
         row.update(runs=p.seeds, paired_tasks=p.tasks, base_runs=";".join(p.base_runs),
                    cml_runs=";".join(p.cml_runs), base_tlp100=_tlp100([a for a, _ in res.pairs]),
                    cml_tlp100=_tlp100([b for _, b in res.pairs]))
@@ -221,7 +224,8 @@ def markdown(results: Sequence[CellResult], published: dict[str, Any] | None = N
         if p is None:
             ours = [f"not run: {res.skipped}", "", "", "0", "0"]
         else:
-            ours = [_ours(p.base, metric), _ours(p.cml, metric), _ours(p.diff, metric, sign=True), str(p.seeds),
+            ours = [_ours((p.base[0], seed_ci(p.base, p.seeds)), metric),
+                    _ours((p.cml[0], seed_ci(p.cml, p.seeds)), metric), _ours(p.diff, metric, sign=True), str(p.seeds),
                     str(p.tasks)]
         lines.append(f"| {c.experiment} | {c.setting} | {ALGO_LABELS.get(c.algo, c.algo)} | {unit} | "
                      f"{_num(c.paper_base, metric)} | {ours[0]} | {_num(c.paper_cml, metric)} | {ours[1]} | {pd} | "

@@ -65,6 +65,15 @@ def test_table3_path_pairs_runs_reports_paper_and_reuses(tmp_path, configs):
     again: list[str] = []
     run_reproduce([CELL], tmp_path / "runs", runs=2, steps=2, configs_dir=configs, log=again.append)
     assert len(again) == 4 and all("reusing" in m for m in again)
+    # one run per arm: no spread over runs to report, so no "± 0.00"; the paired difference pools tasks and keeps one
+    one = run_reproduce([CELL], tmp_path / "runs", runs=1, steps=2, configs_dir=configs, log=lambda m: None)
+    write_reproduce(one, tmp_path / "one")
+    line = next(ln for ln in (tmp_path / "one" / "reproduce.md").read_text().splitlines() if "| G-Meta |" in ln)
+    cols = [c.strip() for c in line.split("|")]
+    assert cols[6].endswith("(1 run, no CI)") and cols[8].endswith("(1 run, no CI)")
+    assert " ± " in cols[10] and cols[11] == "1"
+    single = next(csv.DictReader(open(tmp_path / "one" / "reproduce.csv")))
+    assert single["base_ci95"] == single["cml_ci95"] == "" and single["diff_ci95"] != ""
 
 
 def test_missing_config_is_a_clear_error_before_training(tmp_path):
