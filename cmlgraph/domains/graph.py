@@ -211,9 +211,32 @@ class GraphDomain(Domain):
         """The original class ids of each split (``summary.json``'s ``classes``)."""
         return {k: [int(c) for c in self.graph.splits.get(k, [])] for k in ("train", "val", "test")}
 
+    def class_labels(self) -> dict[str, list[Any]] | None:
+        """The user's labels of each split's classes for a custom graph (``summary.json``'s ``class_labels``).
+
+        ``classes`` holds internal ids ``0..C-1`` (labels in sorted order); these are the labels the user gave,
+        made JSON-safe (tuples become lists, other objects their ``str``). ``None`` for graphs without label names.
+        """
+        names = self.graph.info.get("class_names")
+        if names is None:
+            return None
+        return {k: [_json_label(names[int(c)]) for c in self.graph.splits.get(k, [])]
+                for k in ("train", "val", "test")}
+
     def describe(self) -> dict[str, Any]:
         """Facts for the summary."""
         return {**super().describe(), "ways": self.ways, "shots": self.shots, "queries": self.queries,
                 "mode": self.mode, "mode_reason": self.mode_reason, "features": self.features,
                 "computation_trees": self.trees, "hops": self.hops, "nodes": self.graph.num_nodes,
                 "classes": {k: len(v) for k, v in self.graph.splits.items()}}
+
+
+def _json_label(label: Any) -> Any:
+    """A class label as JSON keeps it: str/int/float/bool as they are, tuples and lists item by item, else str."""
+    if isinstance(label, (str, bool, int, float)) or label is None:
+        return label.item() if hasattr(label, "item") else label
+    if hasattr(label, "item") and getattr(label, "ndim", 1) == 0:  # numpy / torch scalars
+        return label.item()
+    if isinstance(label, (tuple, list)):
+        return [_json_label(v) for v in label]
+    return str(label)

@@ -501,6 +501,9 @@ def build_summary(cfg: Config, e: Experiment, res: dict[str, Any], trainer: Trai
             summary["cl_dagger_mean"], summary["cl_dagger_ci95"] = res["dagger_mean"], res["dagger_ci95"]
     if hasattr(e.domain, "class_ids"):
         summary["classes"] = e.domain.class_ids()
+        labels = e.domain.class_labels() if hasattr(e.domain, "class_labels") else None
+        if labels is not None:  # a custom graph: the user's labels beside the internal ids
+            summary["class_labels"] = labels
         summary["test_queries"] = cfg.data.test_queries or cfg.data.queries
         summary["protocol"] = cfg.data.protocol
     summary["stopped_early"] = trainer._patience_spent() and trainer.step < int(cfg.train.steps)

@@ -4,6 +4,7 @@ called directed, features are preprocessed, and ``auto`` picks the faster exact 
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -37,9 +38,14 @@ def test_fit_drops_small_class_by_user_label_and_trains(tmp_path: Path) -> None:
     ei, x, y = _graph([10, 10, 10, 10, 3, 10, 10, 10, 10, 10], names=list("abcdefghij"))
     g = from_arrays(ei, x, y, name="fault1")
     with pytest.warns(UserWarning, match=r"dropped 1 class with fewer than shots\+queries=5 .*'e' \(3 nodes\)"):
-        _, summary = cmlgraph.fit(g, ways=3, shots=2, queries=3, runs_dir=str(tmp_path), **FAST)
+        run_dir, summary = cmlgraph.fit(g, ways=3, shots=2, queries=3, runs_dir=str(tmp_path), **FAST)
     assert any("'e' (3 nodes)" in n for n in summary["notes"])
     assert summary["num_tasks"] == 8
+    # summary.json names the splits' classes by the user's labels beside the internal ids (0..C-1, sorted labels)
+    labels = summary["class_labels"]
+    assert sorted(sum(labels.values(), [])) == [c for c in "abcdefghij" if c != "e"]
+    assert {k: ["abcdefghij"[i] for i in ids] for k, ids in summary["classes"].items()} == labels
+    assert json.loads((run_dir / "summary.json").read_text())["class_labels"] == labels
     fitted = fit_graph(g, 3, 2, 3)
     assert 4 not in sum(fitted.splits.values(), []) and int((fitted.y == 4).sum()) == 0
     assert int((g.y == 4).sum()) == 3  # the user's graph is not changed
