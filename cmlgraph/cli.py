@@ -13,7 +13,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from cmlgraph.cli_help import show_defaults
+from cmlgraph.cli_help import show_defaults, tidy_flags
 from cmlgraph.config import Config, apply_overrides, from_yaml
 from cmlgraph.errors import CmlgraphError, ConfigError
 
@@ -346,6 +346,9 @@ def datasets_download(name: str = typer.Argument(..., help="Dataset name (`cmlgr
 
     for path in download_dataset(name, data_root):
         console.print(f"stored {path}")
+
+
+tidy_flags(app, datasets_app)  # switches show no "<bool>" value type in --help
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -65,9 +65,31 @@ def show_defaults(command: Callable[..., Any], extra: dict[str, str] | None = No
         if not hasattr(info, "help") or getattr(info, "default", None) is not None:
             continue  # not an option, or typer shows its (non-None) default itself
         text = extra.get(name) or default_text(name)
-        if text and not isinstance(info.show_default, str):
+        if text == "none":  # "not set": the help sentence says what happens; "[default: (none)]" only puzzles
+            info.show_default = False
+        elif text and not isinstance(info.show_default, str):
             info.show_default = text  # typer prints a string show_default as "[default: <text>]"
     return command
 
 
-__all__ = ["default_text", "show_defaults"]
+def tidy_flags(*apps: Any) -> None:
+    """Show no value type on on/off switches (``--quiet``, ``--cml/--no-cml``) in every command of ``apps``.
+
+    Why: typer's rich help prints ``<bool>`` beside a switch, which reads as if it took a value
+    (``--quiet true``); a switch takes none. An empty metavar leaves the type column blank for them only.
+    """
+    for app in apps:
+        for cmd in app.registered_commands:
+            for param in inspect.signature(cmd.callback).parameters.values():
+                info = param.default
+                if hasattr(info, "metavar") and info.metavar is None and _is_bool(param.annotation):
+                    info.metavar = ""
+
+
+def _is_bool(annotation: Any) -> bool:
+    if annotation is bool:
+        return True
+    return isinstance(annotation, str) and annotation.replace(" ", "") in ("bool", "bool|None", "Optional[bool]")
+
+
+__all__ = ["default_text", "show_defaults", "tidy_flags"]

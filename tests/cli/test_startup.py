@@ -95,4 +95,10 @@ def test_train_help_shows_effective_defaults_and_flags_stay_unset():
         assert text in flat, text
     opts = [p for p in inspect.signature(train).parameters.values() if hasattr(p.default, "help")]
     assert all(p.default.default is None for p in opts if p.name != "quiet")  # None = not given: --config wins
-    assert all(isinstance(p.default.show_default, str) for p in opts if p.name != "quiet")
+    # each option says its default, or (unset: "none") says nothing rather than "[default: (none)]"
+    assert all(isinstance(p.default.show_default, str) or p.default.show_default is False
+               for p in opts if p.name != "quiet")
+    assert "(none)" not in flat
+    # a switch takes no value: no "<bool>" beside it (a fresh user read "--quiet <bool>" as "--quiet true")
+    switches = [ln for ln in out.splitlines() if "--quiet" in ln or "--cml" in ln or "--first-order" in ln]
+    assert len(switches) == 3 and not any("<bool>" in ln for ln in switches), switches
