@@ -28,10 +28,10 @@ def data_root(root: str | os.PathLike[str] | None = None) -> Path:
         root: An explicit root folder; wins over the environment.
     """
     if root is not None and str(root) != "":
-        return Path(root).expanduser()
+        return Path(root).expanduser().absolute()  # absolute: subprocesses and runs in other folders agree
     env = os.environ.get(DATA_ENV, "")
     if env:
-        return Path(env).expanduser()
+        return Path(env).expanduser().absolute()
     return Path(__file__).resolve().parents[2] / "datasets"
 
 
