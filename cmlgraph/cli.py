@@ -15,7 +15,7 @@ from rich.console import Console
 
 from cmlgraph.cli_help import show_defaults, tidy_flags
 from cmlgraph.config import Config, apply_overrides, from_yaml
-from cmlgraph.errors import CmlgraphError, ConfigError
+from cmlgraph.errors import CmlgraphError, ConfigError, DataError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Few-shot node classification with gradient-based meta-learning and CML.")
@@ -256,6 +256,8 @@ def predict(
     its evaluation does."""
     from cmlgraph.predict import adapt, read_support_csv, resolve_graph
 
+    if not support.is_file():  # before loading any graph: the cheapest mistake is reported first
+        raise DataError(f"--support {support}: no such file; give a CSV with a header `node,label`")
     g = resolve_graph(run_dir, graph, data_root)
     labels = read_support_csv(support, g)
     order = [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None

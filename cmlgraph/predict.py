@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from cmlgraph.errors import CmlgraphError, ConfigError, DataError
-from cmlgraph.text import counted
+from cmlgraph.text import agree, counted
 
 
 @dataclass
@@ -126,6 +126,13 @@ def _resolve_graph(run: _Run, graph: Any, data_root: str | None) -> Any:
     if name in CUSTOM_GRAPHS:
         return CUSTOM_GRAPHS[name]
     if name == d.graph:  # the run's graph: load it exactly as the run did
+        from cmlgraph.graphs.registry import REGISTRY
+
+        if name not in REGISTRY and not name.endswith(".npz"):
+            raise ConfigError(f"this run was trained on the in-memory graph {name!r} (cmlgraph.fit on a "
+                              f"FewShotGraph), which is not stored with the run: save that graph with "
+                              f"graph.save('{name}.npz') and pass it (--graph {name}.npz, or graph=the FewShotGraph "
+                              f"in Python)")
         options: dict[str, Any] = {}
         if name == "synthetic":
             options = {"num_nodes": d.synthetic_nodes, "num_classes": d.synthetic_classes}
@@ -219,8 +226,15 @@ def _task(graph: Any, support: Mapping[Hashable, Hashable], classes: Sequence[Ha
     index = {v: i for i, v in enumerate(ids)}
     unknown = [v for v in support if v not in index]
     if unknown:
-        raise DataError(f"{len(unknown)} support node ids are not nodes of graph {graph.name!r} (e.g. "
-                        f"{unknown[:5]}); node ids are {_id_doc(graph)}")
+        hint = ""
+        by_text = {str(v): v for v in ids}
+        if all(str(v) in by_text for v in unknown):  # '12' for 12 (or 12 for '12'): same text, another type
+            given, wanted = type(unknown[0]).__name__, type(by_text[str(unknown[0])]).__name__
+            hint = (f"; they match node ids as text but are {given}s where the graph's ids are {wanted}s: "
+                    f"give them as {wanted}s")
+        raise DataError(f"{counted(len(unknown), 'support node id')} {agree(len(unknown), 'is', 'are')} not "
+                        f"{agree(len(unknown), 'a node', 'nodes')} of graph {graph.name!r} (e.g. {unknown[:5]}); "
+                        f"node ids are {_id_doc(graph)}{hint}")
     missing = [v for v, lab in support.items() if _is_missing(lab)]
     if missing:
         raise DataError(f"support nodes {missing[:5]} have no label; give every support node a label")
@@ -243,8 +257,8 @@ def _task(graph: Any, support: Mapping[Hashable, Hashable], classes: Sequence[Ha
                             f"({counted(len(empty), 'such class', 'such classes')}: {empty[:5]}); "
                             f"label at least one node of every class, or drop it from classes")
     if len(order) < 2:
-        raise DataError(f"the support set has {len(order)} class ({order}); a prediction needs at least 2 classes "
-                        f"with labelled nodes")
+        raise DataError(f"the support set has {counted(len(order), 'class', 'classes')} ({order}); a prediction "
+                        f"needs at least 2 classes with labelled nodes")
     pos = {c: j for j, c in enumerate(order)}
     nodes = [index[v] for v in support]
     return nodes, [pos[lab] for lab in support.values()], order

@@ -56,8 +56,11 @@ def test_labels_of_strings_come_back_as_strings_and_any_ways(maml_run):
 
 
 def test_bad_inputs_name_the_problem(maml_run, tmp_path):
-    with pytest.raises(DataError, match="not nodes of graph"):
+    with pytest.raises(DataError, match="1 support node id is not a node of graph"):
         cmlgraph.adapt(maml_run, None, {0: "a", 99999: "b"})
+    with pytest.raises(DataError, match="2 support node ids are not nodes .* they match node ids as text but are "
+                                        "strs where the graph's ids are ints: give them as ints"):
+        cmlgraph.adapt(maml_run, None, {"0": "a", "1": "b"})
     with pytest.raises(DataError, match="at least 2 classes"):
         cmlgraph.adapt(maml_run, None, {0: "a", 1: "a"})
     with pytest.raises(DataError, match="class 'c' has no support node"):

@@ -68,8 +68,30 @@ def test_predict_bad_files_exit_with_one_line(maml_run, tmp_path, capsys):
     assert "listed twice with different labels" in capsys.readouterr().err
     support.write_text("node,label\n1,a\nx9,b\n")
     assert _cli(["predict", maml_run, "--support", support, "--out", tmp_path / "o.csv"]) == 2
-    assert "not nodes of graph 'synthetic'" in capsys.readouterr().err
+    assert "1 support node id is not a node of graph 'synthetic'" in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_predict_on_a_run_of_an_in_memory_graph_says_how_to_pass_it(tmp_path, capsys):
+    """A run from ``cmlgraph.fit(FewShotGraph)`` does not store its graph: predict says to save and pass it (a
+    fresh user got "unknown dataset 'zoo'"), after first checking the support file exists."""
+    base = load_graph("synthetic", num_nodes=300, num_classes=15)
+    zoo = cmlgraph.from_arrays(base.edge_index, base.x, base.y.tolist(), name="zoo")
+    run, _ = cmlgraph.fit(zoo, ways=3, shots=2, queries=4, steps=2, val_every=2, val_tasks=2, test_tasks=3,
+                          runs_dir=str(tmp_path / "runs"))
+    from cmlgraph.domains.graph import CUSTOM_GRAPHS
+
+    CUSTOM_GRAPHS.pop("zoo")  # as in a new process: the in-memory graph is gone
+    out = tmp_path / "p.csv"
+    assert _cli(["predict", run, "--support", tmp_path / "missing.csv", "--out", out]) == 2
+    assert "--support" in (err := capsys.readouterr().err) and "no such file" in err
+    support = tmp_path / "labels.csv"
+    support.write_text("node,label\n1,x\n2,y\n")
+    assert _cli(["predict", run, "--support", support, "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "in-memory graph 'zoo'" in err and "graph.save('zoo.npz')" in err and "--graph zoo.npz" in err
+    assert _cli(["predict", run, "--graph", zoo.save(tmp_path / "zoo.npz"), "--support", support, "--out", out]) == 0
+    assert len(_read(out)) == 298 and not err.count("\n") > 1
 
 
 def test_embed_cli_writes_the_api_result(maml_run, tmp_path):
