@@ -32,6 +32,7 @@ from cmlgraph.graphs import (
 from cmlgraph.graphs.auto_mode import choose_mode
 from cmlgraph.graphs.features import with_features
 from cmlgraph.graphs.fit_classes import fit_graph
+from cmlgraph.graphs.storage import is_graph_file
 
 #: Graphs registered in memory by the Python API (``cmlgraph.fit``), looked up by name before the registry.
 CUSTOM_GRAPHS: dict[str, FewShotGraph] = {}
@@ -68,13 +69,16 @@ def split_of(cfg: Config) -> Any:
 def graph_of(cfg: Config) -> tuple[FewShotGraph, str]:
     """The run's graph as training sees it, and its feature preprocessing (``data.features`` resolved).
 
-    A registered dataset is loaded with the config's (or protocol's) class split; a user's in-memory graph meets
-    the episode settings (``fit_graph``: small classes dropped, a default split that fits ``ways``).
+    A registered dataset is loaded with the config's (or protocol's) class split; a user's graph, in memory or
+    saved with ``graph.save(PATH)`` and given as ``--graph PATH``, meets the episode settings (``fit_graph``:
+    small classes dropped by their labels, a default split that fits ``ways``), the same in Python and the CLI.
     """
     d = cfg.data
     if d.graph in CUSTOM_GRAPHS:  # a user's graph meets the episode settings here (issue 12)
         graph = fit_graph(CUSTOM_GRAPHS[d.graph], d.ways, int(d.shots), int(d.queries), split=d.split,
                           seed=cfg.train.seed)
+    elif is_graph_file(d.graph) and (saved := load_graph(d.graph)).info.get("custom"):
+        graph = fit_graph(saved, d.ways, int(d.shots), int(d.queries), split=d.split, seed=cfg.train.seed)
     else:
         options: dict[str, Any] = {}
         if d.graph == "synthetic":

@@ -9,7 +9,6 @@ classes too small for the requested episodes) are made, recorded in ``notes`` an
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ from cmlgraph.graphs.fit_classes import check_split_ways, default_split
 from cmlgraph.graphs.sparse import is_sparse, scipy_to_torch, to_coo
 from cmlgraph.graphs.splits import SplitSpec
 from cmlgraph.text import agree, counted, have
+from cmlgraph.user_warnings import warn_user
 
 #: What marks an unlabelled node in every entry point (besides None and NaN): -1, PyG's convention.
 MISSING_LABEL = -1
@@ -189,7 +189,7 @@ def from_arrays(
         msg = (f"{have(by_value, 'node')} the label {missing_label!r} and {agree(by_value, 'was', 'were')} "
                f"treated as unlabelled (missing_label={missing_label!r}); pass missing_label=None to keep "
                f"{missing_label!r} as a class")
-        warnings.warn(msg, stacklevel=2)
+        warn_user(msg)
         notes.append(msg)
     if not class_names:
         raise DataError("no node has a label; give labels (None/NaN, or missing_label, marks unlabelled nodes) "
@@ -205,7 +205,7 @@ def from_arrays(
             msg = (f"dropped {counted(len(small), 'class', 'classes')} with fewer than shots+queries={need} labelled "
                    f"nodes: {desc}"
                    f"{' ...' if len(small) > 20 else ''}")
-            warnings.warn(msg, stacklevel=2)
+            warn_user(msg)
             notes.append(msg)
             classes = [c for c in classes if c not in set(small)]
             y = torch.where(torch.isin(y, torch.tensor(small, dtype=torch.long)), torch.full_like(y, -1), y)

@@ -10,7 +10,6 @@ Errors name the user's labels and the Python arguments to change, never an inter
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ from cmlgraph.errors import ConfigError
 from cmlgraph.graphs.fewshot_graph import SPLIT_NAMES, FewShotGraph
 from cmlgraph.graphs.splits import class_splits, parse_counts
 from cmlgraph.text import counted, have
+from cmlgraph.user_warnings import warn_user
 
 VAL_EMPTY_NOTE = ("the 'val' split is empty (too few classes for three disjoint splits): validation episodes are "
                   "drawn from the train classes, so validation accuracy is not on unseen classes")
@@ -102,7 +102,7 @@ def _drop_small(graph: FewShotGraph, need: int) -> tuple[torch.Tensor, list[int]
     msg = (f"dropped {counted(len(small), 'class', 'classes')} with fewer than shots+queries={need} labelled "
                    f"nodes: {desc}"
            f"{' ...' if len(small) > 20 else ''}")
-    warnings.warn(msg, stacklevel=3)
+    warn_user(msg)
     y = torch.where(torch.isin(y, torch.tensor(small, dtype=torch.long)), torch.full_like(y, -1), y)
     return y, [c for c in present if c not in set(small)], [msg]
 

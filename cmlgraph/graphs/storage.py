@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 from cmlgraph.errors import DataError
 from cmlgraph.graphs.fewshot_graph import FewShotGraph
 from cmlgraph.graphs.sparse import is_sparse
+from cmlgraph.user_warnings import warn_user
 
 FORMAT = "cmlgraph-graph"
 FORMAT_VERSION = 1
@@ -76,7 +76,7 @@ def _meta(graph: FewShotGraph) -> dict[str, Any]:
             continue
         info[key] = value
     if dropped:
-        warnings.warn(f"graph.save: info entries {dropped} are not plain JSON and were not saved", stacklevel=3)
+        warn_user(f"graph.save: info entries {dropped} are not plain JSON and were not saved")
     return {"format": FORMAT, "version": FORMAT_VERSION, "name": graph.name,
             "splits": {k: [int(c) for c in v] for k, v in graph.splits.items()}, "partial": bool(graph.partial),
             "notes": [str(n) for n in graph.notes], "info": info, "sparse": bool(is_sparse(graph.x))}

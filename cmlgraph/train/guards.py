@@ -9,13 +9,13 @@ Python ``warnings`` and ``summary.json``) or, when nothing usable is left, into 
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from cmlgraph.errors import NumericalError
+from cmlgraph.user_warnings import warn_user
 
 #: A classification meta-loss above this many times chance level (ln ways) counts as exploding.
 EXPLODE_FACTOR = 10.0
@@ -66,7 +66,7 @@ class DivergenceGuard:
         if self.emit is not None:
             self.emit(message)
         else:
-            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            warn_user(message, RuntimeWarning)
 
     def loss(self, step: int, value: float) -> None:
         """Record a meta-training loss; warn if it explodes (non-finite losses are handled by ``nan_policy``)."""

@@ -18,6 +18,7 @@ import copy
 import math
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,10 @@ class Trainer:
         self.dist.check_config(self.cfg)
         self.console = (console if self.dist.is_main else None) or Console(quiet=True)
         self.show_progress = progress and self.dist.is_main
-        self.exp = self.dist.staged(build_experiment, self.cfg)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.exp = self.dist.staged(build_experiment, self.cfg)
+        self._replay_warnings(caught)
         self.dist.broadcast_module(self.exp.model)
         self.run_dir: Path | None = None
         self.step = 0
@@ -151,6 +155,20 @@ class Trainer:
         self.ckpt_step: int | None = None
         self._lock: RunLock | None = None
         self.guard = make_guard(self.cfg, self.exp.domain, self.console)  # divergence warnings (issue 12)
+
+    def _replay_warnings(self, caught: list[warnings.WarningMessage]) -> None:
+        """Re-issue the warnings of building the experiment, except those a printing console shows as notes.
+
+        Why: a user's graph fitted to the episode settings (a small class dropped) says so as a note of the run,
+        which the console prints and ``summary.json`` keeps; with ``fit(verbose=True)`` or the CLI the same message
+        also came as a Python warning, so it was shown twice. A quiet run (the API's default) keeps the warning.
+        """
+        loud = not getattr(self.console, "quiet", False)
+        notes = set(getattr(self.exp.domain, "notes", []) or [])
+        for w in caught:
+            if loud and str(w.message) in notes:
+                continue
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
     # --- state -----------------------------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:

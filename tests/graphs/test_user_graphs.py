@@ -51,6 +51,39 @@ def test_fit_drops_small_class_by_user_label_and_trains(tmp_path: Path) -> None:
     assert int((g.y == 4).sum()) == 3  # the user's graph is not changed
 
 
+def test_a_saved_graph_trains_from_the_cli_as_it_does_in_python(tmp_path: Path, capsys) -> None:
+    """``cmlgraph train --graph FILE.npz`` fits the saved graph to the episode settings like ``fit`` does (a fresh
+    user saw the CLI fail on "class 9 (3 nodes)" where ``fit`` dropped the class by its label "yak"); the console
+    shows the dropped class once, as a note, with no second copy as a Python warning."""
+    from cmlgraph.cli import main
+
+    ei, x, y = _graph([10, 10, 10, 10, 3, 10, 10, 10, 10, 10], names=["ant", "bee", "cat", "dog", "yak", "elk",
+                                                                      "fox", "gnu", "hen", "owl"])
+    path = from_arrays(ei, x, y, name="zoo").save(tmp_path / "zoo.npz")
+    args = ["train", "--graph", str(path), "--ways", "3", "--shots", "2", "--queries", "3", "--steps", "2",
+            "--val-every", "1", "--test-tasks", "8", "--hidden", "8", "--runs-dir",
+            str(tmp_path / "runs"), "--name", "cli", "--quiet"]
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(SystemExit) as end:
+        warnings.simplefilter("always")
+        main(args)
+    assert end.value.code == 0
+    assert not [w for w in caught if "yak" in str(w.message)]
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.count("'yak' (3 nodes)") == 1 and "note: dropped 1 class" in out
+    summary = json.loads((tmp_path / "runs" / "cli" / "summary.json").read_text())
+    assert any("'yak' (3 nodes)" in n for n in summary["notes"])
+    assert "yak" not in sum(summary["class_labels"].values(), []) and len(summary["classes"]["test"]) >= 3
+
+
+def test_a_quiet_fit_warns_at_the_users_line(tmp_path: Path) -> None:
+    """Without a console, the dropped class is a Python warning attributed to the caller, not to cmlgraph."""
+    ei, x, y = _graph([10, 10, 10, 10, 3, 10, 10, 10, 10, 10], names=list("abcdefghij"))
+    with pytest.warns(UserWarning, match="dropped 1 class") as record:
+        cmlgraph.fit(from_arrays(ei, x, y, name="quiet"), ways=3, shots=2, queries=3, runs_dir=str(tmp_path),
+                     **FAST)
+    assert [Path(w.filename).name for w in record if "dropped" in str(w.message)] == [Path(__file__).name]
+
+
 def test_fit_errors_name_user_labels_and_python_arguments() -> None:
     ei, x, y = _graph([6, 6, 6, 6], names=["cat", "dog", "eel", "fox"])
     g = from_arrays(ei, x, y, split={"train": [0, 1], "val": [], "test": [2, 3]})
