@@ -14,6 +14,7 @@ cells ran, ``figure2.png`` (:mod:`cmlgraph.paper.figure2`).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from cmlgraph.config import Config, apply_overrides, from_yaml
 from cmlgraph.errors import ConfigError
 from cmlgraph.paper.cells import DEFAULT_RUNS, PAPER_CONFIGS, PaperCell
 from cmlgraph.paper.published import load_published
+from cmlgraph.text import counted
 from cmlgraph.train.io import atomic_write
 
 ALGO_LABELS = {"gmeta": "G-Meta", "ammgnn": "AMM-GNN", "maml": "MAML"}
@@ -37,6 +39,30 @@ class CellResult:
     paired: Paired | None = None
     pairs: list[tuple[Path, Path]] = field(default_factory=list)
     skipped: str | None = None
+    paper_settings: dict[str, int] = field(default_factory=dict)  # the paper config's steps and test tasks
+
+    def deviations(self) -> list[str]:
+        """How the runs differ from the paper config's length and test set (``--steps``/``--test-tasks`` or runs
+        reused from another setting): empty when they match."""
+        out: list[str] = []
+        sums = [json.loads((r / "summary.json").read_text()) for pair in self.pairs for r in pair]
+        steps = sorted({int(x.get("steps", 0)) for x in sums})
+        tasks = sorted({int(x.get("num_tasks", 0)) for x in sums})
+        want_steps, want_tasks = self.paper_settings.get("steps"), self.paper_settings.get("test_tasks")
+        if want_steps is not None and steps != [want_steps]:
+            out.append(f"meta-iterations capped at {'/'.join(map(str, steps))} (paper config: {want_steps})")
+        if want_tasks is not None and tasks != [want_tasks]:
+            out.append(f"{'/'.join(map(str, tasks))} test tasks per run (paper config: {want_tasks})")
+        return out
+
+    def warnings(self) -> list[str]:
+        """The runs' own warnings (``summary.json``), each with the runs that gave it."""
+        seen: dict[str, tuple[str, list[str]]] = {}  # by the text with its numbers blanked: one line per kind
+        for pair in self.pairs:
+            for r in pair:
+                for w in json.loads((r / "summary.json").read_text()).get("warnings", []):
+                    seen.setdefault(re.sub(r"\d[\d.,]*", "#", w), (w, []))[1].append(r.name)
+        return [f"{first} ({counted(len(names), 'run')}: {', '.join(names)})" for first, names in seen.values()]
 
 
 def cell_config(cell: PaperCell, cml: bool, seed: int, configs_dir: Path = PAPER_CONFIGS,
@@ -154,7 +180,11 @@ def run_reproduce(cells: Sequence[PaperCell], runs_dir: str | Path, runs: int | 
             continue
         seeds = sorted({s for (cid, s, _) in found if cid == cell.id})
         pairs = [(found[(cell.id, s, False)], found[(cell.id, s, True)]) for s in seeds]
-        results.append(CellResult(cell, paired_stats(pairs), pairs))
+        from cmlgraph.train.trainer import prepare
+
+        paper = prepare(cell_config(cell, False, 0, Path(configs_dir))).train  # no --steps / --test-tasks
+        results.append(CellResult(cell, paired_stats(pairs), pairs,
+                                  paper_settings={"steps": int(paper.steps), "test_tasks": int(paper.test_tasks)}))
     return results
 
 
@@ -230,6 +260,12 @@ def markdown(results: Sequence[CellResult], published: dict[str, Any] | None = N
         lines.append(f"| {c.experiment} | {c.setting} | {ALGO_LABELS.get(c.algo, c.algo)} | {unit} | "
                      f"{_num(c.paper_base, metric)} | {ours[0]} | {_num(c.paper_cml, metric)} | {ours[1]} | {pd} | "
                      f"{ours[2]} | {ours[3]} | {ours[4]} |")
+    reduced = [f"- {r.cell.id}: {'; '.join(r.deviations())}" for r in results if r.pairs and r.deviations()]
+    warned = [f"- {r.cell.id}: {w}" for r in results if r.pairs for w in r.warnings()]
+    if reduced:
+        lines += ["", "**Not the paper's settings** (do not set these rows beside the paper's numbers):", *reduced]
+    if warned:
+        lines += ["", "**Warnings of the runs** (from their `summary.json`):", *warned]
     notes = ["Ours: mean ± 95% CI (1.96·sd/√runs) over the runs' test means, each run on its seed's fixed test "
              "tasks (shared by both arms); CML − base pools the per-task paired differences of all runs. "
              "Accuracy: higher is better; MSE: lower is better."]

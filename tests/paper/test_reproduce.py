@@ -62,6 +62,10 @@ def test_table3_path_pairs_runs_reports_paper_and_reuses(tmp_path, configs):
     md = (tmp_path / "out" / "reproduce.md").read_text()
     assert "| table3 | synthetic, 2-way 1-shot | G-Meta | accuracy % | 55.15 |" in md
     assert "not run: data missing" in md and "Tan et al." in md
+    # runs cut short by --steps are flagged against the paper config's length (3 steps in the stand-in config)
+    assert "**Not the paper's settings**" in md and f"- {CELL.id}: meta-iterations capped at 2 (paper config: 3)" in md
+    warned = next(ln for ln in md.splitlines() if "only 6 test tasks" in ln)  # the runs' own warnings, once per kind
+    assert "**Warnings of the runs**" in md and warned.startswith(f"- {CELL.id}: ") and "(4 runs: " in warned
     again: list[str] = []
     run_reproduce([CELL], tmp_path / "runs", runs=2, steps=2, configs_dir=configs, log=again.append)
     assert len(again) == 4 and all("reusing" in m for m in again)
