@@ -308,15 +308,19 @@ def runs(
     from rich.table import Table
 
     table = Table(title=f"runs in {runs_dir}")
-    for col in ("name", "dataset", "algorithm", "CML", "shape", "test score", "status", "date"):
+    for col in ("name", "dataset", "algorithm", "CML", "shape", "steps", "test score", "tasks", "status", "date"):
         table.add_column(col, no_wrap=col != "name", overflow="fold")
     for r in records:
         algo = r["algorithm"] + ("" if r["control"] in (None, "none") else f" ({r['control']})")
         status = r["status"] if r["status"] == "finished" else f"{r['status']} (step {r['step'] or 0}/{r['steps']})"
+        score = format_score(r) + (f" [yellow]! {len(r['warnings'])}[/yellow]" if r["warnings"] else "")
         table.add_row(r["name"], str(r["dataset"]) + (" (partial)" if r["partial"] else ""), algo,
-                      "yes" if r["cml"] else "no", format_shape(r), format_score(r), status,
-                      r["date"].replace("T", " ").rstrip("Z"))
+                      "yes" if r["cml"] else "no", format_shape(r), f"{r['step'] or 0}/{r['steps']}", score,
+                      str(r["num_tasks"] or ""), status, r["date"].replace("T", " ").rstrip("Z"))
     console.print(table)
+    if any(r["warnings"] for r in records):
+        console.print("[yellow]! N[/yellow]: the run gave N warnings (chance level, too few test tasks, divergence); "
+                      "see `warnings` in its summary.json or `cmlgraph runs --json`")
 
 
 @datasets_app.command("list")

@@ -80,7 +80,8 @@ def describe_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     Keys: ``name``, ``path``, ``dataset``, ``task``, ``algorithm``, ``control``, ``cml``, ``ways``, ``shots``,
     ``metric``, ``mean``, ``ci95``, ``num_tasks``, ``partial``, ``status`` (finished, running, resumable),
     ``step`` (last logged step), ``steps``, ``date`` (when the run started: the config's write time, ISO 8601
-    UTC; ``started_s`` the same in seconds since the epoch), ``cmlgraph`` (the version that finished it, when recorded).
+    UTC; ``started_s`` the same in seconds since the epoch), ``cmlgraph`` (the version that finished it, when recorded),
+    ``warnings`` (the run's own warnings from ``summary.json``: chance level, too few test tasks, divergence).
     """
     folder = Path(folder)
     config_path = folder / "config.yaml"
@@ -100,6 +101,7 @@ def describe_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
         "metric": None, "mean": None, "ci95": None, "num_tasks": None, "partial": bool(data.get("allow_partial")),
         "status": status, "step": _last_step(folder / "metrics.jsonl"), "steps": train.get("steps"),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "started_s": started, "cmlgraph": None,
+        "warnings": [],
     }
     if summary is not None:
         for key in ("metric", "mean", "ci95", "num_tasks", "partial", "cml"):
@@ -108,6 +110,8 @@ def describe_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
         record["dataset"] = summary.get("dataset", record["dataset"])
         record["step"] = summary.get("steps", record["step"])
         record["cmlgraph"] = (summary.get("provenance") or {}).get("cmlgraph")
+        record["step"] = summary.get("steps_run", record["step"])  # early stopping ends before ``steps``
+        record["warnings"] = [str(w) for w in summary.get("warnings") or []]
     return record
 
 

@@ -15,6 +15,7 @@ from cmlgraph.train.run_dir import RunLock
 def _cli(args, cwd, kill_at=None):
     env = dict(os.environ)
     env.pop(KILL_ENV, None)
+    env["COLUMNS"] = "250"  # one table row per line
     if kill_at:
         env[KILL_ENV] = kill_at
     return subprocess.run([sys.executable, "-m", "cmlgraph", *map(str, args)], cwd=cwd, env=env,
@@ -42,6 +43,10 @@ def test_runs_lists_finished_and_killed_runs(tmp_path):
     table = _cli(["runs", runs], tmp_path)
     assert table.returncode == 0 and "done" in table.stdout and "finished" in table.stdout
     assert "resumable (step 3/6)" in table.stdout
+    # how big a run was, and that it warned: 6 of 6 steps, 3 test tasks, one warning (fewer than 500 test tasks)
+    assert any("only 3 test tasks" in w for w in done["warnings"]) and dead["warnings"] == []
+    row = next(ln for ln in table.stdout.splitlines() if " done " in ln)
+    assert " 6/6 " in row and " ! 1 " in row and " 3 " in row and "gave N warnings" in table.stdout
     as_json = json.loads(_cli(["runs", runs, "--json"], tmp_path).stdout)
     assert {r["name"]: r["status"] for r in as_json} == {"done": "finished", "a-killed": "resumable"}
 
