@@ -121,7 +121,40 @@ def train(
         flags["task"] = "graph"
     cfg = from_yaml(config) if config is not None else Config()
     cfg = apply_overrides(cfg, _overrides(**flags), "command line")
-    train_run(cfg, console, progress=not quiet)
+    _refuse_flags_of_other_tasks(cfg.data.task, flags)
+    try:
+        train_run(cfg, console, progress=not quiet)
+    except ConfigError as exc:  # "train.test_tasks = 0" also names the flag the user typed: --test-tasks
+        raise ConfigError(_with_flag_names(str(exc), set(flags))) from None
+
+
+def _with_flag_names(message: str, flag_names: set[str]) -> str:
+    """``train.test_tasks = 0`` → ``--test-tasks (train.test_tasks) = 0`` for config keys that are flags."""
+    import re
+
+    def name(m: re.Match[str]) -> str:
+        key = m.group(2)
+        return f"--{key.replace('_', '-')} ({m.group(0)})" if key in flag_names else m.group(0)
+
+    return re.sub(r"\b(data|model|algo|train)\.([a-z_]+)\b", name, message)
+
+
+#: Flags that only a task's own model reads: given with another task they would be silently ignored.
+_ONLY_FOR = {"gnn": {"graph"}, "dropout": {"graph"}, "subgraph": {"graph"}, "features": {"graph"},
+             "protocol": {"graph"}, "ways": {"graph", "omniglot", "digits"}, "split": {"graph", "omniglot", "digits"}}
+
+
+def _refuse_flags_of_other_tasks(task: str, flags: dict[str, object]) -> None:
+    """Raise when a flag typed on the command line does nothing for ``task`` (e.g. ``--gnn`` with sinusoid).
+
+    Raises:
+        ConfigError: Naming each such flag and the tasks it is for.
+    """
+    unused = [k for k, tasks in _ONLY_FOR.items() if flags.get(k) is not None and task not in tasks]
+    if unused:
+        what = "; ".join(f"--{k.replace('_', '-')} is for {'/'.join(sorted(_ONLY_FOR[k]))}" for k in unused)
+        it = "it (it would be" if len(unused) == 1 else "them (they would be"
+        raise ConfigError(f"{what}, not --task {task}: drop {it} ignored)")
 
 
 show_defaults(train, {"config": "none", "resume": "none"})  # effective defaults in --help

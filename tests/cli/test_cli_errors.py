@@ -23,6 +23,10 @@ def _run(args, cwd):
         (["train", "--config", "bad.yaml"], "unknown key train.stepz"),
         (["train", "--task", "sinusoid", "--control", "noise"], "--no-cml"),
         (["train", "--task", "pictures"], "unknown task"),
+        (["train", "--task", "sinusoid", "--ways", "3", "--gnn", "gat"],
+         "--gnn is for graph; --ways is for digits/graph/omniglot, not --task sinusoid: drop them"),
+        (["train", "--task", "sinusoid", "--test-tasks", "0"], "--test-tasks"),
+        (["train", "--features", "l2"], "--features"),
     ],
 )
 def test_bad_input_one_line_error_no_run_folder(tmp_path, args, pattern):
