@@ -278,12 +278,14 @@ def predict(
     run_dir: Path = typer.Argument(..., help="A finished graph run folder made by `cmlgraph train`."),
     support: Path = typer.Option(..., "--support", help="CSV with a header `node,label`: the labelled nodes."),
     out: Path = typer.Option(..., "--out", help="Output CSV: node, prediction, one probability column per class."),
-    graph: str | None = typer.Option(None, help="Registered graph name or a .npz file from graph.save(PATH) "
-                                                "[default: the run's graph]."),
-    classes: str | None = typer.Option(None, help="Comma-separated class order (each needs a support node) "
-                                                  "[default: the sorted labels]."),
-    data_root: str | None = typer.Option(None, help="Raw data root of a registered graph [default: none]."),
-    device: str | None = typer.Option(None, help="cpu or cuda [default: the run's device if available]."),
+    graph: str | None = typer.Option(None, help="Registered graph name or a .npz file from graph.save(PATH).",
+                                  show_default="the run's graph"),
+    classes: str | None = typer.Option(None, help="Comma-separated class order (each needs a support node).",
+                                    show_default="the sorted labels"),
+    data_root: str | None = typer.Option(None, help="Raw data root of a registered graph (else $CMLGRAPH_DATA).",
+                                      show_default=False),
+    device: str | None = typer.Option(None, help="cpu or cuda.",
+                                   show_default="the run's device if available"),
 ) -> None:
     """Label a few nodes of new classes, predict the rest: adapts the run's model on the support set exactly as
     its evaluation does."""
@@ -305,10 +307,12 @@ def predict(
 def embed(
     run_dir: Path = typer.Argument(..., help="A finished graph run folder made by `cmlgraph train`."),
     out: Path = typer.Option(..., "--out", help="Output .npy file: float32 [num_nodes, d]."),
-    graph: str | None = typer.Option(None, help="Registered graph name or a .npz file from graph.save(PATH) "
-                                                "[default: the run's graph]."),
-    data_root: str | None = typer.Option(None, help="Raw data root of a registered graph [default: none]."),
-    device: str | None = typer.Option(None, help="cpu or cuda [default: the run's device if available]."),
+    graph: str | None = typer.Option(None, help="Registered graph name or a .npz file from graph.save(PATH).",
+                                  show_default="the run's graph"),
+    data_root: str | None = typer.Option(None, help="Raw data root of a registered graph (else $CMLGRAPH_DATA).",
+                                      show_default=False),
+    device: str | None = typer.Option(None, help="cpu or cuda.",
+                                   show_default="the run's device if available"),
 ) -> None:
     """The trained extractor's features of every node (row i: node i), for probing or plotting."""
     import numpy as np
