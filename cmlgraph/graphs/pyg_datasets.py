@@ -14,6 +14,8 @@ the member is extracted to ``<cache>/extracted/``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 from pathlib import Path
 
@@ -91,7 +93,8 @@ def load_planetoid(req: LoadRequest) -> FewShotGraph:
             tmp = dest.with_suffix(dest.suffix + ".part")
             shutil.copyfile(path, tmp)
             tmp.replace(dest)
-    data = Planetoid(str(req.cache / "pyg"), pyg_name)[0]
+    with contextlib.redirect_stderr(io.StringIO()):  # PyG's one-time "Processing... Done!" is not for our users
+        data = Planetoid(str(req.cache / "pyg"), pyg_name)[0]
     x = to_coo(data.x.to_sparse())
     edge_index = undirected_edges(data.edge_index, data.num_nodes)
     info = {"source": PLANETOID_URL, "citation": req.spec.citation, "pyg_class": f"Planetoid(name='{pyg_name}')"}
