@@ -139,10 +139,13 @@ class Trainer:
         self.dist.check_config(self.cfg)
         self.console = (console if self.dist.is_main else None) or Console(quiet=True)
         self.show_progress = progress and self.dist.is_main
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            self.exp = self.dist.staged(build_experiment, self.cfg)
-        self._replay_warnings(caught)
+        caught: list[warnings.WarningMessage] = []
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self.exp = self.dist.staged(build_experiment, self.cfg)
+        finally:  # also when building fails: its warnings (a class dropped) explain the error
+            self._replay_warnings(caught)
         self.dist.broadcast_module(self.exp.model)
         self.run_dir: Path | None = None
         self.step = 0
@@ -164,7 +167,8 @@ class Trainer:
         also came as a Python warning, so it was shown twice. A quiet run (the API's default) keeps the warning.
         """
         loud = not getattr(self.console, "quiet", False)
-        notes = set(getattr(self.exp.domain, "notes", []) or [])
+        exp = getattr(self, "exp", None)
+        notes = set(getattr(exp.domain, "notes", []) or []) if exp is not None else set()
         for w in caught:
             if loud and str(w.message) in notes:
                 continue
