@@ -57,10 +57,22 @@ def fit(graph: FewShotGraph | str = "synthetic", *, verbose: bool = False, **set
         graph: A :class:`FewShotGraph` (e.g. from :func:`cmlgraph.from_arrays`) or a registered dataset name.
         verbose: Print progress and the result.
         **settings: Flat settings, e.g. ``ways=3, shots=2, algo="maml", cml=True, steps=100, runs_dir="runs"``.
+
+    Returns:
+        ``(run_dir, summary)``: the run folder (give it to :func:`cmlgraph.adapt`, ``predict``, ``embed``) and the
+        ``summary.json`` contents (``mean``, ``ci95``, ``warnings``, ...).
+
+    Raises:
+        ConfigError: A bad setting, or ``task``/``graph`` among the settings (``fit`` trains on ``graph``; other
+            domains go through :func:`fit_config`).
     """
     from cmlgraph.domains.graph import register_graph
     from cmlgraph.graphs import FewShotGraph
 
+    clash = sorted({"task", "graph"} & set(settings))
+    if clash:
+        raise ConfigError(f"fit() trains on its first argument, a graph: drop {', '.join(clash)}=... (for sinusoid "
+                          f"or images use cmlgraph.fit_config(cmlgraph.make_config(task=..., ...)))")
     name = register_graph(graph) if isinstance(graph, FewShotGraph) else graph
     cfg = make_config(task="graph", graph=name, **settings)
     from cmlgraph.provenance import api_call, recording

@@ -97,6 +97,11 @@ def _load_run(run_dir: str | os.PathLike[str]) -> _Run:
     from cmlgraph.train.io import load_torch
     from cmlgraph.train.trainer import prepare
 
+    if isinstance(run_dir, tuple) and len(run_dir) == 2 and isinstance(run_dir[1], dict):
+        run_dir = run_dir[0]  # what cmlgraph.fit returns, (run_dir, summary), passed whole
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise ConfigError(f"run_dir must be a run folder path, not {type(run_dir).__name__}; pass the folder "
+                          f"`run_dir, summary = cmlgraph.fit(...)` returns")
     run_dir = Path(run_dir)
     for f in ("config.yaml", "model.pt"):
         if not (run_dir / f).is_file():

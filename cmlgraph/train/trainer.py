@@ -57,6 +57,7 @@ from cmlgraph.train.io import (
 )
 from cmlgraph.train.progress import stage
 from cmlgraph.train.run_dir import RunLock, create_run_dir
+from cmlgraph.user_warnings import warn_user
 from cmlgraph.validate import validate_config
 
 
@@ -456,8 +457,11 @@ class Trainer:
         warns += check_test_result(res, self.skipped, int(cfg.train.steps))
         warns += [w for w in [test_tasks_warning(res["num_tasks"]),
                               chance_warning(res, e.domain.metric, int(getattr(e.domain, "out_dim", 0) or 0))] if w]
-        for w in warns:
-            self.console.print(f"[yellow]warning:[/yellow] {w}")
+        for w in warns:  # a printing console shows them; a quiet run (the API's default) warns in Python
+            if getattr(self.console, "quiet", False):
+                warn_user(w, RuntimeWarning)
+            else:
+                self.console.print(f"[yellow]warning:[/yellow] {w}")
         save_torch(self.run_dir / "model.pt", inference_state(e.model))
         save_torch(self.run_dir / "scores.pt", {"scores": torch.tensor(res["scores"], dtype=torch.float64)})
         summary = build_summary(cfg, e, res, self)

@@ -56,6 +56,13 @@ def test_labels_of_strings_come_back_as_strings_and_any_ways(maml_run):
 
 
 def test_bad_inputs_name_the_problem(maml_run, tmp_path):
+    # what cmlgraph.fit returns, (run_dir, summary), is accepted whole; anything else is a clear error
+    whole = cmlgraph.adapt((maml_run, {"mean": 0.5}), None, {0: "a", 1: "b"})
+    assert whole.labels == cmlgraph.adapt(maml_run, None, {0: "a", 1: "b"}).labels
+    with pytest.raises(ConfigError, match="run_dir must be a run folder path, not int"):
+        cmlgraph.adapt(3, None, {0: "a", 1: "b"})
+    with pytest.raises(ConfigError, match=r"fit\(\) trains on its first argument, a graph: drop task=\.\.\. "):
+        cmlgraph.fit("synthetic", task="sinusoid", gnn="gat")
     with pytest.raises(DataError, match="1 support node id is not a node of graph"):
         cmlgraph.adapt(maml_run, None, {0: "a", 99999: "b"})
     with pytest.raises(DataError, match="2 support node ids are not nodes .* they match node ids as text but are "

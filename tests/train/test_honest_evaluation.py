@@ -55,8 +55,10 @@ def test_huge_inner_lr_with_skip_fails_instead_of_scoring_chance(tmp_path: Path)
 
 def test_few_test_tasks_are_flagged(tmp_path: Path) -> None:
     cfg = make_config(**TINY, steps=2, val_every=2, test_tasks=6, runs_dir=str(tmp_path))
-    _, summary = train(cfg, progress=False)
+    with pytest.warns(RuntimeWarning, match="only 6 test tasks") as record:  # a quiet run warns in Python
+        _, summary = train(cfg, progress=False)
     assert any("only 6 test tasks" in w for w in summary["warnings"]) and summary["nonfinite_test_tasks"] == 0
+    assert {Path(w.filename).name for w in record if "only 6" in str(w.message)} == {Path(__file__).name}
 
 
 def test_divergence_guard() -> None:
