@@ -17,6 +17,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,16 @@ class CellResult:
     skipped: str | None = None
     paper_settings: dict[str, int] = field(default_factory=dict)  # the paper config's steps and test tasks
 
+    @cached_property
+    def _summaries(self) -> list[tuple[Path, dict[str, Any]]]:
+        """Each run folder of the cell with its ``summary.json``, read once."""
+        return [(r, json.loads((r / "summary.json").read_text())) for pair in self.pairs for r in pair]
+
     def deviations(self) -> list[str]:
         """How the runs differ from the paper config's length and test set (``--steps``/``--test-tasks`` or runs
         reused from another setting): empty when they match."""
         out: list[str] = []
-        sums = [json.loads((r / "summary.json").read_text()) for pair in self.pairs for r in pair]
+        sums = [x for _, x in self._summaries]
         steps = sorted({int(x.get("steps", 0)) for x in sums})
         tasks = sorted({int(x.get("num_tasks", 0)) for x in sums})
         want_steps, want_tasks = self.paper_settings.get("steps"), self.paper_settings.get("test_tasks")
@@ -58,10 +64,9 @@ class CellResult:
     def warnings(self) -> list[str]:
         """The runs' own warnings (``summary.json``), each with the runs that gave it."""
         seen: dict[str, tuple[str, list[str]]] = {}  # by the text with its numbers blanked: one line per kind
-        for pair in self.pairs:
-            for r in pair:
-                for w in json.loads((r / "summary.json").read_text()).get("warnings", []):
-                    seen.setdefault(re.sub(r"\d[\d.,]*", "#", w), (w, []))[1].append(r.name)
+        for r, summary in self._summaries:
+            for w in summary.get("warnings", []):
+                seen.setdefault(re.sub(r"\d[\d.,]*", "#", w), (w, []))[1].append(r.name)
         return [f"{first} ({counted(len(names), 'run')}: {', '.join(names)})" for first, names in seen.values()]
 
 
@@ -260,7 +265,7 @@ def markdown(results: Sequence[CellResult], published: dict[str, Any] | None = N
         lines.append(f"| {c.experiment} | {c.setting} | {ALGO_LABELS.get(c.algo, c.algo)} | {unit} | "
                      f"{_num(c.paper_base, metric)} | {ours[0]} | {_num(c.paper_cml, metric)} | {ours[1]} | {pd} | "
                      f"{ours[2]} | {ours[3]} | {ours[4]} |")
-    reduced = [f"- {r.cell.id}: {'; '.join(r.deviations())}" for r in results if r.pairs and r.deviations()]
+    reduced = [f"- {r.cell.id}: {'; '.join(d)}" for r in results if r.pairs and (d := r.deviations())]
     warned = [f"- {r.cell.id}: {w}" for r in results if r.pairs for w in r.warnings()]
     if reduced:
         lines += ["", "**Not the paper's settings** (do not set these rows beside the paper's numbers):", *reduced]
