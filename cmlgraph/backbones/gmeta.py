@@ -136,7 +136,9 @@ class BallGCN(Backbone):
         xu = lay["XU"]
         xw = sparse_matmul(xu, w1_cat) if is_sparse(xu) else xu @ w1_cat
         xw = xw.view(u, t, h).transpose(0, 1).reshape(t * u, h)
-        h1 = F.relu(sparse_matmul(lay["B"], xw) + b1[lay["task_of_row"]])
+        # index_select, not b1[rows]: its backward is an index_add, 4-5x faster than advanced indexing's
+        # accumulating index_put (about 15 % of a G-Meta meta-iteration on Amazon-Computer).
+        h1 = F.relu(sparse_matmul(lay["B"], xw) + b1.index_select(0, lay["task_of_row"]))
         if self.training and dropout and self.dropout > 0:
             h1 = F.dropout(h1, self.dropout, training=True)
         z = sparse_matmul(lay["PB"], h1).view(t, n, h)
