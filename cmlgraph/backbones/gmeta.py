@@ -110,12 +110,12 @@ class BallGCN(Backbone):
         # B's entries are already in CSR order (rows ascending, columns ascending within a row, no duplicates).
         crow = torch.zeros(r + 1, dtype=torch.long)
         torch.cumsum(torch.bincount(blk.rows, minlength=r), 0, out=crow[1:])
-        b_cols = task_of_row[blk.rows] * u + inv[blk.cols]
+        b_cols = task_of_row.index_select(0, blk.rows) * u + inv.index_select(0, blk.cols)
         memo["B"] = transposable_csr(crow.to(dev), b_cols.to(dev), blk.vals.to(dev), (r, t * u))
         # P·B (mean over a ball of B's rows): B is block diagonal, so column c only meets its own ball's rows and
         # (P B)[ball(c), c] = (column sum of B at c) / |S_ball(c)|: one entry per column.
         colsum = torch.bincount(blk.cols, weights=blk.vals.double(), minlength=r).to(blk.vals.dtype)
-        pool = colsum / blk.sizes[blk.ball_of_row].to(blk.vals.dtype)
+        pool = colsum / blk.sizes.index_select(0, blk.ball_of_row).to(blk.vals.dtype)
         crow = torch.zeros(t * n + 1, dtype=torch.long)
         torch.cumsum(blk.sizes, 0, out=crow[1:])
         memo["PB"] = transposable_csr(crow.to(dev), torch.arange(r, device=dev), pool.to(dev), (t * n, r))

@@ -61,8 +61,8 @@ def transposable(a: Tensor) -> Tensor:
     rows, cols = coo.indices()
     perm = torch.argsort(cols * a.shape[0] + rows)
     out = coo.to_sparse_csr()
-    t_idx = torch.stack([cols[perm], rows[perm]])
-    t = torch.sparse_coo_tensor(t_idx, coo.values()[perm], (a.shape[1], a.shape[0]), is_coalesced=True)
+    t_idx = torch.stack([cols.index_select(0, perm), rows.index_select(0, perm)])
+    t = torch.sparse_coo_tensor(t_idx, coo.values().index_select(0, perm), (a.shape[1], a.shape[0]), is_coalesced=True)
     setattr(out, _TRANSPOSE, t.to_sparse_csr())
     setattr(out, _PERM, perm)
     return out
@@ -72,12 +72,15 @@ def transposable_csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int
     """Like :func:`transposable` for a valid CSR matrix given by its parts (sorted, no duplicates): no coalescing,
     one stable sort by column builds the transpose."""
     rows = torch.repeat_interleave(torch.arange(shape[0], device=col.device), crow[1:] - crow[:-1])
-    perm = torch.sort(col, stable=True).indices
+    # A column-sorted CSR (e.g. the pooling matrix, col = arange) is its own order: skip the sort.
+    perm = (torch.arange(col.numel(), device=col.device) if bool((col[1:] >= col[:-1]).all())
+            else torch.sort(col, stable=True).indices)
     counts = torch.bincount(col, minlength=shape[1])
     crow_t = torch.zeros(shape[1] + 1, dtype=crow.dtype, device=col.device)
     torch.cumsum(counts, 0, out=crow_t[1:])
     out = torch.sparse_csr_tensor(crow, col, values, shape)
-    setattr(out, _TRANSPOSE, torch.sparse_csr_tensor(crow_t, rows[perm], values[perm], (shape[1], shape[0])))
+    setattr(out, _TRANSPOSE, torch.sparse_csr_tensor(crow_t, rows.index_select(0, perm),
+                                                       values.index_select(0, perm), (shape[1], shape[0])))
     setattr(out, _PERM, perm)
     return out
 
@@ -86,7 +89,8 @@ def with_values(a: Tensor, values: Tensor) -> Tensor:
     """The matrix ``a`` from :func:`transposable` with its stored values replaced (e.g. after dropout)."""
     out = torch.sparse_csr_tensor(a.crow_indices(), a.col_indices(), values, a.shape)
     a_t, perm = getattr(a, _TRANSPOSE), getattr(a, _PERM)
-    setattr(out, _TRANSPOSE, torch.sparse_csr_tensor(a_t.crow_indices(), a_t.col_indices(), values[perm], a_t.shape))
+    values_t = values.index_select(0, perm)
+    setattr(out, _TRANSPOSE, torch.sparse_csr_tensor(a_t.crow_indices(), a_t.col_indices(), values_t, a_t.shape))
     setattr(out, _PERM, perm)
     return out
 

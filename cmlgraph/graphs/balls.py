@@ -126,19 +126,23 @@ class BallIndex:
         ball_of_row = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
         n, r = self.num_nodes, members.numel()
         rp, pos = csr_row_entries(self.crow, members)
-        cball, cnode = ball_of_row[rp], self.col[pos]
+        # index_select rather than advanced indexing throughout: the same gathers, several times faster on
+        # millions of entries (this layout is rebuilt for every episode).
+        cball, cnode = ball_of_row.index_select(0, rp), self.col.index_select(0, pos)
         if sizes.numel() * n <= self.max_table:
             # Position of (ball, node) by a dense look-up table: one gather instead of a binary search per entry.
-            table = torch.full((sizes.numel(), n), -1, dtype=torch.int32)
-            table[ball_of_row, members] = torch.arange(r, dtype=torch.int32)
-            idx = table[cball, cnode].long()
+            table = torch.full((sizes.numel() * n,), -1, dtype=torch.int32)
+            table[ball_of_row * n + members] = torch.arange(r, dtype=torch.int32)
+            idx = table.index_select(0, cball * n + cnode).long()
             keep = idx >= 0
         else:
             key = ball_of_row * n + members  # strictly increasing: balls in order, members sorted
             ckey = cball * n + cnode
             idx = torch.searchsorted(key, ckey).clamp_max(r - 1)
-            keep = key[idx] == ckey
-        return BallBlock(members, ball_of_row, sizes, rp[keep], idx[keep], self.val[pos][keep])
+            keep = key.index_select(0, idx) == ckey
+        kept = keep.nonzero().squeeze(1)  # one nonzero for the three selections below
+        return BallBlock(members, ball_of_row, sizes, rp.index_select(0, kept), idx.index_select(0, kept),
+                         self.val.index_select(0, pos.index_select(0, kept)))
 
 
 @dataclass

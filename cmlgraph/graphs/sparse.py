@@ -36,8 +36,8 @@ def to_coo(x: Tensor) -> Tensor:
 def csr_row_entries(crow: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
     """For the CSR rows ``rows`` (given the row pointer ``crow``): ``(row_position, entry_position)`` of every
     stored entry, row by row in CSR order; ``row_position`` indexes ``rows``."""
-    start = crow[rows]
-    counts = crow[rows + 1] - start
+    start = crow.index_select(0, rows)
+    counts = crow.index_select(0, rows + 1) - start
     row_pos = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), counts)
     offsets = torch.cumsum(counts, 0) - counts
     pos = torch.repeat_interleave(start - offsets, counts) + torch.arange(int(counts.sum()), device=rows.device)
