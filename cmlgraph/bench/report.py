@@ -128,7 +128,8 @@ def _met(met: bool | None) -> str:
 def _graph_table(doc: dict[str, Any], console: Console) -> None:
     by = {r["name"]: r for r in doc["cases"]}
     ratios = {r["name"]: r["ratio"] for r in doc["ratios"]}
-    keys = list(dict.fromkeys(r["graph"] for r in doc["cases"] if r["graph"]))
+    # Only the graph domain's cases (gmeta cases carry a graph too, but their ratios are in the ratio table).
+    keys = list(dict.fromkeys(r["graph"] for r in doc["cases"] if r["graph"] and r["name"].startswith("graph/")))
     if not keys:
         return
     table = Table(title="graphs: tasks/s, and cmlgraph ÷ reference")
