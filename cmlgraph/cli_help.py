@@ -15,6 +15,9 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from typer.core import TyperCommand, TyperGroup
+from typer.models import DefaultPlaceholder
+
 from cmlgraph.config import SECTION_CLASSES, Config
 from cmlgraph.domains.registry import DOMAIN_DEFAULTS
 
@@ -72,18 +75,50 @@ def show_defaults(command: Callable[..., Any], extra: dict[str, str] | None = No
     return command
 
 
+def _blank_help_metavar(option: Any) -> Any:
+    if option is not None:
+        option.metavar = ""
+    return option
+
+
+class _TidyCommand(TyperCommand):
+    """A command whose built-in ``--help`` shows no ``<bool>`` value type (it is a switch)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _blank_help_metavar(super().get_help_option(ctx))
+
+
+class _TidyGroup(TyperGroup):
+    """A command group whose built-in ``--help`` shows no ``<bool>`` value type."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _blank_help_metavar(super().get_help_option(ctx))
+
+
 def tidy_flags(*apps: Any) -> None:
-    """Show no value type on on/off switches (``--quiet``, ``--cml/--no-cml``) in every command of ``apps``.
+    """Show no value type on on/off switches (``--quiet``, ``--cml/--no-cml``, ``--help``) in every command of
+    ``apps``.
 
     Why: typer's rich help prints ``<bool>`` beside a switch, which reads as if it took a value
     (``--quiet true``); a switch takes none. An empty metavar leaves the type column blank for them only.
     """
     for app in apps:
+        if app.info.cls is None or app.info.cls is TyperGroup or isinstance(app.info.cls, DefaultPlaceholder):
+            app.info.cls = _TidyGroup
         for cmd in app.registered_commands:
-            for param in inspect.signature(cmd.callback).parameters.values():
+            if cmd.cls is None or cmd.cls is TyperCommand or isinstance(cmd.cls, DefaultPlaceholder):
+                cmd.cls = _TidyCommand
+        callbacks = [c.callback for c in app.registered_commands]
+        if app.registered_callback is not None:  # the app's own options (``--version``)
+            callbacks.append(app.registered_callback.callback)
+        for callback in callbacks:
+            for param in inspect.signature(callback).parameters.values():
                 info = param.default
                 if hasattr(info, "metavar") and info.metavar is None and _is_bool(param.annotation):
                     info.metavar = ""
+        for group in app.registered_groups:
+            if group.cls is None or group.cls is TyperGroup or isinstance(group.cls, DefaultPlaceholder):
+                group.cls = _TidyGroup
 
 
 def _is_bool(annotation: Any) -> bool:

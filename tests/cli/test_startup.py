@@ -102,3 +102,13 @@ def test_train_help_shows_effective_defaults_and_flags_stay_unset():
     # a switch takes no value: no "<bool>" beside it (a fresh user read "--quiet <bool>" as "--quiet true")
     switches = [ln for ln in out.splitlines() if "--quiet" in ln or "--cml" in ln or "--first-order" in ln]
     assert len(switches) == 3 and not any("<bool>" in ln for ln in switches), switches
+
+
+def test_no_help_shows_bool_value_type() -> None:
+    """``--help`` and every switch take no value: no ``<bool>`` in any command's help (typer prints one for
+    click's built-in help option unless cmlgraph blanks it)."""
+    for command in ([], ["train"], ["reproduce"], ["datasets"], ["datasets", "list"], ["bench"]):
+        out = subprocess.run([sys.executable, "-m", "cmlgraph", *command, "--help"], capture_output=True,
+                             text=True, timeout=60, env={"COLUMNS": "200", "PATH": ""}).stdout
+        assert "--help" in out, command
+        assert "<bool>" not in out, (command, [ln for ln in out.splitlines() if "<bool>" in ln])
