@@ -38,3 +38,18 @@ def tiny_episodes(n: int = 2, ways: int = 3, seed: int = 1) -> list[Episode]:
         qy = torch.arange(ways).repeat(3)
         eps.append(Episode(sx, sy, qx, qy))
     return eps
+
+
+def unscaled_graph(name: str = "unscaled"):
+    """A 240-node, 8-class graph whose features sit in the tens (unscaled): raw features diverge at inner lr
+    0.5, standardised ones learn."""
+    import numpy as np
+
+    from cmlgraph.graphs import from_arrays
+
+    rng = np.random.default_rng(0)
+    n, classes = 240, 8
+    y = np.arange(n) % classes
+    x = (rng.normal(size=(classes, 16))[y] + 0.5 * rng.normal(size=(n, 16))) * 30 + 40
+    ei = np.stack([rng.integers(0, n, 3 * n), rng.integers(0, n, 3 * n)])
+    return from_arrays(ei, x, y, name=name)

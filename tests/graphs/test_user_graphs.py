@@ -21,6 +21,7 @@ from cmlgraph.graphs.auto_mode import choose_mode
 from cmlgraph.graphs.episodes import EpisodeSampler
 from cmlgraph.graphs.features import default_features, preprocess, with_features
 from cmlgraph.graphs.fit_classes import default_split, fit_graph
+from tests.conftest import unscaled_graph
 
 FAST = dict(steps=2, val_every=1, val_tasks=4, test_tasks=8, meta_batch=2, hidden=8)
 
@@ -199,18 +200,9 @@ def test_planetoid_features_row_normalised(shared_root: Path) -> None:
     assert cora.x is not rowed.x and cora.edge_index is rowed.edge_index
 
 
-def _scaled_graph():
-    rng = np.random.default_rng(0)
-    n, classes = 240, 8
-    y = np.arange(n) % classes
-    x = (rng.normal(size=(classes, 16))[y] + 0.5 * rng.normal(size=(n, 16))) * 30 + 40
-    ei = np.stack([rng.integers(0, n, 3 * n), rng.integers(0, n, 3 * n)])
-    return from_arrays(ei, x, y, name="scaled")
-
-
 def test_unscaled_features_warn_and_the_default_trains(tmp_path: Path) -> None:
     """Fault 6: features in the tens, raw, sit at chance and say so; the custom default (standard) learns."""
-    g = _scaled_graph()
+    g = unscaled_graph("scaled")
     settings = dict(ways=2, shots=3, queries=5, steps=12, val_every=3, val_tasks=10, test_tasks=40, meta_batch=2,
                     hidden=16, runs_dir=str(tmp_path))
     with pytest.warns(RuntimeWarning, match=r"diverging.*features raw .*inner lr 0.5"):

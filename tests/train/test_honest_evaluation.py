@@ -10,7 +10,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from rich.console import Console
@@ -18,9 +17,9 @@ from rich.console import Console
 from cmlgraph.api import make_config
 from cmlgraph.domains.graph import register_graph
 from cmlgraph.errors import NumericalError
-from cmlgraph.graphs.custom import from_arrays
 from cmlgraph.train.guards import DivergenceGuard, check_test_result, score_predictions
 from cmlgraph.train.trainer import train
+from tests.conftest import unscaled_graph
 
 TINY = dict(task="graph", graph="synthetic", synthetic_nodes=200, synthetic_classes=15, ways=3, shots=2, queries=3,
             hidden=8, meta_batch=2, val_tasks=4)
@@ -89,7 +88,7 @@ def test_a_console_run_at_chance_warns_once_in_the_console_and_the_summary(tmp_p
     with a source path) and lands in ``summary.json``; a fresh-user check saw it printed twice."""
     out = io.StringIO()
     console = Console(file=out, width=2000, force_terminal=False, soft_wrap=True)
-    cfg = make_config(task="graph", graph=register_graph(_unscaled_graph()), ways=2, shots=3, queries=5, steps=12,
+    cfg = make_config(task="graph", graph=register_graph(unscaled_graph()), ways=2, shots=3, queries=5, steps=12,
                       val_every=3, val_tasks=10, test_tasks=40,
                       meta_batch=2, hidden=16, features="raw", runs_dir=str(tmp_path))
     with warnings.catch_warnings(record=True) as caught:
@@ -101,16 +100,6 @@ def test_a_console_run_at_chance_warns_once_in_the_console_and_the_summary(tmp_p
     for message in guarded:
         assert sum(ln.startswith("warning:") and message[:60] in ln for ln in text.splitlines()) == 1, text
     assert not [w for w in caught if issubclass(w.category, RuntimeWarning) and "features raw" in str(w.message)]
-
-
-def _unscaled_graph():
-    """Two classes whose features sit in the tens (unscaled): raw features diverge at inner lr 0.5."""
-    rng = np.random.default_rng(0)
-    n, classes = 240, 8
-    y = np.arange(n) % classes
-    x = (rng.normal(size=(classes, 16))[y] + 0.5 * rng.normal(size=(n, 16))) * 30 + 40
-    ei = np.stack([rng.integers(0, n, 3 * n), rng.integers(0, n, 3 * n)])
-    return from_arrays(ei, x, y, name="unscaled")
 
 
 def test_a_run_leaves_no_files_in_the_temp_folder(tmp_path: Path) -> None:
