@@ -35,6 +35,25 @@ _SECTION_OF = {key: section for section, keys in {
 }.items() for key in keys}
 
 
+def api_names(message: str) -> str:
+    """A config error in the Python API's words: ``--inner-lr -1.0`` → ``inner_lr -1.0`` and
+    ``train.test_tasks = 0`` → ``test_tasks = 0`` for the settings :func:`fit` takes (others are left alone).
+
+    Why: validation names the command-line flags; a user of :func:`fit` typed keyword arguments.
+    """
+    import re
+
+    def flag(m: re.Match[str]) -> str:
+        key = m.group(1).replace("-", "_")
+        return key if key in _SECTION_OF else m.group(0)
+
+    def dotted(m: re.Match[str]) -> str:
+        return m.group(2) if m.group(2) in _SECTION_OF else m.group(0)
+
+    message = re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)", flag, message).replace("config key ", "setting ")
+    return re.sub(r"\b(data|model|algo|train|run)\.([a-z_]+)\b", dotted, message)
+
+
 def make_config(**settings: Any) -> Config:
     """A :class:`Config` from flat keyword settings (``ways=5, algo="maml", steps=100``...).
 
@@ -74,12 +93,15 @@ def fit(graph: FewShotGraph | str = "synthetic", *, verbose: bool = False, **set
         raise ConfigError(f"fit() trains on its first argument, a graph: drop {', '.join(clash)}=... (for sinusoid "
                           f"or images use cmlgraph.fit_config(cmlgraph.make_config(task=..., ...)))")
     name = register_graph(graph) if isinstance(graph, FewShotGraph) else graph
-    cfg = make_config(task="graph", graph=name, **settings)
     from cmlgraph.provenance import api_call, recording
     from cmlgraph.train.trainer import train
 
-    with recording(api_call("fit", graph, **settings)):
-        return train(cfg, Console() if verbose else None, progress=verbose)
+    try:
+        cfg = make_config(task="graph", graph=name, **settings)
+        with recording(api_call("fit", graph, **settings)):
+            return train(cfg, Console() if verbose else None, progress=verbose)
+    except ConfigError as exc:  # in the words of fit's keyword arguments, not the CLI's flags
+        raise ConfigError(api_names(str(exc))) from None
 
 
 def fit_config(cfg: Config, *, verbose: bool = False) -> tuple[Path, dict[str, Any]]:

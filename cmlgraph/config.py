@@ -212,12 +212,17 @@ def _section_types(section: str) -> dict[str, Any]:
     return get_type_hints(SECTION_CLASSES[section])
 
 
+def _type_text(typ: Any) -> str:
+    """``int``, ``float | None``: the annotation as a user reads it (not ``<class 'int'>``)."""
+    return typ.__name__ if isinstance(typ, type) else str(typ).replace("typing.", "").replace("Optional", "optional")
+
+
 def _coerce(section: str, key: str, value: Any, typ: Any) -> Any:
     text = str(typ)
     if value is None:
         if "None" in text:
             return None
-        raise ConfigError(f"config key {section}.{key} may not be null; give a value of type {text}")
+        raise ConfigError(f"config key {section}.{key} may not be null; give a value of type {_type_text(typ)}")
     want_bool, want_int, want_float = "bool" in text, "int" in text, "float" in text
     if want_bool and isinstance(value, bool):
         return value
@@ -233,7 +238,7 @@ def _coerce(section: str, key: str, value: Any, typ: Any) -> Any:
             return float(value.strip())
         except ValueError:
             pass
-    raise ConfigError(f"config key {section}.{key} = {value!r} has the wrong type; expected {text}")
+    raise ConfigError(f"config key {section}.{key} = {value!r} has the wrong type; expected {_type_text(typ)}")
 
 
 def check_types(cfg: Config) -> Config:
