@@ -130,3 +130,21 @@ def test_cli_lists_cells_with_data_status_and_rejects_unknown_selectors(tmp_path
     out = capsys.readouterr().out
     assert exc.value.code == 0 and "sinusoid/maml/k20" in out and "table3/cora-full/gmeta/5way-5shot" in out
     assert "data missing (cora.npz" in out
+
+
+def test_tlp_runs_add_tlps_own_100_task_figure(tmp_path, configs):
+    """Runs under TLP's protocol carry TLP's 100-task figure (``tlp100_mean``); reproduce.md lists its mean over
+    the runs beside the paper's numbers, in a table of its own, and only when every run has it."""
+    results = run_reproduce([CELL], tmp_path / "runs", runs=2, steps=2, configs_dir=configs, log=lambda m: None)
+    write_reproduce(results, tmp_path / "plain")
+    assert "TLP's 100 tasks" not in (tmp_path / "plain" / "reproduce.md").read_text()  # runs without the figure
+    for (base, cml), (vb, vc) in zip(results[0].pairs, ((0.60, 0.70), (0.62, 0.75)), strict=True):
+        for run, value in ((base, vb), (cml, vc)):
+            summary = json.loads((run / "summary.json").read_text())
+            (run / "summary.json").write_text(json.dumps({**summary, "tlp100_mean": value}))
+    results = run_reproduce([CELL], tmp_path / "runs", runs=2, steps=2, configs_dir=configs, log=lambda m: None)
+    write_reproduce(results, tmp_path / "tlp")
+    md = (tmp_path / "tlp" / "reproduce.md").read_text()
+    assert "| synthetic, 2-way 1-shot | G-Meta | 55.15 | 61.00 | 61.17 | 72.50 |" in md
+    row = next(csv.DictReader(open(tmp_path / "tlp" / "reproduce.csv")))
+    assert float(row["base_tlp100"]) == pytest.approx(61.0) and float(row["cml_tlp100"]) == pytest.approx(72.5)
