@@ -85,6 +85,15 @@ def transposable_csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int
     return out
 
 
+def csr_with_transpose(crow: Tensor, col: Tensor, values: Tensor, values_t: Tensor, n: int) -> Tensor:
+    """A square ``n × n`` CSR matrix with a **symmetric sparsity pattern**, carrying its transpose for
+    :func:`sparse_matmul` without any sort: the transpose has the same ``crow``/``col``, with ``values_t`` (the
+    value of entry (c, r) stored at (r, c))."""
+    out = torch.sparse_csr_tensor(crow, col, values, (n, n))
+    setattr(out, _TRANSPOSE, torch.sparse_csr_tensor(crow, col, values_t, (n, n)))
+    return out
+
+
 def with_values(a: Tensor, values: Tensor) -> Tensor:
     """The matrix ``a`` from :func:`transposable` with its stored values replaced (e.g. after dropout)."""
     out = torch.sparse_csr_tensor(a.crow_indices(), a.col_indices(), values, a.shape)

@@ -82,9 +82,23 @@ class BallIndex:
         self.num_nodes = int(x.shape[0])
         self.hops = hops
         self.crow, self.col, self.val = row_normalised_adjacency(edge_index, self.num_nodes)
+        #: ``1/(d_i + 1)`` per node: row i's value in ``D⁻¹(A + I)``.
+        self.dinv = (self.crow[1:] - self.crow[:-1]).to(torch.float32).reciprocal()
+        self._symmetric: bool | None = None
         self._balls: dict[int, Tensor] = {}
         self.memo: dict[str, Any] = {}
         self.max_table = 50_000_000  # entries of the (ball, node) look-up table of block(); above: binary search
+
+    @property
+    def symmetric(self) -> bool:
+        """Whether ``A + I`` is symmetric (an undirected graph), checked once: then the transpose of an induced
+        block has the block's own sparsity pattern, with value ``dinv[column's node]`` at each entry."""
+        if self._symmetric is None:
+            n = self.num_nodes
+            rows = torch.repeat_interleave(torch.arange(n), self.crow[1:] - self.crow[:-1])
+            key = rows * n + self.col  # sorted: CSR order
+            self._symmetric = bool(torch.equal(key, torch.sort(self.col * n + rows).values))
+        return self._symmetric
 
     def expand(self, nodes: Tensor) -> tuple[Tensor, Tensor]:
         """Closed balls of ``nodes`` by CSR expansion: ``(ball_position, member)`` sorted by ball then member."""

@@ -75,13 +75,13 @@ def test_tlp_initialisation_bounds():
     assert head[0].weight.abs().max() > 1 / 16 ** 0.5  # not PyTorch's default U(−1/√in, 1/√in) with in = 16
 
 
-def _random_graph(n: int = 60, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _random_graph(n: int = 60, seed: int = 0, directed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     src = torch.randint(n, (150,), generator=g)
     dst = torch.randint(n, (150,), generator=g)
     keep = src != dst
     ei = torch.stack([src[keep], dst[keep]])
-    return torch.randn(n, 7, generator=g), torch.cat([ei, ei.flip(0)], 1)
+    return torch.randn(n, 7, generator=g), ei if directed else torch.cat([ei, ei.flip(0)], 1)
 
 
 def _episodes(index: BallIndex, tasks: int, seed: int = 1) -> list[Episode]:
@@ -94,10 +94,13 @@ def _episodes(index: BallIndex, tasks: int, seed: int = 1) -> list[Episode]:
     return eps
 
 
-@pytest.mark.parametrize("reference", [PerNodeBallGCN, DensePerNodeBallGCN])
-def test_batched_balls_equal_per_node_loop_in_loss_and_meta_gradients(reference):
-    x, ei = _random_graph()
+@pytest.mark.parametrize(("reference", "directed"), [(PerNodeBallGCN, False), (DensePerNodeBallGCN, False),
+                                                     (PerNodeBallGCN, True)])
+def test_batched_balls_equal_per_node_loop_in_loss_and_meta_gradients(reference, directed):
+    """Undirected graphs take the sort-free transpose (symmetric pattern), a directed one the sorted transpose."""
+    x, ei = _random_graph(directed=directed)
     index = BallIndex(x, ei)
+    assert index.symmetric is (not directed)
     torch.manual_seed(0)
     fast = MetaModel(BallGCN(7, hidden=5, dropout=0.0), 2, co_depth=1, co_hidden=6)
     torch.manual_seed(0)
@@ -128,3 +131,19 @@ def test_batched_groups_split_large_task_batches_without_changing_results():
     torch.testing.assert_close(whole, split)
     single = torch.stack([enc(e.query_x) for e in eps])
     torch.testing.assert_close(whole, single, rtol=1e-5, atol=1e-6)
+
+
+def test_ball_dropout_is_inverted_dropout() -> None:
+    """G-Meta's dropout on the ball rows keeps each entry with probability 1 − p, scales kept ones by 1/(1 − p),
+    and passes gradients only through kept entries (as ``F.dropout``)."""
+    from cmlgraph.backbones.gmeta import _dropout
+
+    torch.manual_seed(0)
+    h = torch.full((400, 50), 2.0, requires_grad=True)
+    out = _dropout(h, 0.3)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.01
+    assert torch.allclose(out[kept], torch.tensor(2.0 / 0.7))
+    out.sum().backward()
+    assert torch.equal(h.grad != 0, kept) and torch.allclose(h.grad[kept], torch.tensor(1 / 0.7))
+    assert torch.equal(_dropout(torch.ones(3, 2), 1.0), torch.zeros(3, 2))
