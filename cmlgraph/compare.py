@@ -145,9 +145,10 @@ def obtain_run(cfg: Config, runs_dir: Path, name: str, train_fn: Callable[[Confi
                log: Callable[[str], None] = print, console: Any = None) -> Path:
     """The finished run of ``cfg`` under ``runs_dir``: reused if one matches (:func:`find_run`), else trained.
 
-    A new run is written to ``runs_dir/name`` (replacing an unfinished folder of that name). ``train_fn`` trains
-    a config and returns its run folder (default: :func:`cmlgraph.train.trainer.train`, with its progress bars on
-    ``console`` when one is given).
+    A new run is written to ``runs_dir/name``. An *unfinished* folder of that name (a killed run) is replaced; a
+    *finished* one never is: it holds a run of other settings (e.g. another ``--steps``), so the new run gets the
+    next free name (``name-1``, ...) and both are kept. ``train_fn`` trains a config and returns its run folder
+    (default: :func:`cmlgraph.train.trainer.train`, with its progress bars on ``console`` when one is given).
     """
     from cmlgraph.train.trainer import train
 
@@ -155,10 +156,13 @@ def obtain_run(cfg: Config, runs_dir: Path, name: str, train_fn: Callable[[Confi
     if run is not None:
         log(f"reusing {run}")
         return Path(run)
+    existing = runs_dir / name
+    finished = (existing / "summary.json").is_file()
     cfg.run.runs_dir = str(runs_dir)
     cfg.run.name = name
-    cfg.run.overwrite = True
-    log(f"training {cfg.run.name}")
+    cfg.run.overwrite = existing.is_dir() and not finished  # never delete a finished run
+    log(f"training {name}" + (f" ({existing} holds a finished run of other settings: kept; this run takes the "
+                              f"next free name)" if finished else ""))
     return Path((train_fn or (lambda c: train(c, console, progress=console is not None)[0]))(cfg))
 
 

@@ -148,3 +148,23 @@ def test_tlp_runs_add_tlps_own_100_task_figure(tmp_path, configs):
     assert "| synthetic, 2-way 1-shot | G-Meta | 55.15 | 61.00 | 61.17 | 72.50 |" in md
     row = next(csv.DictReader(open(tmp_path / "tlp" / "reproduce.csv")))
     assert float(row["base_tlp100"]) == pytest.approx(61.0) and float(row["cml_tlp100"]) == pytest.approx(72.5)
+
+
+def test_other_settings_never_replace_finished_runs(tmp_path, configs):
+    """A second call with another ``--steps`` trains new runs beside the finished ones (next free names) and
+    deletes nothing; a killed (unfinished) folder of the same name is replaced."""
+    first = run_reproduce([CELL], tmp_path / "runs", runs=1, steps=2, configs_dir=configs, log=lambda m: None)
+    kept = {p: (p / "summary.json").read_bytes() for pair in first[0].pairs for p in pair}
+    logs: list[str] = []
+    second = run_reproduce([CELL], tmp_path / "runs", runs=1, steps=3, configs_dir=configs, log=logs.append)
+    assert all((p / "summary.json").read_bytes() == b for p, b in kept.items())  # untouched
+    new = [p for pair in second[0].pairs for p in pair]
+    assert not set(new) & set(kept) and all(p.name.endswith("-1") for p in new)
+    assert all(json.loads((p / "summary.json").read_text())["steps"] == 3 for p in new)
+    assert sum("holds a finished run of other settings: kept" in m for m in logs) == 2
+    # an unfinished folder of the planned name (a run killed before it finished) is replaced, not suffixed
+    killed = tmp_path / "runs2" / new[0].name.removesuffix("-1")
+    shutil.copytree(new[0], killed)
+    (killed / "summary.json").unlink()
+    third = run_reproduce([CELL], tmp_path / "runs2", runs=1, steps=4, configs_dir=configs, log=lambda m: None)
+    assert third[0].pairs[0][0] == killed and (killed / "summary.json").is_file()
