@@ -81,8 +81,11 @@ def find_run(runs_dir: Path, cfg: Config) -> Path | None:
 class Paired:
     """Paired statistics of (base run, CML run) pairs that share their seeds' fixed test tasks.
 
-    ``base`` and ``cml`` are (mean, 95% CI half-width) over the per-seed test means; ``diff`` pools the per-task
-    differences CML − base of all pairs. Accuracy is a fraction, as in ``summary.json``.
+    ``base`` and ``cml`` are (mean, 95% Student-t CI half-width) over the per-seed test means. ``diff_seeds`` is the
+    paired difference CML − base over seeds (one difference of test means per seed, t interval): the CI that
+    answers "does CML help", since it includes the run-to-run variation of training. ``diff`` pools the per-task
+    differences of all pairs (the same mean; its CI covers only the sampling of test tasks, so it is narrower).
+    Accuracy is a fraction, as in ``summary.json``.
     """
 
     metric: str
@@ -93,6 +96,7 @@ class Paired:
     tasks: int
     base_runs: list[str]
     cml_runs: list[str]
+    diff_seeds: tuple[float, float] = (0.0, 0.0)
 
 
 @dataclass
@@ -106,7 +110,8 @@ class Cell(Paired):
         """A flat dict for CSV."""
         return {"domain": self.domain, "algorithm": self.algorithm, "metric": self.metric,
                 "base_mean": self.base[0], "base_ci95": seed_ci(self.base, self.seeds), "cml_mean": self.cml[0],
-                "cml_ci95": seed_ci(self.cml, self.seeds), "diff_mean": self.diff[0], "diff_ci95": self.diff[1],
+                "cml_ci95": seed_ci(self.cml, self.seeds), "diff_mean": self.diff[0],
+                "diff_ci95": seed_ci(self.diff_seeds, self.seeds), "diff_ci95_tasks": self.diff[1],
                 "seeds": self.seeds,
                 "paired_tasks": self.tasks, "base_runs": ";".join(self.base_runs), "cml_runs": ";".join(self.cml_runs)}
 
@@ -132,8 +137,9 @@ def paired_stats(pairs: Sequence[tuple[Path, Path]]) -> Paired:
         if len(xb) != len(xc):
             raise ConfigError(f"{base} and {cml} have different test tasks; they cannot be paired")
         diffs += [c - b for b, c in zip(xb, xc, strict=True)]
+    seed_diffs = [c - b for b, c in zip(base_means, cml_means, strict=True)]
     return Paired(metric, mean_ci95(base_means), mean_ci95(cml_means), mean_ci95(diffs), len(pairs), len(diffs),
-                  [p[0].name for p in pairs], [p[1].name for p in pairs])
+                  [p[0].name for p in pairs], [p[1].name for p in pairs], diff_seeds=mean_ci95(seed_diffs))
 
 
 def build_cell(domain: str, algo: str, pairs: Sequence[tuple[Path, Path]]) -> Cell:
@@ -203,6 +209,12 @@ def _fmt(mean: float, ci: float | None, metric: str) -> str:
     return f"{scale * mean:.{digits}f} ± {scale * ci:.{digits}f}"
 
 
+def _scaled(value: float, metric: str) -> str:
+    """A number in the metric's unit (accuracy in %, 2 decimals; MSE 3 decimals)."""
+    scale, digits = (100.0, 2) if metric == "accuracy" else (1.0, 3)
+    return f"{scale * value:.{digits}f}"
+
+
 def seed_ci(mc: tuple[float, float], seeds: int) -> float | None:
     """The CI of an arm's mean over seeds, or ``None`` with one seed (its 0.0 would read as "no variation")."""
     return mc[1] if seeds > 1 else None
@@ -223,15 +235,19 @@ def write_outputs(cells: Sequence[Cell], out_dir: str | Path) -> list[Path]:
     """Write ``compare.md``, ``compare.csv`` and ``compare.png`` into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    lines = ["| domain | algorithm | metric | without CML | with CML | CML − base (paired) | seeds | tasks |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| domain | algorithm | metric | without CML | with CML | CML − base (paired over seeds) "
+             "| (CI over test tasks) | seeds | tasks |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for c in cells:
         unit = "accuracy %" if c.metric == "accuracy" else "MSE"
         lines.append(f"| {c.domain} | {c.algorithm} | {unit} | {_fmt(c.base[0], seed_ci(c.base, c.seeds), c.metric)} | "
                      f"{_fmt(c.cml[0], seed_ci(c.cml, c.seeds), c.metric)}"
-                     f" | {'+' if c.diff[0] >= 0 else ''}{_fmt(*c.diff, c.metric)} | {c.seeds} | {c.tasks} |")
-    lines += ["", "Mean ± 95% CI over seeds (columns 4–5) and over the pooled per-task paired differences "
-              "(column 6). Accuracy: higher is better; MSE: lower is better."]
+                     f" | {'+' if c.diff[0] >= 0 else ''}{_fmt(c.diff[0], seed_ci(c.diff_seeds, c.seeds), c.metric)}"
+                     f" | ± {_scaled(c.diff[1], c.metric)} | {c.seeds} | {c.tasks} |")
+    lines += ["", "Mean ± 95% Student-t CI over seeds (columns 4–6; column 6 pairs the arms seed by seed, so its CI "
+              "includes the run-to-run variation of training: read it to judge CML). Column 7 is the CI of the same "
+              "mean difference over the pooled per-task differences: it covers only the sampling of test tasks. "
+              "Accuracy: higher is better; MSE: lower is better."]
     md = "\n".join(lines) + "\n"
     atomic_write(out / "compare.md", lambda f: f.write(md.encode()))
     write_csv(out / "compare.csv", [c.row() for c in cells])

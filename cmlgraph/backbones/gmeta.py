@@ -15,8 +15,9 @@ Batched, never a loop over nodes: the balls of all centre nodes of a task (and o
 one block-diagonal sparse matrix ``B`` (rows = (ball, member) pairs). The first layer projects each *distinct*
 member's features once per task (``X_U W₁ᵀ``, U the union of the balls), gathers the projected row of every
 (ball, member) pair and aggregates with ``B`` (on an undirected graph B's pattern is symmetric, so its transpose for
-the backward pass costs no sort; on a directed one B's columns point into the projection directly); the mean readout and the second layer's aggregation fold into one constant sparse
-matrix ``P B`` (P averages the rows of a ball), and ``W₂`` applies after pooling (by linearity). Per-task weights
+the backward pass costs no sort; on a directed one B's columns point into the projection directly); the mean
+readout and the second layer's aggregation fold into one constant sparse matrix ``P B`` (P averages the rows of a
+ball), and ``W₂`` applies after pooling (by linearity). Per-task weights
 carry a leading task dimension, so every task still gets its own weights and gradients.
 """
 

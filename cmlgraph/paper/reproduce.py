@@ -231,13 +231,15 @@ def _row(res: CellResult) -> dict[str, Any]:
         "algorithm": c.algo, "unit": "accuracy %" if metric == "accuracy" else "MSE",
         "paper_base": c.paper_base, "paper_cml": c.paper_cml, "paper_diff": _paper_diff(c),
         "base_mean": None, "base_ci95": None, "cml_mean": None, "cml_ci95": None, "diff_mean": None,
-        "diff_ci95": None, "runs": 0, "paired_tasks": 0, "base_tlp100": None, "cml_tlp100": None,
+        "diff_ci95": None, "diff_ci95_tasks": None, "runs": 0, "paired_tasks": 0, "base_tlp100": None,
+        "cml_tlp100": None,
         "base_runs": "", "cml_runs": "", "status": res.skipped or "ran",
     }
     if p is not None:
-        for arm, mc in (("base", p.base), ("cml", p.cml), ("diff", p.diff)):
-            ci = seed_ci(mc, p.seeds) if arm != "diff" else mc[1]  # the paired difference pools tasks: always a CI
+        for arm, mc in (("base", p.base), ("cml", p.cml), ("diff", p.diff_seeds)):
+            ci = seed_ci(mc, p.seeds)  # over seeds (t interval); none with one run
             row[f"{arm}_mean"], row[f"{arm}_ci95"] = mc[0] * scale, (None if ci is None else ci * scale)
+        row["diff_ci95_tasks"] = p.diff[1] * scale  # the same mean difference, CI over the pooled test tasks
         row.update(runs=p.seeds, paired_tasks=p.tasks, base_runs=";".join(p.base_runs),
                    cml_runs=";".join(p.cml_runs), base_tlp100=_tlp100([a for a, _ in res.pairs]),
                    cml_tlp100=_tlp100([b for _, b in res.pairs]))
@@ -248,8 +250,8 @@ def markdown(results: Sequence[CellResult], published: dict[str, Any] | None = N
     """The ``reproduce.md`` text: one row per cell, ours beside the paper's, then the sources."""
     pub = published or load_published()
     lines = ["| experiment | setting | method | unit | paper | ours | paper + CML | ours + CML | paper CML − base "
-             "| ours CML − base (paired) | runs | tasks |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| ours CML − base (paired over runs) | (CI over test tasks) | runs | tasks |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for res in results:
         c, p = res.cell, res.paired
         metric = _metric(c)
@@ -257,19 +259,21 @@ def markdown(results: Sequence[CellResult], published: dict[str, Any] | None = N
         paper_diff = _paper_diff(c)
         pd = "—" if paper_diff is None else f"{'+' if paper_diff >= 0 else ''}{paper_diff:.2f}"
         if p is None:
-            ours = [f"not run: {res.skipped}", "", "", "0", "0"]
+            ours = [f"not run: {res.skipped}", "", "", "", "0", "0"]
         else:
+            scale = 100.0 if metric == "accuracy" else 1.0
             ours = [_ours((p.base[0], seed_ci(p.base, p.seeds)), metric),
-                    _ours((p.cml[0], seed_ci(p.cml, p.seeds)), metric), _ours(p.diff, metric, sign=True), str(p.seeds),
-                    str(p.tasks)]
+                    _ours((p.cml[0], seed_ci(p.cml, p.seeds)), metric),
+                    _ours((p.diff_seeds[0], seed_ci(p.diff_seeds, p.seeds)), metric, sign=True),
+                    f"± {p.diff[1] * scale:.{2 if metric == 'accuracy' else 3}f}", str(p.seeds), str(p.tasks)]
         lines.append(f"| {c.experiment} | {c.setting} | {ALGO_LABELS.get(c.algo, c.algo)} | {unit} | "
                      f"{_num(c.paper_base, metric)} | {ours[0]} | {_num(c.paper_cml, metric)} | {ours[1]} | {pd} | "
-                     f"{ours[2]} | {ours[3]} | {ours[4]} |")
+                     f"{ours[2]} | {ours[3]} | {ours[4]} | {ours[5]} |")
     tlp = [(r, base, cml) for r in results if r.pairs and (base := _tlp100([a for a, _ in r.pairs])) is not None
            and (cml := _tlp100([b for _, b in r.pairs])) is not None]
     if tlp:  # the protocol's own figure, for comparison only: TLP scores the best model on 100 test tasks
         lines += ["", "TLP's own figure (mean over the runs of each run's accuracy % on TLP's 100 test tasks; the "
-                  "table above uses our 500 fixed tasks):", "",
+                  "table above uses our fixed test tasks):", "",
                   "| setting | method | paper | ours, TLP's 100 tasks | paper + CML | ours + CML, TLP's 100 tasks |",
                   "|---|---|---|---|---|---|"]
         lines += [f"| {r.cell.setting} | {ALGO_LABELS.get(r.cell.algo, r.cell.algo)} | "
@@ -281,9 +285,11 @@ def markdown(results: Sequence[CellResult], published: dict[str, Any] | None = N
         lines += ["", "**Not the paper's settings** (do not set these rows beside the paper's numbers):", *reduced]
     if warned:
         lines += ["", "**Warnings of the runs** (from their `summary.json`):", *warned]
-    notes = ["Ours: mean ± 95% CI (1.96·sd/√runs) over the runs' test means, each run on its seed's fixed test "
-             "tasks (shared by both arms); CML − base pools the per-task paired differences of all runs. "
-             "Accuracy: higher is better; MSE: lower is better."]
+    notes = ["Ours: mean ± 95% Student-t CI (t₀.₉₇₅,ₙ₋₁·sd/√runs) over the runs' test means, each run on its "
+             "seed's fixed test tasks (shared by both arms). CML − base pairs the arms run by run (seed by seed): its "
+             "CI includes the run-to-run variation of training, so it is the one to judge CML by. The next column is "
+             "the CI of the same mean difference over the pooled per-task differences, which covers only the "
+             "sampling of test tasks. Accuracy: higher is better; MSE: lower is better."]
     experiments = {r.cell.experiment for r in results}
     if "table3" in experiments:
         t = pub["table3"]

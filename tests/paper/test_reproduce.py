@@ -59,6 +59,9 @@ def test_table3_path_pairs_runs_reports_paper_and_reuses(tmp_path, configs):
              for b, c in zip(torch.load(tmp_path / "runs" / nb / "scores.pt")["scores"],
                              torch.load(tmp_path / "runs" / nc / "scores.pt")["scores"], strict=True)]
     assert int(row["paired_tasks"]) == 12 and float(row["diff_mean"]) == pytest.approx(100 * sum(diffs) / 12)
+    # the paired CI over runs: one difference of test means per seed, Student-t with 1 degree of freedom (12.71)
+    per_seed = [sum(diffs[:6]) / 6, sum(diffs[6:]) / 6]
+    assert float(row["diff_ci95"]) == pytest.approx(100 * 12.7062 * abs(per_seed[0] - per_seed[1]) / 2, rel=1e-4)
     md = (tmp_path / "out" / "reproduce.md").read_text()
     assert "| table3 | synthetic, 2-way 1-shot | G-Meta | accuracy % | 55.15 |" in md
     assert "not run: data missing" in md and "Tan et al." in md
@@ -75,9 +78,9 @@ def test_table3_path_pairs_runs_reports_paper_and_reuses(tmp_path, configs):
     line = next(ln for ln in (tmp_path / "one" / "reproduce.md").read_text().splitlines() if "| G-Meta |" in ln)
     cols = [c.strip() for c in line.split("|")]
     assert cols[6].endswith("(1 run, no CI)") and cols[8].endswith("(1 run, no CI)")
-    assert " ± " in cols[10] and cols[11] == "1"
+    assert cols[10].endswith("(1 run, no CI)") and cols[11].startswith("± ") and cols[12] == "1"
     single = next(csv.DictReader(open(tmp_path / "one" / "reproduce.csv")))
-    assert single["base_ci95"] == single["cml_ci95"] == "" and single["diff_ci95"] != ""
+    assert single["base_ci95"] == single["cml_ci95"] == single["diff_ci95"] == "" and single["diff_ci95_tasks"] != ""
 
 
 def test_missing_config_is_a_clear_error_before_training(tmp_path):
