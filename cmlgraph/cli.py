@@ -75,7 +75,9 @@ def train(
     gamma: float | None = typer.Option(None, help="Weight γ of the co-learner loss."),
     co_depth: int | None = typer.Option(None, help="Hidden layers of the co-learner."),
     co_hidden: int | None = typer.Option(None, help="Co-learner hidden width (default: feature width)."),
-    control: str | None = typer.Option(None, help="Paper controls: none, cl, noise, frozen-co."),
+    control: str | None = typer.Option(None, help="Paper controls: none, cl, noise, frozen-co (cl and frozen-co "
+                                       "bring their own co-learner term: --cml/--no-cml does not change them; "
+                                       "noise needs --no-cml)."),
     inner_steps: int | None = typer.Option(None, help="Inner-loop steps."),
     inner_lr: float | None = typer.Option(None, help="Inner-loop step size."),
     first_order: bool | None = typer.Option(None, "--first-order/--second-order", help="Meta-gradient order."),

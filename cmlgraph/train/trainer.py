@@ -81,7 +81,18 @@ def prepare(cfg: Config) -> Config:
         raise ConfigError(f"expected a cmlgraph Config, got {type(cfg).__name__}; build one with Config()")
     cfg = fill_defaults(check_types(copy.deepcopy(cfg)))
     validate_config(cfg)
+    if cfg.algo.control in ("cl", "frozen-co"):
+        # These controls bring their own co-learner term, whatever --cml says: one canonical config, so
+        # `--cml --control frozen-co` and `--no-cml --control frozen-co` name, record and reuse the same run.
+        cfg.algo.cml = False
     return cfg
+
+
+def _arm_label(cfg: Config) -> str:
+    """`` + CML``, ``, control cl`` (a paper control) or nothing, for the run's console line."""
+    if cfg.algo.control != "none":
+        return f", control {cfg.algo.control}"
+    return " + CML" if cfg.algo.cml else ""
 
 
 def build_model(cfg: Config, domain: Domain, algo: MetaAlgorithm) -> MetaModel:
@@ -339,7 +350,7 @@ class Trainer:
         log = MetricsLog(self.run_dir / "metrics.jsonl")
         steps = int(cfg.train.steps)
         self.console.print(f"[bold]run[/bold] {self.run_dir}  ({e.domain.name}, {cfg.algo.algo}"
-                           f"{' + CML' if e.algo.cml else ''}, {steps} steps)"
+                           f"{_arm_label(cfg)}, {steps} steps)"
                            + (f"  resumed at step {self.step}" if self.step else ""))
         for note in e.domain.notes:
             self.console.print(f"[yellow]note:[/yellow] {note}")
@@ -511,6 +522,7 @@ def build_summary(cfg: Config, e: Experiment, res: dict[str, Any], trainer: Trai
         "metric": e.domain.metric, "mean": res["mean"], "ci95": res["ci95"], "num_tasks": res["num_tasks"],
         "algorithm": cfg.algo.algo, "cml": bool(e.algo.cml and cfg.algo.control not in ("cl", "frozen-co")),
         "control": cfg.algo.control, "gamma": cfg.algo.gamma, "co_depth": cfg.algo.co_depth,
+        "co_hidden": cfg.algo.co_hidden,
         "task": cfg.data.task, "dataset": e.domain.name, "ways": cfg.data.ways if cfg.data.task != "sinusoid"
         else None, "shots": cfg.data.shots, "queries": cfg.data.queries, "seed": cfg.train.seed,
         "partial": bool(e.domain.partial), "notes": info.get("notes", []), "steps": cfg.train.steps,

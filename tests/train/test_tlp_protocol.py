@@ -53,10 +53,12 @@ def test_tlp_preset_fills_unset_settings_and_user_values_win():
 
 
 @pytest.mark.parametrize(("graph", "lr"), [("citeseer", 0.1), ("amazon-computers", 0.05)])
-def test_ammgnn_config_gets_tlps_inner_step_per_dataset_and_a_flag_wins(graph, lr):
+def test_ammgnn_config_follows_the_papers_text_the_protocol_tlps_code_and_a_flag_wins(graph, lr):
     cfg = from_yaml(CONFIGS / "table3-ammgnn.yaml")
     cfg.data.graph = graph
-    assert fill_defaults(cfg).algo.inner_lr == lr
+    assert fill_defaults(cfg).algo.inner_lr == 0.05  # the paper's text: 20 steps of 0.05 in every cell
+    bare = apply_overrides(Config(), {"data": {"graph": graph, "protocol": "tlp"}, "algo": {"algo": "ammgnn"}}, "t")
+    assert fill_defaults(bare).algo.inner_lr == lr  # --protocol tlp alone: TLP's code (0.1 off Amazon-Computer)
     cfg = apply_overrides(from_yaml(CONFIGS / "table3-ammgnn.yaml"), {"data": {"graph": graph},
                                                                      "algo": {"inner_lr": 0.3}}, "flags")
     assert fill_defaults(cfg).algo.inner_lr == 0.3
@@ -124,6 +126,7 @@ def test_frozen_co_learner_is_bit_identical_after_training(tmp_path):
             assert torch.equal(v, after[k]), k  # weight decay and Adam never touched it
     assert not torch.equal(before["extractor.lin1.weight"], after["extractor.lin1.weight"])
     assert summary["control"] == "frozen-co" and summary["cml"] is False
+    assert summary["co_depth"] == 1 and summary["co_hidden"] == 4  # the co-learner's shape is recorded
 
 
 def test_summary_records_classes_tlp100_and_early_stopping(tmp_path):
@@ -180,3 +183,19 @@ def test_bad_settings_are_refused_with_the_fix(overrides, match):
 
     with pytest.raises(ConfigError, match=match):
         prepare(apply_overrides(Config(), overrides, "test"))
+
+
+def test_controls_with_their_own_co_learner_ignore_the_cml_switch(tmp_path):
+    """``--cml``/``--no-cml`` does not change the cl and frozen-co controls: one canonical config (so runs are
+    named, recorded and reused alike) whose console line names the control, not "+ CML"."""
+    from cmlgraph.compare import _key
+    from cmlgraph.train.trainer import prepare
+
+    for control in ("frozen-co", "cl"):
+        on = prepare(_cfg(tmp_path, control=control, cml=True))
+        off = prepare(_cfg(tmp_path, control=control, cml=False))
+        assert on.algo.cml is off.algo.cml is False and _key(on) == _key(off)
+    from cmlgraph.train.trainer import _arm_label
+
+    assert _arm_label(prepare(_cfg(tmp_path, control="frozen-co"))) == ", control frozen-co"
+    assert _arm_label(prepare(_cfg(tmp_path))) == " + CML"
