@@ -220,6 +220,8 @@ def reproduce(
     from cmlgraph.train.trainer import train as train_run
 
     cells = select_cells(paper_cells(), only)
+    if runs is not None and runs < 1:  # the same check as a training call, also before --list
+        raise ConfigError(f"--runs {runs}: give at least 1 run per cell")
     if list_only:
         status = data_status(cells, data_root)
         for cell in cells:

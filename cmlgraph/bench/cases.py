@@ -126,7 +126,12 @@ def build_cases(quick: bool, graphs: list[str] | None = None, domains: list[str]
             cases += graph_cases(key)
     if not quick and "gmeta" in domains:
         cases += [c for key in GMETA_GRAPHS for c in gmeta_cases(key)]
-    return [c for c in cases if c.domain in domains]
+    selected = [c for c in cases if c.domain in domains]
+    if not selected:
+        why = ("--quick has no gmeta case (it runs minutes on Amazon-Computer): drop --quick" if quick and
+               "gmeta" in domains else f"no case of domains {domains} on graphs {keys}")
+        raise ConfigError(f"nothing to benchmark: {why}")
+    return selected
 
 
 def build_ratios(cases: list[Case]) -> list[Ratio]:

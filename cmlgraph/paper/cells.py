@@ -110,7 +110,7 @@ def select_cells(cells: Sequence[PaperCell], only: str | None) -> list[PaperCell
     """
     if only is None:
         return list(cells)
-    selectors = [s.strip() for s in only.split(",") if s.strip()]
+    selectors = [s.strip().lower() for s in only.split(",") if s.strip()]  # tags and ids are lower case
     if not selectors:
         raise ConfigError(f"--only {only!r} is empty; give comma-separated selectors such as sinusoid,citeseer")
 

@@ -104,3 +104,13 @@ def test_bad_settings_raise() -> None:
     with pytest.raises(ConfigError, match="use cpu or cuda"):
         check_device("tpu")
     assert {c.domain for c in build_cases(quick=True, domains=["graph"])} == {"graph"}
+
+
+def test_a_selection_with_no_case_is_an_error_naming_why() -> None:
+    """``--quick --domains gmeta`` used to run nothing and exit 0 with empty tables."""
+    from cmlgraph.bench.cases import build_cases
+    from cmlgraph.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--quick has no gmeta case.*drop --quick"):
+        build_cases(quick=True, domains=["gmeta"])
+    assert {c.domain for c in build_cases(quick=False, domains=["gmeta"])} == {"gmeta"}

@@ -112,3 +112,9 @@ def test_no_help_shows_bool_value_type() -> None:
                              text=True, timeout=60, env={"COLUMNS": "200", "PATH": ""}).stdout
         assert "--help" in out, command
         assert "<bool>" not in out, (command, [ln for ln in out.splitlines() if "<bool>" in ln])
+
+
+def test_reproduce_list_checks_runs_too() -> None:
+    out = subprocess.run([sys.executable, "-m", "cmlgraph", "reproduce", "--runs", "0", "--list"],
+                         capture_output=True, text=True, timeout=60, env={"COLUMNS": "200", "PATH": ""})
+    assert out.returncode != 0 and "--runs 0: give at least 1 run per cell" in out.stdout + out.stderr

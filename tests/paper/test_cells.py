@@ -26,6 +26,7 @@ def test_cells_follow_published_table_and_sinusoid():
                             "sinusoid/maml/k20"]),
     ("table3/amazon-computers/*/2way-5shot", ["table3/amazon-computers/gmeta/2way-5shot",
                                               "table3/amazon-computers/ammgnn/2way-5shot"]),
+    ("CiteSeer+G-Meta".replace("-", ""), ["table3/citeseer/gmeta/2way-1shot", "table3/citeseer/gmeta/2way-5shot"]),
 ])
 def test_only_selects_by_tag_conjunction_and_glob(only, ids):
     assert [c.id for c in select_cells(paper_cells(), only)] == ids
