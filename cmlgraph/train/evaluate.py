@@ -42,12 +42,15 @@ def evaluate(
 
     Returns:
         ``mean``, ``ci95``, ``num_tasks``, ``scores``, ``nonfinite_tasks`` (tasks with NaN/inf predictions,
-        scored as wrong, or inf for MSE); plus ``dagger_mean``/``dagger_ci95`` with a co-learner.
+        scored as wrong, or inf for MSE); plus ``dagger_mean``/``dagger_ci95`` with a co-learner, and for
+        classification ``dagger_one_class_tasks``: tasks where the co-learner's output names one class for every
+        query (a collapsed co-learner: its score there is chance by construction).
     """
     was_training = model.training
     model.eval()
     scores: list[float] = []
     dagger: list[float] = []
+    one_class = 0
     nonfinite = 0
     try:
         # Episodes adapted together hold one copy of the weights each: cap a chunk at ~8M values per copy.
@@ -71,6 +74,8 @@ def evaluate(
                 nonfinite += not finite
                 if co is not None:
                     dagger.append(score_predictions(domain.metric, co, y)[0])
+                    if domain.metric == "accuracy" and co.dim() == 2 and co.shape[0] > 1:
+                        one_class += bool((co.argmax(-1) == co.argmax(-1)[0]).all())
                 if progress is not None:
                     progress()
     finally:
@@ -80,4 +85,6 @@ def evaluate(
                               "nonfinite_tasks": nonfinite}
     if dagger:
         result["dagger_mean"], result["dagger_ci95"] = mean_ci95(dagger)
+        if domain.metric == "accuracy":
+            result["dagger_one_class_tasks"] = one_class
     return result

@@ -535,6 +535,14 @@ def build_summary(cfg: Config, e: Experiment, res: dict[str, Any], trainer: Trai
     summary["provenance"] = provenance(cfg.train.device)  # versions, device, command, git commit (issue 11)
     if "dagger_mean" in res:
         summary["cml_dagger_mean"], summary["cml_dagger_ci95"] = res["dagger_mean"], res["dagger_ci95"]
+        if "dagger_one_class_tasks" in res:
+            one = res["dagger_one_class_tasks"]
+            summary["cml_dagger_one_class_tasks"] = one
+            if one * 2 > res["num_tasks"]:  # a diagnostic of the co-learner, not of the model: a note, no warning
+                summary["notes"] = [*summary["notes"], (
+                    f"the co-learner's own output (CML†, cml_dagger_mean) names one class for every query node in "
+                    f"{one} of {res['num_tasks']} test tasks: the co-learner collapsed to a constant prediction, so "
+                    f"CML† there is chance by construction (the meta-learner's score, mean, is unaffected)")]
         if cfg.algo.control == "cl":  # CL⋆ is ``mean`` (meta-learner); CL† the adapted co-learner's output
             summary["cl_dagger_mean"], summary["cl_dagger_ci95"] = res["dagger_mean"], res["dagger_ci95"]
     if hasattr(e.domain, "class_ids"):

@@ -136,3 +136,25 @@ def test_evaluation_in_graph_batches_equals_one_by_one():
     alone = evaluate(algo, model, params, khop, raws, batch_size=1)
     assert np.allclose(together["scores"], alone["scores"])
     assert "dagger_mean" in together and np.isclose(together["dagger_mean"], alone["dagger_mean"])
+
+
+def test_a_collapsed_co_learner_is_counted_not_scored_silently():
+    """A co-learner whose output names one class for every query node (here: zero weights, all logits equal)
+    scores chance by construction; evaluation counts those tasks (``dagger_one_class_tasks``)."""
+    from cmlgraph.train.evaluate import evaluate
+
+    graph = make_synthetic(num_nodes=600, num_classes=9, avg_degree=4, seed=1, split="3/3/3")
+    dom = GraphDomain(graph, ways=3, shots=2, queries=3, hidden=8, subgraph="khop", gnn="gcn")
+    torch.manual_seed(1)
+    model = MetaModel(dom.build_extractor(), 3, co_depth=0)
+    algo = get_algorithm(AlgoConfig(algo="maml", inner_steps=1, inner_lr=0.5, co_depth=0))
+    raws = dom.sample("test", 4, torch.Generator().manual_seed(3))
+    live = evaluate(algo, model, parameters_of(model), dom, raws)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("co."):
+                p.zero_()
+    dead = evaluate(algo, model, parameters_of(model), dom, raws)
+    assert dead["dagger_one_class_tasks"] == 4 and live["dagger_one_class_tasks"] < 4
+    assert dead["dagger_mean"] == pytest.approx(1 / 3)  # balanced queries: one class right, two wrong
+    assert np.allclose(dead["scores"], live["scores"])  # the meta-learner's score does not depend on φ
