@@ -95,10 +95,11 @@ def fit(graph: FewShotGraph | str = "synthetic", *, verbose: bool = False, **set
     name = register_graph(graph) if isinstance(graph, FewShotGraph) else graph
     from cmlgraph.provenance import api_call, recording
     from cmlgraph.train.trainer import train
+    from cmlgraph.user_warnings import warning_words
 
     try:
         cfg = make_config(task="graph", graph=name, **settings)
-        with recording(api_call("fit", graph, **settings)):
+        with recording(api_call("fit", graph, **settings)), warning_words(api_names):  # warnings in fit's words
             return train(cfg, Console() if verbose else None, progress=verbose)
     except ConfigError as exc:  # in the words of fit's keyword arguments, not the CLI's flags
         raise ConfigError(api_names(str(exc))) from None

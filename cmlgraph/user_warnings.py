@@ -10,9 +10,24 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 _PACKAGE = str(Path(__file__).resolve().parent)
+_WORDS: ContextVar[Callable[[str], str] | None] = ContextVar("cmlgraph_warning_words", default=None)
+
+
+@contextmanager
+def warning_words(rewrite: Callable[[str], str]) -> Iterator[None]:
+    """Within the block, :func:`warn_user` passes each message through ``rewrite`` first (e.g. the Python API's
+    keyword names instead of the command line's flags)."""
+    token = _WORDS.set(rewrite)
+    try:
+        yield
+    finally:
+        _WORDS.reset(token)
 
 
 def _outside_level() -> int:
@@ -32,7 +47,8 @@ def _outside_level() -> int:
 
 def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
     """``warnings.warn(message, category)`` attributed to the user's own code (the first non-cmlgraph frame)."""
-    warnings.warn(message, category, stacklevel=_outside_level())
+    rewrite = _WORDS.get()
+    warnings.warn(rewrite(message) if rewrite else message, category, stacklevel=_outside_level())
 
 
-__all__ = ["warn_user"]
+__all__ = ["warn_user", "warning_words"]
