@@ -5,6 +5,7 @@ the effective defaults."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -100,7 +101,7 @@ def test_train_help_shows_effective_defaults_and_flags_stay_unset():
                for p in opts if p.name != "quiet")
     assert "(none)" not in flat
     # a switch takes no value: no "<bool>" beside it (a fresh user read "--quiet <bool>" as "--quiet true")
-    switches = [ln for ln in out.splitlines() if "--quiet" in ln or "--cml" in ln or "--first-order" in ln]
+    switches = [ln for ln in out.splitlines() if re.match(r"\W*--(quiet|cml|first-order)\b", ln)]
     assert len(switches) == 3 and not any("<bool>" in ln for ln in switches), switches
 
 
