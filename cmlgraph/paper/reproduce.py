@@ -21,7 +21,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from cmlgraph.compare import Paired, obtain_run, paired_stats, seed_ci, write_csv
+from cmlgraph.compare import Paired, _scaled, obtain_run, paired_stats, seed_ci, write_csv
 from cmlgraph.config import Config, apply_overrides, from_yaml
 from cmlgraph.errors import ConfigError
 from cmlgraph.paper.cells import DEFAULT_RUNS, PAPER_CONFIGS, PaperCell
@@ -261,11 +261,10 @@ def markdown(results: Sequence[CellResult], published: dict[str, Any] | None = N
         if p is None:
             ours = [f"not run: {res.skipped}", "", "", "", "0", "0"]
         else:
-            scale = 100.0 if metric == "accuracy" else 1.0
             ours = [_ours((p.base[0], seed_ci(p.base, p.seeds)), metric),
                     _ours((p.cml[0], seed_ci(p.cml, p.seeds)), metric),
                     _ours((p.diff_seeds[0], seed_ci(p.diff_seeds, p.seeds)), metric, sign=True),
-                    f"± {p.diff[1] * scale:.{2 if metric == 'accuracy' else 3}f}", str(p.seeds), str(p.tasks)]
+                    f"± {_scaled(p.diff[1], metric)}", str(p.seeds), str(p.tasks)]
         lines.append(f"| {c.experiment} | {c.setting} | {ALGO_LABELS.get(c.algo, c.algo)} | {unit} | "
                      f"{_num(c.paper_base, metric)} | {ours[0]} | {_num(c.paper_cml, metric)} | {ours[1]} | {pd} | "
                      f"{ours[2]} | {ours[3]} | {ours[4]} | {ours[5]} |")
