@@ -57,7 +57,8 @@ class BallBlock:
         members: ``LongTensor[R]`` global node id of every row (ball by ball, each ball sorted).
         ball_of_row: ``LongTensor[R]`` which ball a row belongs to.
         sizes: ``LongTensor[B]`` ball sizes |S_b|.
-        rows, cols, vals: The induced adjacency ``R × R`` (block diagonal, full-graph weights, not renormalised).
+        rows, cols, vals: The induced adjacency ``R × R`` (block diagonal, full-graph weights, not renormalised);
+            ``rows``/``cols`` are ``int32`` when the layout's keys fit, else ``int64``.
     """
 
     members: Tensor
@@ -87,6 +88,7 @@ class BallIndex:
         self._symmetric: bool | None = None
         self._balls: dict[int, Tensor] = {}
         self.memo: dict[str, Any] = {}
+        self._csr_as: dict[torch.dtype, tuple[Tensor, Tensor]] = {}  # (crow, col) in block()'s index type
         self.max_table = 50_000_000  # entries of the (ball, node) look-up table of block(); above: binary search
 
     @property
@@ -133,30 +135,45 @@ class BallIndex:
         Rows of ball ``b`` are its members in sorted order; entry ``(r, c)`` is the full graph's ``D⁻¹(A+I)`` at
         (member r, member c) for every pair inside the same ball, found with one table look-up (or binary search)
         over all balls. Entries come row by row with ascending columns and no duplicates (valid CSR order).
+
+        Cost: this layout is rebuilt for every episode (tasks never repeat), so it works on ``int32`` indices
+        whenever the (ball, node) keys fit (half the memory traffic of ``int64`` over the millions of candidate
+        entries a task's balls have on a dense graph) and selects the kept entries with one ``nonzero``.
         """
         members_list = self.balls(nodes)
         sizes = torch.tensor([m.numel() for m in members_list], dtype=torch.long)
+        n, nb = self.num_nodes, int(sizes.numel())
+        itype = torch.int32 if nb * n < 2**31 and self.col.numel() < 2**31 else torch.long
         members = torch.cat(members_list)
-        ball_of_row = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
-        n, r = self.num_nodes, members.numel()
-        rp, pos = csr_row_entries(self.crow, members)
-        # index_select rather than advanced indexing throughout: the same gathers, several times faster on
-        # millions of entries (this layout is rebuilt for every episode).
-        cball, cnode = ball_of_row.index_select(0, rp), self.col.index_select(0, pos)
-        if sizes.numel() * n <= self.max_table:
+        r = int(members.numel())
+        ball_of_row = torch.repeat_interleave(torch.arange(nb), sizes, output_size=r)
+        if itype not in self._csr_as:
+            self._csr_as[itype] = (self.crow.to(itype), self.col.to(itype))
+        crow_i, col_i = self._csr_as[itype]
+        # Every stored entry of the members' rows of D⁻¹(A + I): (row position rp, column node cnode).
+        start = crow_i.index_select(0, members)
+        counts = crow_i.index_select(0, members + 1) - start
+        total = int(counts.sum())
+        rp = torch.repeat_interleave(torch.arange(r, dtype=itype), counts, output_size=total)
+        shift = start - (torch.cumsum(counts, 0, dtype=itype) - counts)
+        cnode = col_i.index_select(0, shift.index_select(0, rp) + torch.arange(total, dtype=itype))
+        rowkey = ball_of_row.to(itype) * n  # (ball, node) key = ball · N + node
+        if nb * n <= self.max_table:
             # Position of (ball, node) by a dense look-up table: one gather instead of a binary search per entry.
-            table = torch.full((sizes.numel() * n,), -1, dtype=torch.int32)
-            table[ball_of_row * n + members] = torch.arange(r, dtype=torch.int32)
-            idx = table.index_select(0, cball * n + cnode).long()
+            table = torch.full((nb * n,), -1, dtype=itype)
+            table[ball_of_row * n + members] = torch.arange(r, dtype=itype)
+            idx = table.index_select(0, rowkey.index_select(0, rp) + cnode)
             keep = idx >= 0
         else:
-            key = ball_of_row * n + members  # strictly increasing: balls in order, members sorted
-            ckey = cball * n + cnode
+            key = rowkey + members.to(itype)  # strictly increasing: balls in order, members sorted
+            ckey = rowkey.index_select(0, rp) + cnode
             idx = torch.searchsorted(key, ckey).clamp_max(r - 1)
             keep = key.index_select(0, idx) == ckey
-        kept = keep.nonzero().squeeze(1)  # one nonzero for the three selections below
-        return BallBlock(members, ball_of_row, sizes, rp.index_select(0, kept), idx.index_select(0, kept),
-                         self.val.index_select(0, pos.index_select(0, kept)))
+        kept = keep.nonzero().squeeze(1)  # one nonzero for the selections below
+        rows, cols = rp.index_select(0, kept), idx.index_select(0, kept)
+        # D⁻¹(A + I) holds 1/(d+1) of the row's node at every entry of a row.
+        vals = self.dinv.index_select(0, members).index_select(0, rows)
+        return BallBlock(members, ball_of_row, sizes, rows, cols, vals)
 
 
 @dataclass

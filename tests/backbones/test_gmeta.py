@@ -75,13 +75,15 @@ def test_tlp_initialisation_bounds():
     assert head[0].weight.abs().max() > 1 / 16 ** 0.5  # not PyTorch's default U(−1/√in, 1/√in) with in = 16
 
 
-def _random_graph(n: int = 60, seed: int = 0, directed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def _random_graph(n: int = 60, seed: int = 0, directed: bool = False,
+                  binary: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     src = torch.randint(n, (150,), generator=g)
     dst = torch.randint(n, (150,), generator=g)
     keep = src != dst
     ei = torch.stack([src[keep], dst[keep]])
-    return torch.randn(n, 7, generator=g), ei if directed else torch.cat([ei, ei.flip(0)], 1)
+    x = (torch.rand(n, 7, generator=g) < 0.4).float() if binary else torch.randn(n, 7, generator=g)
+    return x, ei if directed else torch.cat([ei, ei.flip(0)], 1)
 
 
 def _episodes(index: BallIndex, tasks: int, seed: int = 1) -> list[Episode]:
@@ -94,11 +96,13 @@ def _episodes(index: BallIndex, tasks: int, seed: int = 1) -> list[Episode]:
     return eps
 
 
-@pytest.mark.parametrize(("reference", "directed"), [(PerNodeBallGCN, False), (DensePerNodeBallGCN, False),
-                                                     (PerNodeBallGCN, True)])
-def test_batched_balls_equal_per_node_loop_in_loss_and_meta_gradients(reference, directed):
-    """Undirected graphs take the sort-free transpose (symmetric pattern), a directed one the sorted transpose."""
-    x, ei = _random_graph(directed=directed)
+@pytest.mark.parametrize(("reference", "directed", "binary"),
+                         [(PerNodeBallGCN, False, False), (DensePerNodeBallGCN, False, False),
+                          (PerNodeBallGCN, True, False), (PerNodeBallGCN, False, True), (PerNodeBallGCN, True, True)])
+def test_batched_balls_equal_per_node_loop_in_loss_and_meta_gradients(reference, directed, binary):
+    """Undirected graphs take the sort-free transpose (symmetric pattern), a directed one the sorted transpose;
+    binary features take the subset-sum tables of the first layer."""
+    x, ei = _random_graph(directed=directed, binary=binary)
     index = BallIndex(x, ei)
     assert index.symmetric is (not directed)
     torch.manual_seed(0)
@@ -116,6 +120,7 @@ def test_batched_balls_equal_per_node_loop_in_loss_and_meta_gradients(reference,
     for k in a.grads:
         torch.testing.assert_close(a.grads[k], b.grads[k], rtol=1e-4, atol=1e-6, msg=k)
     assert any(a.grads[k].abs().sum() > 0 for k in a.grads if k.startswith("extractor."))
+    assert (index.memo["binary_codes"] is not None) is binary  # the path under test is the one taken
 
 
 def test_batched_groups_split_large_task_batches_without_changing_results():
@@ -133,17 +138,25 @@ def test_batched_groups_split_large_task_batches_without_changing_results():
     torch.testing.assert_close(whole, single, rtol=1e-5, atol=1e-6)
 
 
-def test_ball_dropout_is_inverted_dropout() -> None:
+@pytest.mark.parametrize("p", [0.3, 0.5, 0.25])  # 0.3: uniform draws; 0.5 and 0.25: the random-byte mask
+def test_ball_dropout_is_inverted_dropout(p: float) -> None:
     """G-Meta's dropout on the ball rows keeps each entry with probability 1 − p, scales kept ones by 1/(1 − p),
-    and passes gradients only through kept entries (as ``F.dropout``)."""
+    and passes gradients only through kept entries (as ``F.dropout``); the mask is not constant along a row or
+    column (the byte path must use every byte of its draws, none of the biased top one)."""
     from cmlgraph.backbones.gmeta import _dropout
 
     torch.manual_seed(0)
     h = torch.full((400, 50), 2.0, requires_grad=True)
-    out = _dropout(h, 0.3)
+    out = _dropout(h, p)
     kept = out != 0
-    assert abs(kept.float().mean().item() - 0.7) < 0.01
-    assert torch.allclose(out[kept], torch.tensor(2.0 / 0.7))
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.01
+    # Each of the 7 byte lanes (and each column) keeps about 1 − p: a biased byte would show up here.
+    lanes = kept.reshape(-1)[: (kept.numel() // 7) * 7].view(-1, 7).float().mean(0)
+    assert (lanes - (1 - p)).abs().max() < 0.03, lanes
+    assert (kept.float().mean(0) - (1 - p)).abs().max() < 0.12
+    assert torch.allclose(out[kept], torch.tensor(2.0 / (1 - p)))
     out.sum().backward()
-    assert torch.equal(h.grad != 0, kept) and torch.allclose(h.grad[kept], torch.tensor(1 / 0.7))
+    assert torch.equal(h.grad != 0, kept) and torch.allclose(h.grad[kept], torch.tensor(1 / (1 - p)))
+    a, b = _dropout(torch.ones(64, 16), p), _dropout(torch.ones(64, 16), p)
+    assert not torch.equal(a, b)  # a fresh mask on every call
     assert torch.equal(_dropout(torch.ones(3, 2), 1.0), torch.zeros(3, 2))

@@ -1,0 +1,63 @@
+"""Subset-sum tables for binary features: equal to the dense product, its gradients, and its second order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cmlgraph.backbones.binary_features import binary_codes, binary_matmul, subset_sum_tables
+
+
+def _binary(n: int, f: int, density: float = 0.4, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, f, generator=g) < density).to(dtype)
+
+
+@pytest.mark.parametrize("f", [1, 8, 13, 767])  # a partial last chunk, one whole chunk, Amazon-Computer's width
+def test_binary_matmul_equals_dense_product_and_its_weight_gradient(f: int) -> None:
+    x = _binary(50, f)
+    codes = binary_codes(x)
+    assert codes is not None and codes.shape == (50, (f + 7) // 8) and codes.dtype == torch.int32
+    w = torch.randn(f, 6, requires_grad=True)
+    g = torch.randn(50, 6)
+    got = binary_matmul(codes, x, w)
+    want = x @ w
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    (gw_got,) = torch.autograd.grad(got, w, g)
+    (gw_want,) = torch.autograd.grad(want, w, g)
+    torch.testing.assert_close(gw_got, gw_want)
+
+
+def test_sliced_codes_address_the_same_rows() -> None:
+    x = _binary(40, 20, seed=1)
+    rows = torch.tensor([39, 3, 3, 17])
+    w = torch.randn(20, 4)
+    got = binary_matmul(binary_codes(x).index_select(0, rows), x[rows], w)
+    torch.testing.assert_close(got, x[rows] @ w, rtol=1e-5, atol=1e-5)
+
+
+def test_second_order_gradients_are_exact() -> None:
+    """MAML's second-order path differentiates the inner gradient again: gradcheck and gradgradcheck in float64."""
+    x = _binary(12, 11, dtype=torch.float64)
+    codes = binary_codes(x)
+    w = torch.randn(11, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda w: binary_matmul(codes, x, w), (w,))
+    assert torch.autograd.gradgradcheck(lambda w: binary_matmul(codes, x, w).tanh(), (w,))
+
+
+def test_tables_hold_every_subset_sum() -> None:
+    w = torch.arange(10.0).view(10, 1)  # row i = i
+    t = subset_sum_tables(w)
+    assert t.shape == (2 * 256, 1)
+    assert t[0b101, 0] == 0 + 2 and t[255, 0] == sum(range(8))
+    assert t[256 + 0b11, 0] == 8 + 9 and t[256 + 0b100, 0] == 0  # padding rows of the last chunk are zero
+
+
+def test_non_binary_sparse_or_sparse_enough_features_get_no_codes() -> None:
+    x = _binary(30, 16)
+    assert binary_codes(x * 2) is None  # a value other than 0/1
+    assert binary_codes(x.to_sparse()) is None  # sparse features keep the sparse product
+    assert binary_codes(x.long()) is None
+    assert binary_codes(_binary(30, 16, density=0.02)) is None  # too few set: the sparse product is cheaper
+    x[0, 0] = float("nan")
+    assert binary_codes(x) is None
