@@ -191,7 +191,9 @@ class BallGCN(Backbone):
         # accumulating index_put (about 15 % of a G-Meta meta-iteration on Amazon-Computer).
         if "gather" in lay:
             xw = xw.index_select(0, lay["gather"])
-        h1 = F.relu(sparse_matmul(lay["B"], xw) + b1.index_select(0, lay["task_of_row"]))
+        # One task: its bias broadcasts (the per-row gather's backward would be a scatter over every ball row).
+        bias = b1 if t == 1 else b1.index_select(0, lay["task_of_row"])
+        h1 = F.relu(sparse_matmul(lay["B"], xw) + bias)
         if self.training and dropout and self.dropout > 0:
             h1 = _dropout(h1, self.dropout)
         z = sparse_matmul(lay["PB"], h1).view(t, n, h)
