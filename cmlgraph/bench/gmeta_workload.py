@@ -101,7 +101,7 @@ def gmeta_workload(graph: FewShotGraph, impl: str, device: str) -> Workload:
     sizes = torch.cat([dom.ball_index(device).ball_sizes(torch.cat([r.support, r.query])) for r in pool])
     info.update(saved_params=saved_parameters(exp), mean_ball=float(sizes.float().mean()),
                 balls_per_task=int(sizes.numel() // len(pool)))
-    return Workload(step, s["meta_batch"], info)
+    return Workload(step, s["meta_batch"], info, cycle=len(pool))
 
 
 __all__ = ["GMETA_SETTING", "check_equal", "gmeta_workload"]

@@ -34,30 +34,41 @@ def peak_rss_mb() -> float:
 
 
 def time_workload(work: Workload, budget_s: float, max_iters: int, sync: Callable[[], None]) -> dict[str, Any]:
-    """Time meta-iterations after one warm-up, for at most ``max_iters`` and about ``budget_s`` seconds.
+    """Time meta-iterations after one warm-up, for about ``budget_s`` seconds and at most ``max_iters`` (rounded
+    up to whole cycles).
 
-    At least one iteration is timed after the warm-up. When the warm-up alone exceeds the budget (a reference
-    taking a minute per iteration), it is the measurement; ``timed_from_warmup`` says so. Times are the median.
+    A workload that cycles through a pool of tasks of different sizes (``work.cycle`` > 1) is timed in whole
+    cycles, so that every task counts equally however many iterations fit the budget (otherwise a slow
+    implementation timed on 6 iterations of a 4-task pool would count two tasks twice); the figure is then the
+    median over cycles of the mean iteration time within a cycle. At least one cycle is timed after the warm-up.
+    When the warm-up alone exceeds the budget (a reference taking a minute per iteration), it is the measurement;
+    ``timed_from_warmup`` says so.
     """
     t = time.perf_counter()
     work.step()
     sync()
     warm = time.perf_counter() - t
+    cycle = max(1, work.cycle)
     times: list[float] = []
+    per_iter: list[float] = []  # one value per timed cycle: its mean iteration time
     if warm >= budget_s:
-        times = [warm]
+        times = per_iter = [warm]
     else:
         start = time.perf_counter()
         while len(times) < max_iters:
-            t = time.perf_counter()
-            work.step()
-            sync()
-            times.append(time.perf_counter() - t)
-            if time.perf_counter() - start + statistics.median(times) > budget_s:
+            group = []
+            for _ in range(cycle):
+                t = time.perf_counter()
+                work.step()
+                sync()
+                group.append(time.perf_counter() - t)
+            times += group
+            per_iter.append(statistics.fmean(group))
+            if time.perf_counter() - start + cycle * statistics.median(per_iter) > budget_s:
                 break
-    med = statistics.median(times)
+    med = statistics.median(per_iter)
     return {"tasks_per_s": work.meta_batch / med, "ms_per_iter": 1000 * med, "ms_per_iter_min": 1000 * min(times),
-            "iters": len(times), "warmup_ms": 1000 * warm, "timed_from_warmup": warm >= budget_s,
+            "iters": len(times), "cycle": cycle, "warmup_ms": 1000 * warm, "timed_from_warmup": warm >= budget_s,
             "meta_batch": work.meta_batch}
 
 

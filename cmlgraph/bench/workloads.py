@@ -33,11 +33,14 @@ class Workload:
         step: Runs one meta-iteration (meta-batch, meta-gradients, optimizer step).
         meta_batch: Tasks per meta-iteration.
         info: Facts for the report (saved parameter count, execution mode...).
+        cycle: Iterations after which ``step`` repeats its tasks (a pool of tasks of different sizes); timing
+            runs in whole cycles so that every task counts equally.
     """
 
     step: Callable[[], None]
     meta_batch: int
     info: dict[str, Any] = field(default_factory=dict)
+    cycle: int = 1
 
 
 def saved_parameters(exp: Experiment) -> int:

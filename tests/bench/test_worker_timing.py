@@ -1,0 +1,58 @@
+"""The bench's timing loop: whole cycles of a task pool, so every task counts equally (on a simulated clock)."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+import cmlgraph.bench.worker as worker
+from cmlgraph.bench.workloads import Workload
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    now = [0.0]
+    monkeypatch.setattr(worker, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    return now
+
+
+def _pool_workload(costs_s: list[float], clock: list[float]) -> tuple[Workload, list[int]]:
+    seen: list[int] = []
+
+    def step() -> None:
+        i = len(seen) % len(costs_s)
+        seen.append(i)
+        clock[0] += costs_s[i]
+
+    return Workload(step, 1, {}, cycle=len(costs_s)), seen
+
+
+def test_a_pool_workload_is_timed_in_whole_cycles_and_scored_by_its_cycle_mean(clock: list[float]) -> None:
+    costs = [1.0, 1.0, 1.0, 9.0]  # one heavy task in four
+    work, seen = _pool_workload(costs, clock)
+    out = worker.time_workload(work, budget_s=30.0, max_iters=6, sync=lambda: None)
+    timed = seen[1:]  # after the warm-up
+    assert out["cycle"] == 4 and out["iters"] == len(timed) == 8  # 6 rounded up to two whole cycles
+    assert all(timed.count(i) == 2 for i in range(4))  # each task equally often
+    # The cycle mean, 3 s: not the per-iteration median (1 s), which 6 loose iterations would have given.
+    assert out["ms_per_iter"] == pytest.approx(3000.0) and out["ms_per_iter_min"] == pytest.approx(1000.0)
+
+
+def test_the_budget_stops_after_a_whole_cycle(clock: list[float]) -> None:
+    work, seen = _pool_workload([1.0, 1.0, 1.0, 9.0], clock)
+    out = worker.time_workload(work, budget_s=15.0, max_iters=100, sync=lambda: None)
+    assert out["iters"] == 4 and out["ms_per_iter"] == pytest.approx(3000.0)
+
+
+def test_a_single_task_workload_keeps_per_iteration_timing(clock: list[float]) -> None:
+    work, seen = _pool_workload([2.0], clock)
+    out = worker.time_workload(work, budget_s=9.0, max_iters=50, sync=lambda: None)
+    assert out["cycle"] == 1 and out["iters"] == len(seen) - 1 == 4
+    assert out["ms_per_iter"] == pytest.approx(2000.0) and out["tasks_per_s"] == pytest.approx(0.5)
+
+
+def test_a_warm_up_over_budget_is_the_measurement(clock: list[float]) -> None:
+    work, _ = _pool_workload([20.0, 1.0], clock)
+    out = worker.time_workload(work, budget_s=10.0, max_iters=50, sync=lambda: None)
+    assert out["timed_from_warmup"] and out["iters"] == 1 and out["ms_per_iter"] == pytest.approx(20000.0)
