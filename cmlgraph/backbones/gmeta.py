@@ -15,8 +15,9 @@ Batched, never a loop over nodes: the balls of all centre nodes of a task (and o
 one block-diagonal sparse matrix ``B`` (rows = (ball, member) pairs). The first layer projects each *distinct*
 member's features once per task (``X_U W₁ᵀ``, U the union of the balls; with binary features through
 subset-sum tables, :mod:`cmlgraph.backbones.binary_features`), gathers the projected row of every
-(ball, member) pair and aggregates with ``B`` (on an undirected graph B's pattern is symmetric, so its transpose for
-the backward pass costs no sort; on a directed one B's columns point into the projection directly); the mean
+(ball, member) pair and aggregates with ``B`` (on an undirected graph B is a symmetric 0/1 pattern with one value
+per row, :class:`~cmlgraph.backbones.gnn_ops.RowScaledSymmetric`, so its backward needs no stored transpose; on a
+directed one B's columns point into the projection directly); the mean
 readout and the second layer's aggregation fold into one constant sparse matrix ``P B`` (P averages the rows of a
 ball), and ``W₂`` applies after pooling (by linearity). Per-task weights
 carry a leading task dimension, so every task still gets its own weights and gradients.
@@ -35,7 +36,7 @@ from torch import Tensor, nn
 from cmlgraph.backbones.base import Backbone, mlp_head
 from cmlgraph.backbones.binary_features import binary_codes, binary_matmul
 from cmlgraph.backbones.gnn_ops import (
-    csr_with_transpose,
+    RowScaledSymmetric,
     is_sparse,
     sparse_matmul,
     transposable,
@@ -145,11 +146,12 @@ class BallGCN(Backbone):
         crow = torch.zeros(r + 1, dtype=blk.rows.dtype)
         torch.cumsum(torch.bincount(blk.rows, minlength=r), 0, out=crow[1:])
         if index.symmetric:
-            # Undirected graph: B in row space (R × R, block diagonal) has a symmetric pattern, so its transpose
-            # needs no sort (value at (r, c) of Bᵀ = 1/(d+1) of row c's node); each pass gathers the projected
-            # rows of its members first (``gather``: row → task·U + union position).
-            vals_t = index.dinv.index_select(0, blk.members).index_select(0, blk.cols)
-            memo["B"] = csr_with_transpose(crow.to(dev), blk.cols.to(dev), blk.vals.to(dev), vals_t.to(dev), r)
+            # Undirected graph: B in row space (R × R, block diagonal) has a symmetric pattern and one value per
+            # row, so Bᵀ g = pattern · (dm ⊙ g) needs no stored transpose; each pass gathers the projected rows
+            # of its members first (``gather``: row → task·U + union position).
+            dm = index.dinv.index_select(0, blk.members)  # B = diag(dm) · (0/1 pattern): one value per row
+            vals_t = dm.index_select(0, blk.cols)
+            memo["B"] = RowScaledSymmetric(crow.to(dev), blk.cols.to(dev), dm.to(dev))
             memo["gather"] = (task_of_row * u + inv).to(dev)
             # Column sums of B are the row sums of Bᵀ: one contiguous segment sum per row (float64, then cast).
             colsum = torch.segment_reduce(vals_t.double(), "sum", offsets=crow.long()).to(blk.vals.dtype)

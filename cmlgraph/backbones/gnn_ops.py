@@ -85,16 +85,45 @@ def transposable_csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int
     return out
 
 
-def csr_with_transpose(crow: Tensor, col: Tensor, values: Tensor, values_t: Tensor, n: int) -> Tensor:
-    """A square ``n × n`` CSR matrix with a **symmetric sparsity pattern**, carrying its transpose for
-    :func:`sparse_matmul` without any sort: the transpose has the same ``crow``/``col``, with ``values_t`` (the
-    value of entry (c, r) stored at (r, c)). Indices are stored as int32 when they fit: the CPU kernel converts
-    int64 indices on every product otherwise (about 20 % of its time at a million entries)."""
-    if col.numel() < 2**31 and n < 2**31:
-        crow, col = crow.to(torch.int32), col.to(torch.int32)
-    out = torch.sparse_csr_tensor(crow, col, values, (n, n))
-    setattr(out, _TRANSPOSE, torch.sparse_csr_tensor(crow, col, values_t, (n, n)))
-    return out
+class _RowScaledSymmetricSum(torch.autograd.Function):
+    """``D S y`` (``scale_first`` False) or ``S D y`` (True) for a 0/1 matrix ``S`` with a symmetric pattern given
+    as CSR ``(offsets, cols)`` and ``D = diag(scale)``; each is the other's backward, since ``Sᵀ = S``."""
+
+    @staticmethod
+    def forward(ctx: Any, cols: Tensor, offsets: Tensor, scale: Tensor, y: Tensor, scale_first: bool) -> Tensor:
+        ctx.parts, ctx.scale_first = (cols, offsets, scale), scale_first
+        if scale_first:
+            y = y * scale.unsqueeze(1)
+        out = F.embedding_bag(cols, y, offsets, mode="sum")
+        return out if scale_first else out * scale.unsqueeze(1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, None, None, Tensor, None]:
+        cols, offsets, scale = ctx.parts
+        return None, None, None, _RowScaledSymmetricSum.apply(cols, offsets, scale, grad, not ctx.scale_first), None
+
+
+class RowScaledSymmetric:
+    """A square sparse matrix ``B = D S``: a 0/1 pattern ``S`` that is symmetric, each row scaled by one value
+    (``D⁻¹(A + I)`` restricted to a block of an undirected graph, as G-Meta's balls are).
+
+    ``B @ y`` runs as one fused gather-and-sum per row (``embedding_bag``; about 1.4x faster than
+    ``torch.sparse.mm`` on a CSR matrix on a CPU at a million entries) and its backward ``Bᵀ g = S D g`` reuses
+    the same pattern, with no transpose stored. Differentiable to any order in ``y``.
+
+    Args:
+        crow: ``[n + 1]`` CSR row pointer of ``S``.
+        cols: ``[nnz]`` column indices (same integer dtype as ``crow``).
+        row_scale: ``[n]`` the value of every entry of row ``i``.
+    """
+
+    def __init__(self, crow: Tensor, cols: Tensor, row_scale: Tensor) -> None:
+        self.offsets, self.cols, self.row_scale = crow[:-1].contiguous(), cols, row_scale
+        self.shape = (int(row_scale.numel()), int(row_scale.numel()))
+
+    def matmul(self, y: Tensor) -> Tensor:
+        """``B @ y`` for ``y`` of shape ``[n, k]``."""
+        return _RowScaledSymmetricSum.apply(self.cols, self.offsets, self.row_scale, y, False)
 
 
 def with_values(a: Tensor, values: Tensor) -> Tensor:
@@ -113,6 +142,8 @@ def sparse_matmul(a: Tensor, b: Tensor) -> Tensor:
     Uses the transpose carried by a :func:`transposable` matrix when there is one; otherwise (or when ``a``
     itself needs a gradient) plain ``torch.sparse.mm``.
     """
+    if isinstance(a, RowScaledSymmetric):
+        return a.matmul(b)
     a_t = getattr(a, _TRANSPOSE, None)
     if a_t is None or a.requires_grad:
         return torch.sparse.mm(a, b)
@@ -303,6 +334,7 @@ def select_rows(x: Tensor, rows: Tensor) -> Tensor:
 
 __all__ = [
     "FastSparseAggregation",
+    "RowScaledSymmetric",
     "adjacency_rows",
     "SparseLinear",
     "cached",
