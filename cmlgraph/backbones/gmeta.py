@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmlgraph.backbones.base import Backbone, mlp_head
-from cmlgraph.backbones.binary_features import binary_codes, binary_matmul
+from cmlgraph.backbones.binary_features import BinaryRows, binary_codes
 from cmlgraph.backbones.gnn_ops import (
     RowScaledSymmetric,
     is_sparse,
@@ -166,12 +166,13 @@ class BallGCN(Backbone):
         torch.cumsum(blk.sizes, 0, out=crow[1:])
         memo["PB"] = transposable_csr(crow.to(dev), torch.arange(r, device=dev), pool.to(dev), (t * n, r))
         x = index.x
-        xu = slice_rows(x, union.to(dev))
-        memo["XU"] = transposable(xu) if is_sparse(xu) else xu
         if "binary_codes" not in index.memo:  # once per graph: None unless the features are dense 0/1
             index.memo["binary_codes"] = binary_codes(x)
-        if index.memo["binary_codes"] is not None:
-            memo["codes"] = index.memo["binary_codes"].index_select(0, union.to(dev))
+        if index.memo["binary_codes"] is not None:  # binary features: the rows' codes, never their floats
+            memo["XU"] = BinaryRows(index.memo["binary_codes"].index_select(0, union.to(dev)), self.in_dim)
+        else:
+            xu = slice_rows(x, union.to(dev))
+            memo["XU"] = transposable(xu) if is_sparse(xu) else xu
         memo["task_of_row"] = task_of_row.to(dev)
         memo["shape"] = (t, n, u)
         return memo
@@ -184,8 +185,8 @@ class BallGCN(Backbone):
         h = self.hidden
         w1_cat = w1.permute(2, 0, 1).reshape(self.in_dim, t * h)  # [F, T·h]: every task's W₁ᵀ side by side
         xu = lay["XU"]
-        if "codes" in lay:  # binary features: subset-sum tables instead of the dense product
-            xw = binary_matmul(lay["codes"], xu, w1_cat)
+        if isinstance(xu, BinaryRows):  # binary features: subset-sum tables instead of the dense product
+            xw = xu.matmul(w1_cat)
         else:
             xw = sparse_matmul(xu, w1_cat) if is_sparse(xu) else xu @ w1_cat
         xw = xw.view(u, t, h).transpose(0, 1).reshape(t * u, h)

@@ -1,11 +1,12 @@
-"""Subset-sum tables for binary features: equal to the dense product, its gradients, and its second order."""
+"""Subset-sum tables for binary features: equal to the dense product, its transpose product, gradients, and second
+order."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from cmlgraph.backbones.binary_features import binary_codes, binary_matmul, subset_sum_tables
+from cmlgraph.backbones.binary_features import BinaryRows, binary_codes, subset_sum_tables
 
 
 def _binary(n: int, f: int, density: float = 0.4, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
@@ -20,29 +21,35 @@ def test_binary_matmul_equals_dense_product_and_its_weight_gradient(f: int) -> N
     assert codes is not None and codes.shape == (50, (f + 7) // 8) and codes.dtype == torch.int32
     w = torch.randn(f, 6, requires_grad=True)
     g = torch.randn(50, 6)
-    got = binary_matmul(codes, x, w)
+    rows = BinaryRows(codes, f)
+    got = rows.matmul(w)
     want = x @ w
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     (gw_got,) = torch.autograd.grad(got, w, g)
     (gw_want,) = torch.autograd.grad(want, w, g)
-    torch.testing.assert_close(gw_got, gw_want)
+    torch.testing.assert_close(gw_got, gw_want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rows.t_matmul(g), x.t() @ g, rtol=1e-5, atol=1e-5)
 
 
 def test_sliced_codes_address_the_same_rows() -> None:
     x = _binary(40, 20, seed=1)
     rows = torch.tensor([39, 3, 3, 17])
     w = torch.randn(20, 4)
-    got = binary_matmul(binary_codes(x).index_select(0, rows), x[rows], w)
-    torch.testing.assert_close(got, x[rows] @ w, rtol=1e-5, atol=1e-5)
+    part = BinaryRows(binary_codes(x).index_select(0, rows), 20)
+    torch.testing.assert_close(part.matmul(w), x[rows] @ w, rtol=1e-5, atol=1e-5)
+    g = torch.randn(4, 4)
+    torch.testing.assert_close(part.t_matmul(g), x[rows].t() @ g, rtol=1e-5, atol=1e-5)  # row 3 counted twice
+    with pytest.raises(ValueError, match="21 rows; these features have 20"):
+        part.matmul(torch.randn(21, 4))
 
 
 def test_second_order_gradients_are_exact() -> None:
     """MAML's second-order path differentiates the inner gradient again: gradcheck and gradgradcheck in float64."""
     x = _binary(12, 11, dtype=torch.float64)
-    codes = binary_codes(x)
+    rows = BinaryRows(binary_codes(x), 11)
     w = torch.randn(11, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda w: binary_matmul(codes, x, w), (w,))
-    assert torch.autograd.gradgradcheck(lambda w: binary_matmul(codes, x, w).tanh(), (w,))
+    assert torch.autograd.gradcheck(lambda w: rows.matmul(w), (w,))
+    assert torch.autograd.gradgradcheck(lambda w: rows.matmul(w).tanh(), (w,))
 
 
 def test_tables_hold_every_subset_sum() -> None:
