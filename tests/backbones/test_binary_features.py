@@ -68,3 +68,20 @@ def test_non_binary_sparse_or_sparse_enough_features_get_no_codes() -> None:
     assert binary_codes(_binary(30, 16, density=0.02)) is None  # too few set: the sparse product is cheaper
     x[0, 0] = float("nan")
     assert binary_codes(x) is None
+
+
+def test_wide_weights_take_the_dense_product_with_the_same_result() -> None:
+    """Above MAX_TABLE_WIDTH columns (many tasks evaluated together) the rows are decoded once and multiplied
+    densely: the decoded rows are the features, and values and gradients agree with the table path."""
+    from cmlgraph.backbones import binary_features as bf
+
+    x = _binary(30, 21, seed=2)
+    rows = BinaryRows(binary_codes(x), 21)
+    assert torch.equal(rows.dense(), x)
+    w = torch.randn(21, bf.MAX_TABLE_WIDTH + 1, requires_grad=True)
+    wide = rows.matmul(w)
+    assert wide.grad_fn is not None and "Mm" in type(wide.grad_fn).__name__  # the dense product ran
+    torch.testing.assert_close(wide, x @ w, rtol=1e-5, atol=1e-5)
+    narrow = rows.matmul(w[:, :8])
+    assert "BinaryMatmul" in type(narrow.grad_fn).__name__
+    torch.testing.assert_close(narrow, wide[:, :8], rtol=1e-5, atol=1e-5)
