@@ -6,7 +6,10 @@ All implementations meta-train on the same small pool of tasks (cycled), each st
 ``per-node`` (reference (a), the published code's style, :class:`DensePerNodeBallGCN`) extracts the task's
 subgraphs from the dense adjacency every episode, as that code does; ``per-node-sparse`` (reference (b)) reads
 sparse subgraphs cached per node; cmlgraph reads balls cached per node and lays out each task's block-diagonal
-matrix inside every timed step. Before timing, each reference workload checks on one task that it gives the same
+matrix inside every timed step. cmlgraph multiplies binary features (Amazon-Computer's bag of words) through
+subset-sum tables (:mod:`cmlgraph.backbones.binary_features`); ``batched-float`` is cmlgraph with the tables off,
+to show what they contribute. The pool's tasks differ in size, so the bench times whole cycles of the pool
+(:func:`cmlgraph.bench.worker.time_workload`). Before timing, each reference workload checks on one task that it gives the same
 outer loss and meta-gradients as cmlgraph (dropout off, 2 inner steps) and records the largest difference.
 """
 
@@ -77,12 +80,25 @@ def check_equal(graph: FewShotGraph, impl: str, device: str) -> dict[str, float]
     return out
 
 
+def _uses_tables(dom: Any, device: str) -> bool:
+    from cmlgraph.backbones.binary_features import binary_codes
+
+    index = dom.ball_index(device)
+    if "binary_codes" not in index.memo:
+        index.memo["binary_codes"] = binary_codes(index.x)
+    return index.memo["binary_codes"] is not None
+
+
 def gmeta_workload(graph: FewShotGraph, impl: str, device: str) -> Workload:
-    """One meta-iteration of G-Meta + CML: ``impl`` = ``batched`` (cmlgraph), ``per-node`` (published style) or
+    """One meta-iteration of G-Meta + CML: ``impl`` = ``batched`` (cmlgraph), ``batched-float`` (cmlgraph with
+    binary features multiplied as floats, no subset-sum tables), ``per-node`` (published style) or
     ``per-node-sparse``."""
-    per_node = impl != "batched"
+    per_node = impl.startswith("per-node")
     info: dict[str, Any] = check_equal(graph, impl, device) if per_node else {}
     dom = _domain(graph, impl)
+    if impl == "batched-float":
+        dom.ball_index(device).memo["binary_codes"] = None  # BallGCN then slices X_U as floats
+    info["binary_tables"] = impl == "batched" and _uses_tables(dom, device)
     exp = build_experiment(prepare(_config(device)), dom)
     s = GMETA_SETTING
     pool = dom.sample("train", s["pool"], torch.Generator().manual_seed(1))
