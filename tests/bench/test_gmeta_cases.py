@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-
 from cmlgraph.bench.cases import build_cases, build_ratios
 from cmlgraph.bench.gmeta_workload import gmeta_workload
 from cmlgraph.graphs import make_synthetic
