@@ -538,11 +538,9 @@ def build_summary(cfg: Config, e: Experiment, res: dict[str, Any], trainer: Trai
         if "dagger_one_class_tasks" in res:
             one = res["dagger_one_class_tasks"]
             summary["cml_dagger_one_class_tasks"] = one
-            if one * 2 > res["num_tasks"]:  # a diagnostic of the co-learner, not of the model: a note, no warning
-                summary["notes"] = [*summary["notes"], (
-                    f"the co-learner's own output (CML†, cml_dagger_mean) names one class for every query node in "
-                    f"{one} of {res['num_tasks']} test tasks: the co-learner collapsed to a constant prediction, so "
-                    f"CML† there is chance by construction (the meta-learner's score, mean, is unaffected)")]
+            note = collapsed_co_learner_note(one, res["num_tasks"])
+            if note:  # a diagnostic of the co-learner, not of the model: a note, no warning
+                summary["notes"] = [*summary["notes"], note]
         if cfg.algo.control == "cl":  # CL⋆ is ``mean`` (meta-learner); CL† the adapted co-learner's output
             summary["cl_dagger_mean"], summary["cl_dagger_ci95"] = res["dagger_mean"], res["dagger_ci95"]
     if hasattr(e.domain, "class_ids"):
@@ -555,6 +553,16 @@ def build_summary(cfg: Config, e: Experiment, res: dict[str, Any], trainer: Trai
     summary["stopped_early"] = trainer._patience_spent() and trainer.step < int(cfg.train.steps)
     summary["steps_run"] = trainer.step
     return summary
+
+
+def collapsed_co_learner_note(one_class_tasks: int, num_tasks: int) -> str | None:
+    """The summary note when the co-learner's own output (CML†) names one class for every query node in more than
+    half of the test tasks (CML† is then chance by construction there); ``None`` otherwise."""
+    if one_class_tasks * 2 <= num_tasks:
+        return None
+    return (f"the co-learner's own output (CML†, cml_dagger_mean) names one class for every query node in "
+            f"{one_class_tasks} of {num_tasks} test tasks: the co-learner collapsed to a constant prediction, so "
+            f"CML† there is chance by construction (the meta-learner's score, mean, is unaffected)")
 
 
 def protocol_figures(cfg: Config, e: Experiment) -> dict[str, Any]:

@@ -123,3 +123,26 @@ def test_a_test_score_at_chance_is_flagged() -> None:
     assert "at chance" in chance_warning({"mean": 0.21, "ci95": 0.02, "num_tasks": 500}, "accuracy", 5)
     assert chance_warning({"mean": 0.54, "ci95": 0.0115, "num_tasks": 500}, "accuracy", 2) is None
     assert chance_warning({"mean": 0.5, "ci95": 0.01, "num_tasks": 600}, "mse", 1) is None
+
+
+def test_a_collapsed_co_learner_is_noted_in_the_run_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end: when CML†, the co-learner's own output, names one class for every query of the test tasks
+    (here its weights are zeroed before testing, so all its logits tie), summary.json counts those tasks and
+    carries a note saying CML† is chance there; the meta-learner's score stays the headline."""
+    import cmlgraph.train.trainer as trainer_mod
+
+    real = trainer_mod.evaluate
+
+    def zero_co_then_evaluate(algo, model, params, domain, raws, *args, **kwargs):
+        if len(raws) == 6:  # the test tasks (validation uses 4)
+            params = {k: (torch.zeros_like(v) if k.startswith("co.") else v) for k, v in params.items()}
+        return real(algo, model, params, domain, raws, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "evaluate", zero_co_then_evaluate)
+    cfg = make_config(**TINY, cml=True, steps=2, val_every=2, test_tasks=6, runs_dir=str(tmp_path))
+    with pytest.warns(RuntimeWarning):  # only 6 test tasks
+        _, summary = train(cfg, progress=False)
+    assert summary["cml_dagger_one_class_tasks"] == 6
+    assert any("co-learner collapsed" in n and "6 of 6 test tasks" in n for n in summary["notes"])
+    assert trainer_mod.collapsed_co_learner_note(3, 6) is None  # half or fewer: no note
+    assert "4 of 6" in trainer_mod.collapsed_co_learner_note(4, 6)
