@@ -88,7 +88,7 @@ class BallIndex:
         self._symmetric: bool | None = None
         self._balls: dict[int, Tensor] = {}
         self.memo: dict[str, Any] = {}
-        self._csr_as: dict[torch.dtype, tuple[Tensor, Tensor]] = {}  # (crow, col) in block()'s index type
+        self._col_as: dict[torch.dtype, Tensor] = {}  # the CSR columns in block()'s index type
         self.max_table = 50_000_000  # entries of the (ball, node) look-up table of block(); above: binary search
 
     @property
@@ -143,17 +143,20 @@ class BallIndex:
         members_list = self.balls(nodes)
         sizes = torch.tensor([m.numel() for m in members_list], dtype=torch.long)
         n, nb = self.num_nodes, int(sizes.numel())
-        itype = torch.int32 if nb * n < 2**31 and self.col.numel() < 2**31 else torch.long
         members = torch.cat(members_list)
         r = int(members.numel())
         ball_of_row = torch.repeat_interleave(torch.arange(nb), sizes, output_size=r)
-        if itype not in self._csr_as:
-            self._csr_as[itype] = (self.crow.to(itype), self.col.to(itype))
-        crow_i, col_i = self._csr_as[itype]
         # Every stored entry of the members' rows of D⁻¹(A + I): (row position rp, column node cnode).
-        start = crow_i.index_select(0, members)
-        counts = crow_i.index_select(0, members + 1) - start
+        start = self.crow.index_select(0, members)
+        counts = self.crow.index_select(0, members + 1) - start
         total = int(counts.sum())
+        # int32 only when every key, entry position and candidate count fits (int32 cumsum/arange wrap silently).
+        fits = max(nb * n, self.col.numel(), total, r) < 2**31
+        itype = torch.int32 if fits else torch.long
+        if itype not in self._col_as:
+            self._col_as[itype] = self.col.to(itype)
+        col_i = self._col_as[itype]
+        start, counts = start.to(itype), counts.to(itype)
         rp = torch.repeat_interleave(torch.arange(r, dtype=itype), counts, output_size=total)
         shift = start - (torch.cumsum(counts, 0, dtype=itype) - counts)
         cnode = col_i.index_select(0, shift.index_select(0, rp) + torch.arange(total, dtype=itype))

@@ -14,7 +14,7 @@ def _binary(n: int, f: int, density: float = 0.4, seed: int = 0, dtype=torch.flo
     return (torch.rand(n, f, generator=g) < density).to(dtype)
 
 
-@pytest.mark.parametrize("f", [1, 8, 13, 767])  # a partial last chunk, one whole chunk, Amazon-Computer's width
+@pytest.mark.parametrize("f", [1, 8, 13, 767, 1030])  # partial chunk, one chunk, Amazon-Computer, > 1024 (int32 sort)
 def test_binary_matmul_equals_dense_product_and_its_weight_gradient(f: int) -> None:
     x = _binary(50, f)
     codes = binary_codes(x)

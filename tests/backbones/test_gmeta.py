@@ -183,3 +183,30 @@ def test_row_scaled_symmetric_matches_the_dense_matrix_to_second_order() -> None
     torch.testing.assert_close(grad, dense.t() @ up)  # the transpose is not B itself: rows are scaled, not columns
     assert torch.autograd.gradcheck(lambda y: sparse_matmul(b, y), (y,))
     assert torch.autograd.gradgradcheck(lambda y: sparse_matmul(b, y).sin(), (y,))
+
+
+@pytest.mark.parametrize("max_width", [256, 4])  # 4: every pass takes the dense fallback on decoded rows
+@pytest.mark.parametrize("first_order", [True, False])
+def test_binary_features_over_several_chunks_equal_the_loop_in_meta_batches_and_second_order(
+        max_width: int, first_order: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """20 binary features (3 chunks, the last partial), 3 tasks of a meta-batch run together (15 weight columns),
+    first and second order: loss and meta-gradients equal the per-node loop, through the tables and through the
+    dense fallback."""
+    from cmlgraph.backbones import binary_features
+
+    monkeypatch.setattr(binary_features, "MAX_TABLE_WIDTH", max_width)
+    g = torch.Generator().manual_seed(4)
+    _, ei = _random_graph(seed=4)
+    x = (torch.rand(60, 20, generator=g) < 0.3).float()
+    index = BallIndex(x, ei)
+    torch.manual_seed(0)
+    fast = MetaModel(BallGCN(20, hidden=5, dropout=0.0), 2, co_depth=1, co_hidden=6)
+    ref = MetaModel(PerNodeBallGCN(20, hidden=5, dropout=0.0), 2, co_depth=1, co_hidden=6)
+    ref.load_state_dict(fast.state_dict())
+    cfg = AlgoConfig(algo="gmeta", cml=True, gamma=0.2, inner_steps=2, inner_lr=0.05, first_order=first_order)
+    a = GMeta(cfg).meta_gradients(fast, parameters_of(fast), _episodes(index, 3), F.cross_entropy, 0, batched=True)
+    b = GMeta(cfg).meta_gradients(ref, parameters_of(ref), _episodes(index, 3), F.cross_entropy, 0, batched=False)
+    assert index.memo["binary_codes"] is not None
+    torch.testing.assert_close(a.loss.total, b.loss.total, rtol=1e-5, atol=1e-6)
+    for k in a.grads:
+        torch.testing.assert_close(a.grads[k], b.grads[k], rtol=1e-4, atol=1e-6, msg=k)
