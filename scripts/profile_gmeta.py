@@ -26,14 +26,11 @@ import time
 import torch
 
 
-def _median_ms(fn, reps: int = 20) -> float:
+def _ms(fn) -> float:
+    """Wall time of one call, in ms."""
+    t = time.perf_counter()
     fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+    return 1000 * (time.perf_counter() - t)
 
 
 def main() -> None:
@@ -107,16 +104,15 @@ def main() -> None:
             torch.sparse.mm(csr, y.detach())
             torch.sparse.mm(csr_t, gy)
 
-        t_tab, t_dense, t_bag, t_mm = [], [], [], []
-        for _ in range(20):
-            t_tab.append(_median_ms(tables, 1))
-            t_dense.append(_median_ms(dense, 1))
-            t_bag.append(_median_ms(bag, 1))
-            t_mm.append(_median_ms(sparse_mm, 1))
+        kernels = (tables, dense, bag, sparse_mm)
+        for fn in kernels:  # warm-up
+            fn()
+        ms = [[_ms(fn) for fn in kernels] for _ in range(20)]  # alternating repetitions
+        t_tab, t_dense, t_bag, t_mm = (statistics.median(col) for col in zip(*ms, strict=True))
         print(f"X_U W1^T and X_U^T G ({u} x {graph.num_features}, 16 outputs): tables "
-              f"{statistics.median(t_tab):.2f} ms, dense {statistics.median(t_dense):.2f} ms")
+              f"{t_tab:.2f} ms, dense {t_dense:.2f} ms")
         print(f"ball aggregation B y and B^T g ({r} rows, {b.cols.numel()} entries, 16 columns): embedding_bag "
-              f"{statistics.median(t_bag):.2f} ms, sparse.mm on CSR {statistics.median(t_mm):.2f} ms")
+              f"{t_bag:.2f} ms, sparse.mm on CSR {t_mm:.2f} ms")
 
     if args.profile:
         from torch.profiler import profile

@@ -27,7 +27,8 @@ CHUNK = 8
 
 #: Widest ``w`` (columns: hidden size × tasks run together) that goes through the tables. Wider, the tables
 #: (``F/8 · 256 · k`` floats) fall out of cache and the dense product wins: measured on one CPU core with 12,000
-#: rows of 767 features, the tables are about 1.5x faster at k = 256 and 1.4x to 1.8x slower at k = 512 to 1,600.
+#: rows of 767 features, at k = 256 the tables tie forward and are 1.5x faster backward; at k = 512 to 1,600
+#: they are 1.4x to 1.8x slower.
 MAX_TABLE_WIDTH = 256
 
 #: The table pays off when a row's ``F/8`` look-ups beat its ``density · F`` sparse multiply-adds, i.e. above
@@ -36,7 +37,7 @@ MIN_DENSITY = 0.125
 
 
 def binary_codes(x: Tensor) -> Tensor | None:
-    """Per-row codes of binary features for :func:`binary_matmul`, or ``None`` when ``x`` is not binary.
+    """Per-row codes of binary features for :class:`BinaryRows`, or ``None`` when ``x`` is not binary.
 
     Args:
         x: Node features ``[N, F]``, dense float; anything else (sparse, integer, a value other than 0 or 1, or
@@ -60,7 +61,7 @@ def binary_codes(x: Tensor) -> Tensor | None:
 
 
 def subset_sum_tables(w: Tensor) -> Tensor:
-    """The stacked tables of :func:`binary_matmul`: ``[⌈F/8⌉ · 256, k]``, row ``256 j + s`` = the sum of the rows
+    """The stacked tables of :meth:`BinaryRows.matmul`: ``[⌈F/8⌉ · 256, k]``, row ``256 j + s`` = the sum of the rows
     ``8j + b`` of ``w`` (``[F, k]``) over the set bits ``b`` of ``s``."""
     f, k = w.shape
     chunks = (f + CHUNK - 1) // CHUNK

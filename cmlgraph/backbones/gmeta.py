@@ -80,6 +80,18 @@ def _dropout(h: Tensor, p: float) -> Tensor:
     return h * (keep.to(h.dtype) / (1.0 - p))
 
 
+#: ``BallIndex.memo`` key of the graph's binary feature codes (``None``: the features take the float products).
+CODES_KEY = "binary_codes"
+
+
+def feature_codes(index: BallIndex) -> Tensor | None:
+    """The graph's :func:`~cmlgraph.backbones.binary_features.binary_codes`, computed once per index and kept in
+    its memo; ``None`` unless the features are dense 0/1 (or the memo entry was set to ``None``)."""
+    if CODES_KEY not in index.memo:
+        index.memo[CODES_KEY] = binary_codes(index.x)
+    return index.memo[CODES_KEY]
+
+
 class BallGCN(Backbone):
     """G-Meta's subgraph GCN (TLP variant) returning one ``hidden``-wide embedding per centre node.
 
@@ -165,13 +177,11 @@ class BallGCN(Backbone):
         crow = torch.zeros(t * n + 1, dtype=torch.long)
         torch.cumsum(blk.sizes, 0, out=crow[1:])
         memo["PB"] = transposable_csr(crow.to(dev), torch.arange(r, device=dev), pool.to(dev), (t * n, r))
-        x = index.x
-        if "binary_codes" not in index.memo:  # once per graph: None unless the features are dense 0/1
-            index.memo["binary_codes"] = binary_codes(x)
-        if index.memo["binary_codes"] is not None:  # binary features: the rows' codes, never their floats
-            memo["XU"] = BinaryRows(index.memo["binary_codes"].index_select(0, union.to(dev)), self.in_dim)
+        codes = feature_codes(index)
+        if codes is not None:  # binary features: the rows' codes, never their floats
+            memo["XU"] = BinaryRows(codes.index_select(0, union.to(dev)), self.in_dim)
         else:
-            xu = slice_rows(x, union.to(dev))
+            xu = slice_rows(index.x, union.to(dev))
             memo["XU"] = transposable(xu) if is_sparse(xu) else xu
         memo["task_of_row"] = task_of_row.to(dev)
         memo["shape"] = (t, n, u)
@@ -207,4 +217,4 @@ class BallGCN(Backbone):
         return f"in_dim={self.in_dim}, hidden={self.hidden}, dropout={self.dropout}, readout=ball mean"
 
 
-__all__ = ["BallGCN", "tlp_init"]
+__all__ = ["CODES_KEY", "BallGCN", "feature_codes", "tlp_init"]

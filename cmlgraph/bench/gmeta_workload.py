@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from cmlgraph.backbones.gmeta import CODES_KEY, feature_codes
 from cmlgraph.bench.workloads import Workload, meta_step, saved_parameters
 from cmlgraph.config import Config
 from cmlgraph.core.model import MetaModel, parameters_of
@@ -81,15 +82,6 @@ def check_equal(graph: FewShotGraph, impl: str, device: str) -> dict[str, float]
     return out
 
 
-def _uses_tables(dom: Any, device: str) -> bool:
-    from cmlgraph.backbones.binary_features import binary_codes
-
-    index = dom.ball_index(device)
-    if "binary_codes" not in index.memo:
-        index.memo["binary_codes"] = binary_codes(index.x)
-    return index.memo["binary_codes"] is not None
-
-
 def gmeta_workload(graph: FewShotGraph, impl: str, device: str) -> Workload:
     """One meta-iteration of G-Meta + CML: ``impl`` = ``batched`` (cmlgraph), ``batched-float`` (cmlgraph with
     binary features multiplied as floats, no subset-sum tables), ``per-node`` (published style) or
@@ -97,9 +89,10 @@ def gmeta_workload(graph: FewShotGraph, impl: str, device: str) -> Workload:
     per_node = impl.startswith("per-node")
     info: dict[str, Any] = check_equal(graph, impl, device) if per_node else {}
     dom = _domain(graph, impl)
+    index = dom.ball_index(device)
     if impl == "batched-float":
-        dom.ball_index(device).memo["binary_codes"] = None  # BallGCN then slices X_U as floats
-    info["binary_tables"] = impl == "batched" and _uses_tables(dom, device)
+        index.memo[CODES_KEY] = None  # BallGCN then slices X_U as floats
+    info["binary_tables"] = impl == "batched" and feature_codes(index) is not None
     exp = build_experiment(prepare(_config(device)), dom)
     s = GMETA_SETTING
     pool = dom.sample("train", s["pool"], torch.Generator().manual_seed(1))
