@@ -22,6 +22,9 @@ from torch import Tensor
 from cmlgraph.graphs.sparse import csr_row_entries
 from cmlgraph.graphs.types import GraphBatch
 
+#: Keys, positions and counts below this run ``block()`` on int32 indices, others on int64.
+INT32_LIMIT = 2**31
+
 
 def row_normalised_adjacency(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor, Tensor]:
     """``D⁻¹(A + I)`` as CSR parts ``(crow, col, val)``, row = target node (TLP's GCN normalisation).
@@ -151,7 +154,7 @@ class BallIndex:
         counts = self.crow.index_select(0, members + 1) - start
         total = int(counts.sum())
         # int32 only when every key, entry position and candidate count fits (int32 cumsum/arange wrap silently).
-        fits = max(nb * n, self.col.numel(), total, r) < 2**31
+        fits = max(nb * n, self.col.numel(), total, r) < INT32_LIMIT
         itype = torch.int32 if fits else torch.long
         if itype not in self._col_as:
             self._col_as[itype] = self.col.to(itype)
@@ -213,4 +216,4 @@ class BallBatch(GraphBatch):
     container as :class:`~cmlgraph.graphs.types.GraphBatch`."""
 
 
-__all__ = ["BallBatch", "BallBlock", "BallIndex", "BallInput", "row_normalised_adjacency"]
+__all__ = ["INT32_LIMIT", "BallBatch", "BallBlock", "BallIndex", "BallInput", "row_normalised_adjacency"]

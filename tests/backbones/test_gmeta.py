@@ -210,3 +210,18 @@ def test_binary_features_over_several_chunks_equal_the_loop_in_meta_batches_and_
     torch.testing.assert_close(a.loss.total, b.loss.total, rtol=1e-5, atol=1e-6)
     for k in a.grads:
         torch.testing.assert_close(a.grads[k], b.grads[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_ball_layout_on_int64_indices_equals_the_int32_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Graphs whose (ball, node) keys or candidate counts pass 2**31 lay out on int64: the same block."""
+    from cmlgraph.graphs import balls
+
+    x, ei = _random_graph(seed=5)
+    nodes = torch.tensor([0, 7, 7, 31])
+    small = BallIndex(x, ei).block(nodes)
+    monkeypatch.setattr(balls, "INT32_LIMIT", 10)
+    big = BallIndex(x, ei).block(nodes)
+    assert small.rows.dtype == torch.int32 and big.rows.dtype == torch.int64
+    for a, b in ((small.rows, big.rows), (small.cols, big.cols)):
+        assert torch.equal(a.long(), b)
+    assert torch.equal(small.vals, big.vals) and torch.equal(small.members, big.members)
