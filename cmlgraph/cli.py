@@ -43,7 +43,7 @@ def _overrides(**flags: Any) -> dict[str, dict[str, Any]]:
     sections = {
         "data": ("task", "graph", "data_root", "allow_partial", "split", "ways", "shots", "queries", "subgraph",
                  "features", "protocol"),
-        "model": ("gnn", "hidden", "layers", "dropout"),
+        "model": ("gnn", "hidden", "layers", "dropout", "norm"),
         "algo": ("algo", "cml", "gamma", "co_depth", "control", "inner_steps", "inner_lr", "first_order", "adapt",
                  "co_hidden"),
         "train": ("steps", "meta_batch", "meta_lr", "seed", "val_every", "test_tasks", "device", "diag_every",
@@ -70,6 +70,8 @@ def train(
     hidden: int | None = typer.Option(None, help="Hidden width of the extractor."),
     layers: int | None = typer.Option(None, help="Layers of the extractor."),
     dropout: float | None = typer.Option(None, help="Dropout of the GNN."),
+    norm: str | None = typer.Option(None, help="Conv4 normalisation (images): batch (the paper's, transductive: a "
+                                    "query's prediction depends on the other queries), instance, group, support."),
     algo: str | None = typer.Option(None, help="maml, anil, boil, maml++, sharp-maml, protonet, gmeta, ammgnn."),
     cml: bool | None = typer.Option(None, "--cml/--no-cml", help="Cooperative Meta-Learning co-learner term."),
     gamma: float | None = typer.Option(None, help="Weight γ of the co-learner loss."),
@@ -143,6 +145,7 @@ def _with_flag_names(message: str, flag_names: set[str]) -> str:
 
 #: Flags that only a task's own model reads: given with another task they would be silently ignored.
 _ONLY_FOR = {"gnn": {"graph"}, "dropout": {"graph"}, "subgraph": {"graph"}, "features": {"graph"},
+             "norm": {"omniglot", "digits"},
              "protocol": {"graph"}, "ways": {"graph", "omniglot", "digits"}, "split": {"graph", "omniglot", "digits"}}
 
 

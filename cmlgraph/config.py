@@ -76,6 +76,8 @@ class ModelConfig:
         layers: Message-passing layers (MLP: hidden layers).
         dropout: Dropout of the GNN.
         gat_heads: Attention heads of GAT.
+        norm: Conv4's normalisation (image tasks only): ``batch`` (the paper's; transductive: query statistics),
+            ``instance``, ``group`` or ``support`` (the support set's statistics); default: the domain's.
     """
 
     gnn: str = "sgc"
@@ -83,6 +85,7 @@ class ModelConfig:
     layers: int = 2
     dropout: float = 0.0
     gat_heads: int = 4
+    norm: str | None = None
 
 
 @dataclass

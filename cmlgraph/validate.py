@@ -99,6 +99,12 @@ def validate_config(cfg: Config) -> None:
     _need(m.layers >= 1, f"model.layers = {m.layers}: need at least one layer")
     _need(0.0 <= m.dropout < 1.0, f"model.dropout = {m.dropout}: must be in [0, 1)")
     _need(m.gat_heads >= 1, f"model.gat_heads = {m.gat_heads}: must be >= 1")
+    if m.norm is not None:
+        from cmlgraph.backbones.conv_norm import NORMS
+
+        _need(d.task in ("omniglot", "digits"), f"model.norm = {m.norm!r} sets Conv4's normalisation of image tasks; "
+                                                 f"--task {d.task} has no Conv4: drop model.norm")
+        _choice("model.norm", m.norm, NORMS)
 
     _choice("--algo", a.algo, list(ALGORITHMS))
     if regression:

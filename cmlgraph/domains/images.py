@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from cmlgraph.backbones.conv4 import Conv4Backbone
+from cmlgraph.backbones.conv_norm import TRANSDUCTIVE, QueriesWithSupport, check_norm
 from cmlgraph.config import Config
 from cmlgraph.core.episode import Episode
 from cmlgraph.domains.base import Domain
@@ -30,12 +31,16 @@ class ImageDomain(Domain):
         ways: Classes per task.
         shots: Support images per class.
         queries: Query images per class.
+        norm: Conv4's normalisation (:mod:`cmlgraph.backbones.conv_norm`); with ``support`` the episodes' query
+            inputs carry their support images (:class:`QueriesWithSupport`).
     """
 
     metric = "accuracy"
 
-    def __init__(self, dataset: ImageFewShotDataset, ways: int, shots: int, queries: int) -> None:
+    def __init__(self, dataset: ImageFewShotDataset, ways: int, shots: int, queries: int,
+                 norm: str = "batch") -> None:
         self.dataset = dataset
+        self.norm = check_norm(norm)
         self.name = dataset.name
         self.task = dataset.name
         self.out_dim = ways
@@ -58,12 +63,12 @@ class ImageDomain(Domain):
         if cfg.data.task == "omniglot":
             kwargs.update(rotations=cfg.data.rotations, split=_split_arg(cfg.data.split))
         ds = load_images(cfg.data.task, cfg.data.data_root, **kwargs)
-        return cls(ds, cfg.data.ways, int(cfg.data.shots), int(cfg.data.queries))
+        return cls(ds, cfg.data.ways, int(cfg.data.shots), int(cfg.data.queries), cfg.model.norm or "batch")
 
     def build_extractor(self) -> Conv4Backbone:
-        """Conv4 at the dataset's image size."""
+        """Conv4 at the dataset's image size, with the domain's normalisation."""
         c, h, _ = self.dataset.image_shape
-        return Conv4Backbone(in_channels=c, image_size=h)
+        return Conv4Backbone(in_channels=c, image_size=h, norm=self.norm)
 
     def sample(self, split: str, n: int, generator: torch.Generator) -> list[ImageEpisode]:
         """``n`` episodes of a split drawn from ``generator``."""
@@ -72,9 +77,10 @@ class ImageDomain(Domain):
         return [sampler.sample() for _ in range(n)]
 
     def materialize(self, raw: ImageEpisode, device: torch.device | str = "cpu") -> Episode:
-        """Gather the episode's images."""
-        sx, sy, qx, qy = self.dataset.episode_tensors(raw)
-        return Episode(sx.to(device), sy.to(device), qx.to(device), qy.to(device))
+        """Gather the episode's images (queries with their support images under the ``support`` norm)."""
+        sx, sy, qx, qy = (t.to(device) for t in self.dataset.episode_tensors(raw))
+        query = QueriesWithSupport(qx, sx) if self.norm == "support" else qx
+        return Episode(sx, sy, query, qy)
 
     def to_state(self, raws: list[ImageEpisode]) -> dict[str, Tensor]:
         """Stacked image indices of the episodes."""
@@ -87,7 +93,8 @@ class ImageDomain(Domain):
     def describe(self) -> dict[str, Any]:
         """Facts for the summary."""
         return {**super().describe(), "ways": self.ways, "shots": self.shots, "queries": self.queries,
-                "classes": {k: len(v) for k, v in self.dataset.splits.items()}}
+                "classes": {k: len(v) for k, v in self.dataset.splits.items()},
+                "norm": self.norm, "transductive": TRANSDUCTIVE[self.norm]}
 
 
 def _split_arg(split: str | None) -> Any:

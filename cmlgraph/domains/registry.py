@@ -26,13 +26,13 @@ DOMAIN_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "omniglot": {  # Finn et al. 2017, meta-batch reduced for CPUs
         "data": {"shots": 1, "queries": 5},
-        "model": {"hidden": 64},
+        "model": {"hidden": 64, "norm": "batch"},
         "algo": {"inner_steps": 1, "inner_lr": 0.4, "co_depth": 2},
         "train": {"steps": 1000, "meta_batch": 8, "val_every": 100, "test_tasks": 600},
     },
     "digits": {
         "data": {"shots": 1, "queries": 5},
-        "model": {"hidden": 64},
+        "model": {"hidden": 64, "norm": "batch"},
         "algo": {"inner_steps": 1, "inner_lr": 0.4, "co_depth": 2},
         "train": {"steps": 300, "meta_batch": 8, "val_every": 50, "test_tasks": 600},
     },

@@ -533,6 +533,8 @@ def build_summary(cfg: Config, e: Experiment, res: dict[str, Any], trainer: Trai
     from cmlgraph.provenance import provenance
 
     summary["provenance"] = provenance(cfg.train.device)  # versions, device, command, git commit (issue 11)
+    if "transductive" in info:  # images: Conv4's norm, and whether a query's prediction depends on the others
+        summary["norm"], summary["transductive"] = info["norm"], info["transductive"]
     if "dagger_mean" in res:
         summary["cml_dagger_mean"], summary["cml_dagger_ci95"] = res["dagger_mean"], res["dagger_ci95"]
         if "dagger_one_class_tasks" in res:
