@@ -38,6 +38,25 @@ def check_device(device: str) -> str:
     raise ConfigError(f"--device {device!r} is invalid; use cpu or cuda")
 
 
+def default_start_method(device: str, quick: bool) -> str:
+    """The start method of each case's fresh process when ``--start-method`` is not given.
+
+    CUDA cannot be re-initialised in a forked child (PyTorch's "CUDA error: initialization error"; see the
+    ``torch.multiprocessing`` notes on CUDA), so a CUDA run always spawns; on the CPU ``--quick`` uses the cheaper
+    forkserver and the full set spawns.
+
+    Args:
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        quick: Whether the reduced set runs.
+
+    Returns:
+        ``spawn`` or ``forkserver``.
+    """
+    if device.startswith("cuda"):
+        return "spawn"
+    return "forkserver" if quick else "spawn"
+
+
 def run_bench(
     quick: bool = False,
     json_path: str | Path | None = None,
@@ -85,9 +104,12 @@ def run_bench(
         timeout_s=float(timeout_s if timeout_s is not None else d["timeout_s"]),
         max_iters=int(max_iters if max_iters is not None else d["max_iters"]), threads=threads or None,
         mem_cap_bytes=int(mem_fraction * available_memory_bytes()), data_root=data_root,
-        start_method=start_method or ("forkserver" if quick else "spawn"))
+        start_method=start_method or default_start_method(device, quick))
     if settings.start_method not in ("spawn", "forkserver"):
         raise ConfigError(f"--start-method {settings.start_method!r} is invalid; use spawn or forkserver")
+    if device.startswith("cuda") and settings.start_method != "spawn":
+        raise ConfigError(f"--start-method {settings.start_method} cannot run --device {device}: CUDA does not "
+                          f"initialise in a forked process; use --start-method spawn (the default on CUDA)")
     for name, value in (("budget", settings.budget_s), ("timeout", settings.timeout_s),
                         ("max-iters", settings.max_iters), ("mem-fraction", mem_fraction)):
         if value <= 0:
