@@ -255,8 +255,8 @@ def bench(
                                                     "full 300)."),
     threads: int = typer.Option(1, help="torch threads per case (1: stable timings on a shared machine; 0: torch's "
                                         "default)."),
-    start_method: str | None = typer.Option(None, help="Fresh process per case: spawn (full's default) or "
-                                                       "forkserver (--quick's default)."),
+    start_method: str | None = typer.Option(None, help="Fresh process per case: spawn (full's and CUDA's "
+                                                       "default) or forkserver (--quick's default on the CPU)."),
     data_root: str | None = typer.Option(None, help="Raw data root (Amazon-Clothing)."),
 ) -> None:
     """Meta-training throughput, ms per meta-iteration and peak memory, cmlgraph vs reference implementations."""
