@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Issue 18's GPU evidence in one run (about 8 minutes on one GPU): the bench's k-hop and G-Meta ratios on CUDA,
+# a default graph run's wall time on the GPU vs the CPU, and the GPU's peak memory.
+# Usage: scripts/gpu_check.sh [OUT_DIR]   (default: a fresh temporary folder). Exits 0 with a message without a GPU.
+set -euo pipefail
+if ! python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_check: no CUDA device (torch.cuda.is_available() is False); nothing to check on this machine."
+    exit 0
+fi
+out=${1:-$(mktemp -d)}
+mkdir -p "$out"
+python -c "import torch; print('gpu_check: torch', torch.__version__, 'on', torch.cuda.get_device_name(0))"
+
+echo "== bench --device cuda (k-hop and G-Meta ratios; spawned case processes) =="
+timeout 300 python -m cmlgraph bench --device cuda --quick --budget 5 --json "$out/bench_cuda.json" || \
+    echo "gpu_check: bench exited with status $?"
+python - "$out/bench_cuda.json" <<'PY' || true
+import json, sys
+doc = json.load(open(sys.argv[1]))
+for name, r in doc["ratios"].items():
+    if "khop" in name or "gmeta" in name:
+        print(f"{name:55s} {r}")
+for c in doc["cases"]:
+    print(f"{c['name']:45s} ms/iter={c.get('ms_per_iter')} skipped={c['skipped']} error={c.get('error')}")
+PY
+
+for dev in cuda cpu; do
+    echo "== default graph run, 200 steps, --device $dev =="
+    start=$(date +%s.%N)
+    timeout 120 python -m cmlgraph train --steps 200 --device "$dev" --runs-dir "$out/runs" --name "default-$dev" \
+        --quiet --overwrite || echo "gpu_check: train on $dev exited with status $?"
+    echo "gpu_check: default run on $dev took $(python -c "print(round($(date +%s.%N) - $start, 1))") s"
+done
+
+echo "== peak GPU memory of a 200-step default run in this process =="
+timeout 120 python - "$out" <<'PY' || echo "gpu_check: peak-memory probe failed"
+import subprocess, sys, torch
+subprocess.run([sys.executable, "-c", (
+    "import torch, sys; from typer.testing import CliRunner; from cmlgraph.cli import app; "
+    "r = CliRunner().invoke(app, ['train', '--steps', '200', '--device', 'cuda', '--runs-dir', sys.argv[1] + '/runs', "
+    "'--name', 'peak', '--quiet', '--overwrite']); "
+    "print('gpu_check: exit', r.exit_code, 'peak GPU memory', round(torch.cuda.max_memory_allocated() / 2**20, 1), 'MiB')"),
+    sys.argv[1]], check=False)
+PY
+echo "gpu_check: done; outputs in $out"
