@@ -147,6 +147,19 @@ def chance_warning(res: dict[str, Any], metric: str, ways: int) -> str | None:
     return None
 
 
+def baseline_warning(best_val: float, baseline_val: float | None, baseline: str = "sgc-proto") -> str | None:
+    """A warning naming both numbers when a run's best validation accuracy is below a training-free baseline's on
+    the same validation tasks, else None (also None when no baseline score is known).
+
+    Why: a meta-learned model that ends below ``sgc-proto`` (propagated features + cosine prototypes, no training)
+    added nothing over its training-free start (issue 17 item 4)."""
+    if baseline_val is None or not math.isfinite(float(best_val)) or float(best_val) >= float(baseline_val):
+        return None
+    return (f"best validation accuracy {float(best_val):.4f} is below the training-free baseline {baseline} "
+            f"({float(baseline_val):.4f}) on the same validation tasks: meta-training did not beat its start; "
+            f"prefer {baseline} or check --features / --inner-lr")
+
+
 def test_tasks_warning(n: int, minimum: int = MIN_TEST_TASKS) -> str | None:
     """A warning when fewer than ``minimum`` test tasks are used (the README's standard), else None."""
     if n < minimum:
@@ -156,4 +169,5 @@ def test_tasks_warning(n: int, minimum: int = MIN_TEST_TASKS) -> str | None:
 
 
 __all__ = ["CHANCE_TOLERANCE", "CHANCE_VALIDATIONS", "DivergenceGuard", "EXPLODE_FACTOR", "MIN_TEST_TASKS",
-           "chance_warning", "check_test_result", "make_guard", "score_predictions", "test_tasks_warning"]
+           "baseline_warning", "chance_warning", "check_test_result", "make_guard", "score_predictions",
+           "test_tasks_warning"]
