@@ -1,0 +1,65 @@
+"""Count the ops that force a host-device synchronisation on CUDA, on any device (issue 18).
+
+On CUDA an op whose output size or value the host must know waits for the device: reading a scalar back
+(``aten._local_scalar_dense``, what ``.item()``, ``bool()`` and ``float()`` of a tensor call), the data-dependent
+shapes (``nonzero`` and the ops built on it: ``masked_select``, boolean-mask indexing, ``unique``,
+``repeat_interleave`` without ``output_size``), and copies to the CPU. The ops are the same whatever the device, so
+counting them under a ``torch.utils._python_dispatch.TorchDispatchMode`` on CPU tensors shows the syncs a CUDA run
+would pay (PyTorch's own ``torch.cuda.set_sync_debug_mode`` only reports on a GPU).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+SYNC_OPS: frozenset[str] = frozenset({
+    "aten._local_scalar_dense", "aten.nonzero", "aten.nonzero_static", "aten.masked_select", "aten._unique",
+    "aten._unique2", "aten.unique_dim", "aten.unique_consecutive", "aten.is_nonzero", "aten.equal",
+    "aten.argwhere",
+})
+"""Ops that sync on CUDA whatever their arguments (overload names stripped)."""
+
+
+def _name(func: Any) -> str:
+    return f"aten.{func._schema.name.split('::', 1)[1]}"
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts the syncing ops run inside it, by op name (``counts``).
+
+    ``repeat_interleave`` counts only without ``output_size``; a ``_to_copy``/``copy_`` counts when it moves a
+    tensor from a non-CPU device to the CPU. Ops on CPU tensors that would be device-to-host copies on CUDA cannot
+    be told apart here; callers count those by where their tensors live.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, D105
+        kwargs = kwargs or {}
+        name = _name(func)
+        if name in SYNC_OPS:
+            self.counts[name] += 1
+        elif name == "aten.repeat_interleave" and kwargs.get("output_size") is None and (
+                len(args) < 3 or args[-1] is None):
+            self.counts[name] += 1
+        elif name == "aten.index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                                          for i in (args[1] if len(args) > 1 else ()) if i is not None):
+            self.counts["aten.index(bool mask)"] += 1
+        elif name in ("aten._to_copy", "aten.copy_"):
+            src = args[1] if name == "aten.copy_" else args[0]
+            dst_cpu = (kwargs.get("device") == torch.device("cpu")) if name == "aten._to_copy" else (
+                args[0].device.type == "cpu")
+            if isinstance(src, torch.Tensor) and src.device.type != "cpu" and dst_cpu:
+                self.counts["device-to-host copy"] += 1
+        return func(*args, **kwargs)
+
+    @property
+    def total(self) -> int:
+        """All syncing ops counted."""
+        return sum(self.counts.values())

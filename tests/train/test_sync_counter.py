@@ -1,0 +1,36 @@
+"""SyncCounter counts the ops that sync on CUDA (on CPU tensors) and not the ones that do not."""
+
+from __future__ import annotations
+
+import torch
+
+from cmlgraph.train.sync_counter import SyncCounter
+
+
+def test_counts_syncing_ops() -> None:
+    x = torch.randn(8)
+    with SyncCounter() as c:
+        x.sum().item()
+        float(x.max())
+        x.nonzero()
+        x[x > 0]
+        torch.masked_select(x, x > 0)
+        torch.unique(x)
+        torch.repeat_interleave(torch.tensor([1, 2]))
+    assert c.counts["aten._local_scalar_dense"] == 2
+    assert c.counts["aten.nonzero"] >= 1
+    assert c.counts["aten.masked_select"] == 1
+    assert c.counts["aten.index(bool mask)"] + c.counts["aten.nonzero"] >= 2
+    assert c.counts["aten.repeat_interleave"] == 1
+    assert c.total >= 7
+
+
+def test_ignores_async_ops() -> None:
+    x = torch.randn(8, requires_grad=True)
+    with SyncCounter() as c:
+        y = (x * 2).relu().sum()
+        y.backward()
+        torch.repeat_interleave(x.detach(), torch.tensor([1] * 8), output_size=8)
+        x.detach()[torch.tensor([0, 3])]
+        torch.where(x > 0, x, 0.0)
+    assert c.total == 0, c.counts
