@@ -133,7 +133,9 @@ def _better(metric: str, new: float, best: float | None) -> bool:
 
 
 def _finite(step_grads: dict[str, torch.Tensor], loss: torch.Tensor) -> bool:
-    return bool(torch.isfinite(loss)) and all(bool(torch.isfinite(g).all()) for g in step_grads.values())
+    """Whether the loss and every gradient are finite, read back once (one host-device sync on CUDA, issue 18)."""
+    checks = [torch.isfinite(loss.detach()).all()] + [torch.isfinite(g).all() for g in step_grads.values()]
+    return bool(torch.stack(checks).all())
 
 
 class Trainer:
@@ -404,8 +406,9 @@ class Trainer:
         else:
             ms = e.algo.meta_gradients(e.model, params, episodes, e.domain.loss_fn, self.step, diagnostics=diag,
                                        batched=batched)
-        record: dict[str, Any] = {"step": self.step + 1, "loss": float(ms.loss.total.detach()), "meta_loss":
-                                  float(ms.loss.meta.detach()), "co_loss": float(ms.loss.co.detach()),
+        total, meta, co = torch.stack([ms.loss.total.detach(), ms.loss.meta.detach(),  # one read-back, not three
+                                       ms.loss.co.detach()]).tolist()
+        record: dict[str, Any] = {"step": self.step + 1, "loss": total, "meta_loss": meta, "co_loss": co,
                                   "lr": e.optimizer.param_groups[0]["lr"]}
         if not _finite(ms.grads, ms.loss.total):
             if cfg.train.nan_policy == "skip":
