@@ -34,3 +34,15 @@ def test_ignores_async_ops() -> None:
         x.detach()[torch.tensor([0, 3])]
         torch.where(x > 0, x, 0.0)
     assert c.total == 0, c.counts
+
+
+def test_finite_check_reads_back_once() -> None:
+    from cmlgraph.train.trainer import _finite
+
+    grads = {f"w{i}": torch.randn(3, 3) for i in range(6)}
+    with SyncCounter() as c:
+        ok = _finite(grads, torch.tensor(0.5))
+    assert ok and c.total == 1, c.counts
+    grads["w3"][1, 1] = float("nan")
+    assert not _finite(grads, torch.tensor(0.5))
+    assert not _finite({"w": torch.ones(2)}, torch.tensor(float("inf")))
