@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 
 from cmlgraph.config import Config, apply_overrides, from_yaml
-from cmlgraph.errors import ConfigError
-from cmlgraph.train.io import atomic_write, load_torch
+from cmlgraph.train.io import atomic_write
+from cmlgraph.train.pairing import check_same_tasks, run_scores
 from cmlgraph.train.stats import mean_ci95
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -116,15 +116,11 @@ class Cell(Paired):
                 "paired_tasks": self.tasks, "base_runs": ";".join(self.base_runs), "cml_runs": ";".join(self.cml_runs)}
 
 
-def _scores(run: Path) -> list[float]:
-    return [float(v) for v in load_torch(run / "scores.pt")["scores"].tolist()]
-
-
 def paired_stats(pairs: Sequence[tuple[Path, Path]]) -> Paired:
     """Mean ± 95% CI of each arm over seeds and of the per-task paired difference CML − base.
 
     Raises:
-        ConfigError: The two runs of a pair have different numbers of test tasks (they cannot be paired).
+        ConfigError: The two runs of a pair have different test tasks (:func:`check_same_tasks`).
     """
     base_means, cml_means, diffs = [], [], []
     metric = ""
@@ -133,9 +129,8 @@ def paired_stats(pairs: Sequence[tuple[Path, Path]]) -> Paired:
         metric = sb["metric"]
         base_means.append(sb["mean"])
         cml_means.append(sc["mean"])
-        xb, xc = _scores(base), _scores(cml)
-        if len(xb) != len(xc):
-            raise ConfigError(f"{base} and {cml} have different test tasks; they cannot be paired")
+        check_same_tasks(base, cml)
+        xb, xc = run_scores(base), run_scores(cml)
         diffs += [c - b for b, c in zip(xb, xc, strict=True)]
     seed_diffs = [c - b for b, c in zip(base_means, cml_means, strict=True)]
     return Paired(metric, mean_ci95(base_means), mean_ci95(cml_means), mean_ci95(diffs), len(pairs), len(diffs),
