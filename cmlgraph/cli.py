@@ -165,6 +165,17 @@ def _refuse_flags_of_other_tasks(task: str, flags: dict[str, object]) -> None:
 show_defaults(train, {"config": "none", "resume": "none"})  # effective defaults in --help
 
 
+def _csv_list(text: str, cast: Any = str) -> list[Any]:
+    """A comma-separated flag as a list (``cast`` each item); raises ConfigError when empty or not castable."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ConfigError(f"empty list {text!r}; give comma-separated values")
+    try:
+        return [cast(t) for t in items]
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a comma-separated list of integers") from None
+
+
 @app.command()
 def compare(
     domains: str = typer.Option("sinusoid,digits", help="Comma-separated: sinusoid, omniglot, digits, or graphs."),
@@ -179,15 +190,6 @@ def compare(
     """Each algorithm with and without CML per domain; trains missing runs, reuses finished ones."""
     from cmlgraph.compare import run_compare, write_outputs
 
-    def _list(text: str, cast: Any = str) -> list[Any]:
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        if not items:
-            raise ConfigError(f"empty list {text!r}; give comma-separated values")
-        try:
-            return [cast(t) for t in items]
-        except ValueError:
-            raise ConfigError(f"{text!r} is not a comma-separated list of integers") from None
-
     overrides: dict[str, dict[str, Any]] = {}
     if steps is not None:
         overrides.setdefault("train", {})["steps"] = steps
@@ -195,11 +197,57 @@ def compare(
         overrides.setdefault("train", {})["test_tasks"] = test_tasks
     if data_root is not None:
         overrides.setdefault("data", {})["data_root"] = data_root
-    cells = run_compare(_list(domains), _list(algos), _list(seeds, int), runs_dir, overrides, log=console.print,
-                        console=console)
+    cells = run_compare(_csv_list(domains), _csv_list(algos), _csv_list(seeds, int), runs_dir, overrides,
+                        log=console.print, console=console)
     for path in write_outputs(cells, out or runs_dir):
         console.print(f"wrote {path}")
     console.print((Path(out or runs_dir) / "compare.md").read_text())
+
+
+@app.command()
+def leaderboard(
+    graphs: str = typer.Option("cora,citeseer,amazon-computers,amazon-photo,coauthor-cs",
+                               help="Comma-separated graphs (cmlgraph datasets list)."),
+    ways: int | None = typer.Option(None, help="Classes per task (default: the graph's preset: 2, coauthor-cs 5)."),
+    shots: str | None = typer.Option(None, help="Comma-separated shots (default: the graph's preset: 1 and 3, "
+                                                "amazon-computers 1 and 5)."),
+    methods: str | None = typer.Option(None, help="Comma-separated methods: any --algo name, +cml for CML (default: "
+                                                  "sgc-proto, label-prop, sgc-logreg, gcl-probe, maml, maml+cml, "
+                                                  "gmeta, gmeta+cml, ammgnn, ammgnn+cml, protonet)."),
+    seeds: str = typer.Option("0,1,2,3,4", help="Comma-separated seeds."),
+    steps: int | None = typer.Option(None, help="Override meta-iterations of every run (quick runs)."),
+    test_tasks: int | None = typer.Option(None, help="Override test tasks of every run."),
+    config: Path | None = typer.Option(None, help="Base YAML config of every run (default: cmlgraph's defaults, "
+                                                  "as `cmlgraph train --graph G --ways N --shots K`)."),
+    runs_dir: Path = typer.Option(Path("runs/leaderboard"), help="Where runs are found or trained."),
+    out: Path | None = typer.Option(None, help="Folder for leaderboard.md/csv/png (default: RUNS_DIR)."),
+    data_root: str | None = typer.Option(None, help="Raw data root."),
+) -> None:
+    """Every method on the same fixed test tasks per graph and setting, over seeds: mean ± 95% CI, the paired
+    difference to the best training-free baseline, and CML − base; trains missing runs, reuses finished ones."""
+    from cmlgraph.leaderboard import parse_methods, run_leaderboard, settings, write_outputs
+
+    if config is not None and not config.is_file():
+        raise ConfigError(f"--config {config}: no such file; give a YAML config (e.g. configs/graph-table.yaml)")
+    for flag, value in (("--steps", steps), ("--test-tasks", test_tasks)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}: give a positive number")
+    cells = settings(_csv_list(graphs), ways, _csv_list(shots, int) if shots is not None else None)
+    chosen = parse_methods(_csv_list(methods) if methods is not None else None, log=console.print)
+    seed_list = _csv_list(seeds, int)
+    if len(set(seed_list)) != len(seed_list):
+        raise ConfigError(f"--seeds {seeds}: a seed is repeated; list each once")
+    overrides: dict[str, dict[str, Any]] = {}
+    if steps is not None:
+        overrides.setdefault("train", {})["steps"] = steps
+    if test_tasks is not None:
+        overrides.setdefault("train", {})["test_tasks"] = test_tasks
+    if data_root is not None:
+        overrides.setdefault("data", {})["data_root"] = data_root
+    board = run_leaderboard(cells, chosen, seed_list, runs_dir, config, overrides, log=console.print, console=console)
+    for path in write_outputs(board, out or runs_dir):
+        console.print(f"wrote {path}")
+    console.print((Path(out or runs_dir) / "leaderboard.md").read_text())
 
 
 @app.command()
