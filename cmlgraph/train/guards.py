@@ -19,6 +19,8 @@ from cmlgraph.user_warnings import warn_user
 
 #: A classification meta-loss above this many times chance level (ln ways) counts as exploding.
 EXPLODE_FACTOR = 10.0
+#: Consecutive meta-iterations with an exploding loss before "training is diverging" is reported mid-run.
+DIVERGE_STEPS = 5
 #: Consecutive validations within :data:`CHANCE_TOLERANCE` of 1/ways before "stuck at chance" is reported.
 CHANCE_VALIDATIONS = 3
 CHANCE_TOLERANCE = 0.01
@@ -41,7 +43,13 @@ def score_predictions(metric: str, pred: Tensor, y: Tensor) -> tuple[float, bool
 
 
 class DivergenceGuard:
-    """Warn once when training diverges: an exploding loss, or validation stuck at chance.
+    """Warn once when training diverges: an exploding loss that persists or ends the run badly, or validation
+    stuck at chance.
+
+    A single meta-batch whose loss spikes above the limit is common and harmless (one hard or badly scaled task;
+    a run that warned "diverging" at step 16 ended at 88.95 %, issue 19 item 7), so an exploding loss is reported
+    only when it stays above the limit for :data:`DIVERGE_STEPS` meta-iterations in a row, or, at the end
+    (:meth:`end`), when the run's last loss is still above it or its result is bad (test accuracy at chance).
 
     Args:
         metric: ``accuracy`` or ``mse``.
@@ -55,6 +63,10 @@ class DivergenceGuard:
         self.metric, self.ways, self.hint, self.emit = metric, max(int(ways), 2), hint, emit
         self.first_loss: float | None = None
         self.chance_run = 0
+        self.over_run = 0  # consecutive recorded losses above the limit
+        self.spikes = 0  # recorded losses above the limit, in all
+        self.peak: tuple[int, float] | None = None  # (step, loss) of the highest loss above the limit
+        self.last: tuple[int, float] | None = None  # (step, loss) of the last finite loss
         self.messages: list[str] = []
         self._said: set[str] = set()
 
@@ -68,22 +80,52 @@ class DivergenceGuard:
         else:
             warn_user(message, RuntimeWarning)
 
+    def _limit(self) -> float:
+        if self.metric == "accuracy":
+            return EXPLODE_FACTOR * math.log(self.ways)
+        return 10 * EXPLODE_FACTOR * max(self.first_loss or 0.0, 1e-8)
+
+    def _ref(self) -> str:
+        if self.metric == "accuracy":
+            return f"{EXPLODE_FACTOR:g}x chance level ln({self.ways}) = {math.log(self.ways):.2f}"
+        return f"{10 * EXPLODE_FACTOR:g}x the first loss {self.first_loss:.3g}"
+
+    def _advice(self) -> str:
+        return f"Check the feature scale and the inner step size: {self.hint}"
+
     def loss(self, step: int, value: float) -> None:
-        """Record a meta-training loss; warn if it explodes (non-finite losses are handled by ``nan_policy``)."""
+        """Record a meta-training loss; warn once it has stayed above the limit for :data:`DIVERGE_STEPS`
+        meta-iterations in a row (non-finite losses are handled by ``nan_policy``)."""
         if not math.isfinite(value):
             return
         if self.first_loss is None:
             self.first_loss = value
-        if self.metric == "accuracy":
-            limit = EXPLODE_FACTOR * math.log(self.ways)
-        else:
-            limit = 10 * EXPLODE_FACTOR * max(self.first_loss, 1e-8)
-        if value > limit:
-            ref = f"{EXPLODE_FACTOR:g}x chance level ln({self.ways}) = {math.log(self.ways):.2f}" \
-                if self.metric == "accuracy" else f"{10 * EXPLODE_FACTOR:g}x the first loss {self.first_loss:.3g}"
-            self._warn("explode", f"training is diverging: the meta-loss is {value:.4g} at step {step}, more than "
-                                  f"{ref}. Check the feature scale and the inner step size: "
-                                  f"{self.hint}")
+        self.last = (step, value)
+        if value <= self._limit():
+            self.over_run = 0
+            return
+        self.over_run += 1
+        self.spikes += 1
+        if self.peak is None or value > self.peak[1]:
+            self.peak = (step, value)
+        if self.over_run >= DIVERGE_STEPS:
+            self._warn("explode", f"training is diverging: the meta-loss has been above {self._ref()} for "
+                                  f"{self.over_run} meta-iterations in a row (step {step}: {value:.4g}). "
+                                  f"{self._advice()}")
+
+    def end(self, bad_result: bool = False) -> None:
+        """At the end of training: warn about loss spikes if the last loss is still above the limit or the run
+        ended badly (``bad_result``, e.g. test accuracy at chance); transient spikes of a good run say nothing."""
+        if self.peak is None or "explode" in self._said:
+            return
+        step, value = self.peak
+        last_high = self.last is not None and self.last[1] > self._limit()
+        if not (last_high or bad_result):
+            return
+        why = (f"and the last meta-loss ({self.last[1]:.4g} at step {self.last[0]}) is still above it" if last_high
+               and self.last is not None else "and the run ended at chance")
+        self._warn("explode", f"training diverged: the meta-loss went above {self._ref()} at {self.spikes} "
+                              f"meta-iteration(s) (highest {value:.4g} at step {step}), {why}. {self._advice()}")
 
     def validation(self, step: int, value: float) -> None:
         """Record a validation accuracy; warn after several validations in a row at chance."""
@@ -168,6 +210,6 @@ def test_tasks_warning(n: int, minimum: int = MIN_TEST_TASKS) -> str | None:
     return None
 
 
-__all__ = ["CHANCE_TOLERANCE", "CHANCE_VALIDATIONS", "DivergenceGuard", "EXPLODE_FACTOR", "MIN_TEST_TASKS",
-           "baseline_warning", "chance_warning", "check_test_result", "make_guard", "score_predictions",
-           "test_tasks_warning"]
+__all__ = ["CHANCE_TOLERANCE", "CHANCE_VALIDATIONS", "DIVERGE_STEPS", "DivergenceGuard", "EXPLODE_FACTOR",
+           "MIN_TEST_TASKS", "baseline_warning", "chance_warning", "check_test_result", "make_guard",
+           "score_predictions", "test_tasks_warning"]

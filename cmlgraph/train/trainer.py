@@ -469,8 +469,9 @@ class Trainer:
             res = evaluate(e.algo, e.model, parameters_of(e.model), e.domain, self.test_raws, e.device,
                            progress=hook)
         warns += check_test_result(res, self.skipped, int(cfg.train.steps))
-        warns += [w for w in [test_tasks_warning(res["num_tasks"]),
-                              chance_warning(res, e.domain.metric, int(getattr(e.domain, "out_dim", 0) or 0))] if w]
+        at_chance = chance_warning(res, e.domain.metric, int(getattr(e.domain, "out_dim", 0) or 0))
+        self.guard.end(bad_result=at_chance is not None)  # loss spikes count only if they persist or end badly
+        warns += [w for w in [test_tasks_warning(res["num_tasks"]), at_chance] if w]
         for w in warns:  # a printing console shows them; a quiet run (the API's default) warns in Python
             if getattr(self.console, "quiet", False):
                 warn_user(w, RuntimeWarning)

@@ -17,7 +17,7 @@ from rich.console import Console
 from cmlgraph.api import make_config
 from cmlgraph.domains.graph import register_graph
 from cmlgraph.errors import NumericalError
-from cmlgraph.train.guards import DivergenceGuard, check_test_result, score_predictions
+from cmlgraph.train.guards import DIVERGE_STEPS, DivergenceGuard, check_test_result, score_predictions
 from cmlgraph.train.trainer import train
 from tests.conftest import unscaled_graph
 
@@ -65,22 +65,56 @@ def test_divergence_guard() -> None:
     guard = DivergenceGuard("accuracy", 5, "features raw, inner lr 0.5", said.append)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a console guard prints; it raises no Python warning as well
-        guard.loss(1, 1.6), guard.loss(2, 1.5), guard.loss(3, 1234.0)
-        guard.loss(4, 5000.0)  # warned once
+        guard.loss(1, 1.6), guard.loss(2, 1.5)
+        for step in range(3, 3 + DIVERGE_STEPS + 2):
+            guard.loss(step, 1234.0)  # warned once, after DIVERGE_STEPS in a row
         for step, acc in [(10, 0.2), (20, 0.205), (30, 0.31)]:
             guard.validation(step, acc)
-        assert len(said) == 1 and "diverging: the meta-loss is 1234 at step 3" in said[0]
+        assert len(said) == 1 and f"above 10x chance level ln(5) = 1.61 for {DIVERGE_STEPS} meta-iterations in " \
+            f"a row (step {2 + DIVERGE_STEPS}: 1234)" in said[0]
         for step, acc in [(40, 0.2), (50, 0.2), (60, 0.195)]:
             guard.validation(step, acc)
     assert len(said) == 2 and all("features raw" in m for m in said)
     assert "at chance (1/5 = 0.200) for 3 validations in a row" in said[1]
     quiet = DivergenceGuard("accuracy", 5, "features raw, inner lr 0.5")  # no console: Python warnings
-    with pytest.warns(RuntimeWarning, match="diverging: the meta-loss is 1234 at step 3"):
-        quiet.loss(1, 1.6), quiet.loss(3, 1234.0)
+    with pytest.warns(RuntimeWarning, match="diverging: the meta-loss has been above"):
+        for step in range(1, DIVERGE_STEPS + 1):
+            quiet.loss(step, 1234.0)
     with pytest.warns(RuntimeWarning, match=r"at chance \(1/5 = 0.200\) for 3 validations in a row"):
         for step in (10, 20, 30):
             quiet.validation(step, 0.2)
     assert len(quiet.messages) == 2
+
+
+def test_a_transient_loss_spike_is_not_divergence() -> None:
+    """Issue 19 item 7: one spike (the run that warned at step 16 ended at 88.95 %) says nothing, mid-run or at
+    the end of a good run; the same spike in a run that ends at chance, or a loss still high at the end, warns."""
+    said: list[str] = []
+    guard = DivergenceGuard("accuracy", 2, "inner lr 0.5", said.append)
+    losses = [0.7] * 15 + [500.0, 80.0] + [0.3] * 30  # two steps above 10 ln 2 = 6.9, then learning
+    for step, value in enumerate(losses, 1):
+        guard.loss(step, value)
+    guard.end(bad_result=False)
+    assert said == [] and guard.messages == []
+    bad = DivergenceGuard("accuracy", 2, "inner lr 0.5", said.append)
+    for step, value in enumerate(losses, 1):
+        bad.loss(step, value)
+    bad.end(bad_result=True)
+    assert len(said) == 1 and "diverged" in said[0] and "highest 500 at step 16" in said[0] and "chance" in said[0]
+    said.clear()
+    late = DivergenceGuard("accuracy", 2, "inner lr 0.5", said.append)
+    for step, value in enumerate([0.7] * 10 + [90.0], 1):  # one spike, but it is the run's last loss
+        late.loss(step, value)
+    assert said == []
+    late.end()
+    assert len(said) == 1 and "last meta-loss (90 at step 11) is still above it" in said[0]
+    said.clear()
+    persistent = DivergenceGuard("accuracy", 2, "inner lr 0.5", said.append)
+    for step, value in enumerate([0.7] * 5 + [50.0] * DIVERGE_STEPS + [0.7] * 5, 1):
+        persistent.loss(step, value)
+    assert len(said) == 1 and "diverging" in said[0]
+    persistent.end()
+    assert len(said) == 1  # said once
 
 
 def test_a_console_run_at_chance_warns_once_in_the_console_and_the_summary(tmp_path: Path) -> None:
