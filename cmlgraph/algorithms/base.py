@@ -83,6 +83,11 @@ class MetaAlgorithm:
     def prepare(self, model: MetaModel) -> None:
         """Add algorithm-owned parameters to the model (MAML++'s learned rates); nothing for MAML."""
 
+    def run_warnings(self) -> list[str]:
+        """Warnings about this algorithm's settings for the run's console, ``summary.json`` and ``fit``'s
+        warnings (MAML++: evaluating with more inner steps than it learned rates for); none for MAML."""
+        return []
+
     def step_weights(self, step: int) -> Sequence[float] | None:
         """Multi-step loss weights (MAML++); ``None`` uses the final step only."""
         return None

@@ -39,6 +39,22 @@ class MAMLPlusPlus(MetaAlgorithm):
         names = [k for k, _ in model.named_parameters() if group_of(k) in adapt]
         model.add_learned_rates(names, int(self.cfg.inner_steps), float(self.cfg.inner_lr))
 
+    def run_warnings(self) -> list[str]:
+        """A warning when evaluation takes more inner steps than training learned rates for.
+
+        Why: the inner loop uses step ``min(s, S-1)``'s rate beyond the ``S = inner_steps`` learned ones, so the
+        extra evaluation steps silently reuse the last learned rate, which was never trained for them
+        (issue 19 item 8).
+        """
+        train, evaluate = int(self.cfg.inner_steps), int(self.cfg.eval_inner_steps or self.cfg.inner_steps)
+        if evaluate <= train:
+            return []
+        extra = f"step {train + 1}" if evaluate == train + 1 else f"steps {train + 1}-{evaluate}"
+        return [f"MAML++ learned its per-step inner rates for {train} inner step(s) (algo.inner_steps) but "
+                f"evaluates with {evaluate} (algo.eval_inner_steps): {extra} reuse step {train}'s learned rate, "
+                f"which was never trained for them; set algo.eval_inner_steps <= {train}, or train with "
+                f"algo.inner_steps = {evaluate}"]
+
     def _anneal_steps(self) -> int:
         return max(1, int(self.cfg.msl_fraction * self.total_steps))
 

@@ -472,6 +472,7 @@ class Trainer:
         at_chance = chance_warning(res, e.domain.metric, int(getattr(e.domain, "out_dim", 0) or 0))
         self.guard.end(bad_result=at_chance is not None)  # loss spikes count only if they persist or end badly
         warns += [w for w in [test_tasks_warning(res["num_tasks"]), at_chance] if w]
+        warns += e.algo.run_warnings()  # e.g. MAML++ evaluated with more inner steps than it learned rates for
         for w in warns:  # a printing console shows them; a quiet run (the API's default) warns in Python
             if getattr(self.console, "quiet", False):
                 warn_user(w, RuntimeWarning)
