@@ -176,6 +176,18 @@ def _csv_list(text: str, cast: Any = str) -> list[Any]:
         raise ConfigError(f"{text!r} is not a comma-separated list of integers") from None
 
 
+def _batch_overrides(steps: int | None, test_tasks: int | None, data_root: str | None) -> dict[str, dict[str, Any]]:
+    """The config overrides of every run of ``compare``/``leaderboard`` from their --steps/--test-tasks/--data-root."""
+    overrides: dict[str, dict[str, Any]] = {}
+    if steps is not None:
+        overrides.setdefault("train", {})["steps"] = steps
+    if test_tasks is not None:
+        overrides.setdefault("train", {})["test_tasks"] = test_tasks
+    if data_root is not None:
+        overrides.setdefault("data", {})["data_root"] = data_root
+    return overrides
+
+
 @app.command()
 def compare(
     domains: str = typer.Option("sinusoid,digits", help="Comma-separated: sinusoid, omniglot, digits, or graphs."),
@@ -190,13 +202,7 @@ def compare(
     """Each algorithm with and without CML per domain; trains missing runs, reuses finished ones."""
     from cmlgraph.compare import run_compare, write_outputs
 
-    overrides: dict[str, dict[str, Any]] = {}
-    if steps is not None:
-        overrides.setdefault("train", {})["steps"] = steps
-    if test_tasks is not None:
-        overrides.setdefault("train", {})["test_tasks"] = test_tasks
-    if data_root is not None:
-        overrides.setdefault("data", {})["data_root"] = data_root
+    overrides = _batch_overrides(steps, test_tasks, data_root)
     cells = run_compare(_csv_list(domains), _csv_list(algos), _csv_list(seeds, int), runs_dir, overrides,
                         log=console.print, console=console)
     for path in write_outputs(cells, out or runs_dir):
@@ -237,13 +243,7 @@ def leaderboard(
     seed_list = _csv_list(seeds, int)
     if len(set(seed_list)) != len(seed_list):
         raise ConfigError(f"--seeds {seeds}: a seed is repeated; list each once")
-    overrides: dict[str, dict[str, Any]] = {}
-    if steps is not None:
-        overrides.setdefault("train", {})["steps"] = steps
-    if test_tasks is not None:
-        overrides.setdefault("train", {})["test_tasks"] = test_tasks
-    if data_root is not None:
-        overrides.setdefault("data", {})["data_root"] = data_root
+    overrides = _batch_overrides(steps, test_tasks, data_root)
     board = run_leaderboard(cells, chosen, seed_list, runs_dir, config, overrides, log=console.print, console=console)
     for path in write_outputs(board, out or runs_dir):
         console.print(f"wrote {path}")
