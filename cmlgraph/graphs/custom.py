@@ -29,6 +29,10 @@ from cmlgraph.user_warnings import warn_user
 
 #: What marks an unlabelled node in every entry point (besides None and NaN): -1, PyG's convention.
 MISSING_LABEL = -1
+#: What a NaN becomes when float labels are cast to integers (``y.long()``: int64's minimum; ``.int()``: int32's).
+#: Never a class: nodes with these labels are unlabelled, and a warning says how many (issue 19 item 2, cf.
+#: pytorch_geometric #7860).
+NAN_CAST_LABELS = (-(2**63), -(2**31))
 
 
 def _features(features: Any) -> Tensor:
@@ -60,15 +64,22 @@ def _features(features: Any) -> Tensor:
     return x
 
 
+def _is_nan_cast(label: Any) -> bool:
+    """Whether ``label`` is an integer a NaN becomes when cast to int64 or int32 (never a real class)."""
+    return isinstance(label, int) and not isinstance(label, bool) and label in NAN_CAST_LABELS
+
+
 def _is_missing(label: Any, missing_label: Any) -> bool:
-    if label is None:
+    if label is None or _is_nan_cast(label):
         return True
     if isinstance(label, float) and math.isnan(label):
         return True
     return missing_label is not None and label == missing_label
 
 
-def _labels(labels: Any, missing_label: Any) -> tuple[Tensor, list[Hashable], int]:
+def _labels(labels: Any, missing_label: Any) -> tuple[Tensor, list[Hashable], int, int]:
+    """Class ids ``0..C-1`` (-1 unlabelled), the user's labels of the classes, the nodes unlabelled by
+    ``missing_label`` and the nodes whose label is a NaN cast to an integer."""
     if isinstance(labels, Tensor):
         labels = labels.detach().cpu().view(-1).tolist()
     elif isinstance(labels, np.ndarray):
@@ -87,10 +98,22 @@ def _labels(labels: Any, missing_label: Any) -> tuple[Tensor, list[Hashable], in
         pass  # mixed types: keep the order of first appearance
     mapping = {lab: i for i, lab in enumerate(uniq)}
     y = torch.tensor([-1 if _is_missing(lab, missing_label) else mapping[lab] for lab in labels], dtype=torch.long)
+    nan_cast = sum(1 for lab in labels if _is_nan_cast(lab))
     by_value = 0 if missing_label is None else sum(
         1 for lab in labels if lab is not None and not (isinstance(lab, float) and math.isnan(lab))
-        and _is_missing(lab, missing_label))
-    return y, uniq, by_value
+        and not _is_nan_cast(lab) and _is_missing(lab, missing_label))
+    return y, uniq, by_value, nan_cast
+
+
+def _negative_labels_note(class_names: Sequence[Hashable], y: Tensor) -> str | None:
+    """A warning naming integer classes below zero kept as classes (e.g. -100, PyTorch's ``ignore_index``)."""
+    neg = [(i, lab) for i, lab in enumerate(class_names)
+           if isinstance(lab, int) and not isinstance(lab, bool) and lab < 0]
+    if not neg:
+        return None
+    desc = ", ".join(f"{lab} ({int((y == i).sum())} nodes)" for i, lab in neg[:10])
+    return (f"negative labels kept as classes: {desc}{' ...' if len(neg) > 10 else ''}; if they mean "
+            f"\"unlabelled\" (e.g. -100, PyTorch's ignore_index), pass missing_label=<that value>")
 
 
 def _edges(edge_index: Any, num_nodes: int, self_loops: str, notes: list[str]) -> Tensor:
@@ -155,7 +178,9 @@ def from_arrays(
             symmetrised / removed (and noted).
         features: ``[num_nodes, F]`` dense numpy/torch or scipy.sparse (kept sparse).
         labels: ``num_nodes`` labels of any hashable type; ``None``, NaN and ``missing_label`` mark unlabelled
-            nodes. Labels are mapped to ``0..C-1`` in sorted order; ``info["class_names"][i]`` is class i's label.
+            nodes, as do int64's and int32's minimum (a NaN cast with ``.long()``/``.int()``; warned). Other
+            negative integer labels stay classes, with a warning. Labels are mapped to ``0..C-1`` in sorted
+            order; ``info["class_names"][i]`` is class i's label.
         name: Graph name.
         num_nodes: Number of nodes; default: the number of feature rows.
         split: Class split over the mapped ids (``"a/b/c"`` counts, mapping, or JSON file); default about
@@ -177,7 +202,7 @@ def from_arrays(
     """
     notes: list[str] = []
     x = _features(features)
-    y, class_names, by_value = _labels(labels, missing_label)
+    y, class_names, by_value, nan_cast = _labels(labels, missing_label)
     n = int(num_nodes) if num_nodes is not None else int(x.shape[0])
     if x.shape[0] != n or y.numel() != n:
         raise DataError(
@@ -191,6 +216,17 @@ def from_arrays(
                f"{missing_label!r} as a class")
         warn_user(msg)
         notes.append(msg)
+    if nan_cast:
+        msg = (f"{have(nan_cast, 'node')} the label {NAN_CAST_LABELS[0]} or {NAN_CAST_LABELS[1]}, what NaN "
+               f"becomes when float labels are cast to integers (y.long(), y.int()); "
+               f"{agree(nan_cast, 'it was', 'they were')} treated as unlabelled. Mark unlabelled nodes with "
+               f"{MISSING_LABEL} (or keep the float labels: NaN is unlabelled)")
+        warn_user(msg)
+        notes.append(msg)
+    negative = _negative_labels_note(class_names, y) if missing_label is not None else None  # None: kept on purpose
+    if negative:
+        warn_user(negative)
+        notes.append(negative)
     if not class_names:
         raise DataError("no node has a label; give labels (None/NaN, or missing_label, marks unlabelled nodes) "
                         "for at least 2 classes" + (f" (all were {missing_label!r}: pass missing_label=None to keep "
@@ -218,7 +254,7 @@ def from_arrays(
             )
     meta = dict(info or {})
     meta.update(class_names=class_names, custom=True, split_spec=split, missing_label=missing_label,
-                missing_label_nodes=by_value)
+                missing_label_nodes=by_value, nan_cast_label_nodes=nan_cast)
     graph = assemble(name, x, ei, y, split=default_split(len(classes), ways) if split is None else split,
                      seed=seed, notes=notes, info=meta, classes=classes)
     if ways is not None:

@@ -92,3 +92,28 @@ def test_default_split_with_few_classes() -> None:
     assert any("'val' split is empty" in n for n in g.notes)
     with pytest.raises(ConfigError, match=r"'train' split has 3 classes .* but ways=5; use ways <= 4"):
         from_arrays([[0], [1]], np.ones((40, 2)), [i % 8 for i in range(40)], ways=5)
+
+
+def test_labels_cast_from_nan_are_unlabelled_and_said() -> None:
+    """Issue 19 item 2 (cf. pytorch_geometric #7860): float labels holding NaN, cast with ``.long()``, give int64's
+    minimum; those nodes are unlabelled (never a class of their own) and a warning and a note say how many."""
+    y = torch.tensor([0.0, 0, 0, 1, 1, 1, 2, 2, 2, float("nan"), float("nan"), float("nan"), float("nan")])
+    cast = y.long()
+    data = Data(x=torch.randn(13, 3), edge_index=torch.tensor([[0, 1, 2], [1, 2, 3]]), y=cast)
+    with pytest.warns(UserWarning, match=r"4 nodes have the label -9223372036854775808 or -2147483648, what NaN "
+                                         r"becomes.*treated as unlabelled"):
+        g = from_pyg(data, split="1/1/1")
+    assert g.num_classes == 3 and g.info["class_names"] == [0, 1, 2] and g.y[9:].tolist() == [-1] * 4
+    assert g.info["nan_cast_label_nodes"] == 4 and any("what NaN becomes" in n for n in g.notes)
+    with pytest.warns(UserWarning, match="2 nodes have the label"):  # .int() casts give int32's minimum
+        g32 = from_arrays([[0], [1]], np.ones((11, 2)), y[:11].int(), split="1/1/1")
+    assert g32.num_classes == 3
+    with pytest.warns(UserWarning, match="what NaN becomes"):  # even with missing_label=None: never a class
+        assert from_pyg(data, split="1/1/1", missing_label=None).num_classes == 3
+
+
+def test_other_negative_labels_stay_classes_with_a_warning() -> None:
+    labels = [0] * 4 + [1] * 4 + [-100] * 4 + [-1] * 2
+    with pytest.warns(UserWarning, match=r"negative labels kept as classes: -100 \(4 nodes\).*missing_label="):
+        g = from_arrays([[0], [1]], np.ones((14, 2)), labels, split="1/1/1")
+    assert g.num_classes == 3 and (g.y == -1).sum() == 2  # -1 is unlabelled (the default missing_label)
