@@ -67,14 +67,23 @@ def find_run(runs_dir: Path, cfg: Config) -> Path | None:
     want = _key(cfg)
     for summary in sorted(runs_dir.glob("*/summary.json")):
         try:
-            have = Config()
-            saved = yaml.safe_load((summary.parent / "config.yaml").read_text())
-            pin_legacy_features(apply_overrides(have, saved, "run config"), saved)
-            if _key(have) == want:
+            path = summary.parent / "config.yaml"
+            stamp = (str(path.resolve()), path.stat().st_mtime_ns)
+            if stamp not in _SAVED_KEYS:  # resolving a config costs ~0.1 s: once per saved run, not per lookup
+                have = Config()
+                saved = yaml.safe_load(path.read_text())
+                pin_legacy_features(apply_overrides(have, saved, "run config"), saved)
+                _SAVED_KEYS[stamp] = _key(have)
+            if _SAVED_KEYS[stamp] == want:
                 return summary.parent
         except Exception:  # noqa: BLE001 - an unreadable folder is simply not reused
             continue
     return None
+
+
+#: (config.yaml path, mtime) → resolved-config key of a saved run, so that planning N runs against M saved ones
+#: resolves M + N configs, not M × N.
+_SAVED_KEYS: dict[tuple[str, int], str] = {}
 
 
 @dataclass
