@@ -319,11 +319,17 @@ def bench(
 
 
 @app.command("eval")
-def eval_cmd(run_dir: Path = typer.Argument(..., help="A run folder made by `cmlgraph train`.")) -> None:
+def eval_cmd(
+    run_dir: Path = typer.Argument(..., help="A run folder made by `cmlgraph train` or cmlgraph.fit."),
+    graph: str | None = typer.Option(None, help="Registered graph name or a .npz file from graph.save(PATH) (needed "
+                                  "for a cmlgraph.fit run on an in-memory graph).", show_default="the run's graph"),
+    data_root: str | None = typer.Option(None, help="Raw data root of a registered graph.",
+                                      show_default="data.data_root, else $CMLGRAPH_DATA, else the run's recorded root"),
+) -> None:
     """Re-evaluate a saved run's inference model on its fixed test tasks."""
     from cmlgraph.train.reeval import reevaluate
 
-    res = reevaluate(run_dir, console)
+    res = reevaluate(run_dir, console, graph=graph, data_root=data_root)
     console.print(f"{res['metric']}: {res['mean']:.4f} ± {res['ci95']:.4f} over {res['num_tasks']} tasks"
                   + (f"  ({res['nonfinite_tasks']} with NaN/inf predictions)" if res["nonfinite_tasks"] else ""))
 

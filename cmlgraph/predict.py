@@ -108,6 +108,9 @@ def _load_run(run_dir: str | os.PathLike[str]) -> _Run:
             raise CmlgraphError(f"{run_dir / f} is missing; pass a finished run folder made by `cmlgraph train` "
                                 f"(`cmlgraph runs` lists them)")
     cfg = prepare(pin_legacy_features(from_yaml(run_dir / "config.yaml"), load_yaml(run_dir / "config.yaml")))
+    from cmlgraph.train.reeval import run_data_root
+
+    cfg.data.data_root = run_data_root(run_dir, cfg)  # the run's recorded root when nothing else names one
     summary = run_dir / "summary.json"
     if summary.is_file():  # the preprocessing the run resolved (data.features None: the graph's default)
         cfg.data.features = json.loads(summary.read_text()).get("features") or cfg.data.features

@@ -8,6 +8,7 @@ so recording them imports neither torch-geometric nor anything else heavy.
 
 from __future__ import annotations
 
+import os
 import platform
 import shlex
 import subprocess
@@ -118,12 +119,27 @@ def device_name(device: str) -> str:
     return device
 
 
+def default_data_root() -> str:
+    """Where a run with ``data.data_root`` unset reads its raw data in this process: ``$CMLGRAPH_DATA``, else
+    ``<repo>/datasets``, as an absolute path (:func:`cmlgraph.graphs.root.data_root` without importing the graph
+    package, which loads torch-geometric).
+
+    Why recorded: ``cmlgraph eval`` in another shell, without the variable, must still find the run's data.
+    """
+    env = os.environ.get("CMLGRAPH_DATA", "")
+    if env:
+        return str(Path(env).expanduser().absolute())
+    return str(Path(__file__).resolve().parents[1] / "datasets")
+
+
 def provenance(device: str = "cpu") -> dict[str, Any]:
     """The provenance record of a run made now on ``device``.
 
     Returns:
         ``cmlgraph``, ``torch``, ``torch_geometric``, ``python`` (versions; ``None`` if not installed),
-        ``platform``, ``device``, ``command``, ``git_commit``, ``git_dirty`` and ``time`` (UTC, ISO 8601).
+        ``platform``, ``device``, ``command``, ``git_commit``, ``git_dirty``, ``time`` (UTC, ISO 8601) and
+        ``data_root`` (:func:`default_data_root`: the raw data root unless the config's ``data.data_root`` names
+        one).
     """
     return {
         "cmlgraph": cmlgraph_version(),
@@ -135,6 +151,7 @@ def provenance(device: str = "cpu") -> dict[str, Any]:
         "command": current_command(),
         **git_state(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "data_root": default_data_root(),
     }
 
 
@@ -147,5 +164,5 @@ def yaml_header(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["VERSION_KEYS", "api_call", "cli_command", "cmlgraph_version", "current_command", "git_state",
-           "package_version", "provenance", "recording", "yaml_header"]
+__all__ = ["VERSION_KEYS", "api_call", "cli_command", "cmlgraph_version", "current_command", "default_data_root",
+           "git_state", "package_version", "provenance", "recording", "yaml_header"]

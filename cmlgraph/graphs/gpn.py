@@ -25,7 +25,7 @@ from cmlgraph.errors import DataError
 from cmlgraph.graphs.assemble import assemble, undirected_edges
 from cmlgraph.graphs.fewshot_graph import FewShotGraph
 from cmlgraph.graphs.sparse import scipy_to_torch
-from cmlgraph.graphs.spec import DatasetSpec, LoadRequest, RawFile
+from cmlgraph.graphs.spec import DatasetSpec, LoadRequest, RawFile, root_hint
 
 GPN_URL = "https://github.com/kaize0409/GPN_Few-shot/raw/master/few_shot_data/"
 GPN_CITATION = (
@@ -103,7 +103,7 @@ def load_gpn(req: LoadRequest) -> FewShotGraph:
             f"dataset '{spec.name}' has no labels or features here: both {train_raw.url.rsplit('/', 1)[-1]} and "
             f"{test_raw.url.rsplit('/', 1)[-1]} are missing (only the edge list was found), so it cannot be loaded "
             f"even with --allow-partial. Download them from {train_raw.url} and {test_raw.url} "
-            f"(`cmlgraph datasets download {spec.name}`)."
+            f"(`cmlgraph datasets download {spec.name}`). {root_hint(req.root)}"
         )
     missing = [r for r, p in ((train_raw, train_path), (test_raw, test_path)) if p is None]
     if missing and not req.allow_partial:
@@ -114,7 +114,7 @@ def load_gpn(req: LoadRequest) -> FewShotGraph:
             f"dataset '{spec.name}' is incomplete: {fname} is missing under {req.root} (looked in "
             f"{', '.join(str(req.root / loc) for loc in raw.locations)}). Download it from {raw.url} "
             f"(`cmlgraph datasets download {spec.name}`), or pass --allow-partial (allow_partial=True) to load only "
-            f"the classes of {present}."
+            f"the classes of {present}. {root_hint(req.root)}"
         )
     edges = read_network(network)
     parts = {name: read_mat(p) for name, p in (("train", train_path), ("test", test_path)) if p is not None}

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from cmlgraph.errors import DataError
 from cmlgraph.graphs.download import download_file, extract_zip, verify_file
+from cmlgraph.graphs.root import DATA_ENV
 from cmlgraph.graphs.splits import SplitSpec
 
 if TYPE_CHECKING:
@@ -141,7 +142,15 @@ def missing_message(spec_name: str, raw: RawFile, root: Path, cache: Path) -> st
         if raw.url
         else "Place it at one of those paths"
     )
-    return f"dataset '{spec_name}' needs {file_name(raw)}, which was not found (looked in {where}). {how}."
+    return (f"dataset '{spec_name}' needs {file_name(raw)}, which was not found (looked in {where}). {how}. "
+            f"{root_hint(root)}")
+
+
+def root_hint(root: Path) -> str:
+    """Which setting chose the raw data root ``root``, and how to point it elsewhere (issue 19: a missing file's
+    message must say how the root is found)."""
+    return (f"The data root {str(root)!r} is --data-root (data.data_root) when given, else ${DATA_ENV}, else "
+            f"<repo>/datasets: set {DATA_ENV}=/path/to/datasets or pass --data-root DIR if the data is elsewhere.")
 
 
 @dataclass
@@ -194,4 +203,4 @@ def download_missing(spec: DatasetSpec, root: Path, cache: Path) -> list[Path]:
 
 
 __all__ = ["ArchiveSource", "DatasetSpec", "LoadRequest", "RawFile", "download_missing", "file_name", "find_raw",
-           "missing_message"]
+           "missing_message", "root_hint"]
