@@ -23,7 +23,13 @@ Found = dict[tuple[Setting, Method, int], Path]
 def method_config(setting: Setting, method: Method, seed: int, base: str | Path | None = None,
                   overrides: dict[str, dict[str, Any]] | None = None) -> Config:
     """The config of one leaderboard run: ``base`` (a YAML file; default: cmlgraph's defaults, the practitioner's
-    ``cmlgraph train --graph G --ways N --shots K``), the setting, the method, the seed, then ``overrides``."""
+    ``cmlgraph train --graph G --ways N --shots K``), the setting, the method, the seed, then ``overrides``.
+
+    A training-free baseline does not take ``train.steps`` from ``overrides`` (``--steps`` shortens meta-training,
+    not, say, ``gcl-probe``'s own pretraining), so its runs are reused across boards of different ``--steps``.
+    """
+    if method.baseline and overrides and "steps" in overrides.get("train", {}):
+        overrides = {**overrides, "train": {k: v for k, v in overrides["train"].items() if k != "steps"}}
     cfg = from_yaml(base) if base is not None else Config()
     apply_overrides(cfg, {"data": {"task": "graph", "graph": setting.graph, "ways": setting.ways,
                                    "shots": setting.shots},

@@ -165,3 +165,14 @@ def test_cli_reuses_runs_and_writes_outputs(runs, tmp_path, capsys):
     assert out.count("] reusing ") == 6 and "] training " not in out
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"leaderboard.md", "leaderboard.csv",
                                                                "leaderboard-cml.csv", "leaderboard.png"}
+
+
+def test_steps_override_shortens_meta_learning_not_baselines(monkeypatch):
+    from cmlgraph.leaderboard import method_config
+
+    monkeypatch.setattr(methods_module, "BASELINES", ("protonet",))
+    over = {"train": {"steps": 3, "test_tasks": 7}}
+    base, meta = (method_config(SETTING, Method(a), 0, overrides=over) for a in ("protonet", "maml"))
+    assert (meta.train.steps, meta.train.test_tasks) == (3, 7)
+    assert base.train.steps != 3 and base.train.test_tasks == 7
+    assert over == {"train": {"steps": 3, "test_tasks": 7}}  # the caller's overrides are not changed
