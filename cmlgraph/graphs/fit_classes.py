@@ -88,6 +88,27 @@ def check_split_ways(graph: FewShotGraph, ways: int, need: int, *, default: bool
                           + "; or ".join(fixes))
 
 
+def split_text(graph: FewShotGraph, splits: dict[str, list[int]]) -> str:
+    """``train 'a', 'b'; val 'c'; test 'd'``: each split's classes by the user's labels."""
+    return "; ".join(f"{k} {label_names(graph, sorted(splits.get(k, []))) or '(none)'}" for k in SPLIT_NAMES)
+
+
+def resplit_note(graph: FewShotGraph, splits: dict[str, list[int]], ways: int, why: str) -> str | None:
+    """A note naming which classes went where when ``splits`` differ from the graph's own split, else None.
+
+    Why: ``fit`` redraws the split of a graph built without ``ways`` (6 classes: ``print(graph)`` showed 4/1/1,
+    training used 2/2/2) and only ``summary["class_labels"]`` told (issue 19 item 5).
+    """
+    own = {k: sorted(graph.splits.get(k, [])) for k in SPLIT_NAMES}
+    used = {k: sorted(splits.get(k, [])) for k in SPLIT_NAMES}
+    if own == used or not any(own.values()):
+        return None
+    counts = "/".join(str(len(used[k])) for k in SPLIT_NAMES)
+    was = "/".join(str(len(own[k])) for k in SPLIT_NAMES)
+    return (f"{graph.name}: the classes were re-split {counts} for ways={ways} ({why}): {split_text(graph, used)} "
+            f"(the graph's own split, {was} as print(graph) shows: {split_text(graph, own)})")
+
+
 def _drop_small(graph: FewShotGraph, need: int) -> tuple[torch.Tensor, list[int], list[str]]:
     """Labels with classes of fewer than ``need`` labelled nodes set to -1; kept classes; notes."""
     y = graph.y
@@ -155,6 +176,12 @@ def fit_graph(graph: FewShotGraph, ways: int, shots: int, queries: int, *, split
         extra = [n for n in notes if n not in base]
         if not splits["val"]:
             extra.append(VAL_EMPTY_NOTE)
+        why = ("the split given to fit" if split is not None else f"classes with fewer than shots+queries={need} "
+               f"labelled nodes were removed" if notes else "the graph's own split was drawn without ways")
+        moved = resplit_note(graph, splits, ways, why)
+        if moved:  # say which classes went where (issue 19 item 5): print(graph) shows the graph's own split
+            warn_user(moved)
+            extra.append(moved)
         fitted = dataclasses.replace(graph, y=y, splits=splits, notes=[*base, *extra], info=info,
                                      full_graph_cache={})
     check_split_ways(fitted, ways, need, default=given is None, dropped=notes[0] if notes else "")
@@ -175,4 +202,5 @@ def user_label(graph: FewShotGraph, c: int) -> Hashable:
     return names[c] if names is not None and 0 <= c < len(names) else c
 
 
-__all__ = ["check_split_ways", "default_split", "fit_graph", "label_names", "user_label"]
+__all__ = ["check_split_ways", "default_split", "fit_graph", "label_names", "resplit_note", "split_text",
+           "user_label"]
