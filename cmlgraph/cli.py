@@ -394,10 +394,13 @@ def runs(
     runs_dir: Path = typer.Argument(Path("runs"), help="Folder holding run folders."),
     json_out: bool = typer.Option(False, "--json", help="Print the records as JSON instead of a table."),
 ) -> None:
-    """The run folders, oldest first: dataset, algorithm, CML, ways/shots, test score ± 95% CI, status, date."""
+    """The run folders, oldest first: dataset, algorithm, CML, ways/shots, test score ± 95% CI, status, date, and
+    the settings that differ between listed runs of the same dataset (e.g. features)."""
     import json
 
-    from cmlgraph.runs import format_score, format_shape, list_runs
+    from rich.markup import escape
+
+    from cmlgraph.runs import format_score, format_settings, format_shape, list_runs
 
     records = list_runs(runs_dir)
     if json_out:
@@ -406,15 +409,18 @@ def runs(
     from rich.table import Table
 
     table = Table(title=f"runs in {runs_dir}")
-    for col in ("name", "dataset", "algorithm", "CML", "shape", "steps", "test score", "tasks", "status", "date"):
-        table.add_column(col, no_wrap=col != "name", overflow="fold")
+    cols = ["name", "dataset", "algorithm", "CML", "shape", "steps", "test score", "tasks", "status", "date"]
+    differ = any(r.get("differs") for r in records)
+    for col in cols + (["settings that differ"] if differ else []):
+        table.add_column(col, no_wrap=col not in ("name", "settings that differ"), overflow="fold")
     for r in records:
         algo = r["algorithm"] + ("" if r["control"] in (None, "none") else f" ({r['control']})")
         status = r["status"] if r["status"] == "finished" else f"{r['status']} (step {r['step'] or 0}/{r['steps']})"
         score = format_score(r) + (f" [yellow]! {len(r['warnings'])}[/yellow]" if r["warnings"] else "")
         table.add_row(r["name"], str(r["dataset"]) + (" (partial)" if r["partial"] else ""), algo,
                       "yes" if r["cml"] else "no", format_shape(r), f"{r['step'] or 0}/{r['steps']}", score,
-                      str(r["num_tasks"] or ""), status, r["date"].replace("T", " ").rstrip("Z"))
+                      str(r["num_tasks"] or ""), status, r["date"].replace("T", " ").rstrip("Z"),
+                      *([escape(format_settings(r))] if differ else []))
     console.print(table)
     if any(r["warnings"] for r in records):
         console.print("[yellow]! N[/yellow]: the run gave N warnings (chance level, too few test tasks, divergence); "

@@ -74,6 +74,60 @@ def _locked(folder: Path) -> bool:
     return False
 
 
+#: Config keys that ``settings`` leaves out: the table's own columns, where the data is read, execution strategies
+#: that give the same results, and logging intervals.
+NOT_SETTINGS = frozenset({
+    "data.task", "data.graph", "data.data_root", "data.ways", "data.shots", "data.subgraph",
+    "data.subgraph_threshold", "algo.algo", "algo.cml", "algo.control", "train.steps", "train.batched",
+    "train.device", "train.log_every", "train.checkpoint_every", "train.diag_every",
+})
+
+
+def run_settings(cfg: dict[str, Any], summary: dict[str, Any] | None) -> dict[str, Any]:
+    """A run's settings as flat ``section.key`` → value (the ``run`` section and :data:`NOT_SETTINGS` left out).
+
+    ``data.features`` is the preprocessing the run resolved (``summary.json``'s ``features``) when recorded: a
+    config leaves it unset for the graph's default. A graph run's config written before ``data.features`` existed
+    trained on raw features (:func:`cmlgraph.graphs.features.pin_legacy_features`).
+    """
+    flat = {f"{section}.{key}": value for section, values in cfg.items() if section != "run" and
+            isinstance(values, dict) for key, value in values.items() if f"{section}.{key}" not in NOT_SETTINGS}
+    data = cfg.get("data") or {}
+    if data.get("task", "graph") == "graph":
+        if isinstance(data, dict) and "features" not in data:
+            flat["data.features"] = "raw"
+        if summary is not None and summary.get("features"):
+            flat["data.features"] = summary["features"]
+    return flat
+
+
+def differing_settings(records: list[dict[str, Any]]) -> None:
+    """Set each record's ``differs``: its settings whose values differ between the listed runs of the same task and
+    dataset (short key → value; a key is the config key without its section unless two sections share it).
+
+    Why: two runs with the same table columns may differ in a setting (issue 19: compare's Cora used raw features,
+    train's row-normalised ones); the listing must show what tells them apart.
+    """
+    groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r.get("task"), r.get("dataset")), []).append(r)
+    for group in groups.values():
+        order = {"data": 0, "model": 1, "algo": 2, "train": 3}  # the config's section order
+        keys = sorted({k for r in group for k in r.get("settings", {})},
+                      key=lambda k: (order.get(k.split(".", 1)[0], 4), k))
+        differ = [k for k in keys if len({json.dumps(r.get("settings", {}).get(k), sort_keys=True, default=str)
+                                          for r in group}) > 1]
+        tails = [k.split(".", 1)[-1] for k in differ]
+        for r in group:
+            r["differs"] = {(t if tails.count(t) == 1 else k): r.get("settings", {}).get(k)
+                            for k, t in zip(differ, tails, strict=True)}
+
+
+def format_settings(record: dict[str, Any]) -> str:
+    """``features=raw inner_lr=0.5``: the record's ``differs`` (see :func:`differing_settings`)."""
+    return " ".join(f"{k}={'default' if v is None else v}" for k, v in (record.get("differs") or {}).items())
+
+
 def describe_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     """One run folder as a flat record, or ``None`` when ``folder`` is not a run folder (no ``config.yaml``).
 
@@ -81,7 +135,8 @@ def describe_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     ``metric``, ``mean``, ``ci95``, ``num_tasks``, ``partial``, ``status`` (finished, running, resumable),
     ``step`` (last logged step), ``steps``, ``date`` (when the run started: the config's write time, ISO 8601
     UTC; ``started_s`` the same in seconds since the epoch), ``cmlgraph`` (the version that finished it, when recorded),
-    ``warnings`` (the run's own warnings from ``summary.json``: chance level, too few test tasks, divergence).
+    ``warnings`` (the run's own warnings from ``summary.json``: chance level, too few test tasks, divergence),
+    ``settings`` (:func:`run_settings`).
     """
     folder = Path(folder)
     config_path = folder / "config.yaml"
@@ -101,7 +156,7 @@ def describe_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
         "metric": None, "mean": None, "ci95": None, "num_tasks": None, "partial": bool(data.get("allow_partial")),
         "status": status, "step": _last_step(folder / "metrics.jsonl"), "steps": train.get("steps"),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "started_s": started, "cmlgraph": None,
-        "warnings": [],
+        "warnings": [], "settings": run_settings(cfg, summary),
     }
     if summary is not None:
         for key in ("metric", "mean", "ci95", "num_tasks", "partial", "cml"):
@@ -116,7 +171,8 @@ def describe_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def list_runs(runs_dir: str | os.PathLike[str] = "runs") -> list[dict[str, Any]]:
-    """Every run folder directly under ``runs_dir`` (see :func:`describe_run`), oldest first.
+    """Every run folder directly under ``runs_dir`` (see :func:`describe_run`), oldest first, each with ``differs``
+    (:func:`differing_settings`: its settings that differ from other listed runs of its task and dataset).
 
     Raises:
         ConfigError: ``runs_dir`` does not exist or is not a folder.
@@ -127,7 +183,9 @@ def list_runs(runs_dir: str | os.PathLike[str] = "runs") -> list[dict[str, Any]]
                           f"--runs-dir` (default: runs)")
     records = [r for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")
                if (r := describe_run(p)) is not None]
-    return sorted(records, key=lambda r: (r["started_s"], r["name"]))
+    records = sorted(records, key=lambda r: (r["started_s"], r["name"]))
+    differing_settings(records)
+    return records
 
 
 def format_score(record: dict[str, Any]) -> str:
@@ -146,4 +204,5 @@ def format_shape(record: dict[str, Any]) -> str:
     return f"{record.get('ways')}w{record.get('shots')}s"
 
 
-__all__ = ["describe_run", "format_score", "format_shape", "list_runs"]
+__all__ = ["NOT_SETTINGS", "describe_run", "differing_settings", "format_score", "format_settings", "format_shape",
+           "list_runs", "run_settings"]
