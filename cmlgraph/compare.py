@@ -48,6 +48,59 @@ def domain_config(domain: str, algo: str, cml: bool, seed: int, overrides: dict[
     return cfg
 
 
+#: Keys never named as a difference from ``cmlgraph train``: the cell's identity, where data is read, and execution
+#: strategies with the same results (as in :func:`_key`).
+_IDENTITY = {("data", "task"), ("data", "graph"), ("data", "data_root"), ("data", "subgraph"),
+             ("data", "subgraph_threshold"), ("algo", "algo"), ("algo", "cml"), ("train", "seed"), ("train", "batched")}
+
+
+def train_config(cfg: Config, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """The config ``cmlgraph train`` gives the same task, graph, algorithm, arm and seed as the cell ``cfg`` (its
+    defaults), with the same command-line ``overrides``."""
+    base = Config()
+    data = {"task": cfg.data.task, **({"graph": cfg.data.graph} if cfg.data.task == "graph" else {})}
+    apply_overrides(base, {"data": data, "algo": {"algo": cfg.algo.algo, "cml": cfg.algo.cml},
+                           "train": {"seed": cfg.train.seed}}, "train defaults")
+    if overrides:
+        apply_overrides(base, overrides, "compare overrides")
+    return base
+
+
+def preset_overrides(cfg: Config, overrides: dict[str, dict[str, Any]] | None = None
+                     ) -> dict[str, tuple[Any, Any]]:
+    """The settings in which the cell ``cfg`` (its preset file and preset) differs from ``cmlgraph train``'s
+    defaults: ``section.key`` → (compare's value, train's value).
+
+    Why: ``compare`` and ``train`` must not silently disagree (issue 19: compare's Cora trained on raw features,
+    train's on row-normalised ones); the difference is said in the console and in ``compare.md``. An unset
+    ``data.features`` of a registered graph is its default (:data:`cmlgraph.graphs.features.DATASET_FEATURES`).
+    """
+    import copy
+
+    from cmlgraph.train.trainer import prepare
+
+    mine = prepare(copy.deepcopy(cfg)).to_dict()
+    theirs = prepare(train_config(cfg, overrides)).to_dict()
+    if cfg.data.task == "graph":
+        from cmlgraph.graphs.features import DATASET_FEATURES
+
+        for d in (mine, theirs):
+            d["data"]["features"] = d["data"].get("features") or DATASET_FEATURES.get(str(cfg.data.graph))
+    return {f"{section}.{key}": (value, theirs.get(section, {}).get(key))
+            for section, values in mine.items() if section != "run" for key, value in values.items()
+            if (section, key) not in _IDENTITY and value != theirs.get(section, {}).get(key)}
+
+
+def describe_overrides(domain: str, diffs: dict[str, tuple[Any, Any]]) -> str:
+    """One line naming where compare's cell differs from ``cmlgraph train`` (empty when it does not)."""
+    if not diffs:
+        return ""
+    file = PRESETS.get(domain, ("graph-table.yaml", {}))[0]
+    what = ", ".join(f"{key.split('.', 1)[1]} {mine} (train: {'default' if train is None else train})"
+                     for key, (mine, train) in diffs.items())
+    return f"{domain}: compare's preset (configs/{file}) differs from `cmlgraph train`'s defaults: {what}"
+
+
 def _key(cfg: Config) -> str:
     from cmlgraph.train.trainer import prepare
 
@@ -114,6 +167,8 @@ class Cell(Paired):
 
     domain: str = ""
     algorithm: str = ""
+    #: Where the cell's settings differ from ``cmlgraph train``'s defaults (:func:`describe_overrides`).
+    overrides: str = ""
 
     def row(self) -> dict[str, Any]:
         """A flat dict for CSV."""
@@ -189,6 +244,7 @@ def run_compare(domains: Sequence[str], algos: Sequence[str], seeds: Sequence[in
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     plan = []
+    differs: dict[tuple[str, str], str] = {}
     for domain in domains:
         for algo in algos:
             for seed in seeds:
@@ -196,13 +252,20 @@ def run_compare(domains: Sequence[str], algos: Sequence[str], seeds: Sequence[in
                     cfg = domain_config(domain, algo, cml, seed, overrides)
                     prepare(cfg)  # validate every cell before training any
                     plan.append((domain, algo, seed, cml, cfg))
+            line = describe_overrides(domain, preset_overrides(cfg, overrides))
+            differs[(domain, algo)] = line
+            if line:  # said before any training, so no one mistakes these runs for `cmlgraph train`'s
+                log(f"note: {line}")
     found: dict[tuple[str, str, int, bool], Path] = {}
     for i, (domain, algo, seed, cml, cfg) in enumerate(plan, 1):
         name = f"{domain}-{algo}-{'cml' if cml else 'base'}-s{seed}"
         found[(domain, algo, seed, cml)] = obtain_run(cfg, runs_dir, name, train_fn,
                                                       lambda m, i=i: log(f"[{i}/{len(plan)}] {m}"), console)
-    return [build_cell(d, a, [(found[(d, a, s, False)], found[(d, a, s, True)]) for s in seeds])
-            for d in domains for a in algos]
+    cells = [build_cell(d, a, [(found[(d, a, s, False)], found[(d, a, s, True)]) for s in seeds])
+             for d in domains for a in algos]
+    for c in cells:
+        c.overrides = differs[(c.domain, c.algorithm)]
+    return cells
 
 
 def _fmt(mean: float, ci: float | None, metric: str) -> str:
@@ -252,6 +315,10 @@ def write_outputs(cells: Sequence[Cell], out_dir: str | Path) -> list[Path]:
               "includes the run-to-run variation of training: read it to judge CML). Column 7 is the CI of the same "
               "mean difference over the pooled per-task differences: it covers only the sampling of test tasks. "
               "Accuracy: higher is better; MSE: lower is better."]
+    notes = list(dict.fromkeys(c.overrides for c in cells if c.overrides))
+    if notes:
+        lines += ["", "Settings that differ from `cmlgraph train`'s defaults (the runs above are not what "
+                  "`cmlgraph train` gives these domains):", "", *(f"- {n}" for n in notes)]
     md = "\n".join(lines) + "\n"
     atomic_write(out / "compare.md", lambda f: f.write(md.encode()))
     write_csv(out / "compare.csv", [c.row() for c in cells])
