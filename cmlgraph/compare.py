@@ -326,24 +326,50 @@ def write_outputs(cells: Sequence[Cell], out_dir: str | Path) -> list[Path]:
     return [out / "compare.md", out / "compare.csv", out / "compare.png"]
 
 
-def _plot(cells: Sequence[Cell], path: Path) -> None:
+def compare_figure(cells: Sequence[Cell]) -> Any:
+    """The comparison as a figure: per domain, both arms' means ± 95% CI (top) and the paired difference
+    CML − base ± its 95% CI (bottom: over seeds with several seeds, else over the pooled test tasks).
+
+    Accuracy axes are clipped to the values accuracy can take ([0, 1] for the arms, [−1, 1] for the difference):
+    a CI reaching past them is drawn to the edge, never as an impossible accuracy (issue 19).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     domains = list(dict.fromkeys(c.domain for c in cells))
-    fig, axes = plt.subplots(1, len(domains), figsize=(4.5 * len(domains), 3.6), squeeze=False)
-    for ax, domain in zip(axes[0], domains, strict=True):
+    fig, axes = plt.subplots(2, len(domains), figsize=(4.5 * len(domains), 6.4), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 2]})
+    for ax, dax, domain in zip(axes[0], axes[1], domains, strict=True):
         sub = [c for c in cells if c.domain == domain]
-        xs = range(len(sub))
+        xs = list(range(len(sub)))
         ax.bar([x - 0.2 for x in xs], [c.base[0] for c in sub], 0.4, yerr=[c.base[1] for c in sub], capsize=3,
                label="without CML")
         ax.bar([x + 0.2 for x in xs], [c.cml[0] for c in sub], 0.4, yerr=[c.cml[1] for c in sub], capsize=3,
                label="with CML")
-        ax.set_xticks(list(xs), [c.algorithm for c in sub])
+        ax.set_xticks(xs, [c.algorithm for c in sub])
         ax.set_title(f"{domain} ({sub[0].metric})")
+        cis = [c.diff_seeds[1] if c.seeds > 1 else c.diff[1] for c in sub]
+        dax.bar(xs, [c.diff[0] for c in sub], 0.5, yerr=cis, capsize=3, color="tab:green")
+        dax.axhline(0.0, color="black", linewidth=0.8)
+        dax.set_xticks(xs, [c.algorithm for c in sub])
+        over = "seeds" if all(c.seeds > 1 for c in sub) else "test tasks"
+        dax.set_title(f"CML − base (paired, 95% CI over {over})", fontsize=9)
+        if sub[0].metric == "accuracy":
+            ax.set_ylim(0.0, 1.0)
+            reach = max([abs(c.diff[0]) + ci for c, ci in zip(sub, cis, strict=True)] + [0.01])
+            dax.set_ylim(-min(1.0, 1.2 * reach), min(1.0, 1.2 * reach))
+        else:  # an MSE is never negative
+            ax.set_ylim(bottom=0.0)
     axes[0][0].legend()
     fig.tight_layout()
+    return fig
+
+
+def _plot(cells: Sequence[Cell], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = compare_figure(cells)
     fig.savefig(path, dpi=110)
     plt.close(fig)

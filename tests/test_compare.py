@@ -47,3 +47,24 @@ def test_compare_says_where_it_differs_from_train_in_the_console_and_compare_md(
     assert logs.index(notes[0]) < next(i for i, m in enumerate(logs) if "training" in m)  # said before training
     write_outputs(cells, tmp_path / "out")
     assert f"hidden 7 (train: {default})" in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_compare_png_clips_accuracy_and_plots_the_paired_difference():
+    import matplotlib.pyplot as plt
+
+    from cmlgraph.compare import Cell, compare_figure
+
+    cell = Cell(metric="accuracy", base=(0.95, 0.12), cml=(0.97, 0.08), diff=(0.02, 0.01), seeds=3, tasks=1500,
+                base_runs=[], cml_runs=[], diff_seeds=(0.02, 0.05), domain="cora", algorithm="maml")
+    fig = compare_figure([cell])
+    top, bottom = fig.axes
+    assert top.get_ylim() == (0.0, 1.0)  # 0.95 + 0.12 would reach an impossible 107 %
+    from matplotlib.container import BarContainer
+
+    bar = next(c for c in bottom.containers if isinstance(c, BarContainer))
+    assert bar.patches[0].get_height() == pytest.approx(0.02)  # CML − base
+    (segment,) = bar.errorbar.lines[2][0].get_segments()
+    assert [y for _, y in segment] == pytest.approx([-0.03, 0.07])  # ± the CI over seeds
+    lo, hi = bottom.get_ylim()
+    assert -1.0 <= lo < -0.03 and 0.07 < hi <= 1.0
+    plt.close(fig)
