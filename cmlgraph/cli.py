@@ -429,7 +429,8 @@ def runs(
 
 @datasets_app.command("list")
 def datasets_list(data_root: str | None = typer.Option(None, help="Raw data root.")) -> None:
-    """Every graph dataset with its stats, source URL and local availability."""
+    """Every graph dataset with its stats, default class split (train/val/test classes), source URL and local
+    availability."""
     from rich.table import Table
 
     from cmlgraph.graphs import list_datasets
@@ -438,13 +439,14 @@ def datasets_list(data_root: str | None = typer.Option(None, help="Raw data root
     table.add_column("name", no_wrap=True)
     for col in ("nodes", "edges", "features", "classes"):
         table.add_column(col, justify="right")
+    table.add_column("split (train/val/test)", no_wrap=True)
     table.add_column("local", no_wrap=True)
     table.add_column("source", overflow="fold")
     for row in list_datasets(data_root):
         status = "yes" if row.get("available") else ("partial" if row.get("partial") else "no")
         table.add_row(row["name"], *(f"{row.get(c):,}" if isinstance(row.get(c), int) else str(row.get(c, ""))
                                      for c in ("nodes", "edges", "features", "classes")),
-                      status, str(row.get("url") or "generated"))
+                      str(row.get("class_split", "")), status, str(row.get("url") or "generated"))
     console.print(table)
 
 

@@ -114,6 +114,18 @@ def download_dataset(
     return [str(p) for p in fetch(spec, raw_root, cache_path)]
 
 
+def class_split(spec: DatasetSpec) -> str:
+    """The default split's class counts, ``train/val/test`` (``3/2/2``), as ``cmlgraph datasets list`` shows them.
+
+    A GPN dataset's test classes are those of its ``*_test.mat`` and its train classes the rest of ``*_train.mat``,
+    known only from the files: ``rest/17/test.mat``.
+    """
+    split = str(spec.default_split)
+    if split.startswith("gpn:"):
+        return f"rest/{split.split(':', 1)[1]}/test.mat"
+    return split
+
+
 def list_datasets(
     root: str | os.PathLike[str] | None = None, *, cache: str | os.PathLike[str] | None = None
 ) -> list[dict[str, Any]]:
@@ -121,7 +133,8 @@ def list_datasets(
 
     Each entry has ``name``, ``title``, ``stats`` (also flattened: ``nodes``, ``edges``, ``features``,
     ``classes``), ``url``, ``split`` (the default split's description),
-    ``available`` (all required files are present locally), ``partial`` (only some are), ``missing`` (the
+    ``class_split`` (:func:`class_split`), ``available`` (all required files are present locally), ``partial``
+    (only some are), ``missing`` (the
     missing file names) and ``citation``. Presence is checked by path only (no hashing).
     """
     raw_root, cache_path = data_root(root), cache_dir(cache, create=False)
@@ -140,12 +153,12 @@ def list_datasets(
         partial = not complete and not required_missing and len(optional_missing) < len(spec.optional)
         out.append({
             "name": spec.name, "title": spec.title, "stats": dict(spec.stats), **spec.stats, "url": spec.url,
-            "split": spec.split_doc, "available": complete, "partial": partial,
+            "split": spec.split_doc, "class_split": class_split(spec), "available": complete, "partial": partial,
             "missing": [file_name(m) for m in missing],
             "citation": spec.citation,
         })
     return out
 
 
-__all__ = ["REGISTRY", "dataset_names", "download_dataset", "find_raw", "get_spec", "list_datasets",
+__all__ = ["REGISTRY", "class_split", "dataset_names", "download_dataset", "find_raw", "get_spec", "list_datasets",
            "load_graph"]
