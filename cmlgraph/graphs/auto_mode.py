@@ -70,9 +70,26 @@ def choose_mode(graph: FewShotGraph, sampler: EpisodeSampler, *, hops: int, tree
     work = neighbourhood_work(graph, sampler, hops)
     ratio = (SGC_PLAN_RATIO if kind == "sgc" else PLAN_RATIO) if trees else SUBGRAPH_RATIO
     mode = "khop" if work <= ratio * whole else "full"
-    what = "computation trees" if trees else "k-hop subgraphs"
     return mode, (f"an episode's {hops}-hop neighbourhood is {work / max(whole, 1):.0%} of the graph's nodes + "
-                  f"edges; {what} are faster up to {ratio:.0%}")
+                  f"edges; {speed_rule(trees, kind)}")
 
 
-__all__ = ["PLAN_RATIO", "PROBES", "SGC_PLAN_RATIO", "SUBGRAPH_RATIO", "choose_mode", "neighbourhood_work"]
+def speed_rule(trees: bool, kind: str | None = None) -> str:
+    """The rule :func:`choose_mode` applies, in words (printed with its choice; the docs must say the same).
+
+    Computation trees (GCN, SAGE, GIN) are used at any size below the threshold (:data:`PLAN_RATIO` 1: a
+    neighbourhood is never larger than the graph); SGC's only up to :data:`SGC_PLAN_RATIO`; GAT's k-hop subgraphs
+    up to :data:`SUBGRAPH_RATIO`.
+    """
+    ratio = (SGC_PLAN_RATIO if kind == "sgc" else PLAN_RATIO) if trees else SUBGRAPH_RATIO
+    if trees and ratio >= 1.0:
+        return ("computation trees are always used below data.subgraph_threshold (faster than the whole graph at any "
+                "size for GCN, SAGE and GIN)")
+    if trees:
+        return (f"SGC's computation trees are faster only up to {ratio:.0%} of the graph (its whole-graph pass is "
+                f"one cached propagation)")
+    return f"k-hop subgraphs (GAT, task by task) are faster up to {ratio:.0%} of the graph"
+
+
+__all__ = ["PLAN_RATIO", "PROBES", "SGC_PLAN_RATIO", "SUBGRAPH_RATIO", "choose_mode", "neighbourhood_work",
+           "speed_rule"]
