@@ -13,6 +13,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
+def loss_label(cml: bool) -> str:
+    """The name of the loss the meta-training bar shows: the outer (query) loss after adaptation, or with CML the
+    objective it minimises, meta + γ·co (``total`` of :func:`cmlgraph.core.objective.outer_objective`)."""
+    return "meta+γ·co loss" if cml else "outer loss"
+
+
 def progress_bar(console: Console, enabled: bool = True) -> Progress:
     """A rich progress display with a bar, done/total, elapsed and remaining time."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -41,4 +47,4 @@ def stage(bar: Progress | None, label: str, total: int, hook: Callable[[], None]
             bar.remove_task(task)
 
 
-__all__ = ["progress_bar", "stage"]
+__all__ = ["loss_label", "progress_bar", "stage"]

@@ -55,7 +55,7 @@ from cmlgraph.train.io import (
     write_json,
     write_yaml,
 )
-from cmlgraph.train.progress import stage
+from cmlgraph.train.progress import loss_label, stage
 from cmlgraph.train.run_dir import RunLock, create_run_dir
 from cmlgraph.user_warnings import warn_user
 from cmlgraph.validate import validate_config
@@ -377,7 +377,8 @@ class Trainer:
                     kill_point("log")
                 if self.step % cfg.train.checkpoint_every == 0 or "val" in record:
                     self.save_checkpoint()
-                bar.update(task, advance=1, info=f"loss {record.get('loss', float('nan')):.4f}"
+                bar.update(task, advance=1, info=f"{loss_label(bool(getattr(e.algo, 'cml', False)))} "
+                           f"{record.get('loss', float('nan')):.4f}"
                            + (f"  best val {self.best:.4f}" if self.best is not None else ""))
         return self.dist.on_rank0(self.finish)
 
