@@ -161,8 +161,15 @@ def load_inference_model(run_dir: str | Path, graph: Any = None, data_root: str 
                                 f"made by `cmlgraph train`")
     cfg = prepare(pin_legacy_features(from_yaml(run_dir / "config.yaml"), load_yaml(run_dir / "config.yaml")))
     cfg.data.data_root = run_data_root(run_dir, cfg, data_root)
-    with _graph_for(cfg, graph):
-        domain = build_domain(cfg)
+    try:
+        with _graph_for(cfg, graph):
+            domain = build_domain(cfg)
+    except DataError as exc:
+        recorded = recorded_data_root(run_dir)
+        if recorded is None or recorded == cfg.data.data_root:
+            raise
+        raise DataError(f"{exc} This run read its data from {recorded!r}: `cmlgraph eval {run_dir} --data-root "
+                        f"{recorded}`.") from exc
     algo = get_algorithm(cfg.algo, total_steps=int(cfg.train.steps), seed=cfg.train.seed)
     model = MetaModel(domain.build_extractor(), domain.out_dim, co_depth=None)
     algo.prepare(model)

@@ -104,6 +104,10 @@ def test_eval_finds_a_registered_graph_in_another_shell_and_names_the_fix_when_i
     monkeypatch.delenv("CMLGRAPH_DATA")
     assert reevaluate(run)["mean"] == pytest.approx(summary["mean"], abs=1e-6)
     assert resolve_graph(run).num_nodes == 2708  # predict and embed remember it too
+    monkeypatch.setenv("CMLGRAPH_DATA", str(tmp_path))  # the variable points elsewhere: the run's root is named
+    with pytest.raises(DataError, match=f"CMLGRAPH_DATA.*--data-root {root}"):
+        reevaluate(run)
+    monkeypatch.delenv("CMLGRAPH_DATA")
     moved = tmp_path / "moved"
     os.rename(root, moved)
     assert _cli(["eval", run]) != 0
