@@ -78,9 +78,17 @@ class Domain(ABC):
         """Inverse of :meth:`to_state`."""
 
     def fixed(self, split: str, n: int, seed: int) -> list[Any]:
-        """Fixed evaluation episodes of a split: the same for the same seed."""
+        """Fixed evaluation episodes of a split, the same for the same seed, each task once: fewer than ``n``
+        when the split has fewer distinct tasks (:func:`~cmlgraph.domains.distinct.draw_distinct`)."""
+        from cmlgraph.domains.distinct import draw_distinct
+
         offset = {"train": 0, "val": 1, "test": 2}[split]
-        return self.sample(split, n, torch.Generator().manual_seed(10_007 * (seed + 1) + offset))
+        generator = torch.Generator().manual_seed(10_007 * (seed + 1) + offset)
+        return draw_distinct(lambda k: self.sample(split, k, generator), n, self.distinct_tasks(split))
+
+    def distinct_tasks(self, split: str) -> int | None:
+        """How many distinct episodes a split has (``None``: unknown, or too many to matter)."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """Facts about the data for ``summary.json`` and the console."""

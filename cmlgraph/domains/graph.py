@@ -170,6 +170,10 @@ class GraphDomain(Domain):
         sampler.generator = generator
         return [sampler.sample() for _ in range(n)]
 
+    def distinct_tasks(self, split: str) -> int:
+        """The number of distinct episodes of a split (exact: its classes' labelled-node counts)."""
+        return self.samplers[split].num_distinct()
+
     def _full_graph(self, device: torch.device | str) -> tuple[Tensor, Tensor, dict[str, Any]]:
         key = str(device)
         if key not in self._full:

@@ -8,7 +8,9 @@ evaluation episodes that are saved with the run (``torch.save`` of plain tensors
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -106,6 +108,22 @@ class EpisodeSampler:
             classes=torch.tensor([self.classes[i] for i in pick], dtype=torch.long),
         )
 
+    def num_distinct(self) -> int:
+        """How many distinct episodes this sampler can draw, as :func:`episode_key` tells them apart.
+
+        The sum over every set of ``ways`` classes of the product, over its classes, of the ways to pick the
+        support and then the query nodes (``C(n_c, shots) * C(n_c - shots, queries)``): the elementary symmetric
+        polynomial of degree ``ways`` of the per-class counts (exact integers). A split whose classes have exactly
+        ``shots + queries`` labelled nodes has few (issue 19 item 1: 2 classes of 3 nodes, 1 shot: 9).
+        """
+        per_class = [math.comb(int(nodes.numel()), self.shots) * math.comb(int(nodes.numel()) - self.shots,
+                                                                           self.queries) for nodes in self._nodes]
+        e = [1] + [0] * self.ways  # e[k]: sum over k-subsets of the classes seen so far
+        for w in per_class:
+            for k in range(self.ways, 0, -1):
+                e[k] += e[k - 1] * w
+        return e[self.ways]
+
     def __iter__(self):  # noqa: D105 - an endless stream of episodes
         while True:
             yield self.sample()
@@ -122,6 +140,23 @@ def fixed_episodes(
         raise ConfigError(f"number of episodes n={n} is invalid; use n >= 1")
     sampler = EpisodeSampler(y, classes, ways, shots, queries, torch.Generator().manual_seed(int(seed)))
     return [sampler.sample() for _ in range(n)]
+
+
+def episode_key(ep: Any) -> Hashable | None:
+    """What makes two episodes the same task: per class, its id and its support and query node sets.
+
+    Insensitive to the order of the classes (their labels ``0..ways-1``) and of the nodes: the same support and
+    query sets labelled in another order hold the same information, so counting both as independent tasks in a
+    confidence interval would overstate it. ``None`` for episodes without node or item ids (sinusoid tasks: never
+    equal).
+    """
+    fields = ("support", "support_y", "query", "query_y", "classes")
+    if not all(isinstance(getattr(ep, f, None), Tensor) for f in fields):
+        return None
+    return frozenset(
+        (int(c), frozenset(ep.support[ep.support_y == i].tolist()), frozenset(ep.query[ep.query_y == i].tolist()))
+        for i, c in enumerate(ep.classes.tolist())
+    )
 
 
 def episodes_to_state(episodes: Sequence[NodeEpisode]) -> dict[str, Tensor]:
@@ -154,4 +189,5 @@ def episodes_from_state(state: dict[str, Tensor]) -> list[NodeEpisode]:
     return [NodeEpisode(**{k: state[k][i].clone() for k in _STATE_KEYS}) for i in range(n)]
 
 
-__all__ = ["EpisodeSampler", "class_splits", "episodes_from_state", "episodes_to_state", "fixed_episodes"]
+__all__ = ["EpisodeSampler", "class_splits", "episode_key", "episodes_from_state", "episodes_to_state",
+           "fixed_episodes"]

@@ -45,7 +45,13 @@ from cmlgraph.errors import CmlgraphError, ConfigError, NumericalError
 from cmlgraph.train.distributed import setup as setup_distributed
 from cmlgraph.train.distributed import teardown as teardown_distributed
 from cmlgraph.train.evaluate import evaluate
-from cmlgraph.train.guards import chance_warning, check_test_result, make_guard, test_tasks_warning
+from cmlgraph.train.guards import (
+    chance_warning,
+    check_test_result,
+    distinct_tasks_warning,
+    make_guard,
+    test_tasks_warning,
+)
 from cmlgraph.train.io import (
     MetricsLog,
     kill_point,
@@ -81,6 +87,10 @@ def prepare(cfg: Config) -> Config:
         raise ConfigError(f"expected a cmlgraph Config, got {type(cfg).__name__}; build one with Config()")
     cfg = fill_defaults(check_types(copy.deepcopy(cfg)))
     validate_config(cfg)
+    from cmlgraph.algorithms.registry import ALGORITHMS
+
+    if not ALGORITHMS[cfg.algo.algo].trains:  # a training-free baseline: no co-learner to add (issue 17)
+        cfg.algo.cml = False
     if cfg.algo.control in ("cl", "frozen-co"):
         # These controls bring their own co-learner term, whatever --cml says: one canonical config, so
         # `--cml --control frozen-co` and `--no-cml --control frozen-co` name, record and reuse the same run.
@@ -352,10 +362,12 @@ class Trainer:
         log = MetricsLog(self.run_dir / "metrics.jsonl")
         steps = int(cfg.train.steps)
         self.console.print(f"[bold]run[/bold] {self.run_dir}  ({e.domain.name}, {cfg.algo.algo}"
-                           f"{_arm_label(cfg)}, {steps} steps)"
+                           f"{_arm_label(cfg)}, {steps if e.algo.trains else 'training-free, 0'} steps)"
                            + (f"  resumed at step {self.step}" if self.step else ""))
         for note in e.domain.notes:
             self.console.print(f"[yellow]note:[/yellow] {note}")
+        if not e.algo.trains:
+            return self.dist.on_rank0(self._fit_training_free)
         with self._progress() as bar:
             self._bar = bar
             task = bar.add_task("meta-training", total=steps, completed=self.step, info="")
@@ -381,6 +393,20 @@ class Trainer:
                            f"{record.get('loss', float('nan')):.4f}"
                            + (f"  best val {self.best:.4f}" if self.best is not None else ""))
         return self.dist.on_rank0(self.finish)
+
+    def _fit_training_free(self) -> dict[str, Any]:
+        """A training-free baseline (issue 17): no meta-training, its settings chosen on the validation tasks, then
+        the same test as every run."""
+        e = self.exp
+        t0 = time.perf_counter()
+        self.baseline_record = e.algo.fit(e.model, e.domain, self.val_raws, e.device, console=self.console)
+        self.elapsed = time.perf_counter() - t0
+        self.best, self.best_step = self.baseline_record.get("val"), 0
+        settings = ", ".join(f"{k} {v}" for k, v in self.baseline_record["settings"].items())
+        self.console.print(f"{e.algo.name}: training-free, 0 meta-training steps; settings {settings} (chosen on "
+                           f"{self.baseline_record['selected_on']}: validation accuracy {self.best:.4f}) in "
+                           f"{self.elapsed:.1f} s")
+        return self.finish()
 
     def _patience_spent(self) -> bool:
         """Early stopping: ``train.patience`` validations in a row without a new best score."""
@@ -464,15 +490,20 @@ class Trainer:
         warns = check_test_result({"num_tasks": 0}, self.skipped, int(cfg.train.steps))  # all skipped: fail now
         if self.best_params is not None:
             e.model.load_state_dict(self.best_params)
-        self.console.print(f"evaluating on {len(self.test_raws)} fixed test tasks (best validation step "
-                           f"{self.best_step})")
+        asked = int(cfg.train.test_tasks)
+        few = [w for w in (distinct_tasks_warning("val", len(self.val_raws), int(cfg.train.val_tasks)),
+                           distinct_tasks_warning("test", len(self.test_raws), asked)) if w]  # issue 19 item 1
+        self.console.print(f"evaluating on {len(self.test_raws)} fixed test tasks"
+                           + (f" (all the distinct ones; {asked} asked for)" if len(self.test_raws) < asked else "")
+                           + f" (best validation step {self.best_step})")
         with self._progress() as bar, stage(bar, "testing", len(self.test_raws), _eval_hook, keep=True) as hook:
             res = evaluate(e.algo, e.model, parameters_of(e.model), e.domain, self.test_raws, e.device,
                            progress=hook)
         warns += check_test_result(res, self.skipped, int(cfg.train.steps))
         at_chance = chance_warning(res, e.domain.metric, int(getattr(e.domain, "out_dim", 0) or 0))
         self.guard.end(bad_result=at_chance is not None)  # loss spikes count only if they persist or end badly
-        warns += [w for w in [test_tasks_warning(res["num_tasks"]), at_chance] if w]
+        warns += few + [w for w in [None if len(self.test_raws) < asked else test_tasks_warning(res["num_tasks"]),
+                                    at_chance] if w]
         warns += e.algo.run_warnings()  # e.g. MAML++ evaluated with more inner steps than it learned rates for
         for w in warns:  # a printing console shows them; a quiet run (the API's default) warns in Python
             if getattr(self.console, "quiet", False):
@@ -483,9 +514,19 @@ class Trainer:
         save_torch(self.run_dir / "scores.pt", {"scores": torch.tensor(res["scores"], dtype=torch.float64)})
         summary = build_summary(cfg, e, res, self)
         info = e.domain.describe()  # issue 12: what was checked and chosen for this run
+        summary.update(distinct_test_tasks=len(self.test_raws), test_tasks_asked=asked,
+                       distinct_val_tasks=len(self.val_raws), val_tasks_asked=int(cfg.train.val_tasks))
         summary.update(warnings=[*self.guard.messages, *warns], nonfinite_test_tasks=res.get("nonfinite_tasks", 0),
                        **{k: info[k] for k in ("features", "mode", "mode_reason") if k in info})
         summary.update(protocol_figures(cfg, e))
+        summary.update(e.algo.run_summary(res))  # e.g. a baseline's 0 steps and unreached queries
+        if getattr(self, "baseline_record", None) is not None:
+            summary["baseline"] = self.baseline_record
+            if "unreached_queries" in summary:
+                self.console.print(f"{summary['unreached_queries']} of {summary['test_queries_total']} test queries "
+                                   f"(in {summary['unreached_tasks']} tasks) were never reached by the propagation "
+                                   f"(no path to a support node within {self.baseline_record['settings']['steps']} "
+                                   f"edges): scored as wrong")
         try:
             from cmlgraph.train.plots import plot_run
 
