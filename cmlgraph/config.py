@@ -113,6 +113,12 @@ class AlgoConfig:
         sam_inner: Sharp-MAML: also perturb the inner steps.
         msl_fraction: MAML++: fraction of training over which the multi-step loss weights anneal.
         first_order_fraction: MAML++: fraction of training run first-order (derivative-order annealing).
+        prop_steps: Training-free baselines: propagation steps (``K`` of ``S^K X`` for sgc-proto/sgc-logreg, the
+            iterations of label-prop); ``None``: chosen on the validation tasks.
+        prop_alpha: label-prop's teleport probability α; ``None``: chosen on the validation tasks.
+        probe_c: Inverse regularisation ``C`` of the logistic-regression probe (sgc-logreg: ``None`` chooses it
+            on the validation tasks; gcl-probe: ``None`` is TLP's 1.0).
+        pretrain_epochs: gcl-probe's most GRACE pretraining epochs (``None``: 200; the best on validation is kept).
     """
 
     algo: str = "maml"
@@ -133,6 +139,10 @@ class AlgoConfig:
     sam_inner: bool = False
     msl_fraction: float = 0.1
     first_order_fraction: float = 0.25
+    prop_steps: int | None = None
+    prop_alpha: float | None = None
+    probe_c: float | None = None
+    pretrain_epochs: int | None = None
 
 
 @dataclass

@@ -119,6 +119,20 @@ def validate_config(cfg: Config) -> None:
           "drop --co-hidden")
     if a.algo in ("gmeta", "ammgnn"):
         _need(d.task == "graph", f"--algo {a.algo} is a node-classification method; use it with --task graph")
+    if not ALGORITHMS[a.algo].trains:  # the training-free baselines of issue 17
+        _need(d.task == "graph", f"--algo {a.algo} is a training-free node-classification baseline; use it with "
+                                 f"--task graph (or --graph NAME)")
+        _need(a.control == "none", f"--algo {a.algo} trains nothing, so the paper's controls do not apply: drop "
+                                   f"--control {a.control}")
+        _need(not (m.gnn == "gat" and d.subgraph != "full"),
+              f"--algo {a.algo} reads the whole graph, but --gnn gat runs tasks on k-hop subgraphs: drop --gnn "
+              f"(the baselines use no GNN) or pass --subgraph full")
+    _need(a.prop_steps is None or a.prop_steps >= (1 if a.algo == "label-prop" else 0),
+          f"algo.prop_steps = {a.prop_steps}: must be >= 0 (label-prop: >= 1)")
+    _need(a.prop_alpha is None or 0.0 <= a.prop_alpha < 1.0, f"algo.prop_alpha = {a.prop_alpha}: must be in [0, 1)")
+    _need(a.probe_c is None or a.probe_c > 0, f"algo.probe_c = {a.probe_c}: must be > 0")
+    _need(a.pretrain_epochs is None or a.pretrain_epochs >= 1,
+          f"algo.pretrain_epochs = {a.pretrain_epochs}: must be >= 1")
     if a.control == "noise":
         _need(not a.cml, "--control noise replaces the co-learner by gradient noise; add --no-cml")
     _need(a.noise_std >= 0, f"algo.noise_std = {a.noise_std}: must be >= 0")

@@ -54,6 +54,10 @@ class MetaAlgorithm:
     name = "maml"
     default_adapt: tuple[str, ...] = ("extractor", "head")
     uses_inner_loop = True
+    #: Whether a run meta-trains; the training-free baselines (:mod:`cmlgraph.algorithms.baselines`) run 0 steps.
+    trains = True
+    #: Whether :meth:`predict` may leave a query unanswered (a NaN row: scored as wrong, counted as abstained).
+    abstains = False
 
     def __init__(self, cfg: AlgoConfig, total_steps: int = 1, seed: int = 0) -> None:
         self.cfg = cfg
@@ -125,6 +129,10 @@ class MetaAlgorithm:
         if self.cfg.control == "noise":
             grads = add_gradient_noise(grads, self.cfg.noise_std, self.generator)
         return MetaStep(grads=grads, loss=loss, diagnostics=diag)
+
+    def run_summary(self, res: Mapping[str, Any]) -> dict[str, Any]:
+        """Keys this algorithm adds to ``summary.json`` given the test result ``res``; none for MAML."""
+        return {}
 
     # --- evaluation ----------------------------------------------------------------------------------------
     def predict(self, model: MetaModel, params: Mapping[str, Tensor], ep: Episode, loss_fn: LossFn,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cmlgraph.algorithms.base import MetaAlgorithm
+from cmlgraph.algorithms.baselines import BASELINE_ALGORITHMS
 from cmlgraph.algorithms.mamlpp import MAMLPlusPlus
 from cmlgraph.algorithms.protonet import ProtoNet
 from cmlgraph.algorithms.sharp import SharpMAML
@@ -21,6 +22,7 @@ ALGORITHMS: dict[str, type[MetaAlgorithm]] = {
     "protonet": ProtoNet,
     "gmeta": GMeta,
     "ammgnn": AMMGNN,
+    **BASELINE_ALGORITHMS,  # training-free: sgc-proto, label-prop, sgc-logreg, gcl-probe (graph task)
 }
 
 

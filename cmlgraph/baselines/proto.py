@@ -28,8 +28,8 @@ def class_means(support: Tensor, support_y: Tensor, ways: int) -> Tensor:
     if bool((counts == 0).any()):
         missing = [c for c in range(ways) if int(counts[c]) == 0]
         raise DataError(f"classes {missing} have no support example; every one of the {ways} classes needs one")
-    sums = torch.zeros(ways, support.shape[1], dtype=support.dtype, device=support.device).index_add_(0, y, support)
-    return sums / counts.to(support.dtype).unsqueeze(1)
+    onehot = torch.nn.functional.one_hot(y, ways).to(support.dtype)
+    return onehot.T @ support / counts.to(support.dtype).unsqueeze(1)
 
 
 def cosine_prototype_logits(support: Tensor, support_y: Tensor, query: Tensor, ways: int) -> Tensor:

@@ -42,7 +42,9 @@ def evaluate(
 
     Returns:
         ``mean``, ``ci95``, ``num_tasks``, ``scores``, ``nonfinite_tasks`` (tasks with NaN/inf predictions,
-        scored as wrong, or inf for MSE); plus ``dagger_mean``/``dagger_ci95`` with a co-learner, and for
+        scored as wrong, or inf for MSE), ``queries`` (query count); for an algorithm that ``abstains``
+        (label-prop: a NaN row is a query it cannot answer, scored as wrong) ``abstained_queries`` and
+        ``abstained_tasks`` instead of non-finite tasks; plus ``dagger_mean``/``dagger_ci95`` with a co-learner, and for
         classification ``dagger_one_class_tasks``: tasks where the co-learner's output names one class for every
         query (a collapsed co-learner: its score there is chance by construction).
     """
@@ -52,6 +54,8 @@ def evaluate(
     dagger: list[float] = []
     one_class = 0
     nonfinite = 0
+    abstained = abstained_tasks = queries = 0
+    abstains = bool(getattr(algo, "abstains", False))
     try:
         # Episodes adapted together hold one copy of the weights each: cap a chunk at ~8M values per copy.
         n_params = sum(v.numel() for v in params.values())
@@ -71,7 +75,13 @@ def evaluate(
             for out, co, y in pairs:
                 score, finite = score_predictions(domain.metric, out, y)  # NaN logits are never answers
                 scores.append(score)
-                nonfinite += not finite
+                queries += int(y.shape[0]) if y.dim() else 1
+                if abstains and not finite:  # unanswered queries (NaN rows): wrong, counted, not "diverged"
+                    missing = int((~torch.isfinite(out).all(dim=-1)).sum()) if out.dim() > 1 else 0
+                    abstained += missing
+                    abstained_tasks += 1
+                else:
+                    nonfinite += not finite
                 if co is not None:
                     dagger.append(score_predictions(domain.metric, co, y)[0])
                     if domain.metric == "accuracy" and co.dim() == 2 and co.shape[0] > 1:
@@ -82,7 +92,9 @@ def evaluate(
         model.train(was_training)
     mean, ci = mean_ci95(scores)
     result: dict[str, Any] = {"mean": mean, "ci95": ci, "num_tasks": len(scores), "scores": scores,
-                              "nonfinite_tasks": nonfinite}
+                              "nonfinite_tasks": nonfinite, "queries": queries}
+    if abstains:
+        result["abstained_queries"], result["abstained_tasks"] = abstained, abstained_tasks
     if dagger:
         result["dagger_mean"], result["dagger_ci95"] = mean_ci95(dagger)
         if domain.metric == "accuracy":

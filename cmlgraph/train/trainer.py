@@ -87,6 +87,10 @@ def prepare(cfg: Config) -> Config:
         raise ConfigError(f"expected a cmlgraph Config, got {type(cfg).__name__}; build one with Config()")
     cfg = fill_defaults(check_types(copy.deepcopy(cfg)))
     validate_config(cfg)
+    from cmlgraph.algorithms.registry import ALGORITHMS
+
+    if not ALGORITHMS[cfg.algo.algo].trains:  # a training-free baseline: no co-learner to add (issue 17)
+        cfg.algo.cml = False
     if cfg.algo.control in ("cl", "frozen-co"):
         # These controls bring their own co-learner term, whatever --cml says: one canonical config, so
         # `--cml --control frozen-co` and `--no-cml --control frozen-co` name, record and reuse the same run.
@@ -358,10 +362,12 @@ class Trainer:
         log = MetricsLog(self.run_dir / "metrics.jsonl")
         steps = int(cfg.train.steps)
         self.console.print(f"[bold]run[/bold] {self.run_dir}  ({e.domain.name}, {cfg.algo.algo}"
-                           f"{_arm_label(cfg)}, {steps} steps)"
+                           f"{_arm_label(cfg)}, {steps if e.algo.trains else 'training-free, 0'} steps)"
                            + (f"  resumed at step {self.step}" if self.step else ""))
         for note in e.domain.notes:
             self.console.print(f"[yellow]note:[/yellow] {note}")
+        if not e.algo.trains:
+            return self.dist.on_rank0(self._fit_training_free)
         with self._progress() as bar:
             self._bar = bar
             task = bar.add_task("meta-training", total=steps, completed=self.step, info="")
@@ -387,6 +393,20 @@ class Trainer:
                            f"{record.get('loss', float('nan')):.4f}"
                            + (f"  best val {self.best:.4f}" if self.best is not None else ""))
         return self.dist.on_rank0(self.finish)
+
+    def _fit_training_free(self) -> dict[str, Any]:
+        """A training-free baseline (issue 17): no meta-training, its settings chosen on the validation tasks, then
+        the same test as every run."""
+        e = self.exp
+        t0 = time.perf_counter()
+        self.baseline_record = e.algo.fit(e.model, e.domain, self.val_raws, e.device, console=self.console)
+        self.elapsed = time.perf_counter() - t0
+        self.best, self.best_step = self.baseline_record.get("val"), 0
+        settings = ", ".join(f"{k} {v}" for k, v in self.baseline_record["settings"].items())
+        self.console.print(f"{e.algo.name}: training-free, 0 meta-training steps; settings {settings} (chosen on "
+                           f"{self.baseline_record['selected_on']}: validation accuracy {self.best:.4f}) in "
+                           f"{self.elapsed:.1f} s")
+        return self.finish()
 
     def _patience_spent(self) -> bool:
         """Early stopping: ``train.patience`` validations in a row without a new best score."""
@@ -499,6 +519,14 @@ class Trainer:
         summary.update(warnings=[*self.guard.messages, *warns], nonfinite_test_tasks=res.get("nonfinite_tasks", 0),
                        **{k: info[k] for k in ("features", "mode", "mode_reason") if k in info})
         summary.update(protocol_figures(cfg, e))
+        summary.update(e.algo.run_summary(res))  # e.g. a baseline's 0 steps and unreached queries
+        if getattr(self, "baseline_record", None) is not None:
+            summary["baseline"] = self.baseline_record
+            if "unreached_queries" in summary:
+                self.console.print(f"{summary['unreached_queries']} of {summary['test_queries_total']} test queries "
+                                   f"(in {summary['unreached_tasks']} tasks) were never reached by the propagation "
+                                   f"(no path to a support node within {self.baseline_record['settings']['steps']} "
+                                   f"edges): scored as wrong")
         try:
             from cmlgraph.train.plots import plot_run
 
