@@ -45,7 +45,7 @@ def _overrides(**flags: Any) -> dict[str, dict[str, Any]]:
                  "features", "protocol"),
         "model": ("gnn", "hidden", "layers", "dropout", "norm"),
         "algo": ("algo", "cml", "gamma", "co_depth", "control", "inner_steps", "inner_lr", "first_order", "adapt",
-                 "co_hidden"),
+                 "co_hidden", "prop_steps", "prop_alpha", "probe_c", "pretrain_epochs"),
         "train": ("steps", "meta_batch", "meta_lr", "seed", "val_every", "test_tasks", "device", "diag_every",
                   "nan_policy", "patience"),
         "run": ("runs_dir", "name", "overwrite"),
@@ -72,7 +72,9 @@ def train(
     dropout: float | None = typer.Option(None, help="Dropout of the GNN."),
     norm: str | None = typer.Option(None, help="Conv4 normalisation (images): batch (the paper's, transductive: a "
                                     "query's prediction depends on the other queries), instance, group, support."),
-    algo: str | None = typer.Option(None, help="maml, anil, boil, maml++, sharp-maml, protonet, gmeta, ammgnn."),
+    algo: str | None = typer.Option(None, help="maml, anil, boil, maml++, sharp-maml, protonet, gmeta, ammgnn; "
+                                    "training-free baselines (graph task, 0 steps): sgc-proto, label-prop, "
+                                    "sgc-logreg, gcl-probe."),
     cml: bool | None = typer.Option(None, "--cml/--no-cml", help="Cooperative Meta-Learning co-learner term."),
     gamma: float | None = typer.Option(None, help="Weight γ of the co-learner loss."),
     co_depth: int | None = typer.Option(None, help="Hidden layers of the co-learner."),
@@ -82,6 +84,12 @@ def train(
                                        "noise needs --no-cml)."),
     inner_steps: int | None = typer.Option(None, help="Inner-loop steps."),
     inner_lr: float | None = typer.Option(None, help="Inner-loop step size."),
+    prop_steps: int | None = typer.Option(None, help="Baselines: propagation steps (K of S^K X; label-prop's "
+                                          "iterations); default: chosen on the validation tasks."),
+    prop_alpha: float | None = typer.Option(None, help="label-prop's teleport α; default: chosen on validation."),
+    probe_c: float | None = typer.Option(None, help="sgc-logreg/gcl-probe: logistic regression's C (default: "
+                                         "chosen on validation; gcl-probe 1.0)."),
+    pretrain_epochs: int | None = typer.Option(None, help="gcl-probe: most GRACE pretraining epochs (default 200)."),
     first_order: bool | None = typer.Option(None, "--first-order/--second-order", help="Meta-gradient order."),
     adapt: str | None = typer.Option(None, help="Inner-loop groups: auto, all, head (ANIL-style), extractor."),
     meta_lr: float | None = typer.Option(None, help="Adam meta learning rate."),
@@ -336,7 +344,10 @@ def eval_cmd(
 
 @app.command()
 def predict(
-    run_dir: Path = typer.Argument(..., help="A finished graph run folder made by `cmlgraph train`."),
+    run_dir: Path | None = typer.Argument(None, help="A finished graph run folder made by `cmlgraph train` (or "
+                                          "--method instead)."),
+    method: str | None = typer.Option(None, help="A training-free method instead of a run folder: sgc-proto, "
+                                      "label-prop, sgc-logreg, gcl-probe (needs --graph)."),
     support: Path = typer.Option(..., "--support", help="CSV with a header `node,label`: the labelled nodes."),
     out: Path = typer.Option(..., "--out", help="Output CSV: node, prediction, one probability column per class."),
     graph: str | None = typer.Option(None, help="Registered graph name or a .npz file from graph.save(PATH).",
@@ -347,21 +358,48 @@ def predict(
                                       show_default=False),
     device: str | None = typer.Option(None, help="cpu or cuda.",
                                    show_default="the run's device if available"),
+    prop_steps: int | None = typer.Option(None, help="--method: propagation steps (default: docs/baselines.md)."),
+    prop_alpha: float | None = typer.Option(None, help="--method label-prop: teleport α."),
+    probe_c: float | None = typer.Option(None, help="--method sgc-logreg/gcl-probe: logistic regression's C."),
+    pretrain_epochs: int | None = typer.Option(None, help="--method gcl-probe: GRACE pretraining epochs."),
 ) -> None:
     """Label a few nodes of new classes, predict the rest: adapts the run's model on the support set exactly as
-    its evaluation does."""
-    from cmlgraph.predict import adapt, read_support_csv, resolve_graph
+    its evaluation does, or (--method) answers with a training-free method and no run folder."""
+    from cmlgraph.predict import adapt, predict_with_method, read_support_csv, resolve_graph
 
+    options = {"prop_steps": prop_steps, "prop_alpha": prop_alpha, "probe_c": probe_c,
+               "pretrain_epochs": pretrain_epochs}
+    if (run_dir is None) == (method is None):
+        raise ConfigError("give a run folder or --method NAME (a training-free method), not both"
+                          if run_dir is not None else "give a run folder (cmlgraph predict RUN_DIR ...) or --method "
+                          "NAME with --graph (a training-free method: sgc-proto, label-prop, sgc-logreg, gcl-probe)")
+    if run_dir is not None and any(v is not None for v in options.values()):
+        given = [f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None]
+        raise ConfigError(f"{', '.join(given)} set a training-free method's options; a run folder keeps its own "
+                          f"settings: drop them, or use --method")
+    if method is not None and graph is None:
+        raise ConfigError(f"--method {method} needs --graph (a registered graph name or a .npz file from "
+                          f"graph.save(PATH))")
     if not support.is_file():  # before loading any graph: the cheapest mistake is reported first
         raise DataError(f"--support {support}: no such file; give a CSV with a header `node,label`")
-    g = resolve_graph(run_dir, graph, data_root)
-    labels = read_support_csv(support, g)
     order = [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None
-    pred = adapt(run_dir, g, labels, classes=order, device=device)
+    if method is not None:
+        from cmlgraph.predict import resolve_method_graph
+
+        g = resolve_method_graph(graph, data_root)
+        labels = read_support_csv(support, g)
+        pred = predict_with_method(method, g, labels, classes=order, device=device, **options)
+    else:
+        g = resolve_graph(run_dir, graph, data_root)
+        labels = read_support_csv(support, g)
+        pred = adapt(run_dir, g, labels, classes=order, device=device)
     pred.to_csv(out)
     counts = {c: pred.labels.count(c) for c in pred.classes}
     console.print(f"{len(pred.nodes)} nodes of {g.name!r} predicted from {len(labels)} labelled nodes "
                   f"({', '.join(f'{c}: {n}' for c, n in counts.items())}); wrote {out}")
+    if pred.unanswered:
+        console.print(f"[yellow]note:[/yellow] {pred.unanswered} nodes have no path to a labelled node within the "
+                      f"propagation's reach: no prediction (empty), uniform probabilities")
 
 
 @app.command()

@@ -43,13 +43,17 @@ class Prediction:
         classes: The task's labels; column ``j`` of ``probabilities`` is ``classes[j]``.
         probabilities: ``float32[len(nodes), len(classes)]``, each row sums to 1 (softmax of the predictor's
             outputs; for ProtoNet, of the negative squared distances to the prototypes).
-        labels: The predicted label of each node (``classes[argmax]``), of the support labels' type.
+        labels: The predicted label of each node (``classes[argmax]``), of the support labels' type; ``None``
+            for a node the method cannot answer (label-prop: no path to a labelled node), whose probabilities are
+            uniform.
+        unanswered: How many nodes have no answer (label ``None``).
     """
 
     nodes: list[Hashable]
     classes: list[Hashable]
     probabilities: np.ndarray
     labels: list[Hashable]
+    unanswered: int = 0
 
     def to_pandas(self) -> Any:
         """A ``pandas.DataFrame``: ``node``, ``prediction`` and one probability column per class.
@@ -308,17 +312,23 @@ def adapt(run_dir: str | os.PathLike[str], graph: Any = None, support: Mapping[H
             classes, or node features of another dimension than the trained model's.
         ConfigError: A non-graph run, or a frozen-head algorithm asked for another number of classes.
     """
-    import torch
-
-    from cmlgraph.core.model import parameters_of
-    from cmlgraph.graphs.types import NodeEpisode
-
     run = _load_run(run_dir)
     g = _resolve_graph(run, graph, data_root)
     nodes, labels, order = _task(g, support or {}, classes)
     dev = _device(run, device)
     domain = _domain(run, g, len(order))
     model = _model(run, domain, len(order)).to(dev)
+    return _predict_task(run.algo, model, domain, g, nodes, labels, order, dev)
+
+
+def _predict_task(algo: Any, model: Any, domain: Any, g: Any, nodes: list[int], labels: list[int],
+                  order: list[Hashable], dev: str) -> Prediction:
+    """Every non-support node of ``g`` as the queries of one task, through the algorithm's evaluation call."""
+    import torch
+
+    from cmlgraph.core.model import parameters_of
+    from cmlgraph.graphs.types import NodeEpisode
+
     chosen = torch.zeros(g.num_nodes, dtype=torch.bool)
     chosen[torch.tensor(nodes)] = True
     query = torch.nonzero(~chosen).view(-1)
@@ -327,12 +337,104 @@ def adapt(run_dir: str | os.PathLike[str], graph: Any = None, support: Mapping[H
     raw = NodeEpisode(support=torch.tensor(nodes), support_y=torch.tensor(labels), query=query,
                       query_y=torch.zeros_like(query), classes=torch.arange(len(order)))
     ep = domain.materialize(raw, dev)
-    out, _ = run.algo.predict(model, parameters_of(model), ep, domain.loss_fn)  # the evaluation's own call
-    probs = torch.softmax(out.detach().double(), dim=-1).float().cpu().numpy()
+    out, _ = algo.predict(model, parameters_of(model), ep, domain.loss_fn)  # the evaluation's own call
+    out = out.detach().double().cpu()
+    answered = torch.isfinite(out).all(dim=-1)  # label-prop leaves unreached nodes unanswered (NaN rows)
+    probs = torch.softmax(out.nan_to_num(0.0), dim=-1)
+    probs[~answered] = 1.0 / len(order)
+    probs = probs.float().numpy()
     ids = node_ids(g)
     best = probs.argmax(axis=1)
     return Prediction(nodes=[ids[i] for i in query.tolist()], classes=list(order), probabilities=probs,
-                      labels=[order[j] for j in best.tolist()])
+                      labels=[order[j] if ok else None for j, ok in zip(best.tolist(), answered.tolist(),
+                                                                         strict=True)],
+                      unanswered=int((~answered).sum()))
+
+
+def predict_with_method(method: str, graph: Any, support: Mapping[Hashable, Hashable] | None = None, *,
+                        classes: Sequence[Hashable] | None = None, data_root: str | None = None,
+                        device: str | None = None, seed: int = 0, **options: Any) -> Prediction:
+    """Predict every other node of a graph with a training-free method; no run folder (issue 17 item 5).
+
+    The support set and every other node form one task, answered by the method's own test-time call (the one a
+    ``--algo METHOD`` run is scored with). Settings not given take :data:`cmlgraph.algorithms.baselines.DEFAULTS`
+    (chosen by measurement on validation tasks, docs/baselines.md); ``gcl-probe`` first pretrains GRACE on the
+    graph (features and edges, no labels) for ``pretrain_epochs`` epochs.
+
+    Args:
+        method: ``sgc-proto``, ``label-prop``, ``sgc-logreg`` or ``gcl-probe``.
+        graph: A :class:`FewShotGraph`, a registered dataset name or a ``.npz`` file from ``graph.save(PATH)``;
+            its features are preprocessed as a run on it would (the dataset's default ``data.features``).
+        support: Node id → label, as for :func:`adapt`.
+        classes: The class order (default: the sorted labels).
+        data_root: Raw data root for a registered graph.
+        device: ``cpu``/``cuda`` (default CPU).
+        seed: Seed of ``gcl-probe``'s pretraining.
+        **options: ``prop_steps``, ``prop_alpha``, ``probe_c``, ``pretrain_epochs`` (as ``algo.*`` of a run).
+
+    Raises:
+        ConfigError: An unknown method, an option it does not take or a bad option value.
+        DataError: As for :func:`adapt`.
+    """
+    import torch
+    from torch import nn
+
+    from cmlgraph.algorithms.baselines import BASELINE_ALGORITHMS
+    from cmlgraph.config import AlgoConfig
+    from cmlgraph.domains.graph import GraphDomain
+    from cmlgraph.graphs.features import with_features
+
+    if method not in BASELINE_ALGORITHMS:
+        raise ConfigError(f"--method {method!r} is not a training-free method; choose one of "
+                          f"{', '.join(BASELINE_ALGORITHMS)} (or pass a run folder to predict with a trained model)")
+    cls = BASELINE_ALGORITHMS[method]
+    given = {k: v for k, v in options.items() if v is not None}
+    takes = set(cls.config_keys.values())
+    extra = sorted(set(given) - takes)
+    if extra:
+        raise ConfigError(f"{method} takes no {', '.join('--' + k.replace('_', '-') for k in extra)}; its options: "
+                          f"{', '.join('--' + k.replace('_', '-') for k in sorted(takes)) or 'none'}")
+    cfg = AlgoConfig(algo=method, cml=False, **given)
+    _check_options(cfg)
+    if graph is None:
+        raise ConfigError(f"--method {method} needs --graph (a registered name or a .npz file from graph.save)")
+    g = resolve_method_graph(graph, data_root)
+    nodes, labels, order = _task(g, support or {}, classes)
+    g, _ = with_features(g, None)
+    dev = device or "cpu"
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {dev!r} was asked for but CUDA is not available; use --device cpu")
+    algo = cls(cfg, seed=seed)
+    domain = GraphDomain(g, len(order), 1, 1, episodes=False)
+    holder = nn.Module()
+    algo.prepare(holder)  # type: ignore[arg-type]
+    holder.to(dev)
+    if method == "gcl-probe":
+        algo.pretrain(holder, domain.node_input(torch.arange(g.num_nodes), dev), g.name, seed)  # type: ignore
+    return _predict_task(algo, holder, domain, g, nodes, labels, order, dev)
+
+
+def _check_options(cfg: Any) -> None:
+    least_steps = 1 if cfg.algo == "label-prop" else 0
+    for key, ok, rule in (("prop_steps", lambda v: v >= least_steps, f">= {least_steps}"),
+                          ("prop_alpha", lambda v: 0 <= v < 1, "in [0, 1)"), ("probe_c", lambda v: v > 0, "> 0"),
+                          ("pretrain_epochs", lambda v: v >= 1, ">= 1")):
+        value = getattr(cfg, key)
+        if value is not None and not ok(value):
+            raise ConfigError(f"--{key.replace('_', '-')} {value}: must be {rule}")
+
+
+def resolve_method_graph(graph: Any, data_root: str | None) -> Any:
+    """A FewShotGraph, an in-memory graph's name, a registered name or a ``.npz`` file."""
+    from cmlgraph.domains.graph import CUSTOM_GRAPHS
+    from cmlgraph.graphs import FewShotGraph, load_graph
+
+    if isinstance(graph, FewShotGraph):
+        return graph
+    name = os.fspath(graph)
+    if name in CUSTOM_GRAPHS:
+        return CUSTOM_GRAPHS[name]
+    return load_graph(name, data_root)
 
 
 def embed(run_dir: str | os.PathLike[str], graph: Any = None, *, data_root: str | None = None,
@@ -411,4 +513,5 @@ def read_support_csv(path: str | os.PathLike[str], graph: Any) -> dict[Hashable,
     return support
 
 
-__all__ = ["Prediction", "adapt", "embed", "node_ids", "read_support_csv", "resolve_graph"]
+__all__ = ["Prediction", "adapt", "embed", "node_ids", "predict_with_method", "read_support_csv", "resolve_graph",
+           "resolve_method_graph"]

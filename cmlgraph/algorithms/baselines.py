@@ -300,7 +300,8 @@ class LabelProp(TrainingFree):
         return [{n: v for n, v in (("steps", t), ("alpha", a)) if v is not None} for t, a in itertools.product(ts, al)]
 
     def logits(self, model: MetaModel, ep: Episode) -> Tensor:
-        """Propagated label mass of each query (float32); NaN rows for unreached queries."""
+        """Log of each class's share of the propagated label mass at each query (float32; their softmax is the
+        shares); NaN rows for unreached queries."""
         from cmlgraph.baselines.label_prop import check_settings, propagate_labels, reached, seed_labels
 
         s, q = _inputs(ep)
@@ -309,7 +310,8 @@ class LabelProp(TrainingFree):
         check_settings(steps, alpha)
         seeds = seed_labels(s.num_nodes, s.nodes.cpu(), ep.support_y.cpu(), _ways(ep)).to(s.x.device)
         scores = propagate_labels(adjacency(s, torch.float64), seeds, steps, alpha)[q.nodes]
-        out = scores.float()
+        share = scores / scores.sum(dim=1, keepdim=True).clamp_min(1e-300)  # each class's share of the mass
+        out = share.clamp_min(1e-30).log().float()  # softmax(out) = the shares; arg-max = the most mass
         out[~reached(scores)] = float("nan")
         return out
 
