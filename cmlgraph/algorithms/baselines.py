@@ -38,9 +38,15 @@ from cmlgraph.core.model import MetaModel
 from cmlgraph.core.objective import OuterLoss
 from cmlgraph.errors import CmlgraphError, ConfigError
 
-#: Settings used where neither the config nor a validation selection gives one (``predict --method``): chosen by
-#: measurement on validation tasks of the local graphs (docs/baselines.md).
-DEFAULTS: dict[str, float] = {"k": 2, "steps": 10, "alpha": 0.1, "c": 1.0, "epochs": 200}
+#: Settings per method where neither the config nor a validation selection gives one (``predict --method``): what
+#: the validation tasks chose on most of the five local graphs of issue 17 (docs/baselines.md); gcl-probe's C is
+#: TLP's (scikit-learn's default) and its 200 epochs a cap (runs keep the best validated epoch).
+DEFAULTS: dict[str, dict[str, float]] = {
+    "sgc-proto": {"k": 2},
+    "label-prop": {"steps": 20, "alpha": 0.05},
+    "sgc-logreg": {"k": 4, "c": 10.0},
+    "gcl-probe": {"epochs": 200, "c": 1.0},
+}
 #: Candidates tried on the validation tasks when the config leaves a setting unset.
 GRID_K: tuple[int, ...] = (0, 1, 2, 3, 4)
 GRID_STEPS: tuple[int, ...] = (5, 10, 20)
@@ -111,7 +117,7 @@ class TrainingFree(MetaAlgorithm):
         out = {}
         for key in self.settings:
             given = getattr(self.cfg, self.config_keys.get(key, ""), None) if key in self.config_keys else None
-            out[key] = float(given) if given is not None else DEFAULTS[key]
+            out[key] = float(given) if given is not None else DEFAULTS[self.name][key]
         return out
 
     def prepare(self, model: MetaModel) -> None:
@@ -226,13 +232,14 @@ def sgc_features(inp: Any, k: int) -> Tensor:
 
 
 def adjacency(inp: Any, dtype: torch.dtype) -> Tensor:
-    """``S = D^-1/2 (A + I) D^-1/2`` of the episode's graph, cached per dtype."""
+    """``S = D^-1/2 (A + I) D^-1/2`` of the episode's graph (CSR: several times faster products than COO), cached
+    per dtype."""
     from cmlgraph.baselines.propagation import sym_norm_adj
 
     key = CACHE + f"adj/{dtype}"
     entry = inp.cache.get(key)
     if entry is None or entry[0] is not inp.x:
-        entry = (inp.x, sym_norm_adj(inp.edge_index, inp.num_nodes, dtype).to(inp.x.device))
+        entry = (inp.x, sym_norm_adj(inp.edge_index, inp.num_nodes, dtype).to_sparse_csr().to(inp.x.device))
         inp.cache[key] = entry
     return entry[1]
 
