@@ -9,12 +9,12 @@ evaluation episodes that are saved with the run (``torch.save`` of plain tensors
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from cmlgraph.domains.distinct import episode_key
 from cmlgraph.errors import ConfigError
 from cmlgraph.graphs.splits import class_splits
 from cmlgraph.graphs.types import NodeEpisode
@@ -140,23 +140,6 @@ def fixed_episodes(
         raise ConfigError(f"number of episodes n={n} is invalid; use n >= 1")
     sampler = EpisodeSampler(y, classes, ways, shots, queries, torch.Generator().manual_seed(int(seed)))
     return [sampler.sample() for _ in range(n)]
-
-
-def episode_key(ep: Any) -> Hashable | None:
-    """What makes two episodes the same task: per class, its id and its support and query node sets.
-
-    Insensitive to the order of the classes (their labels ``0..ways-1``) and of the nodes: the same support and
-    query sets labelled in another order hold the same information, so counting both as independent tasks in a
-    confidence interval would overstate it. ``None`` for episodes without node or item ids (sinusoid tasks: never
-    equal).
-    """
-    fields = ("support", "support_y", "query", "query_y", "classes")
-    if not all(isinstance(getattr(ep, f, None), Tensor) for f in fields):
-        return None
-    return frozenset(
-        (int(c), frozenset(ep.support[ep.support_y == i].tolist()), frozenset(ep.query[ep.query_y == i].tolist()))
-        for i, c in enumerate(ep.classes.tolist())
-    )
 
 
 def episodes_to_state(episodes: Sequence[NodeEpisode]) -> dict[str, Tensor]:
