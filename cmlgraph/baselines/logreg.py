@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from cmlgraph.errors import ConfigError, DataError
+from cmlgraph.baselines.proto import support_counts
+from cmlgraph.errors import ConfigError
 
 #: Newton iterations at most, and the gradient norm at which they stop.
 MAX_NEWTON, TOL = 50, 1e-10
@@ -66,14 +67,7 @@ def fit_logreg(support: Tensor, support_y: Tensor, ways: int, c: float = 1.0) ->
     if not float(c) > 0:
         raise ConfigError(f"logistic regression needs C > 0, got {c}")
     y = support_y.long().cpu()
-    if y.numel() != support.shape[0]:
-        raise DataError(f"support has {support.shape[0]} rows but support_y has {y.numel()} labels")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= ways):
-        raise DataError(f"support labels must lie in [0, {ways}), got {sorted(set(y.tolist()))}")
-    counts = torch.bincount(y, minlength=ways)
-    if bool((counts == 0).any()):
-        missing = [i for i in range(ways) if int(counts[i]) == 0]
-        raise DataError(f"classes {missing} have no support example; every one of the {ways} classes needs one")
+    support_counts(support, y, ways)  # raises on labels that do not fit the support set
     xs = support.detach().double().cpu()
     _, sing, vh = torch.linalg.svd(xs, full_matrices=False)
     keep = sing > sing.max().clamp_min(1e-300) * 1e-10 if sing.numel() else sing > 0

@@ -13,11 +13,11 @@ from torch import Tensor
 from cmlgraph.errors import DataError
 
 
-def class_means(support: Tensor, support_y: Tensor, ways: int) -> Tensor:
-    """``[ways, F]`` mean of the support rows of each class ``0..ways-1``.
+def support_counts(support: Tensor, support_y: Tensor, ways: int) -> Tensor:
+    """``[ways]`` support rows per class, after checking the labels fit the support set.
 
     Raises:
-        DataError: If a class has no support row or a label is outside ``[0, ways)``.
+        DataError: If the row and label counts differ, a label is outside ``[0, ways)`` or a class has no row.
     """
     y = support_y.long()
     if y.numel() != support.shape[0]:
@@ -28,6 +28,17 @@ def class_means(support: Tensor, support_y: Tensor, ways: int) -> Tensor:
     if bool((counts == 0).any()):
         missing = [c for c in range(ways) if int(counts[c]) == 0]
         raise DataError(f"classes {missing} have no support example; every one of the {ways} classes needs one")
+    return counts
+
+
+def class_means(support: Tensor, support_y: Tensor, ways: int) -> Tensor:
+    """``[ways, F]`` mean of the support rows of each class ``0..ways-1``.
+
+    Raises:
+        DataError: If a class has no support row or a label is outside ``[0, ways)``.
+    """
+    y = support_y.long()
+    counts = support_counts(support, y, ways)
     onehot = torch.nn.functional.one_hot(y, ways).to(support.dtype)
     return onehot.T @ support / counts.to(support.dtype).unsqueeze(1)
 
