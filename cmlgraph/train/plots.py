@@ -20,10 +20,11 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     if not recs:
         return out
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    steps = [r["step"] for r in recs]
-    axes[0].plot(steps, [r["meta_loss"] for r in recs], label="meta-learner query loss")
-    if any(r.get("co_loss") for r in recs):
-        axes[0].plot(steps, [r["co_loss"] for r in recs], label="co-learner query loss")
+    trained = [r for r in recs if "meta_loss" in r]  # step 0 holds the start's validation only
+    steps = [r["step"] for r in trained]
+    axes[0].plot(steps, [r["meta_loss"] for r in trained], label="meta-learner query loss")
+    if any(r.get("co_loss") for r in trained):
+        axes[0].plot(steps, [r["co_loss"] for r in trained], label="co-learner query loss")
     axes[0].set_xlabel("meta-iteration")
     axes[0].set_ylabel("loss")
     axes[0].set_yscale("log")

@@ -340,7 +340,8 @@ class Trainer:
             if self.step > steps:
                 raise CmlgraphError(f"{ckpt} is at step {self.step}, past the run's {steps} steps; the folder's "
                                     f"config.yaml was edited")
-        MetricsLog(self.run_dir / "metrics.jsonl").truncate_after(self.step)
+        # Without a checkpoint the run restarts at step 0 and validates its start again: keep no old lines.
+        MetricsLog(self.run_dir / "metrics.jsonl").truncate_after(self.step if self.ckpt_step is not None else -1)
 
     def _release(self) -> None:
         if self._lock is not None:
@@ -371,6 +372,8 @@ class Trainer:
         with self._progress() as bar:
             self._bar = bar
             task = bar.add_task("meta-training", total=steps, completed=self.step, info="")
+            if self.step == 0 and self.best is None and steps > 0:
+                self._validate_start(log)
             while self.step < steps and not self._patience_spent():
                 kill_point("step_begin")
                 t0 = time.perf_counter()
@@ -393,6 +396,17 @@ class Trainer:
                            f"{record.get('loss', float('nan')):.4f}"
                            + (f"  best val {self.best:.4f}" if self.best is not None else ""))
         return self.dist.on_rank0(self.finish)
+
+    def _validate_start(self, log: MetricsLog) -> None:
+        """Validate the initial parameters before the first meta-step (issue 17): model selection then keeps the
+        start when meta-training only hurts (a destructive meta learning rate, a graph whose training classes
+        teach nothing that transfers). Logged as step 0; a resumed run (step > 0) has it in its log already."""
+        t0 = time.perf_counter()
+        record: dict[str, Any] = {"step": 0, **self.dist.on_rank0(self._validate, False)}
+        self.elapsed += time.perf_counter() - t0
+        record["time_s"] = round(self.elapsed, 3)
+        if self.dist.is_main:
+            log.append(record)
 
     def _fit_training_free(self) -> dict[str, Any]:
         """A training-free baseline (issue 17): no meta-training, its settings chosen on the validation tasks, then
@@ -466,13 +480,14 @@ class Trainer:
         return (f"non-finite (NaN/inf) {what} at {at}; training stopped, {where}. Lower --meta-lr or --inner-lr, "
                 f"or pass --nan-policy skip to skip such meta-batches")
 
-    def _validate(self) -> dict[str, Any]:
+    def _validate(self, guard: bool = True) -> dict[str, Any]:
         e = self.exp
         params = parameters_of(e.model)
         with stage(getattr(self, "_bar", None), "validating", len(self.val_raws), _eval_hook) as hook:
             res = evaluate(e.algo, e.model, params, e.domain, self.val_raws, e.device, progress=hook)
         out = {"val": res["mean"], "val_ci95": res["ci95"]}
-        self.guard.validation(self.step, res["mean"])
+        if guard:  # the start (step 0) is no evidence that training fails to learn
+            self.guard.validation(self.step, res["mean"])
         usable = res["mean"] if not res.get("nonfinite_tasks") else float("nan")  # NaN predictions: never best
         if _better(e.domain.metric, usable, self.best):
             self.best, self.best_step = res["mean"], self.step
