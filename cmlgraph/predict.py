@@ -283,9 +283,35 @@ def _id_doc(graph: Any) -> str:
     return f"0-based indices 0..{graph.num_nodes - 1}"
 
 
+def run_health(run_dir: str | os.PathLike[str]) -> str | None:
+    """The warning a finished run folder carries for whoever predicts with it, else None (issue 17 item 4).
+
+    A run whose best validation accuracy (``summary.json["best_val"]``) is below the training-free baseline's on the
+    same validation tasks (``summary.json["baseline_val"]``, :mod:`cmlgraph.train.baseline_check`) labels nodes
+    worse than a method with no training; the message names both numbers and the method to use instead. Folders
+    written before the check (no ``baseline_val``), healthy runs and runs where the check was skipped give None.
+    """
+    if isinstance(run_dir, tuple) and len(run_dir) == 2 and isinstance(run_dir[1], dict):
+        run_dir = run_dir[0]
+    path = Path(run_dir) / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    record, best = summary.get("baseline_val"), summary.get("best_val")
+    if not isinstance(record, dict) or not isinstance(record.get("val"), (int, float)) or \
+            not isinstance(best, (int, float)) or float(best) >= float(record["val"]):
+        return None
+    method = record.get("method", "sgc-proto")
+    return (f"run {Path(run_dir).name}: its best validation accuracy {float(best):.4f} is below the training-free "
+            f"{method}'s {float(record['val']):.4f} on the same validation tasks, so its predictions are likely "
+            f"worse than {method}'s; `cmlgraph predict --method {method} --graph G --support CSV --out CSV` (Python: "
+            f"predict_with_method) needs no run folder")
+
+
 def adapt(run_dir: str | os.PathLike[str], graph: Any = None, support: Mapping[Hashable, Hashable] | None = None,
           *, classes: Sequence[Hashable] | None = None, data_root: str | None = None,
-          device: str | None = None) -> Prediction:
+          device: str | None = None, console: Any = None) -> Prediction:
     """Adapt a trained run to a new few-shot task and predict every other node of the graph.
 
     The task is the support set plus every other node as its queries, run through the algorithm's own test-time
@@ -303,6 +329,8 @@ def adapt(run_dir: str | os.PathLike[str], graph: Any = None, support: Mapping[H
             when the run's number of ways equals ``len(classes)``.
         data_root: Raw data root for a registered graph.
         device: ``cpu``/``cuda``; default the run's device when available, else CPU.
+        console: A rich console to print the run's health warning on (:func:`run_health`: a run below the
+            training-free baseline); without one it is a Python ``RuntimeWarning``.
 
     Returns:
         A :class:`Prediction` for every node not in ``support``.
@@ -315,6 +343,14 @@ def adapt(run_dir: str | os.PathLike[str], graph: Any = None, support: Mapping[H
     run = _load_run(run_dir)
     g = _resolve_graph(run, graph, data_root)
     nodes, labels, order = _task(g, support or {}, classes)
+    health = run_health(run_dir)
+    if health is not None:
+        if console is not None:
+            console.print(f"[yellow]warning:[/yellow] {health}")
+        else:
+            from cmlgraph.user_warnings import warn_user
+
+            warn_user(health, RuntimeWarning)
     dev = _device(run, device)
     domain = _domain(run, g, len(order))
     model = _model(run, domain, len(order)).to(dev)
@@ -514,4 +550,4 @@ def read_support_csv(path: str | os.PathLike[str], graph: Any) -> dict[Hashable,
 
 
 __all__ = ["Prediction", "adapt", "embed", "node_ids", "predict_with_method", "read_support_csv", "resolve_graph",
-           "resolve_method_graph"]
+           "resolve_method_graph", "run_health"]

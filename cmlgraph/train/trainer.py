@@ -46,10 +46,12 @@ from cmlgraph.train.distributed import setup as setup_distributed
 from cmlgraph.train.distributed import teardown as teardown_distributed
 from cmlgraph.train.evaluate import evaluate
 from cmlgraph.train.guards import (
+    baseline_warning,
     chance_warning,
     check_test_result,
     distinct_tasks_warning,
     make_guard,
+    near_chance_warning,
     test_tasks_warning,
 )
 from cmlgraph.train.io import (
@@ -503,6 +505,7 @@ class Trainer:
         assert self.run_dir is not None
         cfg, e = self.cfg, self.exp
         warns = check_test_result({"num_tasks": 0}, self.skipped, int(cfg.train.steps))  # all skipped: fail now
+        baseline = self._baseline_check()  # issue 17 item 4: sgc-proto on the same validation tasks
         if self.best_params is not None:
             e.model.load_state_dict(self.best_params)
         asked = int(cfg.train.test_tasks)
@@ -515,10 +518,13 @@ class Trainer:
             res = evaluate(e.algo, e.model, parameters_of(e.model), e.domain, self.test_raws, e.device,
                            progress=hook)
         warns += check_test_result(res, self.skipped, int(cfg.train.steps))
-        at_chance = chance_warning(res, e.domain.metric, int(getattr(e.domain, "out_dim", 0) or 0))
+        ways = int(getattr(e.domain, "out_dim", 0) or 0)
+        at_chance = chance_warning(res, e.domain.metric, ways)
         self.guard.end(bad_result=at_chance is not None)  # loss spikes count only if they persist or end badly
+        near = None if at_chance else near_chance_warning(res, e.domain.metric, ways)
+        below = baseline_warning(self.best, baseline["val"]) if baseline and self.best is not None else None
         warns += few + [w for w in [None if len(self.test_raws) < asked else test_tasks_warning(res["num_tasks"]),
-                                    at_chance] if w]
+                                    at_chance, near, below] if w]
         warns += e.algo.run_warnings()  # e.g. MAML++ evaluated with more inner steps than it learned rates for
         for w in warns:  # a printing console shows them; a quiet run (the API's default) warns in Python
             if getattr(self.console, "quiet", False):
@@ -535,6 +541,8 @@ class Trainer:
                        **{k: info[k] for k in ("features", "mode", "mode_reason") if k in info})
         summary.update(protocol_figures(cfg, e))
         summary.update(e.algo.run_summary(res))  # e.g. a baseline's 0 steps and unreached queries
+        if baseline is not None:
+            summary["baseline_val"] = baseline
         if getattr(self, "baseline_record", None) is not None:
             summary["baseline"] = self.baseline_record
             if "unreached_queries" in summary:
@@ -554,7 +562,29 @@ class Trainer:
         self.console.print(f"[bold green]test {unit}: {summary['mean']:.4f} ± {summary['ci95']:.4f}[/bold green]"
                            f" over {summary['num_tasks']} tasks" + ("  (PARTIAL data)" if summary["partial"]
                                                                      else ""))
+        if baseline is not None:
+            from cmlgraph.train.baseline_check import console_line
+
+            self.console.print(console_line(self.best, self.best_step, baseline, len(self.val_raws)))
         return summary
+
+    def _baseline_check(self) -> dict[str, Any] | None:
+        """``sgc-proto``'s accuracy on this run's validation tasks, ``K`` chosen on them (issue 17 item 4,
+        :mod:`cmlgraph.train.baseline_check`): the record for ``summary.json["baseline_val"]``, with ``val: None``
+        and the reason under ``skipped`` where it cannot be computed; ``None`` for a run it does not apply to (not
+        a meta-learning run on a graph)."""
+        from cmlgraph.train import baseline_check
+
+        e = self.exp
+        if not baseline_check.applies(self.cfg, e.algo):
+            return None
+        reason = baseline_check.skip_reason(self.cfg, e.domain, e.algo)
+        if reason is None:
+            try:
+                return baseline_check.baseline_val(e.domain, self.val_raws, e.device, seed=int(self.cfg.train.seed))
+            except Exception as exc:  # noqa: BLE001 - a health check must never lose a finished run
+                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        return {"method": baseline_check.BASELINE, "val": None, "skipped": reason}
 
 
 def _eval_hook() -> None:
