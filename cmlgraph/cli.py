@@ -43,9 +43,9 @@ def _overrides(**flags: Any) -> dict[str, dict[str, Any]]:
     sections = {
         "data": ("task", "graph", "data_root", "allow_partial", "split", "ways", "shots", "queries", "subgraph",
                  "features", "protocol"),
-        "model": ("gnn", "hidden", "layers", "dropout", "norm"),
+        "model": ("gnn", "hidden", "layers", "dropout", "norm", "init", "normalize"),
         "algo": ("algo", "cml", "gamma", "co_depth", "control", "inner_steps", "inner_lr", "first_order", "adapt",
-                 "co_hidden", "prop_steps", "prop_alpha", "probe_c", "pretrain_epochs"),
+                 "co_hidden", "prop_steps", "prop_alpha", "probe_c", "pretrain_epochs", "head_init"),
         "train": ("steps", "meta_batch", "meta_lr", "seed", "val_every", "test_tasks", "device", "diag_every",
                   "nan_policy", "patience"),
         "run": ("runs_dir", "name", "overwrite"),
@@ -72,6 +72,12 @@ def train(
     dropout: float | None = typer.Option(None, help="Dropout of the GNN."),
     norm: str | None = typer.Option(None, help="Conv4 normalisation (images): batch (the paper's, transductive: a "
                                     "query's prediction depends on the other queries), instance, group, support."),
+    init: str | None = typer.Option(None, help="Extractor init (graph): pca (SGC: principal axes of the "
+                                    "propagated features, no labels), random, auto (pca for sgc)."),
+    normalize: bool | None = typer.Option(None, "--normalize/--no-normalize",
+                                          help="L2-normalise the extractor's features (graph MAML default: on)."),
+    head_init: str | None = typer.Option(None, help="Head at each task's start: proto (Proto-MAML, class means of "
+                                         "the support features; graph MAML default) or learned (MAML)."),
     algo: str | None = typer.Option(None, help="maml, anil, boil, maml++, sharp-maml, protonet, gmeta, ammgnn; "
                                     "training-free baselines (graph task, 0 steps): sgc-proto, label-prop, "
                                     "sgc-logreg, gcl-probe."),
@@ -153,6 +159,7 @@ def _with_flag_names(message: str, flag_names: set[str]) -> str:
 
 #: Flags that only a task's own model reads: given with another task they would be silently ignored.
 _ONLY_FOR = {"gnn": {"graph"}, "dropout": {"graph"}, "subgraph": {"graph"}, "features": {"graph"},
+             "init": {"graph"},
              "norm": {"omniglot", "digits"},
              "protocol": {"graph"}, "ways": {"graph", "omniglot", "digits"}, "split": {"graph", "omniglot", "digits"}}
 

@@ -78,6 +78,12 @@ class ModelConfig:
         gat_heads: Attention heads of GAT.
         norm: Conv4's normalisation (image tasks only): ``batch`` (the paper's; transductive: query statistics),
             ``instance``, ``group`` or ``support`` (the support set's statistics); default: the domain's.
+        init: The extractor's initial weights (graph task): ``pca`` (SGC only: the top ``hidden`` principal axes,
+            uncentred, of the propagated features ``Â^K X`` of all nodes, no labels; the start then keeps the
+            geometry of the propagated features), ``random`` (PyTorch's default) or ``auto`` (``pca`` for SGC, else
+            ``random``). Default: ``auto`` for MAML-family runs without a protocol, ``random`` otherwise.
+        normalize: L2-normalise every extractor output (scale-free features, so one inner step size fits every
+            feature scale). Default: on for MAML-family graph runs without a protocol, off otherwise.
     """
 
     gnn: str = "sgc"
@@ -86,6 +92,8 @@ class ModelConfig:
     dropout: float = 0.0
     gat_heads: int = 4
     norm: str | None = None
+    init: str | None = None
+    normalize: bool | None = None
 
 
 @dataclass
@@ -119,6 +127,10 @@ class AlgoConfig:
         probe_c: Inverse regularisation ``C`` of the logistic-regression probe (sgc-logreg: ``None`` chooses it
             on the validation tasks; gcl-probe: ``None`` is TLP's 1.0).
         pretrain_epochs: gcl-probe's most GRACE pretraining epochs (``None``: 200; the best on validation is kept).
+        head_init: How the meta-learner head starts each task's inner loop: ``proto`` (Proto-MAML, Triantafillou
+            et al., ICLR 2020: rows ``2 c_k`` and biases ``-||c_k||^2`` from the support class means ``c_k`` of the
+            features, plus the meta-learned head, which starts at zero) or ``learned`` (MAML: the meta-learned
+            head alone). Default: ``proto`` for MAML-family graph runs without a protocol, ``learned`` otherwise.
     """
 
     algo: str = "maml"
@@ -143,6 +155,7 @@ class AlgoConfig:
     prop_alpha: float | None = None
     probe_c: float | None = None
     pretrain_epochs: int | None = None
+    head_init: str | None = None
 
 
 @dataclass

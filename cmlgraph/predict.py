@@ -172,7 +172,7 @@ def _domain(run: _Run, graph: Any, ways: int) -> Any:
                               hidden=int(m.hidden), layers=m.layers, dropout=m.dropout, episodes=False)
     return GraphDomain(graph, ways, int(d.shots), int(d.queries), gnn=m.gnn, hidden=int(m.hidden), layers=m.layers,
                        dropout=m.dropout, heads=m.gat_heads, subgraph=d.subgraph, threshold=d.subgraph_threshold,
-                       episodes=False)
+                       episodes=False, bias=m.init != "pca")
 
 
 def _model(run: _Run, domain: Any, ways: int) -> Any:
@@ -182,7 +182,7 @@ def _model(run: _Run, domain: Any, ways: int) -> Any:
     from cmlgraph.core.model import MetaModel, group_of
 
     trained_ways = int(run.cfg.data.ways)
-    model = MetaModel(domain.build_extractor(), trained_ways, co_depth=None)
+    model = MetaModel(domain.build_extractor(), trained_ways, co_depth=None, normalize=bool(run.cfg.model.normalize))
     run.algo.prepare(model)
     own = model.state_dict()
     bad = [k for k, v in run.state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
@@ -202,7 +202,8 @@ def _model(run: _Run, domain: Any, ways: int) -> Any:
         raise CmlgraphError(f"model.pt does not match the run's config.yaml ({str(exc).splitlines()[0][:200]}); "
                             f"the run folder was edited") from None
     if ways != trained_ways:
-        if run.algo.uses_inner_loop and "head" not in run.algo.adapt_groups():
+        proto = run.cfg.algo.head_init == "proto"  # the head starts from this task's class means: any number
+        if run.algo.uses_inner_loop and "head" not in run.algo.adapt_groups() and not proto:
             raise ConfigError(f"this run's {run.cfg.algo.algo} keeps the head frozen at test time, so it predicts "
                               f"exactly the {trained_ways} classes it was trained with; give {trained_ways} classes "
                               f"(got {ways})")
@@ -302,11 +303,11 @@ def run_health(run_dir: str | os.PathLike[str]) -> str | None:
     if not isinstance(record, dict) or not isinstance(record.get("val"), (int, float)) or \
             not isinstance(best, (int, float)) or float(best) >= float(record["val"]):
         return None
-    method = record.get("method", "sgc-proto")
+    method, graph = record.get("method", "sgc-proto"), summary.get("dataset") or "G"
     return (f"run {Path(run_dir).name}: its best validation accuracy {float(best):.4f} is below the training-free "
             f"{method}'s {float(record['val']):.4f} on the same validation tasks, so its predictions are likely "
-            f"worse than {method}'s; `cmlgraph predict --method {method} --graph G --support CSV --out CSV` (Python: "
-            f"predict_with_method) needs no run folder")
+            f"worse than {method}'s; `cmlgraph predict --method {method} --graph {graph} --support CSV --out CSV` "
+            f"(Python: predict_with_method) needs no run folder")
 
 
 def adapt(run_dir: str | os.PathLike[str], graph: Any = None, support: Mapping[Hashable, Hashable] | None = None,

@@ -107,6 +107,7 @@ def validate_config(cfg: Config) -> None:
         _choice("model.norm", m.norm, NORMS)
 
     _choice("--algo", a.algo, list(ALGORITHMS))
+    _start_settings(cfg)
     if regression:
         _need(a.algo != "protonet", "--algo protonet classifies by class prototypes; sinusoid is regression: "
                                     "use maml, anil, boil, maml++ or sharp-maml")
@@ -172,3 +173,27 @@ def validate_config(cfg: Config) -> None:
     if t.device == "mps":
         _need(torch.backends.mps.is_available(), "--device mps: MPS is not available here; use --device cpu")
     _run(cfg)
+
+
+def _start_settings(cfg: Config) -> None:
+    """``model.init``, ``model.normalize`` and ``algo.head_init`` (issue 17): where each means something."""
+    from cmlgraph.domains.registry import MAML_FAMILY
+
+    d, m, a = cfg.data, cfg.model, cfg.algo
+    _choice("--init", m.init, ("auto", "pca", "random"))
+    _choice("--head-init", a.head_init, ("proto", "learned"))
+    if m.init == "pca":
+        _need(d.task == "graph" and m.gnn == "sgc" and a.algo not in ("gmeta", "ammgnn"),
+              f"--init pca projects SGC's propagated features on their principal axes; --gnn {m.gnn} "
+              f"(--algo {a.algo}, --task {d.task}) has no such linear extractor: use --gnn sgc or --init random")
+    family = " or ".join(MAML_FAMILY)
+    if a.head_init == "proto":
+        _need(d.task == "graph", f"--head-init proto starts a linear head from the support class means of node "
+                                 f"features; --task {d.task} has no such head (sinusoid: regression; images: a "
+                                 f"pooling head): use --head-init learned")
+        _need(a.algo in MAML_FAMILY, f"--head-init proto starts the inner loop of a MAML-family method ({family}); "
+                                     f"--algo {a.algo} has no such head: use --head-init learned")
+    if m.normalize:
+        _need(a.algo in MAML_FAMILY or a.algo == "protonet",
+              f"--normalize L2-normalises the features of a MetaModel extractor; --algo {a.algo} does not read them "
+              f"that way: use --no-normalize")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
@@ -33,8 +34,13 @@ def call(module: nn.Module, params: Mapping[str, Tensor], x: Any, batched: bool 
 
 
 def features(model: MetaModel, params: Mapping[str, Tensor], x: Any, batched: bool = False) -> Tensor:
-    """The extractor's features g_ψ(x) under the ``extractor.*`` entries of ``params``."""
-    return call(model.extractor, sub(params, "extractor"), x, batched)
+    """The extractor's features g_ψ(x) under the ``extractor.*`` entries of ``params``; L2-normalised per example
+    (over all its feature dimensions) when the model has ``normalize_features``."""
+    out = call(model.extractor, sub(params, "extractor"), x, batched)
+    if getattr(model, "normalize_features", False):
+        start = 2 if batched else 1
+        out = F.normalize(out.flatten(start), dim=-1).view_as(out)
+    return out
 
 
 def head(model: MetaModel, params: Mapping[str, Tensor], feats: Tensor, batched: bool = False) -> Tensor:

@@ -32,6 +32,8 @@ class InnerLoopConfig:
         sam_rho: Radius of a sharpness-aware perturbation inside each inner step (Sharp-MAML's inner option);
             0 disables it.
         frozen: Parameter-name prefixes that never adapt even inside an adapted group (AMM-GNN's α and β).
+        proto_head: Start the head from the support class means (Proto-MAML; :mod:`cmlgraph.core.proto_head`)
+            before the first step; ``params_0`` of the trajectory is that head.
     """
 
     steps: int = 1
@@ -41,6 +43,7 @@ class InnerLoopConfig:
     group_lr: Mapping[str, float] = field(default_factory=dict)
     sam_rho: float = 0.0
     frozen: tuple[str, ...] = ()
+    proto_head: bool = False
 
     def step_size(self, name: str) -> float:
         """The fixed inner step size of a parameter."""
@@ -100,6 +103,10 @@ def inner_loop(
     create_graph = not fo and torch.is_grad_enabled()
     with_co = "co" in cfg.adapt
     names = [k for k in params if group_of(k) in cfg.adapt and not (cfg.frozen and k.startswith(cfg.frozen))]
+    if cfg.proto_head:
+        from cmlgraph.core.proto_head import proto_head
+
+        params = proto_head(model, params, x, y, batched)
     fast = dict(params)
     trajectory = [fast]
     for s in range(cfg.steps):

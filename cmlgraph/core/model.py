@@ -25,11 +25,14 @@ class MetaModel(nn.Module):
         out_dim: Outputs of the heads (ways, or 1 for regression).
         co_depth: Depth of the co-learner; ``None`` builds no co-learner (plain MAML and friends).
         co_hidden: Width of the co-learner's hidden layers; ``None``: the backbone's default.
+        normalize: L2-normalise the extractor's output of every example (``model.normalize``, issue 17): the heads
+            read unit-length features whatever the input scale.
     """
 
     def __init__(self, extractor: Backbone, out_dim: int, co_depth: int | None = None,
-                 co_hidden: int | None = None) -> None:
+                 co_hidden: int | None = None, normalize: bool = False) -> None:
         super().__init__()
+        self.normalize_features = bool(normalize)
         self.extractor = extractor
         self.head = extractor.make_head(out_dim)
         if co_depth is None:

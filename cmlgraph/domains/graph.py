@@ -105,6 +105,7 @@ class GraphDomain(Domain):
         threshold: ``auto`` switches to k-hop subgraphs above this many nodes.
         episodes: Build the train/val/test episode samplers (``False``: materialize given episodes only).
         test_queries: Query nodes per class of test tasks (default: ``queries``).
+        bias: SGC: a bias in its linear layer (``False`` with ``model.init pca``; see :class:`GNNBackbone`).
     """
 
     task = "graph"
@@ -113,12 +114,13 @@ class GraphDomain(Domain):
 
     def __init__(self, graph: FewShotGraph, ways: int, shots: int, queries: int, *, gnn: str = "gcn",
                  hidden: int = 64, layers: int = 2, dropout: float = 0.0, heads: int = 4, subgraph: str = "auto",
-                 threshold: int = 20_000, test_queries: int | None = None, episodes: bool = True) -> None:
+                 threshold: int = 20_000, test_queries: int | None = None, episodes: bool = True,
+                 bias: bool = True) -> None:
         self.graph = graph
         self.name = graph.name
         self.out_dim = ways
         self.ways, self.shots, self.queries = ways, shots, queries
-        self.gnn = dict(kind=gnn, hidden=hidden, layers=layers, dropout=dropout, heads=heads)
+        self.gnn = dict(kind=gnn, hidden=hidden, layers=layers, dropout=dropout, heads=heads, bias=bias)
         self.partial = bool(graph.partial)
         self.notes = list(graph.notes)
         extractor = self.build_extractor()
@@ -154,7 +156,7 @@ class GraphDomain(Domain):
         graph, features = graph_of(cfg)
         domain = cls(graph, d.ways, int(d.shots), int(d.queries), gnn=m.gnn, hidden=int(m.hidden), layers=m.layers,
                      dropout=m.dropout, heads=m.gat_heads, subgraph=d.subgraph, threshold=d.subgraph_threshold,
-                     test_queries=d.test_queries)
+                     test_queries=d.test_queries, bias=m.init != "pca")
         domain.features = features
         return domain
 
@@ -162,7 +164,19 @@ class GraphDomain(Domain):
         """A fresh GNN on the graph's features."""
         g = self.gnn
         return GNNBackbone(g["kind"], self.graph.num_features, hidden=g["hidden"], layers=g["layers"],
-                           dropout=g["dropout"], heads=g["heads"])
+                           dropout=g["dropout"], heads=g["heads"], bias=g["bias"])
+
+    def init_extractor(self, extractor: GNNBackbone) -> None:
+        """``model.init pca``: SGC's weight from the principal axes of this graph's ``Â^K X`` (no labels read;
+        :mod:`cmlgraph.backbones.pca_init`). The axes are cached on the domain: loading a run folder's weights
+        over a fresh model (eval, predict) computes them once."""
+        from cmlgraph.backbones.pca_init import load_axes_, sgc_axes
+
+        key = (extractor.hops, extractor.feature_dim)
+        cache = self.__dict__.setdefault("_pca_axes", {})
+        if key not in cache:
+            cache[key] = sgc_axes(extractor, self.graph.x, self.graph.edge_index, self.graph.num_nodes)
+        load_axes_(extractor, cache[key])
 
     def sample(self, split: str, n: int, generator: torch.Generator) -> list[NodeEpisode]:
         """``n`` node episodes of a split drawn from ``generator``."""

@@ -55,7 +55,31 @@ def fill_defaults(cfg: Config) -> Config:
                 setattr(target, key, value)
     if cfg.data.task == "sinusoid":
         cfg.data.ways = 1
+    _start_defaults(cfg)
     return cfg
+
+
+#: The algorithms whose graph runs start from the propagated features' geometry by default (issue 17).
+MAML_FAMILY = ("maml", "anil", "boil", "maml++", "sharp-maml")
+
+
+def _start_defaults(cfg: Config) -> None:
+    """Fill ``model.init``, ``model.normalize`` and ``algo.head_init`` (issue 17) and resolve ``init: auto``.
+
+    A MAML-family graph run without a protocol starts where the training-free baselines are: a PCA-initialised SGC
+    (``Â^K X`` projected on its principal axes), L2-normalised features and Proto-MAML heads (docs/baselines.md:
+    measured on the five local graphs). A protocol (the paper's settings), ProtoNet, G-Meta, AMM-GNN and the other
+    domains keep the published architecture: random init, raw features of the extractor, a learned head.
+    """
+    fresh = cfg.data.task == "graph" and cfg.algo.algo in MAML_FAMILY and cfg.data.protocol is None
+    if cfg.model.init is None:
+        cfg.model.init = "auto" if fresh else "random"
+    if cfg.model.init == "auto":
+        cfg.model.init = "pca" if cfg.data.task == "graph" and cfg.model.gnn == "sgc" else "random"
+    if cfg.model.normalize is None:
+        cfg.model.normalize = fresh
+    if cfg.algo.head_init is None:
+        cfg.algo.head_init = "proto" if fresh else "learned"
 
 
 def build_domain(cfg: Config) -> Domain:

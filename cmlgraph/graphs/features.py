@@ -107,9 +107,11 @@ def with_features(graph: FewShotGraph, mode: str | None) -> tuple[FewShotGraph, 
 
 
 def pin_legacy_features(cfg: Any, saved: Any) -> Any:
-    """A run folder's config written before ``data.features`` existed trained graphs on raw features: say so.
+    """A run folder's config written before a setting existed ran with that setting's old behaviour: say so.
 
-    Without this a re-evaluated or resumed old run would get today's default (e.g. ``row`` on Cora) silently.
+    ``data.features`` (before it: raw features), and the start of issue 17 (before it: ``model.init random``,
+    ``model.normalize false``, ``algo.head_init learned``). Without this a re-evaluated or resumed old run would get
+    today's defaults (e.g. ``row`` on Cora, a PCA-initialised extractor) silently.
 
     Args:
         cfg: The :class:`~cmlgraph.config.Config` read from the folder's ``config.yaml`` (changed in place).
@@ -118,6 +120,12 @@ def pin_legacy_features(cfg: Any, saved: Any) -> Any:
     data = saved.get("data") if isinstance(saved, dict) else None
     if isinstance(data, dict) and "features" not in data:
         cfg.data.features = "raw"
+    model = saved.get("model") if isinstance(saved, dict) else None
+    if isinstance(model, dict) and "init" not in model:
+        cfg.model.init, cfg.model.normalize = "random", False
+    algo = saved.get("algo") if isinstance(saved, dict) else None
+    if isinstance(algo, dict) and "head_init" not in algo:
+        cfg.algo.head_init = "learned"
     return cfg
 
 

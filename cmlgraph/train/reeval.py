@@ -171,7 +171,7 @@ def load_inference_model(run_dir: str | Path, graph: Any = None, data_root: str 
         raise DataError(f"{exc} This run read its data from {recorded!r}: `cmlgraph eval {run_dir} --data-root "
                         f"{recorded}`.") from exc
     algo = get_algorithm(cfg.algo, total_steps=int(cfg.train.steps), seed=cfg.train.seed)
-    model = MetaModel(domain.build_extractor(), domain.out_dim, co_depth=None)
+    model = MetaModel(domain.build_extractor(), domain.out_dim, co_depth=None, normalize=bool(cfg.model.normalize))
     algo.prepare(model)
     model.load_state_dict(load_torch(run_dir / "model.pt"))
     return (cfg, algo, domain), model, load_torch(run_dir / "test_episodes.pt")

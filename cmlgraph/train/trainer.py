@@ -111,7 +111,13 @@ def build_model(cfg: Config, domain: Domain, algo: MetaAlgorithm) -> MetaModel:
     """A freshly initialised meta-model (seeded by ``train.seed``)."""
     torch.manual_seed(cfg.train.seed)
     model = MetaModel(domain.build_extractor(), domain.out_dim, cfg.algo.co_depth if algo.cml else None,
-                      co_hidden=cfg.algo.co_hidden)
+                      co_hidden=cfg.algo.co_hidden, normalize=bool(cfg.model.normalize))
+    if cfg.model.init == "pca":  # issue 17: the start keeps the geometry of the propagated features
+        domain.init_extractor(model.extractor)
+    if cfg.algo.head_init == "proto":  # θ is added to the prototype head: zero, the start is the formula
+        from cmlgraph.core.proto_head import zero_head_
+
+        zero_head_(model)
     algo.prepare(model)
     return model
 

@@ -201,18 +201,24 @@ def test_planetoid_features_row_normalised(shared_root: Path) -> None:
 
 
 def test_unscaled_features_warn_and_the_default_trains(tmp_path: Path) -> None:
-    """Fault 6: features in the tens, raw, sit at chance and say so; the custom default (standard) learns."""
+    """Fault 6: features in the tens, raw, sit at chance and say so on the published (random-init) model; the custom
+    default (standard) learns, and so does the scale-free default model of issue 17 on the raw features."""
     g = unscaled_graph("scaled")
     settings = dict(ways=2, shots=3, queries=5, steps=12, val_every=3, val_tasks=10, test_tasks=40, meta_batch=2,
                     hidden=16, runs_dir=str(tmp_path))
+    legacy = dict(init="random", normalize=False, head_init="learned")
     with pytest.warns(RuntimeWarning, match=r"diverging.*features raw .*inner lr 0.5") as caught:
-        _, raw = cmlgraph.fit(g, features="raw", **settings)
+        _, raw = cmlgraph.fit(g, features="raw", **legacy, **settings)
     # fit's warnings speak its keyword arguments, not the command line's flags
     assert not any("--" in str(w.message) for w in caught if issubclass(w.category, RuntimeWarning))
     assert any("diverging" in w for w in raw["warnings"]) and raw["features"] == "raw"
-    _, std = cmlgraph.fit(g, **settings)
+    _, std = cmlgraph.fit(g, **legacy, **settings)
     assert std["features"] == "standard" and not any("diverging" in w for w in std["warnings"])
     assert std["mean"] > raw["mean"] + 0.1
+    # the default model (PCA start, L2-normalised features, prototype heads) does not care about the scale
+    _, scale_free = cmlgraph.fit(g, features="raw", **settings)
+    assert not any("diverging" in w for w in scale_free["warnings"])
+    assert scale_free["mean"] > raw["mean"] + 0.1
 
 
 def test_auto_mode_by_tree_size() -> None:

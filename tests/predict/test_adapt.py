@@ -86,9 +86,16 @@ def test_bad_inputs_name_the_problem(maml_run, tmp_path):
 
 
 def test_frozen_head_algorithm_refuses_another_number_of_classes(tmp_path):
-    run = train_tiny(tmp_path, "boil")
+    run = train_tiny(tmp_path, "boil", head_init="learned")
     with pytest.raises(ConfigError, match="keeps the head frozen .* give 3 classes"):
         cmlgraph.adapt(run, None, {0: "a", 1: "b"})
+
+
+def test_frozen_head_with_prototype_heads_takes_another_number_of_classes(tmp_path):
+    """BOIL's head never adapts, but a Proto-MAML head starts from the task's own class means: 2 classes work."""
+    run = train_tiny(tmp_path, "boil")  # graph MAML-family default: --head-init proto
+    pred = cmlgraph.adapt(run, None, {0: "a", 1: "b", 2: "a", 3: "b"})
+    assert pred.classes == ["a", "b"] and set(pred.labels) == {"a", "b"}
 
 
 @pytest.mark.parametrize("algo", ["gmeta", "ammgnn"])
@@ -104,11 +111,11 @@ def test_embed_is_the_extractors_output_for_every_node(maml_run):
 
     emb = cmlgraph.embed(maml_run)
     graph = load_graph("synthetic", num_nodes=300, num_classes=15)
-    dom = GraphDomain(graph, 3, 2, 4, gnn="sgc", hidden=64, episodes=False)
+    dom = GraphDomain(graph, 3, 2, 4, gnn="sgc", hidden=64, episodes=False, bias=False)  # the default: --init pca
     model = MetaModel(dom.build_extractor(), 3)
     model.load_state_dict(load_torch(maml_run / "model.pt"))
     model.eval()
-    with torch.no_grad():
-        ref = model.extractor(GraphInput(graph.x, graph.edge_index, torch.arange(300)))
+    with torch.no_grad():  # the graph default --normalize: the features the heads read have unit length
+        ref = torch.nn.functional.normalize(model.extractor(GraphInput(graph.x, graph.edge_index, torch.arange(300))))
     assert emb.shape == (300, 64) == tuple(ref.shape) and emb.dtype == np.float32
     np.testing.assert_allclose(emb, ref.numpy(), rtol=1e-5, atol=1e-6)

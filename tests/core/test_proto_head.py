@@ -1,0 +1,108 @@
+"""Proto-MAML heads (issue 17): the head a task starts from equals its formula, per task and batched; the co-learner
+still gets no inner update under CML; normalised features are unit length and scale-free."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cmlgraph.core.episode import stack
+from cmlgraph.core.functional import features
+from cmlgraph.core.inner_loop import InnerLoopConfig, inner_loop
+from cmlgraph.core.model import MetaModel, group_of, parameters_of
+from cmlgraph.core.objective import outer_objective
+from cmlgraph.core.proto_head import class_means, linear_head_keys, proto_head, zero_head_
+from cmlgraph.errors import ConfigError
+from tests.conftest import tiny_episodes, tiny_model
+
+CE = F.cross_entropy
+
+
+def test_class_means_by_hand():
+    f = torch.tensor([[1.0, 0.0], [3.0, 2.0], [0.0, 4.0], [5.0, 5.0]])
+    y = torch.tensor([0, 0, 1, 2])
+    assert torch.equal(class_means(f, y, 3), torch.tensor([[2.0, 1.0], [0.0, 4.0], [5.0, 5.0]]))
+    assert torch.equal(class_means(f, torch.tensor([0, 0, 0, 0]), 2)[1], torch.zeros(2))  # an empty class: zero
+
+
+@pytest.mark.parametrize("zero", [True, False])
+def test_proto_head_equals_its_formula(zero):
+    """Rows 2 c_k and biases -||c_k||^2 (Triantafillou et al. 2020), plus the meta-learned head θ."""
+    model = tiny_model()
+    if zero:
+        zero_head_(model)
+    params = parameters_of(model)
+    ep = tiny_episodes(1)[0]
+    out = proto_head(model, params, ep.support_x, ep.support_y)
+    f = features(model, params, ep.support_x)
+    c = torch.stack([f[ep.support_y == k].mean(0) for k in range(3)])
+    w, b = linear_head_keys(model)
+    assert (w, b) == ("head.0.weight", "head.0.bias")
+    assert torch.allclose(out[w], params[w] + 2 * c) and torch.allclose(out[b], params[b] - (c * c).sum(1))
+    assert all(out[k] is params[k] for k in params if k not in (w, b))
+    if zero:  # the start's logits rank classes exactly as the nearest class mean (squared Euclidean distance)
+        fq = features(model, params, ep.query_x)
+        logits = fq @ out[w].T + out[b]
+        assert torch.equal(logits.argmax(1), torch.cdist(fq, c).argmin(1))
+        assert torch.allclose(logits, -torch.cdist(fq, c) ** 2 + (fq * fq).sum(1, keepdim=True))
+
+
+def test_batched_proto_head_equals_per_task():
+    model = tiny_model()
+    params = parameters_of(model)
+    eps = tiny_episodes(3)
+    batch = stack(eps)
+    expanded = {k: v.unsqueeze(0).expand(3, *v.shape) for k, v in params.items()}
+    out = proto_head(model, expanded, batch.support_x, batch.support_y, batched=True)
+    for i, ep in enumerate(eps):
+        one = proto_head(model, params, ep.support_x, ep.support_y)
+        for k in ("head.0.weight", "head.0.bias"):
+            assert torch.allclose(out[k][i], one[k]), (i, k)
+
+
+def test_inner_loop_starts_from_the_prototypes_and_the_co_learner_never_adapts():
+    model = tiny_model(co_depth=0)
+    params = parameters_of(model)
+    ep = tiny_episodes(1)[0]
+    cfg = InnerLoopConfig(steps=2, lr=0.3, proto_head=True)
+    traj = inner_loop(model, params, ep.support_x, ep.support_y, CE, cfg)
+    start = proto_head(model, params, ep.support_x, ep.support_y)
+    assert torch.allclose(traj[0]["head.0.weight"], start["head.0.weight"])
+    for k in params:
+        if group_of(k) == "co":  # CML: φ is never adapted, the prototypes are the meta-learner's head only
+            assert all(step[k] is params[k] for step in traj), k
+    assert not torch.allclose(traj[-1]["head.0.weight"], start["head.0.weight"])  # then the head adapts
+
+
+def test_outer_gradient_reaches_the_extractor_through_the_prototypes():
+    """Anil-style (head-only) adaptation: the extractor still gets meta-gradients through c_k, and θ gets some."""
+    model = tiny_model(co_depth=0)
+    zero_head_(model)
+    params = parameters_of(model)
+    cfg = InnerLoopConfig(steps=1, lr=0.3, adapt=("head",), proto_head=True)
+    loss = outer_objective(model, params, tiny_episodes(2), CE, cfg, gamma=1.0, cml=True)
+    grads = torch.autograd.grad(loss.total, [params[k] for k in params], allow_unused=True)
+    by_name = dict(zip(params, grads, strict=True))
+    assert all(by_name[k] is not None and by_name[k].abs().sum() > 0 for k in params)
+
+
+def test_a_head_that_is_not_one_linear_layer_is_refused():
+    model = tiny_model()
+    model.head = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3)).double()
+    with pytest.raises(ConfigError, match="one linear layer.*--head-init learned"):
+        linear_head_keys(model)
+
+
+def test_normalised_features_are_unit_length_and_scale_free():
+    from cmlgraph.backbones.mlp import MLPBackbone
+
+    torch.manual_seed(0)
+    model = MetaModel(MLPBackbone(2, (4, 4)), 3, co_depth=0, normalize=True).double()
+    params = parameters_of(model)
+    ep = tiny_episodes(1)[0]
+    f = features(model, params, ep.support_x)
+    assert torch.allclose(f.norm(dim=1), torch.ones(len(f), dtype=f.dtype))
+    batched = features(model, {k: v.unsqueeze(0).expand(2, *v.shape) for k, v in params.items()},
+                       torch.stack([ep.support_x, ep.support_x]), batched=True)
+    assert torch.allclose(batched[0], f) and torch.allclose(batched[1], f)
