@@ -98,24 +98,35 @@ def baseline_val(domain: Any, val_raws: Sequence[Any], device: torch.device | st
         ``{"method": "sgc-proto", "val": float, "settings": {"k": K, "features": ...}, "selected_on": str,
         "grid": [{"k": .., "val": ..}, ...], "seconds": float}``.
     """
-    from cmlgraph.algorithms.baselines import CACHE, make_baseline
-
     devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # nothing the run draws afterwards may change
-        algo = make_baseline(BASELINE, seed=seed)
-        holder = _BaselineHolder()
-        algo.prepare(holder)  # type: ignore[arg-type]
-        holder.to(device)
-        tasks = WholeGraphTasks(domain)
-        try:
-            record = algo.fit(holder, tasks, val_raws, device)  # type: ignore[arg-type]
-        finally:  # free S^K X and S: the run's own episodes share this cache
-            cache = _whole_graph_cache(domain, device)
-            for key in [k for k in cache if isinstance(k, str) and k.startswith(CACHE)]:
-                del cache[key]
+    threads = torch.get_num_threads()
+    # Hundreds of tiny per-task products: on a busy 2-core CPU two threads made them 10x slower (26 s against 2 s
+    # for Amazon-Photo's 100 validation tasks x 5 K; docs/baselines.md "Run health").
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=devices):  # nothing the run draws afterwards may change
+            record = _fit(domain, val_raws, device, seed)
+    finally:
+        torch.set_num_threads(threads)
     return {"method": BASELINE, "val": float(record["val"]),
             "settings": {**record["settings"], "features": getattr(domain, "features", None)},
             "selected_on": record["selected_on"], "grid": record["grid"], "seconds": record["seconds"]}
+
+
+def _fit(domain: Any, val_raws: Sequence[Any], device: torch.device | str, seed: int) -> dict[str, Any]:
+    """``sgc-proto``'s ``fit`` on the run's validation tasks read on the whole graph; frees its cache after."""
+    from cmlgraph.algorithms.baselines import CACHE, make_baseline
+
+    algo = make_baseline(BASELINE, seed=seed)
+    holder = _BaselineHolder()
+    algo.prepare(holder)  # type: ignore[arg-type]
+    holder.to(device)
+    try:
+        return algo.fit(holder, WholeGraphTasks(domain), val_raws, device)  # type: ignore[arg-type]
+    finally:  # free S^K X and S: the run's own episodes share this cache
+        cache = _whole_graph_cache(domain, device)
+        for key in [k for k in cache if isinstance(k, str) and k.startswith(CACHE)]:
+            del cache[key]
 
 
 def _whole_graph_cache(domain: Any, device: torch.device | str) -> dict[str, Any]:
