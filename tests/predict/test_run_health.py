@@ -71,7 +71,7 @@ def test_cli_predict_shows_it(weak_run, tmp_path, capsys) -> None:
     assert f"best validation accuracy {best} is below the training-free sgc-proto's {base}" in text
 
 
-def test_healthy_and_old_run_folders_are_silent(maml_run, weak_run, tmp_path) -> None:
+def test_healthy_and_old_run_folders_are_silent(weak_run, tmp_path) -> None:
     run, _ = weak_run
     old = tmp_path / "old"
     shutil.copytree(run, old)

@@ -34,13 +34,20 @@ def _console() -> tuple[Console, io.StringIO]:
     return Console(file=out, width=2000, force_terminal=False, soft_wrap=True), out
 
 
-def test_the_check_is_what_an_sgc_proto_run_selects_on_the_same_tasks(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def proto(tmp_path_factory) -> dict:
+    """The summary of an ``--algo sgc-proto`` run with TINY's data settings and seed."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = Trainer(make_config(**TINY, steps=1, val_every=1, runs_dir=str(tmp_path / "a")), progress=False)
+        return _run(tmp_path_factory.mktemp("proto"), algo="sgc-proto")[1]
+
+
+def test_the_check_is_what_an_sgc_proto_run_selects_on_the_same_tasks(tmp_path: Path, proto: dict) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = Trainer(make_config(**TINY, steps=1, val_every=1, runs_dir=str(tmp_path)), progress=False)
         trainer.open_run()
         record = baseline_check.baseline_val(trainer.exp.domain, trainer.val_raws, trainer.exp.device)
-        _, proto = _run(tmp_path / "b", algo="sgc-proto")
     chosen = proto["baseline"]
     assert record["method"] == "sgc-proto" and record["val"] == chosen["val"]
     assert record["settings"]["k"] == chosen["settings"]["k"] and record["grid"] == chosen["grid"]
@@ -64,7 +71,7 @@ def test_a_run_below_the_baseline_says_so_in_console_and_summary(tmp_path: Path)
     line = next(ln for ln in text.splitlines() if ln.startswith("best validation accuracy"))
     assert f"{best:.4f} (step {summary['best_step']})" in line and f"{base:.4f}" in line
     assert f"same {len(trainer.val_raws)} validation tasks" in line
-    assert not [w for w in caught if "below the training-free baseline" in str(w.message)]  # printed, not also a warning
+    assert not [w for w in caught if "below the training-free baseline" in str(w.message)]  # printed, not warned
 
 
 def test_a_quiet_run_below_the_baseline_warns_in_python(tmp_path: Path) -> None:
@@ -113,13 +120,12 @@ def test_the_check_changes_nothing_else(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 @pytest.mark.parametrize("algo", ["gmeta", "ammgnn"])
-def test_tlp_encoders_are_compared_on_the_same_tasks(tmp_path: Path, algo: str) -> None:
+def test_tlp_encoders_are_compared_on_the_same_tasks(tmp_path: Path, algo: str, proto: dict) -> None:
     """G-Meta's balls and AMM-GNN's matched inputs are not plain graph inputs; the check reads the same tasks on the
     whole graph and gets what an sgc-proto run gets."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _, summary = _run(tmp_path / algo, algo=algo, steps=1, val_every=1)
-        _, proto = _run(tmp_path / "proto", algo="sgc-proto")
+        _, summary = _run(tmp_path, algo=algo, steps=1, val_every=1)
     assert summary["baseline_val"]["val"] == proto["baseline"]["val"]
 
 
