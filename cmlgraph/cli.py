@@ -399,7 +399,7 @@ def predict(
     else:
         g = resolve_graph(run_dir, graph, data_root)
         labels = read_support_csv(support, g)
-        pred = adapt(run_dir, g, labels, classes=order, device=device)
+        pred = adapt(run_dir, g, labels, classes=order, device=device, console=console)
     pred.to_csv(out)
     counts = {c: pred.labels.count(c) for c in pred.classes}
     console.print(f"{len(pred.nodes)} nodes of {g.name!r} predicted from {len(labels)} labelled nodes "

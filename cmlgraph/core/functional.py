@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
@@ -35,12 +35,22 @@ def call(module: nn.Module, params: Mapping[str, Tensor], x: Any, batched: bool 
 
 def features(model: MetaModel, params: Mapping[str, Tensor], x: Any, batched: bool = False) -> Tensor:
     """The extractor's features g_ψ(x) under the ``extractor.*`` entries of ``params``; L2-normalised per example
-    (over all its feature dimensions) when the model has ``normalize_features``."""
+    (over all its feature dimensions) when the model has ``normalize_features`` (:func:`unit_rows`)."""
     out = call(model.extractor, sub(params, "extractor"), x, batched)
     if getattr(model, "normalize_features", False):
-        start = 2 if batched else 1
-        out = F.normalize(out.flatten(start), dim=-1).view_as(out)
+        out = unit_rows(out.flatten(2 if batched else 1)).view_as(out)
     return out
+
+
+#: ``eps`` of :func:`unit_rows`, added to the squared norm.
+UNIT_EPS = 1e-12
+
+
+def unit_rows(f: Tensor) -> Tensor:
+    """``f / sqrt(||f||^2 + eps)`` over the last dimension: unit rows, and finite first and second derivatives
+    everywhere. (``F.normalize`` clamps the norm instead, whose second derivative at a zero row, e.g. a node with
+    all-zero features, is NaN and poisons a second-order meta-gradient.)"""
+    return f * torch.rsqrt(f.pow(2).sum(-1, keepdim=True) + UNIT_EPS)
 
 
 def head(model: MetaModel, params: Mapping[str, Tensor], feats: Tensor, batched: bool = False) -> Tensor:

@@ -106,3 +106,13 @@ def test_normalised_features_are_unit_length_and_scale_free():
     batched = features(model, {k: v.unsqueeze(0).expand(2, *v.shape) for k, v in params.items()},
                        torch.stack([ep.support_x, ep.support_x]), batched=True)
     assert torch.allclose(batched[0], f) and torch.allclose(batched[1], f)
+
+
+def test_a_zero_feature_row_keeps_second_order_gradients_finite():
+    """A node with all-zero features: its normalised row is 0 and MAML's second-order meta-gradient stays finite."""
+    from cmlgraph.core.functional import unit_rows
+
+    f = torch.zeros(3, 4, dtype=torch.float64, requires_grad=True)
+    g = torch.autograd.grad(unit_rows(f).pow(2).sum() + unit_rows(f).sum(), f, create_graph=True)[0]
+    (gg,) = torch.autograd.grad(g.sum(), f)
+    assert torch.isfinite(g).all() and torch.isfinite(gg).all() and torch.equal(unit_rows(f.detach()), f.detach())
