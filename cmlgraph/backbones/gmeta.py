@@ -176,7 +176,8 @@ class BallGCN(Backbone):
         pool = colsum / blk.sizes.index_select(0, blk.ball_of_row).to(blk.vals.dtype)
         crow = torch.zeros(t * n + 1, dtype=torch.long)
         torch.cumsum(blk.sizes, 0, out=crow[1:])
-        memo["PB"] = transposable_csr(crow.to(dev), torch.arange(r, device=dev), pool.to(dev), (t * n, r))
+        memo["PB"] = transposable_csr(crow.to(dev), torch.arange(r, device=dev), pool.to(dev), (t * n, r),
+                                      col_sorted=True)  # col = arange: no read-back (issue 18)
         codes = feature_codes(index)
         if codes is not None:  # binary features: the rows' codes, never their floats
             memo["XU"] = BinaryRows(codes.index_select(0, union.to(dev)), self.in_dim)

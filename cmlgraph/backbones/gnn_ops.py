@@ -68,16 +68,23 @@ def transposable(a: Tensor) -> Tensor:
     return out
 
 
-def transposable_csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+def transposable_csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int],
+                     col_sorted: bool | None = None) -> Tensor:
     """Like :func:`transposable` for a valid CSR matrix given by its parts (sorted, no duplicates): no coalescing,
-    one stable sort by column builds the transpose."""
-    rows = torch.repeat_interleave(torch.arange(shape[0], device=col.device), crow[1:] - crow[:-1])
+    one stable sort by column builds the transpose.
+
+    No host-device sync when the caller says whether ``col`` is sorted (issue 18): the expansion of ``crow`` is
+    told its size (``nnz``) and the transpose's row pointer is a binary search, not a ``bincount`` (whose CUDA
+    kernel reads the largest column back). ``col_sorted=None`` checks it (one read-back).
+    """
+    rows = torch.repeat_interleave(torch.arange(shape[0], device=col.device), crow[1:] - crow[:-1],
+                                   output_size=col.numel())
+    if col_sorted is None:
+        col_sorted = col.numel() < 2 or bool((col[1:] >= col[:-1]).all())
     # A column-sorted CSR (e.g. the pooling matrix, col = arange) is its own order: skip the sort.
-    perm = (torch.arange(col.numel(), device=col.device) if bool((col[1:] >= col[:-1]).all())
-            else torch.sort(col, stable=True).indices)
-    counts = torch.bincount(col, minlength=shape[1])
-    crow_t = torch.zeros(shape[1] + 1, dtype=crow.dtype, device=col.device)
-    torch.cumsum(counts, 0, out=crow_t[1:])
+    perm = torch.arange(col.numel(), device=col.device) if col_sorted else torch.sort(col, stable=True).indices
+    crow_t = torch.searchsorted(col.index_select(0, perm), torch.arange(shape[1] + 1, device=col.device,
+                                                                         dtype=col.dtype)).to(crow.dtype)
     out = torch.sparse_csr_tensor(crow, col, values, shape)
     setattr(out, _TRANSPOSE, torch.sparse_csr_tensor(crow_t, rows.index_select(0, perm),
                                                        values.index_select(0, perm), (shape[1], shape[0])))

@@ -138,10 +138,12 @@ def _block_diag(parts: list[Tensor], rows_per: int, cols_per: int) -> Tensor:
         crows.append(torch.cat([crow[:-1], pad]) + offset if i else torch.cat([crow[:-1], pad]))
         cols.append(m.col_indices() + i * cols_per)
         vals.append(m.values())
-        offset += int(crow[-1])
+        offset += m.col_indices().numel()  # nnz = crow[-1], without reading it back (issue 18)
     crows.append(torch.tensor([offset], dtype=torch.long, device=parts[0].device))
     t = len(parts)
-    return transposable_csr(torch.cat(crows), torch.cat(cols), torch.cat(vals), (t * rows_per, t * cols_per))
+    # Column order is not checked (a read-back): a stable sort of sorted columns is the identity anyway.
+    return transposable_csr(torch.cat(crows), torch.cat(cols), torch.cat(vals), (t * rows_per, t * cols_per),
+                            col_sorted=False)
 
 
 def _to_csr(x: Tensor) -> Tensor:

@@ -3,7 +3,8 @@
 On CUDA an op whose output size or value the host must know waits for the device: reading a scalar back
 (``aten._local_scalar_dense``, what ``.item()``, ``bool()`` and ``float()`` of a tensor call), the data-dependent
 shapes (``nonzero`` and the ops built on it: ``masked_select``, boolean-mask indexing, ``unique``,
-``repeat_interleave`` without ``output_size``), and copies to the CPU. The ops are the same whatever the device, so
+``repeat_interleave`` without ``output_size``; ``bincount``, whose CUDA kernel reads the largest value back to size
+its output), and copies to the CPU. The ops are the same whatever the device, so
 counting them under a ``torch.utils._python_dispatch.TorchDispatchMode`` on CPU tensors shows the syncs a CUDA run
 would pay (PyTorch's own ``torch.cuda.set_sync_debug_mode`` only reports on a GPU).
 """
@@ -19,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 SYNC_OPS: frozenset[str] = frozenset({
     "aten._local_scalar_dense", "aten.nonzero", "aten.nonzero_static", "aten.masked_select", "aten._unique",
     "aten._unique2", "aten.unique_dim", "aten.unique_consecutive", "aten.is_nonzero", "aten.equal",
-    "aten.argwhere",
+    "aten.argwhere", "aten.bincount",
 })
 """Ops that sync on CUDA whatever their arguments (overload names stripped)."""
 

@@ -1,0 +1,147 @@
+"""Host-device syncs of one meta-iteration and one evaluation batch on each hot path (issue 18 item 2).
+
+Each path builds a tiny experiment, then counts, under :class:`SyncCounter` on CPU tensors, the ops that would force
+a host-device synchronisation on CUDA, by op and by the cmlgraph function that ran them, in four phases:
+
+- ``host``: sampling and materializing the meta-batch (``Domain.sample``/``materialize``, before the step);
+- ``first``: the meta-gradients on those episodes, building their per-episode layouts (k-hop plans, G-Meta ball
+  blocks, AMM-GNN matches) on the first forward;
+- ``steady``: the meta-gradients again on the same episodes (layouts memoised): the per-inner-step device compute;
+- ``eval``: one evaluation task batch (``algo.predict`` as :func:`cmlgraph.train.evaluate.evaluate` runs it),
+  materialization included.
+
+A warm-up meta-iteration first builds the per-graph caches (adjacency, ball index, binary codes), built once a run.
+The counts must equal the allow-lists below, where each entry says why that sync is there; a new sync (or a
+removed one) fails the test and must be justified here. docs/gpu.md ("Syncs per meta-iteration") has the table.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections import Counter
+from typing import Any
+
+import pytest
+import torch
+
+from cmlgraph.api import make_config
+from cmlgraph.backbones.base import auto_batched
+from cmlgraph.core.episode import can_stack, stack
+from cmlgraph.core.model import parameters_of
+from cmlgraph.train.sync_counter import SyncCounter
+from cmlgraph.train.trainer import build_experiment, prepare
+
+
+class SiteCounter(SyncCounter):
+    """A :class:`SyncCounter` that also keys each sync by ``op @ file:function`` of the innermost cmlgraph frame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sites: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, D105
+        before = self.total
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        if self.total != before:
+            op = func._schema.name.split("::", 1)[1]
+            frame = next((f for f in reversed(traceback.extract_stack()) if "/cmlgraph/" in f.filename
+                          and "sync_counter" not in f.filename), None)
+            site = "?" if frame is None else f"{frame.filename.rsplit('/', 1)[-1]}:{frame.name}"
+            self.sites[f"{op} @ {site}"] += 1
+        return out
+
+
+def measure(settings: dict[str, Any], batched: bool | None = None) -> dict[str, dict[str, int]]:
+    """Sync counts per phase (``host``, ``first``, ``steady``, ``eval``) of one meta-iteration of ``settings``."""
+    cfg = prepare(make_config(**settings))
+    e = build_experiment(cfg)
+    params = parameters_of(e.model)
+    if batched is None:
+        batched = {"auto": auto_batched(e.model.extractor, e.device), "on": True, "off": False}[cfg.train.batched]
+    meta_batch = int(cfg.train.meta_batch)
+
+    def episodes(split: str) -> list:
+        return [e.domain.materialize(r, e.device) for r in e.domain.sample(split, meta_batch, e.generator)]
+
+    e.algo.meta_gradients(e.model, params, episodes("train"), e.domain.loss_fn, 0, batched=batched)  # warm-up
+    phases: dict[str, SiteCounter] = {k: SiteCounter() for k in ("host", "first", "steady", "eval")}
+    with phases["host"]:
+        eps = episodes("train")
+    for phase in ("first", "steady"):
+        with phases[phase]:
+            ms = e.algo.meta_gradients(e.model, params, eps, e.domain.loss_fn, 1, batched=batched)
+    assert torch.isfinite(ms.loss.total)
+    e.model.eval()
+    with phases["eval"]:  # as evaluate() does: stacked when the backbone batches, else task by task
+        veps = episodes("val")
+        if auto_batched(e.model.extractor, e.device) is None and can_stack(veps):
+            out, _ = e.algo.predict(e.model, params, stack(veps), e.domain.loss_fn, batched=True)
+        else:
+            out = torch.stack([e.algo.predict(e.model, params, ep, e.domain.loss_fn)[0] for ep in veps])
+    assert out.shape[0] == meta_batch
+    return {k: dict(sorted(c.sites.items())) for k, c in phases.items()}
+
+
+GRAPH = dict(task="graph", graph="synthetic", synthetic_nodes=300, synthetic_classes=15, ways=3, shots=2, queries=3,
+             meta_batch=2, inner_steps=2, cml=True, steps=1)  # MAML + CML defaults otherwise (second order)
+
+# Why each remaining sync is there. "host" entries run on tensors that stay on the CPU in a CUDA run too (the
+# episode's raw node ids, G-Meta's BallIndex): they are host work, not device syncs. "cpu only" entries exist only
+# on CPU tensors. The rest are real device syncs of the per-episode layout, built once per episode on its first
+# forward (memoised for every inner step, so "steady" has none of them); removing them needs the layouts built
+# ahead of the step (issue 18 item 2, not done).
+ONE_HOT = 2  # cpu only: F.one_hot's class-range check (aminmax().item(), 2 reads); on CUDA it relies on device
+#              asserts (ATen Onehot.cpp), no sync. One call per proto_head (--head-init proto, the default).
+PLAN = {  # device: each k-hop computation-tree plan (support and query of 2 episodes = 4 plans, 2 layers)
+    "_unique2 @ gnn_plan.py:_unique_in_order": 8,  # node levels: distinct ids (2 per plan)
+    "_local_scalar_dense @ gnn_plan.py:build_plan": 4,  # whether the level is the requested order (1 per plan)
+    "repeat_interleave @ sparse.py:csr_row_entries": 16,  # CSR rows of each level (2 per expansion)
+    "_local_scalar_dense @ sparse.py:csr_row_entries": 8,  # their entry count (1 per expansion)
+}
+BALLS = {  # host: ball membership of new centre nodes (BallIndex.expand on the CPU CSR; cached per node)
+    "_unique2 @ balls.py:expand": 8, "repeat_interleave @ sparse.py:csr_row_entries": 16,
+    "_local_scalar_dense @ sparse.py:csr_row_entries": 8, "bincount @ balls.py:balls": 4,
+}
+BALL_BLOCK = {  # host: the support and query ball blocks of the meta-batch, built on the CPU once per step
+    "_local_scalar_dense @ gmeta.py:<listcomp>": 4,  # rows per task (ball_sizes: a CPU tensor) to group tasks
+    "_local_scalar_dense @ balls.py:block": 2, "nonzero @ balls.py:block": 2,  # entries inside the balls
+    "_unique2 @ gmeta.py:_layout": 2, "bincount @ gmeta.py:_layout": 2,  # union of members, CSR row counts
+}
+ALLOW: dict[str, dict[str, dict[str, int]]] = {
+    "khop": {"host": {}, "first": {**PLAN, "_local_scalar_dense @ proto_head.py:class_means": ONE_HOT},
+             "steady": {"_local_scalar_dense @ proto_head.py:class_means": ONE_HOT},
+             "eval": {**PLAN, "_local_scalar_dense @ proto_head.py:class_means": ONE_HOT}},
+    # full mode, unbatched: one proto_head per episode (2)
+    "full": {"host": {}, **{k: {"_local_scalar_dense @ proto_head.py:class_means": 2 * ONE_HOT}
+                            for k in ("first", "steady", "eval")}},
+    "gmeta": {"host": {}, "first": {**BALLS, **BALL_BLOCK}, "steady": BALL_BLOCK, "eval": {**BALLS, **BALL_BLOCK}},
+    # host: the draws of each episode's matching set (one .item() each, on the raw CPU ids)
+    "ammgnn": {"host": {"_local_scalar_dense @ tlp_graph.py:match_draws": 2}, "first": PLAN, "steady": {},
+               "eval": {**PLAN, "_local_scalar_dense @ tlp_graph.py:match_draws": 2}},
+    "sinusoid": {k: {} for k in ("host", "first", "steady", "eval")},
+    "digits": {k: {} for k in ("host", "first", "steady", "eval")},
+}
+PATHS = {
+    "khop": (dict(GRAPH, subgraph="khop"), None),
+    "full": (dict(GRAPH, subgraph="full"), None),
+    "gmeta": (dict(GRAPH, algo="gmeta"), None),
+    "ammgnn": (dict(GRAPH, algo="ammgnn"), None),
+    "sinusoid": (dict(task="sinusoid", meta_batch=2, inner_steps=2, cml=True, steps=1), True),
+    "digits": (dict(task="digits", ways=3, shots=1, queries=2, meta_batch=2, inner_steps=1, cml=True, steps=1),
+               True),  # embedded 8x8 digits, no download; batched (vmap) as on a GPU
+}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_syncs_per_meta_iteration(path: str) -> None:
+    settings, batched = PATHS[path]
+    assert measure(settings, batched) == ALLOW[path]
+
+
+def test_site_counter_names_the_function() -> None:
+    from cmlgraph.graphs.sparse import csr_row_entries
+
+    with SiteCounter() as c:
+        csr_row_entries(torch.tensor([0, 2, 3]), torch.tensor([1, 0]))
+    assert c.sites == {"repeat_interleave @ sparse.py:csr_row_entries": 2,
+                       "_local_scalar_dense @ sparse.py:csr_row_entries": 1}
