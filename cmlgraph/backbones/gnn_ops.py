@@ -74,8 +74,8 @@ def transposable_csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int
     one stable sort by column builds the transpose.
 
     No host-device sync when the caller says whether ``col`` is sorted (issue 18): the expansion of ``crow`` is
-    told its size (``nnz``) and the transpose's row pointer is a binary search, not a ``bincount`` (whose CUDA
-    kernel reads the largest column back). ``col_sorted=None`` checks it (one read-back).
+    told its size (``nnz``) and the columns are counted with ``index_add_``, not ``bincount`` (whose CUDA kernel
+    reads the largest column back). ``col_sorted=None`` checks it (one read-back).
     """
     rows = torch.repeat_interleave(torch.arange(shape[0], device=col.device), crow[1:] - crow[:-1],
                                    output_size=col.numel())
@@ -83,8 +83,10 @@ def transposable_csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int
         col_sorted = col.numel() < 2 or bool((col[1:] >= col[:-1]).all())
     # A column-sorted CSR (e.g. the pooling matrix, col = arange) is its own order: skip the sort.
     perm = torch.arange(col.numel(), device=col.device) if col_sorted else torch.sort(col, stable=True).indices
-    crow_t = torch.searchsorted(col.index_select(0, perm), torch.arange(shape[1] + 1, device=col.device,
-                                                                         dtype=col.dtype)).to(crow.dtype)
+    counts = torch.zeros(shape[1], dtype=torch.long, device=col.device).index_add_(
+        0, col, torch.ones(col.numel(), dtype=torch.long, device=col.device))  # bincount without its read-back
+    crow_t = torch.zeros(shape[1] + 1, dtype=crow.dtype, device=col.device)
+    torch.cumsum(counts, 0, out=crow_t[1:])
     out = torch.sparse_csr_tensor(crow, col, values, shape)
     setattr(out, _TRANSPOSE, torch.sparse_csr_tensor(crow_t, rows.index_select(0, perm),
                                                        values.index_select(0, perm), (shape[1], shape[0])))
