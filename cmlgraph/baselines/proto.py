@@ -37,10 +37,11 @@ def class_means(support: Tensor, support_y: Tensor, ways: int) -> Tensor:
     Raises:
         DataError: If a class has no support row or a label is outside ``[0, ways)``.
     """
+    from cmlgraph.core.proto_head import class_means as means
+
     y = support_y.long()
-    counts = support_counts(support, y, ways)
-    onehot = torch.nn.functional.one_hot(y, ways).to(support.dtype)
-    return onehot.T @ support / counts.to(support.dtype).unsqueeze(1)
+    support_counts(support, y, ways)  # the checks; the arithmetic is the meta-learners' Proto-MAML head's
+    return means(support, y, ways)
 
 
 def cosine_prototype_logits(support: Tensor, support_y: Tensor, query: Tensor, ways: int) -> Tensor:
