@@ -1,0 +1,456 @@
+"""Many runs in one process (issue 18 item 5): runs that share a shape train in lockstep, their meta-steps fused.
+
+Why: a GPU runs one few-shot meta-iteration as many tiny kernels and sits idle most of the time; ``compare``,
+``reproduce`` and ``leaderboard`` train many runs that differ only in the seed or the ``--cml`` arm. Trained
+together, the R runs' B tasks become R·B tasks of the existing task-batched path (``vmap``, or a GNN's
+block-diagonal ``forward_tasks``): fewer, larger kernels.
+
+Contract: each run keeps its own :class:`~cmlgraph.train.trainer.Trainer` (run folder, lock, generators, torch's
+global RNG state, optimizer, best parameters, early stopping, checkpoints, ``metrics.jsonl``, ``summary.json``), so
+each run's folder equals a separate ``cmlgraph train`` of it up to float rounding, and ``cmlgraph train --resume``
+continues any one folder as it continues a normal run. Runs whose patience is spent drop out of the group; a run
+that fails (an exception, a non-finite loss) is stopped alone, its folder left as a killed run's, the others go on.
+
+What is fused (:func:`fusable`): the meta-gradients of runs at the same step with the same parameter names
+(same ``--cml`` arm) of algorithms on the shared objective (MAML, FOMAML, ANIL, BOIL, G-Meta; their noise control
+too) whose run would batch its tasks (``train.batched`` on, or ``auto`` where the backbone batches: MLP always,
+Conv4 and the graph paths on GPU) and whose episodes stack (fixed-shape tensors; graph computation-tree inputs of
+one shared full graph). Stepped one after another inside the lockstep loop instead: MAML++ (its learned inner
+rates are per run), Sharp-MAML (its own two-pass meta-gradient), ProtoNet and AMM-GNN (their own objectives), a
+step that logs gradient diagnostics, episodes that do not stack (``full`` and k-hop subgraph graph modes, G-Meta's
+balls on CPU ``auto``), and any run whose meta-step draws from torch's global RNG (dropout): checked on each run's
+first step. Validation, testing and checkpoints are per run.
+
+Each run's ``wall_time_s`` and ``time_s`` count the group's wall time while the run was in it (its own steps,
+validations and its share of the fused steps in full), so they add up to more than the group's wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import Tensor
+
+from cmlgraph.algorithms.base import MetaAlgorithm, MetaStep, add_gradient_noise
+from cmlgraph.backbones.base import auto_batched
+from cmlgraph.config import Config
+from cmlgraph.core.episode import Episode, can_stack, stack
+from cmlgraph.core.model import group_of, parameters_of
+from cmlgraph.core.objective import OuterLoss, _meta_and_co
+from cmlgraph.errors import CmlgraphError, ConfigError, NumericalError
+from cmlgraph.train.io import MetricsLog, kill_point
+from cmlgraph.train.trainer import Trainer, _finite, prepare
+
+#: Settings that may differ inside a group: the seed and the arm. Everything else is the group's shape.
+_FREE = {("train", "seed"), ("algo", "cml")}
+
+
+def check_parallel_runs(n: Any, flag: str = "--parallel-runs") -> int:
+    """``n`` as a group size of at least 1 (raises ConfigError naming the fix otherwise)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"{flag} {n!r}: give a whole number of runs per process, at least 1 (1 trains the runs "
+                          f"one after another)")
+    return n
+
+
+def shape_key(cfg: Config) -> str:
+    """What runs must share to train together: the resolved config without the seed, the arm and the run folder."""
+    d = prepare(cfg).to_dict()
+    d.pop("run", None)
+    for section, key in _FREE:
+        d.get(section, {}).pop(key, None)
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def group_runs(cfgs: Sequence[Config], n: int) -> list[list[int]]:
+    """Indices of ``cfgs`` in groups of at most ``n`` runs of one shape (:func:`shape_key`).
+
+    Within a shape, runs of the same arm come together (they fuse with each other, :func:`fusable`); groups keep
+    the order in which their shapes first appear.
+    """
+    check_parallel_runs(n)
+    shapes: dict[str, list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        shapes.setdefault(shape_key(cfg), []).append(i)
+    groups: list[list[int]] = []
+    for members in shapes.values():
+        members = sorted(members, key=lambda i: (bool(prepare(cfgs[i]).algo.cml), members.index(i)))
+        groups += [members[j:j + n] for j in range(0, len(members), n)]
+    return groups
+
+
+@dataclass
+class ParallelResult:
+    """One run of a group: its folder and summary, or the error that stopped it (its folder then kept as a killed
+    run's, resumable with ``cmlgraph train --resume``)."""
+
+    cfg: Config
+    run_dir: Path | None = None
+    summary: dict[str, Any] | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class _Member:
+    trainer: Trainer
+    result: ParallelResult
+    log: MetricsLog | None = None
+    rng: Tensor | None = None
+    cuda_rng: list[Tensor] = field(default_factory=list)
+    global_rng_free: bool | None = None  # whether its meta-step leaves torch's global RNG untouched (first step)
+
+    @property
+    def ok(self) -> bool:
+        return self.result.error is None
+
+    @property
+    def steps(self) -> int:
+        return int(self.trainer.cfg.train.steps)
+
+    def active(self) -> bool:
+        t = self.trainer
+        return self.ok and t.step < self.steps and not t._patience_spent()
+
+
+@contextmanager
+def _own_rng(m: _Member) -> Iterator[None]:
+    """Torch's global RNG as the run would have it alone (each separate run seeds and draws its own)."""
+    cuda = torch.cuda.is_available() and m.trainer.exp.device.type == "cuda"
+    outer, outer_cuda = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if cuda else [])
+    if m.rng is not None:
+        torch.set_rng_state(m.rng)
+    if cuda and m.cuda_rng:
+        torch.cuda.set_rng_state_all(m.cuda_rng)
+    try:
+        yield
+    finally:
+        m.rng = torch.get_rng_state()
+        m.cuda_rng = torch.cuda.get_rng_state_all() if cuda else []
+        torch.set_rng_state(outer)
+        if cuda:
+            torch.cuda.set_rng_state_all(outer_cuda)
+
+
+def fusable(trainer: Trainer) -> bool:
+    """Whether a run's meta-steps can be fused with others' (see the module docstring); the per-step conditions
+    (same step and arm, no diagnostics, stacking episodes, no global RNG) are checked in the loop."""
+    cfg, e = trainer.cfg, trainer.exp
+    algo_type = type(e.algo)
+    if algo_type.meta_gradients is not MetaAlgorithm.meta_gradients or algo_type.objective is not \
+            MetaAlgorithm.objective:
+        return False
+    if any(group_of(k) == "lrs" for k in parameters_of(e.model)):
+        return False
+    batched = {"auto": auto_batched(e.model.extractor, e.device), "on": True, "off": False}[cfg.train.batched]
+    return batched is not False and int(cfg.train.meta_batch) >= 1 and not trainer.dist.active
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    if a.layout != b.layout or a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.layout == torch.sparse_csr:
+        return (torch.equal(a.crow_indices(), b.crow_indices()) and torch.equal(a.col_indices(), b.col_indices())
+                and torch.equal(a.values(), b.values()))
+    if a.is_sparse:
+        a, b = a.coalesce(), b.coalesce()
+        return torch.equal(a.indices(), b.indices()) and torch.equal(a.values(), b.values())
+    return torch.equal(a, b)
+
+
+def _share_graph(members: Sequence[_Member]) -> None:
+    """Let the runs of one graph use one copy of its full-graph tensors (same values: their episodes then stack
+    into one block-diagonal batch, and the graph sits once in memory). Only for computation-tree (k-hop) inputs."""
+    first = members[0].trainer.exp
+    if not getattr(first.domain, "trees", False) or not hasattr(first.domain, "_full_graph"):
+        return
+    device = first.device
+    shared = first.domain._full_graph(device)
+    for m in members[1:]:
+        d = m.trainer.exp.domain
+        if not getattr(d, "trees", False) or not hasattr(d, "_full"):
+            continue
+        if _same(d.graph.edge_index, first.domain.graph.edge_index) and _same(d.graph.x, first.domain.graph.x):
+            d._full[str(device)] = shared
+
+
+class ParallelTrainer:
+    """Trains several configs of one shape in one process, in lockstep (see the module docstring).
+
+    Args:
+        cfgs: The runs' configs (their ``run`` sections name the folders, as for :class:`Trainer`).
+        console: Where the runs print (each line as a separate run prints it); quiet when ``None``.
+        progress: Show one progress bar per run.
+
+    Raises:
+        ConfigError: No configs, or configs of different shapes (:func:`shape_key`), or under ``torchrun``.
+    """
+
+    def __init__(self, cfgs: Sequence[Config], console: Console | None = None, progress: bool = True) -> None:
+        if not cfgs:
+            raise ConfigError("no runs to train together; give at least one config")
+        keys = {shape_key(c) for c in cfgs}
+        if len(keys) > 1:
+            raise ConfigError(f"{len(cfgs)} runs of {len(keys)} different shapes cannot train together (only the "
+                              f"seed and --cml may differ); group them with cmlgraph.train.parallel.group_runs")
+        self.console = console or Console(quiet=True)
+        self.progress = progress
+        self.members: list[_Member] = []
+        for cfg in cfgs:  # each built as its own run builds it: seeded model init, then the folder
+            result = ParallelResult(cfg)
+            trainer = Trainer(cfg, self.console, progress=False)
+            if trainer.dist.active:
+                raise ConfigError("--parallel-runs trains several runs in one process; under torchrun each process "
+                                  "trains one run: use --parallel-runs 1")
+            self.members.append(_Member(trainer, result, rng=torch.get_rng_state()))
+
+    def run(self) -> list[ParallelResult]:
+        """Open every run folder, train the group in lockstep, test each run; one result per config, in order."""
+        try:
+            _share_graph(self.members)  # before any run evaluates: its graph is then the shared one from the start
+            for m in self.members:
+                self._guarded(m, lambda m=m: self._open(m))
+            self._loop()
+            for m in self.members:
+                if m.ok:
+                    self._guarded(m, lambda m=m: setattr(m.result, "summary", m.trainer.finish()))
+        finally:
+            for m in self.members:
+                m.trainer._release()
+        return [m.result for m in self.members]
+
+    # --- per run -------------------------------------------------------------------------------------------
+    def _guarded(self, m: _Member, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` with the run's own RNG; an error stops this run only (its lock released, folder kept)."""
+        try:
+            with _own_rng(m):
+                fn()
+        except Exception as exc:  # noqa: BLE001 - one failing run must not stop the others
+            m.result.error = exc
+            m.trainer._release()
+            where = f" ({m.trainer.run_dir})" if m.trainer.run_dir is not None else ""
+            self.console.print(f"[red]run{where} stopped: {type(exc).__name__}: {exc}[/red]")
+
+    def _open(self, m: _Member) -> None:
+        t = m.trainer
+        if t.run_dir is None:
+            t.open_run()
+        m.result.run_dir = t.run_dir
+        assert t.run_dir is not None
+        m.log = MetricsLog(t.run_dir / "metrics.jsonl")
+        from cmlgraph.train.trainer import _arm_label
+
+        cfg, e = t.cfg, t.exp
+        self.console.print(f"[bold]run[/bold] {t.run_dir}  ({e.domain.name}, {cfg.algo.algo}{_arm_label(cfg)}, "
+                           f"{m.steps if e.algo.trains else 'training-free, 0'} steps; in a group of "
+                           f"{len(self.members)})" + (f"  resumed at step {t.step}" if t.step else ""))
+        for note in e.domain.notes:
+            self.console.print(f"[yellow]note:[/yellow] {note}")
+        if not e.algo.trains:  # a training-free baseline: its whole run now (no lockstep to join)
+            m.result.summary = t._fit_training_free()
+            m.trainer._release()
+            m.log = None
+            return
+        if t.step == 0 and t.best is None and m.steps > 0:
+            t._validate_start(m.log)
+
+    def _after_step(self, m: _Member, record: dict[str, Any], seconds: float) -> None:
+        """What :meth:`Trainer._run` does after a meta-step: loss guard, validation, log line, checkpoint."""
+        t, cfg = m.trainer, m.trainer.cfg
+        t0 = time.perf_counter()
+        t.step += 1
+        if not record.get("skipped"):
+            t.guard.loss(t.step, record["loss"])
+        kill_point("step_end")
+        if t.step % int(cfg.train.val_every) == 0 or t.step == m.steps:
+            record.update(t._validate())
+        t.elapsed += seconds + time.perf_counter() - t0
+        if t.step % cfg.train.log_every == 0 or "val" in record or "diag" in record:
+            record["time_s"] = round(t.elapsed, 3)
+            assert m.log is not None
+            m.log.append(record)
+            kill_point("log")
+        if t.step % cfg.train.checkpoint_every == 0 or "val" in record:
+            t.save_checkpoint()
+
+    # --- the lockstep loop ---------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        from cmlgraph.train.progress import progress_bar
+
+        with progress_bar(self.console, self.progress and any(m.active() for m in self.members)) as bar:
+            tasks = {id(m): bar.add_task(f"meta-training {m.trainer.run_dir.name if m.trainer.run_dir else ''}",
+                                         total=m.steps, completed=m.trainer.step)
+                     for m in self.members if m.active()}
+            while True:
+                active = [m for m in self.members if m.active()]
+                if not active:
+                    break
+                self._lockstep(active)
+                for m in active:
+                    if id(m) in tasks:
+                        bar.update(tasks[id(m)], completed=m.trainer.step)
+
+    def _lockstep(self, active: list[_Member]) -> None:
+        """One meta-step of every active run: fused where possible, else one run after another."""
+        alone: list[_Member] = []
+        fused: dict[tuple[Any, ...], list[_Member]] = {}
+        for m in active:
+            t = m.trainer
+            diag = t.cfg.train.diag_every > 0 and (t.step + 1) % t.cfg.train.diag_every == 0
+            if m.global_rng_free and not diag and fusable(t):
+                key = (t.step, tuple((k, tuple(p.shape)) for k, p in parameters_of(t.exp.model).items()))
+                fused.setdefault(key, []).append(m)
+            else:
+                alone.append(m)
+        for group in fused.values():
+            if len(group) == 1:
+                alone += group
+            else:
+                self._fused_step(group)
+        for m in alone:
+            self._alone_step(m)
+
+    def _alone_step(self, m: _Member) -> None:
+        """The run's own :meth:`Trainer._train_step`; on its first step, whether it touched the global RNG."""
+
+        def step() -> None:
+            kill_point("step_begin")
+            t0 = time.perf_counter()
+            before = torch.get_rng_state()
+            record = m.trainer._train_step()
+            if m.global_rng_free is None:
+                m.global_rng_free = torch.equal(before, torch.get_rng_state())
+            self._after_step(m, record, time.perf_counter() - t0)
+
+        self._guarded(m, step)
+
+    def _fused_step(self, group: list[_Member]) -> None:
+        """One meta-step of runs at the same step: their R·B tasks as one task batch (see :func:`fused_gradients`)."""
+        t0 = time.perf_counter()
+        drawn: list[tuple[_Member, list[Episode]]] = []
+        for m in group:
+            holder: list[list[Episode]] = []
+
+            def draw(m: _Member = m, holder: list[list[Episode]] = holder) -> None:
+                kill_point("step_begin")
+                e = m.trainer.exp
+                raws = e.domain.sample("train", int(m.trainer.cfg.train.meta_batch), e.generator)
+                holder.append([e.domain.materialize(r, e.device) for r in raws])
+
+            self._guarded(m, draw)
+            if m.ok:
+                drawn.append((m, holder[0]))
+        steps: list[MetaStep] | None = None
+        if len(drawn) > 1 and can_stack([ep for _, eps in drawn for ep in eps]):
+            try:
+                steps = fused_gradients([m.trainer for m, _ in drawn], [eps for _, eps in drawn])
+            except Exception:  # noqa: BLE001 - redone run by run below, where an error stops that run only
+                steps = None
+        shared = time.perf_counter() - t0
+        for i, (m, eps) in enumerate(drawn):
+
+            def apply(m: _Member = m, eps: list[Episode] = eps, ms: MetaStep | None = None if steps is None
+                      else steps[i]) -> None:
+                t1 = time.perf_counter()
+                t, e = m.trainer, m.trainer.exp
+                if ms is None:
+                    batched = {"auto": auto_batched(e.model.extractor, e.device), "on": True,
+                               "off": False}[t.cfg.train.batched]
+                    ms = e.algo.meta_gradients(e.model, parameters_of(e.model), eps, e.domain.loss_fn, t.step,
+                                               batched=batched)
+                record = apply_meta_step(t, ms)
+                self._after_step(m, record, shared + time.perf_counter() - t1)
+
+            self._guarded(m, apply)
+
+
+def fused_gradients(trainers: Sequence[Trainer], episodes: Sequence[Sequence[Episode]]) -> list[MetaStep]:
+    """The meta-gradients of R runs at the same step from one computation over their R·B tasks.
+
+    Each task's initial parameters are its run's parameters expanded along the task dimension, so autograd sums
+    each run's tasks' gradients into that run's parameters only; each run's outer loss is the mean over its own B
+    tasks, as in :func:`cmlgraph.core.objective.outer_objective`. The noise control draws from each run's own
+    algorithm generator, as alone.
+    """
+    first = trainers[0]
+    algo, model, step = first.exp.algo, first.exp.model, first.step
+    sizes = [len(eps) for eps in episodes]
+    params = [parameters_of(t.exp.model) for t in trainers]
+    batch = {k: torch.cat([p[k].unsqueeze(0).expand(b, *p[k].shape) for p, b in zip(params, sizes, strict=True)])
+             for k in params[0]}
+    ep = stack([e for eps in episodes for e in eps])
+    meta, co = _meta_and_co(model, batch, ep, first.exp.domain.loss_fn, algo.inner_config(step), cml=algo.cml,
+                            batched=True, first_order=algo.first_order_at(step), step_weights=algo.step_weights(step))
+    metas, cos = meta.split(sizes), co.split(sizes)
+    losses = []
+    for m_r, c_r in zip(metas, cos, strict=True):
+        mean_m, mean_c = m_r.mean(), c_r.mean()
+        losses.append(OuterLoss(meta=mean_m, co=mean_c, total=mean_m + algo.cfg.gamma * mean_c if algo.cml
+                                else mean_m))
+    flat = [p[k] for p in params for k in p]
+    raw = torch.autograd.grad(torch.stack([loss.total for loss in losses]).sum(), flat, allow_unused=True)
+    out, i = [], 0
+    for t, p, loss in zip(trainers, params, losses, strict=True):
+        grads = {}
+        for k in p:
+            g = raw[i]
+            grads[k] = g if g is not None else torch.zeros_like(p[k])
+            i += 1
+        if t.exp.algo.cfg.control == "noise":
+            grads = add_gradient_noise(grads, t.exp.algo.cfg.noise_std, t.exp.algo.generator)
+        out.append(MetaStep(grads=grads, loss=loss))
+    return out
+
+
+def apply_meta_step(trainer: Trainer, ms: MetaStep) -> dict[str, Any]:
+    """The tail of :meth:`Trainer._train_step` for a computed meta-step: the metrics record, the non-finite check
+    (``train.nan_policy``) and the optimizer and schedule steps."""
+    cfg, e = trainer.cfg, trainer.exp
+    total, meta, co = torch.stack([ms.loss.total.detach(), ms.loss.meta.detach(), ms.loss.co.detach()]).tolist()
+    record: dict[str, Any] = {"step": trainer.step + 1, "loss": total, "meta_loss": meta, "co_loss": co,
+                              "lr": e.optimizer.param_groups[0]["lr"]}
+    if not _finite(ms.grads, ms.loss.total):
+        if cfg.train.nan_policy == "skip":
+            trainer.skipped += 1
+            record["skipped"] = True
+            e.optimizer.zero_grad(set_to_none=True)
+            if e.scheduler is not None:
+                e.scheduler.step()
+            return record
+        raise NumericalError(trainer._nan_message(float(ms.loss.total.detach())))
+    for k, p in e.model.named_parameters():
+        p.grad = ms.grads[k].detach()
+    e.optimizer.step()
+    e.optimizer.zero_grad(set_to_none=True)
+    if e.scheduler is not None:
+        e.scheduler.step()
+    if ms.diagnostics:
+        record["diag"] = ms.diagnostics
+    return record
+
+
+def train_parallel(cfgs: Sequence[Config], console: Console | None = None, progress: bool = True
+                   ) -> list[ParallelResult]:
+    """Train configs of one shape together (:class:`ParallelTrainer`); one result per config, in order."""
+    return ParallelTrainer(cfgs, console, progress).run()
+
+
+def raise_first_error(results: Sequence[ParallelResult]) -> None:
+    """Re-raise the first run's error of a group (after the others finished), naming the run's folder."""
+    for r in results:
+        if r.error is not None:
+            if isinstance(r.error, CmlgraphError):
+                raise r.error
+            raise CmlgraphError(f"run {r.run_dir or r.cfg.run.name} failed: {type(r.error).__name__}: "
+                                f"{r.error}") from r.error
+
+
+__all__ = ["ParallelResult", "ParallelTrainer", "apply_meta_step", "check_parallel_runs", "fused_gradients",
+           "fusable", "group_runs", "raise_first_error", "shape_key", "train_parallel"]

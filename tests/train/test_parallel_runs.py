@@ -1,0 +1,217 @@
+"""``--parallel-runs``: runs trained together in one process equal the same runs trained alone (issue 18 item 5)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import cmlgraph.train.parallel as parallel
+from cmlgraph.config import Config, apply_overrides
+from cmlgraph.domains.graph import register_graph
+from cmlgraph.errors import ConfigError
+from cmlgraph.graphs import from_arrays
+from cmlgraph.train.io import load_torch
+from cmlgraph.train.parallel import check_parallel_runs, group_runs, train_parallel
+from cmlgraph.train.trainer import train
+
+TIMING = {"time_s", "wall_time_s", "provenance"}
+
+SINUSOID = {
+    "data": {"task": "sinusoid", "shots": 5, "queries": 5},
+    "model": {"hidden": 16},
+    "train": {"steps": 6, "meta_batch": 3, "val_every": 3, "val_tasks": 3, "test_tasks": 5, "log_every": 2,
+              "checkpoint_every": 2},
+}
+
+
+def _graph() -> None:
+    gen = torch.Generator().manual_seed(0)
+    n = 60
+    y = torch.arange(n) % 6
+    edges = torch.randint(0, n, (2, 160), generator=gen)
+    register_graph(from_arrays(edges, torch.randn(n, 5, generator=gen), y, name="parallel-tiny", split="2/2/2"))
+
+
+_graph()
+
+# k-hop computation trees with batched tasks: the graph path that fuses (a GNN on one shared full graph)
+GRAPH = {
+    "data": {"task": "graph", "graph": "parallel-tiny", "ways": 2, "shots": 2, "queries": 2, "subgraph": "khop"},
+    "model": {"gnn": "gcn", "hidden": 8},
+    "train": {"steps": 4, "meta_batch": 2, "val_every": 2, "val_tasks": 3, "test_tasks": 4, "log_every": 1,
+              "checkpoint_every": 2, "batched": "on"},
+}
+
+
+def _cfg(settings: dict[str, Any], tmp: Path, name: str, **changes: Any) -> Config:
+    cfg = Config()
+    apply_overrides(cfg, settings, "test")
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        apply_overrides(cfg, {section: {key: value}}, "test")
+    apply_overrides(cfg, {"run": {"runs_dir": str(tmp), "name": name}}, "test")
+    return cfg
+
+
+def _strip(rec: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in rec.items() if k not in TIMING}
+    if isinstance(out.get("baseline_val"), dict):
+        out["baseline_val"] = {k: v for k, v in out["baseline_val"].items() if k != "seconds"}
+    return out
+
+
+def _close(a: Any, b: Any, path: str = "") -> None:
+    """Equal up to float rounding (numbers), exactly otherwise."""
+    if isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-7), path
+    elif isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+def _assert_equal_runs(alone: Path, together: Path) -> None:
+    wa, wb = load_torch(alone / "model.pt"), load_torch(together / "model.pt")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
+    sa, sb = (_strip(json.loads((r / "summary.json").read_text())) for r in (alone, together))
+    _close(sa, sb, "summary")
+    ma, mb = ([_strip(json.loads(line)) for line in (r / "metrics.jsonl").read_text().splitlines()]
+              for r in (alone, together))
+    _close(ma, mb, "metrics")
+
+
+@pytest.fixture(autouse=True)
+def _no_plots(monkeypatch):
+    import cmlgraph.train.plots as plots
+
+    monkeypatch.setattr(plots, "plot_run", lambda run_dir: [])
+
+
+@pytest.fixture
+def fused_calls(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    original = parallel.fused_gradients
+
+    def spy(trainers, episodes):
+        calls.append(len(trainers))
+        return original(trainers, episodes)
+
+    monkeypatch.setattr(parallel, "fused_gradients", spy)
+    return calls
+
+
+@pytest.mark.parametrize("settings,arms", [(SINUSOID, {"algo__cml": True}), (GRAPH, {"algo__cml": True}),
+                                           (SINUSOID, {"algo__cml": False, "algo__control": "noise"})],
+                         ids=["sinusoid-cml", "graph-khop", "sinusoid-noise"])
+def test_parallel_runs_equal_separate_runs(tmp_path, fused_calls, settings, arms):
+    seeds = (0, 1)
+    alone = [train(_cfg(settings, tmp_path, f"alone-s{s}", train__seed=s, **arms), progress=False)[0]
+             for s in seeds]
+    results = train_parallel([_cfg(settings, tmp_path, f"group-s{s}", train__seed=s, **arms) for s in seeds],
+                             progress=False)
+    assert [r.error for r in results] == [None, None]
+    steps = settings["train"]["steps"]
+    assert fused_calls and max(fused_calls) == 2 and len(fused_calls) >= steps - 1  # the first step runs alone
+    for a, r in zip(alone, results, strict=True):
+        assert r.run_dir is not None and r.summary is not None
+        _assert_equal_runs(a, r.run_dir)
+    # the seeds really differ: a fused computation that mixed the runs up would not keep them apart
+    w0, w1 = (load_torch(r.run_dir / "model.pt") for r in results)
+    assert any(not torch.allclose(w0[k], w1[k]) for k in w0)
+
+
+def test_both_arms_and_early_stopping_in_one_group(tmp_path, fused_calls):
+    """A group of base and CML runs (not fused with each other) where patience ends one run early."""
+    settings = {**SINUSOID, "train": {**SINUSOID["train"], "val_every": 1, "patience": 1, "meta_lr": 0.05}}
+    runs = [(0, False), (0, True), (1, True)]
+    alone = [train(_cfg(settings, tmp_path, f"a{s}{c}", train__seed=s, algo__cml=c), progress=False)[0]
+             for s, c in runs]
+    results = train_parallel([_cfg(settings, tmp_path, f"g{s}{c}", train__seed=s, algo__cml=c) for s, c in runs],
+                             progress=False)
+    for a, r in zip(alone, results, strict=True):
+        _assert_equal_runs(a, r.run_dir)
+    assert all(n == 2 for n in fused_calls)  # only the two CML runs fuse
+
+
+def test_a_failing_run_leaves_the_others_intact(tmp_path, monkeypatch):
+    cfgs = [_cfg(SINUSOID, tmp_path, f"g{s}", train__seed=s) for s in (0, 1)]
+    ref = train(_cfg(SINUSOID, tmp_path, "ref1", train__seed=1), progress=False)[0]
+    original = parallel.apply_meta_step
+
+    def failing(trainer, ms):
+        if trainer.cfg.train.seed == 0 and trainer.step == 2:
+            raise RuntimeError("boom")
+        return original(trainer, ms)
+
+    monkeypatch.setattr(parallel, "apply_meta_step", failing)
+    results = train_parallel(cfgs, progress=False)
+    assert "boom" in str(results[0].error) and not (results[0].run_dir / "summary.json").exists()
+    assert results[1].error is None
+    _assert_equal_runs(ref, results[1].run_dir)
+
+
+def test_groups_by_shape_and_size(tmp_path):
+    cfgs = [_cfg(SINUSOID, tmp_path, f"r{i}", train__seed=i % 3, algo__cml=i < 3) for i in range(6)]
+    cfgs.append(_cfg(SINUSOID, tmp_path, "other", train__seed=0, train__steps=7))  # another shape
+    groups = group_runs(cfgs, 4)
+    assert sorted(i for g in groups for i in g) == list(range(7))
+    assert all(len(g) <= 4 for g in groups)
+    assert [6] in groups  # never with the others
+    assert len(group_runs(cfgs, 1)) == 7
+    assert len(group_runs(cfgs, 2)) == 4  # 3 of 6 same-shape runs in groups of 2, and the other shape
+    with pytest.raises(ConfigError, match="different shapes"):
+        parallel.ParallelTrainer([cfgs[0], cfgs[6]], progress=False)
+
+
+@pytest.mark.parametrize("bad", [0, -2])
+def test_bad_group_size(bad):
+    with pytest.raises(ConfigError, match="at least 1"):
+        check_parallel_runs(bad)
+
+
+def _group_child(cfgs: list[Config], kill_at: str) -> None:
+    import os
+
+    from cmlgraph.train.io import KILL_ENV
+
+    os.environ[KILL_ENV] = kill_at
+    train_parallel(cfgs, progress=False)
+
+
+@pytest.mark.parametrize("kill_at", ["log:5", "step_end:7"])
+def test_a_killed_group_resumes_per_folder(tmp_path, kill_at):
+    """A group SIGKILLed mid-way (the crash tests' kill hook): each folder, resumed on its own with
+    ``cmlgraph train --resume``'s entry, ends equal to its run trained alone and uninterrupted."""
+    import multiprocessing as mp
+
+    from cmlgraph.train.trainer import resume
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # forking after multi-threaded OpenMP work can deadlock the child
+    try:
+        seeds = (0, 1)
+        alone = [train(_cfg(SINUSOID, tmp_path, f"alone-s{s}", train__seed=s), progress=False)[0] for s in seeds]
+        cfgs = [_cfg(SINUSOID, tmp_path, f"group-s{s}", train__seed=s) for s in seeds]
+        proc = mp.get_context("fork").Process(target=_group_child, args=(cfgs, kill_at))
+        proc.start()
+        proc.join(120)
+        assert proc.exitcode == -9  # killed by the hook, mid-way
+        folders = [tmp_path / f"group-s{s}" for s in seeds]
+        assert not any((f / "summary.json").exists() for f in folders)
+        for a, f in zip(alone, folders, strict=True):
+            resume(f, progress=False)
+            _assert_equal_runs(a, f)
+    finally:
+        torch.set_num_threads(threads)
