@@ -26,8 +26,9 @@ from torch import Tensor, nn
 
 from cmlgraph.backbones.base import Backbone, mlp_head
 from cmlgraph.backbones.gmeta import tlp_init
+from cmlgraph.backbones.gnn import plan_features
 from cmlgraph.backbones.gnn_ops import cached, is_sparse, sparse_matmul
-from cmlgraph.backbones.gnn_plan import TaskLayout, build_plan, task_linear
+from cmlgraph.backbones.gnn_plan import TaskLayout, build_plan, plan_to, task_linear
 from cmlgraph.graphs.balls import row_normalised_adjacency
 from cmlgraph.graphs.sparse import slice_rows
 from cmlgraph.graphs.types import GraphBatch, GraphInput
@@ -92,6 +93,24 @@ def match_regulariser(params: dict[str, Tensor], inputs: MatchedInput) -> Tensor
     return -MATCH_SCALE * (F.cosine_similarity(a[0], a[1], dim=0) + F.cosine_similarity(b[0], b[1], dim=0))
 
 
+def rownorm_rows(g: GraphInput) -> Tensor:
+    """The graph's ``D^-1 (A + I)`` as CSR rows (TLP's aggregation), cached on the graph, on ``g.x``'s device."""
+    def build() -> Tensor:
+        crow, col, val = row_normalised_adjacency(g.edge_index, g.num_nodes)
+        dev = g.x.device
+        return torch.sparse_csr_tensor(crow.to(dev), col.to(dev), val.to(dev, g.x.dtype), (g.num_nodes, g.num_nodes))
+
+    return cached(g, "adj/rownorm/rows", build)
+
+
+def prepare_rownorm_plan(inputs: GraphInput, host: GraphInput) -> None:
+    """Build the 2-hop computation tree of ``inputs.nodes`` over ``D^-1 (A + I)`` on the host (``host``: the same
+    graph and nodes as CPU tensors) and attach it to ``inputs``, copied pinned and ``non_blocking`` (issue 18 item
+    2; as :func:`cmlgraph.backbones.gnn.prepare_plan` does for the GNN backbones)."""
+    plan = build_plan(rownorm_rows(host), plan_features(inputs), host.nodes, 2)
+    inputs.__dict__.setdefault("_plans", {})["rownorm"] = plan_to(plan, plan.x)
+
+
 class MatchedGCN(Backbone):
     """AMM-GNN's encoder (TLP variant): modulated input, 2-layer row-normalised GCN on the full graph.
 
@@ -143,16 +162,11 @@ class MatchedGCN(Backbone):
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _plan(self, g: GraphInput) -> Any:
+        """The input's computation tree over ``D^-1 (A + I)``: prepared on the host by the domain
+        (:func:`prepare_rownorm_plan`), else built here from the input's own tensors."""
         store = g.__dict__.setdefault("_plans", {})
         if "rownorm" not in store:
-            def build() -> Tensor:
-                crow, col, val = row_normalised_adjacency(g.edge_index, g.num_nodes)
-                dev = g.x.device
-                return torch.sparse_csr_tensor(crow.to(dev), col.to(dev), val.to(dev, g.x.dtype),
-                                               (g.num_nodes, g.num_nodes))
-            adj = cached(g, "adj/rownorm/rows", build)
-            x = cached(g, "x/coo", lambda: g.x.to_sparse_coo().coalesce()) if is_sparse(g.x) else g.x
-            store["rownorm"] = build_plan(adj, x, g.nodes.to(g.x.device), 2)
+            store["rownorm"] = build_plan(rownorm_rows(g), plan_features(g), g.nodes.to(g.x.device), 2)
         return store["rownorm"]
 
     def _forward_group(self, w: dict[str, Tensor], items: list[MatchedInput], memo: dict[str, Any]) -> Tensor:
@@ -176,4 +190,4 @@ class MatchedGCN(Backbone):
 
 
 __all__ = ["MATCH_SCALE", "MatchedBatch", "MatchedGCN", "MatchedInput", "match_regulariser", "match_rows",
-           "match_values"]
+           "match_values", "prepare_rownorm_plan", "rownorm_rows"]

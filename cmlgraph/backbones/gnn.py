@@ -51,13 +51,52 @@ from cmlgraph.backbones.gnn_ops import (
     sparse_nnz,
     sum_adj,
 )
-from cmlgraph.backbones.gnn_plan import Plan, TaskLayout, build_plan, prefix_rows, task_linear
+from cmlgraph.backbones.gnn_plan import (
+    Plan,
+    TaskLayout,
+    build_plan,
+    complete_plan,
+    plan_to,
+    prefix_rows,
+    task_linear,
+)
 from cmlgraph.backbones.pyg_templates import remove_template_files
 from cmlgraph.errors import ConfigError
 from cmlgraph.graphs.types import GraphBatch, GraphInput
 
 #: Kinds with a computation-tree path (``GraphInput.local`` and batched tasks), and the aggregation they read.
 PLAN_AGGREGATION = {"gcn": "gcn", "sgc": "gcn", "sage": "mean", "gin": "sum"}
+
+
+def plan_features(inputs: GraphInput) -> Tensor:
+    """The features a plan's products read: ``inputs.x``, or one coalesced COO copy of it per graph when sparse."""
+    if is_sparse(inputs.x):
+        return cached(inputs, "x/coo", lambda: inputs.x.to_sparse_coo().coalesce())
+    return inputs.x
+
+
+def prepare_plan(inputs: GraphInput, host: GraphInput, kind: str, hops: int, complete: bool = False) -> None:
+    """Build the computation tree of ``inputs.nodes`` on the host and attach it to ``inputs`` (issue 18 item 2).
+
+    The plan's sizes need host reads (distinct node levels, CSR row expansion): from CPU tensors they are free,
+    from device tensors each is a host-device sync on the first forward of every episode. So the plan is built
+    from ``host`` (the same graph and nodes on the CPU, whose cache keeps the CPU adjacency) and its index tensors
+    are copied to ``inputs``' device pinned and ``non_blocking`` (:func:`cmlgraph.backbones.gnn_plan.plan_to`);
+    :meth:`GNNBackbone.plan` then finds it. On the CPU ``host`` may be ``inputs`` itself: nothing is copied and
+    the plan is the one the backbone would build.
+
+    Args:
+        inputs: The episode's computation-tree input on the run's device.
+        host: The same graph and nodes with CPU tensors.
+        kind: GNN kind with a plan path (``PLAN_AGGREGATION``).
+        hops: The GNN's depth (its ``hops``).
+        complete: Also list the input level (what input dropout of GCN, SAGE and GIN reads in training).
+    """
+    aggregation = PLAN_AGGREGATION[kind]
+    plan = build_plan(adjacency_rows(host, aggregation), plan_features(inputs), host.nodes, hops)
+    if complete:
+        complete_plan(plan)
+    inputs.__dict__.setdefault("_plans", {})[(aggregation, hops)] = plan_to(plan, plan.x)
 
 
 class _GCNConv(FastSparseAggregation, GCNConv):
@@ -213,15 +252,16 @@ class GNNBackbone(Backbone):
         return self.kind in PLAN_AGGREGATION
 
     def plan(self, inputs: GraphInput) -> Plan:
-        """The exact computation tree of ``inputs.nodes`` for this GNN, built once per input and kept on it."""
+        """The exact computation tree of ``inputs.nodes`` for this GNN, built once per input and kept on it.
+
+        An input whose plan was prepared on the host (:func:`prepare_plan`, the domain's ``materialize``) has it
+        already; otherwise it is built here from the input's own (device) tensors.
+        """
         store = inputs.__dict__.setdefault("_plans", {})
         key = (PLAN_AGGREGATION[self.kind], self.hops)
         if key not in store:
             adj = adjacency_rows(inputs, PLAN_AGGREGATION[self.kind])
-            x = inputs.x
-            if is_sparse(x):  # one coalesced COO copy per graph: what the sparse products read
-                x = cached(inputs, "x/coo", lambda: inputs.x.to_sparse_coo().coalesce())
-            store[key] = build_plan(adj, x, inputs.nodes.to(inputs.x.device), self.hops)
+            store[key] = build_plan(adj, plan_features(inputs), inputs.nodes.to(inputs.x.device), self.hops)
         return store[key]
 
     def forward_tasks(self, params: dict[str, Tensor], batch: GraphBatch) -> Tensor:
@@ -430,4 +470,4 @@ def gnn_hops(backbone: nn.Module, *, exact: bool = False) -> int:
     return backbone.hops + int(exact and backbone.spec.degree_normalised)
 
 
-__all__ = ["GNN_REGISTRY", "GNNBackbone", "GNNSpec", "gnn_hops"]
+__all__ = ["GNN_REGISTRY", "PLAN_AGGREGATION", "GNNBackbone", "GNNSpec", "gnn_hops", "plan_features", "prepare_plan"]

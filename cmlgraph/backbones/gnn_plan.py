@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from cmlgraph.backbones.gnn_ops import is_sparse, sparse_matmul, transposable_csr
+from cmlgraph.core.transfer import to_device
 from cmlgraph.graphs.sparse import csr_row_entries, slice_rows
 
 
@@ -115,6 +116,39 @@ def complete_plan(plan: Plan) -> Plan:
         plan.sizes[0] = level.numel()
         plan.memo["level"] = level
     return plan
+
+
+def _block_to(block: SparseBlock | None, device: torch.device) -> SparseBlock | None:
+    if block is None:
+        return None
+    return SparseBlock(to_device(block.rows, device), to_device(block.cols, device), to_device(block.vals, device),
+                       block.shape)
+
+
+def plan_to(plan: Plan, x: Tensor) -> Plan:
+    """A host-built plan (:func:`build_plan` on CPU tensors) moved to ``x``'s device, reading the features ``x``.
+
+    Why (issue 18 item 2): building a plan needs its level sizes on the host (``unique``, CSR row expansion), i.e.
+    about 9 host-device syncs per plan when built from device tensors. Built from the CPU copy of the graph those
+    reads are free; only the finished index and value tensors travel, pinned and ``non_blocking``
+    (:func:`cmlgraph.core.transfer.to_device`). On the CPU nothing is copied. Constants derived from the features
+    (``memo["z"]`` and kin) are not moved: they are built on the device on first use.
+
+    Args:
+        plan: A plan whose index tensors live on the host (constants not built yet).
+        x: The full graph's features on the run's device, in the form the plan's products read (coalesced COO
+            when sparse).
+    """
+    device = x.device
+    memo: dict[str, Any] = {}
+    for key in ("prev_level", "level"):
+        if key in plan.memo:
+            memo[key] = to_device(plan.memo[key], device)
+    if "first_global" in plan.memo:
+        memo["first_global"] = _block_to(plan.memo["first_global"], device)
+    out = None if plan.out is None else to_device(plan.out, device)
+    return Plan(sizes=list(plan.sizes), mats=[_block_to(m, device) for m in plan.mats],  # type: ignore[misc]
+                x=x, out=out, memo=memo)
 
 
 def _coo(block: SparseBlock) -> Tensor:
@@ -275,5 +309,5 @@ def prefix_rows(h: Tensor, tasks: int, rows: int) -> Tensor:
     return h.view(tasks, -1, h.shape[-1])[:, :rows].reshape(-1, h.shape[-1])
 
 
-__all__ = ["Plan", "SparseBlock", "TaskLayout", "build_plan", "complete_plan", "plan_constant", "prefix_rows",
-           "task_linear"]
+__all__ = ["Plan", "SparseBlock", "TaskLayout", "build_plan", "complete_plan", "plan_constant", "plan_to",
+           "prefix_rows", "task_linear"]

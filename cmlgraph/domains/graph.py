@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cmlgraph.backbones.gnn import GNNBackbone, gnn_hops
+from cmlgraph.backbones.gnn import GNNBackbone, gnn_hops, prepare_plan
 from cmlgraph.config import Config
 from cmlgraph.core.episode import Episode
+from cmlgraph.core.transfer import to_device
 from cmlgraph.domains.base import Domain
 from cmlgraph.errors import ConfigError
 from cmlgraph.graphs import (
@@ -209,9 +210,8 @@ class GraphDomain(Domain):
         """Support and query inputs over the full graph or the episode's k-hop subgraph."""
         ns = raw.support.numel()
         if self.trees:
-            x, ei, cache = self._full_graph(device)
-            return Episode(GraphInput(x, ei, raw.support.to(device), cache, local=True), raw.support_y.to(device),
-                           GraphInput(x, ei, raw.query.to(device), cache, local=True), raw.query_y.to(device))
+            return Episode(self.tree_input(raw.support, device), to_device(raw.support_y, device),
+                           self.tree_input(raw.query, device), to_device(raw.query_y, device))
         if self.mode == "full":
             x, ei, cache = self._full_graph(device)
             nodes = torch.cat([raw.support, raw.query]).to(device)
@@ -220,6 +220,30 @@ class GraphDomain(Domain):
             x, ei, cache, nodes = inp.x.to(device), inp.edge_index.to(device), inp.cache, inp.nodes.to(device)
         return Episode(GraphInput(x, ei, nodes[:ns], cache), raw.support_y.to(device),
                        GraphInput(x, ei, nodes[ns:], cache), raw.query_y.to(device))
+
+    def tree_input(self, nodes: Tensor, device: torch.device | str = "cpu") -> GraphInput:
+        """A computation-tree input of ``nodes`` whose plan is built on the host now (issue 18 item 2).
+
+        The plan's level sizes are read on the host: from CPU tensors (the graph's own ``x`` and ``edge_index``,
+        with a CPU adjacency cached on the domain) that costs no device sync, and the finished plan travels to
+        ``device`` pinned and ``non_blocking`` (:func:`cmlgraph.backbones.gnn.prepare_plan`). Run ahead by the
+        prefetch worker (:mod:`cmlgraph.train.prefetch`), the device-side step then has no plan syncs. On the CPU
+        the plan is the one the backbone would build on its first forward.
+        """
+        x, ei, cache = self._full_graph(device)
+        g = GraphInput(x, ei, to_device(nodes, device), cache, local=True)
+        kind = self.gnn["kind"]
+        prepare_plan(g, self.host_input(g, nodes), kind, self.gnn["layers"],
+                     complete=kind != "sgc" and self.gnn["dropout"] > 0)
+        return g
+
+    def host_input(self, g: GraphInput, nodes: Tensor) -> GraphInput:
+        """``g`` itself when it is on the CPU; else the same graph and ``nodes`` as CPU tensors, for building
+        layouts on the host (its per-graph caches, e.g. the CPU adjacency, are kept on the domain)."""
+        if g.x.device.type == "cpu":
+            return g
+        return GraphInput(self.graph.x, self.graph.edge_index, nodes.cpu(), self.__dict__.setdefault("_host_cache", {}),
+                          local=True)
 
     def to_state(self, raws: list[NodeEpisode]) -> dict[str, Tensor]:
         """Stacked node ids and labels of the episodes."""

@@ -17,11 +17,12 @@ from typing import Any
 
 import torch
 
-from cmlgraph.backbones.ammgnn import MatchedGCN, MatchedInput
+from cmlgraph.backbones.ammgnn import MatchedGCN, MatchedInput, prepare_rownorm_plan
 from cmlgraph.backbones.base import Backbone
 from cmlgraph.backbones.gmeta import BallGCN
 from cmlgraph.config import Config
 from cmlgraph.core.episode import Episode
+from cmlgraph.core.transfer import to_device
 from cmlgraph.domains.graph import GraphDomain, compute_layout, graph_of
 from cmlgraph.errors import ConfigError
 from cmlgraph.graphs import FewShotGraph, GraphInput, NodeEpisode
@@ -102,14 +103,16 @@ class TLPGraphDomain(GraphDomain):
 
     def materialize(self, raw: NodeEpisode, device: torch.device | str = "cpu") -> Episode:
         """Support and query inputs of the encoder; support passes use dropout in training."""
-        sy, qy = raw.support_y.to(device), raw.query_y.to(device)
+        sy, qy = to_device(raw.support_y, device), to_device(raw.query_y, device)
         if self.kind == "gmeta":
             index = self.ball_index(device)
             return Episode(BallInput(index, raw.support, dropout=True), sy, BallInput(index, raw.query), qy)
         x, ei, cache = self._full_graph(device)
-        match = match_draws(torch.cat([raw.support, raw.query]), self.match_size).to(device)
-        s = GraphInput(x, ei, raw.support.to(device), cache, local=True)
-        q = GraphInput(x, ei, raw.query.to(device), cache, local=True)
+        match = to_device(match_draws(torch.cat([raw.support, raw.query]), self.match_size), device)
+        s = GraphInput(x, ei, to_device(raw.support, device), cache, local=True)
+        q = GraphInput(x, ei, to_device(raw.query, device), cache, local=True)
+        for g, nodes in ((s, raw.support), (q, raw.query)):  # plans built on the host (issue 18 item 2)
+            prepare_rownorm_plan(g, self.host_input(g, nodes))
         return Episode(MatchedInput(s, match, dropout=True), sy, MatchedInput(q, match), qy)
 
     #: :func:`cmlgraph.embed` embeds this many nodes per pass (G-Meta's balls of all nodes at once can be huge).

@@ -1,0 +1,32 @@
+"""Host-to-device copies that do not block the host (issue 18 item 2).
+
+Why: a plain ``tensor.to("cuda")`` from ordinary (pageable) host memory makes the host wait for the copy; from
+pinned (page-locked) memory with ``non_blocking=True`` it is queued on the current CUDA stream and the host goes on
+(PyTorch docs, "Use pinned memory buffers"; the caching host allocator keeps the pinned buffer alive until the
+copy has run). The copy is ordered on that stream before every kernel queued after it, so no event or
+``record_stream`` is needed as long as producer and consumer use the default stream, as cmlgraph does.
+Episodes and their layouts (k-hop plans) are built on the host from CPU tensors and sent with :func:`to_device`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def to_device(t: Tensor, device: torch.device | str) -> Tensor:
+    """``t`` on ``device``: pinned and ``non_blocking`` from the CPU to CUDA; ``t`` itself when it is there already.
+
+    Args:
+        t: A dense tensor (host-built index or value tensor).
+        device: The run's device.
+    """
+    device = torch.device(device)
+    if t.device.type == device.type and (device.index is None or t.device.index == device.index):
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+__all__ = ["to_device"]
