@@ -47,7 +47,7 @@ def _overrides(**flags: Any) -> dict[str, dict[str, Any]]:
         "algo": ("algo", "cml", "gamma", "co_depth", "control", "inner_steps", "inner_lr", "first_order", "adapt",
                  "co_hidden", "prop_steps", "prop_alpha", "probe_c", "pretrain_epochs", "head_init"),
         "train": ("steps", "meta_batch", "meta_lr", "seed", "val_every", "test_tasks", "device", "diag_every",
-                  "nan_policy", "patience"),
+                  "nan_policy", "patience", "prefetch"),
         "run": ("runs_dir", "name", "overwrite"),
     }
     out: dict[str, dict[str, Any]] = {}
@@ -115,6 +115,9 @@ def train(
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:N."),
     diag_every: int | None = typer.Option(None, help="Gradient diagnostics every N steps (0: off)."),
     nan_policy: str | None = typer.Option(None, help="On NaN/inf: stop or skip the meta-batch."),
+    prefetch: str | None = typer.Option(None, help="Prepare the next meta-batches (episodes, k-hop plans) in a "
+                                        "worker thread while a step computes, same results: auto (on for CUDA, "
+                                        "off on the CPU), on, off."),
     runs_dir: str | None = typer.Option(None, help="Parent folder of run folders."),
     name: str | None = typer.Option(None, help="Run folder name."),
     overwrite: bool | None = typer.Option(None, "--overwrite", help="Replace a run folder of the same name."),
@@ -213,13 +216,17 @@ def compare(
     steps: int | None = typer.Option(None, help="Override meta-iterations of every run."),
     test_tasks: int | None = typer.Option(None, help="Override test tasks of every run."),
     data_root: str | None = typer.Option(None, help="Raw data root."),
+    parallel_runs: int = typer.Option(1, help="Train up to N missing runs of one shape (seeds, CML arms) together "
+                                              "in one process; 1: one after another (docs/gpu.md)."),
 ) -> None:
     """Each algorithm with and without CML per domain; trains missing runs, reuses finished ones."""
     from cmlgraph.compare import run_compare, write_outputs
+    from cmlgraph.train.parallel import check_parallel_runs
 
+    check_parallel_runs(parallel_runs)
     overrides = _batch_overrides(steps, test_tasks, data_root)
     cells = run_compare(_csv_list(domains), _csv_list(algos), _csv_list(seeds, int), runs_dir, overrides,
-                        log=console.print, console=console)
+                        log=console.print, console=console, parallel_runs=parallel_runs)
     for path in write_outputs(cells, out or runs_dir):
         console.print(f"wrote {path}")
     console.print((Path(out or runs_dir) / "compare.md").read_text())
@@ -243,10 +250,15 @@ def leaderboard(
     runs_dir: Path = typer.Option(Path("runs/leaderboard"), help="Where runs are found or trained."),
     out: Path | None = typer.Option(None, help="Folder for leaderboard.md/csv/png (default: RUNS_DIR)."),
     data_root: str | None = typer.Option(None, help="Raw data root."),
+    parallel_runs: int = typer.Option(1, help="Train up to N missing runs of one shape (seeds, CML arms) together "
+                                              "in one process; 1: one after another (docs/gpu.md)."),
 ) -> None:
     """Every method on the same fixed test tasks per graph and setting, over seeds: mean ± 95% CI, the paired
     difference to the best training-free baseline, and CML − base; trains missing runs, reuses finished ones."""
     from cmlgraph.leaderboard import parse_methods, run_leaderboard, settings, write_outputs
+    from cmlgraph.train.parallel import check_parallel_runs
+
+    check_parallel_runs(parallel_runs)
 
     if config is not None and not config.is_file():
         raise ConfigError(f"--config {config}: no such file; give a YAML config (e.g. configs/graph-table.yaml)")
@@ -259,7 +271,8 @@ def leaderboard(
     if len(set(seed_list)) != len(seed_list):
         raise ConfigError(f"--seeds {seeds}: a seed is repeated; list each once")
     overrides = _batch_overrides(steps, test_tasks, data_root)
-    board = run_leaderboard(cells, chosen, seed_list, runs_dir, config, overrides, log=console.print, console=console)
+    board = run_leaderboard(cells, chosen, seed_list, runs_dir, config, overrides, log=console.print, console=console,
+                            parallel_runs=parallel_runs)
     for path in write_outputs(board, out or runs_dir):
         console.print(f"wrote {path}")
     console.print((Path(out or runs_dir) / "leaderboard.md").read_text())
@@ -278,6 +291,8 @@ def reproduce(
     out: Path | None = typer.Option(None, help="Folder for reproduce.md/csv and figure2.png (default: RUNS_DIR)."),
     data_root: str | None = typer.Option(None, help="Raw data root."),
     list_only: bool = typer.Option(False, "--list", help="List the selected experiments and exit."),
+    parallel_runs: int = typer.Option(1, help="Train up to N missing runs of one shape (seeds, CML arms) together "
+                                              "in one process; 1: one after another (docs/gpu.md)."),
 ) -> None:
     """The paper's experiments the local data allows, ours beside its numbers; trains missing runs, reuses
     finished ones."""
@@ -288,6 +303,9 @@ def reproduce(
     cells = select_cells(paper_cells(), only)
     if runs is not None and runs < 1:  # the same check as a training call, also before --list
         raise ConfigError(f"--runs {runs}: give at least 1 run per cell")
+    from cmlgraph.train.parallel import check_parallel_runs
+
+    check_parallel_runs(parallel_runs)
     if list_only:
         status = data_status(cells, data_root)
         for cell in cells:
@@ -296,7 +314,8 @@ def reproduce(
         return
     overrides = {"train": {"test_tasks": test_tasks}} if test_tasks is not None else None
     results = run_reproduce(cells, runs_dir, runs, steps, overrides, data_root=data_root,
-                            train_fn=lambda cfg: train_run(cfg, console, progress=True)[0], log=console.print)
+                            train_fn=lambda cfg: train_run(cfg, console, progress=True)[0], log=console.print,
+                            console=console, parallel_runs=parallel_runs)
     for path in write_reproduce(results, out or runs_dir):
         console.print(f"wrote {path}")
     console.print((Path(out or runs_dir) / "reproduce.md").read_text())

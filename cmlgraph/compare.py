@@ -221,23 +221,81 @@ def obtain_run(cfg: Config, runs_dir: Path, name: str, train_fn: Callable[[Confi
     if run is not None:
         log(f"reusing {run}")
         return Path(run)
+    _claim(cfg, runs_dir, name, log)
+    return Path((train_fn or (lambda c: train(c, console, progress=console is not None)[0]))(cfg))
+
+
+def _claim(cfg: Config, runs_dir: Path, name: str, log: Callable[[str], None], group: str = "") -> None:
+    """Point ``cfg`` at ``runs_dir/name`` as :func:`obtain_run` does (a killed run's folder replaced, a finished
+    one kept) and say that it is trained."""
     existing = runs_dir / name
     finished = (existing / "summary.json").is_file()
     cfg.run.runs_dir = str(runs_dir)
     cfg.run.name = name
     cfg.run.overwrite = existing.is_dir() and not finished  # never delete a finished run
-    log(f"training {name}" + (f" ({existing} holds a finished run of other settings: kept; this run takes the "
-                              f"next free name)" if finished else ""))
-    return Path((train_fn or (lambda c: train(c, console, progress=console is not None)[0]))(cfg))
+    log(f"training {name}{group}" + (f" ({existing} holds a finished run of other settings: kept; this run takes "
+                                     f"the next free name)" if finished else ""))
+
+
+def obtain_runs(items: Sequence[tuple[Config, str, Callable[[str], None]]], runs_dir: Path,
+                train_fn: Callable[[Config], Any] | None = None, console: Any = None, parallel_runs: int = 1
+                ) -> list[Path]:
+    """:func:`obtain_run` for each ``(cfg, name, log)``, training the missing runs up to ``parallel_runs`` at a
+    time in one process (``--parallel-runs``, issue 18).
+
+    Finished runs are reused exactly as :func:`obtain_run` reuses them. The runs to train are grouped by shape
+    (:func:`cmlgraph.train.parallel.group_runs`: only the seed and the arm differ), at most ``parallel_runs`` per
+    group, and a group of several is trained by :func:`cmlgraph.train.parallel.train_parallel` (``train_fn`` then
+    trains only the runs left alone). A run that fails stops after its group has finished the others.
+
+    Raises:
+        ConfigError: ``parallel_runs`` below 1.
+    """
+    from cmlgraph.train.parallel import check_parallel_runs, group_runs, raise_first_error, train_parallel
+    from cmlgraph.train.trainer import train
+
+    if check_parallel_runs(parallel_runs) == 1:
+        return [obtain_run(cfg, runs_dir, name, train_fn, log, console) for cfg, name, log in items]
+    out: dict[int, Path] = {}
+    first: dict[str, int] = {}
+    same: dict[int, int] = {}  # an item whose config an earlier missing item trains: reused from it
+    for i, (cfg, _, log) in enumerate(items):
+        run = find_run(runs_dir, cfg)
+        if run is not None:
+            log(f"reusing {run}")
+            out[i] = Path(run)
+        else:
+            same[i] = first.setdefault(_key(cfg), i)
+    todo = [i for i, j in same.items() if i == j]
+    for group in group_runs([items[i][0] for i in todo], parallel_runs):
+        idx = [todo[j] for j in group]
+        for i in idx:
+            cfg, name, log = items[i]
+            _claim(cfg, runs_dir, name, log, f" (together with {len(idx) - 1} more)" if len(idx) > 1 else "")
+        if len(idx) == 1:
+            cfg = items[idx[0]][0]
+            out[idx[0]] = Path((train_fn or (lambda c: train(c, console, progress=console is not None)[0]))(cfg))
+            continue
+        results = train_parallel([items[i][0] for i in idx], console, progress=console is not None)
+        raise_first_error(results)
+        for i, r in zip(idx, results, strict=True):
+            assert r.run_dir is not None
+            out[i] = r.run_dir
+    for i, j in same.items():
+        if i != j:
+            items[i][2](f"reusing {out[j]}")
+            out[i] = out[j]
+    return [out[i] for i in range(len(items))]
 
 
 def run_compare(domains: Sequence[str], algos: Sequence[str], seeds: Sequence[int], runs_dir: str | Path,
                 overrides: dict[str, dict[str, Any]] | None = None,
                 train_fn: Callable[[Config], Any] | None = None, log: Callable[[str], None] = print,
-                console: Any = None) -> list[Cell]:
+                console: Any = None, parallel_runs: int = 1) -> list[Cell]:
     """Train what is missing, reuse what is finished, and aggregate the comparison.
 
-    Each run is announced as ``[i/N]``; with a rich ``console`` the runs show their progress bars there.
+    Each run is announced as ``[i/N]``; with a rich ``console`` the runs show their progress bars there. With
+    ``parallel_runs`` N > 1, up to N missing runs of one shape train together in one process (:func:`obtain_runs`).
     """
     from cmlgraph.train.trainer import prepare
 
@@ -256,11 +314,10 @@ def run_compare(domains: Sequence[str], algos: Sequence[str], seeds: Sequence[in
             differs[(domain, algo)] = line
             if line:  # said before any training, so no one mistakes these runs for `cmlgraph train`'s
                 log(f"note: {line}")
-    found: dict[tuple[str, str, int, bool], Path] = {}
-    for i, (domain, algo, seed, cml, cfg) in enumerate(plan, 1):
-        name = f"{domain}-{algo}-{'cml' if cml else 'base'}-s{seed}"
-        found[(domain, algo, seed, cml)] = obtain_run(cfg, runs_dir, name, train_fn,
-                                                      lambda m, i=i: log(f"[{i}/{len(plan)}] {m}"), console)
+    items = [(cfg, f"{domain}-{algo}-{'cml' if cml else 'base'}-s{seed}",
+              lambda m, i=i: log(f"[{i}/{len(plan)}] {m}")) for i, (domain, algo, seed, cml, cfg) in enumerate(plan, 1)]
+    paths = obtain_runs(items, runs_dir, train_fn, console, parallel_runs)
+    found = {(domain, algo, seed, cml): path for (domain, algo, seed, cml, _), path in zip(plan, paths, strict=True)}
     cells = [build_cell(d, a, [(found[(d, a, s, False)], found[(d, a, s, True)]) for s in seeds])
              for d in domains for a in algos]
     for c in cells:

@@ -32,10 +32,10 @@ def run_leaderboard(settings_: Sequence[Setting], methods: Sequence[Method], see
                     runs_dir: str | Path, base: str | Path | None = None,
                     overrides: dict[str, dict[str, Any]] | None = None,
                     train_fn: Callable[[Config], Any] | None = None, log: Callable[[str], None] = print,
-                    console: Any = None) -> Board:
+                    console: Any = None, parallel_runs: int = 1) -> Board:
     """Train what is missing, reuse what is finished, and aggregate the leaderboard (see :func:`obtain_runs`
-    and :func:`build_board`)."""
-    found = obtain_runs(settings_, methods, seeds, runs_dir, base, overrides, train_fn, log, console)
+    and :func:`build_board`); ``parallel_runs`` > 1 trains up to that many runs of one shape together."""
+    found = obtain_runs(settings_, methods, seeds, runs_dir, base, overrides, train_fn, log, console, parallel_runs)
     return build_board(found, settings_, methods, seeds)
 
 

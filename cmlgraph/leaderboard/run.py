@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cmlgraph.compare import obtain_run
+from cmlgraph.compare import obtain_runs as obtain_each
 from cmlgraph.config import Config, apply_overrides, from_yaml
 from cmlgraph.leaderboard.methods import Method, Setting
 
@@ -42,12 +42,14 @@ def method_config(setting: Setting, method: Method, seed: int, base: str | Path 
 def obtain_runs(settings: Sequence[Setting], methods: Sequence[Method], seeds: Sequence[int], runs_dir: str | Path,
                 base: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None,
                 train_fn: Callable[[Config], Any] | None = None, log: Callable[[str], None] = print,
-                console: Any = None) -> Found:
+                console: Any = None, parallel_runs: int = 1) -> Found:
     """Every (setting, method, seed) run under ``runs_dir``: reused when finished, else trained.
 
     All configs are validated before any run is trained. Each run is announced as ``[i/N] reusing|training``;
     with a rich ``console`` the training runs show their progress bars there. New runs are named
-    ``<graph>-<N>w<K>s-<method>-s<seed>`` (e.g. ``cora-2w3s-maml+cml-s0``).
+    ``<graph>-<N>w<K>s-<method>-s<seed>`` (e.g. ``cora-2w3s-maml+cml-s0``). With ``parallel_runs`` N > 1, up to N
+    missing runs of one shape (a method's seeds, or its two arms) train together in one process
+    (:func:`cmlgraph.compare.obtain_runs`).
     """
     from cmlgraph.train.trainer import prepare
 
@@ -60,9 +62,7 @@ def obtain_runs(settings: Sequence[Setting], methods: Sequence[Method], seeds: S
                 prepare(cfg)
                 plan.append((setting, method, seed, cfg))
     runs_dir.mkdir(parents=True, exist_ok=True)
-    found: Found = {}
-    for i, (setting, method, seed, cfg) in enumerate(plan, 1):
-        name = f"{setting.slug}-{method.name}-s{seed}"
-        found[(setting, method, seed)] = obtain_run(cfg, runs_dir, name, train_fn,
-                                                    lambda m, i=i: log(f"[{i}/{len(plan)}] {m}"), console)
-    return found
+    items = [(cfg, f"{setting.slug}-{method.name}-s{seed}", lambda m, i=i: log(f"[{i}/{len(plan)}] {m}"))
+             for i, (setting, method, seed, cfg) in enumerate(plan, 1)]
+    paths = obtain_each(items, runs_dir, train_fn, console, parallel_runs)
+    return {(setting, method, seed): path for (setting, method, seed, _), path in zip(plan, paths, strict=True)}

@@ -21,7 +21,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from cmlgraph.compare import Paired, _scaled, obtain_run, paired_stats, seed_ci, write_csv
+from cmlgraph.compare import Paired, _scaled, obtain_runs, paired_stats, seed_ci, write_csv
 from cmlgraph.config import Config, apply_overrides, from_yaml
 from cmlgraph.errors import ConfigError
 from cmlgraph.paper.cells import DEFAULT_RUNS, PAPER_CONFIGS, PaperCell
@@ -148,7 +148,8 @@ def run_reproduce(cells: Sequence[PaperCell], runs_dir: str | Path, runs: int | 
                   steps: int | None = None, overrides: dict[str, dict[str, Any]] | None = None,
                   configs_dir: str | Path = PAPER_CONFIGS, data_root: str | None = None,
                   train_fn: Callable[[Config], Any] | None = None,
-                  log: Callable[[str], None] = print) -> list[CellResult]:
+                  log: Callable[[str], None] = print, console: Any = None,
+                  parallel_runs: int = 1) -> list[CellResult]:
     """Train what is missing, reuse what is finished (as ``compare`` does), and pair each cell's arms.
 
     Args:
@@ -161,6 +162,9 @@ def run_reproduce(cells: Sequence[PaperCell], runs_dir: str | Path, runs: int | 
         data_root: Raw data root of the graphs (also used for the availability check).
         train_fn: Trains a config, returns its run folder (default: the trainer, without progress bars).
         log: Progress lines.
+        console: Where runs trained together show their progress bars (``None``: none).
+        parallel_runs: Train up to this many missing runs of one shape together in one process
+            (:func:`cmlgraph.compare.obtain_runs`; 1: one after another).
 
     Returns:
         One result per cell, in order; cells whose data is missing carry ``skipped`` and no statistics.
@@ -173,11 +177,10 @@ def run_reproduce(cells: Sequence[PaperCell], runs_dir: str | Path, runs: int | 
         log(f"not running {cell_id}: {reason}")
     plan = plan_runs(cells, runs, Path(configs_dir), overrides, steps, skip)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    found: dict[tuple[str, int, bool], Path] = {}
-    for i, (cell, seed, cml, cfg) in enumerate(plan, 1):
-        name = f"{cell.slug}-{'cml' if cml else 'base'}-s{seed}"
-        found[(cell.id, seed, cml)] = obtain_run(cfg, runs_dir, name, train_fn,
-                                                 lambda m, i=i: log(f"[{i}/{len(plan)}] {m}"))
+    items = [(cfg, f"{cell.slug}-{'cml' if cml else 'base'}-s{seed}", lambda m, i=i: log(f"[{i}/{len(plan)}] {m}"))
+             for i, (cell, seed, cml, cfg) in enumerate(plan, 1)]
+    paths = obtain_runs(items, runs_dir, train_fn, console, parallel_runs)
+    found = {(cell.id, seed, cml): path for (cell, seed, cml, _), path in zip(plan, paths, strict=True)}
     results = []
     for cell in cells:
         if cell.id in skip:
