@@ -51,7 +51,8 @@ def domain_config(domain: str, algo: str, cml: bool, seed: int, overrides: dict[
 #: Keys never named as a difference from ``cmlgraph train``: the cell's identity, where data is read, and execution
 #: strategies with the same results (as in :func:`_key`).
 _IDENTITY = {("data", "task"), ("data", "graph"), ("data", "data_root"), ("data", "subgraph"),
-             ("data", "subgraph_threshold"), ("algo", "algo"), ("algo", "cml"), ("train", "seed"), ("train", "batched")}
+             ("data", "subgraph_threshold"), ("algo", "algo"), ("algo", "cml"), ("train", "seed"), ("train", "batched"),
+             ("train", "prefetch")}
 
 
 def train_config(cfg: Config, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
@@ -108,7 +109,8 @@ def _key(cfg: Config) -> str:
     d.pop("run")
     d["data"].pop("data_root", None)
     # Execution strategies with the same results (tested equal): they do not make a run different.
-    for section, key in (("data", "subgraph"), ("data", "subgraph_threshold"), ("train", "batched")):
+    for section, key in (("data", "subgraph"), ("data", "subgraph_threshold"), ("train", "batched"),
+                         ("train", "prefetch")):
         d[section].pop(key, None)
     return json.dumps(d, sort_keys=True)
 

@@ -175,6 +175,9 @@ class TrainConfig:
         diag_every: Log gradient diagnostics every this many steps (0: never).
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         batched: Run the meta-batch's tasks together with vmap where the domain allows (``auto``/``on``/``off``).
+        prefetch: Sample and prepare the next meta-batches (episodes, k-hop plans) in a worker thread while the
+            current step computes; same results (``auto``: on for CUDA, off on the CPU, ``on``, ``off``;
+            :mod:`cmlgraph.train.prefetch`).
         nan_policy: On a NaN/inf loss or gradient: ``stop`` or ``skip`` the meta-batch.
         patience: Stop training after this many validations without improvement (``None``: never).
         weight_decay: Adam's weight decay (L2 added to the meta-gradients).
@@ -192,6 +195,7 @@ class TrainConfig:
     diag_every: int = 0
     device: str = "cpu"
     batched: str = "auto"
+    prefetch: str = "auto"
     nan_policy: str = "stop"
     patience: int | None = None
     weight_decay: float = 0.0

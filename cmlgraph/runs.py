@@ -79,7 +79,7 @@ def _locked(folder: Path) -> bool:
 NOT_SETTINGS = frozenset({
     "data.task", "data.graph", "data.data_root", "data.ways", "data.shots", "data.subgraph",
     "data.subgraph_threshold", "algo.algo", "algo.cml", "algo.control", "train.steps", "train.batched",
-    "train.device", "train.log_every", "train.checkpoint_every", "train.diag_every",
+    "train.prefetch", "train.device", "train.log_every", "train.checkpoint_every", "train.diag_every",
 })
 
 

@@ -159,6 +159,7 @@ def validate_config(cfg: Config) -> None:
         _need(value is not None and value >= 1, f"train.{key} = {value}: must be >= 1")
     _need(t.diag_every >= 0, f"train.diag_every = {t.diag_every}: must be >= 0 (0 turns diagnostics off)")
     _choice("train.batched", t.batched, ("auto", "on", "off"))
+    _choice("train.prefetch", t.prefetch, ("auto", "on", "off"))
     _choice("train.nan_policy", t.nan_policy, ("stop", "skip"))
     _need(t.patience is None or t.patience >= 1, f"--patience {t.patience}: must be >= 1 (or unset: no early stop)")
     _need(t.weight_decay >= 0, f"train.weight_decay = {t.weight_decay}: must be >= 0")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ from cmlgraph.core.episode import can_stack, stack
 from cmlgraph.core.model import MetaModel
 from cmlgraph.domains.base import Domain
 from cmlgraph.train.guards import score_predictions
+from cmlgraph.train.prefetch import Prefetcher
 from cmlgraph.train.stats import mean_ci95
 
 
@@ -26,6 +28,7 @@ def evaluate(
     device: torch.device | str = "cpu",
     progress: Any = None,
     batch_size: int = 100,
+    prefetch: bool = False,
 ) -> dict[str, Any]:
     """Score the meta-learner (and, with a co-learner, the CML† predictor) on fixed episodes.
 
@@ -39,6 +42,8 @@ def evaluate(
         progress: Optional callable invoked once per episode (progress bars).
         batch_size: Most episodes adapted together (vmap, or a graph batch) when they stack; fewer for large
             models (about 8M weight values per chunk), and one by one where ``train.batched: auto`` means so.
+        prefetch: Materialize the next chunk of episodes (k-hop plans included) in a worker thread while the
+            current one is adapted (:class:`cmlgraph.train.prefetch.Prefetcher`); same results.
 
     Returns:
         ``mean``, ``ci95``, ``num_tasks``, ``scores``, ``nonfinite_tasks`` (tasks with NaN/inf predictions,
@@ -56,13 +61,19 @@ def evaluate(
     nonfinite = 0
     abstained = abstained_tasks = queries = 0
     abstains = bool(getattr(algo, "abstains", False))
+    exits = ExitStack()
     try:
         # Episodes adapted together hold one copy of the weights each: cap a chunk at ~8M values per copy.
         n_params = sum(v.numel() for v in params.values())
         chunk = max(1, min(batch_size, int(8e6 // max(n_params, 1)))) if algo.uses_inner_loop else 1
         together = auto_batched(model.extractor, device) is None
-        for start in range(0, len(raws), chunk):
-            eps = [domain.materialize(raw, device) for raw in raws[start:start + chunk]]
+        chunks = iter([raws[start:start + chunk] for start in range(0, len(raws), chunk)])
+
+        def materialize(_: Any) -> list[Any]:
+            return [domain.materialize(raw, device) for raw in next(chunks)]  # StopIteration: the last chunk
+
+        batches = exits.enter_context(Prefetcher(materialize, depth=1, enabled=prefetch, name="cmlgraph-eval"))
+        for eps in batches:
             if together and len(eps) > 1 and can_stack(eps):
                 ep = stack(eps)
                 out, co = algo.predict(model, params, ep, domain.loss_fn, batched=True)
@@ -89,6 +100,7 @@ def evaluate(
                 if progress is not None:
                     progress()
     finally:
+        exits.close()  # stops the prefetch worker, also on an error
         model.train(was_training)
     mean, ci = mean_ci95(scores)
     result: dict[str, Any] = {"mean": mean, "ci95": ci, "num_tasks": len(scores), "scores": scores,

@@ -63,6 +63,7 @@ from cmlgraph.train.io import (
     write_json,
     write_yaml,
 )
+from cmlgraph.train.prefetch import Prefetcher, use_prefetch
 from cmlgraph.train.progress import loss_label, stage
 from cmlgraph.train.run_dir import RunLock, create_run_dir
 from cmlgraph.user_warnings import warn_user
@@ -189,6 +190,7 @@ class Trainer:
         self.elapsed = 0.0
         self.ckpt_step: int | None = None
         self._lock: RunLock | None = None
+        self._prefetcher: Prefetcher | None = None  # the next meta-batches, prepared ahead (train.prefetch)
         self.guard = make_guard(self.cfg, self.exp.domain, self.console)  # divergence warnings (issue 12)
 
     def _replay_warnings(self, caught: list[warnings.WarningMessage]) -> None:
@@ -363,6 +365,7 @@ class Trainer:
         try:
             return self._run()
         finally:
+            self._stop_prefetch()  # also on an error or Ctrl-C: the worker thread never outlives the run
             self._release()
 
     def _run(self) -> dict[str, Any]:
@@ -403,6 +406,7 @@ class Trainer:
                 bar.update(task, advance=1, info=f"{loss_label(bool(getattr(e.algo, 'cml', False)))} "
                            f"{record.get('loss', float('nan')):.4f}"
                            + (f"  best val {self.best:.4f}" if self.best is not None else ""))
+        self._stop_prefetch()
         return self.dist.on_rank0(self.finish)
 
     def _validate_start(self, log: MetricsLog) -> None:
@@ -440,17 +444,40 @@ class Trainer:
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                         console=self.console, disable=not self.show_progress, transient=False)
 
+    def _prepare_batch(self, generator: torch.Generator | None) -> tuple[int, list[Any]]:
+        """Sample the next meta-batch from ``generator`` and materialize this rank's episodes (host work: k-hop
+        plans are built here); returns the meta-batch size and the episodes."""
+        e = self.exp
+        assert generator is not None
+        raws = e.domain.sample("train", int(self.cfg.train.meta_batch), generator)  # the full batch on every rank
+        lo, hi = self.dist.slice_bounds(len(raws))  # this rank's episodes (all of them in one process)
+        return len(raws), [e.domain.materialize(r, e.device) for r in raws[lo:hi]]
+
+    def _next_batch(self) -> tuple[int, list[Any]]:
+        """The next meta-batch: prepared ahead by the prefetch worker (``train.prefetch``, started on first use)
+        with the same draws, ``exp.generator`` then left where drawing it here would have left it; else now."""
+        if self._prefetcher is None and use_prefetch(self.cfg.train.prefetch, self.exp.device):
+            self._prefetcher = Prefetcher(self._prepare_batch, self.exp.generator, depth=2, name="cmlgraph-train")
+        if self._prefetcher is None:
+            return self._prepare_batch(self.exp.generator)
+        return self._prefetcher.next()
+
+    def _stop_prefetch(self) -> None:
+        """Stop and join the prefetch worker (batches prepared ahead are dropped; ``exp.generator`` is at the
+        next batch not consumed, what checkpoints store)."""
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
+
     def _train_step(self) -> dict[str, Any]:
         cfg, e = self.cfg, self.exp
-        raws = e.domain.sample("train", int(cfg.train.meta_batch), e.generator)  # the full batch on every rank
-        lo, hi = self.dist.slice_bounds(len(raws))  # this rank's episodes (all of them in one process)
-        episodes = [e.domain.materialize(r, e.device) for r in raws[lo:hi]]
+        n_raws, episodes = self._next_batch()
         params = parameters_of(e.model)
         diag = cfg.train.diag_every > 0 and (self.step + 1) % cfg.train.diag_every == 0
         batched = {"auto": auto_batched(e.model.extractor, e.device), "on": True, "off": False}[cfg.train.batched]
         if self.dist.active:  # slice gradients summed over ranks: the full batch's, identical on every rank
             ms = self.dist.meta_gradients(e.algo, e.model, params, episodes, e.domain.loss_fn, self.step,
-                                          meta_batch=len(raws), seed=cfg.train.seed, diagnostics=diag,
+                                          meta_batch=n_raws, seed=cfg.train.seed, diagnostics=diag,
                                           batched=batched)
         else:
             ms = e.algo.meta_gradients(e.model, params, episodes, e.domain.loss_fn, self.step, diagnostics=diag,
@@ -492,7 +519,8 @@ class Trainer:
         e = self.exp
         params = parameters_of(e.model)
         with stage(getattr(self, "_bar", None), "validating", len(self.val_raws), _eval_hook) as hook:
-            res = evaluate(e.algo, e.model, params, e.domain, self.val_raws, e.device, progress=hook)
+            res = evaluate(e.algo, e.model, params, e.domain, self.val_raws, e.device, progress=hook,
+                           prefetch=use_prefetch(self.cfg.train.prefetch, e.device))
         out = {"val": res["mean"], "val_ci95": res["ci95"]}
         if guard:  # the start (step 0) is no evidence that training fails to learn
             self.guard.validation(self.step, res["mean"])
@@ -522,7 +550,7 @@ class Trainer:
                            + f" (best validation step {self.best_step})")
         with self._progress() as bar, stage(bar, "testing", len(self.test_raws), _eval_hook, keep=True) as hook:
             res = evaluate(e.algo, e.model, parameters_of(e.model), e.domain, self.test_raws, e.device,
-                           progress=hook)
+                           progress=hook, prefetch=use_prefetch(cfg.train.prefetch, e.device))
         warns += check_test_result(res, self.skipped, int(cfg.train.steps))
         ways = int(getattr(e.domain, "out_dim", 0) or 0)
         at_chance = chance_warning(res, e.domain.metric, ways)

@@ -1,0 +1,174 @@
+"""The prefetch worker (issue 18 item 2): the same items and generator draws as without it, bit-identical runs and
+evaluations, worker errors raised in the caller, and no thread outliving its run."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cmlgraph.api import make_config
+from cmlgraph.cli import main
+from cmlgraph.config import Config, apply_overrides
+from cmlgraph.domains.graph import register_graph
+from cmlgraph.errors import ConfigError, DataError
+from cmlgraph.graphs import make_synthetic
+from cmlgraph.train.evaluate import evaluate
+from cmlgraph.train.io import load_torch
+from cmlgraph.train.prefetch import AUTO_ON_CPU, Prefetcher, use_prefetch
+from cmlgraph.train.trainer import Trainer, build_experiment, parameters_of, prepare, train
+
+
+def _workers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("cmlgraph-")]
+
+
+def _draw(g: torch.Generator | None) -> torch.Tensor:
+    time.sleep(0.001)  # let the worker run ahead
+    return torch.rand(3, generator=g)
+
+
+def test_items_and_generator_states_equal_drawing_inline():
+    inline_gen, ahead_gen = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    with Prefetcher(_draw, ahead_gen, depth=3) as ahead:
+        for _ in range(6):
+            want = _draw(inline_gen)
+            assert torch.equal(ahead.next(), want)
+            # the caller's generator is where drawing inline leaves it: the next batch not yet consumed
+            assert torch.equal(ahead_gen.get_state(), inline_gen.get_state())
+    assert not ahead.alive
+
+
+def test_disabled_prefetcher_calls_produce_in_the_caller():
+    g = torch.Generator().manual_seed(1)
+    seen = []
+    p = Prefetcher(lambda gen: seen.append(threading.current_thread()) or torch.rand(1, generator=gen), g,
+                   enabled=False)
+    p.next()
+    assert seen == [threading.current_thread()] and not p.alive
+    assert torch.equal(g.get_state(), (lambda r: (torch.rand(1, generator=r), r.get_state())[1])(
+        torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_finite_stream_ends(enabled):
+    items = iter(range(5))
+    with Prefetcher(lambda _: next(items) * 2, depth=2, enabled=enabled) as p:
+        assert list(p) == [0, 2, 4, 6, 8]
+
+
+def test_a_worker_error_is_raised_in_the_caller_with_its_message():
+    calls = []
+
+    def produce(g):
+        calls.append(1)
+        if len(calls) == 3:
+            raise DataError("node 7 has no features; give features for every node")
+        return len(calls)
+
+    p = Prefetcher(produce, depth=1)
+    assert [p.next(), p.next()] == [1, 2]
+    with pytest.raises(DataError, match="node 7 has no features"):
+        p.next()
+    assert not p.alive
+
+
+def test_close_stops_a_worker_waiting_on_a_full_queue_and_an_error_in_the_caller_stops_it():
+    with Prefetcher(lambda _: 0, depth=1) as p:
+        time.sleep(0.05)  # the queue is full: the worker waits to put
+        assert p.alive
+        p.close()
+        assert not p.alive
+    with pytest.raises(KeyboardInterrupt), Prefetcher(lambda _: 0, depth=1) as q:
+        q.next()
+        raise KeyboardInterrupt  # Ctrl-C in the main thread
+    assert not q.alive
+
+
+def test_prefetch_setting_resolves_and_is_validated():
+    assert use_prefetch("auto", "cuda") and use_prefetch("auto", "cuda:1")
+    assert use_prefetch("auto", "cpu") is AUTO_ON_CPU
+    assert use_prefetch("on", "cpu") and not use_prefetch("off", "cuda")
+    with pytest.raises(ConfigError, match="'sometimes'"):
+        use_prefetch("sometimes", "cpu")
+    assert make_config(prefetch="on").train.prefetch == "on"
+    with pytest.raises(ConfigError, match=r"train\.prefetch = 'sometimes'.*auto, on, off"):
+        prepare(apply_overrides(Config(), {"train": {"prefetch": "sometimes"}}, "test"))
+
+
+def test_cli_flag_sets_and_validates_prefetch(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--prefetch", "sometimes", "--runs-dir", str(tmp_path), "--quiet"])
+    assert exc.value.code == 2
+    assert "--prefetch (train.prefetch) = 'sometimes'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_graph():
+    g = make_synthetic(num_nodes=300, num_classes=12, seed=0, split="4/4/4")
+    g.name = "prefetch-tiny"
+    return register_graph(g)
+
+
+def _settings(graph: str, **extra):
+    return dict(graph=graph, subgraph="khop", ways=3, shots=2, queries=3, meta_batch=2, inner_steps=1, steps=6,
+                val_every=3, val_tasks=6, test_tasks=8, seed=3, dropout=0.2, **extra)
+
+
+def _run(tmp_path: Path, name: str, **settings) -> Path:
+    run, _ = train(make_config(runs_dir=str(tmp_path), name=name, **settings), progress=False)
+    return run
+
+
+def _lines(run: Path) -> list[dict]:
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in recs]
+
+
+def test_training_with_prefetch_equals_without(tmp_path, tiny_graph, monkeypatch):
+    import cmlgraph.train.plots as plots
+
+    monkeypatch.setattr(plots, "plot_run", lambda run_dir: [])
+    on = _run(tmp_path, "on", **_settings(tiny_graph, prefetch="on"))
+    off = _run(tmp_path, "off", **_settings(tiny_graph, prefetch="off"))
+    assert not _workers()  # the worker ended with its run
+    ca, cb = load_torch(on / "checkpoint.pt"), load_torch(off / "checkpoint.pt")
+    assert ca["step"] == cb["step"] == 6
+    for k in ca["model"]:
+        assert torch.equal(ca["model"][k], cb["model"][k]), k
+    assert torch.equal(ca["generator"], cb["generator"])  # the next batch not yet consumed, as without prefetch
+    assert _lines(on) == _lines(off)
+    assert torch.equal(load_torch(on / "scores.pt")["scores"], load_torch(off / "scores.pt")["scores"])
+
+
+def test_an_error_while_preparing_a_batch_stops_the_run_and_its_worker(tmp_path, tiny_graph, monkeypatch):
+    trainer = Trainer(make_config(runs_dir=str(tmp_path), name="err", **_settings(tiny_graph, prefetch="on")),
+                      progress=False)
+    domain = trainer.exp.domain
+    real, calls = domain.materialize, []
+
+    def failing(raw, device="cpu"):
+        if threading.current_thread().name == "cmlgraph-train":
+            calls.append(1)
+            if len(calls) == 5:  # the third meta-batch
+                raise DataError("episode node 12 vanished; rebuild the graph")
+        return real(raw, device)
+
+    monkeypatch.setattr(domain, "materialize", failing)
+    with pytest.raises(DataError, match="node 12 vanished"):
+        trainer.run()
+    assert trainer.step == 2 and not _workers()
+
+
+def test_evaluation_with_prefetch_equals_without(tiny_graph):
+    e = build_experiment(prepare(make_config(**_settings(tiny_graph))))
+    raws = e.domain.fixed("val", 7, 0)
+    params = parameters_of(e.model)
+    a = evaluate(e.algo, e.model, params, e.domain, raws, batch_size=3, prefetch=True)
+    b = evaluate(e.algo, e.model, params, e.domain, raws, batch_size=3, prefetch=False)
+    assert a["scores"] == b["scores"] and a["num_tasks"] == 7
+    assert not _workers()
