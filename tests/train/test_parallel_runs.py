@@ -46,6 +46,13 @@ GRAPH = {
               "checkpoint_every": 2, "batched": "on"},
 }
 
+# Conv4 on the embedded digits with batched tasks (auto batches Conv4 only on a GPU): the image path's fusion on CPU
+DIGITS = {
+    "data": {"task": "digits", "ways": 3, "shots": 1, "queries": 2, "image_size": 28},
+    "train": {"steps": 3, "meta_batch": 2, "val_every": 3, "val_tasks": 3, "test_tasks": 4, "log_every": 1,
+              "checkpoint_every": 3, "batched": "on"},
+}
+
 
 def _cfg(settings: dict[str, Any], tmp: Path, name: str, **changes: Any) -> Config:
     cfg = Config()
@@ -113,8 +120,9 @@ def fused_calls(monkeypatch) -> list[int]:
 
 
 @pytest.mark.parametrize("settings,arms", [(SINUSOID, {"algo__cml": True}), (GRAPH, {"algo__cml": True}),
-                                           (SINUSOID, {"algo__cml": False, "algo__control": "noise"})],
-                         ids=["sinusoid-cml", "graph-khop", "sinusoid-noise"])
+                                           (SINUSOID, {"algo__cml": False, "algo__control": "noise"}),
+                                           pytest.param(DIGITS, {"algo__cml": True}, marks=pytest.mark.slow)],
+                         ids=["sinusoid-cml", "graph-khop", "sinusoid-noise", "digits-conv4"])
 def test_parallel_runs_equal_separate_runs(tmp_path, fused_calls, settings, arms):
     seeds = (0, 1)
     alone = [train(_cfg(settings, tmp_path, f"alone-s{s}", train__seed=s, **arms), progress=False)[0]
