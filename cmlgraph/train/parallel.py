@@ -98,7 +98,7 @@ class ParallelResult:
     error: BaseException | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class _Member:
     trainer: Trainer
     result: ParallelResult
@@ -223,6 +223,7 @@ class ParallelTrainer:
                     self._guarded(m, lambda m=m: setattr(m.result, "summary", m.trainer.finish()))
         finally:
             for m in self.members:
+                m.trainer._stop_prefetch()  # a prefetch worker never outlives its run (train.prefetch)
                 m.trainer._release()
         return [m.result for m in self.members]
 
@@ -234,6 +235,7 @@ class ParallelTrainer:
                 fn()
         except Exception as exc:  # noqa: BLE001 - one failing run must not stop the others
             m.result.error = exc
+            m.trainer._stop_prefetch()
             m.trainer._release()
             where = f" ({m.trainer.run_dir})" if m.trainer.run_dir is not None else ""
             self.console.print(f"[red]run{where} stopped: {type(exc).__name__}: {exc}[/red]")
@@ -290,6 +292,9 @@ class ParallelTrainer:
                      for m in self.members if m.active()}
             while True:
                 active = [m for m in self.members if m.active()]
+                for m in self.members:
+                    if not m.active():
+                        m.trainer._stop_prefetch()  # done (steps, patience) or failed: its worker joined now
                 if not active:
                     break
                 self._lockstep(active)
@@ -340,9 +345,7 @@ class ParallelTrainer:
 
             def draw(m: _Member = m, holder: list[list[Episode]] = holder) -> None:
                 kill_point("step_begin")
-                e = m.trainer.exp
-                raws = e.domain.sample("train", int(m.trainer.cfg.train.meta_batch), e.generator)
-                holder.append([e.domain.materialize(r, e.device) for r in raws])
+                holder.append(list(m.trainer._next_batch()[1]))  # the run's own draw (its prefetch worker, if any)
 
             self._guarded(m, draw)
             if m.ok:

@@ -121,8 +121,9 @@ def fused_calls(monkeypatch) -> list[int]:
 
 @pytest.mark.parametrize("settings,arms", [(SINUSOID, {"algo__cml": True}), (GRAPH, {"algo__cml": True}),
                                            (SINUSOID, {"algo__cml": False, "algo__control": "noise"}),
+                                           (SINUSOID, {"algo__cml": True, "train__prefetch": "on"}),
                                            pytest.param(DIGITS, {"algo__cml": True}, marks=pytest.mark.slow)],
-                         ids=["sinusoid-cml", "graph-khop", "sinusoid-noise", "digits-conv4"])
+                         ids=["sinusoid-cml", "graph-khop", "sinusoid-noise", "sinusoid-prefetch", "digits-conv4"])
 def test_parallel_runs_equal_separate_runs(tmp_path, fused_calls, settings, arms):
     seeds = (0, 1)
     alone = [train(_cfg(settings, tmp_path, f"alone-s{s}", train__seed=s, **arms), progress=False)[0]
