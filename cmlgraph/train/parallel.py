@@ -12,14 +12,14 @@ continues any one folder as it continues a normal run. Runs whose patience is sp
 that fails (an exception, a non-finite loss) is stopped alone, its folder left as a killed run's, the others go on.
 
 What is fused (:func:`fusable`): the meta-gradients of runs at the same step with the same parameter names
-(same ``--cml`` arm) of algorithms on the shared objective (MAML, FOMAML, ANIL, BOIL, G-Meta; their noise control
-too) whose run would batch its tasks (``train.batched`` on, or ``auto`` where the backbone batches: MLP always,
-Conv4 and the graph paths on GPU) and whose episodes stack (fixed-shape tensors; graph computation-tree inputs of
+(same ``--cml`` arm) of algorithms on the shared objective (MAML, FOMAML, ANIL, BOIL; their noise control too)
+whose run would batch its tasks (``train.batched`` on, or ``auto`` where the backbone batches: MLP and GNNs
+always, Conv4 on GPU) and whose episodes stack (fixed-shape tensors; graph computation-tree inputs of
 one shared full graph). Stepped one after another inside the lockstep loop instead: MAML++ (its learned inner
 rates are per run), Sharp-MAML (its own two-pass meta-gradient), ProtoNet and AMM-GNN (their own objectives), a
-step that logs gradient diagnostics, episodes that do not stack (``full`` and k-hop subgraph graph modes, G-Meta's
-balls on CPU ``auto``), and any run whose meta-step draws from torch's global RNG (dropout): checked on each run's
-first step. Validation, testing and checkpoints are per run.
+step that logs gradient diagnostics, episodes that do not stack (the ``full`` and k-hop subgraph graph modes, graphs
+that differ between the runs), and any run whose meta-step draws from torch's global RNG (dropout, e.g. G-Meta as
+TLP codes it): checked on each run's first step. Validation, testing and checkpoints are per run.
 
 Each run's ``wall_time_s`` and ``time_s`` count the group's wall time while the run was in it (its own steps,
 validations and its share of the fused steps in full), so they add up to more than the group's wall time.
