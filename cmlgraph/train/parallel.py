@@ -106,6 +106,7 @@ class _Member:
     rng: Tensor | None = None
     cuda_rng: list[Tensor] = field(default_factory=list)
     global_rng_free: bool | None = None  # whether its meta-step leaves torch's global RNG untouched (first step)
+    fused_steps: int = 0  # meta-steps computed together with other runs (said on the console at the end)
 
     @property
     def ok(self) -> bool:
@@ -301,6 +302,11 @@ class ParallelTrainer:
                 for m in active:
                     if id(m) in tasks:
                         bar.update(tasks[id(m)], completed=m.trainer.step)
+        trained = [m for m in self.members if m.log is not None]
+        if len(trained) > 1:  # say what the group gained: which runs' steps were fused (docs/gpu.md)
+            self.console.print("meta-steps fused with other runs: " + ", ".join(
+                f"{m.trainer.run_dir.name if m.trainer.run_dir else '?'} {m.fused_steps}/{m.trainer.step}"
+                for m in trained))
 
     def _lockstep(self, active: list[_Member]) -> None:
         """One meta-step of every active run: fused where possible, else one run after another."""
@@ -368,6 +374,8 @@ class ParallelTrainer:
                                "off": False}[t.cfg.train.batched]
                     ms = e.algo.meta_gradients(e.model, parameters_of(e.model), eps, e.domain.loss_fn, t.step,
                                                batched=batched)
+                else:
+                    m.fused_steps += 1
                 record = apply_meta_step(t, ms)
                 self._after_step(m, record, shared + time.perf_counter() - t1)
 

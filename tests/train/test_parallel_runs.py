@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from rich.console import Console
 
 import cmlgraph.train.parallel as parallel
 from cmlgraph.config import Config, apply_overrides
@@ -128,10 +130,12 @@ def test_parallel_runs_equal_separate_runs(tmp_path, fused_calls, settings, arms
     seeds = (0, 1)
     alone = [train(_cfg(settings, tmp_path, f"alone-s{s}", train__seed=s, **arms), progress=False)[0]
              for s in seeds]
+    out = io.StringIO()
     results = train_parallel([_cfg(settings, tmp_path, f"group-s{s}", train__seed=s, **arms) for s in seeds],
-                             progress=False)
+                             Console(file=out, width=300), progress=False)
     assert [r.error for r in results] == [None, None]
     steps = settings["train"]["steps"]
+    assert f"group-s0 {steps - 1}/{steps}, group-s1 {steps - 1}/{steps}" in out.getvalue()  # said on the console
     assert fused_calls and max(fused_calls) == 2 and len(fused_calls) >= steps - 1  # the first step runs alone
     for a, r in zip(alone, results, strict=True):
         assert r.run_dir is not None and r.summary is not None
