@@ -129,12 +129,16 @@ def _lines(run: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "time_s"} for r in recs]
 
 
-def test_training_with_prefetch_equals_without(tmp_path, tiny_graph, monkeypatch):
+@pytest.mark.parametrize("domain", ["graph-khop", "sinusoid"])
+def test_training_with_prefetch_equals_without(tmp_path, tiny_graph, monkeypatch, domain):
     import cmlgraph.train.plots as plots
 
     monkeypatch.setattr(plots, "plot_run", lambda run_dir: [])
-    on = _run(tmp_path, "on", **_settings(tiny_graph, prefetch="on"))
-    off = _run(tmp_path, "off", **_settings(tiny_graph, prefetch="off"))
+    settings = {"graph-khop": _settings(tiny_graph),
+                "sinusoid": dict(task="sinusoid", shots=5, queries=5, hidden=16, meta_batch=2, steps=6, val_every=3,
+                                 val_tasks=4, test_tasks=4, seed=2)}[domain]
+    on = _run(tmp_path, "on", **settings, prefetch="on")
+    off = _run(tmp_path, "off", **settings, prefetch="off")
     assert not _workers()  # the worker ended with its run
     ca, cb = load_torch(on / "checkpoint.pt"), load_torch(off / "checkpoint.pt")
     assert ca["step"] == cb["step"] == 6
