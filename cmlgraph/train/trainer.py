@@ -157,6 +157,12 @@ def _finite(step_grads: dict[str, torch.Tensor], loss: torch.Tensor) -> bool:
     return bool(torch.stack(checks).all())
 
 
+def _finite_flag(step_grads: dict[str, torch.Tensor], loss: torch.Tensor) -> torch.Tensor:
+    """Whether the loss and every gradient are finite, as a 0-d bool tensor on the run's device (no sync)."""
+    checks = [torch.isfinite(loss.detach()).all()] + [torch.isfinite(g).all() for g in step_grads.values()]
+    return torch.stack(checks).all()
+
+
 class Trainer:
     """Runs meta-training for one config and writes its run folder.
 
@@ -385,13 +391,24 @@ class Trainer:
             task = bar.add_task("meta-training", total=steps, completed=self.step, info="")
             if self.step == 0 and self.best is None and steps > 0:
                 self._validate_start(log)
+            defer = cfg.train.nan_policy == "stop"  # losses read back only when needed (issue 18), see _flush
+            self._pending: list[tuple[int, torch.Tensor, dict[str, Any]]] = []
+            shown = float("nan")
             while self.step < steps and not self._patience_spent():
                 kill_point("step_begin")
                 t0 = time.perf_counter()
-                record = self._train_step()
+                record = self._train_step(defer=True) if defer else self._train_step()
                 self.step += 1
-                if not record.get("skipped"):
-                    self.guard.loss(self.step, record["loss"])
+                if defer:
+                    s = self.step
+                    if (s % cfg.train.log_every == 0 or s % int(cfg.train.val_every) == 0 or s == steps
+                            or s % cfg.train.checkpoint_every == 0 or "diag" in record):
+                        self._flush()  # before any log line, validation or checkpoint: raises on a non-finite step
+                        shown = record["loss"]
+                else:
+                    if not record.get("skipped"):
+                        self.guard.loss(self.step, record["loss"])
+                    shown = record.get("loss", float("nan"))
                 kill_point("step_end")
                 if self.step % int(cfg.train.val_every) == 0 or self.step == steps:
                     record.update(self.dist.on_rank0(self._validate))  # the other ranks wait for rank 0
@@ -404,7 +421,7 @@ class Trainer:
                 if self.step % cfg.train.checkpoint_every == 0 or "val" in record:
                     self.save_checkpoint()
                 bar.update(task, advance=1, info=f"{loss_label(bool(getattr(e.algo, 'cml', False)))} "
-                           f"{record.get('loss', float('nan')):.4f}"
+                           f"{shown:.4f}"
                            + (f"  best val {self.best:.4f}" if self.best is not None else ""))
         self._stop_prefetch()
         return self.dist.on_rank0(self.finish)
@@ -469,7 +486,35 @@ class Trainer:
             self._prefetcher.close()
             self._prefetcher = None
 
-    def _train_step(self) -> dict[str, Any]:
+    def _flush(self) -> None:
+        """Read back the losses and finiteness flags of the meta-steps since the last flush, in one transfer.
+
+        Why (issue 18): under ``nan_policy: stop`` a step needs no host decision, so its losses stay on the device
+        until a metrics line, a validation or a checkpoint needs them (every ``log_every`` steps by default) instead
+        of one host-device sync per step. Each step's losses are filled into its record and fed to the divergence
+        guard in order; the first non-finite step stops the run, naming that step, before anything of it is
+        logged or checkpointed (its parameters were updated with the non-finite gradient in memory only).
+
+        Raises:
+            NumericalError: A flushed step had a non-finite loss or gradient.
+        """
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        values = torch.stack([v for _, v, _ in pending]).tolist()  # one read-back for all pending steps
+        for (step, _, record), (total, meta, co, finite) in zip(pending, values, strict=True):
+            if not finite:
+                raise NumericalError(self._nan_message(total, step))
+            record.update(loss=total, meta_loss=meta, co_loss=co)
+            self.guard.loss(step, total)
+
+    def _train_step(self, defer: bool = False) -> dict[str, Any]:
+        """One meta-step: draw the meta-batch, compute the meta-gradients, update.
+
+        Args:
+            defer: Keep the losses and the finiteness check on the device (``nan_policy: stop`` only): the record
+                gets them at the next :meth:`_flush`. Otherwise they are read back now (one sync).
+        """
         cfg, e = self.cfg, self.exp
         n_raws, episodes = self._next_batch()
         params = parameters_of(e.model)
@@ -482,10 +527,16 @@ class Trainer:
         else:
             ms = e.algo.meta_gradients(e.model, params, episodes, e.domain.loss_fn, self.step, diagnostics=diag,
                                        batched=batched)
+        if defer and cfg.train.nan_policy == "stop":
+            losses = torch.stack([ms.loss.total.detach(), ms.loss.meta.detach(), ms.loss.co.detach()])
+            flag = _finite_flag(ms.grads, ms.loss.total).to(losses.dtype)[None]
+            record: dict[str, Any] = {"step": self.step + 1, "lr": e.optimizer.param_groups[0]["lr"]}
+            self._pending.append((self.step + 1, torch.cat([losses, flag]), record))
+            return self._apply(ms, record)
         total, meta, co = torch.stack([ms.loss.total.detach(), ms.loss.meta.detach(),  # one read-back, not three
                                        ms.loss.co.detach()]).tolist()
-        record: dict[str, Any] = {"step": self.step + 1, "loss": total, "meta_loss": meta, "co_loss": co,
-                                  "lr": e.optimizer.param_groups[0]["lr"]}
+        record = {"step": self.step + 1, "loss": total, "meta_loss": meta, "co_loss": co,
+                  "lr": e.optimizer.param_groups[0]["lr"]}
         if not _finite(ms.grads, ms.loss.total):
             if cfg.train.nan_policy == "skip":
                 self.skipped += 1
@@ -495,6 +546,11 @@ class Trainer:
                     e.scheduler.step()
                 return record
             raise NumericalError(self._nan_message(float(ms.loss.total.detach())))
+        return self._apply(ms, record)
+
+    def _apply(self, ms: Any, record: dict[str, Any]) -> dict[str, Any]:
+        """The optimizer (and schedule) step with the meta-gradients of ``ms``; diagnostics into the record."""
+        e = self.exp
         for k, p in e.model.named_parameters():
             p.grad = ms.grads[k].detach()
         e.optimizer.step()
@@ -505,8 +561,8 @@ class Trainer:
             record["diag"] = ms.diagnostics
         return record
 
-    def _nan_message(self, loss: float) -> str:
-        at = f"step {self.step + 1} of {self.cfg.train.steps}"
+    def _nan_message(self, loss: float, step: int | None = None) -> str:
+        at = f"step {self.step + 1 if step is None else step} of {self.cfg.train.steps}"
         what = "loss" if not math.isfinite(loss) else "gradient"
         if self.ckpt_step is not None and self.run_dir is not None:
             where = f"last good checkpoint: {self.run_dir / 'checkpoint.pt'} (step {self.ckpt_step})"
