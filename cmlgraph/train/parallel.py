@@ -421,8 +421,8 @@ def fused_gradients(trainers: Sequence[Trainer], episodes: Sequence[Sequence[Epi
 
 
 def apply_meta_step(trainer: Trainer, ms: MetaStep) -> dict[str, Any]:
-    """The tail of :meth:`Trainer._train_step` for a computed meta-step: the metrics record, the non-finite check
-    (``train.nan_policy``) and the optimizer and schedule steps."""
+    """The tail of :meth:`Trainer._train_step` (its read-back-now form, ``defer=False``) for a computed meta-step:
+    the metrics record, the non-finite check (``train.nan_policy``) and :meth:`Trainer._apply`."""
     cfg, e = trainer.cfg, trainer.exp
     total, meta, co = torch.stack([ms.loss.total.detach(), ms.loss.meta.detach(), ms.loss.co.detach()]).tolist()
     record: dict[str, Any] = {"step": trainer.step + 1, "loss": total, "meta_loss": meta, "co_loss": co,
@@ -436,15 +436,7 @@ def apply_meta_step(trainer: Trainer, ms: MetaStep) -> dict[str, Any]:
                 e.scheduler.step()
             return record
         raise NumericalError(trainer._nan_message(float(ms.loss.total.detach())))
-    for k, p in e.model.named_parameters():
-        p.grad = ms.grads[k].detach()
-    e.optimizer.step()
-    e.optimizer.zero_grad(set_to_none=True)
-    if e.scheduler is not None:
-        e.scheduler.step()
-    if ms.diagnostics:
-        record["diag"] = ms.diagnostics
-    return record
+    return trainer._apply(ms, record)
 
 
 def train_parallel(cfgs: Sequence[Config], console: Console | None = None, progress: bool = True
