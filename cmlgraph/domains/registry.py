@@ -46,6 +46,7 @@ def fill_defaults(cfg: Config) -> Config:
     from cmlgraph.protocols import apply_protocol
 
     apply_protocol(cfg)  # a protocol preset fills unset settings before the domain's defaults do
+    _tlp_encoder_defaults(cfg)
     if cfg.train.val_tasks is None:
         cfg.train.val_tasks = 100
     for section, values in DOMAIN_DEFAULTS[cfg.data.task].items():
@@ -57,6 +58,33 @@ def fill_defaults(cfg: Config) -> Config:
         cfg.data.ways = 1
     _start_defaults(cfg)
     return cfg
+
+
+#: The graph methods whose encoder is TLP-FSNC's (G-Meta's ball GCN, AMM-GNN's matched GCN).
+TLP_ENCODERS = ("gmeta", "ammgnn")
+
+#: The published width of both TLP encoders (TLP-FSNC, the paper's Table 3 setting).
+TLP_HIDDEN = 16
+
+
+def _tlp_encoder_defaults(cfg: Config) -> None:
+    """G-Meta and AMM-GNN without a protocol: the encoders' published input scale and width where unset.
+
+    Their encoders (TLP's init, U(±1/√out) on weights *and* biases) were built for raw bag-of-words features. On
+    the row-normalised features the MAML family gets by default, the biases swamp the features (Cora: embeddings of
+    different nodes differ by 0.002 on a scale of 0.1) and every run scored exactly chance (Cora 2-way 1-shot,
+    50 steps: G-Meta 50.4 %, AMM-GNN 53.7 %; with raw features and width 16: 58.6 %). So a registered dataset
+    whose default is ``row`` gets ``raw`` here, as under ``--protocol tlp``, and the width is 16. A user's graph
+    keeps its scale-safe default (:func:`cmlgraph.graphs.features.default_features`).
+    """
+    if cfg.data.task != "graph" or cfg.algo.algo not in TLP_ENCODERS or cfg.data.protocol is not None:
+        return
+    from cmlgraph.graphs.features import DATASET_FEATURES
+
+    if cfg.data.features is None and DATASET_FEATURES.get(str(cfg.data.graph)) == "row":
+        cfg.data.features = "raw"
+    if cfg.model.hidden is None:
+        cfg.model.hidden = TLP_HIDDEN
 
 
 #: The algorithms whose graph runs start from the propagated features' geometry by default (issue 17).

@@ -120,6 +120,11 @@ def pin_legacy_features(cfg: Any, saved: Any) -> Any:
     data = saved.get("data") if isinstance(saved, dict) else None
     if isinstance(data, dict) and "features" not in data:
         cfg.data.features = "raw"
+    elif (isinstance(data, dict) and data.get("features") is None and cfg.data.features is None
+          and cfg.algo.algo in ("gmeta", "ammgnn") and cfg.data.protocol is None
+          and str(cfg.data.graph) in DATASET_FEATURES):
+        # G-Meta / AMM-GNN runs saved before they defaulted to raw features ran on the dataset's default
+        cfg.data.features = DATASET_FEATURES[str(cfg.data.graph)]
     model = saved.get("model") if isinstance(saved, dict) else None
     if isinstance(model, dict) and "init" not in model:
         cfg.model.init, cfg.model.normalize = "random", False
