@@ -159,6 +159,9 @@ def graph_config(device: str, cml: bool = True, subgraph: str = "khop") -> Confi
     cfg.model.gnn, cfg.model.hidden, cfg.model.layers = "gcn", s["hidden"], s["layers"]
     cfg.algo.cml = cml
     cfg.algo.inner_steps, cfg.algo.inner_lr = s["inner_steps"], s["inner_lr"]
+    # The references' model: a plain MAML GCN. Not the issue-17 start of `cmlgraph train` (L2-normalised features,
+    # Proto-MAML head), which computes more per step, so the ratios compare the same arithmetic.
+    cfg.model.init, cfg.model.normalize, cfg.algo.head_init = "random", False, "learned"
     cfg.train.meta_batch = s["meta_batch"]
     cfg.train.device = device
     cfg.train.steps = 1

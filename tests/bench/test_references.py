@@ -114,3 +114,19 @@ def test_a_selection_with_no_case_is_an_error_naming_why() -> None:
     with pytest.raises(ConfigError, match="--quick has no gmeta case.*drop --quick"):
         build_cases(quick=True, domains=["gmeta"])
     assert {c.domain for c in build_cases(quick=False, domains=["gmeta"])} == {"gmeta"}
+
+
+def test_the_graph_cases_run_the_references_model() -> None:
+    """The bench's graph cases time a plain MAML GCN, as the references do: not the issue-17 start of ``cmlgraph
+    train`` (L2-normalised features, Proto-MAML head), which computes more per step and skewed the ratios."""
+    from cmlgraph.bench.workloads import graph_config
+    from cmlgraph.train.trainer import build_experiment, prepare
+
+    cfg = prepare(graph_config("cpu", cml=True, subgraph="full"))
+    assert (cfg.model.init, cfg.model.normalize, cfg.algo.head_init) == ("random", False, "learned")
+    graph = make_synthetic(300, 15, 8, seed=3, split="5/5/5")
+    s = cfg.data
+    exp = build_experiment(cfg, GraphDomain(graph, s.ways, int(s.shots), int(s.queries), gnn="gcn",
+                                            hidden=cfg.model.hidden, layers=cfg.model.layers, subgraph="full"))
+    assert exp.model.normalize_features is False
+    assert exp.algo.cfg.head_init == "learned"
