@@ -92,6 +92,103 @@ def feature_codes(index: BallIndex) -> Tensor | None:
     return index.memo[CODES_KEY]
 
 
+#: Most ball rows of one block-diagonal pass (:class:`BallGCN`'s ``max_rows`` default).
+MAX_ROWS = 400_000
+
+
+def ball_groups(items: list[BallInput], max_rows: int = MAX_ROWS) -> list[tuple[int, int]]:
+    """Split tasks into consecutive groups ``[a, b)`` of at most ``max_rows`` ball rows (a task never split; a
+    task larger than ``max_rows`` runs alone). Reads ball sizes on the host."""
+    rows = [int(it.index.ball_sizes(it.nodes).sum()) for it in items]
+    groups, start, total = [], 0, 0
+    for t, r in enumerate(rows):
+        if t > start and total + r > max_rows:
+            groups.append((start, t))
+            start, total = t, 0
+        total += r
+    groups.append((start, len(items)))
+    return groups
+
+
+def prepare_ball_batch(batch: BallBatch, max_rows: int = MAX_ROWS, build: bool = True) -> dict[str, Any]:
+    """The task groups and (``build``) their layouts of a stacked batch, kept in ``batch.memo``.
+
+    Called by :meth:`cmlgraph.domains.tlp_graph.TLPGraphDomain.prepare_batch` in the prefetch worker (issue 18):
+    the meta-step then finds every layout built and does no host work; the encoder calls it with ``build=False``
+    (groups only; each group's layout is built on its first pass if it is missing). Groups made for another
+    ``max_rows`` are remade.
+    """
+    memo = batch.memo
+    if memo.get("max_rows") != max_rows:
+        memo["groups"] = ball_groups(batch.items, max_rows)
+        memo["layouts"] = [{} for _ in memo["groups"]]
+        memo["max_rows"] = max_rows
+    if build:
+        for (a, b), lay in zip(memo["groups"], memo["layouts"], strict=True):
+            ball_layout(batch.items[a:b], lay)
+    return memo
+
+
+def ball_layout(items: list[BallInput], memo: dict[str, Any]) -> dict[str, Any]:
+    """The constant sparse matrices of these tasks' balls, in ``memo`` (built once, reused by every pass).
+
+    Host work on the graph's CPU ball index (balls, block, union of members, CSR counts); only the finished
+    matrices are copied to the features' device. Built ahead by :func:`prepare_ball_batch` (the prefetch worker)
+    or on a task group's first pass.
+
+    Args:
+        items: Tasks' inputs of one graph, each with ``n`` centre nodes (a group of :class:`BallBatch` items).
+        memo: Where the layout is kept; returned.
+
+    Returns:
+        ``memo`` with ``B`` (ball rows × union), ``PB`` (mean readout of B), ``XU`` (the union's features or their
+        binary codes), ``task_of_row``, ``shape = (T, n, U)`` and, on an undirected graph, ``gather``.
+    """
+    if "B" in memo:
+        return memo
+    index: BallIndex = items[0].index
+    t, n = len(items), int(items[0].nodes.numel())
+    blk = index.block(torch.cat([it.nodes.cpu() for it in items]))
+    union, inv = torch.unique(blk.members, return_inverse=True)
+    u = int(union.numel())
+    task_of_row = blk.ball_of_row // n
+    r = int(blk.members.numel())
+    dev = index.x.device
+    # B's entries are already in CSR order (rows ascending, columns ascending within a row, no duplicates).
+    crow = torch.zeros(r + 1, dtype=blk.rows.dtype)
+    torch.cumsum(torch.bincount(blk.rows, minlength=r), 0, out=crow[1:])
+    if index.symmetric:
+        # Undirected graph: B in row space (R × R, block diagonal) has a symmetric pattern and one value per
+        # row, so Bᵀ g = pattern · (dm ⊙ g) needs no stored transpose; each pass gathers the projected rows
+        # of its members first (``gather``: row → task·U + union position).
+        dm = index.dinv.index_select(0, blk.members)  # B = diag(dm) · (0/1 pattern): one value per row
+        vals_t = dm.index_select(0, blk.cols)
+        memo["B"] = RowScaledSymmetric(crow.to(dev), blk.cols.to(dev), dm.to(dev))
+        memo["gather"] = (task_of_row * u + inv).to(dev)
+        # Column sums of B are the row sums of Bᵀ: one contiguous segment sum per row (float64, then cast).
+        colsum = torch.segment_reduce(vals_t.double(), "sum", offsets=crow.long()).to(blk.vals.dtype)
+    else:
+        b_cols = task_of_row.index_select(0, blk.rows) * u + inv.index_select(0, blk.cols)
+        memo["B"] = transposable_csr(crow.long().to(dev), b_cols.to(dev), blk.vals.to(dev), (r, t * u))
+        colsum = torch.bincount(blk.cols, weights=blk.vals.double(), minlength=r).to(blk.vals.dtype)
+    # P·B (mean over a ball of B's rows): B is block diagonal, so column c only meets its own ball's rows and
+    # (P B)[ball(c), c] = (column sum of B at c) / |S_ball(c)|: one entry per column.
+    pool = colsum / blk.sizes.index_select(0, blk.ball_of_row).to(blk.vals.dtype)
+    crow = torch.zeros(t * n + 1, dtype=torch.long)
+    torch.cumsum(blk.sizes, 0, out=crow[1:])
+    memo["PB"] = transposable_csr(crow.to(dev), torch.arange(r, device=dev), pool.to(dev), (t * n, r),
+                                  col_sorted=True)  # col = arange: no read-back (issue 18)
+    codes = feature_codes(index)
+    if codes is not None:  # binary features: the rows' codes, never their floats
+        memo["XU"] = BinaryRows(codes.index_select(0, union.to(dev)), int(index.x.shape[1]))
+    else:
+        xu = slice_rows(index.x, union.to(dev))
+        memo["XU"] = transposable(xu) if is_sparse(xu) else xu
+    memo["task_of_row"] = task_of_row.to(dev)
+    memo["shape"] = (t, n, u)
+    return memo
+
+
 class BallGCN(Backbone):
     """G-Meta's subgraph GCN (TLP variant) returning one ``hidden``-wide embedding per centre node.
 
@@ -103,7 +200,7 @@ class BallGCN(Backbone):
             into groups of whole tasks, with the same results.
     """
 
-    def __init__(self, in_dim: int, hidden: int = 16, dropout: float = 0.5, max_rows: int = 400_000) -> None:
+    def __init__(self, in_dim: int, hidden: int = 16, dropout: float = 0.5, max_rows: int = MAX_ROWS) -> None:
         super().__init__()
         self.lin1 = nn.Linear(in_dim, hidden)
         self.lin2 = nn.Linear(hidden, hidden)
@@ -125,72 +222,19 @@ class BallGCN(Backbone):
         return self._forward_group(w, [inputs], inputs.dropout, inputs.memo)[0]
 
     def forward_tasks(self, params: dict[str, Tensor], batch: BallBatch) -> Tensor:
-        """Embeddings ``Tensor[T, n, hidden]`` of ``T`` tasks, with per-task weights ``params[name][t]``."""
-        items = batch.items
-        if "groups" not in batch.memo:
-            rows = [int(it.index.ball_sizes(it.nodes).sum()) for it in items]
-            groups, start, total = [], 0, 0
-            for t, r in enumerate(rows):
-                if t > start and total + r > self.max_rows:
-                    groups.append((start, t))
-                    start, total = t, 0
-                total += r
-            groups.append((start, len(items)))
-            batch.memo["groups"] = groups
-            batch.memo["layouts"] = [{} for _ in groups]
-        outs = [self._forward_group({k: v[a:b] for k, v in params.items()}, items[a:b], items[a].dropout, memo)
-                for (a, b), memo in zip(batch.memo["groups"], batch.memo["layouts"], strict=True)]
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
+        """Embeddings ``Tensor[T, n, hidden]`` of ``T`` tasks, with per-task weights ``params[name][t]``.
 
-    def _layout(self, items: list[BallInput], memo: dict[str, Any]) -> dict[str, Any]:
-        """The constant sparse matrices of these tasks' balls (built once, reused by every pass)."""
-        if "B" in memo:
-            return memo
-        index: BallIndex = items[0].index
-        t, n = len(items), int(items[0].nodes.numel())
-        blk = index.block(torch.cat([it.nodes.cpu() for it in items]))
-        union, inv = torch.unique(blk.members, return_inverse=True)
-        u = int(union.numel())
-        task_of_row = blk.ball_of_row // n
-        r = int(blk.members.numel())
-        dev = index.x.device
-        # B's entries are already in CSR order (rows ascending, columns ascending within a row, no duplicates).
-        crow = torch.zeros(r + 1, dtype=blk.rows.dtype)
-        torch.cumsum(torch.bincount(blk.rows, minlength=r), 0, out=crow[1:])
-        if index.symmetric:
-            # Undirected graph: B in row space (R × R, block diagonal) has a symmetric pattern and one value per
-            # row, so Bᵀ g = pattern · (dm ⊙ g) needs no stored transpose; each pass gathers the projected rows
-            # of its members first (``gather``: row → task·U + union position).
-            dm = index.dinv.index_select(0, blk.members)  # B = diag(dm) · (0/1 pattern): one value per row
-            vals_t = dm.index_select(0, blk.cols)
-            memo["B"] = RowScaledSymmetric(crow.to(dev), blk.cols.to(dev), dm.to(dev))
-            memo["gather"] = (task_of_row * u + inv).to(dev)
-            # Column sums of B are the row sums of Bᵀ: one contiguous segment sum per row (float64, then cast).
-            colsum = torch.segment_reduce(vals_t.double(), "sum", offsets=crow.long()).to(blk.vals.dtype)
-        else:
-            b_cols = task_of_row.index_select(0, blk.rows) * u + inv.index_select(0, blk.cols)
-            memo["B"] = transposable_csr(crow.long().to(dev), b_cols.to(dev), blk.vals.to(dev), (r, t * u))
-            colsum = torch.bincount(blk.cols, weights=blk.vals.double(), minlength=r).to(blk.vals.dtype)
-        # P·B (mean over a ball of B's rows): B is block diagonal, so column c only meets its own ball's rows and
-        # (P B)[ball(c), c] = (column sum of B at c) / |S_ball(c)|: one entry per column.
-        pool = colsum / blk.sizes.index_select(0, blk.ball_of_row).to(blk.vals.dtype)
-        crow = torch.zeros(t * n + 1, dtype=torch.long)
-        torch.cumsum(blk.sizes, 0, out=crow[1:])
-        memo["PB"] = transposable_csr(crow.to(dev), torch.arange(r, device=dev), pool.to(dev), (t * n, r),
-                                      col_sorted=True)  # col = arange: no read-back (issue 18)
-        codes = feature_codes(index)
-        if codes is not None:  # binary features: the rows' codes, never their floats
-            memo["XU"] = BinaryRows(codes.index_select(0, union.to(dev)), self.in_dim)
-        else:
-            xu = slice_rows(index.x, union.to(dev))
-            memo["XU"] = transposable(xu) if is_sparse(xu) else xu
-        memo["task_of_row"] = task_of_row.to(dev)
-        memo["shape"] = (t, n, u)
-        return memo
+        The tasks' layouts come from ``batch.memo`` when :func:`prepare_ball_batch` built them ahead (on the host,
+        in the prefetch worker: issue 18), else they are built here on the first pass."""
+        items = batch.items
+        memo = prepare_ball_batch(batch, self.max_rows, build=False)
+        outs = [self._forward_group({k: v[a:b] for k, v in params.items()}, items[a:b], items[a].dropout, lay)
+                for (a, b), lay in zip(memo["groups"], memo["layouts"], strict=True)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _forward_group(self, w: dict[str, Tensor], items: list[BallInput], dropout: bool,
                        memo: dict[str, Any]) -> Tensor:
-        lay = self._layout(items, memo)
+        lay = ball_layout(items, memo)
         t, n, u = lay["shape"]
         w1, b1, w2, b2 = w["lin1.weight"], w["lin1.bias"], w["lin2.weight"], w["lin2.bias"]
         h = self.hidden
@@ -218,4 +262,5 @@ class BallGCN(Backbone):
         return f"in_dim={self.in_dim}, hidden={self.hidden}, dropout={self.dropout}, readout=ball mean"
 
 
-__all__ = ["CODES_KEY", "BallGCN", "feature_codes", "tlp_init"]
+__all__ = ["CODES_KEY", "MAX_ROWS", "BallGCN", "ball_groups", "ball_layout", "feature_codes", "prepare_ball_batch",
+           "tlp_init"]

@@ -69,6 +69,17 @@ class Domain(ABC):
     def materialize(self, raw: Any, device: torch.device | str = "cpu") -> Episode:
         """The core episode of a raw one, on ``device``."""
 
+    def prepare_batch(self, episodes: list[Episode], batched: bool | None = None) -> None:
+        """Build, on the host and ahead of the step, the layouts the extractor would otherwise build on its first
+        pass over these materialized episodes (issue 18: called by the prefetch worker; default: nothing).
+
+        Args:
+            episodes: A meta-batch (or an evaluation chunk) as the step will receive it, in order.
+            batched: How the step runs them: ``None`` stacked when they stack (``train.batched: auto``), ``True``
+                stacked, ``False`` one by one.
+        """
+        del episodes, batched  # nothing to build ahead by default
+
     @abstractmethod
     def to_state(self, raws: list[Any]) -> dict[str, Tensor]:
         """Raw episodes as a dict of stacked tensors."""

@@ -39,10 +39,25 @@ from cmlgraph.graphs.storage import is_graph_file
 CUSTOM_GRAPHS: dict[str, FewShotGraph] = {}
 
 
+#: Suffix of the name under which a user's graph named like a registered dataset is registered.
+IN_MEMORY_SUFFIX = "-in-memory"
+
+
 def register_graph(graph: FewShotGraph) -> str:
-    """Make a user's graph loadable by name (``data.graph``) in this process; returns the name."""
-    CUSTOM_GRAPHS[graph.name] = graph
-    return graph.name
+    """Make a user's graph loadable by name (``data.graph``) in this process; returns the name.
+
+    A graph named like a registered dataset (``make_synthetic`` names its graphs ``synthetic``) is registered as
+    ``<name>-in-memory``: under the dataset's own name it would shadow that dataset for the rest of the process,
+    and a later run asking for the dataset (``graph="synthetic"``), or re-evaluating or predicting with a run
+    trained on it, would silently get the user's graph instead.
+    """
+    from cmlgraph.graphs.registry import REGISTRY
+
+    name = graph.name
+    if str(name).strip().lower().replace("_", "-") in REGISTRY:
+        name = f"{name}{IN_MEMORY_SUFFIX}"
+    CUSTOM_GRAPHS[name] = graph
+    return name
 
 
 def compute_layout(x: Tensor, min_density: float = 0.05, max_dense_bytes: int = 256 * 2**20) -> Tensor:

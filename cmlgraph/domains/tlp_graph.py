@@ -19,9 +19,9 @@ import torch
 
 from cmlgraph.backbones.ammgnn import MatchedGCN, MatchedInput, prepare_rownorm_plan
 from cmlgraph.backbones.base import Backbone
-from cmlgraph.backbones.gmeta import BallGCN
+from cmlgraph.backbones.gmeta import BallGCN, ball_layout, prepare_ball_batch
 from cmlgraph.config import Config
-from cmlgraph.core.episode import Episode
+from cmlgraph.core.episode import Episode, can_stack
 from cmlgraph.core.transfer import to_device
 from cmlgraph.domains.graph import GraphDomain, compute_layout, graph_of
 from cmlgraph.errors import ConfigError
@@ -114,6 +114,23 @@ class TLPGraphDomain(GraphDomain):
         for g, nodes in ((s, raw.support), (q, raw.query)):  # plans built on the host (issue 18 item 2)
             prepare_rownorm_plan(g, self.host_input(g, nodes))
         return Episode(MatchedInput(s, match, dropout=True), sy, MatchedInput(q, match), qy)
+
+    def prepare_batch(self, episodes: list[Episode], batched: bool | None = None) -> None:
+        """G-Meta: the ball layouts of these episodes (ball members, block-diagonal matrices, union features),
+        host work on the CPU ball index, built here in the prefetch worker instead of inside the meta-step
+        (issue 18 item 2). Stacked as the step will stack them (the same inputs in the same order find this
+        batch's memo again, :meth:`~cmlgraph.graphs.balls.BallInput.stack_tasks`), else per input. AMM-GNN's
+        plans are built in :meth:`materialize` already."""
+        if self.kind != "gmeta" or not episodes:
+            return
+        if batched is not False and len(episodes) > 1 and can_stack(episodes):
+            for side in ("support_x", "query_x"):
+                items = [getattr(ep, side) for ep in episodes]
+                prepare_ball_batch(BallInput.stack_tasks(items))
+        else:
+            for ep in episodes:
+                for inputs in (ep.support_x, ep.query_x):
+                    ball_layout([inputs], inputs.memo)
 
     #: :func:`cmlgraph.embed` embeds this many nodes per pass (G-Meta's balls of all nodes at once can be huge).
     embed_chunk = 512

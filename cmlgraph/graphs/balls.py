@@ -22,6 +22,9 @@ from torch import Tensor
 from cmlgraph.graphs.sparse import csr_row_entries
 from cmlgraph.graphs.types import GraphBatch
 
+#: ``BallInput.memo`` key of the last batch stacked with this input first: (ids of the stacked inputs, batch memo).
+STACK_KEY = "stacked"
+
 #: Keys, positions and counts below this run ``block()`` on int32 indices, others on int64.
 INT32_LIMIT = 2**31
 
@@ -207,8 +210,21 @@ class BallInput:
 
     @staticmethod
     def stack_tasks(items: list[BallInput]) -> BallBatch:
-        """A meta-batch's inputs, run as one block-diagonal pass."""
-        return BallBatch(list(items))
+        """A meta-batch's inputs, run as one block-diagonal pass.
+
+        Stacking the same inputs again (the same objects, in the same order) gives a batch sharing the first
+        one's ``memo``: the layouts that the prefetch worker built ahead
+        (:meth:`cmlgraph.domains.tlp_graph.TLPGraphDomain.prepare_batch`, issue 18) are found by the meta-step's
+        own stacking. The shared memo holds no reference to the inputs (no reference cycle).
+        """
+        key = tuple(id(it) for it in items)
+        batch = BallBatch(list(items))
+        hit = items[0].memo.get(STACK_KEY)
+        if hit is not None and hit[0] == key:
+            batch.memo = hit[1]
+        else:
+            items[0].memo[STACK_KEY] = (key, batch.memo)
+        return batch
 
 
 class BallBatch(GraphBatch):
@@ -216,4 +232,4 @@ class BallBatch(GraphBatch):
     container as :class:`~cmlgraph.graphs.types.GraphBatch`."""
 
 
-__all__ = ["INT32_LIMIT", "BallBatch", "BallBlock", "BallIndex", "BallInput", "row_normalised_adjacency"]
+__all__ = ["INT32_LIMIT", "STACK_KEY", "BallBatch", "BallBlock", "BallIndex", "BallInput", "row_normalised_adjacency"]

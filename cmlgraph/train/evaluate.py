@@ -70,7 +70,10 @@ def evaluate(
         chunks = iter([raws[start:start + chunk] for start in range(0, len(raws), chunk)])
 
         def materialize(_: Any) -> list[Any]:
-            return [domain.materialize(raw, device) for raw in next(chunks)]  # StopIteration: the last chunk
+            eps = [domain.materialize(raw, device) for raw in next(chunks)]  # StopIteration: the last chunk
+            if hasattr(domain, "prepare_batch"):  # layouts built here, off the step (issue 18); duck-typed domains
+                domain.prepare_batch(eps, None if together else False)
+            return eps
 
         batches = exits.enter_context(Prefetcher(materialize, depth=1, enabled=prefetch, name="cmlgraph-eval"))
         for eps in batches:

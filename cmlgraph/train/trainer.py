@@ -468,7 +468,15 @@ class Trainer:
         assert generator is not None
         raws = e.domain.sample("train", int(self.cfg.train.meta_batch), generator)  # the full batch on every rank
         lo, hi = self.dist.slice_bounds(len(raws))  # this rank's episodes (all of them in one process)
-        return len(raws), [e.domain.materialize(r, e.device) for r in raws[lo:hi]]
+        episodes = [e.domain.materialize(r, e.device) for r in raws[lo:hi]]
+        if hasattr(e.domain, "prepare_batch"):  # layouts built ahead (G-Meta's balls), off the step (issue 18)
+            e.domain.prepare_batch(episodes, self._batched())
+        return len(raws), episodes
+
+    def _batched(self) -> bool | None:
+        """``train.batched`` as the meta-step passes it: ``None`` (stack when the episodes stack), True or False."""
+        e = self.exp
+        return {"auto": auto_batched(e.model.extractor, e.device), "on": True, "off": False}[self.cfg.train.batched]
 
     def _next_batch(self) -> tuple[int, list[Any]]:
         """The next meta-batch: prepared ahead by the prefetch worker (``train.prefetch``, started on first use)
@@ -519,7 +527,7 @@ class Trainer:
         n_raws, episodes = self._next_batch()
         params = parameters_of(e.model)
         diag = cfg.train.diag_every > 0 and (self.step + 1) % cfg.train.diag_every == 0
-        batched = {"auto": auto_batched(e.model.extractor, e.device), "on": True, "off": False}[cfg.train.batched]
+        batched = self._batched()
         if self.dist.active:  # slice gradients summed over ranks: the full batch's, identical on every rank
             ms = self.dist.meta_gradients(e.algo, e.model, params, episodes, e.domain.loss_fn, self.step,
                                           meta_batch=n_raws, seed=cfg.train.seed, diagnostics=diag,

@@ -129,14 +129,19 @@ def _lines(run: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "time_s"} for r in recs]
 
 
-@pytest.mark.parametrize("domain", ["graph-khop", "sinusoid"])
+@pytest.mark.parametrize("domain", ["graph-khop", "sinusoid", "gmeta"])
 def test_training_with_prefetch_equals_without(tmp_path, tiny_graph, monkeypatch, domain):
     import cmlgraph.train.plots as plots
 
     monkeypatch.setattr(plots, "plot_run", lambda run_dir: [])
     settings = {"graph-khop": _settings(tiny_graph),
                 "sinusoid": dict(task="sinusoid", shots=5, queries=5, hidden=16, meta_batch=2, steps=6, val_every=3,
-                                 val_tasks=4, test_tasks=4, seed=2)}[domain]
+                                 val_tasks=4, test_tasks=4, seed=2),
+                # G-Meta: the worker also builds the ball layouts (TLPGraphDomain.prepare_batch); dropout stays in
+                # the step, drawn from the run's own random stream
+                "gmeta": dict(graph=tiny_graph, algo="gmeta", ways=3, shots=2, queries=3, meta_batch=2,
+                              inner_steps=2, steps=6, val_every=3, val_tasks=6, test_tasks=8, seed=3, dropout=0.5)
+                }[domain]
     on = _run(tmp_path, "on", **settings, prefetch="on")
     off = _run(tmp_path, "off", **settings, prefetch="off")
     assert not _workers()  # the worker ended with its run

@@ -65,22 +65,26 @@ def measure(settings: dict[str, Any], batched: bool | None = None) -> dict[str, 
         batched = {"auto": auto_batched(e.model.extractor, e.device), "on": True, "off": False}[cfg.train.batched]
     meta_batch = int(cfg.train.meta_batch)
 
-    def episodes(split: str) -> list:
-        return [e.domain.materialize(r, e.device) for r in e.domain.sample(split, meta_batch, e.generator)]
+    def episodes(split: str, stacked: bool | None) -> list:  # as the trainer's/evaluate's prefetch worker does
+        eps = [e.domain.materialize(r, e.device) for r in e.domain.sample(split, meta_batch, e.generator)]
+        e.domain.prepare_batch(eps, stacked)
+        return eps
 
-    e.algo.meta_gradients(e.model, params, episodes("train"), e.domain.loss_fn, 0, batched=batched)  # warm-up
+    together = auto_batched(e.model.extractor, e.device) is None
+
+    e.algo.meta_gradients(e.model, params, episodes("train", batched), e.domain.loss_fn, 0, batched=batched)  # warm
     phases: dict[str, SiteCounter] = {k: SiteCounter() for k in PHASES}
     with phases["host"]:
-        eps = episodes("train")
+        eps = episodes("train", batched)
     for phase in ("first", "steady"):
         with phases[phase]:
             ms = e.algo.meta_gradients(e.model, params, eps, e.domain.loss_fn, 1, batched=batched)
     assert torch.isfinite(ms.loss.total)
     e.model.eval()
     with phases["eval_host"]:
-        veps = episodes("val")
+        veps = episodes("val", None if together else False)
     with phases["eval"]:  # as evaluate() does: stacked when the backbone batches, else task by task
-        if auto_batched(e.model.extractor, e.device) is None and can_stack(veps):
+        if together and can_stack(veps):
             out, _ = e.algo.predict(e.model, params, stack(veps), e.domain.loss_fn, batched=True)
         else:
             out = torch.stack([e.algo.predict(e.model, params, ep, e.domain.loss_fn)[0] for ep in veps])
@@ -110,10 +114,11 @@ BALLS = {  # host: ball membership of new centre nodes (BallIndex.expand on the 
     "_unique2 @ balls.py:expand": 8, "repeat_interleave @ sparse.py:csr_row_entries": 16,
     "_local_scalar_dense @ sparse.py:csr_row_entries": 8, "bincount @ balls.py:balls": 4,
 }
-BALL_BLOCK = {  # host: the support and query ball blocks of the meta-batch, built on the CPU once per step
-    "_local_scalar_dense @ gmeta.py:<listcomp>": 4,  # rows per task (ball_sizes: a CPU tensor) to group tasks
+BALL_BLOCK = {  # host: the support and query ball blocks of the meta-batch, built on the CPU in the prefetch worker
+    #              (TLPGraphDomain.prepare_batch, issue 18), found again by the step's own stacking
+    "_local_scalar_dense @ gmeta.py:<listcomp>": 4,  # ball_groups: rows per task (ball_sizes, a CPU tensor)
     "_local_scalar_dense @ balls.py:block": 2, "nonzero @ balls.py:block": 2,  # entries inside the balls
-    "_unique2 @ gmeta.py:_layout": 2, "bincount @ gmeta.py:_layout": 2,  # union of members, CSR row counts
+    "_unique2 @ gmeta.py:ball_layout": 2, "bincount @ gmeta.py:ball_layout": 2,  # union of members, CSR counts
 }
 PROTO = {"_local_scalar_dense @ proto_head.py:class_means": ONE_HOT}
 ALLOW: dict[str, dict[str, dict[str, int]]] = {
@@ -122,15 +127,15 @@ ALLOW: dict[str, dict[str, dict[str, int]]] = {
     "full": {"host": {}, "eval_host": {},
              **{k: {"_local_scalar_dense @ proto_head.py:class_means": 2 * ONE_HOT} for k in ("first", "steady",
                                                                                                "eval")}},
-    "gmeta": {"host": {}, "first": {**BALLS, **BALL_BLOCK}, "steady": BALL_BLOCK, "eval_host": {},
-              "eval": {**BALLS, **BALL_BLOCK}},
+    "gmeta": {"host": {**BALLS, **BALL_BLOCK}, "first": {}, "steady": {}, "eval_host": {**BALLS, **BALL_BLOCK},
+              "eval": {}},
     "ammgnn": {"host": {**PLAN, **MATCH}, "first": {}, "steady": {}, "eval_host": {**PLAN, **MATCH}, "eval": {}},
     "sinusoid": {k: {} for k in PHASES},
     "digits": {k: {} for k in PHASES},
 }
 #: Sites in a device phase (first, steady, eval) that are not device syncs on CUDA: host work on CPU tensors or
 #: cpu-only checks. Every other site there would be a real device sync; none is left on these paths.
-NOT_DEVICE: dict[str, set[str]] = {"khop": set(PROTO), "full": set(PROTO), "gmeta": {*BALLS, *BALL_BLOCK},
+NOT_DEVICE: dict[str, set[str]] = {"khop": set(PROTO), "full": set(PROTO), "gmeta": set(),
                                    "ammgnn": set(), "sinusoid": set(), "digits": set()}
 
 
