@@ -42,6 +42,7 @@ from cmlgraph.backbones.gnn_ops import (
     transposable,
     transposable_csr,
 )
+from cmlgraph.core.transfer import to_device
 from cmlgraph.graphs.balls import BallBatch, BallIndex, BallInput
 from cmlgraph.graphs.sparse import slice_rows
 
@@ -133,7 +134,8 @@ def ball_layout(items: list[BallInput], memo: dict[str, Any]) -> dict[str, Any]:
     """The constant sparse matrices of these tasks' balls, in ``memo`` (built once, reused by every pass).
 
     Host work on the graph's CPU ball index (balls, block, union of members, CSR counts); only the finished
-    matrices are copied to the features' device. Built ahead by :func:`prepare_ball_batch` (the prefetch worker)
+    matrices are copied to the features' device (pinned, ``non_blocking``:
+    :func:`cmlgraph.core.transfer.to_device`). Built ahead by :func:`prepare_ball_batch` (the prefetch worker)
     or on a task group's first pass.
 
     Args:
@@ -163,28 +165,30 @@ def ball_layout(items: list[BallInput], memo: dict[str, Any]) -> dict[str, Any]:
         # of its members first (``gather``: row → task·U + union position).
         dm = index.dinv.index_select(0, blk.members)  # B = diag(dm) · (0/1 pattern): one value per row
         vals_t = dm.index_select(0, blk.cols)
-        memo["B"] = RowScaledSymmetric(crow.to(dev), blk.cols.to(dev), dm.to(dev))
-        memo["gather"] = (task_of_row * u + inv).to(dev)
+        memo["B"] = RowScaledSymmetric(to_device(crow, dev), to_device(blk.cols, dev), to_device(dm, dev))
+        memo["gather"] = to_device(task_of_row * u + inv, dev)
         # Column sums of B are the row sums of Bᵀ: one contiguous segment sum per row (float64, then cast).
         colsum = torch.segment_reduce(vals_t.double(), "sum", offsets=crow.long()).to(blk.vals.dtype)
     else:
         b_cols = task_of_row.index_select(0, blk.rows) * u + inv.index_select(0, blk.cols)
-        memo["B"] = transposable_csr(crow.long().to(dev), b_cols.to(dev), blk.vals.to(dev), (r, t * u))
+        memo["B"] = transposable_csr(to_device(crow.long(), dev), to_device(b_cols, dev), to_device(blk.vals, dev),
+                                     (r, t * u))
         colsum = torch.bincount(blk.cols, weights=blk.vals.double(), minlength=r).to(blk.vals.dtype)
     # P·B (mean over a ball of B's rows): B is block diagonal, so column c only meets its own ball's rows and
     # (P B)[ball(c), c] = (column sum of B at c) / |S_ball(c)|: one entry per column.
     pool = colsum / blk.sizes.index_select(0, blk.ball_of_row).to(blk.vals.dtype)
     crow = torch.zeros(t * n + 1, dtype=torch.long)
     torch.cumsum(blk.sizes, 0, out=crow[1:])
-    memo["PB"] = transposable_csr(crow.to(dev), torch.arange(r, device=dev), pool.to(dev), (t * n, r),
+    memo["PB"] = transposable_csr(to_device(crow, dev), torch.arange(r, device=dev), to_device(pool, dev), (t * n, r),
                                   col_sorted=True)  # col = arange: no read-back (issue 18)
     codes = feature_codes(index)
+    union_dev = to_device(union, dev)
     if codes is not None:  # binary features: the rows' codes, never their floats
-        memo["XU"] = BinaryRows(codes.index_select(0, union.to(dev)), int(index.x.shape[1]))
+        memo["XU"] = BinaryRows(codes.index_select(0, union_dev), int(index.x.shape[1]))
     else:
-        xu = slice_rows(index.x, union.to(dev))
+        xu = slice_rows(index.x, union_dev)
         memo["XU"] = transposable(xu) if is_sparse(xu) else xu
-    memo["task_of_row"] = task_of_row.to(dev)
+    memo["task_of_row"] = to_device(task_of_row, dev)
     memo["shape"] = (t, n, u)
     return memo
 

@@ -92,3 +92,24 @@ def test_the_domain_prepares_stacked_or_per_task_layouts():
     single = [domain.materialize(r) for r in domain.sample("train", 2, torch.Generator().manual_seed(0))]
     domain.prepare_batch(single, False)  # train.batched off: each input's own layout
     assert all("B" in ep.support_x.memo and "B" in ep.query_x.memo for ep in single)
+
+
+def test_every_layout_tensor_goes_to_the_device_through_the_pinned_copy(monkeypatch):
+    """ball_layout sends its host-built tensors with core.transfer.to_device (pinned, non_blocking on CUDA), never a
+    blocking ``.to``: every tensor the layout keeps is one that to_device returned (checked on CPU by identity)."""
+    import cmlgraph.backbones.gmeta as gmeta
+
+    sent: list[torch.Tensor] = []
+
+    def recording(t, device):
+        sent.append(t)
+        return t
+
+    monkeypatch.setattr(gmeta, "to_device", recording)
+    index = _index()
+    memo = gmeta.ball_layout([e.query_x for e in _episodes(index)], {})
+    ids = {id(t) for t in sent}
+    assert id(memo["task_of_row"]) in ids and id(memo["gather"]) in ids
+    b = memo["B"]  # an undirected graph: the row-scaled symmetric pattern (offsets are a view of the sent crow)
+    assert id(b.cols) in ids and id(b.row_scale) in ids
+    assert any(b.offsets.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for t in sent)
