@@ -194,6 +194,12 @@ class TrainingFree(MetaAlgorithm):
         with torch.no_grad():
             return self.logits(model, ep), None
 
+    def predict_tasks(self, model: MetaModel, eps: Sequence[Episode]) -> list[Tensor]:
+        """The query outputs of many tasks (evaluation's chunks): :meth:`logits` of each, or one batched solve
+        where a subclass has one; equal to :meth:`predict` task by task up to float rounding."""
+        with torch.no_grad():
+            return [self.logits(model, ep) for ep in eps]
+
     def run_summary(self, res: Mapping[str, Any]) -> dict[str, Any]:
         """Keys this method adds to ``summary.json``: ``steps`` 0 (nothing is meta-trained)."""
         return {"steps": 0, "training_free": True}
@@ -205,6 +211,29 @@ def _tidy(values: Mapping[str, float]) -> dict[str, float | int]:
 
 def _ways(ep: Episode) -> int:
     return int(ep.support_y.max()) + 1
+
+
+def _probe_tasks(eps: Sequence[Episode], features: Any, c: float) -> list[Tensor]:
+    """Per-task logistic-regression query logits of many tasks on node features ``features(inp, nodes)``
+    (``[len(nodes), F]``, the rows of those nodes of the episode's graph):
+    tasks of one ways and support size are fitted together (:func:`cmlgraph.baselines.logreg.logreg_logits_tasks`).
+    """
+    from cmlgraph.baselines.logreg import logreg_logits_tasks
+
+    out: list[Tensor | None] = [None] * len(eps)
+    groups: dict[int, list[int]] = {}
+    for i, ep in enumerate(eps):
+        groups.setdefault(_ways(ep), []).append(i)
+    for ways, idx in groups.items():
+        sup, ys, qry = [], [], []
+        for i in idx:
+            s, q = _inputs(eps[i])
+            sup.append(features(s, s.nodes))
+            ys.append(eps[i].support_y)
+            qry.append(features(s, q.nodes))
+        for i, logits in zip(idx, logreg_logits_tasks(sup, ys, qry, ways, c=c)):
+            out[i] = logits
+    return [o for o in out if o is not None]
 
 
 def _inputs(ep: Episode) -> tuple[Any, Any]:
@@ -288,6 +317,14 @@ class SGCLogReg(TrainingFree):
         z = sgc_features(s, int(state.setting("k")))
         return logreg_logits(F.normalize(z[s.nodes].float(), dim=1), ep.support_y, F.normalize(z[q.nodes].float(),
                              dim=1), _ways(ep), c=state.setting("c"))
+
+    def predict_tasks(self, model: MetaModel, eps: Sequence[Episode]) -> list[Tensor]:
+        """:meth:`logits` of many tasks, their regressions fitted together (one batched Newton solve)."""
+        state = self.state(model)
+        k = int(state.setting("k"))
+        with torch.no_grad():
+            return _probe_tasks(eps, lambda s, nodes: F.normalize(sgc_features(s, k)[nodes].float(), dim=1),
+                                state.setting("c"))
 
 
 class LabelProp(TrainingFree):
@@ -381,19 +418,33 @@ class GCLProbe(TrainingFree):
                 "val": val, "pretrain_seconds": record["seconds"], "seconds": round(time.perf_counter() - t0, 3),
                 **{k: v for k, v in record.items() if k != "seconds"}}
 
-    def logits(self, model: MetaModel, ep: Episode) -> Tensor:
-        """The probe's query logits on the frozen, min-max scaled embeddings."""
-        from cmlgraph.baselines.grace import embeddings, min_max_scale
-        from cmlgraph.baselines.logreg import logreg_logits
+    def embedded(self, model: MetaModel, inp: Any) -> Tensor:
+        """``[N, D]`` frozen, min-max scaled embeddings of the graph of ``inp`` (cached per feature tensor).
 
-        s, q = _inputs(ep)
+        Raises:
+            CmlgraphError: The encoder has not been pretrained.
+        """
+        from cmlgraph.baselines.grace import embeddings, min_max_scale
+
         state = self.state(model)
         if state.encoder is None:
             raise CmlgraphError("gcl-probe has no pretrained encoder; pretrain it first (fit or pretrain)")
-        if state._embedding is None or state._embedding[0] is not s.x:
-            state._embedding = (s.x, min_max_scale(embeddings(state.encoder, s.x, s.edge_index)))
-        z = state._embedding[1]
-        return logreg_logits(z[s.nodes], ep.support_y, z[q.nodes], _ways(ep), c=state.setting("c"))
+        if state._embedding is None or state._embedding[0] is not inp.x:
+            state._embedding = (inp.x, min_max_scale(embeddings(state.encoder, inp.x, inp.edge_index)))
+        return state._embedding[1]
+
+    def logits(self, model: MetaModel, ep: Episode) -> Tensor:
+        """The probe's query logits on the frozen, min-max scaled embeddings."""
+        from cmlgraph.baselines.logreg import logreg_logits
+
+        s, q = _inputs(ep)
+        z = self.embedded(model, s)
+        return logreg_logits(z[s.nodes], ep.support_y, z[q.nodes], _ways(ep), c=self.state(model).setting("c"))
+
+    def predict_tasks(self, model: MetaModel, eps: Sequence[Episode]) -> list[Tensor]:
+        """:meth:`logits` of many tasks, their probes fitted together (one batched Newton solve)."""
+        with torch.no_grad():
+            return _probe_tasks(eps, lambda s, nodes: self.embedded(model, s)[nodes], self.state(model).setting("c"))
 
 
 #: The baselines by CLI name.

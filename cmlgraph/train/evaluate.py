@@ -65,7 +65,9 @@ def evaluate(
     try:
         # Episodes adapted together hold one copy of the weights each: cap a chunk at ~8M values per copy.
         n_params = sum(v.numel() for v in params.values())
-        chunk = max(1, min(batch_size, int(8e6 // max(n_params, 1)))) if algo.uses_inner_loop else 1
+        many = getattr(algo, "predict_tasks", None)  # training-free methods: a chunk's tasks in one solve
+        chunk = (max(1, min(batch_size, int(8e6 // max(n_params, 1)))) if algo.uses_inner_loop
+                 else batch_size if many is not None else 1)
         together = auto_batched(model.extractor, device) is None
         chunks = iter([raws[start:start + chunk] for start in range(0, len(raws), chunk)])
 
@@ -77,7 +79,9 @@ def evaluate(
 
         batches = exits.enter_context(Prefetcher(materialize, depth=1, enabled=prefetch, name="cmlgraph-eval"))
         for eps in batches:
-            if together and len(eps) > 1 and can_stack(eps):
+            if many is not None:
+                pairs = [(out, None, ep.query_y) for out, ep in zip(many(model, eps), eps)]
+            elif together and len(eps) > 1 and can_stack(eps):
                 ep = stack(eps)
                 out, co = algo.predict(model, params, ep, domain.loss_fn, batched=True)
                 pairs = [(out[i], None if co is None else co[i], ep.query_y[i]) for i in range(len(eps))]

@@ -55,3 +55,39 @@ def test_bad_inputs() -> None:
         fit_logreg(torch.ones(2, 1), torch.tensor([0, 1]), 2, 0.0)
     with pytest.raises(DataError, match=r"classes \[2\] have no support"):
         fit_logreg(torch.ones(2, 1), torch.tensor([0, 1]), 3)
+
+
+@pytest.mark.parametrize("ways", [2, 5])
+def test_tasks_fitted_together_equal_each_fitted_alone(ways: int) -> None:
+    from cmlgraph.baselines.logreg import fit_logreg_tasks, logreg_logits_tasks
+
+    g = torch.Generator().manual_seed(ways)
+    shots, tasks = 3, 7
+    xs = torch.randn(tasks, ways * shots, 12, generator=g, dtype=torch.float64)
+    xs[2, 1] = xs[2, 0]  # a rank-deficient support set
+    xs[4] = 0.0  # one with no spread at all: only the intercepts move
+    xs[5] *= 50.0  # one on another scale (a harder, near-separable fit)
+    y = torch.arange(ways).repeat_interleave(shots).repeat(tasks, 1)
+    w, b = fit_logreg_tasks(xs, y, ways, 10.0)
+    for t in range(tasks):
+        w1, b1 = fit_logreg(xs[t], y[t], ways, 10.0)
+        torch.testing.assert_close(w[t], w1, atol=1e-9, rtol=1e-7)
+        torch.testing.assert_close(b[t], b1, atol=1e-9, rtol=1e-7)
+    # the batched logits of tasks with different query counts equal the one-task logits, in order
+    queries = [torch.randn(q, 12, generator=g, dtype=torch.float64) for q in (1, 4, 2, 3, 5, 6, 2)]
+    many = logreg_logits_tasks(list(xs), list(y), queries, ways, 10.0)
+    assert [tuple(m.shape) for m in many] == [(q.shape[0], ways) for q in queries]
+    for t in range(tasks):
+        torch.testing.assert_close(many[t], logreg_logits(xs[t], y[t], queries[t], ways, 10.0), atol=1e-5, rtol=1e-5)
+
+
+def test_tasks_with_bad_inputs_name_the_problem() -> None:
+    from cmlgraph.baselines.logreg import fit_logreg_tasks, logreg_logits_tasks
+
+    with pytest.raises(DataError, match=r"expected support \[T, S, F\]"):
+        fit_logreg_tasks(torch.ones(4, 2), torch.tensor([0, 1, 0, 1]), 2)
+    y = torch.tensor([[0, 1], [0, 0]])  # the second task has no row of class 1
+    with pytest.raises(DataError, match=r"classes \[1\] have no support"):
+        fit_logreg_tasks(torch.randn(2, 2, 3), y, 2)
+    with pytest.raises(DataError, match="each task needs one of each"):
+        logreg_logits_tasks([torch.ones(2, 1)], [], [torch.ones(1, 1)], 2)

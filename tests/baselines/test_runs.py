@@ -66,6 +66,28 @@ def test_gcl_probe_run_keeps_its_encoder(tmp_path):
     assert reevaluate(run)["mean"] == pytest.approx(summary["mean"], abs=1e-9)
 
 
+@pytest.mark.parametrize("algo,extra", [("sgc-logreg", {}), ("gcl-probe", {"pretrain_epochs": 2})])
+def test_tasks_scored_together_equal_tasks_scored_one_by_one(tmp_path, algo, extra):
+    """Evaluation fits a chunk's probes in one batched solve (``predict_tasks``): same scores as task by task."""
+    from cmlgraph.core.model import parameters_of
+    from cmlgraph.train.evaluate import evaluate
+    from cmlgraph.train.reeval import load_inference_model
+
+    run, summary = _run(tmp_path, algo, test_tasks=10, **extra)
+    (cfg, method, domain), model, state = load_inference_model(run)
+    raws = domain.from_state(state)
+    together = evaluate(method, model, parameters_of(model), domain, raws)
+    method.predict_tasks = None  # the one-task path: predict() per task
+    alone = evaluate(method, model, parameters_of(model), domain, raws)
+    assert together["scores"] == pytest.approx(alone["scores"], abs=1e-12)
+    assert together["mean"] == pytest.approx(summary["mean"], abs=1e-12)
+    eps = [domain.materialize(r, "cpu") for r in raws[:4]]
+    del method.predict_tasks
+    for ep, out in zip(eps, method.predict_tasks(model, eps)):
+        torch.testing.assert_close(out, method.predict(model, parameters_of(model), ep, None)[0], atol=1e-5,
+                                   rtol=1e-5)
+
+
 @pytest.mark.parametrize("settings,match", [
     (dict(task="sinusoid"), "use it with --task graph"),
     (dict(control="noise", cml=False), "drop --control noise"),
