@@ -108,10 +108,18 @@ class MetaAlgorithm:
     # --- training ------------------------------------------------------------------------------------------
     def objective(self, model: MetaModel, params: Mapping[str, Tensor], episodes: Sequence[Episode],
                   loss_fn: LossFn, step: int, batched: bool | None = None) -> OuterLoss:
-        """The outer objective of this algorithm at a meta-iteration."""
-        return outer_objective(model, params, episodes, loss_fn, self.inner_config(step), gamma=self.cfg.gamma,
+        """The outer objective of this algorithm at a meta-iteration: MAML's (with CML, the co-learner's term),
+        plus :meth:`regulariser` on the meta-learner's term where the algorithm has one."""
+        loss = outer_objective(model, params, episodes, loss_fn, self.inner_config(step), gamma=self.cfg.gamma,
                                cml=self.cml, batched=batched, first_order=self.first_order_at(step),
                                step_weights=self.step_weights(step))
+        reg = self.regulariser(params, episodes)
+        return loss if reg is None else OuterLoss(meta=loss.meta + reg, co=loss.co, total=loss.total + reg)
+
+    def regulariser(self, params: Mapping[str, Tensor], episodes: Sequence[Episode]) -> Tensor | None:
+        """A term of the outer loss on the meta-parameters, added to the meta-learner's loss (AMM-GNN's); ``None``
+        for MAML. A fused meta-step of several runs (``--parallel-runs``) adds each run's on its own parameters."""
+        return None
 
     def meta_gradients(self, model: MetaModel, params: Mapping[str, Tensor], episodes: Sequence[Episode],
                        loss_fn: LossFn, step: int, *, diagnostics: bool = False,

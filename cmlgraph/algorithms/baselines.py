@@ -231,7 +231,7 @@ def _probe_tasks(eps: Sequence[Episode], features: Any, c: float) -> list[Tensor
             sup.append(features(s, s.nodes))
             ys.append(eps[i].support_y)
             qry.append(features(s, q.nodes))
-        for i, logits in zip(idx, logreg_logits_tasks(sup, ys, qry, ways, c=c)):
+        for i, logits in zip(idx, logreg_logits_tasks(sup, ys, qry, ways, c=c), strict=True):
             out[i] = logits
     return [o for o in out if o is not None]
 

@@ -20,10 +20,8 @@ from torch import Tensor
 
 from cmlgraph.algorithms.base import MetaAlgorithm
 from cmlgraph.core.episode import Episode
-from cmlgraph.core.functional import LossFn
 from cmlgraph.core.inner_loop import InnerLoopConfig
-from cmlgraph.core.model import MetaModel, sub
-from cmlgraph.core.objective import OuterLoss
+from cmlgraph.core.model import sub
 
 
 class GMeta(MetaAlgorithm):
@@ -42,15 +40,12 @@ class AMMGNN(MetaAlgorithm):
         """MAML's inner loop with α and β excluded from adaptation."""
         return replace(super().inner_config(step, evaluation), frozen=self.frozen)
 
-    def objective(self, model: MetaModel, params: Mapping[str, Tensor], episodes: Sequence[Episode],
-                  loss_fn: LossFn, step: int, batched: bool | None = None) -> OuterLoss:
-        """MAML's (CML) objective plus the mean attribute-matching regulariser of the meta-batch's tasks."""
+    def regulariser(self, params: Mapping[str, Tensor], episodes: Sequence[Episode]) -> Tensor:
+        """The mean attribute-matching regulariser of the meta-batch's tasks, added to MAML's (CML) objective."""
         from cmlgraph.backbones.ammgnn import match_regulariser
 
-        loss = super().objective(model, params, episodes, loss_fn, step, batched)
         enc = sub(params, "extractor")
-        reg = torch.stack([match_regulariser(enc, ep.query_x) for ep in episodes]).mean()
-        return OuterLoss(meta=loss.meta + reg, co=loss.co, total=loss.total + reg)
+        return torch.stack([match_regulariser(enc, ep.query_x) for ep in episodes]).mean()
 
 
 __all__ = ["AMMGNN", "GMeta"]

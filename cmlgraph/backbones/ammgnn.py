@@ -25,10 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmlgraph.backbones.base import Backbone, mlp_head
-from cmlgraph.backbones.gmeta import tlp_init
+from cmlgraph.backbones.gmeta import _dropout, tlp_init
 from cmlgraph.backbones.gnn import plan_features
 from cmlgraph.backbones.gnn_ops import cached, is_sparse, sparse_matmul
 from cmlgraph.backbones.gnn_plan import TaskLayout, build_plan, plan_to, task_linear
+from cmlgraph.core.streams import current_streams, group_tasks
+from cmlgraph.errors import CmlgraphError
 from cmlgraph.graphs.balls import row_normalised_adjacency
 from cmlgraph.graphs.sparse import slice_rows
 from cmlgraph.graphs.types import GraphBatch, GraphInput
@@ -122,6 +124,9 @@ class MatchedGCN(Backbone):
         max_tasks: Most tasks run in one batched pass (evaluation batches are split), same results.
     """
 
+    #: Draws its dropout masks from each run's own stream inside a fused meta-step (:mod:`cmlgraph.core.streams`).
+    random_streams = True
+
     #: Parameter-name prefix of α and β, which the inner loop must not update.
     frozen_prefixes = ("match_alpha.", "match_beta.")
 
@@ -153,12 +158,25 @@ class MatchedGCN(Backbone):
         return self._forward_group(w, [inputs], inputs.memo)[0]
 
     def forward_tasks(self, params: dict[str, Tensor], batch: MatchedBatch) -> Tensor:
-        """Embeddings ``Tensor[T, n, hidden]`` with per-task weights ``params[name][t]``."""
+        """Embeddings ``Tensor[T, n, hidden]`` with per-task weights ``params[name][t]``.
+
+        Inside a fused meta-step of several runs (:mod:`cmlgraph.core.streams`) each run's tasks keep the groups
+        they have alone, and each run's rows get the dropout mask that run draws alone (from its own stream, over
+        its own group's padded rows)."""
         items = batch.items
-        groups = [(a, min(a + self.max_tasks, len(items))) for a in range(0, len(items), self.max_tasks)]
-        memos = batch.memo.setdefault("groups", [{} for _ in groups])
-        outs = [self._forward_group({k: v[a:b] for k, v in params.items()}, items[a:b], memo)
-                for (a, b), memo in zip(groups, memos, strict=True)]
+        streams = current_streams() if self.training and items[0].dropout and self.dropout > 0 else None
+        if streams is not None and sum(streams.sizes) != len(items):
+            raise CmlgraphError(f"the fused runs have {sum(streams.sizes)} tasks but this pass has {len(items)}")
+        segments = None if streams is None else streams.sizes
+        groups = group_tasks([1] * len(items), self.max_tasks, segments)
+        memos = batch.memo.setdefault(("groups", segments), [{} for _ in groups])
+        outs = []
+        for (a, b), memo in zip(groups, memos, strict=True):
+            draws = None
+            if streams is not None:  # (first task, end, the run's own padded rows, its generator) per run
+                draws = [(x - a, y - a, max(self._plan(it.graph).sizes[1] for it in items[x:y]),
+                          streams.generators[run]) for run, x, y in streams.spans(a, b)]
+            outs.append(self._forward_group({k: v[a:b] for k, v in params.items()}, items[a:b], memo, draws))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _plan(self, g: GraphInput) -> Any:
@@ -169,7 +187,8 @@ class MatchedGCN(Backbone):
             store["rownorm"] = build_plan(rownorm_rows(g), plan_features(g), g.nodes.to(g.x.device), 2)
         return store["rownorm"]
 
-    def _forward_group(self, w: dict[str, Tensor], items: list[MatchedInput], memo: dict[str, Any]) -> Tensor:
+    def _forward_group(self, w: dict[str, Tensor], items: list[MatchedInput], memo: dict[str, Any],
+                       draws: list[tuple[int, int, int, torch.Generator]] | None = None) -> Tensor:
         if "layout" not in memo:
             memo["layout"] = TaskLayout([self._plan(it.graph) for it in items])
             memo["rows"] = torch.stack([match_rows(it.graph, it.match) for it in items])  # [T, 2, k, F]
@@ -179,10 +198,21 @@ class MatchedGCN(Backbone):
         w1 = w["lin1.weight"] * scale.unsqueeze(1)
         h = F.relu(task_linear(lay.constant("z", 1), w1, t, w["lin1.bias"]))
         if self.training and items[0].dropout and self.dropout > 0:
-            h = F.dropout(h, self.dropout, training=True)
+            h = _dropout(h, self.dropout) if draws is None else self._dropout_streams(h, t, draws)
         h = sparse_matmul(lay.agg(1), task_linear(h, w["lin2.weight"], t))
         h = (h.view(t, -1, self.hidden) + w["lin2.bias"].unsqueeze(1)).reshape(-1, self.hidden)
         return lay.select_output(h)
+
+    def _dropout_streams(self, h: Tensor, t: int, draws: list[tuple[int, int, int, torch.Generator]]) -> Tensor:
+        """Each run's tasks ``[a, b)`` masked over the first ``rows`` (its own group's padding) of their rows, from
+        its generator: the mask that run draws alone; rows past its own padding feed nothing (no aggregation
+        entry), so they are left unmasked."""
+        h3 = h.view(t, -1, h.shape[-1])
+        parts = []
+        for a, b, rows, gen in draws:
+            own = _dropout(h3[a:b, :rows].reshape(-1, h.shape[-1]), self.dropout, gen).view(b - a, rows, -1)
+            parts.append(torch.cat([own, h3[a:b, rows:]], dim=1) if rows < h3.shape[1] else own)
+        return torch.cat(parts).view(-1, h.shape[-1])
 
     def extra_repr(self) -> str:
         """Shown by ``print(model)``."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -42,7 +43,9 @@ from cmlgraph.backbones.gnn_ops import (
     transposable,
     transposable_csr,
 )
+from cmlgraph.core.streams import current_streams, group_tasks
 from cmlgraph.core.transfer import to_device
+from cmlgraph.errors import CmlgraphError
 from cmlgraph.graphs.balls import BallBatch, BallIndex, BallInput
 from cmlgraph.graphs.sparse import slice_rows
 
@@ -58,9 +61,10 @@ def tlp_init(module: nn.Module) -> nn.Module:
     return module
 
 
-def _dropout(h: Tensor, p: float) -> Tensor:
+def _dropout(h: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
     """Inverted dropout, as ``F.dropout(h, p, training=True)``: each entry kept with probability 1 − p and scaled
-    by 1 / (1 − p); the same distribution as ``F.dropout``, from another random stream.
+    by 1 / (1 − p); the same distribution as ``F.dropout``, from another random stream: ``generator``, else torch's
+    global RNG (a generator in the global RNG's state draws the same mask).
 
     Why not ``F.dropout``: its ``bernoulli_`` costs about 4x a uniform draw on a CPU, and this mask is drawn for
     every ball row of every inner step. When 256·p is an integer (0.5 in every paper setting) the mask compares
@@ -73,12 +77,19 @@ def _dropout(h: Tensor, p: float) -> Tensor:
     if level == int(level) and h.device.type == "cpu" and sys.byteorder == "little":
         n = h.numel()
         k = (n + 6) // 7
-        bits = torch.empty(k, dtype=torch.int64, device=h.device).random_()  # uniform on [0, 2**63)
+        bits = torch.empty(k, dtype=torch.int64, device=h.device).random_(generator=generator)  # on [0, 2**63)
         byte = bits.view(torch.uint8).view(k, 8)[:, :7]  # bytes 0-6 (little-endian): uniform; byte 7 is not
         keep = (byte >= int(level)).reshape(-1)[:n].view(h.shape)
     else:
-        keep = torch.rand_like(h) >= p
+        keep = torch.rand(h.shape, generator=generator, dtype=h.dtype, device=h.device) >= p
     return h * (keep.to(h.dtype) / (1.0 - p))
+
+
+def _dropout_streams(h: Tensor, p: float, draws: list[tuple[int, torch.Generator]]) -> Tensor:
+    """:func:`_dropout` of consecutive row chunks, each from its own generator (``draws``: rows, generator): the
+    runs of a fused meta-step (:mod:`cmlgraph.core.streams`), each chunk's mask as that run would draw it alone."""
+    chunks = h.split([rows for rows, _ in draws])
+    return torch.cat([_dropout(c, p, g) for c, (_, g) in zip(chunks, draws, strict=True)])
 
 
 #: ``BallIndex.memo`` key of the graph's binary feature codes (``None``: the features take the float products).
@@ -97,33 +108,35 @@ def feature_codes(index: BallIndex) -> Tensor | None:
 MAX_ROWS = 400_000
 
 
-def ball_groups(items: list[BallInput], max_rows: int = MAX_ROWS) -> list[tuple[int, int]]:
+def ball_groups(items: list[BallInput], max_rows: int = MAX_ROWS,
+                segments: Sequence[int] | None = None) -> list[tuple[int, int]]:
     """Split tasks into consecutive groups ``[a, b)`` of at most ``max_rows`` ball rows (a task never split; a
-    task larger than ``max_rows`` runs alone). Reads ball sizes on the host."""
-    rows = [int(it.index.ball_sizes(it.nodes).sum()) for it in items]
-    groups, start, total = [], 0, 0
-    for t, r in enumerate(rows):
-        if t > start and total + r > max_rows:
-            groups.append((start, t))
-            start, total = t, 0
-        total += r
-    groups.append((start, len(items)))
-    return groups
+    task larger than ``max_rows`` runs alone). Reads ball sizes on the host.
+
+    ``segments`` (the tasks of each run of a fused meta-step, in order): each run's own groups stay whole
+    (:func:`cmlgraph.core.streams.group_tasks`), so a pass draws each run's dropout masks as that run alone would.
+
+    Raises:
+        ValueError: ``segments`` that do not add up to the number of tasks.
+    """
+    return group_tasks([int(it.index.ball_sizes(it.nodes).sum()) for it in items], max_rows, segments)
 
 
-def prepare_ball_batch(batch: BallBatch, max_rows: int = MAX_ROWS, build: bool = True) -> dict[str, Any]:
+def prepare_ball_batch(batch: BallBatch, max_rows: int = MAX_ROWS, build: bool = True,
+                       segments: Sequence[int] | None = None) -> dict[str, Any]:
     """The task groups and (``build``) their layouts of a stacked batch, kept in ``batch.memo``.
 
     Called by :meth:`cmlgraph.domains.tlp_graph.TLPGraphDomain.prepare_batch` in the prefetch worker (issue 18):
     the meta-step then finds every layout built and does no host work; the encoder calls it with ``build=False``
     (groups only; each group's layout is built on its first pass if it is missing). Groups made for another
-    ``max_rows`` are remade.
+    ``max_rows`` or other ``segments`` (:func:`ball_groups`) are remade.
     """
     memo = batch.memo
-    if memo.get("max_rows") != max_rows:
-        memo["groups"] = ball_groups(batch.items, max_rows)
+    key = (max_rows, None if segments is None else tuple(segments))
+    if memo.get("grouped_for") != key:
+        memo["groups"] = ball_groups(batch.items, max_rows, segments)
         memo["layouts"] = [{} for _ in memo["groups"]]
-        memo["max_rows"] = max_rows
+        memo["grouped_for"] = key
     if build:
         for (a, b), lay in zip(memo["groups"], memo["layouts"], strict=True):
             ball_layout(batch.items[a:b], lay)
@@ -144,7 +157,8 @@ def ball_layout(items: list[BallInput], memo: dict[str, Any]) -> dict[str, Any]:
 
     Returns:
         ``memo`` with ``B`` (ball rows × union), ``PB`` (mean readout of B), ``XU`` (the union's features or their
-        binary codes), ``task_of_row``, ``shape = (T, n, U)`` and, on an undirected graph, ``gather``.
+        binary codes), ``task_of_row``, ``task_rows`` (each task's row count, host ints), ``shape = (T, n, U)``
+        and, on an undirected graph, ``gather``.
     """
     if "B" in memo:
         return memo
@@ -189,6 +203,7 @@ def ball_layout(items: list[BallInput], memo: dict[str, Any]) -> dict[str, Any]:
         xu = slice_rows(index.x, union_dev)
         memo["XU"] = transposable(xu) if is_sparse(xu) else xu
     memo["task_of_row"] = to_device(task_of_row, dev)
+    memo["task_rows"] = blk.sizes.view(t, n).sum(1).tolist()  # host ints: each task's ball rows
     memo["shape"] = (t, n, u)
     return memo
 
@@ -203,6 +218,9 @@ class BallGCN(Backbone):
         max_rows: Most ball rows run in one block-diagonal pass; larger task batches (evaluation) are split
             into groups of whole tasks, with the same results.
     """
+
+    #: Draws its dropout masks from each run's own stream inside a fused meta-step (:mod:`cmlgraph.core.streams`).
+    random_streams = True
 
     def __init__(self, in_dim: int, hidden: int = 16, dropout: float = 0.5, max_rows: int = MAX_ROWS) -> None:
         super().__init__()
@@ -231,13 +249,23 @@ class BallGCN(Backbone):
         The tasks' layouts come from ``batch.memo`` when :func:`prepare_ball_batch` built them ahead (on the host,
         in the prefetch worker: issue 18), else they are built here on the first pass."""
         items = batch.items
-        memo = prepare_ball_batch(batch, self.max_rows, build=False)
-        outs = [self._forward_group({k: v[a:b] for k, v in params.items()}, items[a:b], items[a].dropout, lay)
-                for (a, b), lay in zip(memo["groups"], memo["layouts"], strict=True)]
+        streams = current_streams() if self.training and items[0].dropout and self.dropout > 0 else None
+        if streams is not None and sum(streams.sizes) != len(items):
+            raise CmlgraphError(f"the fused runs have {sum(streams.sizes)} tasks but this pass has {len(items)}")
+        memo = prepare_ball_batch(batch, self.max_rows, build=False,
+                                  segments=None if streams is None else streams.sizes)
+        outs = []
+        for (a, b), lay in zip(memo["groups"], memo["layouts"], strict=True):
+            draws = None
+            if streams is not None:  # each run's rows masked from its own stream (a fused meta-step)
+                rows = ball_layout(items[a:b], lay)["task_rows"]
+                draws = [(sum(rows[x - a:y - a]), streams.generators[run]) for run, x, y in streams.spans(a, b)]
+            outs.append(self._forward_group({k: v[a:b] for k, v in params.items()}, items[a:b], items[a].dropout,
+                                            lay, draws))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _forward_group(self, w: dict[str, Tensor], items: list[BallInput], dropout: bool,
-                       memo: dict[str, Any]) -> Tensor:
+                       memo: dict[str, Any], draws: list[tuple[int, torch.Generator]] | None = None) -> Tensor:
         lay = ball_layout(items, memo)
         t, n, u = lay["shape"]
         w1, b1, w2, b2 = w["lin1.weight"], w["lin1.bias"], w["lin2.weight"], w["lin2.bias"]
@@ -257,7 +285,7 @@ class BallGCN(Backbone):
         bias = b1 if t == 1 else b1.index_select(0, lay["task_of_row"])
         h1 = F.relu(sparse_matmul(lay["B"], xw) + bias)
         if self.training and dropout and self.dropout > 0:
-            h1 = _dropout(h1, self.dropout)
+            h1 = _dropout(h1, self.dropout) if draws is None else _dropout_streams(h1, self.dropout, draws)
         z = sparse_matmul(lay["PB"], h1).view(t, n, h)
         return torch.baddbmm(b2.unsqueeze(1), z, w2.transpose(1, 2))
 

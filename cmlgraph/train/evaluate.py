@@ -80,7 +80,7 @@ def evaluate(
         batches = exits.enter_context(Prefetcher(materialize, depth=1, enabled=prefetch, name="cmlgraph-eval"))
         for eps in batches:
             if many is not None:
-                pairs = [(out, None, ep.query_y) for out, ep in zip(many(model, eps), eps)]
+                pairs = [(out, None, ep.query_y) for out, ep in zip(many(model, eps), eps, strict=True)]
             elif together and len(eps) > 1 and can_stack(eps):
                 ep = stack(eps)
                 out, co = algo.predict(model, params, ep, domain.loss_fn, batched=True)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from cmlgraph.config import Config
 from cmlgraph.core.episode import Episode, can_stack, stack
 from cmlgraph.core.model import group_of, parameters_of
 from cmlgraph.core.objective import OuterLoss, _meta_and_co
+from cmlgraph.core.streams import generator_from_state, task_streams
 from cmlgraph.errors import CmlgraphError, ConfigError, NumericalError
 from cmlgraph.train.io import MetricsLog, kill_point
 from cmlgraph.train.trainer import Trainer, _finite, prepare
@@ -106,6 +107,7 @@ class _Member:
     rng: Tensor | None = None
     cuda_rng: list[Tensor] = field(default_factory=list)
     global_rng_free: bool | None = None  # whether its meta-step leaves torch's global RNG untouched (first step)
+    streams_ok: bool = True  # False once a fused step with its own streams still drew from the global RNG
     fused_steps: int = 0  # meta-steps computed together with other runs (said on the console at the end)
 
     @property
@@ -154,6 +156,30 @@ def fusable(trainer: Trainer) -> bool:
     return batched is not False and int(cfg.train.meta_batch) >= 1 and not trainer.dist.active
 
 
+def _stream_aware(trainer: Trainer) -> bool:
+    """Whether the run's encoder draws from each run's own stream inside a fused meta-step (``random_streams``:
+    G-Meta, AMM-GNN; :mod:`cmlgraph.core.streams`), so a meta-step that draws from torch's global RNG (dropout)
+    can still be fused."""
+    return bool(getattr(trainer.exp.model.extractor, "random_streams", False))
+
+
+def _run_generator(m: _Member) -> torch.Generator | None:
+    """A generator in the run's own RNG state on its device (what its global RNG would draw alone); ``None``
+    where that state is not known yet."""
+    device = m.trainer.exp.device
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return generator_from_state(m.cuda_rng[index], device) if len(m.cuda_rng) > index else None
+    return generator_from_state(m.rng, "cpu") if m.rng is not None and device.type == "cpu" else None
+
+
+def _global_states(device: torch.device) -> list[Tensor]:
+    states = [torch.get_rng_state()]
+    if device.type == "cuda":
+        states += torch.cuda.get_rng_state_all()
+    return states
+
+
 def _same(a: Tensor, b: Tensor) -> bool:
     if a.layout != b.layout or a.shape != b.shape or a.dtype != b.dtype:
         return False
@@ -168,18 +194,31 @@ def _same(a: Tensor, b: Tensor) -> bool:
 
 def _share_graph(members: Sequence[_Member]) -> None:
     """Let the runs of one graph use one copy of its full-graph tensors (same values: their episodes then stack
-    into one block-diagonal batch, and the graph sits once in memory). Only for computation-tree (k-hop) inputs."""
+    into one batch, and the graph sits once in memory): computation-tree (k-hop) inputs and AMM-GNN's full graph
+    share the domain's full-graph tensors, G-Meta its ball index."""
     first = members[0].trainer.exp
-    if not getattr(first.domain, "trees", False) or not hasattr(first.domain, "_full_graph"):
-        return
     device = first.device
+    kind = getattr(first.domain, "kind", None)  # TLP's encoders (G-Meta, AMM-GNN)
+    if kind == "gmeta" and hasattr(first.domain, "ball_index"):
+        index = first.domain.ball_index(device)
+        for m in members[1:]:
+            d = m.trainer.exp.domain
+            if getattr(d, "kind", None) == "gmeta" and _same_graph(d, first.domain):
+                d._index[str(device)] = index
+        return
+    if not (getattr(first.domain, "trees", False) or kind == "ammgnn") or not hasattr(first.domain, "_full_graph"):
+        return
     shared = first.domain._full_graph(device)
     for m in members[1:]:
         d = m.trainer.exp.domain
-        if not getattr(d, "trees", False) or not hasattr(d, "_full"):
+        if not (getattr(d, "trees", False) or getattr(d, "kind", None) == "ammgnn") or not hasattr(d, "_full"):
             continue
-        if _same(d.graph.edge_index, first.domain.graph.edge_index) and _same(d.graph.x, first.domain.graph.x):
+        if _same_graph(d, first.domain):
             d._full[str(device)] = shared
+
+
+def _same_graph(a: Any, b: Any) -> bool:
+    return _same(a.graph.edge_index, b.graph.edge_index) and _same(a.graph.x, b.graph.x)
 
 
 class ParallelTrainer:
@@ -315,7 +354,8 @@ class ParallelTrainer:
         for m in active:
             t = m.trainer
             diag = t.cfg.train.diag_every > 0 and (t.step + 1) % t.cfg.train.diag_every == 0
-            if m.global_rng_free and not diag and fusable(t):
+            draws_ok = m.global_rng_free or (m.global_rng_free is False and m.streams_ok and _stream_aware(t))
+            if draws_ok and not diag and fusable(t):
                 key = (t.step, tuple((k, tuple(p.shape)) for k, p in parameters_of(t.exp.model).items()))
                 fused.setdefault(key, []).append(m)
             else:
@@ -358,10 +398,24 @@ class ParallelTrainer:
                 drawn.append((m, holder[0]))
         steps: list[MetaStep] | None = None
         if len(drawn) > 1 and can_stack([ep for _, eps in drawn for ep in eps]):
+            # runs whose step draws random numbers (dropout) draw them from their own streams, as alone
+            gens = [_run_generator(m) for m, _ in drawn] if any(not m.global_rng_free for m, _ in drawn) else None
+            device = drawn[0][0].trainer.exp.device
+            before = _global_states(device)
             try:
-                steps = fused_gradients([m.trainer for m, _ in drawn], [eps for _, eps in drawn])
+                if gens is not None and any(g is None for g in gens):
+                    raise CmlgraphError("a run's RNG state is not known yet")
+                steps = fused_gradients([m.trainer for m, _ in drawn], [eps for _, eps in drawn], generators=gens)
+                if gens is not None and not all(torch.equal(a, b) for a, b in zip(before, _global_states(device),
+                                                                                   strict=True)):
+                    for m, _ in drawn:  # a draw outside the streams: never fuse these runs again
+                        m.streams_ok = False
+                    steps = None
             except Exception:  # noqa: BLE001 - redone run by run below, where an error stops that run only
                 steps = None
+            if steps is not None and gens is not None:  # each run's RNG moves on as its own draws moved it
+                for (m, _), gen in zip(drawn, gens, strict=True):
+                    _set_run_state(m, gen)
         shared = time.perf_counter() - t0
         for i, (m, eps) in enumerate(drawn):
 
@@ -382,13 +436,26 @@ class ParallelTrainer:
             self._guarded(m, apply)
 
 
-def fused_gradients(trainers: Sequence[Trainer], episodes: Sequence[Sequence[Episode]]) -> list[MetaStep]:
+def _set_run_state(m: _Member, gen: torch.Generator | None) -> None:
+    if gen is None:
+        return
+    if gen.device.type == "cuda":
+        index = gen.device.index if gen.device.index is not None else torch.cuda.current_device()
+        m.cuda_rng[index] = gen.get_state()
+    else:
+        m.rng = gen.get_state()
+
+
+def fused_gradients(trainers: Sequence[Trainer], episodes: Sequence[Sequence[Episode]],
+                    generators: Sequence[torch.Generator] | None = None) -> list[MetaStep]:
     """The meta-gradients of R runs at the same step from one computation over their R·B tasks.
 
     Each task's initial parameters are its run's parameters expanded along the task dimension, so autograd sums
     each run's tasks' gradients into that run's parameters only; each run's outer loss is the mean over its own B
-    tasks, as in :func:`cmlgraph.core.objective.outer_objective`. The noise control draws from each run's own
-    algorithm generator, as alone.
+    tasks, as in :func:`cmlgraph.core.objective.outer_objective`, plus its algorithm's regulariser on its own
+    parameters (AMM-GNN's). The noise control draws from each run's own algorithm generator, as alone;
+    ``generators`` (one per run, in each run's RNG state) give stream-aware encoders each run's dropout draws
+    (:mod:`cmlgraph.core.streams`).
     """
     first = trainers[0]
     algo, model, step = first.exp.algo, first.exp.model, first.step
@@ -397,12 +464,17 @@ def fused_gradients(trainers: Sequence[Trainer], episodes: Sequence[Sequence[Epi
     batch = {k: torch.cat([p[k].unsqueeze(0).expand(b, *p[k].shape) for p, b in zip(params, sizes, strict=True)])
              for k in params[0]}
     ep = stack([e for eps in episodes for e in eps])
-    meta, co = _meta_and_co(model, batch, ep, first.exp.domain.loss_fn, algo.inner_config(step), cml=algo.cml,
-                            batched=True, first_order=algo.first_order_at(step), step_weights=algo.step_weights(step))
+    with task_streams(sizes, generators) if generators is not None else nullcontext():
+        meta, co = _meta_and_co(model, batch, ep, first.exp.domain.loss_fn, algo.inner_config(step), cml=algo.cml,
+                                batched=True, first_order=algo.first_order_at(step),
+                                step_weights=algo.step_weights(step))
     metas, cos = meta.split(sizes), co.split(sizes)
     losses = []
-    for m_r, c_r in zip(metas, cos, strict=True):
+    for m_r, c_r, p, eps in zip(metas, cos, params, episodes, strict=True):
         mean_m, mean_c = m_r.mean(), c_r.mean()
+        reg = algo.regulariser(p, eps)
+        if reg is not None:
+            mean_m = mean_m + reg
         losses.append(OuterLoss(meta=mean_m, co=mean_c, total=mean_m + algo.cfg.gamma * mean_c if algo.cml
                                 else mean_m))
     flat = [p[k] for p in params for k in p]

@@ -83,7 +83,7 @@ def test_tasks_scored_together_equal_tasks_scored_one_by_one(tmp_path, algo, ext
     assert together["mean"] == pytest.approx(summary["mean"], abs=1e-12)
     eps = [domain.materialize(r, "cpu") for r in raws[:4]]
     del method.predict_tasks
-    for ep, out in zip(eps, method.predict_tasks(model, eps)):
+    for ep, out in zip(eps, method.predict_tasks(model, eps), strict=True):
         torch.testing.assert_close(out, method.predict(model, parameters_of(model), ep, None)[0], atol=1e-5,
                                    rtol=1e-5)
 

@@ -48,6 +48,17 @@ GRAPH = {
               "checkpoint_every": 2, "batched": "on"},
 }
 
+# G-Meta (TLP's ball GCN, dropout on support passes: each run's masks from its own RNG stream) and AMM-GNN (its own
+# regulariser, dropout): Table 3's paths, fused (issue 18 item 5)
+GMETA = {
+    "data": {"task": "graph", "graph": "parallel-tiny", "ways": 2, "shots": 2, "queries": 2},
+    "algo": {"algo": "gmeta", "first_order": True, "inner_steps": 2},
+    "model": {"dropout": 0.5},
+    "train": {"steps": 4, "meta_batch": 2, "val_every": 2, "val_tasks": 3, "test_tasks": 4, "log_every": 1,
+              "checkpoint_every": 2, "batched": "on"},
+}
+AMMGNN = {**GMETA, "algo": {**GMETA["algo"], "algo": "ammgnn"}}
+
 # Conv4 on the embedded digits with batched tasks (auto batches Conv4 only on a GPU): the image path's fusion on CPU
 DIGITS = {
     "data": {"task": "digits", "ways": 3, "shots": 1, "queries": 2, "image_size": 28},
@@ -110,12 +121,13 @@ def _no_plots(monkeypatch):
 
 @pytest.fixture
 def fused_calls(monkeypatch) -> list[int]:
+    """The group size of each fused meta-step; a negative size where the runs drew from their own streams."""
     calls: list[int] = []
     original = parallel.fused_gradients
 
-    def spy(trainers, episodes):
-        calls.append(len(trainers))
-        return original(trainers, episodes)
+    def spy(trainers, episodes, **kwargs):
+        calls.append(-len(trainers) if kwargs.get("generators") is not None else len(trainers))
+        return original(trainers, episodes, **kwargs)
 
     monkeypatch.setattr(parallel, "fused_gradients", spy)
     return calls
@@ -124,8 +136,11 @@ def fused_calls(monkeypatch) -> list[int]:
 @pytest.mark.parametrize("settings,arms", [(SINUSOID, {"algo__cml": True}), (GRAPH, {"algo__cml": True}),
                                            (SINUSOID, {"algo__cml": False, "algo__control": "noise"}),
                                            (SINUSOID, {"algo__cml": True, "train__prefetch": "on"}),
+                                           (GMETA, {"algo__cml": True}), (GMETA, {"algo__cml": False}),
+                                           (AMMGNN, {"algo__cml": True}),
                                            pytest.param(DIGITS, {"algo__cml": True}, marks=pytest.mark.slow)],
-                         ids=["sinusoid-cml", "graph-khop", "sinusoid-noise", "sinusoid-prefetch", "digits-conv4"])
+                         ids=["sinusoid-cml", "graph-khop", "sinusoid-noise", "sinusoid-prefetch", "gmeta-cml", "gmeta",
+                              "ammgnn-cml", "digits-conv4"])
 def test_parallel_runs_equal_separate_runs(tmp_path, fused_calls, settings, arms):
     seeds = (0, 1)
     alone = [train(_cfg(settings, tmp_path, f"alone-s{s}", train__seed=s, **arms), progress=False)[0]
@@ -136,13 +151,48 @@ def test_parallel_runs_equal_separate_runs(tmp_path, fused_calls, settings, arms
     assert [r.error for r in results] == [None, None]
     steps = settings["train"]["steps"]
     assert f"group-s0 {steps - 1}/{steps}, group-s1 {steps - 1}/{steps}" in out.getvalue()  # said on the console
-    assert fused_calls and max(fused_calls) == 2 and len(fused_calls) >= steps - 1  # the first step runs alone
+    assert fused_calls and max(map(abs, fused_calls)) == 2 and len(fused_calls) >= steps - 1  # the first: alone
+    # G-Meta and AMM-GNN draw dropout masks: fused, each run's masks come from its own stream
+    assert all(n < 0 for n in fused_calls) == (settings.get("model", {}).get("dropout", 0) > 0)
     for a, r in zip(alone, results, strict=True):
         assert r.run_dir is not None and r.summary is not None
         _assert_equal_runs(a, r.run_dir)
     # the seeds really differ: a fused computation that mixed the runs up would not keep them apart
     w0, w1 = (load_torch(r.run_dir / "model.pt") for r in results)
     assert any(not torch.allclose(w0[k], w1[k]) for k in w0)
+
+
+def test_a_fused_step_that_draws_outside_the_streams_is_redone_run_by_run(tmp_path, fused_calls, monkeypatch):
+    """The safety net: an encoder that claims its own streams but draws from the global RNG in a fused step is
+    caught (the global RNG moved), that step is redone run by run and the runs are never fused again."""
+    import cmlgraph.backbones.gmeta as gmeta
+
+    monkeypatch.setattr(gmeta, "_dropout_streams", lambda h, p, draws: gmeta._dropout(h, p))
+    alone = [train(_cfg(GMETA, tmp_path, f"a{s}", train__seed=s), progress=False)[0] for s in (0, 1)]
+    out = io.StringIO()
+    results = train_parallel([_cfg(GMETA, tmp_path, f"g{s}", train__seed=s) for s in (0, 1)],
+                             Console(file=out, width=300), progress=False)
+    assert fused_calls == [-2]  # tried once, found out, never again
+    assert "g0 0/4, g1 0/4" in out.getvalue()
+    for a, r in zip(alone, results, strict=True):
+        _assert_equal_runs(a, r.run_dir)
+
+
+def test_group_tasks_keeps_each_runs_own_groups():
+    from cmlgraph.core.streams import TaskStreams, group_tasks
+
+    rows = [3, 4, 2, 5, 1, 1]
+    assert group_tasks(rows, 7) == [(0, 2), (2, 4), (4, 6)]
+    # runs of 3 and 3 tasks: alone [0,2) [2,3) and [3,6); a group never mixes tasks of two of a run's groups
+    assert group_tasks(rows, 7, [3, 3]) == [(0, 2), (2, 3), (3, 6)]
+    assert group_tasks(rows, 6, [3, 3]) == [(0, 1), (1, 3), (3, 5), (5, 6)]
+    assert group_tasks([1, 1, 1, 1], 4, [2, 2]) == [(0, 4)]  # two runs' whole groups merge where they fit
+    assert group_tasks([1, 1, 1, 1], 3, [2, 2]) == [(0, 2), (2, 4)]
+    assert group_tasks([9, 1], 5, [1, 1]) == [(0, 1), (1, 2)]  # a task heavier than the limit runs alone
+    with pytest.raises(ValueError, match="do not split 6 tasks"):
+        group_tasks(rows, 7, [3, 2])
+    streams = TaskStreams((2, 3), (torch.Generator(), torch.Generator()))
+    assert streams.spans(0, 5) == [(0, 0, 2), (1, 2, 5)] and streams.spans(1, 3) == [(0, 1, 2), (1, 2, 3)]
 
 
 def test_both_arms_and_early_stopping_in_one_group(tmp_path, fused_calls):
