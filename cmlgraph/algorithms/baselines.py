@@ -294,7 +294,8 @@ class SGCProto(TrainingFree):
 
 
 class SGCLogReg(TrainingFree):
-    """``sgc-logreg``: per-task logistic regression (scikit-learn, L-BFGS) on the L2-normalised rows of
+    """``sgc-logreg``: per-task logistic regression (scikit-learn's objective, solved by batched Newton steps:
+    :mod:`cmlgraph.baselines.logreg`) on the L2-normalised rows of
     ``S^K X`` (SGC, Wu et al., ICML 2019; the linear probe of TLP, Tan et al., LoG 2022)."""
 
     name = "sgc-logreg"
@@ -369,7 +370,7 @@ class LabelProp(TrainingFree):
 
 class GCLProbe(TrainingFree):
     """``gcl-probe``: TLP's method (Tan et al., LoG 2022): GRACE contrastive pretraining of a GCN encoder on the
-    whole graph with no labels (Zhu et al., 2020), then a per-task logistic-regression probe (scikit-learn,
+    whole graph with no labels (Zhu et al., 2020), then a per-task logistic-regression probe (scikit-learn's objective,
     ``C = 1`` as TLP) on the frozen, min-max scaled embeddings. TLP's code defaults some encoders to a label-using
     "sup" loss; this one uses none (:mod:`cmlgraph.baselines.grace`)."""
 

@@ -12,14 +12,17 @@ continues any one folder as it continues a normal run. Runs whose patience is sp
 that fails (an exception, a non-finite loss) is stopped alone, its folder left as a killed run's, the others go on.
 
 What is fused (:func:`fusable`): the meta-gradients of runs at the same step with the same parameter names
-(same ``--cml`` arm) of algorithms on the shared objective (MAML, FOMAML, ANIL, BOIL; their noise control too)
-whose run would batch its tasks (``train.batched`` on, or ``auto`` where the backbone batches: MLP and GNNs
-always, Conv4 on GPU) and whose episodes stack (fixed-shape tensors; graph computation-tree inputs of
-one shared full graph). Stepped one after another inside the lockstep loop instead: MAML++ (its learned inner
-rates are per run), Sharp-MAML (its own two-pass meta-gradient), ProtoNet and AMM-GNN (their own objectives), a
-step that logs gradient diagnostics, episodes that do not stack (the ``full`` and k-hop subgraph graph modes, graphs
-that differ between the runs), and any run whose meta-step draws from torch's global RNG (dropout, e.g. G-Meta as
-TLP codes it): checked on each run's first step. Validation, testing and checkpoints are per run.
+(same ``--cml`` arm) of algorithms on the shared objective (MAML, FOMAML, ANIL, BOIL; their noise control too; G-Meta;
+AMM-GNN, whose regulariser each run adds on its own parameters) whose run would batch its tasks (``train.batched``
+on, or ``auto`` where the backbone batches: MLP and GNNs always, Conv4 on GPU) and whose episodes stack
+(fixed-shape tensors; graph computation-tree inputs of one shared full graph; G-Meta's balls of one shared ball
+index). A run whose meta-step draws from torch's global RNG (checked on its first step) is fused only where its
+encoder draws from per-run streams (``random_streams``: G-Meta's and AMM-GNN's dropout, :mod:`cmlgraph.core.streams`);
+a fused step that still moves the global RNG is redone run by run and those runs are not fused again. Stepped one
+after another inside the lockstep loop instead: MAML++ (its learned inner rates are per run), Sharp-MAML (its own
+two-pass meta-gradient), ProtoNet (its own objective), a step that logs gradient diagnostics, episodes that do not
+stack (the ``full`` and k-hop subgraph graph modes, graphs that differ between the runs) and other runs that draw
+from the global RNG. Validation, testing and checkpoints are per run.
 
 Each run's ``wall_time_s`` and ``time_s`` count the group's wall time while the run was in it (its own steps,
 validations and its share of the fused steps in full), so they add up to more than the group's wall time.
@@ -48,7 +51,7 @@ from cmlgraph.core.objective import OuterLoss, _meta_and_co
 from cmlgraph.core.streams import generator_from_state, task_streams
 from cmlgraph.errors import CmlgraphError, ConfigError, NumericalError
 from cmlgraph.train.io import MetricsLog, kill_point
-from cmlgraph.train.trainer import Trainer, _finite, prepare
+from cmlgraph.train.trainer import Trainer, _finite, _finite_flag, prepare
 
 #: Settings that may differ inside a group: the seed and the arm. Everything else is the group's shape.
 _FREE = {("train", "seed"), ("algo", "cml")}
@@ -287,6 +290,7 @@ class ParallelTrainer:
         m.result.run_dir = t.run_dir
         assert t.run_dir is not None
         m.log = MetricsLog(t.run_dir / "metrics.jsonl")
+        t._pending = []  # deferred losses (nan_policy stop): read back only when logged, as a run alone does
         from cmlgraph.train.trainer import _arm_label
 
         cfg, e = t.cfg, t.exp
@@ -308,7 +312,12 @@ class ParallelTrainer:
         t, cfg = m.trainer, m.trainer.cfg
         t0 = time.perf_counter()
         t.step += 1
-        if not record.get("skipped"):
+        if _defers(t):  # as Trainer._run: flush before any log line, validation or checkpoint (raises on NaN)
+            s = t.step
+            if (s % cfg.train.log_every == 0 or s % int(cfg.train.val_every) == 0 or s == m.steps
+                    or s % cfg.train.checkpoint_every == 0 or "diag" in record):
+                t._flush()
+        elif not record.get("skipped"):
             t.guard.loss(t.step, record["loss"])
         kill_point("step_end")
         if t.step % int(cfg.train.val_every) == 0 or t.step == m.steps:
@@ -375,7 +384,7 @@ class ParallelTrainer:
             kill_point("step_begin")
             t0 = time.perf_counter()
             before = torch.get_rng_state()
-            record = m.trainer._train_step()
+            record = m.trainer._train_step(defer=_defers(m.trainer))
             if m.global_rng_free is None:
                 m.global_rng_free = torch.equal(before, torch.get_rng_state())
             self._after_step(m, record, time.perf_counter() - t0)
@@ -430,7 +439,7 @@ class ParallelTrainer:
                                                batched=batched)
                 else:
                     m.fused_steps += 1
-                record = apply_meta_step(t, ms)
+                record = apply_meta_step(t, ms, defer=_defers(t))
                 self._after_step(m, record, shared + time.perf_counter() - t1)
 
             self._guarded(m, apply)
@@ -492,10 +501,23 @@ def fused_gradients(trainers: Sequence[Trainer], episodes: Sequence[Sequence[Epi
     return out
 
 
-def apply_meta_step(trainer: Trainer, ms: MetaStep) -> dict[str, Any]:
-    """The tail of :meth:`Trainer._train_step` (its read-back-now form, ``defer=False``) for a computed meta-step:
-    the metrics record, the non-finite check (``train.nan_policy``) and :meth:`Trainer._apply`."""
+def _defers(trainer: Trainer) -> bool:
+    """Whether the run keeps its losses on the device until they are logged (``nan_policy: stop``)."""
+    return trainer.cfg.train.nan_policy == "stop"
+
+
+def apply_meta_step(trainer: Trainer, ms: MetaStep, defer: bool = False) -> dict[str, Any]:
+    """The tail of :meth:`Trainer._train_step` for a computed meta-step: the metrics record, the non-finite check
+    (``train.nan_policy``) and :meth:`Trainer._apply`. With ``defer`` (``nan_policy: stop``) the losses and the
+    finiteness flag stay on the device until the run's next :meth:`Trainer._flush`, as a run alone does (no
+    read-back per step); else they are read back now."""
     cfg, e = trainer.cfg, trainer.exp
+    if defer and cfg.train.nan_policy == "stop":
+        losses = torch.stack([ms.loss.total.detach(), ms.loss.meta.detach(), ms.loss.co.detach()])
+        flag = _finite_flag(ms.grads, ms.loss.total).to(losses.dtype)[None]
+        pending: dict[str, Any] = {"step": trainer.step + 1, "lr": e.optimizer.param_groups[0]["lr"]}
+        trainer._pending.append((trainer.step + 1, torch.cat([losses, flag]), pending))
+        return trainer._apply(ms, pending)
     total, meta, co = torch.stack([ms.loss.total.detach(), ms.loss.meta.detach(), ms.loss.co.detach()]).tolist()
     record: dict[str, Any] = {"step": trainer.step + 1, "loss": total, "meta_loss": meta, "co_loss": co,
                               "lr": e.optimizer.param_groups[0]["lr"]}

@@ -213,14 +213,48 @@ def test_a_failing_run_leaves_the_others_intact(tmp_path, monkeypatch):
     ref = train(_cfg(SINUSOID, tmp_path, "ref1", train__seed=1), progress=False)[0]
     original = parallel.apply_meta_step
 
-    def failing(trainer, ms):
+    def failing(trainer, ms, **kwargs):
         if trainer.cfg.train.seed == 0 and trainer.step == 2:
             raise RuntimeError("boom")
-        return original(trainer, ms)
+        return original(trainer, ms, **kwargs)
 
     monkeypatch.setattr(parallel, "apply_meta_step", failing)
     results = train_parallel(cfgs, progress=False)
     assert "boom" in str(results[0].error) and not (results[0].run_dir / "summary.json").exists()
+    assert results[1].error is None
+    _assert_equal_runs(ref, results[1].run_dir)
+
+
+def test_a_non_finite_step_in_a_group_is_read_back_late_and_named(tmp_path, monkeypatch):
+    """Under ``nan_policy: stop`` a grouped run keeps its losses on the device until they are logged (no read-back
+    per step, as alone); a non-finite step then stops that run only, naming the step."""
+    from cmlgraph.algorithms.base import MetaStep
+    from cmlgraph.core.objective import OuterLoss
+    from cmlgraph.errors import NumericalError
+    from cmlgraph.train.trainer import Trainer
+
+    ref = train(_cfg(SINUSOID, tmp_path, "ref1", train__seed=1), progress=False)[0]
+    original = parallel.apply_meta_step
+
+    def poisoned(trainer, ms, **kwargs):
+        if trainer.cfg.train.seed == 0 and trainer.step == 4:  # its fifth step
+            nan = ms.loss.total * float("nan")
+            ms = MetaStep(grads=ms.grads, loss=OuterLoss(meta=ms.loss.meta, co=ms.loss.co, total=nan))
+        return original(trainer, ms, **kwargs)
+
+    flushed: list[tuple[int, int]] = []
+    flush = Trainer._flush
+
+    def spy(self):
+        flushed.append((int(self.cfg.train.seed), self.step))
+        return flush(self)
+
+    monkeypatch.setattr(parallel, "apply_meta_step", poisoned)
+    monkeypatch.setattr(Trainer, "_flush", spy)
+    results = train_parallel([_cfg(SINUSOID, tmp_path, f"g{s}", train__seed=s) for s in (0, 1)], progress=False)
+    assert isinstance(results[0].error, NumericalError) and "step 5 of 6" in str(results[0].error)
+    assert (0, 6) in flushed and (0, 5) not in flushed  # found at the next log step (log_every 2), not at once
+    assert [step for seed, step in flushed if seed == 1] == [2, 3, 4, 6]  # log, validation, log, last
     assert results[1].error is None
     _assert_equal_runs(ref, results[1].run_dir)
 
