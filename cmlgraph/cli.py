@@ -194,9 +194,13 @@ def _csv_list(text: str, cast: Any = str) -> list[Any]:
         raise ConfigError(f"{text!r} is not a comma-separated list of integers") from None
 
 
-def _batch_overrides(steps: int | None, test_tasks: int | None, data_root: str | None) -> dict[str, dict[str, Any]]:
-    """The config overrides of every run of ``compare``/``leaderboard`` from their --steps/--test-tasks/--data-root."""
+def _batch_overrides(steps: int | None, test_tasks: int | None, data_root: str | None,
+                     device: str | None = None) -> dict[str, dict[str, Any]]:
+    """The config overrides of every run of ``compare``/``leaderboard``/``reproduce`` from their --steps,
+    --test-tasks, --data-root and --device."""
     overrides: dict[str, dict[str, Any]] = {}
+    if device is not None:
+        overrides.setdefault("train", {})["device"] = device
     if steps is not None:
         overrides.setdefault("train", {})["steps"] = steps
     if test_tasks is not None:
@@ -216,6 +220,8 @@ def compare(
     steps: int | None = typer.Option(None, help="Override meta-iterations of every run."),
     test_tasks: int | None = typer.Option(None, help="Override test tasks of every run."),
     data_root: str | None = typer.Option(None, help="Raw data root."),
+    device: str | None = typer.Option(None, help="Device of every run trained (cpu, cuda, cuda:N; default: each "
+                                                 "run's config, cpu)."),
     parallel_runs: int = typer.Option(1, help="Train up to N missing runs of one shape (seeds, CML arms) together "
                                               "in one process; 1: one after another (docs/gpu.md)."),
 ) -> None:
@@ -224,7 +230,7 @@ def compare(
     from cmlgraph.train.parallel import check_parallel_runs
 
     check_parallel_runs(parallel_runs)
-    overrides = _batch_overrides(steps, test_tasks, data_root)
+    overrides = _batch_overrides(steps, test_tasks, data_root, device)
     cells = run_compare(_csv_list(domains), _csv_list(algos), _csv_list(seeds, int), runs_dir, overrides,
                         log=console.print, console=console, parallel_runs=parallel_runs)
     for path in write_outputs(cells, out or runs_dir):
@@ -250,6 +256,8 @@ def leaderboard(
     runs_dir: Path = typer.Option(Path("runs/leaderboard"), help="Where runs are found or trained."),
     out: Path | None = typer.Option(None, help="Folder for leaderboard.md/csv/png (default: RUNS_DIR)."),
     data_root: str | None = typer.Option(None, help="Raw data root."),
+    device: str | None = typer.Option(None, help="Device of every run trained (cpu, cuda, cuda:N; default: each "
+                                                 "run's config, cpu)."),
     parallel_runs: int = typer.Option(1, help="Train up to N missing runs of one shape (seeds, CML arms) together "
                                               "in one process; 1: one after another (docs/gpu.md)."),
 ) -> None:
@@ -270,7 +278,7 @@ def leaderboard(
     seed_list = _csv_list(seeds, int)
     if len(set(seed_list)) != len(seed_list):
         raise ConfigError(f"--seeds {seeds}: a seed is repeated; list each once")
-    overrides = _batch_overrides(steps, test_tasks, data_root)
+    overrides = _batch_overrides(steps, test_tasks, data_root, device)
     board = run_leaderboard(cells, chosen, seed_list, runs_dir, config, overrides, log=console.print, console=console,
                             parallel_runs=parallel_runs)
     for path in write_outputs(board, out or runs_dir):
@@ -291,6 +299,8 @@ def reproduce(
     out: Path | None = typer.Option(None, help="Folder for reproduce.md/csv and figure2.png (default: RUNS_DIR)."),
     data_root: str | None = typer.Option(None, help="Raw data root."),
     list_only: bool = typer.Option(False, "--list", help="List the selected experiments and exit."),
+    device: str | None = typer.Option(None, help="Device of every run trained (cpu, cuda, cuda:N; default: each "
+                                                 "run's config, cpu)."),
     parallel_runs: int = typer.Option(1, help="Train up to N missing runs of one shape (seeds, CML arms) together "
                                               "in one process; 1: one after another (docs/gpu.md)."),
 ) -> None:
@@ -312,7 +322,7 @@ def reproduce(
             console.print(f"{cell.id}  ({cell.config})" + (f"  [yellow]{status[cell.id]}[/yellow]"
                                                            if cell.id in status else ""))
         return
-    overrides = {"train": {"test_tasks": test_tasks}} if test_tasks is not None else None
+    overrides = _batch_overrides(None, test_tasks, None, device) or None
     results = run_reproduce(cells, runs_dir, runs, steps, overrides, data_root=data_root,
                             train_fn=lambda cfg: train_run(cfg, console, progress=True)[0], log=console.print,
                             console=console, parallel_runs=parallel_runs)

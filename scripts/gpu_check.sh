@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Issue 18's GPU evidence in one run (about 8 minutes on one GPU): the bench's k-hop and G-Meta ratios on CUDA,
-# a default graph run's wall time on the GPU vs the CPU, and the GPU's peak memory.
+# a default graph run's wall time on the GPU vs the CPU, the GPU's peak memory, and one Table 3 setting's 10 runs
+# (G-Meta ± CML, 5 seeds, CiteSeer 2-way 5-shot) trained with --parallel-runs 5 (needs CMLGRAPH_DATA).
+# With TABLE3=1 it then trains the whole local Table 3 (80 runs) with --parallel-runs 10 (at most 15 minutes more).
 # Usage: scripts/gpu_check.sh [OUT_DIR]   (default: a fresh temporary folder). Exits 0 with a message without a GPU.
 set -euo pipefail
 if ! python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -12,7 +14,7 @@ mkdir -p "$out"
 python -c "import torch; print('gpu_check: torch', torch.__version__, 'on', torch.cuda.get_device_name(0))"
 
 echo "== bench --device cuda (k-hop and G-Meta ratios; spawned case processes) =="
-timeout 300 python -m cmlgraph bench --device cuda --quick --budget 5 --json "$out/bench_cuda.json" || \
+timeout 240 python -m cmlgraph bench --device cuda --quick --budget 5 --json "$out/bench_cuda.json" || \
     echo "gpu_check: bench exited with status $?"
 python - "$out/bench_cuda.json" <<'PY' || true
 import json, sys
@@ -42,4 +44,22 @@ subprocess.run([sys.executable, "-c", (
     "print('gpu_check: exit', r.exit_code, 'peak GPU memory', round(torch.cuda.max_memory_allocated() / 2**20, 1), 'MiB')"),
     sys.argv[1]], check=False)
 PY
+table3() {  # $1: selector, $2: runs per arm, $3: --parallel-runs, $4: time limit (s), $5: folder
+    start=$(date +%s.%N)
+    timeout "$4" python -m cmlgraph reproduce --only "$1" --runs "$2" --parallel-runs "$3" --device cuda \
+        --runs-dir "$5" > "$5.log" 2>&1 || echo "gpu_check: reproduce exited with status $?"
+    grep -h "meta-steps fused" "$5.log" | head -3 || true
+    echo "gpu_check: $1, $2 runs per arm, --parallel-runs $3: $(find "$5" -name summary.json 2>/dev/null | wc -l) runs finished" \
+        "in $(python -c "print(round($(date +%s.%N) - $start, 1))") s (limit $4 s)"
+}
+if python -m cmlgraph reproduce --only table3/citeseer/gmeta/2way-5shot --list 2>&1 | grep -q "data missing"; then
+    echo "gpu_check: Table 3 skipped: CiteSeer is not under CMLGRAPH_DATA (${CMLGRAPH_DATA:-unset})"
+else
+    echo "== Table 3, CiteSeer 2-way 5-shot, G-Meta ± CML, 5 seeds, --parallel-runs 5, --device cuda =="
+    table3 table3/citeseer/gmeta/2way-5shot 5 5 150 "$out/table3-citeseer"
+    if [ "${TABLE3:-0}" = 1 ]; then
+        echo "== the whole local Table 3 (80 runs), --parallel-runs 10 =="
+        table3 table3 5 10 900 "$out/table3"
+    fi
+fi
 echo "gpu_check: done; outputs in $out"
