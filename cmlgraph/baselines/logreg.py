@@ -5,7 +5,8 @@ The objective is scikit-learn's ``LogisticRegression`` (what TLP calls): ``C · 
 unpenalised intercept; two classes use the binary model (one weight vector ``w``, logits ``[-d/2, d/2]`` with
 ``d = w·x + b``, whose softmax is its ``predict_proba``), more classes the multinomial one. It is solved exactly
 and fast: the optimal ``W`` lies in the span of the support rows (the penalty removes any other component), so the
-problem is solved on the support rows' coordinates in that span (at most ``S`` of them, from a thin SVD) by
+problem is solved on the support rows' coordinates in that span (at most ``S`` of them, from the eigenvectors of
+the ``S × S`` Gram matrix) by
 Newton's method in float64, deterministic; a test checks it against scikit-learn.
 
 Many tasks of one shape (the same support size and ways, as every task of a run) are fitted **together**
@@ -100,36 +101,47 @@ def fit_logreg_tasks(support: Tensor, support_y: Tensor, ways: int, c: float = 1
     c = float(c)
     xs = support.detach().double().cpu()
     t_, s_, _ = xs.shape
-    u, sing, vh = torch.linalg.svd(xs, full_matrices=False)  # [T,S,r], [T,r], [T,r,F] with r = min(S, F)
+    # The support rows' span from their S x S Gram matrix (X Xᵀ = U Σ² Uᵀ): far cheaper than an SVD of X when F is
+    # large (Coauthor-CS: F = 6805). Coordinates X V = U Σ; the basis Vᵀ = Σ⁻¹ Uᵀ X is never formed: a weight θ on
+    # the coordinates is W = θ Σ⁻¹ Uᵀ X. Directions with σ below 1e-7·σ_max are dropped (the Gram matrix squares
+    # the condition number): their coordinates are so small that their weights move no logit beyond rounding.
+    lam, u = torch.linalg.eigh(xs @ xs.transpose(1, 2))  # [T, S], [T, S, S]
+    sing = lam.clamp_min(0).sqrt()
     top = sing.max(dim=1, keepdim=True).values.clamp_min(1e-300) if sing.shape[1] else sing[:, :1]
-    keep = (sing > top * 1e-10).to(xs.dtype)  # directions the support rows span (numerically)
-    coords = u * (sing * keep).unsqueeze(1)  # [T, S, r]: = xs @ vh^T on the kept directions, 0 elsewhere
-    basis = vh * keep.unsqueeze(2)  # [T, r, F]
+    keep = (sing > top * 1e-7).to(xs.dtype)  # directions the support rows span (numerically)
+    coords = u * (sing * keep).unsqueeze(1)  # [T, S, r]: = X V on the kept directions, 0 elsewhere
+    back = u * (keep / sing.clamp_min(1e-300)).unsqueeze(1)  # [T, S, r]: U Σ⁻¹ on the kept directions
     r = coords.shape[2]
     xa = torch.cat([coords, torch.ones(t_, s_, 1, dtype=xs.dtype)], dim=2)
     n = r + 1 if ways == 2 else ways * (r + 1)
     theta = torch.zeros(t_, n, dtype=torch.float64)
     ridge = 1e-9 * torch.eye(n, dtype=torch.float64)
+    todo = torch.arange(t_)  # tasks not converged yet: only they are computed (each task's iterates are its own)
     for _ in range(MAX_NEWTON):
-        value, grad, hess = _newton_terms(theta, xa, y, ways, c)
+        th, xa_t, y_t = theta[todo], xa[todo], y[todo]
+        value, grad, hess = _newton_terms(th, xa_t, y_t, ways, c)
         active = grad.norm(dim=1) >= TOL
         if not bool(active.any()):
             break
+        if not bool(active.all()):
+            todo, th, xa_t, y_t = todo[active], th[active], xa_t[active], y_t[active]
+            value, grad, hess = value[active], grad[active], hess[active]
         # softmax is unchanged by adding a constant to every class's intercept: a tiny ridge keeps H invertible
         step = torch.linalg.solve(hess + ridge, grad.unsqueeze(2)).squeeze(2)
-        scale = active.to(theta.dtype)  # a converged task takes no step
+        scale = torch.ones(len(todo), dtype=theta.dtype)
         while True:  # backtracking, per task: halve while the objective would rise
-            trial = _newton_terms(theta - scale.unsqueeze(1) * step, xa, y, ways, c, hessian=False)[0]
+            trial = _newton_terms(th - scale.unsqueeze(1) * step, xa_t, y_t, ways, c, hessian=False)[0]
             halve = (scale > MIN_SCALE) & (trial > value)
             if not bool(halve.any()):
                 break
             scale = torch.where(halve, scale * 0.5, scale)
-        theta = theta - scale.unsqueeze(1) * step
+        theta[todo] = th - scale.unsqueeze(1) * step
     if ways == 2:
-        return torch.einsum("tr,trf->tf", theta[:, :r], basis), theta[:, r]
+        return torch.einsum("ts,tsf->tf", torch.einsum("tsr,tr->ts", back, theta[:, :r]), xs), theta[:, r]
     th = theta.view(t_, ways, r + 1)
     bias = th[:, :, r]  # a common shift of the intercepts changes no probability: report them centred
-    return torch.einsum("tkr,trf->tkf", th[:, :, :r], basis), bias - bias.mean(dim=1, keepdim=True)
+    weights = torch.bmm(torch.einsum("tkr,tsr->tks", th[:, :, :r], back), xs)  # θ Σ⁻¹ Uᵀ X
+    return weights, bias - bias.mean(dim=1, keepdim=True)
 
 
 def fit_logreg(support: Tensor, support_y: Tensor, ways: int, c: float = 1.0) -> tuple[Tensor, Tensor]:
