@@ -47,7 +47,7 @@ def _overrides(**flags: Any) -> dict[str, dict[str, Any]]:
         "algo": ("algo", "cml", "gamma", "co_depth", "control", "inner_steps", "inner_lr", "first_order", "adapt",
                  "co_hidden", "prop_steps", "prop_alpha", "probe_c", "pretrain_epochs", "head_init"),
         "train": ("steps", "meta_batch", "meta_lr", "seed", "val_every", "test_tasks", "device", "diag_every",
-                  "nan_policy", "patience", "prefetch"),
+                  "nan_policy", "patience", "prefetch", "cuda_graphs"),
         "run": ("runs_dir", "name", "overwrite"),
     }
     out: dict[str, dict[str, Any]] = {}
@@ -118,6 +118,8 @@ def train(
     prefetch: str | None = typer.Option(None, help="Prepare the next meta-batches (episodes, k-hop plans) in a "
                                         "worker thread while a step computes, same results: auto (on for CUDA, "
                                         "off on the CPU), on, off."),
+    cuda_graphs: str | None = typer.Option(None, help="Replay the first-order meta-step as a CUDA graph: auto "
+                                           "(where eligible, checked once against eager), on, off (docs/gpu.md)."),
     runs_dir: str | None = typer.Option(None, help="Parent folder of run folders."),
     name: str | None = typer.Option(None, help="Run folder name."),
     overwrite: bool | None = typer.Option(None, "--overwrite", help="Replace a run folder of the same name."),

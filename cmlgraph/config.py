@@ -179,6 +179,8 @@ class TrainConfig:
             current step computes; same results (``auto``: on for CUDA, off on the CPU, ``on``, ``off``;
             :mod:`cmlgraph.train.prefetch`).
         nan_policy: On a NaN/inf loss or gradient: ``stop`` or ``skip`` the meta-batch.
+        cuda_graphs: Capture the first-order meta-step as a CUDA graph and replay it (``auto``: where eligible,
+            checked once against the eager step; ``on``: required; ``off``; :mod:`cmlgraph.train.cuda_graphs`).
         patience: Stop training after this many validations without improvement (``None``: never).
         weight_decay: Adam's weight decay (L2 added to the meta-gradients).
     """
@@ -197,6 +199,7 @@ class TrainConfig:
     batched: str = "auto"
     prefetch: str = "auto"
     nan_policy: str = "stop"
+    cuda_graphs: str = "auto"
     patience: int | None = None
     weight_decay: float = 0.0
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue 18's GPU evidence in one run (about 8 minutes on one GPU): the bench's k-hop and G-Meta ratios on CUDA,
-# a default graph run's wall time on the GPU vs the CPU, the GPU's peak memory, and one Table 3 setting's 10 runs
+# Issue 18's GPU evidence in one run (meant to take about 8 minutes on one GPU; the steps' timeouts bound it at
+# about 15): the bench's k-hop and G-Meta ratios on CUDA, a default graph run's wall time on the GPU vs the CPU, the
+# GPU's peak memory, CUDA graphs (captured = eager test, FOMAML wall time on/off), and one Table 3 setting's 10 runs
 # (G-Meta ± CML, 5 seeds, CiteSeer 2-way 5-shot) trained with --parallel-runs 5 (needs CMLGRAPH_DATA).
 # With TABLE3=1 it then trains the whole local Table 3 (80 runs) with --parallel-runs 10 (at most 15 minutes more).
 # Usage: scripts/gpu_check.sh [OUT_DIR]   (default: a fresh temporary folder). Exits 0 with a message without a GPU.
@@ -44,6 +45,17 @@ subprocess.run([sys.executable, "-c", (
     "print('gpu_check: exit', r.exit_code, 'peak GPU memory', round(torch.cuda.max_memory_allocated() / 2**20, 1), 'MiB')"),
     sys.argv[1]], check=False)
 PY
+echo "== CUDA graphs: captured vs eager meta-step (test), and sinusoid FOMAML 300 steps with --cuda-graphs on vs off =="
+timeout 120 python -m pytest -q tests/train/test_cuda_graphs.py 2>&1 | tail -3 || echo "gpu_check: cuda-graph test exited"
+for mode in off on; do
+    start=$(date +%s.%N)
+    timeout 90 python -m cmlgraph train --task sinusoid --first-order --steps 300 --device cuda --cuda-graphs "$mode" \
+        --runs-dir "$out/runs" --name "graphs-$mode" --quiet --overwrite > "$out/graphs-$mode.log" 2>&1 || \
+        echo "gpu_check: --cuda-graphs $mode exited with status $?"
+    grep -h "CUDA graphs off" "$out/graphs-$mode.log" || true
+    echo "gpu_check: sinusoid FOMAML --cuda-graphs $mode took $(python -c "print(round($(date +%s.%N) - $start, 1))") s"
+done
+
 table3() {  # $1: selector, $2: runs per arm, $3: --parallel-runs, $4: time limit (s), $5: folder
     start=$(date +%s.%N)
     timeout "$4" python -m cmlgraph reproduce --only "$1" --runs "$2" --parallel-runs "$3" --device cuda \

@@ -533,8 +533,12 @@ class Trainer:
                                           meta_batch=n_raws, seed=cfg.train.seed, diagnostics=diag,
                                           batched=batched)
         else:
-            ms = e.algo.meta_gradients(e.model, params, episodes, e.domain.loss_fn, self.step, diagnostics=diag,
-                                       batched=batched)
+            graphed = self._graphed_step(episodes, batched)
+            if graphed is not None and not diag:  # the captured first-order step (train.cuda_graphs, issue 18)
+                ms = graphed(episodes, self.step)
+            else:
+                ms = e.algo.meta_gradients(e.model, params, episodes, e.domain.loss_fn, self.step, diagnostics=diag,
+                                           batched=batched)
         if defer and cfg.train.nan_policy == "stop":
             losses = torch.stack([ms.loss.total.detach(), ms.loss.meta.detach(), ms.loss.co.detach()])
             flag = _finite_flag(ms.grads, ms.loss.total).to(losses.dtype)[None]
@@ -555,6 +559,20 @@ class Trainer:
                 return record
             raise NumericalError(self._nan_message(float(ms.loss.total.detach())))
         return self._apply(ms, record)
+
+    def _graphed_step(self, episodes: list[Any], batched: bool | None) -> Any:
+        """The run's CUDA-graph meta-step (:mod:`cmlgraph.train.cuda_graphs`), decided on the first meta-batch;
+        ``None`` where the run steps eagerly (the CPU, ``train.cuda_graphs: off``, an ineligible run under auto)."""
+        if not hasattr(self, "_graphed"):
+            from cmlgraph.train.cuda_graphs import make_graphed_step
+
+            self._graphed = make_graphed_step(self.cfg, self.exp, episodes, batched, self.dist.active, self.console)
+        graphed = self._graphed
+        if graphed is not None and graphed.failed is not None and not getattr(self, "_graphed_said", False):
+            self._graphed_said = True
+            self.console.print(f"[yellow]note:[/yellow] CUDA graphs off for this run ({graphed.failed}); the "
+                               f"meta-step runs eagerly")
+        return graphed
 
     def _apply(self, ms: Any, record: dict[str, Any]) -> dict[str, Any]:
         """The optimizer (and schedule) step with the meta-gradients of ``ms``; diagnostics into the record."""

@@ -1,0 +1,220 @@
+"""CUDA graphs for the first-order meta-step (issue 18 item 4), behind ``train.cuda_graphs: auto|on|off``.
+
+Why: on a GPU a few-shot meta-iteration is hundreds of tiny kernels, each launched from Python; a CUDA graph records
+them once and replays them with one launch. A graph needs static shapes and no host synchronisation: the
+meta-step's episode tensors are copied into fixed input buffers, the recorded computation (inner loop, outer loss,
+meta-gradients) is replayed, and its outputs are fixed buffers that the optimizer reads before the next replay.
+
+Where (:func:`ineligible` says why not elsewhere): a CUDA device; MAML, ANIL or BOIL (± CML) **first order**
+(FOMAML, the paper's Table 3 setting is first order but runs on graph inputs, below); no ``--control noise`` (its
+noise is drawn on the host); tasks run batched (``vmap``: the sinusoid MLP, Conv4 on images); fixed-shape episode
+tensors. Not yet: graph inputs (k-hop plans and G-Meta ball blocks have data-dependent sizes; padding them to size
+buckets is not built) and second order (recent PyTorch refuses double backward under capture-friendly compilation;
+it stays eager).
+
+``auto`` uses graphs where eligible and checks itself once: the first captured step is compared with the eager
+step on the same meta-batch (losses and gradients, ``rtol`` 1e-4); on a mismatch or any capture error the run says
+so on the console and continues eager. ``on`` makes an ineligible run or a failed check an error; ``off`` is eager.
+
+Not run on a GPU yet (no device was lent while this was written): ``tests/train/test_cuda_graphs.py`` checks the
+eligibility rules and the eager fallback on the CPU, and compares captured and eager losses and gradients where
+CUDA exists (skipped otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cmlgraph.algorithms.base import MetaAlgorithm, MetaStep
+from cmlgraph.algorithms.variants import ANIL, BOIL
+from cmlgraph.core.episode import Episode, can_stack
+from cmlgraph.core.model import parameters_of
+from cmlgraph.core.objective import OuterLoss
+from cmlgraph.errors import ConfigError
+
+MODES = ("auto", "on", "off")
+#: Algorithms whose meta-step is the shared objective (no per-step schedules, no own gradient pass).
+GRAPHABLE = (MetaAlgorithm, ANIL, BOIL)
+#: Eager warm-up iterations on a side stream before capture (cuBLAS workspaces, autograd's first-use setup).
+WARMUP = 3
+#: Tolerance of the first-step check against the eager step.
+RTOL, ATOL = 1e-4, 1e-6
+
+
+#: ``--algo`` names whose meta-step can be captured (the classes of :data:`GRAPHABLE`).
+GRAPHABLE_NAMES = ("maml", "anil", "boil")
+
+
+def config_ineligible(cfg: Any) -> str | None:
+    """Why a config's meta-step cannot be captured, from the config alone (checked before a run starts), or
+    ``None``; :func:`ineligible` adds what needs the built run."""
+    t, a = cfg.train, cfg.algo
+    if not str(t.device).startswith("cuda"):
+        return f"the run is on {t.device}, not a CUDA device (--device cuda)"
+    if a.algo not in GRAPHABLE_NAMES:
+        return f"--algo {a.algo} has its own meta-step; CUDA graphs cover {', '.join(GRAPHABLE_NAMES)}"
+    if a.first_order is False:
+        return "the inner loop is second order (--first-order captures it)"
+    if a.control == "noise":
+        return "--control noise draws its noise on the host"
+    if t.batched == "off":
+        return "--batched off runs the tasks one by one"
+    if getattr(cfg.data, "task", None) == "graph":
+        return ("graph inputs have data-dependent sizes (padding k-hop plans and ball blocks to size buckets is not "
+                "built)")
+    return None
+
+
+def ineligible(cfg: Any, exp: Any, distributed: bool = False, episodes: Sequence[Episode] | None = None
+               ) -> str | None:
+    """Why this run's meta-step cannot be captured as a CUDA graph, or ``None`` if it can.
+
+    Args:
+        cfg: The run's resolved config.
+        exp: The run's experiment (``algo``, ``model``, ``device``).
+        distributed: Whether the run is one rank of ``torchrun`` (its gradients are reduced across ranks).
+        episodes: A meta-batch of the run (checked to stack into fixed-shape tensors).
+    """
+    algo = exp.algo
+    if torch.device(exp.device).type != "cuda":
+        return f"the run is on {exp.device}, not a CUDA device (--device cuda)"
+    why = config_ineligible(cfg)
+    if why is not None:
+        return why
+    if type(algo) not in GRAPHABLE:
+        return f"--algo {cfg.algo.algo} has its own meta-step; CUDA graphs cover {', '.join(GRAPHABLE_NAMES)}"
+    if not bool(algo.inner_config(0).first_order) or algo.first_order_at(0) is not None:
+        return "the inner loop is second order (--first-order captures it)"
+    if algo.step_weights(0) is not None:
+        return "multi-step loss weights change with the step"
+    if distributed:
+        return "under torchrun the gradients are reduced across processes each step"
+    if episodes is not None:
+        if not can_stack(list(episodes)) or not all(isinstance(getattr(ep, side), Tensor) for ep in episodes
+                                                    for side in ("support_x", "query_x")):
+            return "the episodes are graph inputs or differ in shape (padding to size buckets is not built)"
+    return None
+
+
+def check_mode(mode: Any) -> str:
+    """``train.cuda_graphs`` as one of :data:`MODES` (raises ConfigError naming them otherwise)."""
+    if mode not in MODES:
+        raise ConfigError(f"train.cuda_graphs = {mode!r}: use auto, on or off")
+    return str(mode)
+
+
+def _close(a: Tensor, b: Tensor) -> bool:
+    return bool(torch.allclose(a, b, rtol=RTOL, atol=ATOL, equal_nan=True))
+
+
+class GraphedMetaStep:
+    """The run's first-order meta-step, captured once and replayed (see the module docstring).
+
+    Args:
+        algo: The run's algorithm (one of :data:`GRAPHABLE`, first order).
+        model: The meta-model; its parameters are the graph's inputs in place (the optimizer updates them in place).
+        loss_fn: The domain's loss.
+        batched: ``train.batched`` as the meta-step takes it.
+        strict: ``train.cuda_graphs: on``: a failed capture or check raises instead of falling back.
+    """
+
+    def __init__(self, algo: MetaAlgorithm, model: Any, loss_fn: Any, batched: bool | None,
+                 strict: bool = False) -> None:
+        self.algo, self.model, self.loss_fn, self.batched, self.strict = algo, model, loss_fn, batched, strict
+        self.graph: Any = None
+        self.static: list[Episode] = []
+        self.out: MetaStep | None = None
+        self.failed: str | None = None  # why the run went back to eager
+        self.replays = 0
+
+    def _eager(self, episodes: Sequence[Episode], step: int) -> MetaStep:
+        return self.algo.meta_gradients(self.model, parameters_of(self.model), list(episodes), self.loss_fn, step,
+                                        batched=self.batched)
+
+    def _shapes(self, episodes: Sequence[Episode]) -> list[tuple[Any, ...]]:
+        return [tuple((t.shape, t.dtype) for t in (e.support_x, e.support_y, e.query_x, e.query_y))
+                for e in episodes]
+
+    def _copy_in(self, episodes: Sequence[Episode]) -> None:
+        for dst, src in zip(self.static, episodes, strict=True):
+            for side in ("support_x", "support_y", "query_x", "query_y"):
+                getattr(dst, side).copy_(getattr(src, side), non_blocking=True)
+
+    def _capture(self, episodes: Sequence[Episode], step: int) -> None:
+        self.static = [Episode(*(getattr(e, s).clone() for s in ("support_x", "support_y", "query_x", "query_y")))
+                       for e in episodes]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP):
+                self._eager(self.static, step)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: the prefetch worker (train.prefetch, on for CUDA) may copy the next episodes meanwhile
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            out = self._eager(self.static, step)
+        self.graph, self.out = graph, out
+
+    def __call__(self, episodes: Sequence[Episode], step: int) -> MetaStep:
+        """The meta-step of ``episodes``: replayed where captured, else eager (the fallback, or a batch of another
+        shape)."""
+        if self.failed is not None:
+            return self._eager(episodes, step)
+        if self.graph is not None and self._shapes(episodes) != self._shapes(self.static):
+            return self._eager(episodes, step)  # another shape (e.g. a last short batch): this step eager
+        if self.graph is None:
+            try:
+                self._capture(episodes, step)
+                replayed = self._replay(episodes)
+                eager = self._eager(episodes, step)  # the one-time check against the eager step
+                same = _close(replayed.loss.total, eager.loss.total) and all(
+                    _close(replayed.grads[k], eager.grads[k]) for k in eager.grads)
+                if not same:
+                    raise RuntimeError("the captured meta-step differs from the eager one on the same meta-batch")
+                return eager
+            except Exception as exc:  # noqa: BLE001 - any capture problem: eager from here on (or raise with on)
+                self.graph, self.out = None, None
+                self.failed = f"{type(exc).__name__}: {exc}"
+                if self.strict:
+                    raise ConfigError(f"train.cuda_graphs on: capturing the meta-step failed ({self.failed}); use "
+                                      f"--cuda-graphs off") from exc
+                return self._eager(episodes, step)
+        return self._replay(episodes)
+
+    def _replay(self, episodes: Sequence[Episode]) -> MetaStep:
+        assert self.graph is not None and self.out is not None
+        self._copy_in(episodes)
+        self.graph.replay()
+        self.replays += 1
+        out = self.out  # fixed buffers: read (the optimizer step, the deferred losses) before the next replay
+        loss = OuterLoss(meta=out.loss.meta, co=out.loss.co, total=out.loss.total)
+        return MetaStep(grads=dict(out.grads), loss=loss)
+
+
+def make_graphed_step(cfg: Any, exp: Any, episodes: Sequence[Episode], batched: bool | None,
+                      distributed: bool = False, console: Any = None) -> GraphedMetaStep | None:
+    """The run's :class:`GraphedMetaStep` where ``train.cuda_graphs`` and :func:`ineligible` allow, else ``None``.
+
+    Raises:
+        ConfigError: ``train.cuda_graphs: on`` for a run that cannot be captured, naming why.
+    """
+    mode = check_mode(cfg.train.cuda_graphs)
+    if mode == "off":
+        return None
+    why = ineligible(cfg, exp, distributed, episodes)
+    if why is not None:
+        if mode == "on":
+            raise ConfigError(f"--cuda-graphs on: {why}; use --cuda-graphs auto or off")
+        return None
+    if console is not None:
+        console.print("[dim]note: the meta-step runs as a CUDA graph (train.cuda_graphs; checked against the eager "
+                      "step on the first meta-batch)[/dim]")
+    return GraphedMetaStep(exp.algo, exp.model, exp.domain.loss_fn, batched, strict=mode == "on")
+
+
+__all__ = ["GRAPHABLE", "GRAPHABLE_NAMES", "GraphedMetaStep", "MODES", "check_mode", "config_ineligible",
+           "ineligible", "make_graphed_step"]

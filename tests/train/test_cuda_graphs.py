@@ -1,0 +1,108 @@
+"""``train.cuda_graphs`` (issue 18 item 4): which runs capture their meta-step, the eager path everywhere else, and
+(where CUDA exists) captured and eager meta-steps giving equal losses and gradients."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cmlgraph.algorithms.registry import get_algorithm
+from cmlgraph.config import Config, apply_overrides
+from cmlgraph.errors import ConfigError
+from cmlgraph.train.cuda_graphs import GraphedMetaStep, config_ineligible, ineligible, make_graphed_step
+from cmlgraph.train.trainer import Trainer, prepare, train
+
+SINUSOID = {"data": {"task": "sinusoid", "shots": 5, "queries": 5}, "model": {"hidden": 16},
+            "algo": {"first_order": True, "inner_steps": 2},
+            "train": {"steps": 4, "meta_batch": 3, "val_every": 2, "val_tasks": 3, "test_tasks": 4}}
+
+
+def _cfg(tmp_path, name: str = "run", **changes) -> Config:
+    cfg = Config()
+    apply_overrides(cfg, SINUSOID, "test")
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        apply_overrides(cfg, {section: {key: value}}, "test")
+    apply_overrides(cfg, {"run": {"runs_dir": str(tmp_path), "name": name}}, "test")
+    return cfg
+
+
+def _on_cuda(cfg: Config, algo: str = "maml", **algo_changes) -> tuple[Config, SimpleNamespace]:
+    """The resolved config as on a GPU, and a stand-in experiment on ``cuda`` (nothing is allocated there)."""
+    cfg.algo.algo = algo
+    for key, value in algo_changes.items():
+        setattr(cfg.algo, key, value)
+    cfg = prepare(cfg)  # resolved on the CPU (no CUDA needed), then moved
+    cfg.train.device = "cuda"
+    return cfg, SimpleNamespace(algo=get_algorithm(cfg.algo), device=torch.device("cuda"))
+
+
+def test_eligible_first_order_maml_family_on_cuda(tmp_path):
+    for algo in ("maml", "anil", "boil"):
+        cfg, exp = _on_cuda(_cfg(tmp_path), algo)
+        assert ineligible(cfg, exp) is None, algo
+
+
+@pytest.mark.parametrize("change,reason", [
+    (dict(algo="maml++"), "has its own meta-step"),
+    (dict(algo="sharp-maml"), "has its own meta-step"),
+    (dict(first_order=False), "second order"),
+    (dict(control="noise", cml=False), "draws its noise on the host"),
+])
+def test_what_cannot_be_captured_says_why(tmp_path, change, reason):
+    algo = change.pop("algo", "maml")
+    cfg, exp = _on_cuda(_cfg(tmp_path), algo, **change)
+    assert reason in ineligible(cfg, exp)
+
+
+def test_runs_and_inputs_that_cannot_be_captured(tmp_path):
+    cfg, exp = _on_cuda(_cfg(tmp_path))
+    assert "reduced across processes" in ineligible(cfg, exp, distributed=True)
+    cfg.train.batched = "off"
+    assert "one by one" in ineligible(cfg, exp)
+    cfg, exp = _on_cuda(_cfg(tmp_path))
+    cfg.data.task = "graph"
+    assert "data-dependent sizes" in config_ineligible(cfg)
+    cpu_cfg = prepare(_cfg(tmp_path))
+    cpu = SimpleNamespace(algo=get_algorithm(cpu_cfg.algo), device=torch.device("cpu"))
+    assert "not a CUDA device" in ineligible(cpu_cfg, cpu)
+
+
+def test_on_is_refused_before_the_run_where_it_cannot_apply(tmp_path):
+    with pytest.raises(ConfigError, match=r"--cuda-graphs on: the run is on cpu, not a CUDA device"):
+        train(_cfg(tmp_path, train__cuda_graphs="on"), progress=False)
+    assert not (tmp_path / "run").exists()  # nothing written
+    with pytest.raises(ConfigError, match="train.cuda_graphs"):
+        train(_cfg(tmp_path, train__cuda_graphs="sometimes"), progress=False)
+
+
+def test_auto_on_the_cpu_steps_eagerly_with_the_same_results(tmp_path):
+    from cmlgraph.train.io import load_torch
+
+    auto = train(_cfg(tmp_path, "auto"), progress=False)[0]
+    off = train(_cfg(tmp_path, "off", train__cuda_graphs="off"), progress=False)[0]
+    a, b = load_torch(auto / "model.pt"), load_torch(off / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    t = Trainer(_cfg(tmp_path, "probe"), progress=False)
+    assert t._graphed_step([], None) is None  # decided: eager (the CPU)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_captured_and_eager_meta_steps_are_equal_on_cuda(tmp_path):
+    cfg = _cfg(tmp_path, train__device="cuda", train__batched="on")
+    t = Trainer(cfg, progress=False)
+    e = t.exp
+    graphed = make_graphed_step(cfg, e, t._next_batch()[1], True)
+    assert isinstance(graphed, GraphedMetaStep)
+    for step in range(4):  # the first call captures and checks itself; the others replay
+        episodes = t._next_batch()[1]
+        params = {k: v for k, v in e.model.named_parameters()}
+        eager = e.algo.meta_gradients(e.model, params, episodes, e.domain.loss_fn, step, batched=True)
+        ours = graphed(episodes, step)
+        assert graphed.failed is None, graphed.failed
+        torch.testing.assert_close(ours.loss.total, eager.loss.total, rtol=1e-4, atol=1e-6)
+        for k in eager.grads:
+            torch.testing.assert_close(ours.grads[k], eager.grads[k], rtol=1e-4, atol=1e-6)
+    assert graphed.replays >= 3
