@@ -96,11 +96,19 @@ def _dropout_streams(h: Tensor, p: float, draws: list[tuple[int, torch.Generator
 CODES_KEY = "binary_codes"
 
 
+def binary_tables_win(device: torch.device | str) -> bool:
+    """Whether the binary-feature subset-sum tables beat the dense feature product on ``device``: on the CPU (the
+    bench's G-Meta case); not on a GPU, where the dense product is one large matmul and the table gathers are many
+    small kernels (measured on an H200, issue 18: 96.8 ms per meta-iteration with the tables off, 118 ms on)."""
+    return torch.device(device).type == "cpu"
+
+
 def feature_codes(index: BallIndex) -> Tensor | None:
     """The graph's :func:`~cmlgraph.backbones.binary_features.binary_codes`, computed once per index and kept in
-    its memo; ``None`` unless the features are dense 0/1 (or the memo entry was set to ``None``)."""
+    its memo; ``None`` unless the features are dense 0/1 on a device where the tables win
+    (:func:`binary_tables_win`), or the memo entry was set to ``None``."""
     if CODES_KEY not in index.memo:
-        index.memo[CODES_KEY] = binary_codes(index.x)
+        index.memo[CODES_KEY] = binary_codes(index.x) if binary_tables_win(index.x.device) else None
     return index.memo[CODES_KEY]
 
 
