@@ -69,3 +69,25 @@ def test_pretraining_uses_no_labels() -> None:
     (s1, e1), (s2, e2) = outs
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     assert torch.equal(e1, e2)
+
+
+def test_the_sparse_adjacency_path_equals_the_edge_path(monkeypatch) -> None:
+    """Large graphs propagate with a transposed CSR adjacency (fast), small ones with edge_index: the same
+    embeddings up to float rounding, directed edges included; repeated edges and self-loops keep edge_index."""
+    from torch_geometric.utils import coalesce, remove_self_loops
+
+    import cmlgraph.baselines.grace as grace
+
+    g = torch.Generator().manual_seed(3)
+    x = (torch.rand(30, 12, generator=g) < 0.2).float().to_sparse_coo()
+    raw = torch.randint(0, 30, (2, 80), generator=g)  # directed, with repeats and self-loops
+    ei = coalesce(remove_self_loops(raw)[0], num_nodes=30)
+    assert grace.graph_operand(ei, 30) is ei  # below ADJACENCY_MIN_NODES
+    torch.manual_seed(0)
+    enc = grace.GraceEncoder(12, 8, 8)
+    small = grace.embeddings(enc, x, ei)
+    monkeypatch.setattr(grace, "ADJACENCY_MIN_NODES", 10)
+    adj = grace.graph_operand(ei, 30)
+    assert adj.layout == torch.sparse_csr and adj.shape == (30, 30)
+    assert grace.graph_operand(raw, 30) is raw  # repeats / self-loops: the edge path
+    torch.testing.assert_close(grace.embeddings(enc, x, ei), small, rtol=1e-5, atol=1e-6)
