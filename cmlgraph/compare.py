@@ -302,7 +302,6 @@ def run_compare(domains: Sequence[str], algos: Sequence[str], seeds: Sequence[in
     from cmlgraph.train.trainer import prepare
 
     runs_dir = Path(runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
     plan = []
     differs: dict[tuple[str, str], str] = {}
     for domain in domains:
@@ -318,6 +317,7 @@ def run_compare(domains: Sequence[str], algos: Sequence[str], seeds: Sequence[in
                 log(f"note: {line}")
     items = [(cfg, f"{domain}-{algo}-{'cml' if cml else 'base'}-s{seed}",
               lambda m, i=i: log(f"[{i}/{len(plan)}] {m}")) for i, (domain, algo, seed, cml, cfg) in enumerate(plan, 1)]
+    runs_dir.mkdir(parents=True, exist_ok=True)  # only once every config is valid: a bad one leaves no folder
     paths = obtain_runs(items, runs_dir, train_fn, console, parallel_runs)
     found = {(domain, algo, seed, cml): path for (domain, algo, seed, cml, _), path in zip(plan, paths, strict=True)}
     cells = [build_cell(d, a, [(found[(d, a, s, False)], found[(d, a, s, True)]) for s in seeds])

@@ -250,6 +250,10 @@ def _type_text(typ: Any) -> str:
     return typ.__name__ if isinstance(typ, type) else str(typ).replace("typing.", "").replace("Optional", "optional")
 
 
+#: String settings whose values include ``on`` and ``off`` (an unquoted YAML ``on``/``off`` arrives as a bool).
+ON_OFF = {("train", "batched"), ("train", "prefetch"), ("train", "cuda_graphs")}
+
+
 def _coerce(section: str, key: str, value: Any, typ: Any) -> Any:
     text = str(typ)
     if value is None:
@@ -265,6 +269,9 @@ def _coerce(section: str, key: str, value: Any, typ: Any) -> Any:
         return float(value)
     if "str" in text and isinstance(value, str):
         return value
+    if "str" in text and not want_bool and isinstance(value, bool) and (section, key) in ON_OFF:
+        # YAML 1.1 reads unquoted ``on``/``off`` (also yes/no, true/false) as booleans: the switches mean them
+        return "on" if value else "off"
     if want_float and isinstance(value, str):
         # YAML 1.1 reads ``1e-3`` (no dot) as a string; accept the numbers users obviously mean.
         try:

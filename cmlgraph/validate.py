@@ -161,11 +161,6 @@ def validate_config(cfg: Config) -> None:
     _choice("train.batched", t.batched, ("auto", "on", "off"))
     _choice("train.prefetch", t.prefetch, ("auto", "on", "off"))
     _choice("train.cuda_graphs", t.cuda_graphs, ("auto", "on", "off"))
-    if t.cuda_graphs == "on":
-        from cmlgraph.train.cuda_graphs import config_ineligible
-
-        why = config_ineligible(cfg)
-        _need(why is None, f"--cuda-graphs on: {why}; use --cuda-graphs auto or off")
     _choice("train.nan_policy", t.nan_policy, ("stop", "skip"))
     _need(t.patience is None or t.patience >= 1, f"--patience {t.patience}: must be >= 1 (or unset: no early stop)")
     _need(t.weight_decay >= 0, f"train.weight_decay = {t.weight_decay}: must be >= 0")
@@ -179,6 +174,11 @@ def validate_config(cfg: Config) -> None:
         _need(index < count, f"--device {t.device}: only {count} CUDA device(s); use cuda:0..cuda:{count - 1}")
     if t.device == "mps":
         _need(torch.backends.mps.is_available(), "--device mps: MPS is not available here; use --device cpu")
+    if t.cuda_graphs == "on":
+        from cmlgraph.train.cuda_graphs import config_ineligible
+
+        why = config_ineligible(cfg)
+        _need(why is None, f"--cuda-graphs on: {why}; use --cuda-graphs auto or off")
     _run(cfg)
 
 

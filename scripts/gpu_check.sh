@@ -6,6 +6,15 @@
 # With TABLE3=1 it then trains the whole local Table 3 (80 runs) with --parallel-runs 10 (at most 15 minutes more).
 # Usage: scripts/gpu_check.sh [OUT_DIR]   (default: a fresh temporary folder). Exits 0 with a message without a GPU.
 set -euo pipefail
+if ! command -v python > /dev/null; then
+    echo "gpu_check: no python on PATH; activate the project's environment first (README: pip install -e .)" >&2
+    exit 2
+fi
+if ! python -c "import torch" 2> /dev/null; then
+    echo "gpu_check: $(command -v python) cannot import torch; activate the project's environment first" \
+        "(README: pip install -e .)" >&2
+    exit 2
+fi
 if ! python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "gpu_check: no CUDA device (torch.cuda.is_available() is False); nothing to check on this machine."
     exit 0

@@ -106,3 +106,18 @@ def test_captured_and_eager_meta_steps_are_equal_on_cuda(tmp_path):
         for k in eager.grads:
             torch.testing.assert_close(ours.grads[k], eager.grads[k], rtol=1e-4, atol=1e-6)
     assert graphed.replays >= 3
+
+
+def test_a_missing_gpu_is_named_before_what_cuda_graphs_cannot_capture(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = _cfg(tmp_path, train__cuda_graphs="on", train__device="cuda", algo__first_order=False)
+    with pytest.raises(ConfigError, match="--device cuda: no CUDA device is available"):
+        train(cfg, progress=False)
+
+
+def test_unquoted_yaml_on_and_off_are_the_switch_values(tmp_path):
+    from cmlgraph.config import from_yaml
+
+    (tmp_path / "c.yaml").write_text("train:\n  cuda_graphs: off\n  prefetch: on\n  batched: off\n")
+    cfg = from_yaml(tmp_path / "c.yaml")  # YAML 1.1 reads them as booleans
+    assert (cfg.train.cuda_graphs, cfg.train.prefetch, cfg.train.batched) == ("off", "on", "off")
