@@ -86,14 +86,21 @@ def as_csr(x: Tensor) -> Tensor:
 ADJACENCY_MIN_NODES = 10_000
 
 
-def graph_operand(edge_index: Tensor, num_nodes: int) -> Tensor:
-    """What ``GCNConv`` propagates with: on graphs of at least :data:`ADJACENCY_MIN_NODES` nodes the transposed
-    sparse CSR adjacency (one sparse product per layer instead of edge-wise gathers and scatters: GRACE's epoch 3x
-    faster on Coauthor-CS), else ``edge_index`` (no faster on Cora-sized graphs). The two are equal up to float
-    rounding, which over a pretraining can pick another best epoch; the size rule keeps each graph on one path. A
-    graph with repeated edges or self-loops keeps ``edge_index`` (``GCNConv`` counts those differently on the two)."""
-    if num_nodes < ADJACENCY_MIN_NODES or bool(contains_self_loops(edge_index)) \
-            or coalesce(edge_index, num_nodes=num_nodes).shape[1] != edge_index.shape[1]:
+def use_adjacency(edge_index: Tensor, num_nodes: int) -> bool:
+    """Whether ``GCNConv`` should propagate over this graph with a sparse adjacency (:func:`graph_operand`): at least
+    :data:`ADJACENCY_MIN_NODES` nodes and no repeated edges or self-loops (``GCNConv`` counts those differently on
+    the two paths). A subset of such edges (GRACE's dropped-edge views) is such too, so this is decided once."""
+    return num_nodes >= ADJACENCY_MIN_NODES and not bool(contains_self_loops(edge_index)) \
+        and coalesce(edge_index, num_nodes=num_nodes).shape[1] == edge_index.shape[1]
+
+
+def graph_operand(edge_index: Tensor, num_nodes: int, adjacency: bool | None = None) -> Tensor:
+    """What ``GCNConv`` propagates with: where :func:`use_adjacency` (or ``adjacency``, decided once for a graph)
+    says so, the transposed sparse CSR adjacency (one sparse product per layer instead of edge-wise gathers and
+    scatters: GRACE's epoch 3x faster on Coauthor-CS), else ``edge_index`` (no faster on Cora-sized graphs). The two
+    are equal up to float rounding, which over a pretraining can pick another best epoch; the size rule keeps each
+    graph on one path."""
+    if not (use_adjacency(edge_index, num_nodes) if adjacency is None else adjacency):
         return edge_index
     return to_torch_csr_tensor(edge_index.flip(0), size=(num_nodes, num_nodes))
 
@@ -195,6 +202,7 @@ def pretrain_grace(x: Tensor, edge_index: Tensor, settings: GraceSettings, epoch
         model = GraceEncoder(x.shape[1], settings.hidden, settings.proj, settings.activation).to(x.device)
         opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         n = x.shape[0]
+        adjacency = use_adjacency(edge_index, n)  # once: every dropped-edge view is a subset of these edges
         record: dict[str, object] = {"checks": [], "losses": [], "best_epoch": int(epochs)}
         best: tuple[float, int, dict[str, Tensor]] | None = None
         stale, seconds, epoch = 0, 0.0, 0
@@ -223,8 +231,8 @@ def pretrain_grace(x: Tensor, edge_index: Tensor, settings: GraceSettings, epoch
             opt.zero_grad()
             e1 = dropout_edge(edge_index, p=settings.drop_edge[0])[0]
             e2 = dropout_edge(edge_index, p=settings.drop_edge[1])[0]
-            z1 = model(mask_columns(x, settings.drop_feature[0]), graph_operand(e1, n))
-            z2 = model(mask_columns(x, settings.drop_feature[1]), graph_operand(e2, n))
+            z1 = model(mask_columns(x, settings.drop_feature[0]), graph_operand(e1, n, adjacency))
+            z2 = model(mask_columns(x, settings.drop_feature[1]), graph_operand(e2, n, adjacency))
             if n > settings.max_nodes:
                 pick = torch.randperm(n, device=x.device)[: settings.max_nodes]
                 z1, z2 = z1[pick], z2[pick]

@@ -49,9 +49,9 @@ from cmlgraph.core.episode import Episode, can_stack, stack
 from cmlgraph.core.model import group_of, parameters_of
 from cmlgraph.core.objective import OuterLoss, _meta_and_co
 from cmlgraph.core.streams import generator_from_state, task_streams
-from cmlgraph.errors import CmlgraphError, ConfigError, NumericalError
+from cmlgraph.errors import CmlgraphError, ConfigError
 from cmlgraph.train.io import MetricsLog, kill_point
-from cmlgraph.train.trainer import Trainer, _finite, _finite_flag, prepare
+from cmlgraph.train.trainer import Trainer, prepare
 
 #: Settings that may differ inside a group: the seed and the arm. Everything else is the group's shape.
 _FREE = {("train", "seed"), ("algo", "cml")}
@@ -507,30 +507,10 @@ def _defers(trainer: Trainer) -> bool:
 
 
 def apply_meta_step(trainer: Trainer, ms: MetaStep, defer: bool = False) -> dict[str, Any]:
-    """The tail of :meth:`Trainer._train_step` for a computed meta-step: the metrics record, the non-finite check
-    (``train.nan_policy``) and :meth:`Trainer._apply`. With ``defer`` (``nan_policy: stop``) the losses and the
-    finiteness flag stay on the device until the run's next :meth:`Trainer._flush`, as a run alone does (no
-    read-back per step); else they are read back now."""
-    cfg, e = trainer.cfg, trainer.exp
-    if defer and cfg.train.nan_policy == "stop":
-        losses = torch.stack([ms.loss.total.detach(), ms.loss.meta.detach(), ms.loss.co.detach()])
-        flag = _finite_flag(ms.grads, ms.loss.total).to(losses.dtype)[None]
-        pending: dict[str, Any] = {"step": trainer.step + 1, "lr": e.optimizer.param_groups[0]["lr"]}
-        trainer._pending.append((trainer.step + 1, torch.cat([losses, flag]), pending))
-        return trainer._apply(ms, pending)
-    total, meta, co = torch.stack([ms.loss.total.detach(), ms.loss.meta.detach(), ms.loss.co.detach()]).tolist()
-    record: dict[str, Any] = {"step": trainer.step + 1, "loss": total, "meta_loss": meta, "co_loss": co,
-                              "lr": e.optimizer.param_groups[0]["lr"]}
-    if not _finite(ms.grads, ms.loss.total):
-        if cfg.train.nan_policy == "skip":
-            trainer.skipped += 1
-            record["skipped"] = True
-            e.optimizer.zero_grad(set_to_none=True)
-            if e.scheduler is not None:
-                e.scheduler.step()
-            return record
-        raise NumericalError(trainer._nan_message(float(ms.loss.total.detach())))
-    return trainer._apply(ms, record)
+    """The tail of a run's meta-step for a computed (fused) meta-step, as the run alone does it
+    (:meth:`Trainer._step_record`: record, non-finite check, optimizer step; ``defer`` keeps the losses on the
+    device until the run's next flush)."""
+    return trainer._step_record(ms, defer)
 
 
 def train_parallel(cfgs: Sequence[Config], console: Console | None = None, progress: bool = True

@@ -539,6 +539,13 @@ class Trainer:
             else:
                 ms = e.algo.meta_gradients(e.model, params, episodes, e.domain.loss_fn, self.step, diagnostics=diag,
                                            batched=batched)
+        return self._step_record(ms, defer)
+
+    def _step_record(self, ms: Any, defer: bool = False) -> dict[str, Any]:
+        """The tail of a meta-step whose meta-gradients ``ms`` are computed: the metrics record, the non-finite
+        check (``train.nan_policy``) and :meth:`_apply`. With ``defer`` (``nan_policy: stop`` only) the losses and
+        the finiteness flag stay on the device until the next :meth:`_flush`; else they are read back now."""
+        cfg, e = self.cfg, self.exp
         if defer and cfg.train.nan_policy == "stop":
             losses = torch.stack([ms.loss.total.detach(), ms.loss.meta.detach(), ms.loss.co.detach()])
             flag = _finite_flag(ms.grads, ms.loss.total).to(losses.dtype)[None]
