@@ -54,6 +54,8 @@ from cmlgraph.backbones.gnn_ops import (
 from cmlgraph.backbones.gnn_plan import (
     Plan,
     TaskLayout,
+    _block_diag,
+    _to_csr,
     build_plan,
     complete_plan,
     plan_to,
@@ -267,10 +269,22 @@ class GNNBackbone(Backbone):
     def forward_tasks(self, params: dict[str, Tensor], batch: GraphBatch) -> Tensor:
         """Features ``Tensor[T, n, hidden]`` of ``T`` tasks' nodes, with per-task weights ``params[name][t]``.
 
-        Computation-tree inputs of the plan kinds run as one block-diagonal pass; anything else (GAT, whole-graph
+        Computation-tree inputs of the plan kinds run as one block-diagonal pass; SGC's whole-graph inputs as one
+        gather of the tasks' propagated rows and one batched product; anything else (GAT, other whole-graph
         inputs) runs task by task with the same results.
         """
         items = batch.items
+        if self.kind == "sgc" and not any(g.local for g in items) and all(g.x is items[0].x for g in items):
+            rows = batch.memo.get("sgc/rows")
+            if rows is None:
+                rows = self._sgc_task_rows(items)
+                if rows is not None:
+                    batch.memo["sgc/rows"] = rows
+            if rows is not None:
+                t = len(items)
+                z = feature_dropout(rows, self.dropout, self.training)
+                h = task_linear(z, params["convs.0.lin.weight"], t, params.get("convs.0.lin.bias"))
+                return self._sgc_out(h).view(t, int(items[0].nodes.numel()), -1)
         if self.supports_plan and all(g.local for g in items):
             key = f"layout/{PLAN_AGGREGATION[self.kind]}/{self.hops}"
             if key not in batch.memo:
@@ -395,6 +409,25 @@ class GNNBackbone(Backbone):
         h = sparse_aware_linear(feature_dropout(x, self.dropout, self.training), conv.lin.weight)
         h = self._propagate_dense(gcn_adj(inputs), h)[inputs.nodes]
         return self._sgc_out(h if conv.lin.bias is None else h + conv.lin.bias)
+
+    def _sgc_task_rows(self, items: list[GraphInput]) -> Tensor | None:
+        """The propagated rows ``(Â^K X)[nodes]`` of ``T`` whole-graph inputs of one graph, stacked as
+        :func:`task_linear` reads them: dense ``[T, n, F]``, or sparse as a block-diagonal ``[T·n, T·F]``;
+        ``None`` where the features are trainable (no cached propagation)."""
+        first = items[0]
+        x = sparse_features(first)
+        if x.requires_grad:
+            return None
+        propagated = cached(first, f"sgc/x/K={self.hops}", lambda: self._precompute_sgc(first))
+        with torch.no_grad():
+            if propagated is not None:
+                parts = [select_rows(propagated, g.nodes) for g in items]
+            else:  # fill-in too large to hold: each input's own rows, (Â^K)[nodes] X
+                parts = [self._sgc_local_rows(g, sparse_features(g)) for g in items]
+            if not is_sparse(parts[0]):
+                return torch.stack(parts)
+            n, f = int(first.nodes.numel()), int(parts[0].shape[1])
+            return _block_diag([_to_csr(p) for p in parts], n, f)
 
     def _sgc_local_rows(self, inputs: GraphInput, x: Tensor) -> Tensor:
         """``(Â^K X)[nodes]`` as sparse row selections of ``Â`` (K sparse-sparse products), kept on the input.

@@ -233,8 +233,9 @@ class GraphDomain(Domain):
         else:
             inp = episode_input(self.graph, torch.cat([raw.support, raw.query]), self.hops)
             x, ei, cache, nodes = inp.x.to(device), inp.edge_index.to(device), inp.cache, inp.nodes.to(device)
-        return Episode(GraphInput(x, ei, nodes[:ns], cache), raw.support_y.to(device),
-                       GraphInput(x, ei, nodes[ns:], cache), raw.query_y.to(device))
+        whole = self.mode == "full" and self.gnn["kind"] == "sgc"  # tasks batch as gathered propagated rows
+        return Episode(GraphInput(x, ei, nodes[:ns], cache, batch_whole=whole), raw.support_y.to(device),
+                       GraphInput(x, ei, nodes[ns:], cache, batch_whole=whole), raw.query_y.to(device))
 
     def tree_input(self, nodes: Tensor, device: torch.device | str = "cpu") -> GraphInput:
         """A computation-tree input of ``nodes`` whose plan is built on the host now (issue 18 item 2).

@@ -20,6 +20,9 @@ class GraphInput:
         local: Compute only the exact computation tree of ``nodes`` (their ``layers``-hop neighbourhood,
             shrinking layer by layer) instead of every node of the graph; same outputs. GNN kinds without a
             computation-tree path (GAT) ignore it and compute on the whole graph given.
+        batch_whole: A whole-graph input (not ``local``) whose tasks the backbone runs as one batch: set by the
+            graph domain for SGC, whose whole-graph pass is one cached propagation, so a batch of tasks is a
+            gather of their nodes' propagated rows and one batched product (issue 18 item 3).
     """
 
     x: Tensor
@@ -27,6 +30,7 @@ class GraphInput:
     nodes: Tensor
     cache: dict[str, Any] = field(default_factory=dict)
     local: bool = False
+    batch_whole: bool = False
 
     @property
     def num_nodes(self) -> int:
@@ -35,11 +39,11 @@ class GraphInput:
 
     @staticmethod
     def can_stack_tasks(items: list[GraphInput]) -> bool:
-        """Whether these inputs (one per task) can run batched: computation-tree inputs of one graph, with the
-        same number of requested nodes."""
+        """Whether these inputs (one per task) can run batched: computation-tree inputs (or whole-graph inputs
+        marked ``batch_whole``) of one graph, with the same number of requested nodes."""
         first = items[0]
-        return all(isinstance(g, GraphInput) and g.local and g.x is first.x and g.nodes.shape == first.nodes.shape
-                   for g in items)
+        return all(isinstance(g, GraphInput) and (g.local or g.batch_whole) and g.local == first.local
+                   and g.x is first.x and g.nodes.shape == first.nodes.shape for g in items)
 
     @staticmethod
     def stack_tasks(items: list[GraphInput]) -> GraphBatch:

@@ -11,18 +11,18 @@ each run's folder equals a separate ``cmlgraph train`` of it up to float roundin
 continues any one folder as it continues a normal run. Runs whose patience is spent drop out of the group; a run
 that fails (an exception, a non-finite loss) is stopped alone, its folder left as a killed run's, the others go on.
 
-What is fused (:func:`fusable`): the meta-gradients of runs at the same step with the same parameter names
-(same ``--cml`` arm) of algorithms on the shared objective (MAML, FOMAML, ANIL, BOIL; their noise control too; G-Meta;
-AMM-GNN, whose regulariser each run adds on its own parameters) whose run would batch its tasks (``train.batched``
-on, or ``auto`` where the backbone batches: MLP and GNNs always, Conv4 on GPU) and whose episodes stack
-(fixed-shape tensors; graph computation-tree inputs of one shared full graph; G-Meta's balls of one shared ball
-index). A run whose meta-step draws from torch's global RNG (checked on its first step) is fused only where its
-encoder draws from per-run streams (``random_streams``: G-Meta's and AMM-GNN's dropout, :mod:`cmlgraph.core.streams`);
-a fused step that still moves the global RNG is redone run by run and those runs are not fused again. Stepped one
-after another inside the lockstep loop instead: MAML++ (its learned inner rates are per run), Sharp-MAML (its own
-two-pass meta-gradient), ProtoNet (its own objective), a step that logs gradient diagnostics, episodes that do not
-stack (the ``full`` and k-hop subgraph graph modes, graphs that differ between the runs) and other runs that draw
-from the global RNG. Validation, testing and checkpoints are per run.
+What is fused (:func:`fusable`): the meta-gradients of runs at the same step with the same parameter names (same
+``--cml`` arm) of algorithms on the shared objective (MAML, FOMAML, ANIL, BOIL; their noise control too; G-Meta;
+AMM-GNN, whose regulariser each run adds on its own parameters) whose run would batch its tasks (``train.batched`` on,
+or ``auto`` where the backbone batches: MLP and GNNs always, Conv4 on GPU) and whose episodes stack (fixed-shape
+tensors; graph computation-tree inputs, or SGC's whole-graph inputs, of one shared full graph; G-Meta's balls of one
+shared ball index). A run whose meta-step draws from torch's global RNG (checked on its first step) is fused only where
+its encoder draws from per-run streams (``random_streams``: G-Meta's and AMM-GNN's dropout,
+:mod:`cmlgraph.core.streams`); a fused step that still moves the global RNG is redone run by run and those runs are not
+fused again. Stepped one after another inside the lockstep loop instead: MAML++ (its learned inner rates are per run),
+Sharp-MAML (its own two-pass meta-gradient), ProtoNet (its own objective), a step that logs gradient diagnostics,
+episodes that do not stack (the ``full`` mode of GNNs other than SGC, the k-hop subgraph mode, graphs that differ
+between the runs) and other runs that draw from the global RNG. Validation, testing and checkpoints are per run.
 
 Each run's ``wall_time_s`` and ``time_s`` count the group's wall time while the run was in it (its own steps,
 validations and its share of the fused steps in full), so they add up to more than the group's wall time.
@@ -209,15 +209,21 @@ def _share_graph(members: Sequence[_Member]) -> None:
             if getattr(d, "kind", None) == "gmeta" and _same_graph(d, first.domain):
                 d._index[str(device)] = index
         return
-    if not (getattr(first.domain, "trees", False) or kind == "ammgnn") or not hasattr(first.domain, "_full_graph"):
+    if not _whole_graph_inputs(first.domain) or not hasattr(first.domain, "_full_graph"):
         return
     shared = first.domain._full_graph(device)
     for m in members[1:]:
         d = m.trainer.exp.domain
-        if not (getattr(d, "trees", False) or getattr(d, "kind", None) == "ammgnn") or not hasattr(d, "_full"):
+        if not _whole_graph_inputs(d) or not hasattr(d, "_full"):
             continue
         if _same_graph(d, first.domain):
             d._full[str(device)] = shared
+
+
+def _whole_graph_inputs(domain: Any) -> bool:
+    """Whether the domain's episodes read its full-graph tensors: computation trees, the ``full`` mode, AMM-GNN."""
+    return bool(getattr(domain, "trees", False) or getattr(domain, "mode", None) == "full"
+                or getattr(domain, "kind", None) == "ammgnn")
 
 
 def _same_graph(a: Any, b: Any) -> bool:

@@ -134,3 +134,33 @@ def test_adjacency_rows_rebuilds_when_the_cached_full_adjacency_has_another_dtyp
     gcn_adj(GraphInput(x.float(), ei, torch.arange(3), cache))  # a float32 whole-graph pass filled the cache
     rows = adjacency_rows(GraphInput(x, ei, torch.arange(3), cache), "gcn")
     assert rows is not None and rows.dtype == torch.float64 and rows.layout == torch.sparse_csr
+
+
+@pytest.mark.parametrize("sparse,max_fill", [(False, 16.0), (True, 16.0), (True, 0.0)],
+                         ids=["dense", "sparse", "sparse-rows-only"])
+def test_sgc_whole_graph_tasks_batch_and_equal_the_loop(sparse, max_fill):
+    # SGC on the whole graph (the practitioner's default mode on dense graphs): the tasks' propagated rows are
+    # gathered once and the meta-batch runs as one batched product; same losses and meta-gradients as task by task
+    x, ei = _graph(sparse=sparse, seed=6)
+    torch.manual_seed(6)
+    model = MetaModel(GNNBackbone("sgc", x.shape[1], hidden=8, layers=2, sgc_max_fill=max_fill), 3,
+                      co_depth=1).double()
+    params = parameters_of(model)
+    cache: dict = {}
+    eps = [Episode(GraphInput(x, ei, e.support_x.nodes, cache, batch_whole=True), e.support_y,
+                   GraphInput(x, ei, e.query_x.nodes, cache, batch_whole=True), e.query_y)
+           for e in _episodes(x, ei, 3, seed=7)]
+    assert can_stack(eps)
+    mixed = [eps[0], Episode(GraphInput(x, ei, eps[1].support_x.nodes, cache, local=True), eps[1].support_y,
+                             eps[1].query_x, eps[1].query_y)]
+    assert not can_stack(mixed)  # a whole-graph and a computation-tree input never share a batch
+    inner = InnerLoopConfig(steps=2, lr=0.3, first_order=False)
+    a = outer_objective(model, params, eps, F.cross_entropy, inner, batched=True)
+    b = outer_objective(model, params, eps, F.cross_entropy, inner, batched=False)
+    torch.testing.assert_close(a.total, b.total, atol=1e-12, rtol=1e-10)
+    names = list(params)
+    ga = torch.autograd.grad(a.total, [params[k] for k in names])
+    gb = torch.autograd.grad(b.total, [params[k] for k in names])
+    for k, u, v in zip(names, ga, gb, strict=True):
+        assert u.abs().sum() > 0, k
+        torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-8, msg=k)

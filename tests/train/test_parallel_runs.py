@@ -48,6 +48,10 @@ GRAPH = {
               "checkpoint_every": 2, "batched": "on"},
 }
 
+# SGC on the whole graph (the practitioner's default mode on dense graphs): tasks batch as gathered propagated rows
+FULL_SGC = {**GRAPH, "data": {**GRAPH["data"], "subgraph": "full"},
+            "model": {"gnn": "sgc", "hidden": 8, "init": "random"}}
+
 # G-Meta (TLP's ball GCN, dropout on support passes: each run's masks from its own RNG stream) and AMM-GNN (its own
 # regulariser, dropout): Table 3's paths, fused (issue 18 item 5)
 GMETA = {
@@ -134,13 +138,14 @@ def fused_calls(monkeypatch) -> list[int]:
 
 
 @pytest.mark.parametrize("settings,arms", [(SINUSOID, {"algo__cml": True}), (GRAPH, {"algo__cml": True}),
+                                           (FULL_SGC, {"algo__cml": True}),
                                            (SINUSOID, {"algo__cml": False, "algo__control": "noise"}),
                                            (SINUSOID, {"algo__cml": True, "train__prefetch": "on"}),
                                            (GMETA, {"algo__cml": True}), (GMETA, {"algo__cml": False}),
                                            (AMMGNN, {"algo__cml": True}),
                                            pytest.param(DIGITS, {"algo__cml": True}, marks=pytest.mark.slow)],
-                         ids=["sinusoid-cml", "graph-khop", "sinusoid-noise", "sinusoid-prefetch", "gmeta-cml", "gmeta",
-                              "ammgnn-cml", "digits-conv4"])
+                         ids=["sinusoid-cml", "graph-khop", "graph-full-sgc", "sinusoid-noise", "sinusoid-prefetch",
+                              "gmeta-cml", "gmeta", "ammgnn-cml", "digits-conv4"])
 def test_parallel_runs_equal_separate_runs(tmp_path, fused_calls, settings, arms):
     seeds = (0, 1)
     alone = [train(_cfg(settings, tmp_path, f"alone-s{s}", train__seed=s, **arms), progress=False)[0]
