@@ -123,10 +123,8 @@ BALL_BLOCK = {  # host: the support and query ball blocks of the meta-batch, bui
 PROTO = {"_local_scalar_dense @ proto_head.py:class_means": ONE_HOT}
 ALLOW: dict[str, dict[str, dict[str, int]]] = {
     "khop": {"host": PLAN, "first": PROTO, "steady": PROTO, "eval_host": PLAN, "eval": PROTO},
-    # full mode, unbatched: one proto_head per episode (2)
-    "full": {"host": {}, "eval_host": {},
-             **{k: {"_local_scalar_dense @ proto_head.py:class_means": 2 * ONE_HOT} for k in ("first", "steady",
-                                                                                               "eval")}},
+    # full mode (SGC): the tasks run as one batch (gathered propagated rows), one proto_head per meta-batch
+    "full": {"host": {}, "first": PROTO, "steady": PROTO, "eval_host": {}, "eval": PROTO},
     "gmeta": {"host": {**BALLS, **BALL_BLOCK}, "first": {}, "steady": {}, "eval_host": {**BALLS, **BALL_BLOCK},
               "eval": {}},
     "ammgnn": {"host": {**PLAN, **MATCH}, "first": {}, "steady": {}, "eval_host": {**PLAN, **MATCH}, "eval": {}},
