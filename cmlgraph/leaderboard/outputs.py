@@ -87,7 +87,8 @@ def markdown(board: Board) -> str:
 
 def write_outputs(board: Board, out_dir: str | Path) -> list[Path]:
     """Write ``leaderboard.md``, ``leaderboard.csv``, ``leaderboard-cml.csv`` (when any algorithm is on the board
-    with and without CML) and ``leaderboard.png`` into ``out_dir``; returns the paths written."""
+    with and without CML; otherwise an older one in ``out_dir`` is removed) and ``leaderboard.png`` into
+    ``out_dir``; returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = markdown(board)
@@ -102,6 +103,8 @@ def write_outputs(board: Board, out_dir: str | Path) -> list[Path]:
     if board.cml:
         write_csv(out / "leaderboard-cml.csv", [cml_row(c) for c in board.cml])
         paths.append(out / "leaderboard-cml.csv")
+    else:  # a board without CML pairs: an older board's CML table in this folder would no longer describe it
+        (out / "leaderboard-cml.csv").unlink(missing_ok=True)
     plot(board, out / "leaderboard.png")
     return paths + [out / "leaderboard.png"]
 

@@ -165,6 +165,13 @@ def test_cli_reuses_runs_and_writes_outputs(runs, tmp_path, capsys):
     assert out.count("] reusing ") == 6 and "] training " not in out
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"leaderboard.md", "leaderboard.csv",
                                                                "leaderboard-cml.csv", "leaderboard.png"}
+    # the same folder again with a board that has no CML pair: the older CML table does not stay behind
+    with pytest.raises(SystemExit) as exc:
+        main(["leaderboard", "--graphs", "synthetic", "--ways", "2", "--shots", "1", "--methods",
+              "protonet,maml", "--seeds", "0,1", "--config", str(tmp_path / "tiny.yaml"),
+              "--runs-dir", str(runs_dir), "--out", str(tmp_path / "out")])
+    assert exc.value.code == 0
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"leaderboard.md", "leaderboard.csv", "leaderboard.png"}
 
 
 def test_steps_override_shortens_meta_learning_not_baselines(monkeypatch):
