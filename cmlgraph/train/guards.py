@@ -234,7 +234,7 @@ def baseline_warning(best_val: float, baseline_val: float | None, baseline: str 
     return (f"best validation accuracy {float(best_val):.4f} is below the training-free baseline {baseline} "
             f"({float(baseline_val):.4f}) on the same validation tasks: the trained model labels these tasks worse "
             f"than a method with no training; use `--algo {baseline}` for such labels (predictions without a run "
-            f"folder: `cmlgraph predict --method {baseline}`), or check --features / --inner-lr")
+            f"folder: method {baseline} of the `cmlgraph predict` command), or check --features / --inner-lr")
 
 
 def distinct_tasks_warning(split: str, distinct: int, asked: int) -> str | None:
