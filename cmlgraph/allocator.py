@@ -4,8 +4,8 @@ Why: glibc serves a large allocation (above its mmap threshold, which adapts onl
 from the kernel and returns them on free, so a tensor of a few MiB allocated every inner step pays a page fault per
 4 KiB page each time. Measured on this 2-core CPU (one thread, side by side, 2026-12-06): ``w - 0.5 * g`` on a
 ``[4, 64, 6805]`` float tensor (a meta-batch of Coauthor-CS SGC weights) 4.0-4.5 ms with glibc's defaults, 0.8-1.0
-ms with the setting below (the same work as four ``[64, 6805]`` updates, 0.9 ms); GRACE on Amazon-Photo, 3 epochs,
-9.3 s vs 7.7 s.
+ms with the setting below (the same work as four ``[64, 6805]`` updates, 0.9 ms); GRACE on Amazon-Photo, 20 epochs,
+135 / 150 s vs 100 / 97 s.
 
 Only the ``cmlgraph`` command applies it (:func:`cmlgraph.cli.main`), never ``import cmlgraph``: the allocator is
 the process's, and a library should not change it under an application. ``CMLGRAPH_MALLOC=system`` keeps glibc's

@@ -74,16 +74,8 @@ def _episodes(x, ei, tasks: int, seed: int) -> list[Episode]:
     return out
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("first_order", [False, True])
-def test_batched_outer_objective_equals_per_task_loop(kind, first_order):
-    x, ei = _graph(sparse=kind in ("gcn", "sage"), seed=2)
-    torch.manual_seed(2)
-    model = MetaModel(GNNBackbone(kind, x.shape[1], hidden=8, layers=2), 3, co_depth=1).double()
-    params = parameters_of(model)
-    eps = _episodes(x, ei, 4, seed=3)
-    assert can_stack(eps) and isinstance(stack(eps).support_x, GraphBatch)
-    inner = InnerLoopConfig(steps=2, lr=0.3, first_order=first_order)
+def _assert_batched_equals_loop(model, params, eps, inner) -> None:
+    """The batched outer objective equals the per-task loop: loss and every (non-zero) meta-gradient."""
     a = outer_objective(model, params, eps, F.cross_entropy, inner, batched=True)
     b = outer_objective(model, params, eps, F.cross_entropy, inner, batched=False)
     torch.testing.assert_close(a.total, b.total, atol=1e-12, rtol=1e-10)
@@ -93,6 +85,18 @@ def test_batched_outer_objective_equals_per_task_loop(kind, first_order):
     for k, u, v in zip(names, ga, gb, strict=True):
         assert u.abs().sum() > 0, k
         torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-8, msg=k)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("first_order", [False, True])
+def test_batched_outer_objective_equals_per_task_loop(kind, first_order):
+    x, ei = _graph(sparse=kind in ("gcn", "sage"), seed=2)
+    torch.manual_seed(2)
+    model = MetaModel(GNNBackbone(kind, x.shape[1], hidden=8, layers=2), 3, co_depth=1).double()
+    params = parameters_of(model)
+    eps = _episodes(x, ei, 4, seed=3)
+    assert can_stack(eps) and isinstance(stack(eps).support_x, GraphBatch)
+    _assert_batched_equals_loop(model, params, eps, InnerLoopConfig(steps=2, lr=0.3, first_order=first_order))
 
 
 def test_whole_graph_inputs_do_not_stack_and_gat_runs_task_by_task():
@@ -154,13 +158,4 @@ def test_sgc_whole_graph_tasks_batch_and_equal_the_loop(sparse, max_fill):
     mixed = [eps[0], Episode(GraphInput(x, ei, eps[1].support_x.nodes, cache, local=True), eps[1].support_y,
                              eps[1].query_x, eps[1].query_y)]
     assert not can_stack(mixed)  # a whole-graph and a computation-tree input never share a batch
-    inner = InnerLoopConfig(steps=2, lr=0.3, first_order=False)
-    a = outer_objective(model, params, eps, F.cross_entropy, inner, batched=True)
-    b = outer_objective(model, params, eps, F.cross_entropy, inner, batched=False)
-    torch.testing.assert_close(a.total, b.total, atol=1e-12, rtol=1e-10)
-    names = list(params)
-    ga = torch.autograd.grad(a.total, [params[k] for k in names])
-    gb = torch.autograd.grad(b.total, [params[k] for k in names])
-    for k, u, v in zip(names, ga, gb, strict=True):
-        assert u.abs().sum() > 0, k
-        torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-8, msg=k)
+    _assert_batched_equals_loop(model, params, eps, InnerLoopConfig(steps=2, lr=0.3, first_order=False))
