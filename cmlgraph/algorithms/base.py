@@ -21,7 +21,7 @@ from cmlgraph.core.episode import Episode
 from cmlgraph.core.functional import LossFn, co_head, features, head
 from cmlgraph.core.inner_loop import InnerLoopConfig, inner_loop
 from cmlgraph.core.model import MetaModel, group_of, sub
-from cmlgraph.core.objective import OuterLoss, outer_objective
+from cmlgraph.core.objective import OuterLoss, _meta_and_co, mean_over_tasks
 
 
 @dataclass
@@ -106,35 +106,69 @@ class MetaAlgorithm:
         return None
 
     # --- training ------------------------------------------------------------------------------------------
+    def task_losses(self, model: MetaModel, params: Mapping[str, Tensor], ep: Episode, loss_fn: LossFn, step: int,
+                    batched: bool = False) -> tuple[Tensor, Tensor]:
+        """Each task's meta-learner and co-learner query losses at a meta-iteration, before the meta-batch mean.
+
+        MAML's: the inner loop on the support set, then the adapted model's query loss (MAML++'s step weights
+        included) and, with CML, the unadapted co-learner's on the adapted features (DESIGN §1). Runs trained
+        together (``--parallel-runs``) call this on their stacked tasks, so an algorithm whose objective is the
+        mean of its task losses (plus :meth:`regulariser`) fuses.
+
+        Args:
+            model: The meta-model.
+            params: Flat parameter dict; with ``batched``, a leading task dimension on every entry but ``lrs.*``
+                (which may carry one too: one row of rates per task).
+            ep: One episode, or (``batched``) a stacked batch of them.
+            loss_fn: The domain's task loss.
+            step: The meta-iteration (for schedules: MAML++'s annealing).
+            batched: Whether ``ep`` and ``params`` carry a leading task dimension.
+
+        Returns:
+            ``(meta, co)``: scalars, or ``Tensor[T]`` when batched; ``co`` is zero without a co-learner term.
+        """
+        return _meta_and_co(model, params, ep, loss_fn, self.inner_config(step), cml=self.cml, batched=batched,
+                            first_order=self.first_order_at(step), step_weights=self.step_weights(step))
+
     def objective(self, model: MetaModel, params: Mapping[str, Tensor], episodes: Sequence[Episode],
                   loss_fn: LossFn, step: int, batched: bool | None = None) -> OuterLoss:
-        """The outer objective of this algorithm at a meta-iteration: MAML's (with CML, the co-learner's term),
-        plus :meth:`regulariser` on the meta-learner's term where the algorithm has one."""
-        loss = outer_objective(model, params, episodes, loss_fn, self.inner_config(step), gamma=self.cfg.gamma,
-                               cml=self.cml, batched=batched, first_order=self.first_order_at(step),
-                               step_weights=self.step_weights(step))
+        """The outer objective at a meta-iteration: the meta-batch mean of :meth:`task_losses` (for MAML, exactly
+        :func:`~cmlgraph.core.objective.outer_objective`), plus :meth:`regulariser` on the meta-learner's term
+        where the algorithm has one."""
+        meta, co = mean_over_tasks(lambda p, ep, b: self.task_losses(model, p, ep, loss_fn, step, b), params,
+                                   episodes, batched)
         reg = self.regulariser(params, episodes)
-        return loss if reg is None else OuterLoss(meta=loss.meta + reg, co=loss.co, total=loss.total + reg)
+        if reg is not None:
+            meta = meta + reg
+        return OuterLoss(meta=meta, co=co, total=meta + self.cfg.gamma * co if self.cml else meta)
 
     def regulariser(self, params: Mapping[str, Tensor], episodes: Sequence[Episode]) -> Tensor | None:
         """A term of the outer loss on the meta-parameters, added to the meta-learner's loss (AMM-GNN's); ``None``
         for MAML. A fused meta-step of several runs (``--parallel-runs``) adds each run's on its own parameters."""
         return None
 
+    def gradient_point(self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor]
+                       ) -> dict[str, Tensor] | None:
+        """Where the meta-gradient is taken, given the objective's gradient ``grads`` at ``params``; ``None``
+        (MAML): at ``params``. Sharp-MAML returns its SAM point, a function of ``params`` so that the gradient
+        there flows back to them, and the meta-gradient is the objective's gradient at that point."""
+        return None
+
     def meta_gradients(self, model: MetaModel, params: Mapping[str, Tensor], episodes: Sequence[Episode],
                        loss_fn: LossFn, step: int, *, diagnostics: bool = False,
                        batched: bool | None = None) -> MetaStep:
-        """Meta-gradients of every trained parameter for one meta-batch."""
+        """Meta-gradients of every trained parameter for one meta-batch (at :meth:`gradient_point`), with the
+        noise control's noise added last; the returned loss is the objective at ``params``."""
         loss = self.objective(model, params, episodes, loss_fn, step, batched)
-        names = list(params)
         diag: dict[str, Any] = {}
         if diagnostics and self.cml and self.cfg.gamma > 0:
             from cmlgraph.train.diagnostics import split_gradients
             grads, diag = split_gradients(loss, params, self.cfg.gamma)
         else:
-            raw = torch.autograd.grad(loss.total, [params[k] for k in names], allow_unused=True)
-            grads = {k: (g if g is not None else torch.zeros_like(params[k])) for k, g in zip(names, raw,
-                                                                                          strict=True)}
+            grads = gradients(loss.total, params)
+        point = self.gradient_point(params, grads)
+        if point is not None:
+            grads = gradients(self.objective(model, point, episodes, loss_fn, step, batched).total, params)
         if self.cfg.control == "noise":
             grads = add_gradient_noise(grads, self.cfg.noise_std, self.generator)
         return MetaStep(grads=grads, loss=loss, diagnostics=diag)
@@ -168,6 +202,13 @@ class MetaAlgorithm:
             out = head(model, fast, feats, batched)
             co = co_head(model, fast, feats, batched) if model.co is not None else None
         return out, co
+
+
+def gradients(loss: Tensor, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``d loss / d params`` per name; zeros for a parameter the loss does not reach."""
+    names = list(params)
+    raw = torch.autograd.grad(loss, [params[k] for k in names], allow_unused=True)
+    return {k: (g if g is not None else torch.zeros_like(params[k])) for k, g in zip(names, raw, strict=True)}
 
 
 def add_gradient_noise(grads: Mapping[str, Tensor], noise_std: float, generator: torch.Generator

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 
 import torch
 from torch import Tensor
 
-from cmlgraph.algorithms.base import MetaAlgorithm, MetaStep
-from cmlgraph.core.episode import Episode
-from cmlgraph.core.functional import LossFn
+from cmlgraph.algorithms.base import MetaAlgorithm
 from cmlgraph.core.inner_loop import InnerLoopConfig
 
 
@@ -21,7 +19,11 @@ def sam_perturbation(grads: Mapping[str, Tensor], rho: float) -> dict[str, Tenso
 
 
 class SharpMAML(MetaAlgorithm):
-    """MAML whose meta-gradient is taken at the SAM-perturbed point w + ρ g/‖g‖ and applied at w."""
+    """MAML whose meta-gradient is taken at the SAM-perturbed point w + ρ g/‖g‖ and applied at w.
+
+    Two passes of the objective per meta-step (:meth:`MetaAlgorithm.meta_gradients`); the noise control's noise
+    goes on the returned meta-gradient, not on the gradient that sets the perturbation.
+    """
 
     name = "sharp-maml"
 
@@ -30,16 +32,8 @@ class SharpMAML(MetaAlgorithm):
         cfg = super().inner_config(step, evaluation)
         return replace(cfg, sam_rho=self.cfg.sam_rho if self.cfg.sam_inner and not evaluation else 0.0)
 
-    def meta_gradients(self, model, params: Mapping[str, Tensor], episodes: Sequence[Episode],
-                       loss_fn: LossFn, step: int, *, diagnostics: bool = False,
-                       batched: bool | None = None) -> MetaStep:
-        """Two passes: gradient g at w, then the gradient at w + ε(g), returned as the meta-gradient at w."""
-        first = super().meta_gradients(model, params, episodes, loss_fn, step, diagnostics=diagnostics,
-                                       batched=batched)
-        eps = sam_perturbation(first.grads, self.cfg.sam_rho)
-        perturbed = {k: v + eps[k] for k, v in params.items()}
-        loss = self.objective(model, perturbed, episodes, loss_fn, step, batched)
-        names = list(params)
-        raw = torch.autograd.grad(loss.total, [params[k] for k in names], allow_unused=True)
-        grads = {k: (g if g is not None else torch.zeros_like(params[k])) for k, g in zip(names, raw, strict=True)}
-        return MetaStep(grads=grads, loss=first.loss, diagnostics=first.diagnostics)
+    def gradient_point(self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The SAM point w + ε(g), ε = ρ g/‖g‖ (Abbas et al., 2022, Alg. 1): the meta-gradient is the objective's
+        gradient there, applied at w (ε is a constant: the gradient flows back to w unchanged)."""
+        eps = sam_perturbation(grads, self.cfg.sam_rho)
+        return {k: v + eps[k] for k, v in params.items()}

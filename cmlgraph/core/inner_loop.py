@@ -94,7 +94,9 @@ def inner_loop(
         cfg: Inner-loop settings.
         batched: Whether ``params``, ``x`` and ``y`` carry a leading task dimension.
         first_order: Overrides ``cfg.first_order`` (MAML++'s derivative-order annealing).
-        rates: Learned per-parameter, per-step step sizes (``lrs.*`` entries, MAML++); override ``cfg``.
+        rates: Learned per-parameter, per-step step sizes (``lrs.*`` entries, MAML++; ``Tensor[S]`` each, or, when
+            ``batched``, ``Tensor[T, S]``: a row per task, as for runs fused by ``--parallel-runs``); override
+            ``cfg``.
 
     Returns:
         ``[params_0, params_1, ..., params_S]``: the parameters after each inner step, ``params_0`` the input.
@@ -121,8 +123,10 @@ def inner_loop(
                 continue
             lr: Tensor | float
             if rates is not None and rate_key(k) in rates:
-                rate = rates[rate_key(k)]
-                lr = rate[min(s, rate.shape[0] - 1)]
+                rate = rates[rate_key(k)]  # [S], or [T, S]: one row per task (fused runs' own rates)
+                lr = rate[..., min(s, rate.shape[-1] - 1)]
+                if lr.dim() == 1:
+                    lr = lr.view(-1, *([1] * (g.dim() - 1)))
             else:
                 lr = cfg.step_size(k)
             fast[k] = fast[k] - lr * g

@@ -9,7 +9,7 @@ too and the co-learner term uses the adapted φ'_i.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -108,16 +108,42 @@ def outer_objective(
     """
     if not episodes:
         raise ValueError("outer_objective needs at least one episode")
+
+    def per_task(p: Mapping[str, Tensor], ep: Episode, batch: bool) -> tuple[Tensor, Tensor]:
+        return _meta_and_co(model, p, ep, loss_fn, inner, batched=batch, cml=cml, first_order=first_order,
+                            step_weights=step_weights)
+
+    meta, co = mean_over_tasks(per_task, params, episodes, batched)
+    return OuterLoss(meta=meta, co=co, total=meta + gamma * co if cml else meta)
+
+
+#: ``(params, episode, batched) -> (meta, co)``: one task's (or, batched, each stacked task's) losses.
+TaskLosses = Callable[[Mapping[str, Tensor], Episode, bool], tuple[Tensor, Tensor]]
+
+
+def expand_tasks(params: Mapping[str, Tensor], batch: int) -> dict[str, Tensor]:
+    """``params`` for ``batch`` stacked tasks: every entry expanded along a new leading task dimension (views, no
+    copies), except the learned inner rates (``lrs.*``), which all tasks of one run share as they are."""
+    return {**_expand(params, batch), **{k: v for k, v in params.items() if group_of(k) == "lrs"}}
+
+
+def mean_over_tasks(task_losses: TaskLosses, params: Mapping[str, Tensor], episodes: Sequence[Episode],
+                    batched: bool | None = None) -> tuple[Tensor, Tensor]:
+    """The meta-batch means of the per-task losses ``task_losses`` gives, all tasks at once or one by one.
+
+    Args:
+        task_losses: Per-task meta and co-learner losses (:data:`TaskLosses`).
+        params: The meta-parameters (no task dimension).
+        episodes: The meta-batch (non-empty).
+        batched: Stack the episodes and run them together (default: when there are several and they stack).
+
+    Returns:
+        ``(meta, co)``, each a scalar mean over the episodes.
+    """
     if batched is None:
         batched = len(episodes) > 1 and can_stack(list(episodes))
-    kwargs = dict(cml=cml, first_order=first_order, step_weights=step_weights)
     if batched:
-        ep = stack(list(episodes))
-        batch = {**_expand(params, len(episodes)), **{k: v for k, v in params.items() if group_of(k) == "lrs"}}
-        meta, co = _meta_and_co(model, batch, ep, loss_fn, inner, batched=True, **kwargs)
-        meta, co = meta.mean(), co.mean()
-    else:
-        metas, cos = zip(*(_meta_and_co(model, params, ep, loss_fn, inner, batched=False, **kwargs)
-                           for ep in episodes), strict=True)
-        meta, co = torch.stack(metas).mean(), torch.stack(cos).mean()
-    return OuterLoss(meta=meta, co=co, total=meta + gamma * co if cml else meta)
+        meta, co = task_losses(expand_tasks(params, len(episodes)), stack(list(episodes)), True)
+        return meta.mean(), co.mean()
+    metas, cos = zip(*(task_losses(params, ep, False) for ep in episodes), strict=True)
+    return torch.stack(metas).mean(), torch.stack(cos).mean()

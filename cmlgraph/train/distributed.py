@@ -48,7 +48,6 @@ from torch import Tensor, nn
 
 from cmlgraph.algorithms.base import MetaAlgorithm, MetaStep, add_gradient_noise
 from cmlgraph.algorithms.registry import ALGORITHMS
-from cmlgraph.algorithms.sharp import SharpMAML, sam_perturbation
 from cmlgraph.config import Config
 from cmlgraph.core.episode import Episode
 from cmlgraph.core.functional import LossFn
@@ -179,12 +178,11 @@ def setup() -> DistContext:
 
 
 def _kind(cls: type[MetaAlgorithm]) -> str | None:
-    """How an algorithm's meta-gradient splits over processes: ``mean``, ``sharp`` or ``None`` (unsupported)."""
-    if cls.meta_gradients is MetaAlgorithm.meta_gradients:
-        return "mean"
-    if issubclass(cls, SharpMAML) and cls.meta_gradients is SharpMAML.meta_gradients:
-        return "sharp"
-    return None
+    """How an algorithm's meta-gradient splits over processes: ``mean`` (one pass), ``point`` (a second pass at
+    :meth:`~MetaAlgorithm.gradient_point`, Sharp-MAML's) or ``None`` (unsupported)."""
+    if cls.meta_gradients is not MetaAlgorithm.meta_gradients:
+        return None
+    return "mean" if cls.gradient_point is MetaAlgorithm.gradient_point else "point"
 
 
 def supported_algorithms() -> list[str]:
@@ -407,13 +405,12 @@ class DistContext:
         split = diagnostics and algo.cml and algo.cfg.gamma > 0
         grads, loss, diag = self._reduced_pass(algo, model, params, params, episodes, loss_fn, step, weight, split,
                                                batched)
+        point = algo.gradient_point(params, grads) if kind == "point" else None
+        if point is not None:  # from the full gradient, the same point on every rank
+            grads, _, _ = self._reduced_pass(algo, model, point, params, episodes, loss_fn, step, weight, False,
+                                             batched)
         if algo.cfg.control == "noise":  # once, on the full gradient; every rank's generator draws the same noise
             grads = add_gradient_noise(grads, algo.cfg.noise_std, algo.generator)
-        if kind == "sharp":
-            eps = sam_perturbation(grads, algo.cfg.sam_rho)
-            perturbed = {k: v + eps[k] for k, v in params.items()}
-            grads, _, _ = self._reduced_pass(algo, model, perturbed, params, episodes, loss_fn, step, weight, False,
-                                             batched)
         return MetaStep(grads=grads, loss=loss, diagnostics=diag)
 
     def _reduced_pass(self, algo: MetaAlgorithm, model: MetaModel, at: Mapping[str, Tensor],

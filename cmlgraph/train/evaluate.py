@@ -66,7 +66,8 @@ def evaluate(
         # Episodes adapted together hold one copy of the weights each: cap a chunk at ~8M values per copy.
         n_params = sum(v.numel() for v in params.values())
         many = getattr(algo, "predict_tasks", None)  # training-free methods: a chunk's tasks in one solve
-        chunk = (max(1, min(batch_size, int(8e6 // max(n_params, 1)))) if algo.uses_inner_loop
+        chunk = (max(1, min(batch_size, int(8e6 // max(n_params, 1))))
+                 if algo.uses_inner_loop or getattr(algo, "predicts_batched", False)
                  else batch_size if many is not None else 1)
         together = auto_batched(model.extractor, device) is None
         chunks = iter([raws[start:start + chunk] for start in range(0, len(raws), chunk)])

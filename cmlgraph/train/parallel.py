@@ -12,17 +12,20 @@ continues any one folder as it continues a normal run. Runs whose patience is sp
 that fails (an exception, a non-finite loss) is stopped alone, its folder left as a killed run's, the others go on.
 
 What is fused (:func:`fusable`): the meta-gradients of runs at the same step with the same parameter names (same
-``--cml`` arm) of algorithms on the shared objective (MAML, FOMAML, ANIL, BOIL; their noise control too; G-Meta;
-AMM-GNN, whose regulariser each run adds on its own parameters) whose run would batch its tasks (``train.batched`` on,
-or ``auto`` where the backbone batches: MLP and GNNs always, Conv4 on GPU) and whose episodes stack (fixed-shape
-tensors; graph computation-tree inputs, or SGC's whole-graph inputs, of one shared full graph; G-Meta's balls of one
-shared ball index). A run whose meta-step draws from torch's global RNG (checked on its first step) is fused only where
-its encoder draws from per-run streams (``random_streams``: G-Meta's and AMM-GNN's dropout,
-:mod:`cmlgraph.core.streams`); a fused step that still moves the global RNG is redone run by run and those runs are not
-fused again. Stepped one after another inside the lockstep loop instead: MAML++ (its learned inner rates are per run),
-Sharp-MAML (its own two-pass meta-gradient), ProtoNet (its own objective), a step that logs gradient diagnostics,
-episodes that do not stack (the ``full`` mode of GNNs other than SGC, the k-hop subgraph mode, graphs that differ
-between the runs) and other runs that draw from the global RNG. Validation, testing and checkpoints are per run.
+``--cml`` arm) of algorithms whose objective is the mean of their per-task losses
+(:meth:`~cmlgraph.algorithms.base.MetaAlgorithm.task_losses`, plus a regulariser each run adds on its own parameters:
+AMM-GNN's) and whose meta-gradient is that objective's gradient at a point they name (``gradient_point``): MAML,
+FOMAML, ANIL, BOIL, MAML++ (each task steps with its own run's learned rates), Sharp-MAML (both passes fused, each
+run's SAM point from its own gradient), ProtoNet, G-Meta, AMM-GNN, and their noise control, whose run would batch its
+tasks (``train.batched`` on, or ``auto`` where the backbone batches: MLP and GNNs always, Conv4 on GPU) and whose
+episodes stack (fixed-shape tensors; graph computation-tree inputs, or SGC's whole-graph inputs, of one shared full
+graph; G-Meta's balls of one shared ball index). A run whose meta-step draws from torch's global RNG (checked on its
+first step) is fused only where its encoder draws from per-run streams (``random_streams``: G-Meta's and AMM-GNN's
+dropout, :mod:`cmlgraph.core.streams`); a fused step that still moves the global RNG is redone run by run and those
+runs are not fused again. Stepped one after another inside the lockstep loop instead: a step that logs gradient
+diagnostics, episodes that do not stack (the ``full`` mode of GNNs other than SGC, the k-hop subgraph mode, graphs
+that differ between the runs) and other runs that draw from the global RNG. Validation, testing and checkpoints are
+per run.
 
 Each run's ``wall_time_s`` and ``time_s`` count the group's wall time while the run was in it (its own steps,
 validations and its share of the fused steps in full), so they add up to more than the group's wall time.
@@ -46,8 +49,8 @@ from cmlgraph.algorithms.base import MetaAlgorithm, MetaStep, add_gradient_noise
 from cmlgraph.backbones.base import auto_batched
 from cmlgraph.config import Config
 from cmlgraph.core.episode import Episode, can_stack, stack
-from cmlgraph.core.model import group_of, parameters_of
-from cmlgraph.core.objective import OuterLoss, _meta_and_co
+from cmlgraph.core.model import parameters_of
+from cmlgraph.core.objective import OuterLoss
 from cmlgraph.core.streams import generator_from_state, task_streams
 from cmlgraph.errors import CmlgraphError, ConfigError
 from cmlgraph.train.io import MetricsLog, kill_point
@@ -152,8 +155,6 @@ def fusable(trainer: Trainer) -> bool:
     algo_type = type(e.algo)
     if algo_type.meta_gradients is not MetaAlgorithm.meta_gradients or algo_type.objective is not \
             MetaAlgorithm.objective:
-        return False
-    if any(group_of(k) == "lrs" for k in parameters_of(e.model)):
         return False
     batched = {"auto": auto_batched(e.model.extractor, e.device), "on": True, "off": False}[cfg.train.batched]
     return batched is not False and int(cfg.train.meta_batch) >= 1 and not trainer.dist.active
@@ -463,7 +464,8 @@ def _set_run_state(m: _Member, gen: torch.Generator | None) -> None:
 
 def fused_gradients(trainers: Sequence[Trainer], episodes: Sequence[Sequence[Episode]],
                     generators: Sequence[torch.Generator] | None = None) -> list[MetaStep]:
-    """The meta-gradients of R runs at the same step from one computation over their R·B tasks.
+    """The meta-gradients of R runs at the same step from one computation over their R·B tasks (two, where the
+    algorithm takes its meta-gradient at another point: Sharp-MAML).
 
     Each task's initial parameters are its run's parameters expanded along the task dimension, so autograd sums
     each run's tasks' gradients into that run's parameters only; each run's outer loss is the mean over its own B
@@ -473,37 +475,44 @@ def fused_gradients(trainers: Sequence[Trainer], episodes: Sequence[Sequence[Epi
     (:mod:`cmlgraph.core.streams`).
     """
     first = trainers[0]
-    algo, model, step = first.exp.algo, first.exp.model, first.step
+    algo, model, step, loss_fn = first.exp.algo, first.exp.model, first.step, first.exp.domain.loss_fn
     sizes = [len(eps) for eps in episodes]
     params = [parameters_of(t.exp.model) for t in trainers]
-    batch = {k: torch.cat([p[k].unsqueeze(0).expand(b, *p[k].shape) for p, b in zip(params, sizes, strict=True)])
-             for k in params[0]}
     ep = stack([e for eps in episodes for e in eps])
+
+    def losses_at(points: Sequence[dict[str, Tensor]]) -> list[OuterLoss]:
+        """Each run's outer loss at its point, from one pass over the R·B stacked tasks."""
+        batch = {k: torch.cat([p[k].unsqueeze(0).expand(b, *p[k].shape) for p, b in zip(points, sizes, strict=True)])
+                 for k in points[0]}  # learned rates (MAML++) too: a row of the run's rates per task
+        meta, co = algo.task_losses(model, batch, ep, loss_fn, step, batched=True)
+        out = []
+        for m_r, c_r, p, eps in zip(meta.split(sizes), co.split(sizes), points, episodes, strict=True):
+            mean_m, mean_c = m_r.mean(), c_r.mean()
+            reg = algo.regulariser(p, eps)
+            if reg is not None:
+                mean_m = mean_m + reg
+            out.append(OuterLoss(meta=mean_m, co=mean_c, total=mean_m + algo.cfg.gamma * mean_c if algo.cml
+                                 else mean_m))
+        return out
+
+    def run_gradients(losses: Sequence[OuterLoss]) -> list[dict[str, Tensor]]:
+        """Each run's gradients w.r.t. its own parameters (one backward pass: the runs' losses do not mix)."""
+        flat = [p[k] for p in params for k in p]
+        raw = iter(torch.autograd.grad(torch.stack([loss.total for loss in losses]).sum(), flat, allow_unused=True))
+        return [{k: g if (g := next(raw)) is not None else torch.zeros_like(p[k]) for k in p} for p in params]
+
     with task_streams(sizes, generators) if generators is not None else nullcontext():
-        meta, co = _meta_and_co(model, batch, ep, first.exp.domain.loss_fn, algo.inner_config(step), cml=algo.cml,
-                                batched=True, first_order=algo.first_order_at(step),
-                                step_weights=algo.step_weights(step))
-    metas, cos = meta.split(sizes), co.split(sizes)
-    losses = []
-    for m_r, c_r, p, eps in zip(metas, cos, params, episodes, strict=True):
-        mean_m, mean_c = m_r.mean(), c_r.mean()
-        reg = algo.regulariser(p, eps)
-        if reg is not None:
-            mean_m = mean_m + reg
-        losses.append(OuterLoss(meta=mean_m, co=mean_c, total=mean_m + algo.cfg.gamma * mean_c if algo.cml
-                                else mean_m))
-    flat = [p[k] for p in params for k in p]
-    raw = torch.autograd.grad(torch.stack([loss.total for loss in losses]).sum(), flat, allow_unused=True)
-    out, i = [], 0
-    for t, p, loss in zip(trainers, params, losses, strict=True):
-        grads = {}
-        for k in p:
-            g = raw[i]
-            grads[k] = g if g is not None else torch.zeros_like(p[k])
-            i += 1
+        losses = losses_at(params)
+        grads = run_gradients(losses)
+        points = [t.exp.algo.gradient_point(p, g) for t, p, g in zip(trainers, params, grads, strict=True)]
+        if any(pt is not None for pt in points):  # Sharp-MAML: the meta-gradient at each run's SAM point
+            grads = run_gradients(losses_at([p if pt is None else pt for p, pt in zip(params, points,
+                                                                                      strict=True)]))
+    out = []
+    for t, g, loss in zip(trainers, grads, losses, strict=True):
         if t.exp.algo.cfg.control == "noise":
-            grads = add_gradient_noise(grads, t.exp.algo.cfg.noise_std, t.exp.algo.generator)
-        out.append(MetaStep(grads=grads, loss=loss))
+            g = add_gradient_noise(g, t.exp.algo.cfg.noise_std, t.exp.algo.generator)
+        out.append(MetaStep(grads=g, loss=loss))
     return out
 
 

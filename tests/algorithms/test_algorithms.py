@@ -201,6 +201,45 @@ def test_protonet_logits_are_negative_squared_distances_to_class_means():
     assert torch.allclose(loss.meta, CE(ref, ep.query_y)) and loss.co > 0
 
 
+def test_protonet_runs_a_meta_batch_at_once_as_it_runs_it_task_by_task():
+    """Batched ProtoNet (one launch for the meta-batch; what --parallel-runs fuses) equals the per-task loop:
+    losses, meta-gradients and the batched evaluation's logits."""
+    from cmlgraph.core.episode import stack
+
+    model = tiny_model()
+    params = parameters_of(model)
+    eps = tiny_episodes(3)
+    algo = ProtoNet(_cfg(algo="protonet", gamma=0.6))
+    loop = algo.meta_gradients(model, params, eps, CE, 0, batched=False)
+    batch = algo.meta_gradients(model, params, eps, CE, 0, batched=True)
+    for part in ("meta", "co", "total"):
+        assert torch.allclose(getattr(batch.loss, part), getattr(loop.loss, part)), part
+    assert loop.loss.co > 0
+    for k in params:
+        assert torch.allclose(batch.grads[k], loop.grads[k]), k
+        assert loop.grads[k].abs().sum() > 0 or group_of(k) == "head", k  # ProtoNet never reads θ
+    logits, co = algo.predict(model, params, stack(eps), CE, batched=True)
+    for i, ep in enumerate(eps):
+        one, one_co = algo.predict(model, params, ep, CE)
+        assert torch.allclose(logits[i], one) and torch.allclose(co[i], one_co)
+
+
+def test_sharp_maml_noise_control_perturbs_the_returned_meta_gradient_not_the_sam_point():
+    """The noise control's noise is added to Sharp-MAML's meta-gradient (taken at the clean SAM point), as for
+    every algorithm; it does not move the SAM point."""
+    model = tiny_model(co_depth=None)
+    params = parameters_of(model)
+    eps = tiny_episodes(2)
+    clean = SharpMAML(_cfg(algo="sharp-maml", cml=False, sam_rho=0.3)).meta_gradients(model, params, eps, CE, 0)
+    noisy_algo = SharpMAML(_cfg(algo="sharp-maml", cml=False, sam_rho=0.3, control="noise", noise_std=0.5), seed=3)
+    noisy = noisy_algo.meta_gradients(model, params, eps, CE, 0)
+    expect = add_gradient_noise(clean.grads, 0.5, torch.Generator().manual_seed(3 + 7919))
+    for k in params:
+        assert torch.allclose(noisy.grads[k], expect[k]), k
+        assert not torch.allclose(noisy.grads[k], clean.grads[k]), k
+    assert torch.allclose(noisy.loss.total, clean.loss.total)
+
+
 def test_unknown_algorithm_lists_the_valid_ones():
     with pytest.raises(ConfigError, match="maml, anil"):
         get_algorithm(_cfg(algo="reptile"))

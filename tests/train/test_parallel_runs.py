@@ -143,9 +143,17 @@ def fused_calls(monkeypatch) -> list[int]:
                                            (SINUSOID, {"algo__cml": True, "train__prefetch": "on"}),
                                            (GMETA, {"algo__cml": True}), (GMETA, {"algo__cml": False}),
                                            (AMMGNN, {"algo__cml": True}),
+                                           (SINUSOID, {"algo__cml": True, "algo__algo": "maml++",
+                                                       "algo__inner_steps": 2}),
+                                           (SINUSOID, {"algo__cml": True, "algo__algo": "sharp-maml",
+                                                       "algo__sam_inner": True}),
+                                           (SINUSOID, {"algo__cml": False, "algo__algo": "sharp-maml",
+                                                       "algo__control": "noise"}),
+                                           (GRAPH, {"algo__cml": True, "algo__algo": "protonet"}),
                                            pytest.param(DIGITS, {"algo__cml": True}, marks=pytest.mark.slow)],
                          ids=["sinusoid-cml", "graph-khop", "graph-full-sgc", "sinusoid-noise", "sinusoid-prefetch",
-                              "gmeta-cml", "gmeta", "ammgnn-cml", "digits-conv4"])
+                              "gmeta-cml", "gmeta", "ammgnn-cml", "mamlpp-cml", "sharp-inner-cml", "sharp-noise",
+                              "protonet-khop-cml", "digits-conv4"])
 def test_parallel_runs_equal_separate_runs(tmp_path, fused_calls, settings, arms):
     seeds = (0, 1)
     alone = [train(_cfg(settings, tmp_path, f"alone-s{s}", train__seed=s, **arms), progress=False)[0]
