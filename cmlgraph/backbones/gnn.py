@@ -66,6 +66,13 @@ from cmlgraph.backbones.pyg_templates import remove_template_files
 from cmlgraph.errors import ConfigError
 from cmlgraph.graphs.types import GraphBatch, GraphInput
 
+#: Kinds whose whole-graph ("full" mode) tasks run as one pass over the graph (SGC has its own batched path; GAT's
+#: attention depends on each task's weights, so it runs task by task).
+WHOLE_GRAPH_KINDS = ("gcn", "sage", "gin")
+#: Values of one layer's node-major activations (``[N, T, hidden]``) a whole-graph task batch holds at most; more
+#: tasks run in consecutive chunks (64M values: 256 MiB in float32).
+WHOLE_GRAPH_VALUES = 1 << 26
+
 #: Kinds with a computation-tree path (``GraphInput.local`` and batched tasks), and the aggregation they read.
 PLAN_AGGREGATION = {"gcn": "gcn", "sgc": "gcn", "sage": "mean", "gin": "sum"}
 
@@ -270,8 +277,9 @@ class GNNBackbone(Backbone):
         """Features ``Tensor[T, n, hidden]`` of ``T`` tasks' nodes, with per-task weights ``params[name][t]``.
 
         Computation-tree inputs of the plan kinds run as one block-diagonal pass; SGC's whole-graph inputs as one
-        gather of the tasks' propagated rows and one batched product; anything else (GAT, other whole-graph
-        inputs) runs task by task with the same results.
+        gather of the tasks' propagated rows and one batched product; GCN's, SAGE's and GIN's whole-graph inputs as
+        one pass over the graph for all tasks (:meth:`_whole_graph_tasks`); anything else (GAT, whole-graph inputs
+        in training with dropout) runs task by task with the same results.
         """
         items = batch.items
         if self.kind == "sgc" and not any(g.local for g in items) and all(g.x is items[0].x for g in items):
@@ -285,6 +293,9 @@ class GNNBackbone(Backbone):
                 z = feature_dropout(rows, self.dropout, self.training)
                 h = task_linear(z, params["convs.0.lin.weight"], t, params.get("convs.0.lin.bias"))
                 return self._sgc_out(h).view(t, int(items[0].nodes.numel()), -1)
+        if (self.kind in WHOLE_GRAPH_KINDS and not any(g.local for g in items)
+                and all(g.x is items[0].x for g in items) and not (self.training and self.dropout > 0)):
+            return self._whole_graph_tasks(params, items)
         if self.supports_plan and all(g.local for g in items):
             key = f"layout/{PLAN_AGGREGATION[self.kind]}/{self.hops}"
             if key not in batch.memo:
@@ -294,6 +305,69 @@ class GNNBackbone(Backbone):
         outs = [torch.func.functional_call(self, {k: v[t] for k, v in params.items()}, (g,))
                 for t, g in enumerate(items)]
         return torch.stack(outs)
+
+    def _whole_graph_tasks(self, w: dict[str, Tensor], items: list[GraphInput]) -> Tensor:
+        """``T`` tasks' whole-graph passes as one: features ``Tensor[T, n, hidden]`` of each task's nodes.
+
+        Every layer keeps the tasks' activations node-major, ``[N, T, d]``, so each layer is one (sparse-aware)
+        product for the tasks' projections and **one** sparse aggregation ``Â [N, T·d]`` for all tasks, instead of
+        T whole-graph passes of T functional calls. The first layer projects the shared features once with the
+        tasks' weights side by side (``X [W_1; …; W_T]ᵀ``), so sparse features stay sparse. Same values as the
+        per-task pass (linearity of aggregation; PyG's layer semantics as in :meth:`forward`). Tasks run in
+        chunks whose activations hold at most :data:`WHOLE_GRAPH_VALUES` values.
+
+        Args:
+            w: Per-task weights ``[T, ...]`` (GIN's ε among them when trained: ``[T, 1]``).
+            items: The tasks' whole-graph inputs of one graph (same features, equally many nodes each).
+        """
+        fixed = {n: v for n, v in self._weights().items() if n not in w}  # GIN's fixed ε, shared by the tasks
+        first = items[0]
+        x, graph = sparse_features(first), self._graph(first)
+        n_graph, t = int(first.num_nodes), len(items)
+        nodes = torch.stack([g.nodes for g in items])  # [T, n]
+        per = max(1, WHOLE_GRAPH_VALUES // max(1, n_graph * self.hidden))
+        outs = []
+        for s in range(0, t, per):
+            part = {**fixed, **{k: v[s:s + per] for k, v in w.items()}}
+            h = self._whole_graph_chunk(part, x, graph, min(per, t - s))
+            rows = nodes[s:s + per]
+            outs.append(h[rows, torch.arange(rows.shape[0], device=rows.device).unsqueeze(1)])
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def _whole_graph_chunk(self, w: dict[str, Tensor], x: Tensor, graph: Tensor, t: int) -> Tensor:
+        """The GNN over the whole graph for ``t`` tasks at once: node-major ``[N, t, hidden]`` (see
+        :meth:`_whole_graph_tasks`)."""
+
+        def project(h: Tensor, weight: Tensor) -> Tensor:  # [N, in] shared or [N, t, in] → [N, t, out]
+            if h.dim() == 2:
+                out = sparse_aware_linear(h, weight.reshape(-1, weight.shape[-1]))
+                return out.view(h.shape[0], t, weight.shape[1])
+            return torch.einsum("nti,toi->nto", h, weight)
+
+        def aggregate(h: Tensor) -> Tensor:  # one sparse product for every task
+            return sparse_matmul(graph, h.reshape(h.shape[0], -1)).view_as(h)
+
+        def bias(h: Tensor, b: Tensor | None) -> Tensor:
+            return h if b is None else h + b
+
+        last = len(self.convs) - 1
+        h = x
+        for i in range(len(self.convs)):
+            pre = f"convs.{i}."
+            if self.kind == "gcn":
+                h = bias(aggregate(project(h, w[pre + "lin.weight"])), w.get(pre + "bias"))
+            elif self.kind == "sage":
+                h = (bias(aggregate(project(h, w[pre + "lin_l.weight"])), w.get(pre + "lin_l.bias"))
+                     + bias(project(h, w[pre + "lin_r.weight"]), w.get(pre + "lin_r.bias")))
+            else:  # gin: MLP((1 + ε) h + Σ_neighbours h), its first linear layer moved before the aggregation
+                p = project(h, w[pre + "nn.0.weight"])
+                eps = w[pre + "eps"]
+                scale = 1 + (eps.view(1, t, 1) if eps.dim() == 2 else eps)
+                h = bias(aggregate(p) + scale * p, w.get(pre + "nn.0.bias"))
+                h = bias(project(F.relu(h), w[pre + "nn.2.weight"]), w.get(pre + "nn.2.bias"))
+            if i < last or self.last_activation:
+                h = F.relu(h)
+        return h
 
     def _weights(self) -> dict[str, Tensor]:
         """The weights (and GIN's ε) currently in the modules: under ``functional_call``, the substituted ones."""

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cmlgraph.backbones.gnn import GNNBackbone, gnn_hops, prepare_plan
+from cmlgraph.backbones.gnn import WHOLE_GRAPH_KINDS, GNNBackbone, gnn_hops, prepare_plan
 from cmlgraph.config import Config
 from cmlgraph.core.episode import Episode
 from cmlgraph.core.transfer import to_device
@@ -233,7 +233,8 @@ class GraphDomain(Domain):
         else:
             inp = episode_input(self.graph, torch.cat([raw.support, raw.query]), self.hops)
             x, ei, cache, nodes = inp.x.to(device), inp.edge_index.to(device), inp.cache, inp.nodes.to(device)
-        whole = self.mode == "full" and self.gnn["kind"] == "sgc"  # tasks batch as gathered propagated rows
+        # whole-graph tasks batch: SGC's as gathered propagated rows, GCN's/SAGE's/GIN's as one pass for all tasks
+        whole = self.mode == "full" and self.gnn["kind"] in ("sgc", *WHOLE_GRAPH_KINDS)
         return Episode(GraphInput(x, ei, nodes[:ns], cache, batch_whole=whole), raw.support_y.to(device),
                        GraphInput(x, ei, nodes[ns:], cache, batch_whole=whole), raw.query_y.to(device))
 

@@ -159,3 +159,56 @@ def test_sgc_whole_graph_tasks_batch_and_equal_the_loop(sparse, max_fill):
                              eps[1].query_x, eps[1].query_y)]
     assert not can_stack(mixed)  # a whole-graph and a computation-tree input never share a batch
     _assert_batched_equals_loop(model, params, eps, InnerLoopConfig(steps=2, lr=0.3, first_order=False))
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage", "gin"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_whole_graph_tasks_of_gcn_sage_gin_run_as_one_pass_and_equal_the_loop(kind, sparse, monkeypatch):
+    # GCN, SAGE and GIN on the whole graph ("full" mode): the tasks' activations node-major [N, T, d], one
+    # aggregation for all tasks per layer; same features, losses and meta-gradients (second order) as task by task
+    import cmlgraph.backbones.gnn as gnn
+
+    x, ei = _graph(sparse=sparse, seed=8)
+    torch.manual_seed(8)
+    net = GNNBackbone(kind, x.shape[1], hidden=8, layers=2, train_eps=True).double()
+    cache: dict = {}
+    items = [GraphInput(x, ei, torch.randperm(200)[:6], cache, batch_whole=True) for _ in range(5)]
+    params = {k: v.detach().unsqueeze(0) + 0.1 * torch.randn(5, *v.shape, dtype=v.dtype)
+              for k, v in net.named_parameters()}
+    looped = torch.stack([torch.func.functional_call(net, {k: v[t] for k, v in params.items()}, (g,))
+                          for t, g in enumerate(items)])
+    calls: list[int] = []
+    chunk = net._whole_graph_chunk
+    monkeypatch.setattr(net, "_whole_graph_chunk", lambda w, x_, g_, t: calls.append(t) or chunk(w, x_, g_, t))
+    torch.testing.assert_close(net.forward_tasks(params, GraphBatch(items)), looped, atol=1e-12, rtol=1e-10)
+    assert calls == [5]  # one pass for the five tasks
+    monkeypatch.setattr(gnn, "WHOLE_GRAPH_VALUES", 200 * 8 * 2)  # a budget of two tasks: chunks of 2, 2, 1
+    torch.testing.assert_close(net.forward_tasks(params, GraphBatch(items)), looped, atol=1e-12, rtol=1e-10)
+    assert calls == [5, 2, 2, 1]
+    monkeypatch.setattr(net, "_whole_graph_chunk", chunk)
+
+    torch.manual_seed(9)
+    model = MetaModel(GNNBackbone(kind, x.shape[1], hidden=8, layers=2, train_eps=True), 3, co_depth=1).double()
+    eps = [Episode(GraphInput(x, ei, e.support_x.nodes, cache, batch_whole=True), e.support_y,
+                   GraphInput(x, ei, e.query_x.nodes, cache, batch_whole=True), e.query_y)
+           for e in _episodes(x, ei, 3, seed=10)]
+    assert can_stack(eps)
+    _assert_batched_equals_loop(model, parameters_of(model), eps, InnerLoopConfig(steps=2, lr=0.3))
+
+
+def test_whole_graph_tasks_with_dropout_in_training_run_task_by_task():
+    # input dropout draws a mask per task over the whole feature matrix: those passes stay per task
+    x, ei = _graph(seed=11)
+    torch.manual_seed(11)
+    net = GNNBackbone("gcn", x.shape[1], hidden=8, layers=2, dropout=0.5).double()
+    cache: dict = {}
+    items = [GraphInput(x, ei, torch.arange(6), cache, batch_whole=True) for _ in range(2)]
+    params = {k: v.detach().unsqueeze(0).repeat(2, *[1] * v.dim()) for k, v in net.named_parameters()}
+    called: list[int] = []
+    net._whole_graph_chunk = lambda *a: called.append(1)  # must not be reached in training
+    out = net.forward_tasks(params, GraphBatch(items))
+    assert not called and out.shape == (2, 6, 8) and not torch.allclose(out[0], out[1])
+    del net._whole_graph_chunk
+    net.eval()  # evaluation has no dropout: one pass, equal tasks give equal features
+    out = net.forward_tasks(params, GraphBatch(items))
+    torch.testing.assert_close(out[0], out[1])

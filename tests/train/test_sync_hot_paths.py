@@ -121,10 +121,15 @@ BALL_BLOCK = {  # host: the support and query ball blocks of the meta-batch, bui
     "_unique2 @ gmeta.py:ball_layout": 2, "bincount @ gmeta.py:ball_layout": 2,  # union of members, CSR counts
 }
 PROTO = {"_local_scalar_dense @ proto_head.py:class_means": ONE_HOT}
+PROTOTYPES = {"_local_scalar_dense @ protonet.py:prototype_logits": ONE_HOT}  # ProtoNet's class means, batched
 ALLOW: dict[str, dict[str, dict[str, int]]] = {
     "khop": {"host": PLAN, "first": PROTO, "steady": PROTO, "eval_host": PLAN, "eval": PROTO},
     # full mode (SGC): the tasks run as one batch (gathered propagated rows), one proto_head per meta-batch
     "full": {"host": {}, "first": PROTO, "steady": PROTO, "eval_host": {}, "eval": PROTO},
+    # full mode (GCN): the tasks run as one pass over the graph (node-major activations), one proto_head per batch
+    "full-gcn": {"host": {}, "first": PROTO, "steady": PROTO, "eval_host": {}, "eval": PROTO},
+    # ProtoNet on computation trees: the meta-batch's prototypes at once (one F.one_hot per pass: cpu only)
+    "protonet": {"host": PLAN, "first": PROTOTYPES, "steady": PROTOTYPES, "eval_host": PLAN, "eval": PROTOTYPES},
     "gmeta": {"host": {**BALLS, **BALL_BLOCK}, "first": {}, "steady": {}, "eval_host": {**BALLS, **BALL_BLOCK},
               "eval": {}},
     "ammgnn": {"host": {**PLAN, **MATCH}, "first": {}, "steady": {}, "eval_host": {**PLAN, **MATCH}, "eval": {}},
@@ -133,7 +138,8 @@ ALLOW: dict[str, dict[str, dict[str, int]]] = {
 }
 #: Sites in a device phase (first, steady, eval) that are not device syncs on CUDA: host work on CPU tensors or
 #: cpu-only checks. Every other site there would be a real device sync; none is left on these paths.
-NOT_DEVICE: dict[str, set[str]] = {"khop": set(PROTO), "full": set(PROTO), "gmeta": set(),
+NOT_DEVICE: dict[str, set[str]] = {"khop": set(PROTO), "full": set(PROTO), "full-gcn": set(PROTO),
+                                   "protonet": set(PROTOTYPES), "gmeta": set(),
                                    "ammgnn": set(), "sinusoid": set(), "digits": set()}
 
 
@@ -144,6 +150,8 @@ def device_syncs(path: str, counts: dict[str, dict[str, int]]) -> dict[str, dict
 PATHS = {
     "khop": (dict(GRAPH, subgraph="khop"), None),
     "full": (dict(GRAPH, subgraph="full"), None),
+    "full-gcn": (dict(GRAPH, subgraph="full", gnn="gcn"), None),
+    "protonet": (dict(GRAPH, subgraph="khop", algo="protonet"), None),
     "gmeta": (dict(GRAPH, algo="gmeta"), None),
     "ammgnn": (dict(GRAPH, algo="ammgnn"), None),
     "sinusoid": (dict(task="sinusoid", meta_batch=2, inner_steps=2, cml=True, steps=1), True),
