@@ -154,8 +154,9 @@ def fused_calls(monkeypatch) -> list[int]:
                                                        "algo__control": "noise"}),
                                            (GRAPH, {"algo__cml": True, "algo__algo": "protonet"}),
                                            pytest.param(DIGITS, {"algo__cml": True}, marks=pytest.mark.slow)],
-                         ids=["sinusoid-cml", "graph-khop", "graph-full-sgc", "graph-full-gcn", "sinusoid-noise", "sinusoid-prefetch",
-                              "gmeta-cml", "gmeta", "ammgnn-cml", "mamlpp-cml", "sharp-inner-cml", "sharp-noise",
+                         ids=["sinusoid-cml", "graph-khop", "graph-full-sgc", "graph-full-gcn", "sinusoid-noise",
+                              "sinusoid-prefetch", "gmeta-cml", "gmeta", "ammgnn-cml", "mamlpp-cml", "sharp-inner-cml",
+                              "sharp-noise",
                               "protonet-khop-cml", "digits-conv4"])
 def test_parallel_runs_equal_separate_runs(tmp_path, fused_calls, settings, arms):
     seeds = (0, 1)
