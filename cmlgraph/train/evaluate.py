@@ -18,6 +18,16 @@ from cmlgraph.train.guards import score_predictions
 from cmlgraph.train.prefetch import Prefetcher
 from cmlgraph.train.stats import mean_ci95
 
+#: Default most tasks of one evaluation launch, per device type (:func:`evaluate`'s ``batch_size``).
+EVAL_CHUNK = {"cuda": 500, "cpu": 100}
+
+
+def eval_chunk(device: torch.device | str) -> int:
+    """How many fixed tasks :func:`evaluate` adapts together by default on ``device``: on a GPU every launch of
+    few-shot work is latency-bound, so the whole 500-task test set goes in one; on the CPU the work per task is
+    the same either way and 100 keeps the prefetch worker's chunks small."""
+    return EVAL_CHUNK.get(torch.device(device).type, EVAL_CHUNK["cpu"])
+
 
 def evaluate(
     algo: MetaAlgorithm,
@@ -27,7 +37,7 @@ def evaluate(
     raws: Sequence[Any],
     device: torch.device | str = "cpu",
     progress: Any = None,
-    batch_size: int = 100,
+    batch_size: int | None = None,
     prefetch: bool = False,
 ) -> dict[str, Any]:
     """Score the meta-learner (and, with a co-learner, the CML† predictor) on fixed episodes.
@@ -42,6 +52,8 @@ def evaluate(
         progress: Optional callable invoked once per episode (progress bars).
         batch_size: Most episodes adapted together (vmap, or a graph batch) when they stack; fewer for large
             models (about 8M weight values per chunk), and one by one where ``train.batched: auto`` means so.
+            Default :func:`eval_chunk` of the device: 500 on a GPU (a 500-task test set in one launch where the
+            weight cap allows: issue 18), 100 on the CPU.
         prefetch: Materialize the next chunk of episodes (k-hop plans included) in a worker thread while the
             current one is adapted (:class:`cmlgraph.train.prefetch.Prefetcher`); same results.
 
@@ -53,6 +65,8 @@ def evaluate(
         classification ``dagger_one_class_tasks``: tasks where the co-learner's output names one class for every
         query (a collapsed co-learner: its score there is chance by construction).
     """
+    if batch_size is None:
+        batch_size = eval_chunk(device)
     was_training = model.training
     model.eval()
     scores: list[float] = []

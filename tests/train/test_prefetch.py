@@ -181,3 +181,24 @@ def test_evaluation_with_prefetch_equals_without(tiny_graph):
     b = evaluate(e.algo, e.model, params, e.domain, raws, batch_size=3, prefetch=False)
     assert a["scores"] == b["scores"] and a["num_tasks"] == 7
     assert not _workers()
+
+
+def test_evaluation_chunks_default_to_the_devices_launch_size(tiny_graph, monkeypatch):
+    """Without ``batch_size`` the tasks go in chunks of ``eval_chunk(device)`` (500 on a GPU, 100 on the CPU:
+    issue 18's "hundreds of tasks per launch"); the scores do not depend on the chunking."""
+    import cmlgraph.train.evaluate as ev
+
+    assert ev.eval_chunk("cuda") == 500 and ev.eval_chunk(torch.device("cuda", 0)) == 500
+    assert ev.eval_chunk("cpu") == 100 and ev.eval_chunk("mps") == 100
+    e = build_experiment(prepare(make_config(**_settings(tiny_graph))))
+    raws = e.domain.fixed("val", 7, 0)
+    params = parameters_of(e.model)
+    sizes: list[int] = []
+    stacked = ev.stack
+    monkeypatch.setattr(ev, "stack", lambda eps: sizes.append(len(eps)) or stacked(eps))
+    monkeypatch.setitem(ev.EVAL_CHUNK, "cpu", 3)
+    chunked = evaluate(e.algo, e.model, params, e.domain, raws)
+    assert sizes == [3, 3]  # 3, 3, then a last single task (run alone: nothing to stack)
+    whole = evaluate(e.algo, e.model, params, e.domain, raws, batch_size=7)
+    assert sizes[2:] == [7]
+    assert chunked["scores"] == pytest.approx(whole["scores"])
