@@ -67,8 +67,10 @@ def support_loss(
     return loss.sum()
 
 
-def _grads(loss: Tensor, tensors: list[Tensor], create_graph: bool) -> list[Tensor | None]:
-    return list(torch.autograd.grad(loss, tensors, create_graph=create_graph, allow_unused=True))
+def _grads(loss: Tensor, tensors: list[Tensor], create_graph: bool, retain_graph: bool = False
+           ) -> list[Tensor | None]:
+    return list(torch.autograd.grad(loss, tensors, create_graph=create_graph, retain_graph=create_graph or retain_graph,
+                                    allow_unused=True))
 
 
 def inner_loop(
@@ -103,6 +105,9 @@ def inner_loop(
     """
     fo = cfg.first_order if first_order is None else first_order
     create_graph = not fo and torch.is_grad_enabled()
+    # First order with Proto-MAML heads: the support gradient runs through the prototypes' forward pass (the head
+    # starts as a function of ψ), which the outer gradient needs again (it reaches ψ through c_k): keep it.
+    retain = cfg.proto_head and torch.is_grad_enabled()
     with_co = "co" in cfg.adapt
     names = [k for k in params if group_of(k) in cfg.adapt and not (cfg.frozen and k.startswith(cfg.frozen))]
     if cfg.proto_head:
@@ -113,10 +118,10 @@ def inner_loop(
     trajectory = [fast]
     for s in range(cfg.steps):
         grads = _grads(support_loss(model, fast, x, y, loss_fn, batched, with_co), [fast[k] for k in names],
-                       create_graph)
+                       create_graph, retain)
         if cfg.sam_rho > 0:
             grads = _sam_inner_grads(model, fast, names, grads, x, y, loss_fn, cfg, batched, with_co,
-                                     create_graph)
+                                     create_graph, retain)
         fast = dict(fast)
         for k, g in zip(names, grads, strict=True):
             if g is None:
@@ -146,6 +151,7 @@ def _sam_inner_grads(
     batched: bool,
     with_co: bool,
     create_graph: bool,
+    retain: bool = False,
 ) -> list[Tensor | None]:
     """Sharp-MAML's inner option: the gradient at the point ``ρ g/‖g‖`` away (ε treated as a constant)."""
     present = [g for g in grads if g is not None]
@@ -161,4 +167,4 @@ def _sam_inner_grads(
         n = norm.view(-1, *([1] * (g.dim() - 1))) if batched else norm
         perturbed[k] = fast[k] + cfg.sam_rho * g.detach() / n
     return _grads(support_loss(model, perturbed, x, y, loss_fn, batched, with_co), [perturbed[k] for k in names],
-                  create_graph)
+                  create_graph, retain)

@@ -7,10 +7,12 @@ meta-gradients) is replayed, and its outputs are fixed buffers that the optimize
 
 Where (:func:`ineligible` says why not elsewhere): a CUDA device; MAML, ANIL or BOIL (± CML) **first order**
 (FOMAML, the paper's Table 3 setting is first order but runs on graph inputs, below); no ``--control noise`` (its
-noise is drawn on the host); tasks run batched (``vmap``: the sinusoid MLP, Conv4 on images); fixed-shape episode
-tensors. Not yet: graph inputs (k-hop plans and G-Meta ball blocks have data-dependent sizes; padding them to size
-buckets is not built) and second order (recent PyTorch refuses double backward under capture-friendly compilation;
-it stays eager).
+noise is drawn on the host); tasks run batched (``vmap``: the sinusoid MLP, Conv4 on images; one pass over the
+graph for whole-graph inputs); fixed-shape episode tensors, or whole-graph (``full`` mode) inputs of SGC, GCN,
+GraphSAGE or GIN with dense features and no dropout, whose graph is the domain's fixed full graph and whose only
+data are each task's node ids (copied into the capture's node buffers). Not yet: k-hop plans and G-Meta ball blocks
+(data-dependent sizes; padding them to size buckets is not built), sparse features, and second order (recent
+PyTorch refuses double backward under capture-friendly compilation; it stays eager).
 
 ``auto`` uses graphs where eligible and checks itself once: the first captured step is compared with the eager
 step on the same meta-batch (losses and gradients, ``rtol`` 1e-4); on a mismatch or any capture error the run says
@@ -24,6 +26,7 @@ CUDA exists (skipped otherwise).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -37,6 +40,8 @@ from cmlgraph.core.objective import OuterLoss
 from cmlgraph.errors import ConfigError
 
 MODES = ("auto", "on", "off")
+#: An episode's four parts, as the capture's input buffers hold them.
+SIDES = ("support_x", "support_y", "query_x", "query_y")
 #: Algorithms whose meta-step is the shared objective (no per-step schedules, no own gradient pass).
 GRAPHABLE = (MetaAlgorithm, ANIL, BOIL)
 #: Eager warm-up iterations on a side stream before capture (cuBLAS workspaces, autograd's first-use setup).
@@ -64,9 +69,53 @@ def config_ineligible(cfg: Any) -> str | None:
     if t.batched == "off":
         return "--batched off runs the tasks one by one"
     if getattr(cfg.data, "task", None) == "graph":
-        return ("graph inputs have data-dependent sizes (padding k-hop plans and ball blocks to size buckets is not "
-                "built)")
+        return _graph_config_ineligible(cfg)
     return None
+
+
+def _graph_config_ineligible(cfg: Any) -> str | None:
+    """Why a graph run cannot be captured, from its config: only whole-graph (``full`` mode) inputs of SGC, GCN,
+    GraphSAGE or GIN without dropout have static shapes (the full graph fixed, each task's node ids of one length)."""
+    if cfg.data.subgraph == "khop":
+        return ("k-hop computation trees have data-dependent sizes (padding plans to size buckets is not built); "
+                "--subgraph full inputs can be captured")
+    if cfg.model.gnn == "gat":
+        return "GAT runs its tasks one by one (its attention depends on each task's weights)"
+    if float(cfg.model.dropout) > 0:
+        return "GNN dropout draws a mask per task on the host's order of passes (--dropout 0 captures it)"
+    return None
+
+
+def _graph_input_ok(side: Any) -> bool:
+    """A whole-graph input the captured step can take: its graph (dense features) fixed, only its node ids data."""
+    from cmlgraph.backbones.gnn_ops import is_sparse
+    from cmlgraph.graphs.types import GraphInput
+
+    return isinstance(side, GraphInput) and side.batch_whole and not side.local and not is_sparse(side.x)
+
+
+def _signature(side: Any) -> tuple[Any, ...]:
+    """What must not change between the captured meta-batch and a replayed one: a tensor's shape and dtype; for a
+    whole-graph input, its graph (the same feature tensor object: the domain's full graph) and its nodes' shape."""
+    if isinstance(side, Tensor):
+        return (tuple(side.shape), side.dtype)
+    return ("graph", id(side.x), tuple(side.nodes.shape), side.nodes.dtype)
+
+
+def static_copy(side: Any) -> Any:
+    """The capture's input buffer for one side of an episode: a tensor's clone; for a whole-graph input, an input
+    of the same graph with its own node-id buffer (and no per-input stores of the original)."""
+    if isinstance(side, Tensor):
+        return side.clone()
+    return replace(side, nodes=side.nodes.clone())
+
+
+def copy_into(dst: Any, src: Any) -> None:
+    """Refill a capture input buffer (:func:`static_copy`) with the next meta-batch's values, asynchronously."""
+    if isinstance(dst, Tensor):
+        dst.copy_(src, non_blocking=True)
+    else:
+        dst.nodes.copy_(src.nodes, non_blocking=True)
 
 
 def ineligible(cfg: Any, exp: Any, distributed: bool = False, episodes: Sequence[Episode] | None = None
@@ -94,9 +143,12 @@ def ineligible(cfg: Any, exp: Any, distributed: bool = False, episodes: Sequence
     if distributed:
         return "under torchrun the gradients are reduced across processes each step"
     if episodes is not None:
-        if not can_stack(list(episodes)) or not all(isinstance(getattr(ep, side), Tensor) for ep in episodes
-                                                    for side in ("support_x", "query_x")):
-            return "the episodes are graph inputs or differ in shape (padding to size buckets is not built)"
+        sides = [getattr(ep, side) for ep in episodes for side in ("support_x", "query_x")]
+        if not all(isinstance(v, Tensor) for v in sides) and not all(_graph_input_ok(v) for v in sides):
+            return ("the episodes are graph inputs with data-dependent sizes (k-hop plans, balls, sparse features; "
+                    "padding to size buckets is not built)")
+        if not can_stack(list(episodes)):
+            return "the episodes differ in shape (padding to size buckets is not built)"
     return None
 
 
@@ -136,17 +188,15 @@ class GraphedMetaStep:
                                         batched=self.batched)
 
     def _shapes(self, episodes: Sequence[Episode]) -> list[tuple[Any, ...]]:
-        return [tuple((t.shape, t.dtype) for t in (e.support_x, e.support_y, e.query_x, e.query_y))
-                for e in episodes]
+        return [tuple(_signature(getattr(e, s)) for s in SIDES) for e in episodes]
 
     def _copy_in(self, episodes: Sequence[Episode]) -> None:
         for dst, src in zip(self.static, episodes, strict=True):
-            for side in ("support_x", "support_y", "query_x", "query_y"):
-                getattr(dst, side).copy_(getattr(src, side), non_blocking=True)
+            for side in SIDES:
+                copy_into(getattr(dst, side), getattr(src, side))
 
     def _capture(self, episodes: Sequence[Episode], step: int) -> None:
-        self.static = [Episode(*(getattr(e, s).clone() for s in ("support_x", "support_y", "query_x", "query_y")))
-                       for e in episodes]
+        self.static = [Episode(*(static_copy(getattr(e, s)) for s in SIDES)) for e in episodes]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -216,5 +266,5 @@ def make_graphed_step(cfg: Any, exp: Any, episodes: Sequence[Episode], batched: 
     return GraphedMetaStep(exp.algo, exp.model, exp.domain.loss_fn, batched, strict=mode == "on")
 
 
-__all__ = ["GRAPHABLE", "GRAPHABLE_NAMES", "GraphedMetaStep", "MODES", "check_mode", "config_ineligible",
-           "ineligible", "make_graphed_step"]
+__all__ = ["GRAPHABLE", "GRAPHABLE_NAMES", "GraphedMetaStep", "MODES", "SIDES", "check_mode", "config_ineligible",
+           "copy_into", "ineligible", "make_graphed_step", "static_copy"]

@@ -87,6 +87,48 @@ def test_outer_gradient_reaches_the_extractor_through_the_prototypes():
     assert all(by_name[k] is not None and by_name[k].abs().sum() > 0 for k in params)
 
 
+@pytest.mark.parametrize("sam_rho", [0.0, 0.2])
+def test_first_order_with_prototype_heads_reaches_the_extractor_through_the_prototypes(sam_rho):
+    """FOMAML with Proto-MAML heads (``--first-order`` on a graph, whose default head is proto; MAML++'s first-order
+    phase) used to crash: the support gradient freed the prototypes' forward pass, which the outer gradient needs
+    again. The meta-gradient is the gradient of L_q(start − α ĝ) with the inner gradient ĝ held constant and the
+    start θ + P(ψ) (P: the prototype head), so ψ gets a gradient through the prototypes; ĝ is the support loss's
+    gradient at the start, as the second-order path takes it. Here recomputed from scratch, one inner step."""
+    model = tiny_model(co_depth=None)
+    params = parameters_of(model)
+    ep = tiny_episodes(1)[0]
+    cfg = InnerLoopConfig(steps=1, lr=0.3, first_order=True, proto_head=True, sam_rho=sam_rho)
+    loss = outer_objective(model, params, [ep], CE, cfg, cml=False)
+    grads = dict(zip(params, torch.autograd.grad(loss.total, list(params.values())), strict=True))
+
+    def inner_gradient() -> list[torch.Tensor]:  # ĝ from a separate forward pass, then constant
+        at = proto_head(model, params, ep.support_x, ep.support_y)
+        names = list(at)
+        g = torch.autograd.grad(CE(_head(model, at, ep.support_x), ep.support_y), [at[k] for k in names])
+        if sam_rho:
+            norm = torch.sqrt(sum(v.pow(2).sum() for v in g))
+            shifted = {k: at[k] + sam_rho * gk / norm for k, gk in zip(names, g, strict=True)}
+            g = torch.autograd.grad(CE(_head(model, shifted, ep.support_x), ep.support_y),
+                                    [shifted[k] for k in names])
+        return [v.detach() for v in g]
+
+    start = proto_head(model, params, ep.support_x, ep.support_y)
+    fast = {k: start[k] - 0.3 * gk for k, gk in zip(start, inner_gradient(), strict=True)}
+    ref = torch.autograd.grad(CE(_head(model, fast, ep.query_x), ep.query_y), list(params.values()))
+    for k, r in zip(params, ref, strict=True):
+        torch.testing.assert_close(grads[k], r, msg=k)
+    # ψ's gradient runs through the prototypes too: without that path it would be another number
+    detached = {k: (v.detach() if group_of(k) == "head" else v) for k, v in fast.items()}
+    other = torch.autograd.grad(CE(_head(model, detached, ep.query_x), ep.query_y), params["extractor.net.0.weight"])
+    assert not torch.allclose(grads["extractor.net.0.weight"], other[0])
+
+
+def _head(model, params, x):
+    from cmlgraph.core.functional import head
+
+    return head(model, params, features(model, params, x))
+
+
 def test_a_head_that_is_not_one_linear_layer_is_refused():
     model = tiny_model()
     model.head = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3)).double()

@@ -63,7 +63,7 @@ def test_runs_and_inputs_that_cannot_be_captured(tmp_path):
     cfg.train.batched = "off"
     assert "one by one" in ineligible(cfg, exp)
     cfg, exp = _on_cuda(_cfg(tmp_path))
-    cfg.data.task = "graph"
+    cfg.data.task, cfg.data.subgraph = "graph", "khop"
     assert "data-dependent sizes" in config_ineligible(cfg)
     cpu_cfg = prepare(_cfg(tmp_path))
     cpu = SimpleNamespace(algo=get_algorithm(cpu_cfg.algo), device=torch.device("cpu"))
@@ -121,3 +121,69 @@ def test_unquoted_yaml_on_and_off_are_the_switch_values(tmp_path):
     (tmp_path / "c.yaml").write_text("train:\n  cuda_graphs: off\n  prefetch: on\n  batched: off\n")
     cfg = from_yaml(tmp_path / "c.yaml")  # YAML 1.1 reads them as booleans
     assert (cfg.train.cuda_graphs, cfg.train.prefetch, cfg.train.batched) == ("off", "on", "off")
+
+
+GRAPH_FULL = {"data": {"task": "graph", "graph": "synthetic", "synthetic_nodes": 300, "synthetic_classes": 15,
+                       "ways": 3, "shots": 2, "queries": 3, "subgraph": "full"},
+              "algo": {"first_order": True, "inner_steps": 2},
+              "train": {"steps": 3, "meta_batch": 3, "val_every": 3, "val_tasks": 3, "test_tasks": 3}}
+
+
+def _graph_cfg(tmp_path, name: str, **changes) -> Config:
+    cfg = Config()
+    apply_overrides(cfg, GRAPH_FULL, "test")
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        apply_overrides(cfg, {section: {key: value}}, "test")
+    apply_overrides(cfg, {"run": {"runs_dir": str(tmp_path), "name": name}}, "test")
+    return cfg
+
+
+@pytest.mark.parametrize("change,reason", [
+    ({}, None), ({"model__gnn": "gcn"}, None), ({"model__gnn": "gin"}, None),
+    ({"data__subgraph": "khop"}, "k-hop computation trees"), ({"model__gnn": "gat"}, "GAT runs its tasks one by one"),
+    ({"model__gnn": "gcn", "model__dropout": 0.5}, "GNN dropout"),
+])
+def test_whole_graph_runs_can_be_captured_and_the_others_say_why(tmp_path, change, reason):
+    cfg = prepare(_graph_cfg(tmp_path, "g", **change))
+    cfg.train.device = "cuda"
+    assert config_ineligible(cfg) == reason or reason in config_ineligible(cfg)
+
+
+@pytest.mark.parametrize("gnn", ["sgc", "gcn"])
+def test_whole_graph_capture_buffers_take_the_next_meta_batch(tmp_path, gnn):
+    """The capture's input buffers for whole-graph inputs (checked on the CPU: the replay itself needs CUDA): the
+    meta-step on the buffers refilled with the next meta-batch equals that meta-batch's own meta-step (nothing of
+    the first batch left in them), and the buffers' signature matches the next batch's."""
+    from cmlgraph.core.episode import Episode
+    from cmlgraph.core.model import parameters_of
+    from cmlgraph.train.cuda_graphs import SIDES, copy_into, static_copy
+
+    t = Trainer(_graph_cfg(tmp_path, gnn, model__gnn=gnn), progress=False)
+    e = t.exp
+    first, second = t._next_batch()[1], t._next_batch()[1]
+    cpu = SimpleNamespace(algo=e.algo, device=torch.device("cuda"))
+    cfg = prepare(_graph_cfg(tmp_path, "probe", model__gnn=gnn))
+    cfg.train.device = "cuda"
+    assert ineligible(cfg, cpu, episodes=first) is None
+    step = GraphedMetaStep(e.algo, e.model, e.domain.loss_fn, True)
+    static = [Episode(*(static_copy(getattr(ep, s)) for s in SIDES)) for ep in first]
+    assert step._shapes(static) == step._shapes(second)  # a replayable batch: same graph, same node counts
+
+    def meta(eps):
+        return e.algo.meta_gradients(e.model, parameters_of(e.model), eps, e.domain.loss_fn, 0, batched=True)
+
+    a = meta(static)
+    torch.testing.assert_close(a.loss.total, meta(first).loss.total)
+    for dst, src in zip(static, second, strict=True):
+        for side in SIDES:
+            copy_into(getattr(dst, side), getattr(src, side))
+    b, ref = meta(static), meta(second)
+    torch.testing.assert_close(b.loss.total, ref.loss.total)
+    for k in ref.grads:
+        torch.testing.assert_close(b.grads[k], ref.grads[k])
+    assert not torch.allclose(a.loss.total, b.loss.total)  # the buffers really hold the second batch
+    local = [Episode(*(getattr(ep, s) for s in SIDES)) for ep in first]
+    for ep in local:
+        ep.support_x.local = True
+    assert "data-dependent sizes" in ineligible(cfg, cpu, episodes=local)
