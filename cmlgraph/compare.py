@@ -9,6 +9,7 @@ CML − base is paired task by task; its mean and 95% CI pool the per-task diffe
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 from cmlgraph.config import Config, apply_overrides, from_yaml
+from cmlgraph.errors import ConfigError
 from cmlgraph.train.io import atomic_write
 from cmlgraph.train.pairing import check_same_tasks, run_scores
 from cmlgraph.train.stats import mean_ci95
@@ -33,6 +35,33 @@ PRESETS: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {
     "cora": ("graph-table.yaml", {"data": {"graph": "cora", "ways": 2}}),
     "citeseer": ("graph-table.yaml", {"data": {"graph": "citeseer", "ways": 2}}),
 }
+
+
+#: Domains of ``compare`` that are not graphs (their preset names the task).
+TASK_DOMAINS = ("sinusoid", "omniglot", "digits")
+
+
+def check_domains(domains: Sequence[str]) -> None:
+    """Refuse a domain that is neither a task domain nor a known graph (a registered dataset or a user's graph
+    registered in this process), before anything is trained or written.
+
+    Why: any other name used to be taken for a graph and failed only at its first run, with a message that listed
+    the graphs but not the task domains, after printing notes about a graph preset.
+
+    Raises:
+        ConfigError: Naming the bad domain and every valid one.
+    """
+    from cmlgraph.domains.graph import CUSTOM_GRAPHS
+    from cmlgraph.graphs.registry import dataset_names
+
+    graphs = [*dataset_names(), *CUSTOM_GRAPHS]
+    for domain in domains:
+        key = str(domain).strip().lower().replace("_", "-")
+        if domain not in PRESETS and key not in graphs and domain not in CUSTOM_GRAPHS:
+            close = difflib.get_close_matches(key, [*TASK_DOMAINS, *graphs], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"--domains: unknown domain {domain!r}{hint}; valid: {', '.join(TASK_DOMAINS)}, or a "
+                              f"graph: {', '.join(graphs)}")
 
 
 def domain_config(domain: str, algo: str, cml: bool, seed: int, overrides: dict[str, dict[str, Any]] | None = None
@@ -302,6 +331,7 @@ def run_compare(domains: Sequence[str], algos: Sequence[str], seeds: Sequence[in
     from cmlgraph.train.trainer import prepare
 
     runs_dir = Path(runs_dir)
+    check_domains(domains)
     plan = []
     differs: dict[tuple[str, str], str] = {}
     for domain in domains:

@@ -6,6 +6,8 @@ import csv
 import json
 import re
 
+import torch
+
 from cmlgraph.compare import run_compare, write_outputs
 
 TINY = {"train": {"steps": 2, "meta_batch": 2, "val_tasks": 3, "test_tasks": 6, "val_every": 2}}
@@ -42,3 +44,25 @@ def test_execution_strategies_do_not_block_reuse_but_settings_do():
                                                              "train": {"batched": "off"}})
     assert _key(base) == _key(other_exec)
     assert _key(base) != _key(domain_config("sinusoid", "maml", True, 0, {"train": {"meta_lr": 0.5}}))
+
+
+def test_an_unknown_domain_is_refused_before_anything_is_written(tmp_path):
+    """A misspelled domain used to be taken for a graph (a graph-preset note, "[1/2] training ...", then an error
+    listing only graphs, and an empty runs folder); now it is refused first, naming the task domains too."""
+    import pytest
+
+    from cmlgraph.compare import check_domains, run_compare
+    from cmlgraph.domains.graph import register_graph
+    from cmlgraph.errors import ConfigError
+    from cmlgraph.graphs import from_arrays
+
+    logged: list[str] = []
+    with pytest.raises(ConfigError, match=r"unknown domain 'sinusiod' \(did you mean 'sinusoid'\?\); valid: "
+                                          r"sinusoid, omniglot, digits, or a graph: .*cora"):
+        run_compare(["sinusiod"], ["maml"], [0], tmp_path / "runs", log=logged.append)
+    assert not logged and not (tmp_path / "runs").exists()
+    check_domains(["sinusoid", "digits", "omniglot", "cora", "Amazon_Computers", "synthetic"])  # all valid
+    gen = torch.Generator().manual_seed(0)
+    name = register_graph(from_arrays(torch.randint(0, 30, (2, 60), generator=gen), torch.randn(30, 4, generator=gen),
+                                      torch.arange(30) % 6, name="compare-user-graph", split="2/2/2"))
+    check_domains([name])  # a user's graph registered in this process is a domain too
