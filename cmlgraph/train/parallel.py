@@ -270,6 +270,8 @@ class ParallelTrainer:
             self._loop()
             for m in self.members:
                 if m.ok:
+                    if len(self.members) > 1 and m.trainer.run_dir is not None:  # whose test lines follow
+                        self.console.print(f"[bold]test of[/bold] {m.trainer.run_dir.name}")
                     self._guarded(m, lambda m=m: setattr(m.result, "summary", m.trainer.finish()))
         finally:
             for m in self.members:

@@ -168,6 +168,8 @@ def test_parallel_runs_equal_separate_runs(tmp_path, fused_calls, settings, arms
     assert [r.error for r in results] == [None, None]
     steps = settings["train"]["steps"]
     assert f"group-s0 {steps - 1}/{steps}, group-s1 {steps - 1}/{steps}" in out.getvalue()  # said on the console
+    said = out.getvalue()  # each run's test lines come under its name
+    assert said.index("test of group-s0") < said.index("test of group-s1") < said.rindex("evaluating on")
     assert fused_calls and max(map(abs, fused_calls)) == 2 and len(fused_calls) >= steps - 1  # the first: alone
     # G-Meta and AMM-GNN draw dropout masks: fused, each run's masks come from its own stream
     assert all(n < 0 for n in fused_calls) == (settings.get("model", {}).get("dropout", 0) > 0)
