@@ -342,9 +342,9 @@ def run_compare(domains: Sequence[str], algos: Sequence[str], seeds: Sequence[in
                     prepare(cfg)  # validate every cell before training any
                     plan.append((domain, algo, seed, cml, cfg))
             line = describe_overrides(domain, preset_overrides(cfg, overrides))
+            if line and line not in differs.values():  # said once, before any training, so no one mistakes
+                log(f"note: {line}")                      # these runs for `cmlgraph train`'s
             differs[(domain, algo)] = line
-            if line:  # said before any training, so no one mistakes these runs for `cmlgraph train`'s
-                log(f"note: {line}")
     items = [(cfg, f"{domain}-{algo}-{'cml' if cml else 'base'}-s{seed}",
               lambda m, i=i: log(f"[{i}/{len(plan)}] {m}")) for i, (domain, algo, seed, cml, cfg) in enumerate(plan, 1)]
     runs_dir.mkdir(parents=True, exist_ok=True)  # only once every config is valid: a bad one leaves no folder

@@ -41,7 +41,7 @@ def test_compare_says_where_it_differs_from_train_in_the_console_and_compare_md(
     monkeypatch.setitem(compare.PRESETS, "sinusoid", ("sinusoid.yaml", {"model": {"hidden": 7}}))
     default = prepare(train_config(domain_config("sinusoid", "maml", True, 0, TINY), TINY)).model.hidden
     logs: list[str] = []
-    cells = run_compare(["sinusoid"], ["maml"], [0], tmp_path / "runs", TINY, log=logs.append)
+    cells = run_compare(["sinusoid"], ["maml", "anil"], [0], tmp_path / "runs", TINY, log=logs.append)
     notes = [m for m in logs if m.startswith("note: sinusoid:")]
     assert len(notes) == 1 and f"hidden 7 (train: {default})" in notes[0] and "configs/sinusoid.yaml" in notes[0]
     assert logs.index(notes[0]) < next(i for i, m in enumerate(logs) if "training" in m)  # said before training
