@@ -115,6 +115,7 @@ class _Member:
     global_rng_free: bool | None = None  # whether its meta-step leaves torch's global RNG untouched (first step)
     streams_ok: bool = True  # False once a fused step with its own streams still drew from the global RNG
     fused_steps: int = 0  # meta-steps computed together with other runs (said on the console at the end)
+    shown: float = float("nan")  # the last loss read back, for the progress bar
 
     @property
     def ok(self) -> bool:
@@ -332,6 +333,8 @@ class ParallelTrainer:
         if t.step % int(cfg.train.val_every) == 0 or t.step == m.steps:
             record.update(t._validate())
         t.elapsed += seconds + time.perf_counter() - t0
+        if isinstance(record.get("loss"), float):  # read back (logged, or a run that does not defer)
+            m.shown = record["loss"]
         if t.step % cfg.train.log_every == 0 or "val" in record or "diag" in record:
             record["time_s"] = round(t.elapsed, 3)
             assert m.log is not None
@@ -342,11 +345,25 @@ class ParallelTrainer:
 
     # --- the lockstep loop ---------------------------------------------------------------------------------
     def _loop(self) -> None:
-        from cmlgraph.train.progress import progress_bar
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        with progress_bar(self.console, self.progress and any(m.active() for m in self.members)) as bar:
+        from cmlgraph.train.progress import loss_label
+
+        # as a run alone shows it: the last logged loss and the best validation score, per run
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                       console=self.console, disable=not (self.progress and any(m.active() for m in self.members)),
+                       transient=False)
+        with bar:
             tasks = {id(m): bar.add_task(f"meta-training {m.trainer.run_dir.name if m.trainer.run_dir else ''}",
-                                         total=m.steps, completed=m.trainer.step)
+                                         total=m.steps, completed=m.trainer.step, info="")
                      for m in self.members if m.active()}
             while True:
                 active = [m for m in self.members if m.active()]
@@ -358,7 +375,10 @@ class ParallelTrainer:
                 self._lockstep(active)
                 for m in active:
                     if id(m) in tasks:
-                        bar.update(tasks[id(m)], completed=m.trainer.step)
+                        t = m.trainer
+                        info = f"{loss_label(bool(getattr(t.exp.algo, 'cml', False)))} {m.shown:.4f}" + (
+                            f"  best val {t.best:.4f}" if t.best is not None else "")
+                        bar.update(tasks[id(m)], completed=t.step, info=info)
         trained = [m for m in self.members if m.log is not None]
         if len(trained) > 1:  # say what the group gained: which runs' steps were fused (docs/gpu.md)
             self.console.print("meta-steps fused with other runs: " + ", ".join(
