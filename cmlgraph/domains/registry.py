@@ -57,6 +57,7 @@ def fill_defaults(cfg: Config) -> Config:
     if cfg.data.task == "sinusoid":
         cfg.data.ways = 1
     _start_defaults(cfg)
+    _gnn_feature_defaults(cfg)
     return cfg
 
 
@@ -108,6 +109,37 @@ def _start_defaults(cfg: Config) -> None:
         cfg.model.normalize = fresh
     if cfg.algo.head_init is None:
         cfg.algo.head_init = "proto" if fresh else "learned"
+
+
+#: ``data.features`` of a MAML-family run with a randomly initialised GCN, GraphSAGE, GIN or GAT on a dataset whose
+#: default is ``row``: ``standard`` where the densified features are small (at most 50 MB in float32), ``raw`` for
+#: the large sparse bag-of-words (Coauthor-CS 0.5 GB, Cora-Full 0.7 GB, DBLP 1.2 GB, Amazon-Clothing 0.9 GB,
+#: Amazon-Electronics 1.5 GB dense), where ``standard`` would densify them.
+GNN_FEATURES = {"cora": "standard", "citeseer": "standard", "pubmed": "standard", "amazon-computers": "standard",
+                "amazon-photo": "standard"}
+
+
+def _gnn_feature_defaults(cfg: Config) -> None:
+    """Unit-scale features for the MAML family's randomly initialised GNNs where ``data.features`` is unset.
+
+    Why: on row-normalised bag-of-words (the registered datasets' default, right for SGC's PCA start) a random GCN's
+    activations are about 0.01 while its biases start at 0; with L2-normalised features and Proto-MAML heads (the
+    MAML family's start, issue 17) the first inner step moves the biases by far more than the features' signal
+    (conv bias gradients about 9 against weights' 0.6 on Amazon-Photo), and every run starts and stays at chance:
+    predictions at step 0 on 40 validation tasks of 2-way 3-shot were 0.50-0.51 for GCN on Cora, CiteSeer,
+    Amazon-Computers and Coauthor-CS, 0.55-0.73 for SAGE and GIN, against 0.62-0.95 with unit-scale features
+    (session 26; docs/algorithms-and-data.md). The same failure G-Meta's and AMM-GNN's encoders had
+    (:func:`_tlp_encoder_defaults`). The resolved value is written into the run's config, so a run folder says
+    which features it used; folders from before (``features: null`` with such a GNN) ran on ``row``
+    (:func:`cmlgraph.graphs.features.pin_legacy_features`).
+    """
+    if (cfg.data.task != "graph" or cfg.data.features is not None or cfg.data.protocol is not None
+            or cfg.algo.algo not in MAML_FAMILY or cfg.model.gnn == "sgc" or cfg.model.init != "random"):
+        return  # (before importing the graph package: sinusoid and image runs never import PyG)
+    from cmlgraph.graphs.features import DATASET_FEATURES
+
+    if DATASET_FEATURES.get(str(cfg.data.graph)) == "row":
+        cfg.data.features = GNN_FEATURES.get(str(cfg.data.graph), "raw")
 
 
 def build_domain(cfg: Config) -> Domain:

@@ -125,6 +125,12 @@ def pin_legacy_features(cfg: Any, saved: Any) -> Any:
           and str(cfg.data.graph) in DATASET_FEATURES):
         # G-Meta / AMM-GNN runs saved before they defaulted to raw features ran on the dataset's default
         cfg.data.features = DATASET_FEATURES[str(cfg.data.graph)]
+    elif (isinstance(data, dict) and data.get("features") is None and cfg.data.features is None
+          and cfg.algo.algo in ("maml", "anil", "boil", "maml++", "sharp-maml") and cfg.data.protocol is None
+          and str(getattr(cfg.model, "gnn", None) or "sgc") != "sgc" and str(cfg.data.graph) in DATASET_FEATURES):
+        # MAML-family runs of a random-init GNN saved before they defaulted to unit-scale features ran on the
+        # dataset's default (cmlgraph.domains.registry._gnn_feature_defaults)
+        cfg.data.features = DATASET_FEATURES[str(cfg.data.graph)]
     model = saved.get("model") if isinstance(saved, dict) else None
     if isinstance(model, dict) and "init" not in model:
         cfg.model.init, cfg.model.normalize = "random", False
