@@ -29,7 +29,7 @@ _SECTION_OF = {key: section for section, keys in {
     "algo": ("algo", "cml", "gamma", "co_depth", "control", "noise_std", "inner_steps", "eval_inner_steps",
              "inner_lr", "inner_lr_extractor", "inner_lr_head", "first_order", "adapt", "sam_rho", "sam_inner",
              "msl_fraction", "first_order_fraction", "co_hidden", "prop_steps", "prop_alpha", "probe_c",
-             "pretrain_epochs", "head_init"),
+             "pretrain_epochs", "head_init", "proto_inner"),
     "train": ("steps", "meta_batch", "meta_lr", "seed", "val_every", "val_tasks", "test_tasks", "log_every",
               "checkpoint_every", "diag_every", "device", "batched", "prefetch", "nan_policy", "patience",
               "weight_decay"),

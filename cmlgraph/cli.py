@@ -45,7 +45,7 @@ def _overrides(**flags: Any) -> dict[str, dict[str, Any]]:
                  "features", "protocol"),
         "model": ("gnn", "hidden", "layers", "dropout", "norm", "init", "normalize"),
         "algo": ("algo", "cml", "gamma", "co_depth", "control", "inner_steps", "inner_lr", "first_order", "adapt",
-                 "co_hidden", "prop_steps", "prop_alpha", "probe_c", "pretrain_epochs", "head_init"),
+                 "co_hidden", "prop_steps", "prop_alpha", "probe_c", "pretrain_epochs", "head_init", "proto_inner"),
         "train": ("steps", "meta_batch", "meta_lr", "seed", "val_every", "test_tasks", "device", "diag_every",
                   "nan_policy", "patience", "prefetch", "cuda_graphs"),
         "run": ("runs_dir", "name", "overwrite"),
@@ -78,6 +78,9 @@ def train(
                                           help="L2-normalise the extractor's features (graph MAML default: on)."),
     head_init: str | None = typer.Option(None, help="Head at each task's start: proto (Proto-MAML, class means of "
                                          "the support features; graph MAML default) or learned (MAML)."),
+    proto_inner: str | None = typer.Option(None, help="With --head-init proto, the inner loop's gradient for the "
+                                           "extractor: total (through the prototype head too; default) or partial "
+                                           "(the head a separate variable started at the prototypes)."),
     algo: str | None = typer.Option(None, help="maml, anil, boil, maml++, sharp-maml, protonet, gmeta, ammgnn; "
                                     "training-free baselines (graph task, 0 steps): sgc-proto, label-prop, "
                                     "sgc-logreg, gcl-probe."),

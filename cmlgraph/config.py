@@ -131,6 +131,11 @@ class AlgoConfig:
             et al., ICLR 2020: rows ``2 c_k`` and biases ``-||c_k||^2`` from the support class means ``c_k`` of the
             features, plus the meta-learned head, which starts at zero) or ``learned`` (MAML: the meta-learned
             head alone). Default: ``proto`` for MAML-family graph runs without a protocol, ``learned`` otherwise.
+        proto_inner: With ``head_init: proto``, what the inner loop's gradient for ψ is: ``total`` (the default
+            since issue 17: the derivative of the support loss through the prototype head too, which is a function
+            of ψ) or ``partial`` (the head is a separate variable started at the prototypes, as in common
+            Proto-(FO)MAML code; the outer gradient still reaches ψ through the prototypes). Session 26 measured
+            them side by side: docs/starting-at-the-baseline.md.
     """
 
     algo: str = "maml"
@@ -156,6 +161,7 @@ class AlgoConfig:
     probe_c: float | None = None
     pretrain_epochs: int | None = None
     head_init: str | None = None
+    proto_inner: str = "total"
 
 
 @dataclass

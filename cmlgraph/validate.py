@@ -189,6 +189,11 @@ def _start_settings(cfg: Config) -> None:
     d, m, a = cfg.data, cfg.model, cfg.algo
     _choice("--init", m.init, ("auto", "pca", "random"))
     _choice("--head-init", a.head_init, ("proto", "learned"))
+    _choice("--proto-inner", a.proto_inner, ("total", "partial"))
+    _need(a.proto_inner == "total" or a.head_init == "proto",
+          f"--proto-inner {a.proto_inner} chooses the inner gradient of a Proto-MAML head; this run's head starts "
+          f"{'learned' if a.head_init == 'learned' else 'without prototypes'}: add --head-init proto or drop "
+          f"--proto-inner")
     if m.init == "pca":
         _need(d.task == "graph" and m.gnn == "sgc" and a.algo not in ("gmeta", "ammgnn"),
               f"--init pca projects SGC's propagated features on their principal axes; --gnn {m.gnn} "

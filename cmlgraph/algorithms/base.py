@@ -83,7 +83,8 @@ class MetaAlgorithm:
                                              ("head", self.cfg.inner_lr_head)) if v is not None}
         return InnerLoopConfig(steps=int(steps), lr=float(self.cfg.inner_lr), first_order=self.cfg.first_order,
                                adapt=self.adapt_groups(), group_lr=group_lr,
-                               proto_head=self.cfg.head_init == "proto")
+                               proto_head=self.cfg.head_init == "proto",
+                               proto_partial=self.cfg.proto_inner == "partial")
 
     def prepare(self, model: MetaModel) -> None:
         """Add algorithm-owned parameters to the model (MAML++'s learned rates); nothing for MAML."""

@@ -34,6 +34,9 @@ class InnerLoopConfig:
         frozen: Parameter-name prefixes that never adapt even inside an adapted group (AMM-GNN's α and β).
         proto_head: Start the head from the support class means (Proto-MAML; :mod:`cmlgraph.core.proto_head`)
             before the first step; ``params_0`` of the trajectory is that head.
+        proto_partial: With ``proto_head``, the inner gradients treat the head as a variable of its own started at
+            the prototypes (the partial derivative for ψ); otherwise (default) ψ's inner gradient also runs through
+            the prototype head, a function of ψ. Either way the outer gradient reaches ψ through the prototypes.
     """
 
     steps: int = 1
@@ -44,6 +47,7 @@ class InnerLoopConfig:
     sam_rho: float = 0.0
     frozen: tuple[str, ...] = ()
     proto_head: bool = False
+    proto_partial: bool = False
 
     def step_size(self, name: str) -> float:
         """The fixed inner step size of a parameter."""
@@ -114,6 +118,8 @@ def inner_loop(
         from cmlgraph.core.proto_head import proto_head
 
         params = proto_head(model, params, x, y, batched)
+        if cfg.proto_partial:  # the fast ψ as an alias: gradients w.r.t. it skip the path through the prototypes
+            params = {k: v if group_of(k) == "head" else v.view_as(v) for k, v in params.items()}
     fast = dict(params)
     trajectory = [fast]
     for s in range(cfg.steps):

@@ -158,3 +158,50 @@ def test_a_zero_feature_row_keeps_second_order_gradients_finite():
     g = torch.autograd.grad(unit_rows(f).pow(2).sum() + unit_rows(f).sum(), f, create_graph=True)[0]
     (gg,) = torch.autograd.grad(g.sum(), f)
     assert torch.isfinite(g).all() and torch.isfinite(gg).all() and torch.equal(unit_rows(f.detach()), f.detach())
+
+
+def test_partial_proto_inner_gradient_treats_the_head_as_its_own_variable():
+    """``algo.proto_inner: partial``: ψ's inner step is the support loss's partial derivative with the head held
+    at its value (the common Proto-(FO)MAML code: the head a separate variable started at the prototypes), while
+    the default ``total`` also runs through the prototype head; the outer gradient reaches ψ through the prototypes
+    in both. Checked for the inner update, and for the first-order meta-gradient recomputed from scratch."""
+    model = tiny_model(co_depth=None)
+    params = parameters_of(model)
+    ep = tiny_episodes(1)[0]
+    start = proto_head(model, params, ep.support_x, ep.support_y)
+    held = {k: (v.detach().requires_grad_() if group_of(k) == "head" else v) for k, v in start.items()}
+    partial = torch.autograd.grad(CE(_head(model, held, ep.support_x), ep.support_y), [held[k] for k in held])
+    partial = dict(zip(held, partial, strict=True))
+    trajectories = {}
+    for mode in (False, True):
+        cfg = InnerLoopConfig(steps=1, lr=0.3, proto_head=True, proto_partial=mode)
+        trajectories[mode] = inner_loop(model, params, ep.support_x, ep.support_y, CE, cfg)
+    w = "extractor.net.0.weight"
+    torch.testing.assert_close(trajectories[True][1][w], params[w] - 0.3 * partial[w])
+    assert not torch.allclose(trajectories[False][1][w], trajectories[True][1][w])  # the default differs
+    for k in ("head.0.weight", "head.0.bias"):  # the head's own step is the same either way
+        torch.testing.assert_close(trajectories[True][1][k], trajectories[False][1][k])
+
+    cfg = InnerLoopConfig(steps=1, lr=0.3, first_order=True, proto_head=True, proto_partial=True)
+    loss = outer_objective(model, params, [ep], CE, cfg, cml=False)
+    grads = torch.autograd.grad(loss.total, list(params.values()))
+    fast = {k: start[k] - 0.3 * partial[k].detach() for k in start}
+    ref = torch.autograd.grad(CE(_head(model, fast, ep.query_x), ep.query_y), list(params.values()))
+    for k, g, r in zip(params, grads, ref, strict=True):
+        torch.testing.assert_close(g, r, msg=k)
+    second = outer_objective(model, params, [ep], CE, InnerLoopConfig(steps=2, lr=0.3, proto_head=True,
+                                                                    proto_partial=True), cml=False)
+    g2 = torch.autograd.grad(second.total, list(params.values()))
+    assert all(torch.isfinite(g).all() for g in g2) and g2[0].abs().sum() > 0  # second order runs through it
+
+
+def test_proto_inner_is_validated():
+    from cmlgraph.api import make_config
+    from cmlgraph.train.trainer import prepare
+
+    cfg = prepare(make_config(task="graph", graph="synthetic", proto_inner="partial"))
+    assert cfg.algo.proto_inner == "partial" and cfg.algo.head_init == "proto"
+    with pytest.raises(ConfigError, match="--proto-inner = 'sideways' is not valid"):
+        prepare(make_config(task="graph", graph="synthetic", proto_inner="sideways"))
+    with pytest.raises(ConfigError, match="add --head-init proto or drop --proto-inner"):
+        prepare(make_config(task="graph", graph="synthetic", proto_inner="partial", head_init="learned"))
