@@ -6,6 +6,7 @@ status 2, never as a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -562,3 +563,19 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted; resume with `cmlgraph train --resume RUN_DIR`", file=sys.stderr)
         sys.exit(130)
+    except SystemExit as exc:
+        _finish_rank(exc)
+        raise
+
+
+def _finish_rank(exc: SystemExit) -> None:
+    """A torchrun rank whose run finished (and left its process group) exits here, skipping the interpreter's
+    finalisation, where torch's TCPStore server could abort it (:func:`cmlgraph.train.distributed.left_group`)."""
+    if exc.code not in (0, None) or "cmlgraph.train.distributed" not in sys.modules:
+        return
+    from cmlgraph.train.distributed import left_group
+
+    if left_group():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

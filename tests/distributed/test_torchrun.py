@@ -141,3 +141,27 @@ def test_killed_distributed_run_resumes_to_the_same_end(workdir, reference):
     assert [p.name for p in runs.iterdir()] == ["r"]
     assert list(cwd.iterdir()) == []
     _assert_same_result(reference, run)
+
+
+def test_a_finished_rank_of_the_command_exits_without_interpreter_finalisation(monkeypatch):
+    """A torchrun rank whose run finished and left its process group ends with ``os._exit(0)`` after flushing (torch's
+    TCPStore server thread, destroyed at interpreter exit, could abort it: exit -6 after a complete run); a failed
+    command, or one that never joined a group, exits normally."""
+    import cmlgraph.cli as cli
+    import cmlgraph.train.distributed as distributed
+
+    exits: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        raise RuntimeError("os._exit")
+
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    monkeypatch.setattr(distributed, "_LEFT", False)
+    cli._finish_rank(SystemExit(0))  # one process: returns, the interpreter exits normally
+    monkeypatch.setattr(distributed, "_LEFT", True)
+    cli._finish_rank(SystemExit(2))  # an error keeps its exit status
+    assert exits == []
+    with pytest.raises(RuntimeError, match="os._exit"):
+        cli._finish_rank(SystemExit(0))
+    assert exits == [0]
