@@ -190,9 +190,12 @@ def _start_settings(cfg: Config) -> None:
     _choice("--init", m.init, ("auto", "pca", "random"))
     _choice("--head-init", a.head_init, ("proto", "learned"))
     _choice("--proto-inner", a.proto_inner, ("total", "partial"))
+    could_proto = d.task == "graph" and a.algo in MAML_FAMILY
     _need(a.proto_inner == "total" or a.head_init == "proto",
           f"--proto-inner {a.proto_inner} chooses the inner gradient of a Proto-MAML head (--head-init proto); this "
-          f"run's head is --head-init {a.head_init}: add --head-init proto or drop --proto-inner")
+          f"run's head is --head-init {a.head_init}: "
+          + ("add --head-init proto or drop --proto-inner" if could_proto else
+             f"--algo {a.algo} (--task {d.task}) has no Proto-MAML head, drop --proto-inner"))
     if m.init == "pca":
         _need(d.task == "graph" and m.gnn == "sgc" and a.algo not in ("gmeta", "ammgnn"),
               f"--init pca projects SGC's propagated features on their principal axes; --gnn {m.gnn} "

@@ -205,3 +205,13 @@ def test_proto_inner_is_validated():
         prepare(make_config(task="graph", graph="synthetic", proto_inner="sideways"))
     with pytest.raises(ConfigError, match="add --head-init proto or drop --proto-inner"):
         prepare(make_config(task="graph", graph="synthetic", proto_inner="partial", head_init="learned"))
+
+
+def test_proto_inner_refusal_offers_only_a_fix_that_works():
+    from cmlgraph.api import make_config
+    from cmlgraph.train.trainer import prepare
+
+    with pytest.raises(ConfigError, match="--algo protonet \\(--task graph\\) has no Proto-MAML head, drop "
+                                          "--proto-inner") as info:
+        prepare(make_config(task="graph", graph="synthetic", algo="protonet", proto_inner="partial"))
+    assert "add --head-init proto" not in str(info.value)  # protonet refuses a proto head too
