@@ -345,23 +345,10 @@ class ParallelTrainer:
 
     # --- the lockstep loop ---------------------------------------------------------------------------------
     def _loop(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        from cmlgraph.train.progress import loss_label
+        from cmlgraph.train.progress import loss_label, run_progress
 
         # as a run alone shows it: the last logged loss and the best validation score, per run
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                       console=self.console, disable=not (self.progress and any(m.active() for m in self.members)),
-                       transient=False)
-        with bar:
+        with run_progress(self.console, self.progress and any(m.active() for m in self.members)) as bar:
             tasks = {id(m): bar.add_task(f"meta-training {m.trainer.run_dir.name if m.trainer.run_dir else ''}",
                                          total=m.steps, completed=m.trainer.step, info="")
                      for m in self.members if m.active()}

@@ -25,6 +25,14 @@ def progress_bar(console: Console, enabled: bool = True) -> Progress:
                     TimeRemainingColumn(), console=console, disable=not enabled, transient=False)
 
 
+def run_progress(console: Console, enabled: bool = True) -> Progress:
+    """:func:`progress_bar` with an ``info`` field after done/total (a run's loss and best validation score); every
+    task added to it needs ``info=...``."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=console, disable=not enabled, transient=False)
+
+
 @contextmanager
 def stage(bar: Progress | None, label: str, total: int, hook: Callable[[], None] | None = None,
           keep: bool = False) -> Iterator[Callable[[], None]]:
@@ -47,4 +55,4 @@ def stage(bar: Progress | None, label: str, total: int, hook: Callable[[], None]
             bar.remove_task(task)
 
 
-__all__ = ["loss_label", "progress_bar", "stage"]
+__all__ = ["loss_label", "progress_bar", "run_progress", "stage"]

@@ -25,14 +25,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 
 from cmlgraph.algorithms.base import MetaAlgorithm
 from cmlgraph.algorithms.registry import get_algorithm
@@ -64,7 +57,7 @@ from cmlgraph.train.io import (
     write_yaml,
 )
 from cmlgraph.train.prefetch import Prefetcher, use_prefetch
-from cmlgraph.train.progress import loss_label, stage
+from cmlgraph.train.progress import loss_label, run_progress, stage
 from cmlgraph.train.run_dir import RunLock, create_run_dir
 from cmlgraph.user_warnings import warn_user
 from cmlgraph.validate import validate_config
@@ -467,9 +460,7 @@ class Trainer:
         return patience is not None and self.stale >= patience
 
     def _progress(self) -> Progress:
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=self.console, disable=not self.show_progress, transient=False)
+        return run_progress(self.console, self.show_progress)
 
     def _prepare_batch(self, generator: torch.Generator | None) -> tuple[int, list[Any]]:
         """Sample the next meta-batch from ``generator`` and materialize this rank's episodes (host work: k-hop

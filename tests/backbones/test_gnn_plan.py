@@ -45,6 +45,18 @@ def test_computation_tree_equals_whole_graph(kind, sparse, layers):
     assert plan.sizes == sorted(plan.sizes, reverse=True)  # levels shrink towards the output
 
 
+def _task_weights(net: GNNBackbone, tasks: int) -> dict[str, torch.Tensor]:
+    """Per-task weights ``[T, ...]``: the module's, each task's perturbed differently."""
+    return {k: v.detach().unsqueeze(0) + 0.1 * torch.randn(tasks, *v.shape, dtype=v.dtype)
+            for k, v in net.named_parameters()}
+
+
+def _task_loop(net: GNNBackbone, params: dict[str, torch.Tensor], items: list[GraphInput]) -> torch.Tensor:
+    """The reference: each task's input through the module with its own weights, one functional call each."""
+    return torch.stack([torch.func.functional_call(net, {k: v[t] for k, v in params.items()}, (g,))
+                        for t, g in enumerate(items)])
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("sparse", [False, True])
 def test_forward_tasks_equals_loop_with_per_task_weights(kind, sparse):
@@ -53,12 +65,9 @@ def test_forward_tasks_equals_loop_with_per_task_weights(kind, sparse):
     net = GNNBackbone(kind, x.shape[1], hidden=8, layers=2, train_eps=True).double()
     cache: dict = {}
     items = [GraphInput(x, ei, torch.randperm(200)[:6], cache, local=True) for _ in range(3)]
-    params = {k: v.detach().unsqueeze(0) + 0.1 * torch.randn(3, *v.shape, dtype=v.dtype)
-              for k, v in net.named_parameters()}
+    params = _task_weights(net, 3)
     batched = net.forward_tasks(params, GraphBatch(items))
-    looped = torch.stack([torch.func.functional_call(net, {k: v[t] for k, v in params.items()},
-                                                     (GraphInput(x, ei, g.nodes, cache),))
-                          for t, g in enumerate(items)])
+    looped = _task_loop(net, params, [GraphInput(x, ei, g.nodes, cache) for g in items])
     torch.testing.assert_close(batched, looped, atol=1e-12, rtol=1e-10)
 
 
@@ -173,10 +182,8 @@ def test_whole_graph_tasks_of_gcn_sage_gin_run_as_one_pass_and_equal_the_loop(ki
     net = GNNBackbone(kind, x.shape[1], hidden=8, layers=2, train_eps=True).double()
     cache: dict = {}
     items = [GraphInput(x, ei, torch.randperm(200)[:6], cache, batch_whole=True) for _ in range(5)]
-    params = {k: v.detach().unsqueeze(0) + 0.1 * torch.randn(5, *v.shape, dtype=v.dtype)
-              for k, v in net.named_parameters()}
-    looped = torch.stack([torch.func.functional_call(net, {k: v[t] for k, v in params.items()}, (g,))
-                          for t, g in enumerate(items)])
+    params = _task_weights(net, 5)
+    looped = _task_loop(net, params, items)
     calls: list[int] = []
     chunk = net._whole_graph_chunk
     monkeypatch.setattr(net, "_whole_graph_chunk", lambda w, x_, g_, t: calls.append(t) or chunk(w, x_, g_, t))

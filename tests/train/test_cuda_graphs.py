@@ -19,9 +19,9 @@ SINUSOID = {"data": {"task": "sinusoid", "shots": 5, "queries": 5}, "model": {"h
             "train": {"steps": 4, "meta_batch": 3, "val_every": 2, "val_tasks": 3, "test_tasks": 4}}
 
 
-def _cfg(tmp_path, name: str = "run", **changes) -> Config:
+def _cfg(tmp_path, name: str = "run", settings: dict | None = None, **changes) -> Config:
     cfg = Config()
-    apply_overrides(cfg, SINUSOID, "test")
+    apply_overrides(cfg, SINUSOID if settings is None else settings, "test")
     for dotted, value in changes.items():
         section, key = dotted.split("__")
         apply_overrides(cfg, {section: {key: value}}, "test")
@@ -130,13 +130,7 @@ GRAPH_FULL = {"data": {"task": "graph", "graph": "synthetic", "synthetic_nodes":
 
 
 def _graph_cfg(tmp_path, name: str, **changes) -> Config:
-    cfg = Config()
-    apply_overrides(cfg, GRAPH_FULL, "test")
-    for dotted, value in changes.items():
-        section, key = dotted.split("__")
-        apply_overrides(cfg, {section: {key: value}}, "test")
-    apply_overrides(cfg, {"run": {"runs_dir": str(tmp_path), "name": name}}, "test")
-    return cfg
+    return _cfg(tmp_path, name, GRAPH_FULL, **changes)
 
 
 @pytest.mark.parametrize("change,reason", [
