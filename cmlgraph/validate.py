@@ -85,7 +85,7 @@ def validate_config(cfg: Config) -> None:
     _need(d.test_queries is None or d.test_queries >= 1, f"data.test_queries = {d.test_queries}: must be >= 1")
     _need(d.subgraph_threshold >= 0, "data.subgraph_threshold must be >= 0")
     if d.features is not None:
-        _choice("data.features", d.features, ("raw", "row", "standard"))
+        _choice("data.features", d.features, ("raw", "row", "standard", "auto"))
     _split(d.task, d.split)
     _need(d.synthetic_nodes >= 10, f"data.synthetic_nodes = {d.synthetic_nodes}: need at least 10 nodes")
     _need(d.synthetic_classes >= 2, f"data.synthetic_classes = {d.synthetic_classes}: need at least 2 classes")

@@ -290,6 +290,7 @@ class GraphDomain(Domain):
         """Facts for the summary."""
         return {**super().describe(), "ways": self.ways, "shots": self.shots, "queries": self.queries,
                 "mode": self.mode, "mode_reason": self.mode_reason, "features": self.features,
+                **({"feature_choice": self.feature_choice} if getattr(self, "feature_choice", None) else {}),
                 "computation_trees": self.trees, "hops": self.hops, "nodes": self.graph.num_nodes,
                 "classes": {k: len(v) for k, v in self.graph.splits.items()}}
 

@@ -100,6 +100,9 @@ def with_features(graph: FewShotGraph, mode: str | None) -> tuple[FewShotGraph, 
     per-graph cache starts empty because cached values may depend on the features.
     """
     mode = mode or default_features(graph)
+    if mode == "auto":
+        raise ConfigError("data.features auto is resolved when the run's domain is built (build_domain), not by "
+                          "with_features; give row, standard or raw here")
     if mode == "raw":
         return graph, mode
     info = {**graph.info, "features": mode}
@@ -131,6 +134,11 @@ def pin_legacy_features(cfg: Any, saved: Any) -> Any:
         # MAML-family runs of a random-init GNN saved before they defaulted to unit-scale features ran on the
         # dataset's default (cmlgraph.domains.registry._gnn_feature_defaults)
         cfg.data.features = DATASET_FEATURES[str(cfg.data.graph)]
+    elif (isinstance(data, dict) and data.get("features") is None and cfg.data.features is None
+          and cfg.data.protocol is None and str(cfg.data.graph) in DATASET_FEATURES and _auto_by_default(cfg)):
+        # sgc-proto and the MAML family's SGC saved before they chose their features on validation
+        # (cmlgraph.domains.registry._auto_feature_defaults) ran on the dataset's default
+        cfg.data.features = DATASET_FEATURES[str(cfg.data.graph)]
     model = saved.get("model") if isinstance(saved, dict) else None
     if isinstance(model, dict) and "init" not in model:
         cfg.model.init, cfg.model.normalize = "random", False
@@ -140,5 +148,32 @@ def pin_legacy_features(cfg: Any, saved: Any) -> Any:
     return cfg
 
 
+def _auto_by_default(cfg: Any) -> bool:
+    """Whether today's defaults give this saved config ``data.features auto``: ``sgc-proto``, or a MAML-family SGC
+    (whose start was PCA unless the folder says otherwise), on a graph of
+    :data:`cmlgraph.domains.registry.GNN_FEATURES`."""
+    from cmlgraph.domains.registry import AUTO_FEATURE_BASELINES, GNN_FEATURES, MAML_FAMILY
+
+    if str(cfg.data.graph) not in GNN_FEATURES:
+        return False
+    algo = cfg.algo.algo
+    return algo in AUTO_FEATURE_BASELINES or (algo in MAML_FAMILY and str(cfg.model.gnn or "sgc") == "sgc")
+
+
+def run_features(cfg: Any, run_dir: Any) -> Any:
+    """``cfg`` with ``data.features auto`` replaced by what the run folder's ``summary.json`` says the run chose
+    (:mod:`cmlgraph.domains.feature_choice`), so that re-evaluating or predicting with a trained model reads the
+    features it was trained on without choosing again. ``cfg`` is changed in place and returned."""
+    import json
+    from pathlib import Path
+
+    summary = Path(run_dir) / "summary.json"
+    if cfg.data.features == "auto" and summary.is_file():
+        chosen = json.loads(summary.read_text()).get("features")
+        if chosen in FEATURE_MODES:
+            cfg.data.features = chosen
+    return cfg
+
+
 __all__ = ["DATASET_FEATURES", "FEATURE_MODES", "default_features", "pin_legacy_features",
-           "preprocess", "row_normalise", "standardise", "with_features"]
+           "preprocess", "row_normalise", "run_features", "standardise", "with_features"]

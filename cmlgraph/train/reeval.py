@@ -23,7 +23,7 @@ from cmlgraph.config import Config, from_yaml, load_yaml
 from cmlgraph.core.model import MetaModel, parameters_of
 from cmlgraph.domains.registry import build_domain
 from cmlgraph.errors import CmlgraphError, ConfigError, DataError
-from cmlgraph.graphs.features import pin_legacy_features
+from cmlgraph.graphs.features import pin_legacy_features, run_features
 from cmlgraph.train.evaluate import evaluate
 from cmlgraph.train.io import load_torch
 from cmlgraph.train.progress import progress_bar, stage
@@ -160,6 +160,7 @@ def load_inference_model(run_dir: str | Path, graph: Any = None, data_root: str 
             raise CmlgraphError(f"{run_dir / f} is missing; `cmlgraph eval` needs a finished run folder "
                                 f"made by `cmlgraph train`")
     cfg = prepare(pin_legacy_features(from_yaml(run_dir / "config.yaml"), load_yaml(run_dir / "config.yaml")))
+    run_features(cfg, run_dir)  # data.features auto: what the run chose
     cfg.data.data_root = run_data_root(run_dir, cfg, data_root)
     try:
         with _graph_for(cfg, graph):

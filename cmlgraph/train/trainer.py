@@ -663,7 +663,7 @@ class Trainer:
         summary.update(distinct_test_tasks=len(self.test_raws), test_tasks_asked=asked,
                        distinct_val_tasks=len(self.val_raws), val_tasks_asked=int(cfg.train.val_tasks))
         summary.update(warnings=[*self.guard.messages, *warns], nonfinite_test_tasks=res.get("nonfinite_tasks", 0),
-                       **{k: info[k] for k in ("features", "mode", "mode_reason") if k in info})
+                       **{k: info[k] for k in ("features", "feature_choice", "mode", "mode_reason") if k in info})
         summary.update(protocol_figures(cfg, e))
         summary.update(e.algo.run_summary(res))  # e.g. a baseline's 0 steps and unreached queries
         if baseline is not None:
