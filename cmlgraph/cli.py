@@ -112,8 +112,10 @@ def train(
     allow_partial: bool | None = typer.Option(None, "--allow-partial", help="Run on the classes present."),
     split: str | None = typer.Option(None, help="Class split: counts 'a/b/c' or a JSON file."),
     subgraph: str | None = typer.Option(None, help="Graph execution: auto, full, khop."),
-    features: str | None = typer.Option(None, help="Feature preprocessing: raw, row (L1), standard (z-score); "
-                                                    "default: the dataset's own."),
+    features: str | None = typer.Option(None, help="Feature preprocessing: raw, row (L1), standard (z-score), "
+                                                    "auto (row or standard, chosen on the run's validation tasks "
+                                                    "by sgc-proto; the default of sgc-proto and the MAML family's "
+                                                    "SGC on small bag-of-words graphs); else the dataset's own."),
     protocol: str | None = typer.Option(None, help="Preset of a published protocol filling unset settings: tlp."),
     patience: int | None = typer.Option(None, help="Stop after N validations without improvement."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:N."),

@@ -64,6 +64,22 @@ def check_domains(domains: Sequence[str]) -> None:
                               f"graph: {', '.join(graphs)}")
 
 
+def check_algos(algos: Sequence[str]) -> None:
+    """Refuse an algorithm name that is not registered, naming ``--algos`` (the flag the user gave) and the closest
+    valid name, before anything is trained or written (each cell's config check would name ``--algo``).
+
+    Raises:
+        ConfigError: Naming the bad name and every valid one.
+    """
+    from cmlgraph.algorithms.registry import ALGORITHMS
+
+    for algo in algos:
+        if algo not in ALGORITHMS:
+            close = difflib.get_close_matches(str(algo), list(ALGORITHMS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"--algos: unknown algorithm {algo!r}{hint}; valid: {', '.join(ALGORITHMS)}")
+
+
 def domain_config(domain: str, algo: str, cml: bool, seed: int, overrides: dict[str, dict[str, Any]] | None = None
                   ) -> Config:
     """The config of one cell of the comparison."""
@@ -332,6 +348,7 @@ def run_compare(domains: Sequence[str], algos: Sequence[str], seeds: Sequence[in
 
     runs_dir = Path(runs_dir)
     check_domains(domains)
+    check_algos(algos)
     plan = []
     differs: dict[tuple[str, str], str] = {}
     for domain in domains:

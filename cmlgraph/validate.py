@@ -189,7 +189,7 @@ def _start_settings(cfg: Config) -> None:
     d, m, a = cfg.data, cfg.model, cfg.algo
     _choice("--init", m.init, ("auto", "pca", "random"))
     _choice("--head-init", a.head_init, ("proto", "learned"))
-    _choice("--proto-inner", a.proto_inner, ("total", "partial"))
+    _choice("algo.proto_inner (--proto-inner)", a.proto_inner, ("total", "partial"))
     could_proto = d.task == "graph" and a.algo in MAML_FAMILY
     _need(a.proto_inner == "total" or a.head_init == "proto",
           f"--proto-inner {a.proto_inner} chooses the inner gradient of a Proto-MAML head (--head-init proto); this "

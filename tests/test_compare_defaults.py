@@ -31,7 +31,7 @@ def test_a_preset_that_overrides_train_defaults_is_named(monkeypatch):
     feats = "standard" if DATASET_FEATURES["cora"] != "standard" else "raw"
     monkeypatch.setitem(compare.PRESETS, "cora", ("graph-table.yaml", {"data": {"graph": "cora", "features": feats}}))
     diffs = preset_overrides(domain_config("cora", "maml", True, 0, TINY), TINY)
-    assert diffs["data.features"] == (feats, DATASET_FEATURES["cora"])
+    assert diffs["data.features"] == (feats, "auto")  # train's MAML chooses on validation (session 27)
     assert "train.steps" not in diffs and "algo.cml" not in diffs  # the command line's and the cell's own
     monkeypatch.setitem(compare.PRESETS, "plain", ("no-such-file.yaml", {"data": {"graph": "synthetic"}}))
     assert preset_overrides(domain_config("plain", "maml", True, 0, TINY), TINY) == {}  # train's defaults

@@ -201,7 +201,7 @@ def test_proto_inner_is_validated():
 
     cfg = prepare(make_config(task="graph", graph="synthetic", proto_inner="partial"))
     assert cfg.algo.proto_inner == "partial" and cfg.algo.head_init == "proto"
-    with pytest.raises(ConfigError, match="--proto-inner = 'sideways' is not valid"):
+    with pytest.raises(ConfigError, match=r"algo.proto_inner \(--proto-inner\) = 'sideways' is not valid"):
         prepare(make_config(task="graph", graph="synthetic", proto_inner="sideways"))
     with pytest.raises(ConfigError, match="add --head-init proto or drop --proto-inner"):
         prepare(make_config(task="graph", graph="synthetic", proto_inner="partial", head_init="learned"))

@@ -32,7 +32,7 @@ def _cfg(graph: str = "cora", gnn: str = "gcn", algo: str = "maml", **data) -> C
     ("amazon-photo", "gin", "maml++", "standard"), ("amazon-computers", "gat", "sharp-maml", "standard"),
     ("coauthor-cs", "gcn", "maml", "raw"),  # standard would densify 0.5 GB
     ("amazon-clothing", "gcn", "boil", "raw"), ("dblp", "gin", "maml", "raw"),
-    ("cora", "sgc", "maml", None),  # SGC's PCA start is made for row features: the dataset's default
+    ("cora", "sgc", "maml", "auto"),  # SGC's PCA start: chosen on validation (tests/domains/test_feature_choice.py)
     ("cora", "gcn", "protonet", None), ("ogbn-arxiv", "gcn", "maml", None), ("synthetic", "gcn", "maml", None),
 ])
 def test_the_default_per_graph_gnn_and_algorithm(graph, gnn, algo, expected):
@@ -45,7 +45,7 @@ def test_a_users_choice_a_protocol_and_a_pca_start_win():
     cfg = _cfg()
     cfg.model.init = "pca"  # an explicit PCA start (SGC only) is not a random GNN: nothing to fix here
     cfg.model.gnn = "sgc"
-    assert fill_defaults(cfg).data.features is None
+    assert fill_defaults(cfg).data.features == "auto"  # the PCA start chooses on validation, not the GNN rule
 
 
 def test_runs_saved_before_the_default_keep_row_features():

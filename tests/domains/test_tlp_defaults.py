@@ -31,7 +31,7 @@ def test_tlp_encoders_default_to_raw_features_and_width_16(algo):
 
 def test_the_maml_family_keeps_its_defaults():
     cfg = fill_defaults(_cfg("maml"))
-    assert cfg.data.features is None  # the dataset's default (row) is resolved when the graph loads
+    assert cfg.data.features == "auto"  # its PCA-started SGC chooses row or standard on validation
     assert cfg.model.hidden == 64
 
 
@@ -61,7 +61,7 @@ def test_runs_saved_before_the_default_keep_row_features():
     new = {"data": {"task": "graph", "graph": "cora", "features": "raw"}, "algo": {"algo": "gmeta"}}
     assert pin_legacy_features(_cfg("gmeta", features="raw"), new).data.features == "raw"
     maml = {"data": {"task": "graph", "graph": "cora", "features": None}, "algo": {"algo": "maml"}}
-    assert pin_legacy_features(_cfg("maml"), maml).data.features is None
+    assert pin_legacy_features(_cfg("maml"), maml).data.features == "row"  # saved before features auto
 
 
 @pytest.mark.slow

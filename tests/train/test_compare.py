@@ -66,3 +66,17 @@ def test_an_unknown_domain_is_refused_before_anything_is_written(tmp_path):
     name = register_graph(from_arrays(torch.randint(0, 30, (2, 60), generator=gen), torch.randn(30, 4, generator=gen),
                                       torch.arange(30) % 6, name="compare-user-graph", split="2/2/2"))
     check_domains([name])  # a user's graph registered in this process is a domain too
+
+
+def test_an_unknown_algorithm_is_refused_naming_the_flag_given(tmp_path):
+    """``--algos mamlx`` used to be reported as ``--algo = 'mamlx'`` (the per-run check), a flag compare has not."""
+    import pytest
+
+    from cmlgraph.compare import run_compare
+    from cmlgraph.errors import ConfigError
+
+    logged: list[str] = []
+    with pytest.raises(ConfigError, match=r"--algos: unknown algorithm 'mamlx' \(did you mean 'maml'\?\); valid: "
+                                          r"maml, anil"):
+        run_compare(["sinusoid"], ["anil", "mamlx"], [0], tmp_path / "runs", log=logged.append)
+    assert not logged and not (tmp_path / "runs").exists()
