@@ -50,7 +50,8 @@ def _key(cfg: Any) -> str:
         st = os.stat(str(cfg.data.graph))
         graph_file = (st.st_size, st.st_mtime_ns)
     return json.dumps({"data": data, "graph_file": graph_file, "seed": cfg.train.seed,
-                       "val_tasks": cfg.train.val_tasks, "device": str(cfg.train.device), "tlp": cfg.algo.algo in ("gmeta", "ammgnn")},
+                       "val_tasks": cfg.train.val_tasks, "device": str(cfg.train.device),
+                       "tlp": cfg.algo.algo in ("gmeta", "ammgnn")},
                       sort_keys=True, default=str)
 
 
@@ -75,9 +76,8 @@ def choose(cfg: Any, build: Any) -> tuple[Any, dict[str, Any]]:
     Raises:
         ConfigError: No candidate can be built, or the run has no validation tasks to choose on.
     """
-    from cmlgraph.train.baseline_check import baseline_val
-
     from cmlgraph.domains.graph import CUSTOM_GRAPHS
+    from cmlgraph.train.baseline_check import baseline_val
 
     # a user's in-memory graph is chosen for afresh (another graph may be registered under its name later)
     key = None if str(cfg.data.graph) in CUSTOM_GRAPHS else _key(cfg)

@@ -85,7 +85,13 @@ def test_defaults_and_refusals():
     assert (cfg.model.init, cfg.model.normalize, cfg.algo.head_init) == ("pca", True, "proto")
     cfg = fill_defaults(make_config(task="graph", graph="synthetic", gnn="gcn"))
     assert (cfg.model.init, cfg.model.normalize, cfg.algo.head_init) == ("random", True, "proto")
-    for kw in (dict(algo="gmeta"), dict(algo="protonet"), dict(protocol="tlp", graph="citeseer")):
+    # ProtoNet starts as sgc-proto (PCA SGC, unit features; it has no head to start): session 27
+    cfg = fill_defaults(make_config(task="graph", graph="synthetic", algo="protonet"))
+    assert (cfg.model.init, cfg.model.normalize, cfg.algo.head_init) == ("pca", True, "learned")
+    cfg = fill_defaults(make_config(task="graph", graph="synthetic", algo="protonet", gnn="gat"))
+    assert (cfg.model.init, cfg.model.normalize) == ("random", True)
+    for kw in (dict(algo="gmeta"), dict(algo="ammgnn"), dict(protocol="tlp", graph="citeseer"),
+               dict(protocol="tlp", graph="citeseer", algo="protonet")):
         cfg = fill_defaults(make_config(task="graph", **{"graph": "synthetic", **kw}))
         assert (cfg.model.init, cfg.model.normalize, cfg.algo.head_init) == ("random", False, "learned"), kw
     cfg = fill_defaults(make_config(task="sinusoid"))

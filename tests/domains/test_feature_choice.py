@@ -35,7 +35,7 @@ def _cfg(graph: str = "cora", algo: str = "maml", **kw) -> Config:
     cfg = Config()
     cfg.data.task, cfg.data.graph, cfg.data.ways, cfg.algo.algo = "graph", graph, 2, algo
     for section in ("data", "model"):
-        for k, v in list(kw.items()):
+        for k in list(kw):
             if hasattr(getattr(cfg, section), k):
                 setattr(getattr(cfg, section), k, kw.pop(k))
     assert not kw, kw
@@ -65,7 +65,9 @@ def _bag_of_words_graph(seed: int = 0, n_per_class: int = 12, classes: int = 6, 
     ("cora", "maml", {"gnn": "gcn"}, "standard"),  # a random GNN's unit-scale default
     ("cora", "maml", {"init": "random"}, None), ("cora", "maml", {"features": "row"}, "row"),
     ("cora", "maml", {"protocol": "tlp"}, "raw"), ("cora", "label-prop", {}, None),
-    ("cora", "sgc-logreg", {}, None), ("cora", "protonet", {}, None), ("synthetic", "maml", {}, None),
+    ("cora", "sgc-logreg", {}, None), ("cora", "protonet", {}, "auto"),
+    ("amazon-photo", "protonet", {"gnn": "gcn"}, None),
+    ("synthetic", "maml", {}, None),
 ])
 def test_who_chooses_by_default(graph, algo, extra, expected):
     assert fill_defaults(_cfg(graph, algo, **extra)).data.features == expected
