@@ -114,8 +114,10 @@ def train(
     subgraph: str | None = typer.Option(None, help="Graph execution: auto, full, khop."),
     features: str | None = typer.Option(None, help="Feature preprocessing: raw, row (L1), standard (z-score), "
                                                     "auto (row or standard, chosen on the run's validation tasks "
-                                                    "by sgc-proto; the default of sgc-proto and the MAML family's "
-                                                    "SGC on small bag-of-words graphs); else the dataset's own."),
+                                                    "by sgc-proto: the default of sgc-proto, ProtoNet and the MAML "
+                                                    "family's SGC on cora, citeseer, pubmed, amazon-computers, "
+                                                    "amazon-photo); a MAML-family GCN/SAGE/GIN/GAT gets standard "
+                                                    "there; else the dataset's own (row for bag-of-words)."),
     protocol: str | None = typer.Option(None, help="Preset of a published protocol filling unset settings: tlp."),
     patience: int | None = typer.Option(None, help="Stop after N validations without improvement."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:N."),
@@ -188,7 +190,8 @@ def _refuse_flags_of_other_tasks(task: str, flags: dict[str, object]) -> None:
         raise ConfigError(f"{what}, not --task {task}: drop {it} ignored)")
 
 
-show_defaults(train, {"config": "none", "resume": "none"})  # effective defaults in --help
+show_defaults(train, {"config": "none", "resume": "none",
+                      "meta_lr": "0.001; 0.0001 for a MAML-family graph run without --protocol"})  # effective defaults in --help
 
 
 def _csv_list(text: str, cast: Any = str) -> list[Any]:
@@ -406,13 +409,15 @@ def predict(
     prop_alpha: float | None = typer.Option(None, help="--method label-prop: teleport α."),
     probe_c: float | None = typer.Option(None, help="--method sgc-logreg/gcl-probe: logistic regression's C."),
     pretrain_epochs: int | None = typer.Option(None, help="--method gcl-probe: GRACE pretraining epochs."),
+    features: str | None = typer.Option(None, help="--method: feature preprocessing raw, row or standard.",
+                                        show_default="the graph's own"),
 ) -> None:
     """Label a few nodes of new classes, predict the rest: adapts the run's model on the support set exactly as
     its evaluation does, or (--method) answers with a training-free method and no run folder."""
     from cmlgraph.predict import adapt, predict_with_method, read_support_csv, resolve_graph
 
     options = {"prop_steps": prop_steps, "prop_alpha": prop_alpha, "probe_c": probe_c,
-               "pretrain_epochs": pretrain_epochs}
+               "pretrain_epochs": pretrain_epochs, "features": features}
     if (run_dir is None) == (method is None):
         raise ConfigError("give a run folder or --method NAME (a training-free method), not both"
                           if run_dir is not None else "give a run folder (cmlgraph predict RUN_DIR ...) or --method "

@@ -171,7 +171,8 @@ class TrainConfig:
     Attributes:
         steps: Meta-iterations (outer steps).
         meta_batch: Tasks per meta-iteration.
-        meta_lr: Adam learning rate β.
+        meta_lr: Adam learning rate β (default :data:`~cmlgraph.domains.registry.META_LR`: 1e-3; 1e-4 for the MAML
+            family's graph runs without a protocol, whose start is already the training-free baseline).
         seed: Seed of initialisation, task sampling and the fixed evaluation tasks.
         val_every: Validate every this many steps.
         val_tasks: Fixed validation tasks (default 100).
@@ -193,7 +194,7 @@ class TrainConfig:
 
     steps: int | None = None
     meta_batch: int | None = None
-    meta_lr: float = 1e-3
+    meta_lr: float | None = None
     seed: int = 0
     val_every: int | None = None
     val_tasks: int | None = None

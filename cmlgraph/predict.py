@@ -390,7 +390,8 @@ def _predict_task(algo: Any, model: Any, domain: Any, g: Any, nodes: list[int], 
 
 def predict_with_method(method: str, graph: Any, support: Mapping[Hashable, Hashable] | None = None, *,
                         classes: Sequence[Hashable] | None = None, data_root: str | None = None,
-                        device: str | None = None, seed: int = 0, **options: Any) -> Prediction:
+                        device: str | None = None, seed: int = 0, features: str | None = None,
+                        **options: Any) -> Prediction:
     """Predict every other node of a graph with a training-free method; no run folder (issue 17 item 5).
 
     The support set and every other node form one task, answered by the method's own test-time call (the one a
@@ -407,6 +408,9 @@ def predict_with_method(method: str, graph: Any, support: Mapping[Hashable, Hash
         data_root: Raw data root for a registered graph.
         device: ``cpu``/``cuda`` (default CPU).
         seed: Seed of ``gcl-probe``'s pretraining.
+        features: Feature preprocessing, ``raw``, ``row`` or ``standard`` (default: the graph's own, e.g. ``row``
+            on Cora). Not ``auto``: there are no validation tasks to choose on here; a ``--algo sgc-proto`` run
+            says what it chose (``summary.json["features"]``, and the console note).
         **options: ``prop_steps``, ``prop_alpha``, ``probe_c``, ``pretrain_epochs`` (as ``algo.*`` of a run).
 
     Raises:
@@ -419,7 +423,7 @@ def predict_with_method(method: str, graph: Any, support: Mapping[Hashable, Hash
     from cmlgraph.algorithms.baselines import BASELINE_ALGORITHMS
     from cmlgraph.config import AlgoConfig
     from cmlgraph.domains.graph import GraphDomain
-    from cmlgraph.graphs.features import with_features
+    from cmlgraph.graphs.features import FEATURE_MODES, with_features
 
     if method not in BASELINE_ALGORITHMS:
         raise ConfigError(f"--method {method!r} is not a training-free method; choose one of "
@@ -437,7 +441,12 @@ def predict_with_method(method: str, graph: Any, support: Mapping[Hashable, Hash
         raise ConfigError(f"--method {method} needs --graph (a registered name or a .npz file from graph.save)")
     g = resolve_method_graph(graph, data_root)
     nodes, labels, order = _task(g, support or {}, classes)
-    g, _ = with_features(g, None)
+    if features is not None and features not in FEATURE_MODES:
+        hint = (" (auto chooses on a run's validation tasks, and predicting without a run has none: give the "
+                "features a `cmlgraph train --algo sgc-proto` run chose, its summary.json \"features\")"
+                if features == "auto" else "")
+        raise ConfigError(f"--features {features!r}: choose one of {', '.join(FEATURE_MODES)}{hint}")
+    g, _ = with_features(g, features)
     dev = device or "cpu"
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {dev!r} was asked for but CUDA is not available; use --device cpu")

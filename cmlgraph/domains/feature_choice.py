@@ -74,7 +74,8 @@ def choose(cfg: Any, build: Any) -> tuple[Any, dict[str, Any]]:
         a candidate that cannot be built (standardising too large a sparse matrix) is listed under ``skipped``.
 
     Raises:
-        ConfigError: No candidate can be built, or the run has no validation tasks to choose on.
+        ConfigError: The first candidate (``row``) cannot be built: the run's settings do not fit the graph (its
+            own message, as with fixed features); or the run has no validation tasks to choose on.
     """
     from cmlgraph.domains.graph import CUSTOM_GRAPHS
     from cmlgraph.train.baseline_check import baseline_val
@@ -96,19 +97,18 @@ def choose(cfg: Any, build: Any) -> tuple[Any, dict[str, Any]]:
     for mode in CANDIDATES:
         try:
             domain = build(_with(cfg, mode))
-        except ConfigError as exc:  # e.g. standardising would densify too large a matrix
-            skipped[mode] = str(exc)
+        except ConfigError as exc:
+            if mode == CANDIDATES[0]:  # the settings themselves fail (e.g. more ways than a split's classes)
+                raise
+            skipped[mode] = str(exc)  # standardising would densify too large a matrix
             continue
         raws = domain.fixed("val", n, cfg.train.seed)
         rec = baseline_val(domain, raws, cfg.train.device, seed=int(cfg.train.seed))
         scores[mode], ks[mode] = float(rec["val"]), int(rec["settings"]["k"])
         domains[mode] = domain
-    if not scores:
-        raise ConfigError(f"data.features auto: no candidate preprocessing could be built ({skipped}); give "
-                          f"--features raw")
     chosen = max(scores, key=lambda m: (scores[m], -CANDIDATES.index(m)))
     record = {"chosen": chosen, "method": "sgc-proto", "val": scores, "k": ks,
-              "selected_on": f"{n} validation tasks (seed {cfg.train.seed})",
+              "selected_on": f"{n} validation task{'s' if n != 1 else ''} (seed {cfg.train.seed})",
               "seconds": round(time.perf_counter() - t0, 3)}
     if skipped:
         record["skipped"] = skipped

@@ -224,21 +224,24 @@ def near_chance_warning(res: dict[str, Any], metric: str, ways: int) -> str | No
 
 
 def baseline_warning(best_val: float, baseline_val: float | None, baseline: str = "sgc-proto",
-                     features: str | None = None) -> str | None:
+                     features: str | None = None, inner_loop: bool = True) -> str | None:
     """A warning naming both numbers when a run's best validation accuracy is below a training-free baseline's on
     the same validation tasks, else None (also None when no baseline score is known).
 
     Why: a meta-learned model that ends below ``sgc-proto`` (propagated features + cosine prototypes, no training)
     labels nodes worse than a method that learns nothing (issue 17 item 4). ``features``: the preprocessing the
-    baseline ran on, named in the recommended command where ``--algo {baseline}`` alone would pick another one
-    (a GCN run's unit-scale features, say), so that the command reproduces the quoted number."""
+    baseline ran on, named in both recommended commands (``--algo {baseline}`` alone may choose other features:
+    ``auto`` on Cora picks standardised ones where a random-start run reads row), so that they reproduce the quoted
+    number. ``inner_loop``: whether the run adapts with an inner loop (then ``--inner-lr`` is worth checking)."""
     if baseline_val is None or not math.isfinite(float(best_val)) or float(best_val) >= float(baseline_val):
         return None
+    flag = f" --features {features}" if features else ""
     return (f"best validation accuracy {float(best_val):.4f} is below the training-free baseline {baseline} "
             f"({float(baseline_val):.4f}) on the same validation tasks: the trained model labels these tasks worse "
-            f"than a method with no training; use `--algo {baseline}"
-            f"{f' --features {features}' if features else ''}` for such labels (predictions without a run "
-            f"folder: method {baseline} of the `cmlgraph predict` command), or check --features / --inner-lr")
+            f"than a method with no training; use `--algo {baseline}{flag}` for such labels (predictions without a "
+            f"run folder: method {baseline} of the `cmlgraph predict` command"
+            f"{f', features {features}' if features else ''}), or check --features"
+            + (" / --inner-lr" if inner_loop else ""))
 
 
 def distinct_tasks_warning(split: str, distinct: int, asked: int) -> str | None:

@@ -136,14 +136,11 @@ def build_experiment(cfg: Config, domain: Domain | None = None) -> Experiment:
     return Experiment(cfg, domain, model, algo, optimizer, scheduler, generator, device)
 
 
-def _baseline_features(cfg: Config, baseline: dict[str, Any]) -> str | None:
-    """The features the run's baseline check ran on, where ``--algo sgc-proto`` on this registered graph would pick
-    other ones (the dataset's default), else ``None``: the below-baseline warning then names them."""
-    from cmlgraph.graphs.features import DATASET_FEATURES
-
+def _baseline_features(baseline: dict[str, Any]) -> str | None:
+    """The features the run's baseline check ran on (the below-baseline warning names them in the commands it
+    recommends: ``--algo sgc-proto`` alone may choose others, ``data.features auto``), or ``None`` if unknown."""
     used = (baseline.get("settings") or {}).get("features")
-    default = DATASET_FEATURES.get(str(cfg.data.graph))
-    return used if used and default and used != default else None
+    return str(used) if used else None
 
 
 def _better(metric: str, new: float, best: float | None) -> bool:
@@ -646,7 +643,8 @@ class Trainer:
         at_chance = chance_warning(res, e.domain.metric, ways)
         self.guard.end(bad_result=at_chance is not None)  # loss spikes count only if they persist or end badly
         near = None if at_chance else near_chance_warning(res, e.domain.metric, ways)
-        below = (baseline_warning(self.best, baseline["val"], features=_baseline_features(cfg, baseline))
+        below = (baseline_warning(self.best, baseline["val"], features=_baseline_features(baseline),
+                                  inner_loop=bool(e.algo.uses_inner_loop))
                  if baseline and self.best is not None else None)
         warns += few + [w for w in [None if len(self.test_raws) < asked else test_tasks_warning(res["num_tasks"]),
                                     at_chance, near, below] if w]

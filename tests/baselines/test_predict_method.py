@@ -59,6 +59,33 @@ def test_sgc_proto_prediction_equals_the_hand_rule(graph):
     assert pred.labels == [("a", "b")[int(hand[i])] for i in pred.nodes]
 
 
+def test_features_choose_the_preprocessing_and_auto_is_refused(tmp_path, graph):
+    """``--features`` (session 27): a ``--algo sgc-proto`` run may choose standardised features (``auto``); the
+    predict command reproduces it with ``--features standard``. ``auto`` needs validation tasks, which predict has
+    not: refused with the way to the run's choice."""
+    from cmlgraph.baselines.propagation import sym_norm_propagate
+    from cmlgraph.graphs.features import with_features
+
+    g, path = graph
+    support = {3: "a", 9: "b", 14: "a"}
+    pred = predict_with_method("sgc-proto", g, support, prop_steps=2, features="standard")
+    x, _ = with_features(g, "standard")
+    z = torch.nn.functional.normalize(sym_norm_propagate(x.x, g.edge_index, g.num_nodes, 2), dim=1)
+    means = torch.stack([z[[3, 14]].mean(0), z[[9]].mean(0)])
+    hand = (z @ torch.nn.functional.normalize(means, dim=1).T).argmax(1)
+    assert pred.labels == [("a", "b")[int(hand[i])] for i in pred.nodes]
+    raw = predict_with_method("sgc-proto", g, support, prop_steps=2, features="raw")
+    assert not torch.allclose(torch.as_tensor(raw.probabilities), torch.as_tensor(pred.probabilities))
+    with pytest.raises(ConfigError, match="auto chooses on a run's validation tasks"):
+        predict_with_method("sgc-proto", g, support, features="auto")
+    csv_in = tmp_path / "labels.csv"
+    csv_in.write_text("node,label\n3,a\n9,b\n14,a\n")
+    out = tmp_path / "pred.csv"
+    assert _cli(["predict", "--method", "sgc-proto", "--graph", path, "--support", csv_in, "--out", out,
+                 "--prop-steps", 2, "--features", "standard"]) == 0
+    assert [r["prediction"] for r in _read(out)] == pred.labels
+
+
 def test_label_prop_leaves_unreached_nodes_unanswered(graph):
     g, _ = graph
     pred = predict_with_method("label-prop", g, {3: "a", 9: "b"}, prop_steps=1)

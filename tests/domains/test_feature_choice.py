@@ -190,3 +190,19 @@ def test_cora_chooses_standardised_features_on_its_validation_tasks():
     assert record["chosen"] == "standard" == domain.features
     assert record["val"]["standard"] > record["val"]["row"] + 0.05
     assert json.loads(json.dumps(record)) == record  # summary.json keeps it as it is
+
+
+def test_settings_that_do_not_fit_the_graph_fail_with_their_own_message():
+    """A fresh user's ``--graph cora`` with the default 5 ways got "no candidate preprocessing could be built
+    ({...}); give --features raw": wrong advice, the split was the problem. The plain error now comes through."""
+    g = _bag_of_words_graph()
+    cfg = prepare(cmlgraph.make_config(task="graph", graph=register_graph(g), ways=2, shots=2, queries=3,
+                                       algo="sgc-proto", features="auto", val_tasks=6))
+    with_fixed = _with(cfg, "row")
+    for c in (cfg, with_fixed):
+        c.data.ways = 5  # the re-split 2/2/2 classes cannot hold 5-way tasks
+    with pytest.raises(ConfigError) as fixed:
+        _build_domain(with_fixed)
+    with pytest.raises(ConfigError) as auto:
+        choose(cfg, _build_domain)
+    assert str(auto.value) == str(fixed.value) and "features" not in str(auto.value)

@@ -14,18 +14,22 @@ def test_at_or_above_baseline_or_unknown_is_silent():
     assert baseline_warning(0.10, None) is None
 
 
-def test_the_recommended_command_names_the_baselines_features_where_the_plain_one_would_pick_others():
-    """A GCN run on Cora trains on standard features (its baseline check too): `--algo sgc-proto` alone would run
-    on row features and not reproduce the quoted number (fresh-user trial, session 26)."""
-    from cmlgraph.api import make_config
-    from cmlgraph.train.trainer import _baseline_features, prepare
+def test_the_recommended_commands_name_the_baselines_features():
+    """A GCN run on Cora trains on standard features (its baseline check too): `--algo sgc-proto` alone ran on row
+    features and did not reproduce the quoted number (fresh-user trial, session 26); since `sgc-proto` chooses its
+    features (auto), a random-start run on row features met the opposite case (session 27). Both commands, train and
+    predict, now always name the features."""
+    from cmlgraph.train.trainer import _baseline_features
 
     msg = baseline_warning(0.809, 0.9125, features="standard")
     assert "`--algo sgc-proto --features standard`" in msg
+    assert "method sgc-proto of the `cmlgraph predict` command, features standard" in msg
     assert "`--algo sgc-proto`" in baseline_warning(0.809, 0.9125)
-    gcn = prepare(make_config(task="graph", graph="cora", gnn="gcn"))
-    assert _baseline_features(gcn, {"settings": {"k": 4, "features": "standard"}}) == "standard"
-    sgc = prepare(make_config(task="graph", graph="cora"))
-    assert _baseline_features(sgc, {"settings": {"k": 2, "features": "row"}}) is None  # the plain command's own
-    user = prepare(make_config(task="graph", graph="synthetic"))
-    assert _baseline_features(user, {"settings": {"k": 2, "features": "raw"}}) is None
+    assert _baseline_features({"settings": {"k": 4, "features": "standard"}}) == "standard"
+    assert _baseline_features({"settings": {"k": 2, "features": "row"}}) == "row"
+    assert _baseline_features({"settings": {"k": 2}}) is None
+
+
+def test_the_inner_step_size_is_named_only_for_a_run_with_an_inner_loop():
+    assert "--inner-lr" in baseline_warning(0.5, 0.8)
+    assert "--inner-lr" not in baseline_warning(0.5, 0.8, inner_loop=False)  # ProtoNet adapts nothing
