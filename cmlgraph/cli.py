@@ -190,8 +190,9 @@ def _refuse_flags_of_other_tasks(task: str, flags: dict[str, object]) -> None:
         raise ConfigError(f"{what}, not --task {task}: drop {it} ignored)")
 
 
+# effective defaults in --help
 show_defaults(train, {"config": "none", "resume": "none",
-                      "meta_lr": "0.001; 0.0001 for a MAML-family graph run without --protocol"})  # effective defaults in --help
+                      "meta_lr": "0.001; 0.0001 for a MAML-family graph run without --protocol"})
 
 
 def _csv_list(text: str, cast: Any = str) -> list[Any]:
