@@ -38,6 +38,9 @@ CANDIDATES = ("row", "standard")
 AUTO = "auto"
 #: What was chosen, per data settings and seed (see :func:`_key`): the mode and its record.
 _CHOSEN: dict[str | None, dict[str, Any]] = {}
+#: The chosen mode's full ``sgc-proto`` validation record, per :func:`_key`: the run's baseline check
+#: (:func:`cmlgraph.train.baseline_check.baseline_val` on the same tasks) reads it instead of computing it again.
+_BASELINES: dict[str | None, dict[str, Any]] = {}
 
 
 def _key(cfg: Any) -> str:
@@ -84,12 +87,13 @@ def choose(cfg: Any, build: Any) -> tuple[Any, dict[str, Any]]:
     key = None if str(cfg.data.graph) in CUSTOM_GRAPHS else _key(cfg)
     if key in _CHOSEN:
         record = _CHOSEN[key]
-        return build(_with(cfg, record["chosen"])), record
+        return _keep(build(_with(cfg, record["chosen"])), cfg, _BASELINES[key]), record
     t0 = time.perf_counter()
     scores: dict[str, float] = {}
     ks: dict[str, int] = {}
     skipped: dict[str, str] = {}
     domains: dict[str, Any] = {}
+    baselines: dict[str, dict[str, Any]] = {}
     n = int(cfg.train.val_tasks)
     if n < 1:
         raise ConfigError("data.features auto chooses on the validation tasks, but train.val_tasks is 0; give "
@@ -105,7 +109,7 @@ def choose(cfg: Any, build: Any) -> tuple[Any, dict[str, Any]]:
         raws = domain.fixed("val", n, cfg.train.seed)
         rec = baseline_val(domain, raws, cfg.train.device, seed=int(cfg.train.seed))
         scores[mode], ks[mode] = float(rec["val"]), int(rec["settings"]["k"])
-        domains[mode] = domain
+        domains[mode], baselines[mode] = domain, rec
     chosen = max(scores, key=lambda m: (scores[m], -CANDIDATES.index(m)))
     record = {"chosen": chosen, "method": "sgc-proto", "val": scores, "k": ks,
               "selected_on": f"{n} validation task{'s' if n != 1 else ''} (seed {cfg.train.seed})",
@@ -113,8 +117,25 @@ def choose(cfg: Any, build: Any) -> tuple[Any, dict[str, Any]]:
     if skipped:
         record["skipped"] = skipped
     if key is not None:
-        _CHOSEN[key] = record
-    return domains[chosen], record
+        _CHOSEN[key], _BASELINES[key] = record, baselines[chosen]
+    return _keep(domains[chosen], cfg, baselines[chosen]), record
+
+
+def _keep(domain: Any, cfg: Any, baseline: dict[str, Any]) -> Any:
+    """``domain`` with the chosen features' ``sgc-proto`` record on the run's validation tasks (``val_tasks``,
+    ``seed``, ``device``), for :func:`reusable_baseline`."""
+    domain.feature_baseline = ((int(cfg.train.val_tasks), int(cfg.train.seed), str(cfg.train.device)), baseline)
+    return domain
+
+
+def reusable_baseline(domain: Any, cfg: Any) -> dict[str, Any] | None:
+    """The ``sgc-proto`` validation record the feature choice computed for ``domain`` on exactly the run's
+    validation tasks (same count, seed and device), a copy; ``None`` where there is none (the run's baseline check
+    then computes it)."""
+    kept = getattr(domain, "feature_baseline", None)
+    if kept is None or kept[0] != (int(cfg.train.val_tasks), int(cfg.train.seed), str(cfg.train.device)):
+        return None
+    return copy.deepcopy(kept[1])
 
 
 def note(record: dict[str, Any]) -> str:
@@ -125,11 +146,4 @@ def note(record: dict[str, Any]) -> str:
             f"--features {others} fixes them)")
 
 
-def check_value(value: Any) -> None:
-    """Refuse ``auto`` where a concrete preprocessing is needed (raises ConfigError naming the fix)."""
-    if value == AUTO:
-        raise ConfigError("data.features auto is resolved when the run's domain is built; give row, standard or raw "
-                          "to preprocess features directly")
-
-
-__all__ = ["AUTO", "CANDIDATES", "check_value", "choose", "note"]
+__all__ = ["AUTO", "CANDIDATES", "choose", "note", "reusable_baseline"]

@@ -703,6 +703,11 @@ class Trainer:
             return None
         reason = baseline_check.skip_reason(self.cfg, e.domain, e.algo)
         if reason is None:
+            from cmlgraph.domains.feature_choice import reusable_baseline
+
+            kept = reusable_baseline(e.domain, self.cfg)  # features auto scored it on these tasks already
+            if kept is not None:
+                return kept
             try:
                 return baseline_check.baseline_val(e.domain, self.val_raws, e.device, seed=int(self.cfg.train.seed))
             except Exception as exc:  # noqa: BLE001 - a health check must never lose a finished run

@@ -206,3 +206,32 @@ def test_settings_that_do_not_fit_the_graph_fail_with_their_own_message():
     with pytest.raises(ConfigError) as auto:
         choose(cfg, _build_domain)
     assert str(auto.value) == str(fixed.value) and "features" not in str(auto.value)
+
+
+def test_the_runs_baseline_check_reuses_the_choices_score_on_the_same_tasks(tmp_path: Path, monkeypatch):
+    """The feature choice scored sgc-proto on the run's own validation tasks: the baseline check at the end of the
+    run reads that record (equal to computing it again) instead of fitting sgc-proto a third time."""
+    from cmlgraph.domains.feature_choice import reusable_baseline
+
+    g = _bag_of_words_graph()
+    cfg = prepare(cmlgraph.make_config(task="graph", graph=register_graph(g), ways=2, shots=2, queries=3,
+                                       features="auto", val_tasks=12, seed=1))
+    domain = build_domain(cfg)
+    kept = reusable_baseline(domain, cfg)
+    fresh = baseline_val(domain, domain.fixed("val", 12, 1), "cpu", seed=1)
+    assert kept is not None and kept["val"] == pytest.approx(fresh["val"]) and kept["settings"] == fresh["settings"]
+    other = _with(cfg, "auto")
+    other.train.val_tasks = 13  # other tasks: not reusable
+    assert reusable_baseline(domain, other) is None
+    calls = []
+    real = baseline_val
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr("cmlgraph.train.baseline_check.baseline_val", counting)
+    _, summary = cmlgraph.fit(g, ways=2, shots=2, queries=3, features="auto", runs_dir=str(tmp_path), **FAST)
+    assert len(calls) == 2  # the two candidates; the end-of-run check reused the chosen one's
+    assert summary["baseline_val"]["val"] == pytest.approx(
+        summary["feature_choice"]["val"][summary["feature_choice"]["chosen"]])
