@@ -387,7 +387,8 @@ def eval_cmd(
 
     res = reevaluate(run_dir, console, graph=graph, data_root=data_root)
     console.print(f"{res['metric']}: {res['mean']:.4f} ± {res['ci95']:.4f} over {res['num_tasks']} tasks"
-                  + (f"  ({res['nonfinite_tasks']} with NaN/inf predictions)" if res["nonfinite_tasks"] else ""))
+                  + (f"  ({res['nonfinite_tasks']} with NaN/inf predictions)" if res["nonfinite_tasks"] else "")
+                  + (f"  (features {res['features']}, as the run used)" if res.get("features") else ""))
 
 
 @app.command()

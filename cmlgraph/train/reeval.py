@@ -192,4 +192,4 @@ def reevaluate(run_dir: str | Path, console: Any = None, *, graph: Any = None,
             stage(bar, "evaluating", len(raws), keep=True) as hook:
         res = evaluate(algo, model, parameters_of(model), domain, raws, cfg.train.device, progress=hook)
     return {"metric": domain.metric, "mean": res["mean"], "ci95": res["ci95"], "num_tasks": res["num_tasks"],
-            "nonfinite_tasks": res["nonfinite_tasks"]}
+            "nonfinite_tasks": res["nonfinite_tasks"], "features": getattr(domain, "features", None)}

@@ -235,3 +235,15 @@ def test_the_runs_baseline_check_reuses_the_choices_score_on_the_same_tasks(tmp_
     assert len(calls) == 2  # the two candidates; the end-of-run check reused the chosen one's
     assert summary["baseline_val"]["val"] == pytest.approx(
         summary["feature_choice"]["val"][summary["feature_choice"]["chosen"]])
+
+
+def test_eval_says_which_features_it_read(tmp_path: Path, capsys):
+    from cmlgraph.cli import main
+
+    g = _bag_of_words_graph()
+    run_dir, summary = cmlgraph.fit(g, ways=2, shots=2, queries=3, features="auto", runs_dir=str(tmp_path), **FAST)
+    path = g.save(str(tmp_path / "g.npz"))
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", str(run_dir), "--graph", str(path)])
+    assert exc.value.code == 0
+    assert f"(features {summary['features']}, as the run used)" in capsys.readouterr().out
