@@ -192,7 +192,7 @@ def _refuse_flags_of_other_tasks(task: str, flags: dict[str, object]) -> None:
 
 # effective defaults in --help
 show_defaults(train, {"config": "none", "resume": "none",
-                      "meta_lr": "0.001; 0.0001 for a MAML-family graph run without --protocol"})
+                      "meta_lr": "0.001; 0.0001 for a MAML-family graph run from the PCA start (--init pca)"})
 
 
 def _csv_list(text: str, cast: Any = str) -> list[Any]:

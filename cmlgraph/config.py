@@ -172,7 +172,8 @@ class TrainConfig:
         steps: Meta-iterations (outer steps).
         meta_batch: Tasks per meta-iteration.
         meta_lr: Adam learning rate β (default :data:`~cmlgraph.domains.registry.META_LR`: 1e-3; 1e-4 for the MAML
-            family's graph runs without a protocol, whose start is already the training-free baseline).
+            family's graph runs from the PCA-initialised SGC without a protocol, whose start is already the
+            training-free baseline).
         seed: Seed of initialisation, task sampling and the fixed evaluation tasks.
         val_every: Validate every this many steps.
         val_tasks: Fixed validation tasks (default 100).

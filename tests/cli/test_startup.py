@@ -92,7 +92,7 @@ def test_train_help_shows_effective_defaults_and_flags_stay_unset():
                          timeout=60, env={"COLUMNS": "200", "PATH": ""}).stdout
     flat = " ".join(out.split())
     for text in ("N classes per task. [default: (5)]", "[default: (maml)]",
-                 "[default: (0.001; 0.0001 for a MAML-family graph run without --protocol)]",
+                 "[default: (0.001; 0.0001 for a MAML-family graph run from the PCA start (--init pca))]",
                  "domain default: sinusoid 5, graph 3, omniglot/digits 1", "[default: (true)]"):
         assert text in flat, text
     opts = [p for p in inspect.signature(train).parameters.values() if hasattr(p.default, "help")]
