@@ -111,7 +111,8 @@ def train(
     data_root: str | None = typer.Option(None, help="Raw data root (else $CMLGRAPH_DATA, else datasets/)."),
     allow_partial: bool | None = typer.Option(None, "--allow-partial", help="Run on the classes present."),
     split: str | None = typer.Option(None, help="Class split: counts 'a/b/c' or a JSON file."),
-    subgraph: str | None = typer.Option(None, help="Graph execution: auto, full, khop."),
+    subgraph: str | None = typer.Option(None, help="Graph execution: auto, full, khop (auto: the faster exact "
+                                                    "mode; khop above data.subgraph_threshold nodes, 20,000)."),
     features: str | None = typer.Option(None, help="Feature preprocessing: raw, row (L1), standard (z-score), "
                                                     "auto (row or standard, chosen on the run's validation tasks "
                                                     "by sgc-proto: the default of sgc-proto, ProtoNet and the MAML "
@@ -426,8 +427,10 @@ def predict(
                           "NAME with --graph (a training-free method: sgc-proto, label-prop, sgc-logreg, gcl-probe)")
     if run_dir is not None and any(v is not None for v in options.values()):
         given = [f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None]
-        raise ConfigError(f"{', '.join(given)} set a training-free method's options; a run folder keeps its own "
-                          f"settings: drop them, or use --method")
+        one = len(given) == 1
+        raise ConfigError(f"{', '.join(given)} {'sets' if one else 'set'} a training-free method's "
+                          f"option{'' if one else 's'}; a run folder keeps its own settings: drop "
+                          f"{'it' if one else 'them'}, or use --method")
     if method is not None and graph is None:
         raise ConfigError(f"--method {method} needs --graph (a registered graph name or a .npz file from "
                           f"graph.save(PATH))")

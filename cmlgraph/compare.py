@@ -137,14 +137,16 @@ def preset_overrides(cfg: Config, overrides: dict[str, dict[str, Any]] | None = 
             if (section, key) not in _IDENTITY and value != theirs.get(section, {}).get(key)}
 
 
-def describe_overrides(domain: str, diffs: dict[str, tuple[Any, Any]]) -> str:
-    """One line naming where compare's cell differs from ``cmlgraph train`` (empty when it does not)."""
+def describe_overrides(domain: str, diffs: dict[str, tuple[Any, Any]], algos: Sequence[str] = ()) -> str:
+    """One line naming where compare's cell differs from ``cmlgraph train`` (empty when it does not); ``algos``
+    names the algorithms it is about where they differ (``cora (maml): ...``)."""
     if not diffs:
         return ""
     file = PRESETS.get(domain, ("graph-table.yaml", {}))[0]
     what = ", ".join(f"{key.split('.', 1)[1]} {mine} (train: {'default' if train is None else train})"
                      for key, (mine, train) in diffs.items())
-    return f"{domain}: compare's preset (configs/{file}) differs from `cmlgraph train`'s defaults: {what}"
+    who = f"{domain} ({', '.join(algos)})" if algos else domain
+    return f"{who}: compare's preset (configs/{file}) differs from `cmlgraph train`'s defaults: {what}"
 
 
 def _key(cfg: Config) -> str:
@@ -352,15 +354,22 @@ def run_compare(domains: Sequence[str], algos: Sequence[str], seeds: Sequence[in
     plan = []
     differs: dict[tuple[str, str], str] = {}
     for domain in domains:
+        diffs: dict[str, dict[str, tuple[Any, Any]]] = {}
         for algo in algos:
             for seed in seeds:
                 for cml in (False, True):
                     cfg = domain_config(domain, algo, cml, seed, overrides)
                     prepare(cfg)  # validate every cell before training any
                     plan.append((domain, algo, seed, cml, cfg))
-            line = describe_overrides(domain, preset_overrides(cfg, overrides))
-            if line and line not in differs.values():  # said once, before any training, so no one mistakes
-                log(f"note: {line}")                      # these runs for `cmlgraph train`'s
+            diffs[algo] = preset_overrides(cfg, overrides)
+        # said once per distinct difference, before any training, so no one mistakes these runs for `cmlgraph
+        # train`'s; where the algorithms' differences differ (train's meta-lr is MAML's own), each names its own
+        distinct = {json.dumps(d, sort_keys=True, default=str) for d in diffs.values()}
+        for algo in algos:
+            same = [a for a in algos if diffs[a] == diffs[algo]]
+            line = describe_overrides(domain, diffs[algo], same if len(distinct) > 1 else ())
+            if line and line not in differs.values():
+                log(f"note: {line}")
             differs[(domain, algo)] = line
     items = [(cfg, f"{domain}-{algo}-{'cml' if cml else 'base'}-s{seed}",
               lambda m, i=i: log(f"[{i}/{len(plan)}] {m}")) for i, (domain, algo, seed, cml, cfg) in enumerate(plan, 1)]

@@ -68,3 +68,20 @@ def test_compare_png_clips_accuracy_and_plots_the_paired_difference():
     lo, hi = bottom.get_ylim()
     assert -1.0 <= lo < -0.03 and 0.07 < hi <= 1.0
     plt.close(fig)
+
+
+def test_preset_notes_name_their_algorithms_where_they_differ(monkeypatch, tmp_path):
+    """A fresh user saw two "cora: compare's preset ... differs" notes, one with `meta_lr 0.001 (train: 0.0001)`
+    (train's MAML default since session 27) and one without (ProtoNet's), and had to guess which was which."""
+    monkeypatch.setitem(compare.PRESETS, "synthetic", ("graph-table.yaml", {
+        "data": {"graph": "synthetic", "ways": 2, "synthetic_nodes": 300, "synthetic_classes": 12},
+        "train": {"meta_lr": 0.001}}))
+    logs: list[str] = []
+    run_compare(["synthetic"], ["maml", "protonet"], [0], tmp_path / "runs", TINY, log=logs.append)
+    notes = [m for m in logs if m.startswith("note: synthetic")]
+    assert any(n.startswith("note: synthetic (maml): ") and "meta_lr 0.001 (train: 0.0001)" in n for n in notes)
+    assert not any("(protonet)" in n and "meta_lr" in n for n in notes)  # ProtoNet's default is 0.001 too
+    same: list[str] = []
+    run_compare(["synthetic"], ["maml", "anil"], [0], tmp_path / "runs2", TINY, log=same.append)
+    lines = [m for m in same if m.startswith("note: synthetic")]
+    assert len(lines) == 1 and lines[0].startswith("note: synthetic: ")  # one note, no names, where they agree

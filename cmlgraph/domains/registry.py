@@ -109,7 +109,7 @@ def _start_defaults(cfg: Config) -> None:
     A MAML-family graph run without a protocol starts where the training-free baselines are: a PCA-initialised SGC
     (``Â^K X`` projected on its principal axes), L2-normalised features and Proto-MAML heads (docs/baselines.md:
     measured on the five local graphs). ProtoNet on a graph gets the same extractor start and scale (it has no head):
-    its prototypes then start as ``sgc-proto``'s class means (session 27: with the published random start it tested
+    its prototypes then start near ``sgc-proto``'s class means (session 27: with the published random start it tested
     59.0 % on Cora 2-way 3-shot, below ``sgc-proto``'s 81.5 %; with this start 83.6 %). A protocol (the paper's
     settings), G-Meta, AMM-GNN and the other domains keep the published architecture: random init, raw features of
     the extractor, a learned head.

@@ -70,6 +70,8 @@ def choose_mode(graph: FewShotGraph, sampler: EpisodeSampler, *, hops: int, tree
     """
     if graph.num_nodes > threshold:
         return "khop", f"{graph.num_nodes:,} nodes > data.subgraph_threshold {threshold:,}"
+    if trees and kind == "sgc" and SGC_PLAN_RATIO <= 0.0:  # no probe: the neighbourhood's size does not matter
+        return "full", f"{graph.num_nodes:,} nodes <= data.subgraph_threshold {threshold:,}; {speed_rule(trees, kind)}"
     whole = graph.num_nodes + graph.num_edges
     work = neighbourhood_work(graph, sampler, hops)
     ratio = (SGC_PLAN_RATIO if kind == "sgc" else PLAN_RATIO) if trees else SUBGRAPH_RATIO
