@@ -123,11 +123,13 @@ class _Member:
 
     @property
     def steps(self) -> int:
-        return int(self.trainer.cfg.train.steps)
+        """Meta-steps the run trains: its ``train.steps``; 0 for a training-free baseline (whose whole run is done
+        when it opens)."""
+        return int(self.trainer.cfg.train.steps) if getattr(self.trainer.exp.algo, "trains", True) else 0
 
     def active(self) -> bool:
         t = self.trainer
-        return self.ok and t.step < self.steps and not t._patience_spent()
+        return self.ok and self.result.summary is None and t.step < self.steps and not t._patience_spent()
 
 
 @contextmanager

@@ -84,3 +84,24 @@ def test_bad_parallel_runs_is_refused(tmp_path, capsys, command, bad):
     err = capsys.readouterr().err
     assert f"--parallel-runs {bad}" in err and "at least 1" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_training_free_baselines_in_a_group_finish_and_equal_their_runs_alone(tmp_path):
+    """A leaderboard with --parallel-runs 3 stopped at its first group (session 27): three sgc-proto seeds were
+    scored when their group opened and then stepped as if they trained ("it has no meta-gradients")."""
+    from cmlgraph.api import make_config
+    from cmlgraph.train.parallel import raise_first_error, train_parallel
+    from cmlgraph.train.trainer import train
+
+    def cfg(seed, runs):
+        c = make_config(task="graph", graph="synthetic", ways=2, shots=2, algo="sgc-proto", seed=seed,
+                        test_tasks=20, val_tasks=10, synthetic_nodes=300, synthetic_classes=12)
+        c.run.runs_dir, c.run.name = str(tmp_path / runs), f"s{seed}"
+        return c
+
+    results = train_parallel([cfg(s, "group") for s in (0, 1, 2)], progress=False)
+    raise_first_error(results)
+    for seed, res in zip((0, 1, 2), results, strict=True):
+        assert res.error is None and res.summary is not None and res.summary["steps"] == 0
+        _, alone = train(cfg(seed, "alone"), progress=False)
+        assert res.summary["mean"] == pytest.approx(alone["mean"])
