@@ -83,8 +83,23 @@ NOT_SETTINGS = frozenset({
 })
 
 
+#: The settings a training-free baseline's run reads (besides ``data.*``): its own options and its evaluation tasks.
+#: Its config still holds the meta-learning defaults (init, head, meta learning rate...), which it never uses.
+TRAINING_FREE_SETTINGS = frozenset({"algo.prop_steps", "algo.prop_alpha", "algo.probe_c", "algo.pretrain_epochs",
+                                    "train.seed", "train.val_tasks", "train.test_tasks"})
+
+
+def _training_free(cfg: dict[str, Any], summary: dict[str, Any] | None) -> bool:
+    if summary is not None and "training_free" in summary:
+        return bool(summary["training_free"])
+    from cmlgraph.leaderboard.methods import BASELINES  # torch-free (listing runs imports no torch)
+
+    return str((cfg.get("algo") or {}).get("algo")) in BASELINES
+
+
 def run_settings(cfg: dict[str, Any], summary: dict[str, Any] | None) -> dict[str, Any]:
-    """A run's settings as flat ``section.key`` → value (the ``run`` section and :data:`NOT_SETTINGS` left out).
+    """A run's settings as flat ``section.key`` → value (the ``run`` section and :data:`NOT_SETTINGS` left out;
+    for a training-free baseline only ``data.*`` and :data:`TRAINING_FREE_SETTINGS`, the settings it reads).
 
     ``data.features`` is the preprocessing the run resolved (``summary.json``'s ``features``) when recorded: a
     config leaves it unset for the graph's default. A graph run's config written before ``data.features`` existed
@@ -92,6 +107,8 @@ def run_settings(cfg: dict[str, Any], summary: dict[str, Any] | None) -> dict[st
     """
     flat = {f"{section}.{key}": value for section, values in cfg.items() if section != "run" and
             isinstance(values, dict) for key, value in values.items() if f"{section}.{key}" not in NOT_SETTINGS}
+    if _training_free(cfg, summary):
+        flat = {k: v for k, v in flat.items() if k.startswith("data.") or k in TRAINING_FREE_SETTINGS}
     data = cfg.get("data") or {}
     if data.get("task", "graph") == "graph":
         if isinstance(data, dict) and "features" not in data:
@@ -115,12 +132,15 @@ def differing_settings(records: list[dict[str, Any]]) -> None:
         order = {"data": 0, "model": 1, "algo": 2, "train": 3}  # the config's section order
         keys = sorted({k for r in group for k in r.get("settings", {})},
                       key=lambda k: (order.get(k.split(".", 1)[0], 4), k))
+        def reads(r: dict[str, Any], k: str) -> bool:  # a training-free run has no meta-learning settings
+            return not r.get("training_free") or k in r.get("settings", {})
+
         differ = [k for k in keys if len({json.dumps(r.get("settings", {}).get(k), sort_keys=True, default=str)
-                                          for r in group}) > 1]
+                                          for r in group if reads(r, k)}) > 1]
         tails = [k.split(".", 1)[-1] for k in differ]
         for r in group:
             r["differs"] = {(t if tails.count(t) == 1 else k): r.get("settings", {}).get(k)
-                            for k, t in zip(differ, tails, strict=True)}
+                            for k, t in zip(differ, tails, strict=True) if reads(r, k)}
 
 
 def format_settings(record: dict[str, Any]) -> str:
@@ -158,6 +178,8 @@ def describe_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "started_s": started, "cmlgraph": None,
         "warnings": [], "settings": run_settings(cfg, summary),
     }
+    if _training_free(cfg, summary):  # nothing is meta-trained: 0 of 0 steps, not 0 of the config's 500
+        record["steps"], record["training_free"] = 0, True
     if summary is not None:
         for key in ("metric", "mean", "ci95", "num_tasks", "partial", "cml"):
             if key in summary:
