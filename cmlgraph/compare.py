@@ -58,10 +58,8 @@ def check_domains(domains: Sequence[str]) -> None:
     for domain in domains:
         key = str(domain).strip().lower().replace("_", "-")
         if domain not in PRESETS and key not in graphs and domain not in CUSTOM_GRAPHS:
-            close = difflib.get_close_matches(key, [*TASK_DOMAINS, *graphs], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"--domains: unknown domain {domain!r}{hint}; valid: {', '.join(TASK_DOMAINS)}, or a "
-                              f"graph: {', '.join(graphs)}")
+            raise ConfigError(f"--domains: unknown domain {domain!r}{_closest(key, [*TASK_DOMAINS, *graphs])}; "
+                              f"valid: {', '.join(TASK_DOMAINS)}, or a graph: {', '.join(graphs)}")
 
 
 def check_algos(algos: Sequence[str]) -> None:
@@ -75,9 +73,14 @@ def check_algos(algos: Sequence[str]) -> None:
 
     for algo in algos:
         if algo not in ALGORITHMS:
-            close = difflib.get_close_matches(str(algo), list(ALGORITHMS), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"--algos: unknown algorithm {algo!r}{hint}; valid: {', '.join(ALGORITHMS)}")
+            raise ConfigError(f"--algos: unknown algorithm {algo!r}{_closest(str(algo), list(ALGORITHMS))}; valid: "
+                              f"{', '.join(ALGORITHMS)}")
+
+
+def _closest(name: str, valid: Sequence[str]) -> str:
+    """`` (did you mean 'X'?)`` for the valid name closest to ``name``, or nothing."""
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def domain_config(domain: str, algo: str, cml: bool, seed: int, overrides: dict[str, dict[str, Any]] | None = None

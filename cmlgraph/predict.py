@@ -97,7 +97,7 @@ def _load_run(run_dir: str | os.PathLike[str]) -> _Run:
     """A finished graph run's config, algorithm and inference weights (``model.pt``, read weights-only)."""
     from cmlgraph.algorithms.registry import get_algorithm
     from cmlgraph.config import from_yaml, load_yaml
-    from cmlgraph.graphs.features import pin_legacy_features
+    from cmlgraph.graphs.features import pin_legacy_features, run_features
     from cmlgraph.train.io import load_torch
     from cmlgraph.train.trainer import prepare
 
@@ -115,9 +115,7 @@ def _load_run(run_dir: str | os.PathLike[str]) -> _Run:
     from cmlgraph.train.reeval import run_data_root
 
     cfg.data.data_root = run_data_root(run_dir, cfg)  # the run's recorded root when nothing else names one
-    summary = run_dir / "summary.json"
-    if summary.is_file():  # the preprocessing the run resolved (data.features None: the graph's default)
-        cfg.data.features = json.loads(summary.read_text()).get("features") or cfg.data.features
+    run_features(cfg, run_dir)  # the preprocessing the run used (auto: its choice; None: the graph's default)
     if cfg.data.task != "graph":
         raise ConfigError(f"{run_dir} is a {cfg.data.task} run; predict and embed need a node-classification run "
                           f"(task: graph)")

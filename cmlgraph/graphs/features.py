@@ -124,20 +124,7 @@ def pin_legacy_features(cfg: Any, saved: Any) -> Any:
     if isinstance(data, dict) and "features" not in data:
         cfg.data.features = "raw"
     elif (isinstance(data, dict) and data.get("features") is None and cfg.data.features is None
-          and cfg.algo.algo in ("gmeta", "ammgnn") and cfg.data.protocol is None
-          and str(cfg.data.graph) in DATASET_FEATURES):
-        # G-Meta / AMM-GNN runs saved before they defaulted to raw features ran on the dataset's default
-        cfg.data.features = DATASET_FEATURES[str(cfg.data.graph)]
-    elif (isinstance(data, dict) and data.get("features") is None and cfg.data.features is None
-          and cfg.algo.algo in ("maml", "anil", "boil", "maml++", "sharp-maml") and cfg.data.protocol is None
-          and str(getattr(cfg.model, "gnn", None) or "sgc") != "sgc" and str(cfg.data.graph) in DATASET_FEATURES):
-        # MAML-family runs of a random-init GNN saved before they defaulted to unit-scale features ran on the
-        # dataset's default (cmlgraph.domains.registry._gnn_feature_defaults)
-        cfg.data.features = DATASET_FEATURES[str(cfg.data.graph)]
-    elif (isinstance(data, dict) and data.get("features") is None and cfg.data.features is None
-          and cfg.data.protocol is None and str(cfg.data.graph) in DATASET_FEATURES and _auto_by_default(cfg)):
-        # sgc-proto and the MAML family's SGC saved before they chose their features on validation
-        # (cmlgraph.domains.registry._auto_feature_defaults) ran on the dataset's default
+          and cfg.data.protocol is None and str(cfg.data.graph) in DATASET_FEATURES and _default_changed(cfg)):
         cfg.data.features = DATASET_FEATURES[str(cfg.data.graph)]
     model = saved.get("model") if isinstance(saved, dict) else None
     if isinstance(model, dict) and "init" not in model:
@@ -148,30 +135,32 @@ def pin_legacy_features(cfg: Any, saved: Any) -> Any:
     return cfg
 
 
-def _auto_by_default(cfg: Any) -> bool:
-    """Whether today's defaults give this saved config ``data.features auto``: ``sgc-proto``, or a MAML-family SGC
-    (whose start was PCA unless the folder says otherwise), on a graph of
-    :data:`cmlgraph.domains.registry.GNN_FEATURES`."""
-    from cmlgraph.domains.registry import AUTO_FEATURE_BASELINES, GNN_FEATURES, MAML_FAMILY
+def _default_changed(cfg: Any) -> bool:
+    """Whether a saved config with ``data.features`` unset ran on the dataset's default, which today's defaults no
+    longer give it (:mod:`cmlgraph.domains.registry`): G-Meta and AMM-GNN (raw since issue 17), a MAML-family
+    randomly initialised GNN (unit scale since session 26), ``sgc-proto`` and a MAML-family SGC on a graph of
+    ``GNN_FEATURES`` (chosen on validation, ``auto``, since session 27)."""
+    from cmlgraph.domains.registry import AUTO_FEATURE_BASELINES, GNN_FEATURES, MAML_FAMILY, TLP_ENCODERS
 
-    if str(cfg.data.graph) not in GNN_FEATURES:
-        return False
-    algo = cfg.algo.algo
-    return algo in AUTO_FEATURE_BASELINES or (algo in MAML_FAMILY and str(cfg.model.gnn or "sgc") == "sgc")
+    algo, sgc = cfg.algo.algo, str(cfg.model.gnn or "sgc") == "sgc"
+    if algo in TLP_ENCODERS or (algo in MAML_FAMILY and not sgc):
+        return True
+    return str(cfg.data.graph) in GNN_FEATURES and (algo in AUTO_FEATURE_BASELINES or algo in MAML_FAMILY)
 
 
 def run_features(cfg: Any, run_dir: Any) -> Any:
-    """``cfg`` with ``data.features auto`` replaced by what the run folder's ``summary.json`` says the run chose
-    (:mod:`cmlgraph.domains.feature_choice`), so that re-evaluating or predicting with a trained model reads the
-    features it was trained on without choosing again. ``cfg`` is changed in place and returned."""
+    """``cfg`` with ``data.features`` set to the preprocessing the run folder's ``summary.json`` says the run used
+    (``auto``: what it chose, :mod:`cmlgraph.domains.feature_choice`; unset: the graph's default it resolved), so
+    that re-evaluating or predicting with a trained model reads the features it was trained on without choosing
+    again. A folder without a summary keeps its config's value. ``cfg`` is changed in place and returned."""
     import json
     from pathlib import Path
 
     summary = Path(run_dir) / "summary.json"
-    if cfg.data.features == "auto" and summary.is_file():
-        chosen = json.loads(summary.read_text()).get("features")
-        if chosen in FEATURE_MODES:
-            cfg.data.features = chosen
+    if summary.is_file():
+        used = json.loads(summary.read_text()).get("features")
+        if used in FEATURE_MODES:
+            cfg.data.features = used
     return cfg
 
 

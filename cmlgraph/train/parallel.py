@@ -129,7 +129,7 @@ class _Member:
 
     def active(self) -> bool:
         t = self.trainer
-        return self.ok and self.result.summary is None and t.step < self.steps and not t._patience_spent()
+        return self.ok and t.step < self.steps and not t._patience_spent()
 
 
 @contextmanager
