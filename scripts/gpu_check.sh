@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 18's GPU evidence in one run (meant to take about 8 minutes on one GPU; the steps' timeouts bound it at
-# about 15): the bench's k-hop and G-Meta ratios on CUDA, a default graph run's wall time on the GPU vs the CPU, the
+# about 20): the bench's k-hop ratios (--quick) and G-Meta ratios (--domains gmeta, needs Amazon-Computer) on CUDA, a default graph run's wall time on the GPU vs the CPU, the
 # GPU's peak memory, CUDA graphs (captured = eager test, FOMAML wall time on/off), and one Table 3 setting's 10 runs
 # (G-Meta ± CML, 5 seeds, CiteSeer 2-way 5-shot) trained with --parallel-runs 5 (needs CMLGRAPH_DATA).
 # With TABLE3=1 it then trains the whole local Table 3 (80 runs) with --parallel-runs 10 (at most 15 minutes more).
@@ -23,10 +23,8 @@ out=${1:-$(mktemp -d)}
 mkdir -p "$out"
 python -c "import torch; print('gpu_check: torch', torch.__version__, 'on', torch.cuda.get_device_name(0))"
 
-echo "== bench --device cuda (k-hop and G-Meta ratios; spawned case processes) =="
-timeout 240 python -m cmlgraph bench --device cuda --quick --budget 5 --json "$out/bench_cuda.json" || \
-    echo "gpu_check: bench exited with status $?"
-python - "$out/bench_cuda.json" <<'PY' || true
+bench_ratios() {  # $1: the bench's JSON; prints its k-hop and G-Meta ratios and every case's time
+    python - "$1" <<'PY' || echo "gpu_check: no bench results in $1"
 import json, sys
 doc = json.load(open(sys.argv[1]))
 for name, r in doc["ratios"].items():
@@ -35,6 +33,20 @@ for name, r in doc["ratios"].items():
 for c in doc["cases"]:
     print(f"{c['name']:45s} ms/iter={c.get('ms_per_iter')} skipped={c['skipped']} error={c.get('error')}")
 PY
+}
+echo "== bench --device cuda --quick (k-hop ratios on the 10k-node graph; spawned case processes) =="
+timeout 240 python -m cmlgraph bench --device cuda --quick --budget 5 --json "$out/bench_cuda.json" || \
+    echo "gpu_check: bench exited with status $?"
+bench_ratios "$out/bench_cuda.json"
+# --quick has no G-Meta case (it builds Amazon-Computer's balls), so the G-Meta ratio is its own bench run.
+if [ -d "${CMLGRAPH_DATA:-/nonexistent}/amazon_computers" ]; then
+    echo "== bench --device cuda --domains gmeta (G-Meta ratios on Amazon-Computer; target batched/per-node >= 10) =="
+    timeout 300 python -m cmlgraph bench --device cuda --domains gmeta --budget 5 --json "$out/bench_gmeta.json" || \
+        echo "gpu_check: G-Meta bench exited with status $?"
+    bench_ratios "$out/bench_gmeta.json"
+else
+    echo "gpu_check: G-Meta bench skipped: Amazon-Computer is not under CMLGRAPH_DATA (${CMLGRAPH_DATA:-unset})"
+fi
 
 for dev in cuda cpu; do
     echo "== default graph run, 200 steps, --device $dev =="
