@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 18's GPU evidence in one run (meant to take about 8 minutes on one GPU; the steps' timeouts bound it at
-# about 20): the bench's k-hop ratios (--quick) and G-Meta ratios (--domains gmeta, needs Amazon-Computer) on CUDA, a default graph run's wall time on the GPU vs the CPU, the
-# GPU's peak memory, CUDA graphs (captured = eager test, FOMAML wall time on/off), and one Table 3 setting's 10 runs
-# (G-Meta ± CML, 5 seeds, CiteSeer 2-way 5-shot) trained with --parallel-runs 5 (needs CMLGRAPH_DATA).
+# about 25): the bench's k-hop ratios (--quick) and G-Meta ratios (--domains gmeta) on CUDA, a default graph run's
+# wall time on the GPU vs the CPU, the GPU's peak memory, CUDA graphs (captured = eager tests; sinusoid FOMAML and
+# G-Meta + CML wall time with --cuda-graphs on vs off), and one Table 3 setting's 10 runs (G-Meta +- CML, 5 seeds,
+# CiteSeer 2-way 5-shot) trained with --parallel-runs 5. The G-Meta and Table 3 steps need CMLGRAPH_DATA.
 # With TABLE3=1 it then trains the whole local Table 3 (80 runs) with --parallel-runs 10 (at most 15 minutes more).
 # Usage: scripts/gpu_check.sh [OUT_DIR]   (default: a fresh temporary folder). Exits 0 with a message without a GPU.
 set -euo pipefail
@@ -67,7 +68,7 @@ subprocess.run([sys.executable, "-c", (
     sys.argv[1]], check=False)
 PY
 echo "== CUDA graphs: captured vs eager meta-step (test), and sinusoid FOMAML 300 steps with --cuda-graphs on vs off =="
-timeout 120 python -m pytest -q tests/train/test_cuda_graphs.py 2>&1 | tail -3 || echo "gpu_check: cuda-graph test exited"
+timeout 150 python -m pytest -q tests/train/test_cuda_graphs.py tests/train/test_cuda_graph_balls.py 2>&1 | tail -3 || echo "gpu_check: cuda-graph test exited"
 for mode in off on; do
     start=$(date +%s.%N)
     timeout 90 python -m cmlgraph train --task sinusoid --first-order --steps 300 --device cuda --cuda-graphs "$mode" \
@@ -76,6 +77,18 @@ for mode in off on; do
     grep -h "CUDA graphs off" "$out/graphs-$mode.log" || true
     echo "gpu_check: sinusoid FOMAML --cuda-graphs $mode took $(python -c "print(round($(date +%s.%N) - $start, 1))") s"
 done
+if [ -d "${CMLGRAPH_DATA:-/nonexistent}/amazon_computers" ]; then
+    echo "== CUDA graphs: G-Meta + CML (Table 3 setting), Amazon-Computer 2-way 5-shot, 100 steps, on vs off =="
+    for mode in off on; do
+        start=$(date +%s.%N)
+        timeout 150 python -m cmlgraph train --config configs/paper/table3-gmeta.yaml --graph amazon-computers \
+            --ways 2 --shots 5 --cml --steps 100 --patience 1000 --test-tasks 50 --device cuda --cuda-graphs "$mode" \
+            --runs-dir "$out/runs" --name "gmeta-graphs-$mode" --quiet --overwrite > "$out/gmeta-graphs-$mode.log" 2>&1 || \
+            echo "gpu_check: G-Meta --cuda-graphs $mode exited with status $?"
+        grep -h "CUDA graphs off\|runs as a CUDA graph" "$out/gmeta-graphs-$mode.log" || true
+        echo "gpu_check: G-Meta --cuda-graphs $mode took $(python -c "print(round($(date +%s.%N) - $start, 1))") s"
+    done
+fi
 
 table3() {  # $1: selector, $2: runs per arm, $3: --parallel-runs, $4: time limit (s), $5: folder
     start=$(date +%s.%N)

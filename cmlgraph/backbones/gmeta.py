@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cmlgraph.backbones.ball_static import STATIC_KEY
 from cmlgraph.backbones.base import Backbone, mlp_head
 from cmlgraph.backbones.binary_features import BinaryRows, binary_codes
 from cmlgraph.backbones.gnn_ops import (
@@ -289,12 +290,16 @@ class BallGCN(Backbone):
         # accumulating index_put (about 15 % of a G-Meta meta-iteration on Amazon-Computer).
         if "gather" in lay:
             xw = xw.index_select(0, lay["gather"])
+        static = lay.get(STATIC_KEY, False)  # padded buffers of a CUDA graph (:mod:`.ball_static`)
         # One task: its bias broadcasts (the per-row gather's backward would be a scatter over every ball row).
-        bias = b1 if t == 1 else b1.index_select(0, lay["task_of_row"])
+        bias = b1 if t == 1 and not static else b1.index_select(0, lay["task_of_row"])
         h1 = F.relu(sparse_matmul(lay["B"], xw) + bias)
         if self.training and dropout and self.dropout > 0:
             h1 = _dropout(h1, self.dropout) if draws is None else _dropout_streams(h1, self.dropout, draws)
-        z = sparse_matmul(lay["PB"], h1).view(t, n, h)
+        if static:  # the readout P·B as a weighted index_add: its CSR row pointer would depend on the ball sizes
+            z = h1.new_zeros(t * n, h).index_add(0, lay["ball_of_row"], h1 * lay["pool"].unsqueeze(1)).view(t, n, h)
+        else:
+            z = sparse_matmul(lay["PB"], h1).view(t, n, h)
         return torch.baddbmm(b2.unsqueeze(1), z, w2.transpose(1, 2))
 
     def extra_repr(self) -> str:

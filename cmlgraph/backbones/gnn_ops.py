@@ -131,9 +131,23 @@ class RowScaledSymmetric:
         self.offsets, self.cols, self.row_scale = crow[:-1].contiguous(), cols, row_scale
         self.shape = (int(row_scale.numel()), int(row_scale.numel()))
 
+    @classmethod
+    def from_offsets(cls, offsets: Tensor, cols: Tensor, row_scale: Tensor) -> RowScaledSymmetric:
+        """The matrix whose row ``i`` holds ``cols[offsets[i]:offsets[i + 1]]`` (the last row: to the end), on
+        these very tensors (no copy: a CUDA graph's fixed buffers, :mod:`cmlgraph.backbones.ball_static`)."""
+        out = cls.__new__(cls)
+        out.offsets, out.cols, out.row_scale = offsets, cols, row_scale
+        out.shape = (int(row_scale.numel()), int(row_scale.numel()))
+        return out
+
     def matmul(self, y: Tensor) -> Tensor:
         """``B @ y`` for ``y`` of shape ``[n, k]``."""
         return _RowScaledSymmetricSum.apply(self.cols, self.offsets, self.row_scale, y, False)
+
+
+def stored_transpose(a: Tensor) -> Tensor | None:
+    """The CSR transpose that :func:`transposable` or :func:`transposable_csr` stored with ``a``, else ``None``."""
+    return getattr(a, _TRANSPOSE, None)
 
 
 def with_values(a: Tensor, values: Tensor) -> Tensor:
@@ -358,6 +372,7 @@ __all__ = [
     "sparse_aware_linear",
     "sparse_features",
     "sparse_matmul",
+    "stored_transpose",
     "sparse_nnz",
     "sum_adj",
     "transposable",

@@ -33,25 +33,31 @@ import torch
 from torch import Tensor
 
 from cmlgraph.algorithms.base import MetaAlgorithm, MetaStep
+from cmlgraph.algorithms.tlp import GMeta
+from cmlgraph.backbones.gmeta import MAX_ROWS
 from cmlgraph.algorithms.variants import ANIL, BOIL
 from cmlgraph.core.episode import Episode, can_stack
 from cmlgraph.core.model import parameters_of
 from cmlgraph.core.objective import OuterLoss
 from cmlgraph.errors import ConfigError
+from cmlgraph.train.cuda_graph_balls import BallBuffers, is_ball_batch
 
 MODES = ("auto", "on", "off")
 #: An episode's four parts, as the capture's input buffers hold them.
 SIDES = ("support_x", "support_y", "query_x", "query_y")
 #: Algorithms whose meta-step is the shared objective (no per-step schedules, no own gradient pass).
-GRAPHABLE = (MetaAlgorithm, ANIL, BOIL)
+GRAPHABLE = (MetaAlgorithm, ANIL, BOIL, GMeta)
 #: Eager warm-up iterations on a side stream before capture (cuBLAS workspaces, autograd's first-use setup).
 WARMUP = 3
+#: Most captures of one run: G-Meta captures again when a batch's balls outgrow the buffers (each capacity grows by
+#: ``SLACK``, so a few captures hold the run's largest batches); after that, an outgrowing batch steps eagerly.
+MAX_CAPTURES = 6
 #: Tolerance of the first-step check against the eager step.
 RTOL, ATOL = 1e-4, 1e-6
 
 
 #: ``--algo`` names whose meta-step can be captured (the classes of :data:`GRAPHABLE`).
-GRAPHABLE_NAMES = ("maml", "anil", "boil")
+GRAPHABLE_NAMES = ("maml", "anil", "boil", "gmeta")
 
 
 def config_ineligible(cfg: Any) -> str | None:
@@ -76,6 +82,8 @@ def config_ineligible(cfg: Any) -> str | None:
 def _graph_config_ineligible(cfg: Any) -> str | None:
     """Why a graph run cannot be captured, from its config: only whole-graph (``full`` mode) inputs of SGC, GCN,
     GraphSAGE or GIN without dropout have static shapes (the full graph fixed, each task's node ids of one length)."""
+    if cfg.algo.algo == "gmeta":  # ball layouts padded to fixed buffers (its inputs are checked per meta-batch)
+        return None
     if cfg.data.subgraph == "khop":
         return ("k-hop computation trees have data-dependent sizes (padding plans to size buckets is not built); "
                 "--subgraph full inputs can be captured")
@@ -92,6 +100,19 @@ def _graph_input_ok(side: Any) -> bool:
     from cmlgraph.graphs.types import GraphInput
 
     return isinstance(side, GraphInput) and side.batch_whole and not side.local and not is_sparse(side.x)
+
+
+def _balls_ineligible(sides: Sequence[Any]) -> str | None:
+    """Why G-Meta ball inputs cannot fill padded static layouts (:mod:`cmlgraph.backbones.ball_static`), or
+    ``None``: an undirected graph, its features not binary-coded (sparse ones densify per union)."""
+    from cmlgraph.backbones.gmeta import feature_codes
+
+    index = sides[0].index
+    if not index.symmetric:
+        return "the graph is directed (its ball blocks have no symmetric pattern to pad to fixed buffers)"
+    if feature_codes(index) is not None:
+        return "the features are binary-coded (subset-sum tables are a CPU path)"
+    return None
 
 
 def _signature(side: Any) -> tuple[Any, ...]:
@@ -144,7 +165,11 @@ def ineligible(cfg: Any, exp: Any, distributed: bool = False, episodes: Sequence
         return "under torchrun the gradients are reduced across processes each step"
     if episodes is not None:
         sides = [getattr(ep, side) for ep in episodes for side in ("support_x", "query_x")]
-        if not all(isinstance(v, Tensor) for v in sides) and not all(_graph_input_ok(v) for v in sides):
+        if is_ball_batch(episodes):
+            why = _balls_ineligible(sides)
+            if why is not None:
+                return why
+        elif not all(isinstance(v, Tensor) for v in sides) and not all(_graph_input_ok(v) for v in sides):
             return ("the episodes are graph inputs with data-dependent sizes (k-hop plans, balls, sparse features; "
                     "padding to size buckets is not built)")
         if not can_stack(list(episodes)):
@@ -179,9 +204,11 @@ class GraphedMetaStep:
         self.algo, self.model, self.loss_fn, self.batched, self.strict = algo, model, loss_fn, batched, strict
         self.graph: Any = None
         self.static: list[Episode] = []
+        self.balls: Any = None  # G-Meta's padded ball buffers (:mod:`.cuda_graph_balls`), else None
         self.out: MetaStep | None = None
         self.failed: str | None = None  # why the run went back to eager
         self.replays = 0
+        self.captures = 0
 
     def _eager(self, episodes: Sequence[Episode], step: int) -> MetaStep:
         return self.algo.meta_gradients(self.model, parameters_of(self.model), list(episodes), self.loss_fn, step,
@@ -191,48 +218,82 @@ class GraphedMetaStep:
         return [tuple(_signature(getattr(e, s)) for s in SIDES) for e in episodes]
 
     def _copy_in(self, episodes: Sequence[Episode]) -> None:
+        if self.balls is not None:
+            self.balls.copy_in(episodes)
+            return
         for dst, src in zip(self.static, episodes, strict=True):
             for side in SIDES:
                 copy_into(getattr(dst, side), getattr(src, side))
 
-    def _capture(self, episodes: Sequence[Episode], step: int) -> None:
-        self.static = [Episode(*(static_copy(getattr(e, s)) for s in SIDES)) for e in episodes]
+    def _record(self, fn: Any) -> tuple[Any, MetaStep]:
+        """``fn`` (the meta-step on the input buffers) warmed up on a side stream, then captured: the graph and
+        its output buffers."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(WARMUP):
-                self._eager(self.static, step)
+                fn()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         # thread_local: the prefetch worker (train.prefetch, on for CUDA) may copy the next episodes meanwhile
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            out = self._eager(self.static, step)
-        self.graph, self.out = graph, out
+            out = fn()
+        return graph, out
+
+    def _capture(self, episodes: Sequence[Episode], step: int, capacity: Any = None) -> None:
+        self.graph, self.out = None, None
+        if is_ball_batch(episodes):  # padded static layouts (the batches' ball sizes vary)
+            stacked = self.batched if self.batched is not None else len(episodes) > 1 and can_stack(list(episodes))
+            max_rows = int(getattr(self.model.extractor, "max_rows", MAX_ROWS))
+            self.balls = BallBuffers(episodes, bool(stacked), max_rows, capacity)
+            self.static = self.balls.static
+        else:
+            self.static = [Episode(*(static_copy(getattr(e, s)) for s in SIDES)) for e in episodes]
+        self.graph, self.out = self._record(lambda: self._eager(self.static, step))
+        self.captures += 1
+
+    def _capture_checked(self, episodes: Sequence[Episode], step: int, capacity: Any = None) -> MetaStep:
+        """Capture, replay once and compare with the eager step on the same meta-batch (the RNG restored in
+        between: G-Meta's dropout draws the same masks); the eager result is the step's."""
+        try:
+            self._capture(episodes, step, capacity)
+            device = next(iter(parameters_of(self.model).values())).device
+            state = _rng_state(device)
+            replayed = self._replay(episodes)
+            _set_rng_state(device, state)
+            # ball inputs: eager on the filled buffers (the same padded shapes, so the same dropout draws)
+            eager = self._eager(self.static if self.balls is not None else episodes, step)
+            same = _close(replayed.loss.total, eager.loss.total) and all(
+                _close(replayed.grads[k], eager.grads[k]) for k in eager.grads)
+            if not same:
+                raise RuntimeError("the captured meta-step differs from the eager one on the same meta-batch")
+            return eager
+        except Exception as exc:  # noqa: BLE001 - any capture problem: eager from here on (or raise with on)
+            self.graph, self.out, self.balls = None, None, None
+            self.failed = f"{type(exc).__name__}: {exc}"
+            if self.strict:
+                raise ConfigError(f"train.cuda_graphs on: capturing the meta-step failed ({self.failed}); use "
+                                  f"--cuda-graphs off") from exc
+            return self._eager(episodes, step)
 
     def __call__(self, episodes: Sequence[Episode], step: int) -> MetaStep:
         """The meta-step of ``episodes``: replayed where captured, else eager (the fallback, or a batch of another
-        shape)."""
+        shape). G-Meta: a batch whose balls outgrow the buffers is captured again with larger ones (at most
+        :data:`MAX_CAPTURES` captures a run; later outgrowing batches step eagerly)."""
         if self.failed is not None:
             return self._eager(episodes, step)
-        if self.graph is not None and self._shapes(episodes) != self._shapes(self.static):
-            return self._eager(episodes, step)  # another shape (e.g. a last short batch): this step eager
         if self.graph is None:
-            try:
-                self._capture(episodes, step)
-                replayed = self._replay(episodes)
-                eager = self._eager(episodes, step)  # the one-time check against the eager step
-                same = _close(replayed.loss.total, eager.loss.total) and all(
-                    _close(replayed.grads[k], eager.grads[k]) for k in eager.grads)
-                if not same:
-                    raise RuntimeError("the captured meta-step differs from the eager one on the same meta-batch")
-                return eager
-            except Exception as exc:  # noqa: BLE001 - any capture problem: eager from here on (or raise with on)
-                self.graph, self.out = None, None
-                self.failed = f"{type(exc).__name__}: {exc}"
-                if self.strict:
-                    raise ConfigError(f"train.cuda_graphs on: capturing the meta-step failed ({self.failed}); use "
-                                      f"--cuda-graphs off") from exc
-                return self._eager(episodes, step)
+            return self._capture_checked(episodes, step)
+        if self.balls is not None:
+            fit = self.balls.fits(episodes)
+            if fit is None:
+                return self._eager(episodes, step)  # another shape, or several row groups: this step eager
+            if not fit:
+                if self.captures >= MAX_CAPTURES:
+                    return self._eager(episodes, step)
+                return self._capture_checked(episodes, step, self.balls.needs(episodes))
+        elif self._shapes(episodes) != self._shapes(self.static):
+            return self._eager(episodes, step)  # another shape (e.g. a last short batch): this step eager
         return self._replay(episodes)
 
     def _replay(self, episodes: Sequence[Episode]) -> MetaStep:
@@ -243,6 +304,18 @@ class GraphedMetaStep:
         out = self.out  # fixed buffers: read (the optimizer step, the deferred losses) before the next replay
         loss = OuterLoss(meta=out.loss.meta, co=out.loss.co, total=out.loss.total)
         return MetaStep(grads=dict(out.grads), loss=loss)
+
+
+def _rng_state(device: torch.device) -> Tensor:
+    """The RNG state that a meta-step on ``device`` draws from (dropout masks)."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state: Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
 
 
 def make_graphed_step(cfg: Any, exp: Any, episodes: Sequence[Episode], batched: bool | None,
