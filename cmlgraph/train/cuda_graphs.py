@@ -5,14 +5,16 @@ them once and replays them with one launch. A graph needs static shapes and no h
 meta-step's episode tensors are copied into fixed input buffers, the recorded computation (inner loop, outer loss,
 meta-gradients) is replayed, and its outputs are fixed buffers that the optimizer reads before the next replay.
 
-Where (:func:`ineligible` says why not elsewhere): a CUDA device; MAML, ANIL or BOIL (± CML) **first order**
-(FOMAML, the paper's Table 3 setting is first order but runs on graph inputs, below); no ``--control noise`` (its
+Where (:func:`ineligible` says why not elsewhere): a CUDA device; MAML, ANIL, BOIL or G-Meta (± CML) **first
+order** (FOMAML; G-Meta first order is the paper's Table 3 setting); no ``--control noise`` (its
 noise is drawn on the host); tasks run batched (``vmap``: the sinusoid MLP, Conv4 on images; one pass over the
 graph for whole-graph inputs); fixed-shape episode tensors, or whole-graph (``full`` mode) inputs of SGC, GCN,
 GraphSAGE or GIN with dense features and no dropout, whose graph is the domain's fixed full graph and whose only
-data are each task's node ids (copied into the capture's node buffers). Not yet: k-hop plans and G-Meta ball blocks
-(data-dependent sizes; padding them to size buckets is not built), sparse features, and second order (recent
-PyTorch refuses double backward under capture-friendly compilation; it stays eager).
+data are each task's node ids (copied into the capture's node buffers); G-Meta (first order, the paper's Table 3
+setting) on an undirected graph, its ball layouts padded into fixed buffers that grow when a batch outgrows them
+(:mod:`cmlgraph.train.cuda_graph_balls`). Not yet: k-hop plans (data-dependent sizes; not padded), sparse features
+outside G-Meta, and second order (recent PyTorch refuses double backward under capture-friendly compilation; it
+stays eager).
 
 ``auto`` uses graphs where eligible and checks itself once: the first captured step is compared with the eager
 step on the same meta-batch (losses and gradients, ``rtol`` 1e-4); on a mismatch or any capture error the run says
