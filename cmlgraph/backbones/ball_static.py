@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from cmlgraph.backbones.binary_features import BinaryRows
 from cmlgraph.backbones.gnn_ops import RowScaledSymmetric, is_sparse, stored_transpose
@@ -147,4 +146,5 @@ def fill_static(static: dict[str, Any], lay: dict[str, Any]) -> None:
     static["task_rows"] = list(lay["task_rows"])
 
 
-__all__ = ["MAX_FEATURE_BYTES", "SLACK", "STATIC_KEY", "BallCapacity", "fill_static", "layout_size", "static_ineligible", "static_layout"]
+__all__ = ["MAX_FEATURE_BYTES", "SLACK", "STATIC_KEY", "BallCapacity", "fill_static", "layout_size",
+           "static_ineligible", "static_layout"]

@@ -36,8 +36,8 @@ from torch import Tensor
 
 from cmlgraph.algorithms.base import MetaAlgorithm, MetaStep
 from cmlgraph.algorithms.tlp import GMeta
-from cmlgraph.backbones.gmeta import MAX_ROWS
 from cmlgraph.algorithms.variants import ANIL, BOIL
+from cmlgraph.backbones.gmeta import MAX_ROWS
 from cmlgraph.core.episode import Episode, can_stack
 from cmlgraph.core.model import parameters_of
 from cmlgraph.core.objective import OuterLoss
