@@ -98,6 +98,8 @@ def gmeta_cases(key: str) -> list[Case]:
     return [Case(f"{base}/batched", "cmlgraph", "gmeta", "gmeta", {"impl": "batched"}, key),
             # The same without the binary-feature tables (float products), to show what they contribute.
             Case(f"{base}/batched-float", "cmlgraph", "gmeta", "gmeta", {"impl": "batched-float"}, key),
+            # The meta-step replayed as a CUDA graph (padded ball layouts; --device cuda only, skipped on the CPU).
+            Case(f"{base}/batched-graphed", "cmlgraph", "gmeta", "gmeta", {"impl": "batched-graphed"}, key),
             Case(f"{base}/per-node", "reference-a", "gmeta", "gmeta", {"impl": "per-node"}, key),
             Case(f"{base}/per-node-sparse", "reference-b", "gmeta", "gmeta", {"impl": "per-node-sparse"}, key)]
 
@@ -161,6 +163,8 @@ def build_ratios(cases: list[Case]) -> list[Ratio]:
         add(f"gmeta/{key}:batched/per-node-sparse", f"gmeta/{key}/batched", f"gmeta/{key}/per-node-sparse")
         add(f"gmeta/{key}:batched-float/per-node", f"gmeta/{key}/batched-float", f"gmeta/{key}/per-node")
         add(f"gmeta/{key}:batched/batched-float", f"gmeta/{key}/batched", f"gmeta/{key}/batched-float")
+        add(f"gmeta/{key}:batched-graphed/per-node", f"gmeta/{key}/batched-graphed", f"gmeta/{key}/per-node")
+        add(f"gmeta/{key}:batched-graphed/batched", f"gmeta/{key}/batched-graphed", f"gmeta/{key}/batched")
     add("graph/synthetic-1m÷10k:khop ms", "graph/synthetic-1m/khop", "graph/synthetic-10k/khop", "ms_per_iter", "<=",
         SCALE_TARGET)
     return out

@@ -8,7 +8,8 @@ subgraphs from the dense adjacency every episode, as that code does; ``per-node-
 sparse subgraphs cached per node; cmlgraph reads balls cached per node and lays out each task's block-diagonal
 matrix inside every timed step. cmlgraph multiplies binary features (Amazon-Computer's bag of words) through
 subset-sum tables (:mod:`cmlgraph.backbones.binary_features`); ``batched-float`` is cmlgraph with the tables off,
-to show what they contribute. The pool's tasks differ in size, so the bench times whole cycles of the pool
+to show what they contribute; ``batched-graphed`` (``--device cuda`` only) replays the meta-step as a CUDA graph on
+padded ball layouts (:mod:`cmlgraph.train.cuda_graphs`), as ``train.cuda_graphs`` does in training. The pool's tasks differ in size, so the bench times whole cycles of the pool
 (:func:`cmlgraph.bench.worker.time_workload`). Before timing, each reference workload checks on one task that it
 gives the same outer loss and meta-gradients as cmlgraph (dropout off, 2 inner steps) and records the largest
 difference.
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from cmlgraph.backbones.gmeta import CODES_KEY, feature_codes
-from cmlgraph.bench.workloads import Workload, meta_step, saved_parameters
+from cmlgraph.bench.workloads import Workload, apply_meta_step, meta_step, saved_parameters
 from cmlgraph.config import Config
 from cmlgraph.core.model import MetaModel, parameters_of
 from cmlgraph.graphs import FewShotGraph
@@ -84,8 +85,8 @@ def check_equal(graph: FewShotGraph, impl: str, device: str) -> dict[str, float]
 
 def gmeta_workload(graph: FewShotGraph, impl: str, device: str) -> Workload:
     """One meta-iteration of G-Meta + CML: ``impl`` = ``batched`` (cmlgraph), ``batched-float`` (cmlgraph with
-    binary features multiplied as floats, no subset-sum tables), ``per-node`` (published style) or
-    ``per-node-sparse``."""
+    binary features multiplied as floats, no subset-sum tables), ``batched-graphed`` (cmlgraph's meta-step as a
+    CUDA graph: CUDA only), ``per-node`` (published style) or ``per-node-sparse``."""
     per_node = impl.startswith("per-node")
     info: dict[str, Any] = check_equal(graph, impl, device) if per_node else {}
     dom = _domain(graph, impl)
@@ -102,10 +103,20 @@ def gmeta_workload(graph: FewShotGraph, impl: str, device: str) -> Workload:
             exp.model.extractor(ep.support_x)
             exp.model.extractor(ep.query_x)
     counter = [0]
+    graphed = None
+    if impl == "batched-graphed":  # the trainer's CUDA-graph step (strict: a failed capture fails the case)
+        from cmlgraph.train.cuda_graphs import GraphedMetaStep
+
+        graphed = GraphedMetaStep(exp.algo, exp.model, exp.domain.loss_fn, None, strict=True)
 
     def step() -> None:
         raw = pool[counter[0] % len(pool)]
-        meta_step(exp, [dom.materialize(raw, device)], counter[0], False if per_node else None)
+        episodes = [dom.materialize(raw, device)]
+        if graphed is None:
+            meta_step(exp, episodes, counter[0], False if per_node else None)
+        else:
+            apply_meta_step(exp, graphed(episodes, counter[0]))
+            info.update(cuda_graph_captures=graphed.captures, cuda_graph_replays=graphed.replays)
         counter[0] += 1
 
     sizes = torch.cat([dom.ball_index(device).ball_sizes(torch.cat([r.support, r.query])) for r in pool])

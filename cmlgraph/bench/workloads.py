@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from cmlgraph.algorithms.base import MetaStep
 from cmlgraph.config import Config
 from cmlgraph.core.episode import Episode
 from cmlgraph.core.model import inference_state, parameters_of
@@ -50,8 +51,12 @@ def saved_parameters(exp: Experiment) -> int:
 
 def meta_step(exp: Experiment, episodes: list[Episode], step: int, batched: bool | None) -> None:
     """One meta-update exactly as the trainer does it: meta-gradients, then Adam."""
-    ms = exp.algo.meta_gradients(exp.model, parameters_of(exp.model), episodes, exp.domain.loss_fn, step,
-                                 batched=batched)
+    apply_meta_step(exp, exp.algo.meta_gradients(exp.model, parameters_of(exp.model), episodes, exp.domain.loss_fn,
+                                                 step, batched=batched))
+
+
+def apply_meta_step(exp: Experiment, ms: MetaStep) -> None:
+    """The optimizer step on computed meta-gradients, as the trainer applies them."""
     for k, p in exp.model.named_parameters():
         p.grad = ms.grads[k].detach()
     exp.optimizer.step()

@@ -13,10 +13,22 @@ def test_gmeta_cases_time_cmlgraph_with_and_without_tables_and_both_references()
     cases = build_cases(False, domains=["gmeta"])
     names = [c.name for c in cases]
     base = "gmeta/amazon-computers"
-    assert names == [f"{base}/batched", f"{base}/batched-float", f"{base}/per-node", f"{base}/per-node-sparse"]
+    assert names == [f"{base}/batched", f"{base}/batched-float", f"{base}/batched-graphed", f"{base}/per-node",
+                     f"{base}/per-node-sparse"]
     ratios = {r.name: r for r in build_ratios(cases)}
     assert ratios[f"{base}:batched/per-node"].target == 20.0
-    assert {f"{base}:batched-float/per-node", f"{base}:batched/batched-float"} <= ratios.keys()
+    assert {f"{base}:batched-float/per-node", f"{base}:batched/batched-float", f"{base}:batched-graphed/per-node",
+            f"{base}:batched-graphed/batched"} <= ratios.keys()
+
+
+def test_the_cuda_graph_case_is_skipped_on_the_cpu_before_any_process_starts(tmp_path) -> None:
+    from cmlgraph.bench.runner import RunSettings, run_one
+
+    case = next(c for c in build_cases(False, domains=["gmeta"]) if c.name.endswith("/batched-graphed"))
+    settings = RunSettings(device="cpu", budget_s=1.0, timeout_s=10.0, max_iters=1, threads=1, mem_cap_bytes=2**30,
+                           data_root=None, start_method="spawn")
+    record = run_one(None, case, settings, {}, {}, log=print)
+    assert record["skipped"] and "CUDA graphs need a CUDA device" in record["reason"]
 
 
 def test_batched_float_runs_without_the_tables_that_batched_uses() -> None:
