@@ -108,6 +108,8 @@ def gmeta_workload(graph: FewShotGraph, impl: str, device: str) -> Workload:
         from cmlgraph.train.cuda_graphs import GraphedMetaStep
 
         graphed = GraphedMetaStep(exp.algo, exp.model, exp.domain.loss_fn, None, strict=True)
+        for i, raw in enumerate(pool):  # capture for the pool's sizes here (buffers only grow), not while timed
+            graphed([dom.materialize(raw, device)], i)
 
     def step() -> None:
         raw = pool[counter[0] % len(pool)]
