@@ -9,10 +9,10 @@ sparse subgraphs cached per node; cmlgraph reads balls cached per node and lays 
 matrix inside every timed step. cmlgraph multiplies binary features (Amazon-Computer's bag of words) through
 subset-sum tables (:mod:`cmlgraph.backbones.binary_features`); ``batched-float`` is cmlgraph with the tables off,
 to show what they contribute; ``batched-graphed`` (``--device cuda`` only) replays the meta-step as a CUDA graph on
-padded ball layouts (:mod:`cmlgraph.train.cuda_graphs`), as ``train.cuda_graphs`` does in training. The pool's tasks differ in size, so the bench times whole cycles of the pool
-(:func:`cmlgraph.bench.worker.time_workload`). Before timing, each reference workload checks on one task that it
-gives the same outer loss and meta-gradients as cmlgraph (dropout off, 2 inner steps) and records the largest
-difference.
+padded ball layouts (:mod:`cmlgraph.train.cuda_graphs`), as ``train.cuda_graphs`` does in training. The pool's
+tasks differ in size, so the bench times whole cycles of the pool (:func:`cmlgraph.bench.worker.time_workload`).
+Before timing, each reference workload checks on one task that it gives the same outer loss and meta-gradients as
+cmlgraph (dropout off, 2 inner steps) and records the largest difference.
 """
 
 from __future__ import annotations
