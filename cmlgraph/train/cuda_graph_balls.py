@@ -23,11 +23,6 @@ from cmlgraph.graphs.balls import STACK_KEY, BallInput
 BALL_SIDES = ("support_x", "query_x")
 
 
-def is_ball_batch(episodes: Sequence[Episode]) -> bool:
-    """Whether the episodes' inputs are G-Meta ball inputs."""
-    return bool(episodes) and all(isinstance(getattr(ep, s), BallInput) for ep in episodes for s in BALL_SIDES)
-
-
 class BallBuffers:
     """Static ball inputs of a meta-batch's shape, refilled for each meta-batch.
 
@@ -121,4 +116,4 @@ def _fixed(x: BallInput) -> BallInput:
     return BallInput(x.index, x.nodes.clone(), x.dropout)
 
 
-__all__ = ["BALL_SIDES", "BallBuffers", "is_ball_batch"]
+__all__ = ["BALL_SIDES", "BallBuffers"]

@@ -27,6 +27,7 @@ CUDA exists (skipped otherwise).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -37,12 +38,10 @@ from torch import Tensor
 from cmlgraph.algorithms.base import MetaAlgorithm, MetaStep
 from cmlgraph.algorithms.tlp import GMeta
 from cmlgraph.algorithms.variants import ANIL, BOIL
-from cmlgraph.backbones.gmeta import MAX_ROWS
 from cmlgraph.core.episode import Episode, can_stack
 from cmlgraph.core.model import parameters_of
 from cmlgraph.core.objective import OuterLoss
 from cmlgraph.errors import ConfigError
-from cmlgraph.train.cuda_graph_balls import BallBuffers, is_ball_batch
 
 MODES = ("auto", "on", "off")
 #: An episode's four parts, as the capture's input buffers hold them.
@@ -102,6 +101,14 @@ def _graph_input_ok(side: Any) -> bool:
     from cmlgraph.graphs.types import GraphInput
 
     return isinstance(side, GraphInput) and side.batch_whole and not side.local and not is_sparse(side.x)
+
+
+def is_ball_batch(episodes: Sequence[Episode]) -> bool:
+    """Whether the episodes' inputs are G-Meta ball inputs (without importing the graph stack, which pulls PyG:
+    no ball input exists before :mod:`cmlgraph.graphs.balls` is loaded)."""
+    balls = sys.modules.get("cmlgraph.graphs.balls")
+    return balls is not None and bool(episodes) and all(
+        isinstance(getattr(ep, s), balls.BallInput) for ep in episodes for s in ("support_x", "query_x"))
 
 
 def _balls_ineligible(sides: Sequence[Any]) -> str | None:
@@ -245,6 +252,9 @@ class GraphedMetaStep:
     def _capture(self, episodes: Sequence[Episode], step: int, capacity: Any = None) -> None:
         self.graph, self.out = None, None
         if is_ball_batch(episodes):  # padded static layouts (the batches' ball sizes vary)
+            from cmlgraph.backbones.gmeta import MAX_ROWS
+            from cmlgraph.train.cuda_graph_balls import BallBuffers
+
             stacked = self.batched if self.batched is not None else len(episodes) > 1 and can_stack(list(episodes))
             max_rows = int(getattr(self.model.extractor, "max_rows", MAX_ROWS))
             self.balls = BallBuffers(episodes, bool(stacked), max_rows, capacity)

@@ -120,3 +120,23 @@ def test_reproduce_list_checks_runs_too() -> None:
     out = subprocess.run([sys.executable, "-m", "cmlgraph", "reproduce", "--runs", "0", "--list"],
                          capture_output=True, text=True, timeout=60, env={"COLUMNS": "200", "PATH": ""})
     assert out.returncode != 0 and "--runs 0: give at least 1 run per cell" in out.stdout + out.stderr
+
+
+def test_checking_a_sinusoid_run_for_cuda_graphs_never_imports_pyg():
+    """``ineligible`` tells G-Meta's ball inputs apart without importing the graph stack (which pulls PyG)."""
+    res = _python("""
+        import json, sys
+        from types import SimpleNamespace
+        import torch
+        from cmlgraph.api import make_config
+        from cmlgraph.core.episode import Episode
+        from cmlgraph.train.cuda_graphs import ineligible
+        from cmlgraph.train.trainer import prepare
+        from cmlgraph.algorithms.registry import get_algorithm
+        cfg = prepare(make_config(task="sinusoid", first_order=True))
+        cfg.train.device = "cuda"
+        exp = SimpleNamespace(algo=get_algorithm(cfg.algo), device=torch.device("cuda"))
+        eps = [Episode(torch.zeros(5, 1), torch.zeros(5, 1), torch.zeros(5, 1), torch.zeros(5, 1))] * 2
+        print(json.dumps({"why": ineligible(cfg, exp, episodes=eps), "pyg": "torch_geometric" in sys.modules}))
+    """)
+    assert res == {"why": None, "pyg": False}
