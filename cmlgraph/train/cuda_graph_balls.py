@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from cmlgraph.backbones.ball_static import BallCapacity, fill_static, layout_size, static_ineligible, static_layout
+from cmlgraph.backbones.ball_static import BallCapacity, fill_static, layout_size, static_layout
 from cmlgraph.backbones.gmeta import ball_layout, prepare_ball_batch
 from cmlgraph.core.episode import Episode
 from cmlgraph.graphs.balls import STACK_KEY, BallInput
@@ -47,9 +47,6 @@ class BallBuffers:
             lay = self.layout(episodes, side)
             if lay is None:
                 raise ValueError(f"the meta-batch's {side} balls exceed one pass of {max_rows} rows")
-            why = static_ineligible(lay)
-            if why is not None:
-                raise ValueError(why)
             base = BallCapacity(0, 0, 0) if capacity is None else capacity[side]
             self.layouts[side] = static_layout(lay, base.grown(layout_size(lay)))
             self._install(side)
@@ -89,8 +86,8 @@ class BallBuffers:
             return None
         fit = True
         for side, static in self.layouts.items():
-            lay = self.layout(episodes, side)
-            if lay is None or static_ineligible(lay) is not None:
+            lay = self.layout(episodes, side)  # same graph (signature): as paddable as the first batch's
+            if lay is None:
                 return None
             fit = fit and static["capacity"].holds(layout_size(lay))
         return fit
