@@ -62,6 +62,7 @@ from cmlgraph.backbones.gnn_plan import (
     prefix_rows,
     task_linear,
 )
+from cmlgraph.backbones.plan_static import PlanReads, StaticTaskLayout
 from cmlgraph.backbones.pyg_templates import remove_template_files
 from cmlgraph.errors import ConfigError
 from cmlgraph.graphs.types import GraphBatch, GraphInput
@@ -75,6 +76,10 @@ WHOLE_GRAPH_VALUES = 1 << 26
 
 #: Kinds with a computation-tree path (``GraphInput.local`` and batched tasks), and the aggregation they read.
 PLAN_AGGREGATION = {"gcn": "gcn", "sgc": "gcn", "sage": "mean", "gin": "sum"}
+#: Where a CUDA graph's fixed input holds its padded layout (:mod:`cmlgraph.train.cuda_graph_plans`): on a single
+#: task's input, and on a stacked batch's first input as ``(ids of the batch's inputs, layout)``.
+STATIC_LAYOUT_KEY = "_static_layout"
+STATIC_BATCH_KEY = "_static_batch_layout"
 
 
 def plan_features(inputs: GraphInput) -> Tensor:
@@ -242,7 +247,8 @@ class GNNBackbone(Backbone):
         """Features ``Tensor[len(inputs.nodes), hidden]`` of the requested nodes."""
         if inputs.local and self.supports_plan:
             weights = {k: v.unsqueeze(0) for k, v in self._weights().items()}
-            return self._forward_plan(weights, TaskLayout([self.plan(inputs)]))[0]
+            lay = inputs.__dict__.get(STATIC_LAYOUT_KEY) or TaskLayout([self.plan(inputs)])
+            return self._forward_plan(weights, lay)[0]
         if self.kind == "sgc":
             return self._forward_sgc(inputs)
         graph = self._graph(inputs)
@@ -298,6 +304,9 @@ class GNNBackbone(Backbone):
             return self._whole_graph_tasks(params, items)
         if self.supports_plan and all(g.local for g in items):
             key = f"layout/{PLAN_AGGREGATION[self.kind]}/{self.hops}"
+            static = items[0].__dict__.get(STATIC_BATCH_KEY)
+            if static is not None and static[0] == tuple(id(g) for g in items):
+                batch.memo[key] = static[1]  # a CUDA graph's padded buffers (these very inputs)
             if key not in batch.memo:
                 batch.memo[key] = TaskLayout([self.plan(g) for g in items])
             fixed = {n: v for n, v in self._weights().items() if n not in params}  # GIN's fixed ε
@@ -378,7 +387,20 @@ class GNNBackbone(Backbone):
             self._weight_names = tuple(names)
         return {n: attrgetter(n)(self) for n in self._weight_names}
 
-    def _forward_plan(self, w: dict[str, Any], lay: TaskLayout) -> Tensor:
+    def plan_reads(self) -> PlanReads:
+        """What :meth:`_forward_plan` reads from a layout in the current mode: SGC its propagated rows; in training
+        with dropout, the input level's features and every layer's aggregation (input dropout); otherwise the
+        first layer's constants (``z``, and the root features ``r`` of SAGE and GIN) and the later layers'
+        aggregations. A padded layout (:class:`~cmlgraph.backbones.plan_static.StaticTaskLayout`) holds these."""
+        if self.kind == "sgc":
+            return PlanReads((("sgc", self.hops),), ())
+        layers = len(self.convs)
+        if self.training and self.dropout > 0:
+            return PlanReads((("x", 0),), tuple(range(layers)))
+        roots = (("r", 1),) if self.kind in ("sage", "gin") else ()
+        return PlanReads((("z", 1), *roots), tuple(range(1, layers)))
+
+    def _forward_plan(self, w: dict[str, Any], lay: TaskLayout | StaticTaskLayout) -> Tensor:
         """The GNN over computation trees with per-task weights ``w[name]: [T, ...]``; returns ``[T, n, hidden]``."""
         t = lay.tasks
         if self.kind == "sgc":
@@ -401,7 +423,7 @@ class GNNBackbone(Backbone):
                 h = F.relu(h)
         return lay.select_output(h)
 
-    def _plan_first_layer(self, w: dict[str, Any], lay: TaskLayout) -> Tensor:
+    def _plan_first_layer(self, w: dict[str, Any], lay: TaskLayout | StaticTaskLayout) -> Tensor:
         """First layer from constants: ``z = A x`` (aggregated features) and ``r`` (the root nodes' features)."""
         t = lay.tasks
         z = lay.constant("z", 1)
@@ -577,4 +599,5 @@ def gnn_hops(backbone: nn.Module, *, exact: bool = False) -> int:
     return backbone.hops + int(exact and backbone.spec.degree_normalised)
 
 
-__all__ = ["GNN_REGISTRY", "PLAN_AGGREGATION", "GNNBackbone", "GNNSpec", "gnn_hops", "plan_features", "prepare_plan"]
+__all__ = ["GNN_REGISTRY", "PLAN_AGGREGATION", "STATIC_BATCH_KEY", "STATIC_LAYOUT_KEY", "GNNBackbone", "GNNSpec",
+           "gnn_hops", "plan_features", "prepare_plan"]

@@ -145,6 +145,27 @@ class RowScaledSymmetric:
         return _RowScaledSymmetricSum.apply(self.cols, self.offsets, self.row_scale, y, False)
 
 
+class IndexAggregation:
+    """A constant sparse matrix ``A`` as ``(rows, cols, vals)`` whose product ``A @ y`` runs as
+    ``zeros.index_add(rows, vals · y[cols])``: fixed shapes and no CSR row pointer, so a CUDA graph can replay it
+    on refilled buffers. Differentiable to any order in ``y`` (autograd of ``index_select`` and ``index_add``).
+
+    Args:
+        rows: ``LongTensor[E]`` output rows.
+        cols: ``LongTensor[E]`` input rows.
+        vals: ``[E]`` values (0 for pad entries).
+        shape: ``(rows, cols)`` of ``A``.
+    """
+
+    def __init__(self, rows: Tensor, cols: Tensor, vals: Tensor, shape: tuple[int, int]) -> None:
+        self.rows, self.cols, self.vals, self.shape = rows, cols, vals, shape
+
+    def matmul(self, y: Tensor) -> Tensor:
+        """``A @ y`` for ``y`` of shape ``[shape[1], d]``: ``[shape[0], d]``."""
+        msg = y.index_select(0, self.cols) * self.vals.unsqueeze(1).to(y.dtype)
+        return y.new_zeros(self.shape[0], y.shape[1]).index_add(0, self.rows, msg)
+
+
 def stored_transpose(a: Tensor) -> Tensor | None:
     """The CSR transpose that :func:`transposable` or :func:`transposable_csr` stored with ``a``, else ``None``."""
     return getattr(a, _TRANSPOSE, None)
@@ -166,7 +187,7 @@ def sparse_matmul(a: Tensor, b: Tensor) -> Tensor:
     Uses the transpose carried by a :func:`transposable` matrix when there is one; otherwise (or when ``a``
     itself needs a gradient) plain ``torch.sparse.mm``.
     """
-    if isinstance(a, RowScaledSymmetric):
+    if isinstance(a, (RowScaledSymmetric, IndexAggregation)):
         return a.matmul(b)
     a_t = getattr(a, _TRANSPOSE, None)
     if a_t is None or a.requires_grad:
@@ -358,6 +379,7 @@ def select_rows(x: Tensor, rows: Tensor) -> Tensor:
 
 __all__ = [
     "FastSparseAggregation",
+    "IndexAggregation",
     "RowScaledSymmetric",
     "adjacency_rows",
     "SparseLinear",
