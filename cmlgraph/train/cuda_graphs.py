@@ -10,11 +10,12 @@ order** (FOMAML; G-Meta first order is the paper's Table 3 setting); no ``--cont
 noise is drawn on the host); tasks run batched (``vmap``: the sinusoid MLP, Conv4 on images; one pass over the
 graph for whole-graph inputs); fixed-shape episode tensors, or whole-graph (``full`` mode) inputs of SGC, GCN,
 GraphSAGE or GIN with dense features and no dropout, whose graph is the domain's fixed full graph and whose only
-data are each task's node ids (copied into the capture's node buffers); G-Meta (first order, the paper's Table 3
-setting) on an undirected graph, its ball layouts padded into fixed buffers that grow when a batch outgrows them
-(:mod:`cmlgraph.train.cuda_graph_balls`). Not yet: k-hop plans (data-dependent sizes; not padded), sparse features
-outside G-Meta, and second order (recent PyTorch refuses double backward under capture-friendly compilation; it
-stays eager).
+data are each task's node ids (copied into the capture's node buffers); k-hop computation trees of SGC, GCN,
+GraphSAGE or GIN (dense or sparse features, with or without dropout), padded into fixed buffers
+(:mod:`cmlgraph.train.cuda_graph_plans`); G-Meta (first order, the paper's Table 3 setting) on an undirected graph,
+its ball layouts padded likewise (:mod:`cmlgraph.train.cuda_graph_balls`). Padded buffers grow when a batch
+outgrows them (a new capture). Not yet: GAT, AMM-GNN, sparse features of whole-graph inputs, and second order
+(recent PyTorch refuses double backward under capture-friendly compilation; it stays eager).
 
 ``auto`` uses graphs where eligible and checks itself once: the first captured step is compared with the eager
 step on the same meta-batch (losses and gradients, ``rtol`` 1e-4); on a mismatch or any capture error the run says
@@ -50,8 +51,9 @@ SIDES = ("support_x", "support_y", "query_x", "query_y")
 GRAPHABLE = (MetaAlgorithm, ANIL, BOIL, GMeta)
 #: Eager warm-up iterations on a side stream before capture (cuBLAS workspaces, autograd's first-use setup).
 WARMUP = 3
-#: Most captures of one run: G-Meta captures again when a batch's balls outgrow the buffers (each capacity grows by
-#: ``SLACK``, so a few captures hold the run's largest batches); after that, an outgrowing batch steps eagerly.
+#: Most captures of one run: k-hop and G-Meta runs capture again when a batch's plans or balls outgrow the padded
+#: buffers (each capacity grows by ``SLACK``, so a few captures hold the run's largest batches); after that, an
+#: outgrowing batch steps eagerly.
 MAX_CAPTURES = 6
 #: Tolerance of the first-step check against the eager step.
 RTOL, ATOL = 1e-4, 1e-6
@@ -80,18 +82,21 @@ def config_ineligible(cfg: Any) -> str | None:
     return None
 
 
+#: Why whole-graph inputs with GNN dropout are not captured.
+WHOLE_GRAPH_DROPOUT = ("GNN dropout on whole-graph (--subgraph full) inputs runs the tasks one by one (--dropout 0 "
+                       "or --subgraph khop captures it)")
+
+
 def _graph_config_ineligible(cfg: Any) -> str | None:
-    """Why a graph run cannot be captured, from its config: only whole-graph (``full`` mode) inputs of SGC, GCN,
-    GraphSAGE or GIN without dropout have static shapes (the full graph fixed, each task's node ids of one length)."""
+    """Why a graph run cannot be captured, from its config: k-hop computation trees pad to fixed buffers; of
+    whole-graph (``full`` mode) inputs only those without dropout run batched (the graph fixed, each task's node
+    ids of one length); GAT runs task by task. ``auto`` is checked on the episodes (:func:`ineligible`)."""
     if cfg.algo.algo == "gmeta":  # ball layouts padded to fixed buffers (its inputs are checked per meta-batch)
         return None
-    if cfg.data.subgraph == "khop":
-        return ("k-hop computation trees have data-dependent sizes (padding plans to size buckets is not built); "
-                "--subgraph full inputs can be captured")
     if cfg.model.gnn == "gat":
         return "GAT runs its tasks one by one (its attention depends on each task's weights)"
-    if float(cfg.model.dropout) > 0:
-        return "GNN dropout draws a mask per task on the host's order of passes (--dropout 0 captures it)"
+    if cfg.data.subgraph == "full" and float(cfg.model.dropout) > 0:
+        return WHOLE_GRAPH_DROPOUT
     return None
 
 
@@ -101,6 +106,21 @@ def _graph_input_ok(side: Any) -> bool:
     from cmlgraph.graphs.types import GraphInput
 
     return isinstance(side, GraphInput) and side.batch_whole and not side.local and not is_sparse(side.x)
+
+
+def is_plan_batch(episodes: Sequence[Episode]) -> bool:
+    """Whether the episodes' inputs are k-hop computation-tree inputs (``GraphInput.local``), looked up without
+    importing the graph stack (as :func:`is_ball_batch`)."""
+    types = sys.modules.get("cmlgraph.graphs.types")
+    return types is not None and bool(episodes) and all(
+        type(x := getattr(ep, s)) is types.GraphInput and x.local for ep in episodes for s in ("support_x", "query_x"))
+
+
+def _plans_ineligible(extractor: Any) -> str | None:
+    """Why computation-tree inputs cannot fill padded layouts for this extractor, or ``None``."""
+    if not callable(getattr(extractor, "plan_reads", None)) or not getattr(extractor, "supports_plan", False):
+        return f"{type(extractor).__name__} has no padded computation-tree path (SGC, GCN, GraphSAGE and GIN have)"
+    return None
 
 
 def is_ball_batch(episodes: Sequence[Episode]) -> bool:
@@ -178,9 +198,16 @@ def ineligible(cfg: Any, exp: Any, distributed: bool = False, episodes: Sequence
             why = _balls_ineligible(sides)
             if why is not None:
                 return why
-        elif not all(isinstance(v, Tensor) for v in sides) and not all(_graph_input_ok(v) for v in sides):
-            return ("the episodes are graph inputs with data-dependent sizes (k-hop plans, balls, sparse features; "
-                    "padding to size buckets is not built)")
+        elif is_plan_batch(episodes):
+            why = _plans_ineligible(getattr(getattr(exp, "model", None), "extractor", None))
+            if why is not None:
+                return why
+        elif not all(isinstance(v, Tensor) for v in sides):
+            if not all(_graph_input_ok(v) for v in sides):
+                return ("the episodes are graph inputs with data-dependent sizes (k-hop subgraphs, sparse features "
+                        "of the whole graph; padding them to fixed buffers is not built)")
+            if float(getattr(cfg.model, "dropout", 0.0)) > 0:
+                return WHOLE_GRAPH_DROPOUT
         if not can_stack(list(episodes)):
             return "the episodes differ in shape (padding to size buckets is not built)"
     return None
@@ -213,7 +240,7 @@ class GraphedMetaStep:
         self.algo, self.model, self.loss_fn, self.batched, self.strict = algo, model, loss_fn, batched, strict
         self.graph: Any = None
         self.static: list[Episode] = []
-        self.balls: Any = None  # G-Meta's padded ball buffers (:mod:`.cuda_graph_balls`), else None
+        self.buffers: Any = None  # padded plan or ball buffers (:mod:`.cuda_graph_plans`, :mod:`.cuda_graph_balls`)
         self.out: MetaStep | None = None
         self.failed: str | None = None  # why the run went back to eager
         self.replays = 0
@@ -227,8 +254,8 @@ class GraphedMetaStep:
         return [tuple(_signature(getattr(e, s)) for s in SIDES) for e in episodes]
 
     def _copy_in(self, episodes: Sequence[Episode]) -> None:
-        if self.balls is not None:
-            self.balls.copy_in(episodes)
+        if self.buffers is not None:
+            self.buffers.copy_in(episodes)
             return
         for dst, src in zip(self.static, episodes, strict=True):
             for side in SIDES:
@@ -250,15 +277,20 @@ class GraphedMetaStep:
         return graph, out
 
     def _capture(self, episodes: Sequence[Episode], step: int, capacity: Any = None) -> None:
-        self.graph, self.out = None, None
+        self.graph, self.out, self.buffers = None, None, None
+        stacked = bool(self.batched if self.batched is not None else len(episodes) > 1 and can_stack(list(episodes)))
         if is_ball_batch(episodes):  # padded static layouts (the batches' ball sizes vary)
             from cmlgraph.backbones.gmeta import MAX_ROWS
             from cmlgraph.train.cuda_graph_balls import BallBuffers
 
-            stacked = self.batched if self.batched is not None else len(episodes) > 1 and can_stack(list(episodes))
             max_rows = int(getattr(self.model.extractor, "max_rows", MAX_ROWS))
-            self.balls = BallBuffers(episodes, bool(stacked), max_rows, capacity)
-            self.static = self.balls.static
+            self.buffers = BallBuffers(episodes, stacked, max_rows, capacity)
+            self.static = self.buffers.static
+        elif is_plan_batch(episodes):  # padded computation trees (the batches' plan sizes vary)
+            from cmlgraph.train.cuda_graph_plans import PlanBuffers
+
+            self.buffers = PlanBuffers(episodes, stacked, self.model.extractor, capacity)
+            self.static = self.buffers.static
         else:
             self.static = [Episode(*(static_copy(getattr(e, s)) for s in SIDES)) for e in episodes]
         self.graph, self.out = self._record(lambda: self._eager(self.static, step))
@@ -273,15 +305,15 @@ class GraphedMetaStep:
             state = _rng_state(device)
             replayed = self._replay(episodes)
             _set_rng_state(device, state)
-            # ball inputs: eager on the filled buffers (the same padded shapes, so the same dropout draws)
-            eager = self._eager(self.static if self.balls is not None else episodes, step)
+            # padded inputs: eager on the filled buffers (the same padded shapes, so the same dropout draws)
+            eager = self._eager(self.static if self.buffers is not None else episodes, step)
             same = _close(replayed.loss.total, eager.loss.total) and all(
                 _close(replayed.grads[k], eager.grads[k]) for k in eager.grads)
             if not same:
                 raise RuntimeError("the captured meta-step differs from the eager one on the same meta-batch")
             return eager
         except Exception as exc:  # noqa: BLE001 - any capture problem: eager from here on (or raise with on)
-            self.graph, self.out, self.balls = None, None, None
+            self.graph, self.out, self.buffers = None, None, None
             self.failed = f"{type(exc).__name__}: {exc}"
             if self.strict:
                 raise ConfigError(f"train.cuda_graphs on: capturing the meta-step failed ({self.failed}); use "
@@ -290,20 +322,20 @@ class GraphedMetaStep:
 
     def __call__(self, episodes: Sequence[Episode], step: int) -> MetaStep:
         """The meta-step of ``episodes``: replayed where captured, else eager (the fallback, or a batch of another
-        shape). G-Meta: a batch whose balls outgrow the buffers is captured again with larger ones (at most
-        :data:`MAX_CAPTURES` captures a run; later outgrowing batches step eagerly)."""
+        shape). Padded inputs (k-hop plans, G-Meta balls): a batch that outgrows the buffers is captured again with
+        larger ones (at most :data:`MAX_CAPTURES` captures a run; later outgrowing batches step eagerly)."""
         if self.failed is not None:
             return self._eager(episodes, step)
         if self.graph is None:
             return self._capture_checked(episodes, step)
-        if self.balls is not None:
-            fit = self.balls.fits(episodes)
+        if self.buffers is not None:
+            fit = self.buffers.fits(episodes)
             if fit is None:
                 return self._eager(episodes, step)  # another shape, or several row groups: this step eager
             if not fit:
                 if self.captures >= MAX_CAPTURES:
                     return self._eager(episodes, step)
-                return self._capture_checked(episodes, step, self.balls.needs(episodes))
+                return self._capture_checked(episodes, step, self.buffers.needs(episodes))
         elif self._shapes(episodes) != self._shapes(self.static):
             return self._eager(episodes, step)  # another shape (e.g. a last short batch): this step eager
         return self._replay(episodes)
@@ -351,5 +383,6 @@ def make_graphed_step(cfg: Any, exp: Any, episodes: Sequence[Episode], batched: 
     return GraphedMetaStep(exp.algo, exp.model, exp.domain.loss_fn, batched, strict=mode == "on")
 
 
-__all__ = ["GRAPHABLE", "GRAPHABLE_NAMES", "GraphedMetaStep", "MODES", "SIDES", "check_mode", "config_ineligible",
-           "copy_into", "ineligible", "make_graphed_step", "static_copy"]
+__all__ = ["GRAPHABLE", "GRAPHABLE_NAMES", "GraphedMetaStep", "MODES", "SIDES", "WHOLE_GRAPH_DROPOUT", "check_mode",
+           "config_ineligible", "copy_into", "ineligible", "is_ball_batch", "is_plan_batch", "make_graphed_step",
+           "static_copy"]

@@ -117,10 +117,10 @@ def test_replays_equal_eager_and_outgrown_buffers_are_captured_again(gmeta, batc
     for side in ("support_x", "query_x"):  # the recorded step reads the padded buffers, not a layout of its own
         x = getattr(step.static[0], side)
         found = x.memo if batched is None else x.memo[STACK_KEY][1]["layouts"][0]
-        assert found is step.balls.layouts[side] and found[STATIC_KEY]
+        assert found is step.buffers.layouts[side] and found[STATIC_KEY]
     # what a replay runs, counted on the CPU: refilling the buffers and the recorded step issue no sync
     with SyncCounter() as counter:
-        step.balls.copy_in(small[1])
+        step.buffers.copy_in(small[1])
         step._eager(step.static, 0)
     assert counter.total == 0, counter.counts
 

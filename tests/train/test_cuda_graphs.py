@@ -62,9 +62,6 @@ def test_runs_and_inputs_that_cannot_be_captured(tmp_path):
     assert "reduced across processes" in ineligible(cfg, exp, distributed=True)
     cfg.train.batched = "off"
     assert "one by one" in ineligible(cfg, exp)
-    cfg, exp = _on_cuda(_cfg(tmp_path))
-    cfg.data.task, cfg.data.subgraph = "graph", "khop"
-    assert "data-dependent sizes" in config_ineligible(cfg)
     cpu_cfg = prepare(_cfg(tmp_path))
     cpu = SimpleNamespace(algo=get_algorithm(cpu_cfg.algo), device=torch.device("cpu"))
     assert "not a CUDA device" in ineligible(cpu_cfg, cpu)
@@ -135,10 +132,13 @@ def _graph_cfg(tmp_path, name: str, **changes) -> Config:
 
 @pytest.mark.parametrize("change,reason", [
     ({}, None), ({"model__gnn": "gcn"}, None), ({"model__gnn": "gin"}, None),
-    ({"data__subgraph": "khop"}, "k-hop computation trees"), ({"model__gnn": "gat"}, "GAT runs its tasks one by one"),
+    ({"data__subgraph": "khop"}, None), ({"data__subgraph": "khop", "model__gnn": "sage", "model__dropout": 0.5}, None),
+    ({"data__subgraph": "auto", "model__dropout": 0.5}, None),  # decided on the episodes (their mode)
+    ({"model__gnn": "gat"}, "GAT runs its tasks one by one"),
+    ({"data__subgraph": "khop", "model__gnn": "gat"}, "GAT runs its tasks one by one"),
     ({"model__gnn": "gcn", "model__dropout": 0.5}, "GNN dropout"),
 ])
-def test_whole_graph_runs_can_be_captured_and_the_others_say_why(tmp_path, change, reason):
+def test_graph_runs_that_can_be_captured_and_the_others_say_why(tmp_path, change, reason):
     cfg = prepare(_graph_cfg(tmp_path, "g", **change))
     cfg.train.device = "cuda"
     assert config_ineligible(cfg) == reason or reason in config_ineligible(cfg)
