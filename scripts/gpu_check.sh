@@ -68,7 +68,8 @@ subprocess.run([sys.executable, "-c", (
     sys.argv[1]], check=False)
 PY
 echo "== CUDA graphs: captured vs eager meta-step (test), and sinusoid FOMAML 300 steps with --cuda-graphs on vs off =="
-timeout 150 python -m pytest -q tests/train/test_cuda_graphs.py tests/train/test_cuda_graph_balls.py 2>&1 | tail -3 || echo "gpu_check: cuda-graph test exited"
+timeout 150 python -m pytest -q tests/train/test_cuda_graphs.py tests/train/test_cuda_graph_balls.py \
+    tests/train/test_cuda_graph_plans.py 2>&1 | tail -3 || echo "gpu_check: cuda-graph test exited"
 for mode in off on; do
     start=$(date +%s.%N)
     timeout 90 python -m cmlgraph train --task sinusoid --first-order --steps 300 --device cuda --cuda-graphs "$mode" \
@@ -76,6 +77,15 @@ for mode in off on; do
         echo "gpu_check: --cuda-graphs $mode exited with status $?"
     grep -h "CUDA graphs off" "$out/graphs-$mode.log" || true
     echo "gpu_check: sinusoid FOMAML --cuda-graphs $mode took $(python -c "print(round($(date +%s.%N) - $start, 1))") s"
+done
+echo "== CUDA graphs: first-order GCN on k-hop computation trees (padded), default graph, 200 steps, on vs off =="
+for mode in off on; do
+    start=$(date +%s.%N)
+    timeout 90 python -m cmlgraph train --gnn gcn --subgraph khop --first-order --steps 200 --device cuda \
+        --cuda-graphs "$mode" --runs-dir "$out/runs" --name "khop-graphs-$mode" --quiet --overwrite \
+        > "$out/khop-graphs-$mode.log" 2>&1 || echo "gpu_check: k-hop --cuda-graphs $mode exited with status $?"
+    grep -h "CUDA graphs off\|runs as a CUDA graph" "$out/khop-graphs-$mode.log" || true
+    echo "gpu_check: k-hop GCN FOMAML --cuda-graphs $mode took $(python -c "print(round($(date +%s.%N) - $start, 1))") s"
 done
 if [ -d "${CMLGRAPH_DATA:-/nonexistent}/amazon_computers" ]; then
     echo "== CUDA graphs: G-Meta + CML (Table 3 setting), Amazon-Computer 2-way 5-shot, 100 steps, on vs off =="
