@@ -69,7 +69,7 @@ subprocess.run([sys.executable, "-c", (
 PY
 echo "== CUDA graphs: captured vs eager meta-step (test), and sinusoid FOMAML 300 steps with --cuda-graphs on vs off =="
 timeout 150 python -m pytest -q tests/train/test_cuda_graphs.py tests/train/test_cuda_graph_balls.py \
-    tests/train/test_cuda_graph_plans.py 2>&1 | tail -3 || echo "gpu_check: cuda-graph test exited"
+    tests/train/test_cuda_graph_plans.py tests/train/test_cuda_graph_matched.py 2>&1 | tail -3 || echo "gpu_check: cuda-graph test exited"
 for mode in off on; do
     start=$(date +%s.%N)
     timeout 90 python -m cmlgraph train --task sinusoid --first-order --steps 300 --device cuda --cuda-graphs "$mode" \

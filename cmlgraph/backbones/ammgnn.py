@@ -29,6 +29,7 @@ from cmlgraph.backbones.gmeta import _dropout, tlp_init
 from cmlgraph.backbones.gnn import plan_features
 from cmlgraph.backbones.gnn_ops import cached, is_sparse, sparse_matmul
 from cmlgraph.backbones.gnn_plan import TaskLayout, build_plan, plan_to, task_linear
+from cmlgraph.backbones.plan_static import PlanReads
 from cmlgraph.core.streams import current_streams, group_tasks
 from cmlgraph.errors import CmlgraphError
 from cmlgraph.graphs.balls import row_normalised_adjacency
@@ -37,6 +38,11 @@ from cmlgraph.graphs.types import GraphBatch, GraphInput
 
 #: Weight of the modulation and of the regulariser in TLP's code.
 MATCH_SCALE = 0.01
+#: ``memo`` key under which a CUDA graph's fixed input holds ``(ids of the batch's inputs, batch memo)``: what
+#: :meth:`MatchedInput.stack_tasks` finds for these very inputs (:mod:`cmlgraph.train.cuda_graph_matched`).
+STATIC_STACK_KEY = "static_stack"
+#: ``memo`` key of an input's drawn rows ``[2, k, F]`` kept in a fixed buffer (the regulariser reads them).
+MATCH_ROWS_KEY = "match_rows"
 
 
 @dataclass
@@ -65,8 +71,13 @@ class MatchedInput:
 
     @staticmethod
     def stack_tasks(items: list[MatchedInput]) -> MatchedBatch:
-        """A meta-batch's inputs run together."""
-        return MatchedBatch(list(items))
+        """A meta-batch's inputs run together (with the padded layouts a CUDA graph's fixed inputs carry, when
+        these are those very inputs)."""
+        batch = MatchedBatch(list(items))
+        hit = items[0].memo.get(STATIC_STACK_KEY)
+        if hit is not None and hit[0] == tuple(id(it) for it in items):
+            batch.memo = hit[1]
+        return batch
 
 
 class MatchedBatch(GraphBatch):
@@ -89,7 +100,9 @@ def match_values(weight: Tensor, bias: Tensor, rows: Tensor) -> Tensor:
 
 def match_regulariser(params: dict[str, Tensor], inputs: MatchedInput) -> Tensor:
     """``−0.01·[cos(α₁, α₂) + cos(β₁, β₂)]`` of one task (``params``: the encoder's unbatched weights)."""
-    rows = match_rows(inputs.graph, inputs.match)
+    rows = inputs.memo.get(MATCH_ROWS_KEY)
+    if rows is None:
+        rows = match_rows(inputs.graph, inputs.match)
     a = match_values(params["match_alpha.weight"], params["match_alpha.bias"], rows)
     b = match_values(params["match_beta.weight"], params["match_beta.bias"], rows)
     return -MATCH_SCALE * (F.cosine_similarity(a[0], a[1], dim=0) + F.cosine_similarity(b[0], b[1], dim=0))
@@ -152,6 +165,11 @@ class MatchedGCN(Backbone):
     def _weights(self) -> dict[str, Tensor]:
         return {n: p for n, p in self.named_parameters()}
 
+    def plan_reads(self) -> PlanReads:
+        """What :meth:`_forward_group` reads from a layout: the first aggregation ``z`` and the second layer's
+        aggregation (a padded layout, :class:`~cmlgraph.backbones.plan_static.StaticTaskLayout`, holds these)."""
+        return PlanReads((("z", 1),), (1,))
+
     def forward(self, inputs: MatchedInput) -> Tensor:
         """Embeddings ``Tensor[len(nodes), hidden]``."""
         w = {k: v.unsqueeze(0) for k, v in self._weights().items()}
@@ -174,12 +192,12 @@ class MatchedGCN(Backbone):
         for (a, b), memo in zip(groups, memos, strict=True):
             draws = None
             if streams is not None:  # (first task, end, the run's own padded rows, its generator) per run
-                draws = [(x - a, y - a, max(self._plan(it.graph).sizes[1] for it in items[x:y]),
+                draws = [(x - a, y - a, max(self.plan(it.graph).sizes[1] for it in items[x:y]),
                           streams.generators[run]) for run, x, y in streams.spans(a, b)]
             outs.append(self._forward_group({k: v[a:b] for k, v in params.items()}, items[a:b], memo, draws))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-    def _plan(self, g: GraphInput) -> Any:
+    def plan(self, g: GraphInput) -> Any:
         """The input's computation tree over ``D^-1 (A + I)``: prepared on the host by the domain
         (:func:`prepare_rownorm_plan`), else built here from the input's own tensors."""
         store = g.__dict__.setdefault("_plans", {})
@@ -190,7 +208,7 @@ class MatchedGCN(Backbone):
     def _forward_group(self, w: dict[str, Tensor], items: list[MatchedInput], memo: dict[str, Any],
                        draws: list[tuple[int, int, int, torch.Generator]] | None = None) -> Tensor:
         if "layout" not in memo:
-            memo["layout"] = TaskLayout([self._plan(it.graph) for it in items])
+            memo["layout"] = TaskLayout([self.plan(it.graph) for it in items])
             memo["rows"] = torch.stack([match_rows(it.graph, it.match) for it in items])  # [T, 2, k, F]
         lay, t = memo["layout"], len(items)
         alpha = match_values(w["match_alpha.weight"], w["match_alpha.bias"], memo["rows"])  # [T, 2, F]
@@ -219,5 +237,5 @@ class MatchedGCN(Backbone):
         return f"in_dim={self.in_dim}, hidden={self.hidden}, dropout={self.dropout}, match_size={self.match_size}"
 
 
-__all__ = ["MATCH_SCALE", "MatchedBatch", "MatchedGCN", "MatchedInput", "match_regulariser", "match_rows",
-           "match_values", "prepare_rownorm_plan", "rownorm_rows"]
+__all__ = ["MATCH_ROWS_KEY", "MATCH_SCALE", "STATIC_STACK_KEY", "MatchedBatch", "MatchedGCN", "MatchedInput",
+           "match_regulariser", "match_rows", "match_values", "prepare_rownorm_plan", "rownorm_rows"]

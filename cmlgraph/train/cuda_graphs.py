@@ -5,16 +5,17 @@ them once and replays them with one launch. A graph needs static shapes and no h
 meta-step's episode tensors are copied into fixed input buffers, the recorded computation (inner loop, outer loss,
 meta-gradients) is replayed, and its outputs are fixed buffers that the optimizer reads before the next replay.
 
-Where (:func:`ineligible` says why not elsewhere): a CUDA device; MAML, ANIL, BOIL or G-Meta (± CML) **first
-order** (FOMAML; G-Meta first order is the paper's Table 3 setting); no ``--control noise`` (its
+Where (:func:`ineligible` says why not elsewhere): a CUDA device; MAML, ANIL, BOIL, G-Meta or AMM-GNN (± CML)
+**first order** (FOMAML; G-Meta and AMM-GNN first order are the paper's Table 3 setting); no ``--control noise`` (its
 noise is drawn on the host); tasks run batched (``vmap``: the sinusoid MLP, Conv4 on images; one pass over the
 graph for whole-graph inputs); fixed-shape episode tensors, or whole-graph (``full`` mode) inputs of SGC, GCN,
 GraphSAGE or GIN with dense features and no dropout, whose graph is the domain's fixed full graph and whose only
 data are each task's node ids (copied into the capture's node buffers); k-hop computation trees of SGC, GCN,
 GraphSAGE or GIN (dense or sparse features, with or without dropout), padded into fixed buffers
 (:mod:`cmlgraph.train.cuda_graph_plans`); G-Meta (first order, the paper's Table 3 setting) on an undirected graph,
-its ball layouts padded likewise (:mod:`cmlgraph.train.cuda_graph_balls`). Padded buffers grow when a batch
-outgrows them (a new capture). Not yet: GAT, AMM-GNN, sparse features of whole-graph inputs, and second order
+its ball layouts padded likewise (:mod:`cmlgraph.train.cuda_graph_balls`), and AMM-GNN, its computation trees
+padded and its drawn rows in fixed buffers (:mod:`cmlgraph.train.cuda_graph_matched`). Padded buffers grow when a
+batch outgrows them (a new capture). Not yet: GAT, sparse features of whole-graph inputs, and second order
 (recent PyTorch refuses double backward under capture-friendly compilation; it stays eager).
 
 ``auto`` uses graphs where eligible and checks itself once: the first captured step is compared with the eager
@@ -37,7 +38,7 @@ import torch
 from torch import Tensor
 
 from cmlgraph.algorithms.base import MetaAlgorithm, MetaStep
-from cmlgraph.algorithms.tlp import GMeta
+from cmlgraph.algorithms.tlp import AMMGNN, GMeta
 from cmlgraph.algorithms.variants import ANIL, BOIL
 from cmlgraph.core.episode import Episode, can_stack
 from cmlgraph.core.model import parameters_of
@@ -48,7 +49,7 @@ MODES = ("auto", "on", "off")
 #: An episode's four parts, as the capture's input buffers hold them.
 SIDES = ("support_x", "support_y", "query_x", "query_y")
 #: Algorithms whose meta-step is the shared objective (no per-step schedules, no own gradient pass).
-GRAPHABLE = (MetaAlgorithm, ANIL, BOIL, GMeta)
+GRAPHABLE = (MetaAlgorithm, ANIL, BOIL, GMeta, AMMGNN)
 #: Eager warm-up iterations on a side stream before capture (cuBLAS workspaces, autograd's first-use setup).
 WARMUP = 3
 #: Most captures of one run: k-hop and G-Meta runs capture again when a batch's plans or balls outgrow the padded
@@ -60,7 +61,7 @@ RTOL, ATOL = 1e-4, 1e-6
 
 
 #: ``--algo`` names whose meta-step can be captured (the classes of :data:`GRAPHABLE`).
-GRAPHABLE_NAMES = ("maml", "anil", "boil", "gmeta")
+GRAPHABLE_NAMES = ("maml", "anil", "boil", "gmeta", "ammgnn")
 
 
 def config_ineligible(cfg: Any) -> str | None:
@@ -91,7 +92,7 @@ def _graph_config_ineligible(cfg: Any) -> str | None:
     """Why a graph run cannot be captured, from its config: k-hop computation trees pad to fixed buffers; of
     whole-graph (``full`` mode) inputs only those without dropout run batched (the graph fixed, each task's node
     ids of one length); GAT runs task by task. ``auto`` is checked on the episodes (:func:`ineligible`)."""
-    if cfg.algo.algo == "gmeta":  # ball layouts padded to fixed buffers (its inputs are checked per meta-batch)
+    if cfg.algo.algo in ("gmeta", "ammgnn"):  # balls, matched trees: padded (inputs checked per meta-batch)
         return None
     if cfg.model.gnn == "gat":
         return "GAT runs its tasks one by one (its attention depends on each task's weights)"
@@ -116,10 +117,18 @@ def is_plan_batch(episodes: Sequence[Episode]) -> bool:
         type(x := getattr(ep, s)) is types.GraphInput and x.local for ep in episodes for s in ("support_x", "query_x"))
 
 
+def is_matched_batch(episodes: Sequence[Episode]) -> bool:
+    """Whether the episodes' inputs are AMM-GNN's matched inputs (looked up as :func:`is_ball_batch`)."""
+    ammgnn = sys.modules.get("cmlgraph.backbones.ammgnn")
+    return ammgnn is not None and bool(episodes) and all(
+        isinstance(getattr(ep, s), ammgnn.MatchedInput) for ep in episodes for s in ("support_x", "query_x"))
+
+
 def _plans_ineligible(extractor: Any) -> str | None:
     """Why computation-tree inputs cannot fill padded layouts for this extractor, or ``None``."""
-    if not callable(getattr(extractor, "plan_reads", None)) or not getattr(extractor, "supports_plan", False):
-        return f"{type(extractor).__name__} has no padded computation-tree path (SGC, GCN, GraphSAGE and GIN have)"
+    if not callable(getattr(extractor, "plan_reads", None)) or not getattr(extractor, "supports_plan", True):
+        return (f"{type(extractor).__name__} has no padded computation-tree path (SGC, GCN, GraphSAGE, GIN and "
+                "AMM-GNN have)")
     return None
 
 
@@ -198,7 +207,7 @@ def ineligible(cfg: Any, exp: Any, distributed: bool = False, episodes: Sequence
             why = _balls_ineligible(sides)
             if why is not None:
                 return why
-        elif is_plan_batch(episodes):
+        elif is_plan_batch(episodes) or is_matched_batch(episodes):
             why = _plans_ineligible(getattr(getattr(exp, "model", None), "extractor", None))
             if why is not None:
                 return why
@@ -290,6 +299,11 @@ class GraphedMetaStep:
             from cmlgraph.train.cuda_graph_plans import PlanBuffers
 
             self.buffers = PlanBuffers(episodes, stacked, self.model.extractor, capacity)
+            self.static = self.buffers.static
+        elif is_matched_batch(episodes):  # AMM-GNN: padded computation trees and fixed drawn rows
+            from cmlgraph.train.cuda_graph_matched import MatchedBuffers
+
+            self.buffers = MatchedBuffers(episodes, stacked, self.model.extractor, capacity)
             self.static = self.buffers.static
         else:
             self.static = [Episode(*(static_copy(getattr(e, s)) for s in SIDES)) for e in episodes]
@@ -384,5 +398,5 @@ def make_graphed_step(cfg: Any, exp: Any, episodes: Sequence[Episode], batched: 
 
 
 __all__ = ["GRAPHABLE", "GRAPHABLE_NAMES", "GraphedMetaStep", "MODES", "SIDES", "WHOLE_GRAPH_DROPOUT", "check_mode",
-           "config_ineligible", "copy_into", "ineligible", "is_ball_batch", "is_plan_batch", "make_graphed_step",
-           "static_copy"]
+           "config_ineligible", "copy_into", "ineligible", "is_ball_batch", "is_matched_batch", "is_plan_batch",
+           "make_graphed_step", "static_copy"]

@@ -1,0 +1,155 @@
+"""AMM-GNN under ``train.cuda_graphs`` (issue 18 item 4): eligible in the Table 3 setting, and the capture's padded
+buffers (computation trees, drawn rows) driven on the CPU through a stand-in graph that replays the recorded step on
+the buffers (the real capture needs CUDA; the last test runs it where CUDA exists)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cmlgraph.backbones.ammgnn import MATCH_ROWS_KEY, STATIC_STACK_KEY
+from cmlgraph.config import Config, apply_overrides
+from cmlgraph.core.model import parameters_of
+from cmlgraph.graphs.types import NodeEpisode
+from cmlgraph.train.cuda_graphs import GraphedMetaStep, config_ineligible, ineligible
+from cmlgraph.train.sync_counter import SyncCounter
+from cmlgraph.train.trainer import build_experiment, prepare
+
+WAYS, SHOTS, QUERIES = 2, 5, 4
+
+
+def _cfg(device: str = "cpu", dropout: float = 0.0, max_tasks: int | None = None) -> Config:
+    cfg = Config()
+    apply_overrides(cfg, {"data": {"task": "graph", "graph": "synthetic", "synthetic_nodes": 300,
+                                   "synthetic_classes": 15, "ways": WAYS, "shots": SHOTS,
+                                   "queries": QUERIES},
+                          "model": {"hidden": 8, "dropout": dropout},
+                          "algo": {"algo": "ammgnn", "cml": True, "first_order": True, "inner_steps": 3},
+                          "train": {"meta_batch": 3, "device": device}}, "test")
+    return prepare(cfg)
+
+
+def _experiment(device: str = "cpu", dropout: float = 0.0, max_tasks: int | None = None):
+    e = build_experiment(_cfg(device, dropout))
+    if max_tasks is not None:
+        e.model.extractor.max_tasks = max_tasks
+    e.model.train()
+    return e
+
+
+def _episodes(e, order: torch.Tensor, start: int, tasks: int = 3) -> list:
+    """``tasks`` episodes whose support and query nodes are taken from ``order`` at ``start``."""
+    ns, nq = WAYS * SHOTS, WAYS * QUERIES
+    out = []
+    for t in range(tasks):
+        nodes = order[start + (ns + nq) * t:start + (ns + nq) * (t + 1)]
+        raw = NodeEpisode(nodes[:ns], torch.arange(WAYS).repeat(SHOTS), nodes[ns:], torch.arange(WAYS).repeat(QUERIES),
+                          torch.arange(WAYS))
+        out.append(e.domain.materialize(raw, e.device))
+    return out
+
+
+def _by_degree(e) -> torch.Tensor:
+    deg = torch.bincount(e.domain.graph.edge_index[0], minlength=e.domain.graph.num_nodes)
+    return deg.argsort(stable=True)
+
+
+class _StandIn:
+    """A CUDA graph's behaviour on the CPU: ``replay()`` reruns the recorded function into the capture's output
+    buffers."""
+
+    def __init__(self, fn, out) -> None:
+        self.fn, self.out = fn, out
+
+    def replay(self) -> None:
+        new = self.fn()
+        with torch.no_grad():
+            for name in ("meta", "co", "total"):
+                getattr(self.out.loss, name).copy_(getattr(new.loss, name))
+            for k, v in new.grads.items():
+                self.out.grads[k].copy_(v)
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    monkeypatch.setattr(GraphedMetaStep, "_record", lambda self, fn: (lambda out: (_StandIn(fn, out), out))(fn()))
+
+
+def _eager(e, episodes, batched):
+    return e.algo.meta_gradients(e.model, parameters_of(e.model), episodes, e.domain.loss_fn, 0, batched=batched)
+
+
+def _assert_same(ours, ref) -> None:
+    torch.testing.assert_close(ours.loss.total, ref.loss.total, rtol=1e-5, atol=1e-6)
+    for k in ref.grads:
+        torch.testing.assert_close(ours.grads[k], ref.grads[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("batched,max_tasks", [(True, None), (True, 2), (None, None)])
+def test_replays_equal_eager_and_outgrown_buffers_are_captured_again(stand_in, batched, max_tasks):
+    """Small trees first, then the largest: the buffers grow (a second capture), and every step equals the eager
+    meta-step of its own batch, the regulariser included. ``max_tasks`` 2: the stacked tasks run in two groups,
+    each with its own buffers; ``batched=None`` with one task: the unstacked path."""
+    e = _experiment(max_tasks=max_tasks)
+    tasks = 3 if batched else 1
+    step = GraphedMetaStep(e.algo, e.model, e.domain.loss_fn, batched)
+    order = _by_degree(e)
+    small = [_episodes(e, order, s, tasks) for s in (0, 7)]
+    large = _episodes(e, order.flip(0), 0, tasks)
+    counts = []
+    for i, eps in enumerate([*small, large, small[1]]):
+        _assert_same(step(eps, i), _eager(e, eps, batched))
+        assert step.failed is None, step.failed
+        counts.append((step.captures, step.replays))
+    assert counts[0] == (1, 1)
+    assert counts[2][0] == counts[1][0] + 1  # the largest trees outgrew the buffers: captured again
+    assert counts[3] == (counts[2][0], counts[2][1] + 1)
+    groups = {key[1] for key in step.buffers.layouts}
+    assert len(groups) == (2 if max_tasks == 2 else 1)
+    q = step.static[0].query_x
+    assert q.memo[MATCH_ROWS_KEY].data_ptr() == step.buffers.rows[("query_x", 0)][0].data_ptr()  # a view
+    if batched:
+        memos = q.memo[STATIC_STACK_KEY][1][("groups", None)]
+        assert [m["layout"] for m in memos] == [step.buffers.layouts[("query_x", g)] for g in sorted(groups)]
+    nxt = small[0]
+    for ep in nxt:  # the plans' constants, as the first eager pass builds them
+        _eager(e, [ep], False)
+    with SyncCounter() as counter:
+        step.buffers.copy_in(nxt)
+        step._eager(step.static, 0)
+    assert counter.total == 0, counter.counts
+
+
+def test_with_dropout_the_check_draws_the_same_masks(stand_in):
+    e = _experiment(dropout=0.5)
+    step = GraphedMetaStep(e.algo, e.model, e.domain.loss_fn, True)
+    order = torch.randperm(e.domain.graph.num_nodes, generator=torch.Generator().manual_seed(3))
+    out = step(_episodes(e, order, 0), 0)
+    assert step.failed is None and step.captures == 1 and torch.isfinite(out.loss.total)
+    replay = step(_episodes(e, order, 60), 1)
+    assert step.failed is None and step.replays == 2 and torch.isfinite(replay.loss.total)
+
+
+def test_table3_ammgnn_is_eligible_on_cuda():
+    e = _experiment()
+    cfg = _cfg()
+    cfg.train.device = "cuda"
+    assert config_ineligible(cfg) is None
+    exp = SimpleNamespace(algo=e.algo, model=e.model, device=torch.device("cuda"))
+    assert ineligible(cfg, exp, episodes=_episodes(e, torch.arange(e.domain.graph.num_nodes), 0)) is None
+    cfg.algo.first_order = False
+    assert "second order" in config_ineligible(cfg)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_captured_ammgnn_meta_steps_equal_eager_on_cuda():
+    """The real capture: every step, captured, replayed or recaptured, equals the eager meta-step of its batch."""
+    e = _experiment(device="cuda")
+    step = GraphedMetaStep(e.algo, e.model, e.domain.loss_fn, True, strict=True)
+    order = _by_degree(e)
+    batches = [_episodes(e, order, s) for s in (0, 7, 14)] + [_episodes(e, order.flip(0), 0), _episodes(e, order, 3)]
+    for i, eps in enumerate(batches):
+        _assert_same(step(eps, i), _eager(e, eps, True))
+    assert step.failed is None and step.captures >= 2 and step.replays >= len(batches)
