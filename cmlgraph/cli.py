@@ -127,7 +127,7 @@ def train(
     prefetch: str | None = typer.Option(None, help="Prepare the next meta-batches (episodes, k-hop plans) in a "
                                         "worker thread while a step computes, same results: auto (on for CUDA, "
                                         "off on the CPU), on, off."),
-    cuda_graphs: str | None = typer.Option(None, help="Replay the first-order meta-step as a CUDA graph: auto "
+    cuda_graphs: str | None = typer.Option(None, help="Replay the meta-step as a CUDA graph: auto "
                                            "(where eligible, checked once against eager), on, off (docs/gpu.md)."),
     runs_dir: str | None = typer.Option(None, help="Parent folder of run folders."),
     name: str | None = typer.Option(None, help="Run folder name."),

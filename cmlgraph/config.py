@@ -187,7 +187,7 @@ class TrainConfig:
             current step computes; same results (``auto``: on for CUDA, off on the CPU, ``on``, ``off``;
             :mod:`cmlgraph.train.prefetch`).
         nan_policy: On a NaN/inf loss or gradient: ``stop`` or ``skip`` the meta-batch.
-        cuda_graphs: Capture the first-order meta-step as a CUDA graph and replay it (``auto``: where eligible,
+        cuda_graphs: Capture the meta-step as a CUDA graph and replay it (``auto``: where eligible,
             checked once against the eager step; ``on``: required; ``off``; :mod:`cmlgraph.train.cuda_graphs`).
         patience: Stop training after this many validations without improvement (``None``: never).
         weight_decay: Adam's weight decay (L2 added to the meta-gradients).

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 18's GPU evidence in one run (meant to take about 8 minutes on one GPU; the steps' timeouts bound it at
-# about 25): the bench's k-hop ratios (--quick) and G-Meta ratios (--domains gmeta) on CUDA, a default graph run's
-# wall time on the GPU vs the CPU, the GPU's peak memory, CUDA graphs (captured = eager tests; sinusoid FOMAML and
-# G-Meta + CML wall time with --cuda-graphs on vs off), and one Table 3 setting's 10 runs (G-Meta +- CML, 5 seeds,
+# about 33): the bench's k-hop ratios (--quick) and G-Meta ratios (--domains gmeta) on CUDA, a default graph run's
+# wall time on the GPU (CUDA graphs auto and off) vs the CPU, the GPU's peak memory, CUDA graphs (captured = eager
+# tests; sinusoid FOMAML, k-hop GCN FOMAML and G-Meta + CML wall time with --cuda-graphs on vs off), and one Table 3 setting's 10 runs (G-Meta +- CML, 5 seeds,
 # CiteSeer 2-way 5-shot) trained with --parallel-runs 5. The G-Meta and Table 3 steps need CMLGRAPH_DATA.
 # With TABLE3=1 it then trains the whole local Table 3 (80 runs) with --parallel-runs 10 (at most 15 minutes more).
 # Usage: scripts/gpu_check.sh [OUT_DIR]   (default: a fresh temporary folder). Exits 0 with a message without a GPU.
@@ -49,12 +49,16 @@ else
     echo "gpu_check: G-Meta bench skipped: Amazon-Computer is not under CMLGRAPH_DATA (${CMLGRAPH_DATA:-unset})"
 fi
 
-for dev in cuda cpu; do
-    echo "== default graph run, 200 steps, --device $dev =="
+# cuda (CUDA graphs auto: the second-order step captured), cuda with --cuda-graphs off (eager), cpu
+for run in "cuda auto" "cuda off" "cpu auto"; do
+    set -- $run
+    echo "== default graph run, 200 steps, --device $1 --cuda-graphs $2 =="
     start=$(date +%s.%N)
-    timeout 120 python -m cmlgraph train --steps 200 --device "$dev" --runs-dir "$out/runs" --name "default-$dev" \
-        --quiet --overwrite || echo "gpu_check: train on $dev exited with status $?"
-    echo "gpu_check: default run on $dev took $(python -c "print(round($(date +%s.%N) - $start, 1))") s"
+    timeout 120 python -m cmlgraph train --steps 200 --device "$1" --cuda-graphs "$2" --runs-dir "$out/runs" \
+        --name "default-$1-$2" --overwrite > "$out/default-$1-$2.log" 2>&1 || \
+        echo "gpu_check: train on $1 ($2) exited with status $?"
+    grep -h "CUDA graphs off\|runs as a CUDA graph\|test accuracy" "$out/default-$1-$2.log" || true
+    echo "gpu_check: default run on $1 (cuda graphs $2) took $(python -c "print(round($(date +%s.%N) - $start, 1))") s"
 done
 
 echo "== peak GPU memory of a 200-step default run in this process =="

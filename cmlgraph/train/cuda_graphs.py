@@ -1,22 +1,23 @@
-"""CUDA graphs for the first-order meta-step (issue 18 item 4), behind ``train.cuda_graphs: auto|on|off``.
+"""CUDA graphs for the meta-step (issue 18 item 4), behind ``train.cuda_graphs: auto|on|off``.
 
 Why: on a GPU a few-shot meta-iteration is hundreds of tiny kernels, each launched from Python; a CUDA graph records
 them once and replays them with one launch. A graph needs static shapes and no host synchronisation: the
 meta-step's episode tensors are copied into fixed input buffers, the recorded computation (inner loop, outer loss,
 meta-gradients) is replayed, and its outputs are fixed buffers that the optimizer reads before the next replay.
 
-Where (:func:`ineligible` says why not elsewhere): a CUDA device; MAML, ANIL, BOIL, G-Meta or AMM-GNN (± CML)
-**first order** (FOMAML; G-Meta and AMM-GNN first order are the paper's Table 3 setting); no ``--control noise`` (its
-noise is drawn on the host); tasks run batched (``vmap``: the sinusoid MLP, Conv4 on images; one pass over the
-graph for whole-graph inputs); fixed-shape episode tensors, or whole-graph (``full`` mode) inputs of SGC, GCN,
-GraphSAGE or GIN with dense features and no dropout, whose graph is the domain's fixed full graph and whose only
-data are each task's node ids (copied into the capture's node buffers); k-hop computation trees of SGC, GCN,
-GraphSAGE or GIN (dense or sparse features, with or without dropout), padded into fixed buffers
-(:mod:`cmlgraph.train.cuda_graph_plans`); G-Meta (first order, the paper's Table 3 setting) on an undirected graph,
-its ball layouts padded likewise (:mod:`cmlgraph.train.cuda_graph_balls`), and AMM-GNN, its computation trees
-padded and its drawn rows in fixed buffers (:mod:`cmlgraph.train.cuda_graph_matched`). Padded buffers grow when a
-batch outgrows them (a new capture). Not yet: GAT, sparse features of whole-graph inputs, and second order
-(recent PyTorch refuses double backward under capture-friendly compilation; it stays eager).
+Where (:func:`ineligible` says why not elsewhere): a CUDA device; MAML, ANIL, BOIL, G-Meta or AMM-GNN (± CML), first
+order (FOMAML; G-Meta and AMM-GNN first order are the paper's Table 3 setting) or second order (the default: the
+capture records the eager double backward's kernels like any others, ``torch.cuda.graph`` is not
+``torch.compile``, which refuses double backward); no ``--control noise`` (its noise is drawn on the host); tasks
+run batched (``vmap``: the sinusoid MLP, Conv4 on images; one pass over the graph for whole-graph inputs);
+fixed-shape episode tensors, or whole-graph (``full`` mode) inputs of SGC, GCN, GraphSAGE or GIN with dense
+features and no dropout, whose graph is the domain's fixed full graph and whose only data are each task's node ids
+(copied into the capture's node buffers); k-hop computation trees of SGC, GCN, GraphSAGE or GIN (dense or sparse
+features, with or without dropout), padded into fixed buffers (:mod:`cmlgraph.train.cuda_graph_plans`); G-Meta on
+an undirected graph, its ball layouts padded likewise (:mod:`cmlgraph.train.cuda_graph_balls`), and AMM-GNN, its
+computation trees padded and its drawn rows in fixed buffers (:mod:`cmlgraph.train.cuda_graph_matched`). Padded
+buffers grow when a batch outgrows them (a new capture). Not yet: GAT, sparse features of whole-graph inputs,
+MAML++'s changing derivative order.
 
 ``auto`` uses graphs where eligible and checks itself once: the first captured step is compared with the eager
 step on the same meta-batch (losses and gradients, ``rtol`` 1e-4); on a mismatch or any capture error the run says
@@ -72,8 +73,6 @@ def config_ineligible(cfg: Any) -> str | None:
         return f"the run is on {t.device}, not a CUDA device (--device cuda)"
     if a.algo not in GRAPHABLE_NAMES:
         return f"--algo {a.algo} has its own meta-step; CUDA graphs cover {', '.join(GRAPHABLE_NAMES)}"
-    if a.first_order is False:
-        return "the inner loop is second order (--first-order captures it)"
     if a.control == "noise":
         return "--control noise draws its noise on the host"
     if t.batched == "off":
@@ -195,8 +194,8 @@ def ineligible(cfg: Any, exp: Any, distributed: bool = False, episodes: Sequence
         return why
     if type(algo) not in GRAPHABLE:
         return f"--algo {cfg.algo.algo} has its own meta-step; CUDA graphs cover {', '.join(GRAPHABLE_NAMES)}"
-    if not bool(algo.inner_config(0).first_order) or algo.first_order_at(0) is not None:
-        return "the inner loop is second order (--first-order captures it)"
+    if algo.first_order_at(0) is not None:
+        return "the derivative order changes during training (MAML++'s annealing)"
     if algo.step_weights(0) is not None:
         return "multi-step loss weights change with the step"
     if distributed:
@@ -234,10 +233,10 @@ def _close(a: Tensor, b: Tensor) -> bool:
 
 
 class GraphedMetaStep:
-    """The run's first-order meta-step, captured once and replayed (see the module docstring).
+    """The run's meta-step, captured once and replayed (see the module docstring).
 
     Args:
-        algo: The run's algorithm (one of :data:`GRAPHABLE`, first order).
+        algo: The run's algorithm (one of :data:`GRAPHABLE`).
         model: The meta-model; its parameters are the graph's inputs in place (the optimizer updates them in place).
         loss_fn: The domain's loss.
         batched: ``train.batched`` as the meta-step takes it.

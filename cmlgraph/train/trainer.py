@@ -532,7 +532,7 @@ class Trainer:
                                           batched=batched)
         else:
             graphed = self._graphed_step(episodes, batched)
-            if graphed is not None and not diag:  # the captured first-order step (train.cuda_graphs, issue 18)
+            if graphed is not None and not diag:  # the captured step (train.cuda_graphs, issue 18)
                 ms = graphed(episodes, self.step)
             else:
                 ms = e.algo.meta_gradients(e.model, params, episodes, e.domain.loss_fn, self.step, diagnostics=diag,

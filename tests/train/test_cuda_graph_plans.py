@@ -20,19 +20,20 @@ from cmlgraph.train.trainer import build_experiment, prepare
 WAYS, SHOTS, QUERIES = 3, 2, 3
 
 
-def _cfg(gnn: str = "gcn", dropout: float = 0.0, device: str = "cpu") -> Config:
+def _cfg(gnn: str = "gcn", dropout: float = 0.0, device: str = "cpu", first_order: bool = True) -> Config:
     cfg = Config()
     apply_overrides(cfg, {"data": {"task": "graph", "graph": "synthetic", "synthetic_nodes": 300,
                                    "synthetic_classes": 15, "ways": WAYS, "shots": SHOTS, "queries": QUERIES,
                                    "subgraph": "khop"},
                           "model": {"gnn": gnn, "hidden": 8, "dropout": dropout},
-                          "algo": {"cml": True, "first_order": True, "inner_steps": 2},
+                          "algo": {"cml": True, "first_order": first_order, "inner_steps": 2},
                           "train": {"meta_batch": 3, "device": device}}, "test")
     return prepare(cfg)
 
 
-def _experiment(gnn: str = "gcn", dropout: float = 0.0, sparse: bool = False, device: str = "cpu"):
-    e = build_experiment(_cfg(gnn, dropout, device=device))
+def _experiment(gnn: str = "gcn", dropout: float = 0.0, sparse: bool = False, device: str = "cpu",
+                first_order: bool = True):
+    e = build_experiment(_cfg(gnn, dropout, device=device, first_order=first_order))
     if sparse:  # bag-of-words-like features kept sparse (CiteSeer's layout)
         x = e.domain.graph.x
         keep = torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) < 0.03  # under compute_layout's 5 %
@@ -92,12 +93,14 @@ def _assert_same(ours, ref) -> None:
         torch.testing.assert_close(ours.grads[k], ref.grads[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
-@pytest.mark.parametrize("gnn,sparse,batched", [("gcn", False, True), ("sgc", False, True), ("sage", True, True),
-                                                ("gin", False, None)])
-def test_replays_equal_eager_and_outgrown_buffers_are_captured_again(stand_in, gnn, sparse, batched):
+@pytest.mark.parametrize("gnn,sparse,batched,first_order", [
+    ("gcn", False, True, True), ("sgc", False, True, True), ("sage", True, True, True), ("gin", False, None, True),
+    ("gcn", False, True, False), ("sgc", False, True, False)])
+def test_replays_equal_eager_and_outgrown_buffers_are_captured_again(stand_in, gnn, sparse, batched, first_order):
     """Small trees first, then the largest: the buffers grow (a second capture), and every step, replayed or
-    captured, equals the eager meta-step of its own batch. ``batched=None`` with one task: the unstacked path."""
-    e = _experiment(gnn, sparse=sparse)
+    captured, equals the eager meta-step of its own batch. ``batched=None`` with one task: the unstacked path;
+    second order (the default) through the same buffers."""
+    e = _experiment(gnn, sparse=sparse, first_order=first_order)
     tasks = 3 if batched else 1
     step = GraphedMetaStep(e.algo, e.model, e.domain.loss_fn, batched)
     order = _by_degree(e)
@@ -167,16 +170,17 @@ def test_k_hop_runs_are_eligible_on_cuda_and_gat_says_why():
     cfg.model.gnn = "gat"
     assert "GAT" in ineligible(cfg, exp, episodes=_episodes(e, order, 0))
     cfg.model.gnn = "sage"
-    cfg.algo.first_order = False
-    assert "second order" in ineligible(cfg, exp, episodes=_episodes(e, order, 0))
+    cfg.algo.first_order = False  # second order is captured too
+    assert ineligible(cfg, exp, episodes=_episodes(e, order, 0)) is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-@pytest.mark.parametrize("gnn", ["sgc", "gcn", "sage"])
-def test_captured_k_hop_meta_steps_equal_eager_on_cuda(gnn):
+@pytest.mark.parametrize("gnn,first_order", [("sgc", True), ("gcn", True), ("sage", True), ("gcn", False)])
+def test_captured_k_hop_meta_steps_equal_eager_on_cuda(gnn, first_order):
     """The real capture (no stand-in): every step, captured, replayed or recaptured after the trees outgrew the
-    buffers, equals the eager meta-step of its own batch (dropout off: padded masks differ from unpadded ones)."""
-    e = _experiment(gnn, device="cuda")
+    buffers, equals the eager meta-step of its own batch (dropout off: padded masks differ from unpadded ones);
+    second order too (the double backward's kernels recorded like any others)."""
+    e = _experiment(gnn, device="cuda", first_order=first_order)
     step = GraphedMetaStep(e.algo, e.model, e.domain.loss_fn, True, strict=True)
     order = _by_degree(e)
     batches = [_episodes(e, order, s) for s in (0, 5, 10)]

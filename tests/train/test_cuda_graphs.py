@@ -39,16 +39,16 @@ def _on_cuda(cfg: Config, algo: str = "maml", **algo_changes) -> tuple[Config, S
     return cfg, SimpleNamespace(algo=get_algorithm(cfg.algo), device=torch.device("cuda"))
 
 
-def test_eligible_first_order_maml_family_on_cuda(tmp_path):
+def test_eligible_maml_family_on_cuda_first_and_second_order(tmp_path):
     for algo in ("maml", "anil", "boil"):
-        cfg, exp = _on_cuda(_cfg(tmp_path), algo)
-        assert ineligible(cfg, exp) is None, algo
+        for first_order in (True, False):  # second order: the eager double backward's kernels are captured too
+            cfg, exp = _on_cuda(_cfg(tmp_path), algo, first_order=first_order)
+            assert ineligible(cfg, exp) is None, (algo, first_order)
 
 
 @pytest.mark.parametrize("change,reason", [
     (dict(algo="maml++"), "has its own meta-step"),
     (dict(algo="sharp-maml"), "has its own meta-step"),
-    (dict(first_order=False), "second order"),
     (dict(control="noise", cml=False), "draws its noise on the host"),
 ])
 def test_what_cannot_be_captured_says_why(tmp_path, change, reason):
@@ -87,8 +87,10 @@ def test_auto_on_the_cpu_steps_eagerly_with_the_same_results(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-def test_captured_and_eager_meta_steps_are_equal_on_cuda(tmp_path):
-    cfg = _cfg(tmp_path, train__device="cuda", train__batched="on")
+@pytest.mark.parametrize("first_order", [True, False])
+def test_captured_and_eager_meta_steps_are_equal_on_cuda(tmp_path, first_order):
+    """Sinusoid MAML + CML, first and second order (the double backward's kernels captured too)."""
+    cfg = _cfg(tmp_path, train__device="cuda", train__batched="on", algo__first_order=first_order)
     t = Trainer(cfg, progress=False)
     e = t.exp
     graphed = make_graphed_step(cfg, e, t._next_batch()[1], True)
