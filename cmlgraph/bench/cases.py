@@ -78,6 +78,9 @@ def graph_cases(key: str) -> list[Case]:
     """cmlgraph (k-hop and full), both references and, on :data:`OVERHEAD_GRAPHS`, cmlgraph with CML off."""
     base = f"graph/{key}"
     out = [Case(f"{base}/khop", "cmlgraph", "graph", "graph", {"mode": "khop", "cml": True}, key),
+           # the same meta-step replayed as a CUDA graph, as a GPU run trains (--device cuda only; skipped on the CPU)
+           Case(f"{base}/khop-graphed", "cmlgraph", "graph", "graph", {"mode": "khop", "cml": True, "graphed": True},
+                key),
            Case(f"{base}/full", "cmlgraph", "graph", "graph", {"mode": "full", "cml": True}, key)]
     if key in AUTO_GRAPHS:
         out.append(Case(f"{base}/auto", "cmlgraph", "graph", "graph", {"mode": "auto", "cml": True}, key))
@@ -156,6 +159,8 @@ def build_ratios(cases: list[Case]) -> list[Ratio]:
             for ref in ("ref-a", "ref-b"):
                 add(f"{base}:{mode}/{ref}", f"{base}/{mode}", f"{base}/{ref}")
         add(f"{base}:khop/full", f"{base}/khop", f"{base}/full")
+        add(f"{base}:khop-graphed/ref-a", f"{base}/khop-graphed", f"{base}/ref-a")
+        add(f"{base}:khop-graphed/khop", f"{base}/khop-graphed", f"{base}/khop")
         add(f"{base}:auto/khop", f"{base}/auto", f"{base}/khop")
         add(f"{base}:cml/maml ms", f"{base}/khop", f"{base}/khop-maml", "ms_per_iter", "<=", CML_TARGET)
     for key in GMETA_GRAPHS:

@@ -154,7 +154,8 @@ def run_one(ctx: Any, case: Case, settings: RunSettings, files: dict[str, str],
             graphs: dict[str, dict[str, Any]], log: Callable[[str], None]) -> dict[str, Any]:
     """One case's record: skipped up front (graph missing, memory estimate over the cap) or run in a child."""
     base = {"name": case.name, "impl": case.impl, "domain": case.domain, "graph": case.graph}
-    if case.options.get("impl") == "batched-graphed" and not settings.device.startswith("cuda"):
+    graphed = case.options.get("impl") == "batched-graphed" or case.options.get("graphed")
+    if graphed and not settings.device.startswith("cuda"):
         return {**base, **_skip("CUDA graphs need a CUDA device (--device cuda)")}
     if case.graph and case.graph not in files:
         facts = graphs.get(case.graph, {})

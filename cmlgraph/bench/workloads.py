@@ -21,6 +21,8 @@ from cmlgraph.domains.base import Domain
 from cmlgraph.graphs import FewShotGraph
 from cmlgraph.train.trainer import Experiment, build_experiment, prepare
 
+#: Meta-steps run before a CUDA-graph case is timed: its padded buffers grow to the batches' sizes meanwhile.
+GRAPHED_WARMUP = 30
 #: Few-shot settings of the graph cases (the brief's: 5-way 3-shot, 2-layer GCN, meta-batch 4, 2 inner steps).
 GRAPH_SETTING = {"ways": 5, "shots": 3, "queries": 10, "hidden": 64, "layers": 2, "meta_batch": 4,
                  "inner_steps": 2, "inner_lr": 0.5}
@@ -173,15 +175,40 @@ def graph_config(device: str, cml: bool = True, subgraph: str = "khop") -> Confi
     return cfg
 
 
-def graph_workload(graph: FewShotGraph, mode: str, device: str, cml: bool = True) -> Workload:
-    """cmlgraph's graph domain in ``khop`` or ``full`` mode; the k-hop extraction is part of each step."""
+def graph_workload(graph: FewShotGraph, mode: str, device: str, cml: bool = True, graphed: bool = False
+                   ) -> Workload:
+    """cmlgraph's graph domain in ``khop`` or ``full`` mode; the k-hop extraction is part of each step.
+
+    ``graphed`` (``--device cuda`` only): the meta-step replayed as a CUDA graph, as training runs it on a GPU
+    (``train.cuda_graphs: auto``; padded computation trees, :mod:`cmlgraph.train.cuda_graph_plans`), strict: a
+    failed capture fails the case with its reason. Warm-up steps before timing let the padded buffers grow to the
+    batches' sizes (each growth is a capture)."""
     from cmlgraph.domains.graph import GraphDomain
 
     cfg = prepare(graph_config(device, cml, mode))
     s = GRAPH_SETTING
     domain = GraphDomain(graph, s["ways"], s["shots"], s["queries"], gnn="gcn", hidden=s["hidden"],
                          layers=s["layers"], subgraph=mode)
-    work = _sampling_workload(build_experiment(cfg, domain), None)
+    exp = build_experiment(cfg, domain)
+    if not graphed:
+        work = _sampling_workload(exp, None)
+    else:
+        from cmlgraph.train.cuda_graphs import GraphedMetaStep
+
+        step_fn = GraphedMetaStep(exp.algo, exp.model, exp.domain.loss_fn, None, strict=True)
+        counter = [0]
+        info: dict[str, Any] = {"saved_params": saved_parameters(exp)}
+
+        def step() -> None:
+            raws = exp.domain.sample("train", int(exp.cfg.train.meta_batch), exp.generator)
+            episodes = [exp.domain.materialize(r, exp.device) for r in raws]
+            apply_meta_step(exp, step_fn(episodes, counter[0]))
+            info.update(cuda_graph_captures=step_fn.captures, cuda_graph_replays=step_fn.replays)
+            counter[0] += 1
+
+        for _ in range(GRAPHED_WARMUP):
+            step()
+        work = Workload(step, int(exp.cfg.train.meta_batch), info)
     work.info.update({"mode": domain.mode, "hops": domain.hops})
     return work
 
