@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GATConv, GCNConv, GINConv, SAGEConv, SGConv
 from torch_geometric.nn.conv import MessagePassing
+from torch_geometric.utils import softmax as pyg_softmax
 
 from cmlgraph.backbones.base import Backbone
 from cmlgraph.backbones.gnn_ops import (
@@ -68,8 +69,8 @@ from cmlgraph.errors import ConfigError
 from cmlgraph.graphs.types import GraphBatch, GraphInput
 
 #: Kinds whose whole-graph ("full" mode) tasks run as one pass over the graph (SGC has its own batched path; GAT's
-#: attention depends on each task's weights, so it runs task by task).
-WHOLE_GRAPH_KINDS = ("gcn", "sage", "gin")
+#: attention, which depends on each task's weights, is computed per edge for every task at once).
+WHOLE_GRAPH_KINDS = ("gcn", "sage", "gin", "gat")
 #: Values of one layer's node-major activations (``[N, T, hidden]``) a whole-graph task batch holds at most; more
 #: tasks run in consecutive chunks (64M values: 256 MiB in float32).
 WHOLE_GRAPH_VALUES = 1 << 26
@@ -300,7 +301,7 @@ class GNNBackbone(Backbone):
                 h = task_linear(z, params["convs.0.lin.weight"], t, params.get("convs.0.lin.bias"))
                 return self._sgc_out(h).view(t, int(items[0].nodes.numel()), -1)
         if (self.kind in WHOLE_GRAPH_KINDS and not any(g.local for g in items)
-                and all(g.x is items[0].x for g in items) and not (self.training and self.dropout > 0)):
+                and all(g.x is items[0].x for g in items) and not (self.training and self._draws_dropout)):
             return self._whole_graph_tasks(params, items)
         if self.supports_plan and all(g.local for g in items):
             key = f"layout/{PLAN_AGGREGATION[self.kind]}/{self.hops}"
@@ -322,8 +323,9 @@ class GNNBackbone(Backbone):
         product for the tasks' projections and **one** sparse aggregation ``Â [N, T·d]`` for all tasks, instead of
         T whole-graph passes of T functional calls. The first layer projects the shared features once with the
         tasks' weights side by side (``X [W_1; …; W_T]ᵀ``), so sparse features stay sparse. Same values as the
-        per-task pass (linearity of aggregation; PyG's layer semantics as in :meth:`forward`). Tasks run in
-        chunks whose activations hold at most :data:`WHOLE_GRAPH_VALUES` values.
+        per-task pass (linearity of aggregation; PyG's layer semantics as in :meth:`forward`). GAT computes each
+        edge's attention for every task at once (:meth:`_gat_attend`). Tasks run in chunks whose activations (GAT:
+        per-edge messages) hold at most :data:`WHOLE_GRAPH_VALUES` values.
 
         Args:
             w: Per-task weights ``[T, ...]`` (GIN's ε among them when trained: ``[T, 1]``).
@@ -334,7 +336,8 @@ class GNNBackbone(Backbone):
         x, graph = sparse_features(first), self._graph(first)
         n_graph, t = int(first.num_nodes), len(items)
         nodes = torch.stack([g.nodes for g in items])  # [T, n]
-        per = max(1, WHOLE_GRAPH_VALUES // max(1, n_graph * self.hidden))
+        width = int(graph.shape[1]) if self.kind == "gat" else n_graph  # GAT: per-edge messages of every task
+        per = max(1, WHOLE_GRAPH_VALUES // max(1, width * self.hidden))
         outs = []
         for s in range(0, t, per):
             part = {**fixed, **{k: v[s:s + per] for k, v in w.items()}}
@@ -368,6 +371,8 @@ class GNNBackbone(Backbone):
             elif self.kind == "sage":
                 h = (bias(aggregate(project(h, w[pre + "lin_l.weight"])), w.get(pre + "lin_l.bias"))
                      + bias(project(h, w[pre + "lin_r.weight"]), w.get(pre + "lin_r.bias")))
+            elif self.kind == "gat":
+                h = bias(self._gat_attend(project(h, w[pre + "lin.weight"]), w, pre, graph, t, i), w.get(pre + "bias"))
             else:  # gin: MLP((1 + ε) h + Σ_neighbours h), its first linear layer moved before the aggregation
                 p = project(h, w[pre + "nn.0.weight"])
                 eps = w[pre + "eps"]
@@ -377,6 +382,38 @@ class GNNBackbone(Backbone):
             if i < last or self.last_activation:
                 h = F.relu(h)
         return h
+
+    @property
+    def _draws_dropout(self) -> bool:
+        """Whether a training pass draws random masks: feature dropout, or GAT's attention dropout."""
+        return self.dropout > 0 or (self.kind == "gat" and any(float(c.dropout) > 0 for c in self.convs))
+
+    def _gat_attend(self, p: Tensor, w: dict[str, Tensor], pre: str, edge_index: Tensor, t: int, i: int) -> Tensor:
+        """GATConv's attention and aggregation (PyG semantics: ``LeakyReLU(a_srcᵀ h_j + a_dstᵀ h_i)``, softmax over
+        each target's incoming edges, heads concatenated) for ``t`` tasks at once, node-major.
+
+        Args:
+            p: The projected features ``[N, t, heads·C]`` (each task's ``lin`` weight).
+            w: Per-task weights; ``att_src``/``att_dst`` are ``[t, 1, heads, C]``.
+            pre: The layer's parameter prefix.
+            edge_index: ``[2, E]`` with one self-loop per node (source row 0, target row 1).
+            t: Tasks.
+            i: The layer's index (its negative slope).
+
+        Returns:
+            ``[N, t, heads·C]`` before the bias.
+        """
+        n, heads = p.shape[0], self.heads
+        p = p.view(n, t, heads, -1)
+        a_src = (p * w[pre + "att_src"].view(1, t, heads, -1)).sum(-1)  # [N, t, heads]
+        a_dst = (p * w[pre + "att_dst"].view(1, t, heads, -1)).sum(-1)
+        src, dst = edge_index[0], edge_index[1]
+        conv = self.convs[i]
+        assert isinstance(conv, GATConv)
+        logits = F.leaky_relu(a_src.index_select(0, src) + a_dst.index_select(0, dst), conv.negative_slope)
+        alpha = pyg_softmax(logits, dst, num_nodes=n)  # [E, t, heads]
+        msg = p.index_select(0, src) * alpha.unsqueeze(-1)
+        return p.new_zeros(p.shape).index_add(0, dst, msg).view(n, t, -1)
 
     def _weights(self) -> dict[str, Tensor]:
         """The weights (and GIN's ε) currently in the modules: under ``functional_call``, the substituted ones."""

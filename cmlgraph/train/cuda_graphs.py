@@ -16,7 +16,8 @@ features and no dropout, whose graph is the domain's fixed full graph and whose 
 features, with or without dropout), padded into fixed buffers (:mod:`cmlgraph.train.cuda_graph_plans`); G-Meta on
 an undirected graph, its ball layouts padded likewise (:mod:`cmlgraph.train.cuda_graph_balls`), and AMM-GNN, its
 computation trees padded and its drawn rows in fixed buffers (:mod:`cmlgraph.train.cuda_graph_matched`). Padded
-buffers grow when a batch outgrows them (a new capture). Not yet: GAT, sparse features of whole-graph inputs,
+buffers grow when a batch outgrows them (a new capture). Not yet: GAT's k-hop subgraphs, sparse features of
+whole-graph inputs,
 MAML++'s changing derivative order.
 
 ``auto`` uses graphs where eligible and checks itself once: the first captured step is compared with the eager
@@ -90,11 +91,13 @@ WHOLE_GRAPH_DROPOUT = ("GNN dropout on whole-graph (--subgraph full) inputs runs
 def _graph_config_ineligible(cfg: Any) -> str | None:
     """Why a graph run cannot be captured, from its config: k-hop computation trees pad to fixed buffers; of
     whole-graph (``full`` mode) inputs only those without dropout run batched (the graph fixed, each task's node
-    ids of one length); GAT runs task by task. ``auto`` is checked on the episodes (:func:`ineligible`)."""
+    ids of one length); GAT's k-hop subgraphs run task by task. ``auto`` is checked on the episodes
+    (:func:`ineligible`)."""
     if cfg.algo.algo in ("gmeta", "ammgnn"):  # balls, matched trees: padded (inputs checked per meta-batch)
         return None
-    if cfg.model.gnn == "gat":
-        return "GAT runs its tasks one by one (its attention depends on each task's weights)"
+    if cfg.model.gnn == "gat" and cfg.data.subgraph == "khop":
+        return ("GAT on k-hop subgraphs runs its tasks one by one (each task's subgraph differs; --subgraph full "
+                "batches them)")
     if cfg.data.subgraph == "full" and float(cfg.model.dropout) > 0:
         return WHOLE_GRAPH_DROPOUT
     return None

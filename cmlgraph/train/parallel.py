@@ -23,8 +23,8 @@ graph; G-Meta's balls of one shared ball index). A run whose meta-step draws fro
 first step) is fused only where its encoder draws from per-run streams (``random_streams``: G-Meta's and AMM-GNN's
 dropout, :mod:`cmlgraph.core.streams`); a fused step that still moves the global RNG is redone run by run and those
 runs are not fused again. Stepped one after another inside the lockstep loop instead: a step that logs gradient
-diagnostics, episodes that do not stack (the ``full`` mode of GNNs other than SGC, the k-hop subgraph mode, graphs
-that differ between the runs) and other runs that draw from the global RNG. Validation, testing and checkpoints are
+diagnostics, episodes that do not stack (GAT's k-hop subgraphs, whole-graph passes that draw dropout, graphs that
+differ between the runs) and other runs that draw from the global RNG. Validation, testing and checkpoints are
 per run.
 
 Each run's ``wall_time_s`` and ``time_s`` count the group's wall time while the run was in it (its own steps,

@@ -170,11 +170,12 @@ def test_sgc_whole_graph_tasks_batch_and_equal_the_loop(sparse, max_fill):
     _assert_batched_equals_loop(model, params, eps, InnerLoopConfig(steps=2, lr=0.3, first_order=False))
 
 
-@pytest.mark.parametrize("kind", ["gcn", "sage", "gin"])
+@pytest.mark.parametrize("kind", ["gcn", "sage", "gin", "gat"])
 @pytest.mark.parametrize("sparse", [False, True])
-def test_whole_graph_tasks_of_gcn_sage_gin_run_as_one_pass_and_equal_the_loop(kind, sparse, monkeypatch):
-    # GCN, SAGE and GIN on the whole graph ("full" mode): the tasks' activations node-major [N, T, d], one
-    # aggregation for all tasks per layer; same features, losses and meta-gradients (second order) as task by task
+def test_whole_graph_tasks_of_gcn_sage_gin_gat_run_as_one_pass_and_equal_the_loop(kind, sparse, monkeypatch):
+    # GCN, SAGE, GIN and GAT on the whole graph ("full" mode): the tasks' activations node-major [N, T, d], one
+    # aggregation for all tasks per layer (GAT: every task's attention per edge at once); same features, losses
+    # and meta-gradients (second order) as task by task
     import cmlgraph.backbones.gnn as gnn
 
     x, ei = _graph(sparse=sparse, seed=8)
@@ -189,7 +190,8 @@ def test_whole_graph_tasks_of_gcn_sage_gin_run_as_one_pass_and_equal_the_loop(ki
     monkeypatch.setattr(net, "_whole_graph_chunk", lambda w, x_, g_, t: calls.append(t) or chunk(w, x_, g_, t))
     torch.testing.assert_close(net.forward_tasks(params, GraphBatch(items)), looped, atol=1e-12, rtol=1e-10)
     assert calls == [5]  # one pass for the five tasks
-    monkeypatch.setattr(gnn, "WHOLE_GRAPH_VALUES", 200 * 8 * 2)  # a budget of two tasks: chunks of 2, 2, 1
+    width = int(net._graph(items[0]).shape[1]) if kind == "gat" else 200  # GAT: its per-edge messages
+    monkeypatch.setattr(gnn, "WHOLE_GRAPH_VALUES", width * 8 * 2)  # a budget of two tasks: chunks of 2, 2, 1
     torch.testing.assert_close(net.forward_tasks(params, GraphBatch(items)), looped, atol=1e-12, rtol=1e-10)
     assert calls == [5, 2, 2, 1]
     monkeypatch.setattr(net, "_whole_graph_chunk", chunk)
@@ -203,11 +205,12 @@ def test_whole_graph_tasks_of_gcn_sage_gin_run_as_one_pass_and_equal_the_loop(ki
     _assert_batched_equals_loop(model, parameters_of(model), eps, InnerLoopConfig(steps=2, lr=0.3))
 
 
-def test_whole_graph_tasks_with_dropout_in_training_run_task_by_task():
-    # input dropout draws a mask per task over the whole feature matrix: those passes stay per task
+@pytest.mark.parametrize("kind,dropout", [("gcn", {"dropout": 0.5}), ("gat", {"attn_dropout": 0.5})])
+def test_whole_graph_tasks_with_dropout_in_training_run_task_by_task(kind, dropout):
+    # input dropout (GAT: attention dropout too) draws masks per task: those passes stay per task
     x, ei = _graph(seed=11)
     torch.manual_seed(11)
-    net = GNNBackbone("gcn", x.shape[1], hidden=8, layers=2, dropout=0.5).double()
+    net = GNNBackbone(kind, x.shape[1], hidden=8, layers=2, heads=2, **dropout).double()
     cache: dict = {}
     items = [GraphInput(x, ei, torch.arange(6), cache, batch_whole=True) for _ in range(2)]
     params = {k: v.detach().unsqueeze(0).repeat(2, *[1] * v.dim()) for k, v in net.named_parameters()}

@@ -128,6 +128,8 @@ ALLOW: dict[str, dict[str, dict[str, int]]] = {
     "full": {"host": {}, "first": PROTO, "steady": PROTO, "eval_host": {}, "eval": PROTO},
     # full mode (GCN): the tasks run as one pass over the graph (node-major activations), one proto_head per batch
     "full-gcn": {"host": {}, "first": PROTO, "steady": PROTO, "eval_host": {}, "eval": PROTO},
+    # full mode (GAT): every task's attention per edge in one pass (softmax per target: scatter max and sum)
+    "full-gat": {"host": {}, "first": PROTO, "steady": PROTO, "eval_host": {}, "eval": PROTO},
     # ProtoNet on computation trees: the meta-batch's prototypes at once (one F.one_hot per pass: cpu only)
     "protonet": {"host": PLAN, "first": PROTOTYPES, "steady": PROTOTYPES, "eval_host": PLAN, "eval": PROTOTYPES},
     "gmeta": {"host": {**BALLS, **BALL_BLOCK}, "first": {}, "steady": {}, "eval_host": {**BALLS, **BALL_BLOCK},
@@ -139,6 +141,7 @@ ALLOW: dict[str, dict[str, dict[str, int]]] = {
 #: Sites in a device phase (first, steady, eval) that are not device syncs on CUDA: host work on CPU tensors or
 #: cpu-only checks. Every other site there would be a real device sync; none is left on these paths.
 NOT_DEVICE: dict[str, set[str]] = {"khop": set(PROTO), "full": set(PROTO), "full-gcn": set(PROTO),
+                                   "full-gat": set(PROTO),
                                    "protonet": set(PROTOTYPES), "gmeta": set(),
                                    "ammgnn": set(), "sinusoid": set(), "digits": set()}
 
@@ -151,6 +154,7 @@ PATHS = {
     "khop": (dict(GRAPH, subgraph="khop"), None),
     "full": (dict(GRAPH, subgraph="full"), None),
     "full-gcn": (dict(GRAPH, subgraph="full", gnn="gcn"), None),
+    "full-gat": (dict(GRAPH, subgraph="full", gnn="gat"), None),
     "protonet": (dict(GRAPH, subgraph="khop", algo="protonet"), None),
     "gmeta": (dict(GRAPH, algo="gmeta"), None),
     "ammgnn": (dict(GRAPH, algo="ammgnn"), None),
