@@ -65,6 +65,7 @@ from cmlgraph.backbones.gnn_plan import (
 )
 from cmlgraph.backbones.plan_static import PlanReads, StaticTaskLayout
 from cmlgraph.backbones.pyg_templates import remove_template_files
+from cmlgraph.core.streams import group_tasks
 from cmlgraph.errors import ConfigError
 from cmlgraph.graphs.types import GraphBatch, GraphInput
 
@@ -303,6 +304,8 @@ class GNNBackbone(Backbone):
         if (self.kind in WHOLE_GRAPH_KINDS and not any(g.local for g in items)
                 and all(g.x is items[0].x for g in items) and not (self.training and self._draws_dropout)):
             return self._whole_graph_tasks(params, items)
+        if self.kind == "gat" and all(g.subgraph for g in items) and not (self.training and self._draws_dropout):
+            return self._subgraph_tasks(params, batch)
         if self.supports_plan and all(g.local for g in items):
             key = f"layout/{PLAN_AGGREGATION[self.kind]}/{self.hops}"
             static = items[0].__dict__.get(STATIC_BATCH_KEY)
@@ -345,6 +348,51 @@ class GNNBackbone(Backbone):
             rows = nodes[s:s + per]
             outs.append(h[rows, torch.arange(rows.shape[0], device=rows.device).unsqueeze(1)])
         return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def _subgraph_tasks(self, w: dict[str, Tensor], batch: GraphBatch) -> Tensor:
+        """GAT over ``T`` tasks' own k-hop subgraphs as one pass over their disjoint union: features
+        ``Tensor[T, n, hidden]`` of each task's requested nodes.
+
+        Each task's subgraph is padded to the largest one's ``R`` rows (task ``t``'s nodes at ``t·R …``; pad rows
+        have zero features and no edges, so nothing reads them), its self-looped edges offset by ``t·R``; each layer
+        projects with every task's weights at once (``bmm``, or a block-diagonal product for sparse features) and
+        attends over the union's edges (:meth:`_gat_attend` with one task per block). Tasks run in groups whose
+        edges hold at most :data:`WHOLE_GRAPH_VALUES` message values. The layout is built once per batch (its
+        ``memo``) and reused by every inner step. Same values as the per-task pass.
+        """
+        items = batch.items
+        edges = [int(self_loop_edge_index(g).shape[1]) for g in items]
+        groups = batch.memo.get("gat/groups")
+        if groups is None:
+            spans = group_tasks(edges, max(1, WHOLE_GRAPH_VALUES // max(1, self.hidden)))
+            groups = batch.memo["gat/groups"] = [(a, b, _union_layout(items[a:b])) for a, b in spans]
+        outs = []
+        for a, b, lay in groups:
+            part = {k: v[a:b] for k, v in w.items()}
+            outs.append(self._union_pass(part, lay, b - a))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def _union_pass(self, w: dict[str, Tensor], lay: dict[str, Any], t: int) -> Tensor:
+        """The GAT layers over one group's disjoint union (:func:`_union_layout`): ``[t, n, hidden]``."""
+        h = lay["x"]
+        last = len(self.convs) - 1
+        heads = self.heads
+        src, dst = lay["edges"][0], lay["edges"][1]
+        for i in range(len(self.convs)):
+            pre = f"convs.{i}."
+            p = task_linear(h, w[pre + "lin.weight"], t).view(t, -1, heads, self.hidden // heads)  # [t, R, H, C]
+            a_src = (p * w[pre + "att_src"].view(t, 1, heads, -1)).sum(-1).flatten(0, 1)  # [t·R, H]
+            a_dst = (p * w[pre + "att_dst"].view(t, 1, heads, -1)).sum(-1).flatten(0, 1)
+            p = p.flatten(0, 1)  # [t·R, H, C]: task t's nodes at t·R …
+            conv = self.convs[i]
+            assert isinstance(conv, GATConv)
+            logits = F.leaky_relu(a_src.index_select(0, src) + a_dst.index_select(0, dst), conv.negative_slope)
+            alpha = pyg_softmax(logits, dst, num_nodes=p.shape[0])  # [E, H]
+            h = p.new_zeros(p.shape).index_add(0, dst, p.index_select(0, src) * alpha.unsqueeze(-1))
+            h = _task_bias(h.view(p.shape[0], -1), w.get(pre + "bias"), t)
+            if i < last or self.last_activation:
+                h = F.relu(h)
+        return h.index_select(0, lay["out"]).view(t, -1, h.shape[-1])
 
     def _whole_graph_chunk(self, w: dict[str, Tensor], x: Tensor, graph: Tensor, t: int) -> Tensor:
         """The GNN over the whole graph for ``t`` tasks at once: node-major ``[N, t, hidden]`` (see
@@ -602,6 +650,24 @@ class GNNBackbone(Backbone):
     def extra_repr(self) -> str:
         """Shown by ``print(model)``."""
         return f"kind={self.kind}, in_dim={self.in_dim}, hidden={self.hidden}, layers={self.num_layers}"
+
+
+def _union_layout(items: list[GraphInput]) -> dict[str, Any]:
+    """The disjoint union of ``items``' k-hop subgraphs, each padded to the largest one's ``R`` rows (see
+    :meth:`GNNBackbone._subgraph_tasks`): ``x`` (dense ``[T, R, F]``, or a block-diagonal sparse ``[T·R, T·F]``),
+    ``edges`` (``[2, E]``: each task's self-looped edges offset by ``t·R``), ``out`` (``[T·n]``: each task's
+    requested nodes, offset) and ``rows`` (``R``). Sizes are read from shapes only (no host-device sync)."""
+    rows = max(g.num_nodes for g in items)
+    feats = [sparse_features(g) for g in items]
+    if is_sparse(feats[0]):
+        x = _block_diag([_to_csr(f) for f in feats], rows, int(feats[0].shape[1]))
+    else:
+        x = feats[0].new_zeros(len(items), rows, feats[0].shape[1])
+        for t, f in enumerate(feats):
+            x[t, : f.shape[0]] = f
+    edges = torch.cat([self_loop_edge_index(g) + t * rows for t, g in enumerate(items)], dim=1)
+    out = torch.cat([g.nodes + t * rows for t, g in enumerate(items)])
+    return {"x": x, "edges": edges, "out": out, "rows": rows}
 
 
 def _task_bias(h: Tensor, bias: Tensor | None, t: int) -> Tensor:

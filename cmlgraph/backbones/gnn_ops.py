@@ -337,6 +337,10 @@ def adjacency_rows(inputs: GraphInput, kind: str) -> Tensor:
     return cached(inputs, f"adj/{kind}/rows", build)
 
 
+#: :func:`cached` key of :func:`self_loop_edge_index` (the graph domain fills it on the host for k-hop subgraphs).
+SELF_LOOPS_KEY = "edge_index/self_loops"
+
+
 def self_loop_edge_index(inputs: GraphInput) -> Tensor:
     """``edge_index`` with exactly one self-loop per node (what GATConv adds itself), cached (GAT)."""
 
@@ -345,7 +349,7 @@ def self_loop_edge_index(inputs: GraphInput) -> Tensor:
         ei, _ = add_self_loops(ei, num_nodes=inputs.num_nodes)
         return ei
 
-    return cached(inputs, "edge_index/self_loops", build)
+    return cached(inputs, SELF_LOOPS_KEY, build)
 
 
 def propagate_sparse(adj_t: Tensor, x: Tensor, hops: int, max_nnz: int) -> Tensor | None:
@@ -381,6 +385,7 @@ __all__ = [
     "FastSparseAggregation",
     "IndexAggregation",
     "RowScaledSymmetric",
+    "SELF_LOOPS_KEY",
     "adjacency_rows",
     "SparseLinear",
     "cached",

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from cmlgraph.backbones.gnn import WHOLE_GRAPH_KINDS, GNNBackbone, gnn_hops, prepare_plan
+from cmlgraph.backbones.gnn_ops import CACHE_PREFIX, SELF_LOOPS_KEY, self_loop_edge_index
 from cmlgraph.config import Config
 from cmlgraph.core.episode import Episode
 from cmlgraph.core.transfer import to_device
@@ -233,10 +234,17 @@ class GraphDomain(Domain):
         else:
             inp = episode_input(self.graph, torch.cat([raw.support, raw.query]), self.hops)
             x, ei, cache, nodes = inp.x.to(device), inp.edge_index.to(device), inp.cache, inp.nodes.to(device)
-        # whole-graph tasks batch: SGC's as gathered propagated rows, GCN's/SAGE's/GIN's as one pass for all tasks
+            if self.gnn["kind"] == "gat":  # its self-looped edges, built on the host (no device syncs, issue 18)
+                host = GraphInput(inp.x, inp.edge_index, inp.nodes, {})
+                cache[CACHE_PREFIX + SELF_LOOPS_KEY] = to_device(self_loop_edge_index(host), device)
+        # whole-graph tasks batch: SGC's as gathered propagated rows, GCN's/SAGE's/GIN's/GAT's as one pass for all
+        # tasks; GAT's k-hop subgraphs as one pass over their disjoint union
         whole = self.mode == "full" and self.gnn["kind"] in ("sgc", *WHOLE_GRAPH_KINDS)
-        return Episode(GraphInput(x, ei, nodes[:ns], cache, batch_whole=whole), raw.support_y.to(device),
-                       GraphInput(x, ei, nodes[ns:], cache, batch_whole=whole), raw.query_y.to(device))
+        sub = self.mode == "khop"
+        return Episode(GraphInput(x, ei, nodes[:ns], cache, batch_whole=whole, subgraph=sub),
+                       raw.support_y.to(device),
+                       GraphInput(x, ei, nodes[ns:], cache, batch_whole=whole, subgraph=sub),
+                       raw.query_y.to(device))
 
     def tree_input(self, nodes: Tensor, device: torch.device | str = "cpu") -> GraphInput:
         """A computation-tree input of ``nodes`` whose plan is built on the host now (issue 18 item 2).

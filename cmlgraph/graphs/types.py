@@ -23,6 +23,9 @@ class GraphInput:
         batch_whole: A whole-graph input (not ``local``) whose tasks the backbone runs as one batch: set by the
             graph domain for SGC, whose whole-graph pass is one cached propagation, so a batch of tasks is a
             gather of their nodes' propagated rows and one batched product (issue 18 item 3).
+        subgraph: An episode's own k-hop subgraph (``x`` and ``edge_index`` of its neighbourhood; GAT in ``khop``
+            mode): tasks of equally many requested nodes run as one batch over the disjoint union of their
+            subgraphs (:meth:`cmlgraph.backbones.gnn.GNNBackbone.forward_tasks`).
     """
 
     x: Tensor
@@ -31,6 +34,7 @@ class GraphInput:
     cache: dict[str, Any] = field(default_factory=dict)
     local: bool = False
     batch_whole: bool = False
+    subgraph: bool = False
 
     @property
     def num_nodes(self) -> int:
@@ -40,10 +44,15 @@ class GraphInput:
     @staticmethod
     def can_stack_tasks(items: list[GraphInput]) -> bool:
         """Whether these inputs (one per task) can run batched: computation-tree inputs (or whole-graph inputs
-        marked ``batch_whole``) of one graph, with the same number of requested nodes."""
+        marked ``batch_whole``) of one graph, or k-hop ``subgraph`` inputs with features of one width, layout and
+        device; with the same number of requested nodes."""
         first = items[0]
+        if first.subgraph:
+            return all(isinstance(g, GraphInput) and g.subgraph and g.nodes.shape == first.nodes.shape
+                       and g.x.layout == first.x.layout and g.x.shape[1:] == first.x.shape[1:]
+                       and g.x.dtype == first.x.dtype and g.x.device == first.x.device for g in items)
         return all(isinstance(g, GraphInput) and (g.local or g.batch_whole) and g.local == first.local
-                   and g.x is first.x and g.nodes.shape == first.nodes.shape for g in items)
+                   and not g.subgraph and g.x is first.x and g.nodes.shape == first.nodes.shape for g in items)
 
     @staticmethod
     def stack_tasks(items: list[GraphInput]) -> GraphBatch:

@@ -91,13 +91,13 @@ WHOLE_GRAPH_DROPOUT = ("GNN dropout on whole-graph (--subgraph full) inputs runs
 def _graph_config_ineligible(cfg: Any) -> str | None:
     """Why a graph run cannot be captured, from its config: k-hop computation trees pad to fixed buffers; of
     whole-graph (``full`` mode) inputs only those without dropout run batched (the graph fixed, each task's node
-    ids of one length); GAT's k-hop subgraphs run task by task. ``auto`` is checked on the episodes
+    ids of one length); GAT's k-hop subgraphs are not padded. ``auto`` is checked on the episodes
     (:func:`ineligible`)."""
     if cfg.algo.algo in ("gmeta", "ammgnn"):  # balls, matched trees: padded (inputs checked per meta-batch)
         return None
     if cfg.model.gnn == "gat" and cfg.data.subgraph == "khop":
-        return ("GAT on k-hop subgraphs runs its tasks one by one (each task's subgraph differs; --subgraph full "
-                "batches them)")
+        return ("GAT's k-hop subgraphs have data-dependent sizes (padding them to fixed buffers is not built; "
+                "--subgraph full captures GAT)")
     if cfg.data.subgraph == "full" and float(cfg.model.dropout) > 0:
         return WHOLE_GRAPH_DROPOUT
     return None

@@ -222,3 +222,60 @@ def test_whole_graph_tasks_with_dropout_in_training_run_task_by_task(kind, dropo
     net.eval()  # evaluation has no dropout: one pass, equal tasks give equal features
     out = net.forward_tasks(params, GraphBatch(items))
     torch.testing.assert_close(out[0], out[1])
+
+
+def _subgraph_input(x, ei, nodes: torch.Tensor, hops: int = 2) -> GraphInput:
+    """An episode's own k-hop subgraph input (GAT's ``khop`` mode), relabelled as the graph domain builds it."""
+    from torch_geometric.utils import k_hop_subgraph
+
+    subset, sub_ei, mapping, _ = k_hop_subgraph(nodes, hops, ei, relabel_nodes=True, num_nodes=x.shape[0])
+    xs = x.to_dense()[subset] if x.layout != torch.strided else x[subset]
+    if x.layout != torch.strided:
+        xs = xs.to_sparse_csr()
+    return GraphInput(xs, sub_ei, mapping, {}, subgraph=True)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_gat_k_hop_subgraph_tasks_run_as_one_union_pass_and_equal_the_loop(sparse, monkeypatch):
+    # GAT in khop mode: each task's own subgraph (of its own size), the tasks as one pass over the disjoint union
+    # (padded blocks, offset edges); same features as task by task, in groups when the edge budget is small, and the
+    # same second-order losses and meta-gradients
+    import cmlgraph.backbones.gnn as gnn
+
+    x, ei = _graph(sparse=sparse, seed=12)
+    torch.manual_seed(12)
+    net = GNNBackbone("gat", x.shape[1], hidden=8, layers=2, heads=2).double()
+    items = [_subgraph_input(x, ei, torch.randperm(200)[:5]) for _ in range(4)]
+    assert len({g.num_nodes for g in items}) > 1  # subgraphs of different sizes: padding is exercised
+    assert GraphInput.can_stack_tasks(items)
+    params = _task_weights(net, 4)
+    looped = _task_loop(net, params, items)
+    torch.testing.assert_close(net.forward_tasks(params, GraphBatch(items)), looped, atol=1e-12, rtol=1e-10)
+    batch = GraphBatch(items)
+    monkeypatch.setattr(gnn, "WHOLE_GRAPH_VALUES", 8)  # one edge's messages: every task its own group
+    torch.testing.assert_close(net.forward_tasks(params, batch), looped, atol=1e-12, rtol=1e-10)
+    assert [(a, b) for a, b, _ in batch.memo["gat/groups"]] == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    monkeypatch.undo()
+
+    torch.manual_seed(13)
+    model = MetaModel(GNNBackbone("gat", x.shape[1], hidden=8, layers=2, heads=2), 3, co_depth=1).double()
+    g = torch.Generator().manual_seed(14)
+    eps = []
+    for _ in range(3):
+        perm = torch.randperm(200, generator=g)
+        sub = _subgraph_input(x, ei, perm[:15])
+        s = GraphInput(sub.x, sub.edge_index, sub.nodes[:6], sub.cache, subgraph=True)
+        q = GraphInput(sub.x, sub.edge_index, sub.nodes[6:], sub.cache, subgraph=True)
+        eps.append(Episode(s, torch.arange(3).repeat(2), q, torch.arange(3).repeat(3)))
+    assert can_stack(eps)
+    _assert_batched_equals_loop(model, parameters_of(model), eps, InnerLoopConfig(steps=2, lr=0.3))
+
+
+def test_subgraph_inputs_do_not_stack_with_other_inputs_or_widths():
+    x, ei = _graph(seed=15)
+    sub = _subgraph_input(x, ei, torch.arange(4))
+    whole = GraphInput(x, ei, torch.arange(4), {}, batch_whole=True)
+    assert not GraphInput.can_stack_tasks([sub, whole]) and not GraphInput.can_stack_tasks([whole, sub])
+    narrow = GraphInput(sub.x[:, :5], sub.edge_index, sub.nodes, {}, subgraph=True)
+    assert not GraphInput.can_stack_tasks([sub, narrow])
+    assert not GraphInput.can_stack_tasks([sub, _subgraph_input(x, ei, torch.arange(5))])  # 5 nodes, not 4

@@ -167,8 +167,8 @@ def test_k_hop_runs_are_eligible_on_cuda_and_gat_says_why():
     cfg.train.device = "cuda"
     exp = SimpleNamespace(algo=e.algo, model=e.model, device=torch.device("cuda"))
     assert ineligible(cfg, exp, episodes=_episodes(e, order, 0)) is None
-    cfg.model.gnn = "gat"  # k-hop: GAT's subgraphs run task by task
-    assert "GAT on k-hop subgraphs" in ineligible(cfg, exp, episodes=_episodes(e, order, 0))
+    cfg.model.gnn = "gat"  # k-hop: GAT's own subgraphs (not padded)
+    assert "GAT's k-hop subgraphs" in ineligible(cfg, exp, episodes=_episodes(e, order, 0))
     cfg.model.gnn = "sage"
     cfg.algo.first_order = False  # second order is captured too
     assert ineligible(cfg, exp, episodes=_episodes(e, order, 0)) is None

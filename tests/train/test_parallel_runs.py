@@ -57,6 +57,8 @@ FULL_GCN = {**GRAPH, "data": {**GRAPH["data"], "subgraph": "full"}, "model": {"g
 # GAT on the whole graph: every task's attention per edge in one pass (GNNBackbone._gat_attend), so runs fuse too
 FULL_GAT = {**GRAPH, "data": {**GRAPH["data"], "subgraph": "full"},
             "model": {"gnn": "gat", "hidden": 8, "gat_heads": 2}}
+# GAT on each episode's own k-hop subgraph: the R·B tasks run as one pass over their subgraphs' disjoint union
+KHOP_GAT = {**GRAPH, "model": {"gnn": "gat", "hidden": 8, "gat_heads": 2}}
 
 # G-Meta (TLP's ball GCN, dropout on support passes: each run's masks from its own RNG stream) and AMM-GNN (its own
 # regulariser, dropout): Table 3's paths, fused (issue 18 item 5)
@@ -145,7 +147,7 @@ def fused_calls(monkeypatch) -> list[int]:
 
 @pytest.mark.parametrize("settings,arms", [(SINUSOID, {"algo__cml": True}), (GRAPH, {"algo__cml": True}),
                                            (FULL_SGC, {"algo__cml": True}), (FULL_GCN, {"algo__cml": True}),
-                                           (FULL_GAT, {"algo__cml": True}),
+                                           (FULL_GAT, {"algo__cml": True}), (KHOP_GAT, {"algo__cml": True}),
                                            (SINUSOID, {"algo__cml": False, "algo__control": "noise"}),
                                            (SINUSOID, {"algo__cml": True, "train__prefetch": "on"}),
                                            (GMETA, {"algo__cml": True}), (GMETA, {"algo__cml": False}),
@@ -159,6 +161,7 @@ def fused_calls(monkeypatch) -> list[int]:
                                            (GRAPH, {"algo__cml": True, "algo__algo": "protonet"}),
                                            pytest.param(DIGITS, {"algo__cml": True}, marks=pytest.mark.slow)],
                          ids=["sinusoid-cml", "graph-khop", "graph-full-sgc", "graph-full-gcn", "graph-full-gat",
+                              "graph-khop-gat",
                               "sinusoid-noise",
                               "sinusoid-prefetch", "gmeta-cml", "gmeta", "ammgnn-cml", "mamlpp-cml", "sharp-inner-cml",
                               "sharp-noise",

@@ -121,6 +121,13 @@ BALL_BLOCK = {  # host: the support and query ball blocks of the meta-batch, bui
     "_unique2 @ gmeta.py:ball_layout": 2, "bincount @ gmeta.py:ball_layout": 2,  # union of members, CSR counts
 }
 PROTO = {"_local_scalar_dense @ proto_head.py:class_means": ONE_HOT}
+SUBGRAPH = {  # host: each of 2 episodes' own 2-hop subgraph, built in materialize from the CPU graph
+    "_unique2 @ subgraph.py:k_hop_nodes": 6, "nonzero @ subgraph.py:k_hop_nodes": 2,  # frontiers, the subset
+    "index @ subgraph.py:k_hop_nodes": 8,  # boolean masks of the frontier and the induced edges
+    "repeat_interleave @ sparse.py:csr_row_entries": 12, "_local_scalar_dense @ sparse.py:csr_row_entries": 6,
+    "_local_scalar_dense @ subgraph.py:episode_input": 4,  # the node-id range check (min, max)
+    "index @ gnn_ops.py:build": 2,  # GAT's self-looped edges (remove_self_loops' mask), on the host too
+}
 PROTOTYPES = {"_local_scalar_dense @ protonet.py:prototype_logits": ONE_HOT}  # ProtoNet's class means, batched
 ALLOW: dict[str, dict[str, dict[str, int]]] = {
     "khop": {"host": PLAN, "first": PROTO, "steady": PROTO, "eval_host": PLAN, "eval": PROTO},
@@ -130,6 +137,9 @@ ALLOW: dict[str, dict[str, dict[str, int]]] = {
     "full-gcn": {"host": {}, "first": PROTO, "steady": PROTO, "eval_host": {}, "eval": PROTO},
     # full mode (GAT): every task's attention per edge in one pass (softmax per target: scatter max and sum)
     "full-gat": {"host": {}, "first": PROTO, "steady": PROTO, "eval_host": {}, "eval": PROTO},
+    # k-hop mode (GAT): each episode's own subgraph, built on the host (CSR expansion, its self-looped edges), the
+    # tasks as one pass over their disjoint union
+    "khop-gat": {"host": SUBGRAPH, "first": PROTO, "steady": PROTO, "eval_host": SUBGRAPH, "eval": PROTO},
     # ProtoNet on computation trees: the meta-batch's prototypes at once (one F.one_hot per pass: cpu only)
     "protonet": {"host": PLAN, "first": PROTOTYPES, "steady": PROTOTYPES, "eval_host": PLAN, "eval": PROTOTYPES},
     "gmeta": {"host": {**BALLS, **BALL_BLOCK}, "first": {}, "steady": {}, "eval_host": {**BALLS, **BALL_BLOCK},
@@ -141,7 +151,7 @@ ALLOW: dict[str, dict[str, dict[str, int]]] = {
 #: Sites in a device phase (first, steady, eval) that are not device syncs on CUDA: host work on CPU tensors or
 #: cpu-only checks. Every other site there would be a real device sync; none is left on these paths.
 NOT_DEVICE: dict[str, set[str]] = {"khop": set(PROTO), "full": set(PROTO), "full-gcn": set(PROTO),
-                                   "full-gat": set(PROTO),
+                                   "full-gat": set(PROTO), "khop-gat": set(PROTO),
                                    "protonet": set(PROTOTYPES), "gmeta": set(),
                                    "ammgnn": set(), "sinusoid": set(), "digits": set()}
 
@@ -155,6 +165,7 @@ PATHS = {
     "full": (dict(GRAPH, subgraph="full"), None),
     "full-gcn": (dict(GRAPH, subgraph="full", gnn="gcn"), None),
     "full-gat": (dict(GRAPH, subgraph="full", gnn="gat"), None),
+    "khop-gat": (dict(GRAPH, subgraph="khop", gnn="gat"), None),
     "protonet": (dict(GRAPH, subgraph="khop", algo="protonet"), None),
     "gmeta": (dict(GRAPH, algo="gmeta"), None),
     "ammgnn": (dict(GRAPH, algo="ammgnn"), None),
