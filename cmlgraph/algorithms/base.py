@@ -180,15 +180,19 @@ class MetaAlgorithm:
 
     # --- evaluation ----------------------------------------------------------------------------------------
     def predict(self, model: MetaModel, params: Mapping[str, Tensor], ep: Episode, loss_fn: LossFn,
-                batched: bool = False) -> tuple[Tensor, Tensor | None]:
+                batched: bool = False, task_params: bool = False) -> tuple[Tensor, Tensor | None]:
         """Adapt on the support set and predict the query set: ``(meta-learner, co-learner on ψ')``.
 
         The second output is the "CML†" predictor (the frozen co-learner on the adapted features), ``None``
         without a co-learner. Runs first-order without a graph to the meta-parameters. With ``batched``, ``ep``
-        is a stacked batch of episodes (leading task dimension) adapted together with ``vmap``.
+        is a stacked batch of episodes (leading task dimension) adapted together with ``vmap``; with
+        ``task_params`` too, ``params`` already carry that task dimension (each task its own run's parameters:
+        several runs' validations in one pass, :func:`cmlgraph.train.evaluate.evaluate_runs`; no learned rates).
         """
+        if task_params and (not batched or any(group_of(k) == "lrs" for k in params)):
+            raise ValueError("task_params needs batched episodes and parameters without learned rates (lrs.*)")
         body = {k: v.detach() for k, v in params.items() if group_of(k) != "lrs"}
-        if batched:
+        if batched and not task_params:
             batch = ep.support_y.shape[0]
             body = {k: v.unsqueeze(0).expand(batch, *v.shape) for k, v in body.items()}
         body = {k: v.requires_grad_(True) if not batched else v.clone().requires_grad_(True)

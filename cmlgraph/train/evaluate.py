@@ -69,12 +69,7 @@ def evaluate(
         batch_size = eval_chunk(device)
     was_training = model.training
     model.eval()
-    scores: list[float] = []
-    dagger: list[float] = []
-    one_class = 0
-    nonfinite = 0
-    abstained = abstained_tasks = queries = 0
-    abstains = bool(getattr(algo, "abstains", False))
+    tally = Tally(domain.metric, bool(getattr(algo, "abstains", False)))
     exits = ExitStack()
     try:
         # Episodes adapted together hold one copy of the weights each: cap a chunk at ~8M values per copy.
@@ -106,31 +101,116 @@ def evaluate(
                     out, co = algo.predict(model, params, ep, domain.loss_fn)
                     pairs.append((out, co, ep.query_y))
             for out, co, y in pairs:
-                score, finite = score_predictions(domain.metric, out, y)  # NaN logits are never answers
-                scores.append(score)
-                queries += int(y.shape[0]) if y.dim() else 1
-                if abstains and not finite:  # unanswered queries (NaN rows): wrong, counted, not "diverged"
-                    missing = int((~torch.isfinite(out).all(dim=-1)).sum()) if out.dim() > 1 else 0
-                    abstained += missing
-                    abstained_tasks += 1
-                else:
-                    nonfinite += not finite
-                if co is not None:
-                    dagger.append(score_predictions(domain.metric, co, y)[0])
-                    if domain.metric == "accuracy" and co.dim() == 2 and co.shape[0] > 1:
-                        one_class += bool((co.argmax(-1) == co.argmax(-1)[0]).all())
+                tally.add(out, co, y)
                 if progress is not None:
                     progress()
     finally:
         exits.close()  # stops the prefetch worker, also on an error
         model.train(was_training)
-    mean, ci = mean_ci95(scores)
-    result: dict[str, Any] = {"mean": mean, "ci95": ci, "num_tasks": len(scores), "scores": scores,
-                              "nonfinite_tasks": nonfinite, "queries": queries}
-    if abstains:
-        result["abstained_queries"], result["abstained_tasks"] = abstained, abstained_tasks
-    if dagger:
-        result["dagger_mean"], result["dagger_ci95"] = mean_ci95(dagger)
-        if domain.metric == "accuracy":
-            result["dagger_one_class_tasks"] = one_class
-    return result
+    return tally.result()
+
+
+class Tally:
+    """The scores of one run's evaluation tasks, added one task at a time (:func:`evaluate`'s result).
+
+    Args:
+        metric: The domain's metric (``accuracy`` or ``mse``).
+        abstains: The algorithm abstains on queries it cannot answer (label-prop: NaN rows are counted apart).
+    """
+
+    def __init__(self, metric: str, abstains: bool) -> None:
+        self.metric, self.abstains = metric, abstains
+        self.scores: list[float] = []
+        self.dagger: list[float] = []
+        self.one_class = self.nonfinite = self.abstained = self.abstained_tasks = self.queries = 0
+
+    def add(self, out: Tensor, co: Tensor | None, y: Tensor) -> None:
+        """One task's meta-learner predictions ``out``, co-learner predictions ``co`` (or ``None``), targets ``y``."""
+        score, finite = score_predictions(self.metric, out, y)  # NaN logits are never answers
+        self.scores.append(score)
+        self.queries += int(y.shape[0]) if y.dim() else 1
+        if self.abstains and not finite:  # unanswered queries (NaN rows): wrong, counted, not "diverged"
+            missing = int((~torch.isfinite(out).all(dim=-1)).sum()) if out.dim() > 1 else 0
+            self.abstained += missing
+            self.abstained_tasks += 1
+        else:
+            self.nonfinite += not finite
+        if co is not None:
+            self.dagger.append(score_predictions(self.metric, co, y)[0])
+            if self.metric == "accuracy" and co.dim() == 2 and co.shape[0] > 1:
+                self.one_class += bool((co.argmax(-1) == co.argmax(-1)[0]).all())
+
+    def result(self) -> dict[str, Any]:
+        """The evaluation's summary (see :func:`evaluate`'s Returns)."""
+        mean, ci = mean_ci95(self.scores)
+        result: dict[str, Any] = {"mean": mean, "ci95": ci, "num_tasks": len(self.scores), "scores": self.scores,
+                                  "nonfinite_tasks": self.nonfinite, "queries": self.queries}
+        if self.abstains:
+            result["abstained_queries"], result["abstained_tasks"] = self.abstained, self.abstained_tasks
+        if self.dagger:
+            result["dagger_mean"], result["dagger_ci95"] = mean_ci95(self.dagger)
+            if self.metric == "accuracy":
+                result["dagger_one_class_tasks"] = self.one_class
+        return result
+
+
+def runs_fusable(algo: MetaAlgorithm, model: MetaModel, params: Sequence[Mapping[str, Tensor]],
+                 device: torch.device | str) -> bool:
+    """Whether several runs' evaluations can run as one (:func:`evaluate_runs`): the shared MAML-family
+    ``predict`` (not ProtoNet's, not a training-free method's), tasks batched on this device, parameters of one
+    shape and no learned inner rates (MAML++)."""
+    if type(algo).predict is not MetaAlgorithm.predict or not algo.uses_inner_loop:
+        return False
+    if auto_batched(model.extractor, device) is not None or len(params) < 2:
+        return False
+    first = params[0]
+    return all(p.keys() == first.keys() and all(p[k].shape == first[k].shape for k in first) for p in params) \
+        and not any(k.startswith("lrs.") for k in first)
+
+
+def evaluate_runs(algo: MetaAlgorithm, model: MetaModel, runs: Sequence[tuple[Mapping[str, Tensor], Domain,
+                                                                               Sequence[Any]]],
+                  device: torch.device | str = "cpu", batch_size: int | None = None) -> list[dict[str, Any]] | None:
+    """Several runs' evaluations as one (issue 18 item 5): every run's fixed tasks in chunks of one stacked batch,
+    each task adapted from its own run's parameters (``predict(task_params=True)``), then scored per run.
+
+    Same results as :func:`evaluate` on each run alone, up to float rounding (``tests/train/test_parallel_runs.py``
+    compares whole runs; ``tests/train/test_evaluate_runs.py`` the scores). Runs of one shape only
+    (:func:`runs_fusable`, checked by the caller); ``None`` when a chunk's episodes do not stack (another graph:
+    the caller evaluates each run alone).
+
+    Args:
+        algo: The runs' algorithm (any one run's: they share the method and shape).
+        model: A meta-model of the runs' shape (its modules run with each task's parameters).
+        runs: Per run, ``(parameters, domain, raw fixed episodes)``.
+        device: The runs' device.
+        batch_size: Most tasks per chunk (default :func:`eval_chunk`), capped at about 8M weight values a chunk.
+
+    Returns:
+        One :func:`evaluate` result per run, in order; or ``None``.
+    """
+    if batch_size is None:
+        batch_size = eval_chunk(device)
+    n_params = sum(v.numel() for v in runs[0][0].values())
+    chunk = max(1, min(batch_size, int(8e6 // max(n_params, 1))))
+    tasks = [(r, raw) for r, (_, _, raws) in enumerate(runs) for raw in raws]
+    tallies = [Tally(domain.metric, bool(getattr(algo, "abstains", False))) for _, domain, _ in runs]
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(tasks), chunk):
+            part = tasks[start:start + chunk]
+            eps = [runs[r][1].materialize(raw, device) for r, raw in part]
+            if len(eps) > 1 and not can_stack(eps):
+                return None
+            domain = runs[part[0][0]][1]
+            if hasattr(domain, "prepare_batch"):  # layouts built ahead of the pass, as evaluate does
+                domain.prepare_batch(eps, None)
+            params = {k: torch.stack([runs[r][0][k].detach() for r, _ in part]) for k in runs[0][0]}
+            ep = stack(eps)
+            out, co = algo.predict(model, params, ep, domain.loss_fn, batched=True, task_params=True)
+            for i, (r, _) in enumerate(part):
+                tallies[r].add(out[i], None if co is None else co[i], ep.query_y[i])
+    finally:
+        model.train(was_training)
+    return [t.result() for t in tallies]

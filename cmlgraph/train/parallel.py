@@ -24,8 +24,10 @@ first step) is fused only where its encoder draws from per-run streams (``random
 dropout, :mod:`cmlgraph.core.streams`); a fused step that still moves the global RNG is redone run by run and those
 runs are not fused again. Stepped one after another inside the lockstep loop instead: a step that logs gradient
 diagnostics, episodes that do not stack (GAT's k-hop subgraphs, whole-graph passes that draw dropout, graphs that
-differ between the runs) and other runs that draw from the global RNG. Validation, testing and checkpoints are
-per run.
+differ between the runs) and other runs that draw from the global RNG. The validations due after a lockstep are
+scored in one pass where the runs share the method's prediction and shape (each task adapted from its own run's
+parameters: :func:`~cmlgraph.train.evaluate.evaluate_runs`; not ProtoNet, MAML++, or tasks that run one by one);
+the best-validation bookkeeping, testing and checkpoints are per run.
 
 Each run's ``wall_time_s`` and ``time_s`` count the group's wall time while the run was in it (its own steps,
 validations and its share of the fused steps in full), so they add up to more than the group's wall time.
@@ -115,6 +117,7 @@ class _Member:
     global_rng_free: bool | None = None  # whether its meta-step leaves torch's global RNG untouched (first step)
     streams_ok: bool = True  # False once a fused step with its own streams still drew from the global RNG
     fused_steps: int = 0  # meta-steps computed together with other runs (said on the console at the end)
+    fused_validations: int = 0  # validations scored in one pass with other runs' (said on the console too)
     shown: float = float("nan")  # the last loss read back, for the progress bar
 
     @property
@@ -373,6 +376,10 @@ class ParallelTrainer:
             self.console.print("meta-steps fused with other runs: " + ", ".join(
                 f"{m.trainer.run_dir.name if m.trainer.run_dir else '?'} {m.fused_steps}/{m.trainer.step}"
                 for m in trained))
+            if any(m.fused_validations for m in trained):
+                self.console.print("validations scored with other runs': " + ", ".join(
+                    f"{m.trainer.run_dir.name if m.trainer.run_dir else '?'} {m.fused_validations}"
+                    for m in trained))
 
     def _lockstep(self, active: list[_Member]) -> None:
         """One meta-step of every active run: fused where possible, else one run after another."""
@@ -387,6 +394,7 @@ class ParallelTrainer:
                 fused.setdefault(key, []).append(m)
             else:
                 alone.append(m)
+        self._stepped: list[tuple[_Member, dict[str, Any], float]] = []
         for group in fused.values():
             if len(group) == 1:
                 alone += group
@@ -394,6 +402,48 @@ class ParallelTrainer:
                 self._fused_step(group)
         for m in alone:
             self._alone_step(m)
+        stepped, self._stepped = self._stepped, []
+        shared = self._validate_together([m for m, _, _ in stepped])
+        for m, record, seconds in stepped:
+            self._guarded(m, lambda m=m, record=record, seconds=seconds: self._after_step(
+                m, record, seconds + shared.get(id(m), 0.0)))
+
+    def _validate_together(self, members: list[_Member]) -> dict[int, float]:
+        """The validations due after this lockstep, several runs' in one pass where they can
+        (:func:`~cmlgraph.train.evaluate.evaluate_runs`): each result is left on its trainer (``fused_val``) for
+        :meth:`_after_step`; returns the seconds each such run spent in it (the whole pass, as for fused steps).
+        Runs that cannot share one (another method, shape or graph) validate alone in :meth:`_after_step`."""
+        from cmlgraph.train.evaluate import evaluate_runs, runs_fusable
+
+        due: dict[tuple[Any, ...], list[_Member]] = {}
+        for m in members:
+            t = m.trainer
+            s = t.step + 1  # _after_step counts the step first
+            if m.ok and (s % int(t.cfg.train.val_every) == 0 or s == m.steps) and t.val_raws:
+                key = (type(t.exp.algo), str(t.exp.device),
+                       tuple((k, tuple(p.shape)) for k, p in parameters_of(t.exp.model).items()))
+                due.setdefault(key, []).append(m)
+        seconds: dict[int, float] = {}
+        for group in due.values():
+            first = group[0].trainer.exp
+            params = [parameters_of(m.trainer.exp.model) for m in group]
+            if not runs_fusable(first.algo, first.model, params, first.device):
+                continue
+            t0 = time.perf_counter()
+            try:
+                results = evaluate_runs(first.algo, first.model, [(p, m.trainer.exp.domain, m.trainer.val_raws)
+                                                                  for p, m in zip(params, group, strict=True)],
+                                        first.device)
+            except Exception:  # noqa: BLE001 - each run then validates alone, where an error stops that run only
+                results = None
+            if results is None:
+                continue
+            spent = time.perf_counter() - t0
+            for m, res in zip(group, results, strict=True):
+                m.trainer.fused_val = res
+                m.fused_validations += 1
+                seconds[id(m)] = spent
+        return seconds
 
     def _alone_step(self, m: _Member) -> None:
         """The run's own :meth:`Trainer._train_step`; on its first step, whether it touched the global RNG."""
@@ -405,7 +455,7 @@ class ParallelTrainer:
             record = m.trainer._train_step(defer=_defers(m.trainer))
             if m.global_rng_free is None:
                 m.global_rng_free = torch.equal(before, torch.get_rng_state())
-            self._after_step(m, record, time.perf_counter() - t0)
+            self._stepped.append((m, record, time.perf_counter() - t0))  # _after_step once every run stepped
 
         self._guarded(m, step)
 
@@ -458,7 +508,7 @@ class ParallelTrainer:
                 else:
                     m.fused_steps += 1
                 record = apply_meta_step(t, ms, defer=_defers(t))
-                self._after_step(m, record, shared + time.perf_counter() - t1)
+                self._stepped.append((m, record, shared + time.perf_counter() - t1))
 
             self._guarded(m, apply)
 

@@ -603,11 +603,16 @@ class Trainer:
                 f"or pass --nan-policy skip to skip such meta-batches")
 
     def _validate(self, guard: bool = True) -> dict[str, Any]:
+        """Score the current parameters on the fixed validation tasks; track the best. A group of runs
+        (:mod:`cmlgraph.train.parallel`) may have scored them already, with other runs' validations in one pass
+        (``fused_val``, used once)."""
         e = self.exp
-        params = parameters_of(e.model)
-        with stage(getattr(self, "_bar", None), "validating", len(self.val_raws), _eval_hook) as hook:
-            res = evaluate(e.algo, e.model, params, e.domain, self.val_raws, e.device, progress=hook,
-                           prefetch=use_prefetch(self.cfg.train.prefetch, e.device))
+        res, self.fused_val = getattr(self, "fused_val", None), None
+        if res is None:
+            params = parameters_of(e.model)
+            with stage(getattr(self, "_bar", None), "validating", len(self.val_raws), _eval_hook) as hook:
+                res = evaluate(e.algo, e.model, params, e.domain, self.val_raws, e.device, progress=hook,
+                               prefetch=use_prefetch(self.cfg.train.prefetch, e.device))
         out = {"val": res["mean"], "val_ci95": res["ci95"]}
         if guard:  # the start (step 0) is no evidence that training fails to learn
             self.guard.validation(self.step, res["mean"])
