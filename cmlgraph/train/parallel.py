@@ -23,11 +23,12 @@ graph; G-Meta's balls of one shared ball index). A run whose meta-step draws fro
 first step) is fused only where its encoder draws from per-run streams (``random_streams``: G-Meta's and AMM-GNN's
 dropout, :mod:`cmlgraph.core.streams`); a fused step that still moves the global RNG is redone run by run and those
 runs are not fused again. Stepped one after another inside the lockstep loop instead: a step that logs gradient
-diagnostics, episodes that do not stack (GAT's k-hop subgraphs, whole-graph passes that draw dropout, graphs that
-differ between the runs) and other runs that draw from the global RNG. The validations due after a lockstep are
+diagnostics, episodes that do not stack (whole-graph passes that draw dropout, graphs that differ between the
+runs) and other runs that draw from the global RNG. The validations due after a lockstep are
 scored in one pass where the runs share the method's prediction and shape (each task adapted from its own run's
 parameters: :func:`~cmlgraph.train.evaluate.evaluate_runs`; not ProtoNet, MAML++, or tasks that run one by one);
-the best-validation bookkeeping, testing and checkpoints are per run.
+so are the runs' final tests (each from its own best-validation parameters); the best-validation bookkeeping,
+checkpoints and files are per run.
 
 Each run's ``wall_time_s`` and ``time_s`` count the group's wall time while the run was in it (its own steps,
 validations and its share of the fused steps in full), so they add up to more than the group's wall time.
@@ -274,6 +275,7 @@ class ParallelTrainer:
             for m in self.members:
                 self._guarded(m, lambda m=m: self._open(m))
             self._loop()
+            self._test_together([m for m in self.members if m.ok and m.log is not None])
             for m in self.members:
                 if m.ok:
                     if len(self.members) > 1 and m.trainer.run_dir is not None:  # whose test lines follow
@@ -408,41 +410,64 @@ class ParallelTrainer:
             self._guarded(m, lambda m=m, record=record, seconds=seconds: self._after_step(
                 m, record, seconds + shared.get(id(m), 0.0)))
 
+    def _test_together(self, members: list[_Member]) -> None:
+        """The trained runs' final tests in one pass where they can (as :meth:`_validate_together`), each from
+        its own best-validation parameters; each result is left on its trainer (``fused_test``) for
+        :meth:`~cmlgraph.train.trainer.Trainer.finish`. Runs that cannot share one are tested alone there."""
+        for m in members:
+            t = m.trainer
+            if t.best_params is not None:
+                t.exp.model.load_state_dict(t.best_params)  # what finish tests (it loads them again)
+        for group, results in self._evaluate_together(members, "test_raws"):
+            for m, res in zip(group, results, strict=True):
+                m.trainer.fused_test = res
+            self.console.print("test tasks scored in one pass: " + ", ".join(
+                m.trainer.run_dir.name if m.trainer.run_dir else "?" for m in group))
+
+    def _evaluate_together(self, members: list[_Member], which: str
+                           ) -> Iterator[tuple[list[_Member], list[dict[str, Any]]]]:
+        """Members grouped by method, device and parameter shapes, each group's ``which`` tasks (``val_raws`` or
+        ``test_raws``) scored in one pass: ``(group, results)`` for the groups that could be
+        (:func:`~cmlgraph.train.evaluate.runs_fusable`, stacking episodes; an error leaves a group to its runs)."""
+        from cmlgraph.train.evaluate import evaluate_runs, runs_fusable
+
+        groups: dict[tuple[Any, ...], list[_Member]] = {}
+        for m in members:
+            t = m.trainer
+            if getattr(t, which):
+                key = (type(t.exp.algo), str(t.exp.device),
+                       tuple((k, tuple(p.shape)) for k, p in parameters_of(t.exp.model).items()))
+                groups.setdefault(key, []).append(m)
+        for group in groups.values():
+            first = group[0].trainer.exp
+            params = [parameters_of(m.trainer.exp.model) for m in group]
+            if not runs_fusable(first.algo, first.model, params, first.device):
+                continue
+            try:
+                results = evaluate_runs(first.algo, first.model, [(p, m.trainer.exp.domain, getattr(m.trainer, which))
+                                                                  for p, m in zip(params, group, strict=True)],
+                                        first.device)
+            except Exception:  # noqa: BLE001 - each run then evaluates alone, where an error stops that run only
+                results = None
+            if results is not None:
+                yield group, results
+
     def _validate_together(self, members: list[_Member]) -> dict[int, float]:
         """The validations due after this lockstep, several runs' in one pass where they can
         (:func:`~cmlgraph.train.evaluate.evaluate_runs`): each result is left on its trainer (``fused_val``) for
         :meth:`_after_step`; returns the seconds each such run spent in it (the whole pass, as for fused steps).
         Runs that cannot share one (another method, shape or graph) validate alone in :meth:`_after_step`."""
-        from cmlgraph.train.evaluate import evaluate_runs, runs_fusable
-
-        due: dict[tuple[Any, ...], list[_Member]] = {}
-        for m in members:
-            t = m.trainer
-            s = t.step + 1  # _after_step counts the step first
-            if m.ok and (s % int(t.cfg.train.val_every) == 0 or s == m.steps) and t.val_raws:
-                key = (type(t.exp.algo), str(t.exp.device),
-                       tuple((k, tuple(p.shape)) for k, p in parameters_of(t.exp.model).items()))
-                due.setdefault(key, []).append(m)
+        due = [m for m in members if m.ok and ((m.trainer.step + 1) % int(m.trainer.cfg.train.val_every) == 0
+                                               or m.trainer.step + 1 == m.steps)]  # _after_step counts the step
         seconds: dict[int, float] = {}
-        for group in due.values():
-            first = group[0].trainer.exp
-            params = [parameters_of(m.trainer.exp.model) for m in group]
-            if not runs_fusable(first.algo, first.model, params, first.device):
-                continue
-            t0 = time.perf_counter()
-            try:
-                results = evaluate_runs(first.algo, first.model, [(p, m.trainer.exp.domain, m.trainer.val_raws)
-                                                                  for p, m in zip(params, group, strict=True)],
-                                        first.device)
-            except Exception:  # noqa: BLE001 - each run then validates alone, where an error stops that run only
-                results = None
-            if results is None:
-                continue
+        t0 = time.perf_counter()
+        for group, results in self._evaluate_together(due, "val_raws"):
             spent = time.perf_counter() - t0
             for m, res in zip(group, results, strict=True):
                 m.trainer.fused_val = res
                 m.fused_validations += 1
                 seconds[id(m)] = spent
+            t0 = time.perf_counter()
         return seconds
 
     def _alone_step(self, m: _Member) -> None:

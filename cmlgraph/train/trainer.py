@@ -640,9 +640,11 @@ class Trainer:
         self.console.print(f"evaluating on {len(self.test_raws)} fixed test tasks"
                            + (f" (all the distinct ones; {asked} asked for)" if len(self.test_raws) < asked else "")
                            + f" (best validation step {self.best_step})")
-        with self._progress() as bar, stage(bar, "testing", len(self.test_raws), _eval_hook, keep=True) as hook:
-            res = evaluate(e.algo, e.model, parameters_of(e.model), e.domain, self.test_raws, e.device,
-                           progress=hook, prefetch=use_prefetch(cfg.train.prefetch, e.device))
+        res, self.fused_test = getattr(self, "fused_test", None), None  # scored with a group's other runs
+        if res is None:
+            with self._progress() as bar, stage(bar, "testing", len(self.test_raws), _eval_hook, keep=True) as hook:
+                res = evaluate(e.algo, e.model, parameters_of(e.model), e.domain, self.test_raws, e.device,
+                               progress=hook, prefetch=use_prefetch(cfg.train.prefetch, e.device))
         warns += check_test_result(res, self.skipped, int(cfg.train.steps))
         ways = int(getattr(e.domain, "out_dim", 0) or 0)
         at_chance = chance_warning(res, e.domain.metric, ways)

@@ -181,6 +181,7 @@ def test_parallel_runs_equal_separate_runs(tmp_path, fused_calls, settings, arms
     # learned per-run rates (MAML++) or its tasks run one by one there (Conv4 on the CPU)
     together = settings is not DIGITS and arms.get("algo__algo") not in ("maml++", "protonet")
     assert ("validations scored with other runs': group-s0 2, group-s1 2" in said) == together
+    assert ("test tasks scored in one pass: group-s0, group-s1" in said) == together  # the final tests too
     assert said.index("test of group-s0") < said.index("test of group-s1") < said.rindex("evaluating on")
     assert fused_calls and max(map(abs, fused_calls)) == 2 and len(fused_calls) >= steps - 1  # the first: alone
     # G-Meta and AMM-GNN draw dropout masks: fused, each run's masks come from its own stream
