@@ -28,7 +28,7 @@ from cmlgraph.backbones.base import Backbone, mlp_head
 from cmlgraph.backbones.gmeta import _dropout, tlp_init
 from cmlgraph.backbones.gnn import plan_features
 from cmlgraph.backbones.gnn_ops import cached, is_sparse, sparse_matmul
-from cmlgraph.backbones.gnn_plan import TaskLayout, build_plan, plan_to, task_linear
+from cmlgraph.backbones.gnn_plan import TaskLayout, build_plan, host_prepare, plan_to, task_linear
 from cmlgraph.backbones.plan_static import PlanReads
 from cmlgraph.core.streams import current_streams, group_tasks
 from cmlgraph.errors import CmlgraphError
@@ -123,6 +123,7 @@ def prepare_rownorm_plan(inputs: GraphInput, host: GraphInput) -> None:
     graph and nodes as CPU tensors) and attach it to ``inputs``, copied pinned and ``non_blocking`` (issue 18 item
     2; as :func:`cmlgraph.backbones.gnn.prepare_plan` does for the GNN backbones)."""
     plan = build_plan(rownorm_rows(host), plan_features(inputs), host.nodes, 2)
+    host_prepare(plan, plan_features(host), ("z",), (1,))  # its 2nd aggregation as CSR, a sparse "z": no syncs
     inputs.__dict__.setdefault("_plans", {})["rownorm"] = plan_to(plan, plan.x)
 
 
@@ -209,7 +210,8 @@ class MatchedGCN(Backbone):
                        draws: list[tuple[int, int, int, torch.Generator]] | None = None) -> Tensor:
         if "layout" not in memo:
             memo["layout"] = TaskLayout([self.plan(it.graph) for it in items])
-            memo["rows"] = torch.stack([match_rows(it.graph, it.match) for it in items])  # [T, 2, k, F]
+            memo["rows"] = torch.stack([it.memo[MATCH_ROWS_KEY] if MATCH_ROWS_KEY in it.memo  # host-gathered
+                                        else match_rows(it.graph, it.match) for it in items])  # [T, 2, k, F]
         lay, t = memo["layout"], len(items)
         alpha = match_values(w["match_alpha.weight"], w["match_alpha.bias"], memo["rows"])  # [T, 2, F]
         scale = 1 + MATCH_SCALE * alpha.mean(1)  # [T, F]

@@ -59,6 +59,7 @@ from cmlgraph.backbones.gnn_plan import (
     _to_csr,
     build_plan,
     complete_plan,
+    host_prepare,
     plan_to,
     prefix_rows,
     task_linear,
@@ -112,6 +113,10 @@ def prepare_plan(inputs: GraphInput, host: GraphInput, kind: str, hops: int, com
     plan = build_plan(adjacency_rows(host, aggregation), plan_features(inputs), host.nodes, hops)
     if complete:
         complete_plan(plan)
+    # the aggregations as CSR and (sparse features) the constants the pass reads, built here, not on the device
+    constants = ("sgc",) if kind == "sgc" else ("z", "r") if kind in ("sage", "gin") else ("z",)
+    layers = () if kind == "sgc" else tuple(range(0 if complete else 1, hops))
+    host_prepare(plan, plan_features(host), constants + (("x",) if complete else ()), layers)
     inputs.__dict__.setdefault("_plans", {})[(aggregation, hops)] = plan_to(plan, plan.x)
 
 

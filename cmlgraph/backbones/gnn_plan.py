@@ -146,9 +146,58 @@ def plan_to(plan: Plan, x: Tensor) -> Plan:
             memo[key] = to_device(plan.memo[key], device)
     if "first_global" in plan.memo:
         memo["first_global"] = _block_to(plan.memo["first_global"], device)
+    for key, value in plan.memo.items():  # host-built CSR blocks and sparse constants (host_prepare)
+        if key.startswith(HOST_PREFIX):
+            memo[key] = _tensor_to(value, device)
     out = None if plan.out is None else to_device(plan.out, device)
     return Plan(sizes=list(plan.sizes), mats=[_block_to(m, device) for m in plan.mats],  # type: ignore[misc]
                 x=x, out=out, memo=memo)
+
+
+#: ``Plan.memo`` prefix of what :func:`host_prepare` built on the host (``host/csr/<layer>``, ``host/<constant>``).
+HOST_PREFIX = "host/"
+
+
+def host_prepare(plan: Plan, host_x: Tensor, constants: tuple[str, ...] = (), layers: tuple[int, ...] = ()) -> Plan:
+    """Build on the host what a plan's device pass would otherwise build with host-device syncs (issue 18 item
+    2): each layer's aggregation as CSR (coalescing sums duplicates: a data-dependent entry count) and, for sparse
+    features, the ``constants`` (:func:`plan_constant`'s keys: sparse × sparse products, sparse row selections),
+    as CSR. :func:`plan_to` then moves them with the plan; :class:`TaskLayout` and :func:`plan_constant` read
+    them. Dense features' constants are left to the device (a gather and an ``index_add``, no sync; copying them
+    would cost more).
+
+    Args:
+        plan: A plan built from host tensors (:func:`build_plan` on the CPU graph), its features ``plan.x`` the
+            run's (maybe on the device).
+        host_x: The same features on the CPU, in the form the products read (coalesced COO when sparse).
+        constants: The constants to build when the features are sparse.
+        layers: The layers whose aggregation the pass multiplies (:meth:`TaskLayout.agg`).
+    """
+    for i in layers:
+        if plan.mats[i] is not None:
+            plan.memo[f"{HOST_PREFIX}csr/{i}"] = _csr(plan.mats[i])
+    if constants and is_sparse(plan.x) and is_sparse(host_x):  # the run's features sparse (not densified there)
+        host = Plan(sizes=plan.sizes, mats=plan.mats, x=host_x, out=plan.out,
+                    memo={k: v for k, v in plan.memo.items() if not k.startswith(HOST_PREFIX)})
+        for key in constants:
+            plan.memo[f"{HOST_PREFIX}{key}"] = _to_csr(plan_constant(host, key))
+    return plan
+
+
+def _tensor_to(t: Tensor, device: torch.device) -> Tensor:
+    """A dense tensor or a CSR matrix on ``device`` (a CSR matrix by its parts, each pinned and ``non_blocking``)."""
+    if t.layout == torch.sparse_csr:
+        if t.device == device:
+            return t
+        return torch.sparse_csr_tensor(to_device(t.crow_indices(), device), to_device(t.col_indices(), device),
+                                       to_device(t.values(), device), t.shape)
+    return to_device(t, device)
+
+
+def _layer_csr(plan: Plan, layer: int) -> Tensor:
+    """A plan's aggregation of ``layer`` as CSR: the host-built one (:func:`host_prepare`), else built here."""
+    built = plan.memo.get(f"{HOST_PREFIX}csr/{layer}")
+    return built if built is not None else _csr(plan.mats[layer])
 
 
 def _coo(block: SparseBlock) -> Tensor:
@@ -202,6 +251,8 @@ def plan_constant(plan: Plan, key: str) -> Tensor:
     """Constants of one plan: ``"z"`` = first aggregation of the features, ``"r"`` = the features of ``N_{k-1}``
     (the root term of SAGE and GIN), ``"x"`` = the features of the input level ``N_k``, ``"sgc"`` = all
     aggregations of the features (SGC's ``(Â^K X)[N_0]``)."""
+    if key not in plan.memo and f"{HOST_PREFIX}{key}" in plan.memo:  # built on the host (host_prepare)
+        plan.memo[key] = plan.memo[f"{HOST_PREFIX}{key}"]
     if key not in plan.memo:
         if key == "z":
             plan.memo[key] = _sparse_product(plan.memo["first_global"], plan.x)
@@ -236,7 +287,7 @@ class TaskLayout:
         """Block-diagonal aggregation of ``layer``: ``[T·sizes[layer+1], T·sizes[layer]]``."""
         if layer == 0:
             self._complete()
-        return self._get(f"agg/{layer}", lambda: _block_diag([_csr(p.mats[layer]) for p in self.plans],
+        return self._get(f"agg/{layer}", lambda: _block_diag([_layer_csr(p, layer) for p in self.plans],
                                                              self.sizes[layer + 1], self.sizes[layer]))
 
     def constant(self, key: str, level: int) -> Tensor:
@@ -309,5 +360,5 @@ def prefix_rows(h: Tensor, tasks: int, rows: int) -> Tensor:
     return h.view(tasks, -1, h.shape[-1])[:, :rows].reshape(-1, h.shape[-1])
 
 
-__all__ = ["Plan", "SparseBlock", "TaskLayout", "build_plan", "complete_plan", "plan_constant", "plan_to",
-           "prefix_rows", "task_linear"]
+__all__ = ["HOST_PREFIX", "Plan", "SparseBlock", "TaskLayout", "build_plan", "complete_plan", "host_prepare",
+           "plan_constant", "plan_to", "prefix_rows", "task_linear"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from cmlgraph.backbones.ammgnn import MatchedGCN, MatchedInput, prepare_rownorm_plan
+from cmlgraph.backbones.ammgnn import MATCH_ROWS_KEY, MatchedGCN, MatchedInput, match_rows, prepare_rownorm_plan
 from cmlgraph.backbones.base import Backbone
 from cmlgraph.backbones.gmeta import BallGCN, ball_layout, prepare_ball_batch
 from cmlgraph.config import Config
@@ -108,12 +108,16 @@ class TLPGraphDomain(GraphDomain):
             index = self.ball_index(device)
             return Episode(BallInput(index, raw.support, dropout=True), sy, BallInput(index, raw.query), qy)
         x, ei, cache = self._full_graph(device)
-        match = to_device(match_draws(torch.cat([raw.support, raw.query]), self.match_size), device)
+        drawn = match_draws(torch.cat([raw.support, raw.query]), self.match_size)
+        match = to_device(drawn, device)
         s = GraphInput(x, ei, to_device(raw.support, device), cache, local=True)
         q = GraphInput(x, ei, to_device(raw.query, device), cache, local=True)
         for g, nodes in ((s, raw.support), (q, raw.query)):  # plans built on the host (issue 18 item 2)
             prepare_rownorm_plan(g, self.host_input(g, nodes))
-        return Episode(MatchedInput(s, match, dropout=True), sy, MatchedInput(q, match), qy)
+        # the drawn nodes' feature rows, gathered on the host too (a sparse row selection syncs on the device)
+        rows = to_device(match_rows(self.host_input(s, raw.support), drawn), device)
+        return Episode(MatchedInput(s, match, dropout=True, memo={MATCH_ROWS_KEY: rows}), sy,
+                       MatchedInput(q, match, memo={MATCH_ROWS_KEY: rows}), qy)
 
     def prepare_batch(self, episodes: list[Episode], batched: bool | None = None) -> None:
         """G-Meta: the ball layouts of these episodes (ball members, block-diagonal matrices, union features),

@@ -4,7 +4,8 @@ On CUDA an op whose output size or value the host must know waits for the device
 (``aten._local_scalar_dense``, what ``.item()``, ``bool()`` and ``float()`` of a tensor call), the data-dependent
 shapes (``nonzero`` and the ops built on it: ``masked_select``, boolean-mask indexing, ``unique``,
 ``repeat_interleave`` without ``output_size``; ``bincount``, whose CUDA kernel reads the largest value back to size
-its output), and copies to the CPU. The ops are the same whatever the device, so
+its output), sparse results whose entry count depends on the data (``_coalesce``, sparse × sparse products, row
+selections of a sparse tensor), and copies to the CPU. The ops are the same whatever the device, so
 counting them under a ``torch.utils._python_dispatch.TorchDispatchMode`` on CPU tensors shows the syncs a CUDA run
 would pay (PyTorch's own ``torch.cuda.set_sync_debug_mode`` only reports on a GPU).
 """
@@ -21,6 +22,8 @@ SYNC_OPS: frozenset[str] = frozenset({
     "aten._local_scalar_dense", "aten.nonzero", "aten.nonzero_static", "aten.masked_select", "aten._unique",
     "aten._unique2", "aten.unique_dim", "aten.unique_consecutive", "aten.is_nonzero", "aten.equal",
     "aten.argwhere", "aten.bincount",
+    # sparse results of data-dependent size: the host must learn their entry count (nnz) to allocate them
+    "aten._coalesce", "aten._sparse_sparse_matmul",
 })
 """Ops that sync on CUDA whatever their arguments (overload names stripped)."""
 
@@ -49,6 +52,8 @@ class SyncCounter(TorchDispatchMode):
         elif name == "aten.repeat_interleave" and kwargs.get("output_size") is None and (
                 len(args) < 3 or args[-1] is None):
             self.counts[name] += 1
+        elif name == "aten.index_select" and args and isinstance(args[0], torch.Tensor) and args[0].is_sparse:
+            self.counts["aten.index_select(sparse)"] += 1  # rows of a sparse tensor: a data-dependent nnz
         elif name == "aten.index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
                                           for i in (args[1] if len(args) > 1 else ()) if i is not None):
             self.counts["aten.index(bool mask)"] += 1

@@ -30,6 +30,8 @@ from cmlgraph.api import make_config
 from cmlgraph.backbones.base import auto_batched
 from cmlgraph.core.episode import can_stack, stack
 from cmlgraph.core.model import parameters_of
+from cmlgraph.domains.graph import register_graph
+from cmlgraph.graphs import from_arrays
 from cmlgraph.train.sync_counter import SyncCounter
 from cmlgraph.train.trainer import build_experiment, prepare
 
@@ -92,8 +94,22 @@ def measure(settings: dict[str, Any], batched: bool | None = None) -> dict[str, 
     return {k: dict(sorted(c.sites.items())) for k, c in phases.items()}
 
 
+def _sparse_graph() -> None:
+    """A small graph with bag-of-words-like sparse features (3 % non-zero: kept sparse, as Cora's and CiteSeer's raw
+    features are), registered for the sparse k-hop paths."""
+    gen = torch.Generator().manual_seed(0)
+    n = 300
+    x = (torch.rand(n, 64, generator=gen) < 0.03).float() * torch.rand(n, 64, generator=gen)
+    edges = torch.randint(0, n, (2, 1200), generator=gen)
+    register_graph(from_arrays(edges, x.to_sparse(), torch.arange(n) % 15, name="sync-sparse", split="9/3/3"))
+
+
+_sparse_graph()
+
 GRAPH = dict(task="graph", graph="synthetic", synthetic_nodes=300, synthetic_classes=15, ways=3, shots=2, queries=3,
              meta_batch=2, inner_steps=2, cml=True, steps=1)  # MAML + CML defaults otherwise (second order)
+SPARSE = dict(task="graph", graph="sync-sparse", ways=3, shots=2, queries=3, meta_batch=2, inner_steps=2, cml=True,
+              steps=1, features="raw")  # sparse features kept as they are
 
 # Why each remaining sync is there. "host" phases (and "host" entries of the others) run on tensors that stay on
 # the CPU in a CUDA run too (the episode's raw node ids, the CPU adjacency, G-Meta's BallIndex): host reads, no
@@ -108,8 +124,15 @@ PLAN = {  # host: each k-hop computation-tree plan (support and query of 2 episo
     "repeat_interleave @ sparse.py:csr_row_entries": 16,  # CSR rows of each level (2 per expansion)
     "_local_scalar_dense @ sparse.py:csr_row_entries": 8,  # their entry count (1 per expansion)
 }
-MATCH = {"_local_scalar_dense @ tlp_graph.py:match_draws": 2}  # host: AMM-GNN's matching draws, one .item() per
-#                                                                episode on the raw CPU ids
+PLAN_CSR = {"_coalesce @ gnn_plan.py:_coo": 4}  # host: each plan's read aggregation as CSR (host_prepare)
+# host, sparse features (issue 18 item 2, session 29): what the device pass would build with syncs, built with the plan
+# (host_prepare): the constants' sparse × sparse products, coalesced, as CSR (4 plans)
+SPARSE_Z = {"_sparse_sparse_matmul @ gnn_plan.py:_sparse_product": 4, "_coalesce @ gnn_plan.py:_coo": 8}
+SPARSE_SGC = {"_sparse_sparse_matmul @ gnn_plan.py:_sparse_product": 8, "_coalesce @ gnn_plan.py:_coo": 8}
+# host: AMM-GNN's matching draws, one .item() per episode on the raw CPU ids
+MATCH = {"_local_scalar_dense @ tlp_graph.py:match_draws": 2}
+MATCH_ROWS = {"_coalesce @ sparse.py:slice_rows": 2,  # host: AMM-GNN's drawn rows of sparse features, per episode
+              "_local_scalar_dense @ sparse.py:csr_row_entries": 2, "repeat_interleave @ sparse.py:csr_row_entries": 4}
 BALLS = {  # host: ball membership of new centre nodes (BallIndex.expand on the CPU CSR; cached per node)
     "_unique2 @ balls.py:expand": 8, "repeat_interleave @ sparse.py:csr_row_entries": 16,
     "_local_scalar_dense @ sparse.py:csr_row_entries": 8, "bincount @ balls.py:balls": 4,
@@ -121,6 +144,11 @@ BALL_BLOCK = {  # host: the support and query ball blocks of the meta-batch, bui
     "_unique2 @ gmeta.py:ball_layout": 2, "bincount @ gmeta.py:ball_layout": 2,  # union of members, CSR counts
 }
 PROTO = {"_local_scalar_dense @ proto_head.py:class_means": ONE_HOT}
+
+
+def _sum(*parts: dict[str, int]) -> dict[str, int]:
+    """Allow-lists added site by site (a site in two of them counts both)."""
+    return dict(sum((Counter(p) for p in parts), Counter()))
 SUBGRAPH = {  # host: each of 2 episodes' own 2-hop subgraph, built in materialize from the CPU graph
     "_unique2 @ subgraph.py:k_hop_nodes": 6, "nonzero @ subgraph.py:k_hop_nodes": 2,  # frontiers, the subset
     "index @ subgraph.py:k_hop_nodes": 8,  # boolean masks of the frontier and the induced edges
@@ -144,14 +172,27 @@ ALLOW: dict[str, dict[str, dict[str, int]]] = {
     "protonet": {"host": PLAN, "first": PROTOTYPES, "steady": PROTOTYPES, "eval_host": PLAN, "eval": PROTOTYPES},
     "gmeta": {"host": {**BALLS, **BALL_BLOCK}, "first": {}, "steady": {}, "eval_host": {**BALLS, **BALL_BLOCK},
               "eval": {}},
-    "ammgnn": {"host": {**PLAN, **MATCH}, "first": {}, "steady": {}, "eval_host": {**PLAN, **MATCH}, "eval": {}},
+    "ammgnn": {"host": {**PLAN, **MATCH, **PLAN_CSR}, "first": {}, "steady": {},
+               "eval_host": {**PLAN, **MATCH, **PLAN_CSR}, "eval": {}},
+    # k-hop computation trees of a 2-layer GCN (the bench's path): the second layer's aggregation built on the host
+    "khop-gcn": {"host": {**PLAN, **PLAN_CSR}, "first": PROTO, "steady": PROTO,
+                 "eval_host": {**PLAN, **PLAN_CSR}, "eval": PROTO},
+    # sparse features (Cora's, CiteSeer's raw bag of words): no device sync either, the sparse work on the host
+    "khop-gcn-sparse": {"host": {**PLAN, **SPARSE_Z}, "first": PROTO, "steady": PROTO,
+                        "eval_host": {**PLAN, **SPARSE_Z}, "eval": PROTO},
+    "khop-sgc-sparse": {"host": {**PLAN, **SPARSE_SGC}, "first": PROTO, "steady": PROTO,
+                        "eval_host": {**PLAN, **SPARSE_SGC}, "eval": PROTO},
+    "ammgnn-sparse": {"host": _sum(PLAN, MATCH, SPARSE_Z, MATCH_ROWS), "first": {}, "steady": {},
+                      "eval_host": _sum(PLAN, MATCH, SPARSE_Z, MATCH_ROWS), "eval": {}},
     "sinusoid": {k: {} for k in PHASES},
     "digits": {k: {} for k in PHASES},
 }
 #: Sites in a device phase (first, steady, eval) that are not device syncs on CUDA: host work on CPU tensors or
 #: cpu-only checks. Every other site there would be a real device sync; none is left on these paths.
 NOT_DEVICE: dict[str, set[str]] = {"khop": set(PROTO), "full": set(PROTO), "full-gcn": set(PROTO),
-                                   "full-gat": set(PROTO), "khop-gat": set(PROTO),
+                                   "full-gat": set(PROTO), "khop-gat": set(PROTO), "khop-gcn": set(PROTO),
+                                   "khop-gcn-sparse": set(PROTO), "khop-sgc-sparse": set(PROTO),
+                                   "ammgnn-sparse": set(),
                                    "protonet": set(PROTOTYPES), "gmeta": set(),
                                    "ammgnn": set(), "sinusoid": set(), "digits": set()}
 
@@ -166,6 +207,10 @@ PATHS = {
     "full-gcn": (dict(GRAPH, subgraph="full", gnn="gcn"), None),
     "full-gat": (dict(GRAPH, subgraph="full", gnn="gat"), None),
     "khop-gat": (dict(GRAPH, subgraph="khop", gnn="gat"), None),
+    "khop-gcn": (dict(GRAPH, subgraph="khop", gnn="gcn"), None),
+    "khop-gcn-sparse": (dict(SPARSE, subgraph="khop", gnn="gcn"), None),
+    "khop-sgc-sparse": (dict(SPARSE, subgraph="khop"), None),
+    "ammgnn-sparse": (dict(SPARSE, algo="ammgnn"), None),
     "protonet": (dict(GRAPH, subgraph="khop", algo="protonet"), None),
     "gmeta": (dict(GRAPH, algo="gmeta"), None),
     "ammgnn": (dict(GRAPH, algo="ammgnn"), None),
