@@ -290,9 +290,10 @@ class GNNBackbone(Backbone):
         """Features ``Tensor[T, n, hidden]`` of ``T`` tasks' nodes, with per-task weights ``params[name][t]``.
 
         Computation-tree inputs of the plan kinds run as one block-diagonal pass; SGC's whole-graph inputs as one
-        gather of the tasks' propagated rows and one batched product; GCN's, SAGE's and GIN's whole-graph inputs as
-        one pass over the graph for all tasks (:meth:`_whole_graph_tasks`); anything else (GAT, whole-graph inputs
-        in training with dropout) runs task by task with the same results.
+        gather of the tasks' propagated rows and one batched product; GCN's, SAGE's, GIN's and GAT's whole-graph
+        inputs as one pass over the graph for all tasks (:meth:`_whole_graph_tasks`); GAT's k-hop subgraphs as one
+        pass over their disjoint union (:meth:`_subgraph_tasks`); anything else (passes that draw dropout masks in
+        training) runs task by task with the same results.
         """
         items = batch.items
         if self.kind == "sgc" and not any(g.local for g in items) and all(g.x is items[0].x for g in items):
