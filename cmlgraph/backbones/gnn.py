@@ -362,15 +362,20 @@ class GNNBackbone(Backbone):
         Each task's subgraph is padded to the largest one's ``R`` rows (task ``t``'s nodes at ``t·R …``; pad rows
         have zero features and no edges, so nothing reads them), its self-looped edges offset by ``t·R``; each layer
         projects with every task's weights at once (``bmm``, or a block-diagonal product for sparse features) and
-        attends over the union's edges (:meth:`_gat_attend` with one task per block). Tasks run in groups whose
-        edges hold at most :data:`WHOLE_GRAPH_VALUES` message values. The layout is built once per batch (its
+        attends over the union's edges. Tasks run in groups whose edges' messages and padded feature blocks hold at
+        most :data:`WHOLE_GRAPH_VALUES` values. The layout is built once per batch (its
         ``memo``) and reused by every inner step. Same values as the per-task pass.
         """
         items = batch.items
-        edges = [int(self_loop_edge_index(g).shape[1]) for g in items]
         groups = batch.memo.get("gat/groups")
         if groups is None:
-            spans = group_tasks(edges, max(1, WHOLE_GRAPH_VALUES // max(1, self.hidden)))
+            # a task's values in the union: its edges' messages, and its padded block of dense features (each task
+            # padded to the largest subgraph of all, a bound on its group's)
+            rows = max(g.num_nodes for g in items)
+            width = 0 if is_sparse(items[0].x) else int(items[0].x.shape[1])
+            weights = [max(int(self_loop_edge_index(g).shape[1]) * self.hidden, rows * max(width, self.hidden))
+                       for g in items]
+            spans = group_tasks(weights, WHOLE_GRAPH_VALUES)
             groups = batch.memo["gat/groups"] = [(a, b, _union_layout(items[a:b])) for a, b in spans]
         outs = []
         for a, b, lay in groups:

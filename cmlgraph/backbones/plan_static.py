@@ -16,7 +16,8 @@ The padding is inert (the padded pass equals the unpadded one up to float summat
 - each task's block of a level holds its real rows first, then pad rows; a pad row's features are zero and no
   real row reads it (no aggregation entry points at it; :func:`~cmlgraph.backbones.gnn_plan.prefix_rows` may copy
   a real row of the level below into it, which is never read either);
-- pad entries of an aggregation are ``(0, 0)`` with value 0: they add ``0 · h[0]`` to row 0;
+- pad entries of an aggregation have value 0, their rows and columns spread over the block (``arange`` modulo its
+  size: no one row takes every pad's atomic add on a GPU); they add ``0 · h[col]``;
 - the output rows are gathered through a ``[T, n]`` index buffer, so pad rows never reach the embeddings.
 
 Aggregations run as gather-scale-scatter (:class:`IndexAggregation`: ``index_select``, ``index_add``) rather than
@@ -133,12 +134,16 @@ class StaticTaskLayout:
         self.out = torch.zeros(t, self.outputs, dtype=torch.long, device=dev)
         self._arange = torch.arange(self.outputs, device=dev)
         self.aggs: dict[int, IndexAggregation] = {}
+        self._pads: dict[int, tuple[Tensor, Tensor]] = {}
         for i in reads.layers:
             e = self.capacity.entries[i]
             vals = first.mats[i].vals
             self.aggs[i] = IndexAggregation(
                 torch.zeros(e, dtype=torch.long, device=dev), torch.zeros(e, dtype=torch.long, device=dev),
                 torch.zeros(e, dtype=vals.dtype, device=dev), (t * self.sizes[i + 1], t * self.sizes[i]))
+            # pad entries spread over the rows and columns (zero values): no one row takes every pad's atomic add
+            spread = torch.arange(e, device=dev)
+            self._pads[i] = (spread % (t * self.sizes[i + 1]), spread % (t * self.sizes[i]))
         self.constants: dict[tuple[str, int], Tensor] = {}
         for key, level in reads.constants:
             c = plan_constant(first, key)
@@ -176,8 +181,9 @@ class StaticTaskLayout:
                 torch.add(m.cols, t * r[i], out=agg.cols[start:start + e])
                 agg.vals[start:start + e].copy_(m.vals, non_blocking=True)
                 start += e
-            agg.rows[start:].zero_()  # pad entries: 0 · h[0] into row 0
-            agg.cols[start:].zero_()
+            pad_rows, pad_cols = self._pads[i]  # pad entries: 0 · h[col] into row, spread over the block
+            agg.rows[start:].copy_(pad_rows[start:])
+            agg.cols[start:].copy_(pad_cols[start:])
             agg.vals[start:].zero_()
         for (key, _level), buf in self.constants.items():
             for t, p in enumerate(plans):

@@ -112,8 +112,10 @@ class MatchedBuffers:
 
 
 def _drawn_rows(items: list[MatchedInput]) -> Tensor:
-    """The tasks' drawn rows, ``[T, 2, k, F]`` (dense)."""
-    return torch.stack([match_rows(it.graph, it.match) for it in items])
+    """The tasks' drawn rows, ``[T, 2, k, F]`` (dense): gathered on the host by the domain's ``materialize`` where
+    it did (``MATCH_ROWS_KEY``; a sparse row selection on the device would sync), else here."""
+    return torch.stack([it.memo[MATCH_ROWS_KEY] if MATCH_ROWS_KEY in it.memo else match_rows(it.graph, it.match)
+                        for it in items])
 
 
 def _fixed(x: MatchedInput) -> MatchedInput:

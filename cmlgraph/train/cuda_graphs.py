@@ -254,6 +254,7 @@ class GraphedMetaStep:
         self.buffers: Any = None  # padded plan or ball buffers (:mod:`.cuda_graph_plans`, :mod:`.cuda_graph_balls`)
         self.out: MetaStep | None = None
         self.failed: str | None = None  # why the run went back to eager
+        self.grow_failed: str | None = None  # why growing the padded buffers failed (outgrowing batches: eager)
         self.replays = 0
         self.captures = 0
 
@@ -312,22 +313,37 @@ class GraphedMetaStep:
         self.graph, self.out = self._record(lambda: self._eager(self.static, step))
         self.captures += 1
 
-    def _capture_checked(self, episodes: Sequence[Episode], step: int, capacity: Any = None) -> MetaStep:
+    def _checked(self, episodes: Sequence[Episode], step: int, capacity: Any = None) -> MetaStep:
         """Capture, replay once and compare with the eager step on the same meta-batch (the RNG restored in
-        between: G-Meta's dropout draws the same masks); the eager result is the step's."""
+        between: G-Meta's dropout draws the same masks); the eager result is the step's. Raises on any failure."""
+        self._capture(episodes, step, capacity)
+        device = next(iter(parameters_of(self.model).values())).device
+        state = _rng_state(device)
+        replayed = self._replay(episodes)
+        _set_rng_state(device, state)
+        # padded inputs: eager on the filled buffers (the same padded shapes, so the same dropout draws)
+        eager = self._eager(self.static if self.buffers is not None else episodes, step)
+        same = _close(replayed.loss.total, eager.loss.total) and all(
+            _close(replayed.grads[k], eager.grads[k]) for k in eager.grads)
+        if not same:
+            raise RuntimeError("the captured meta-step differs from the eager one on the same meta-batch")
+        return eager
+
+    def _recapture(self, episodes: Sequence[Episode], step: int) -> MetaStep:
+        """Capture again with buffers grown for ``episodes``; if that fails (memory, a layout too wide to pad), the
+        working graph is kept, this batch steps eagerly and so do later batches that outgrow it (``grow_failed``)."""
+        kept = (self.graph, self.out, self.buffers, self.static)
         try:
-            self._capture(episodes, step, capacity)
-            device = next(iter(parameters_of(self.model).values())).device
-            state = _rng_state(device)
-            replayed = self._replay(episodes)
-            _set_rng_state(device, state)
-            # padded inputs: eager on the filled buffers (the same padded shapes, so the same dropout draws)
-            eager = self._eager(self.static if self.buffers is not None else episodes, step)
-            same = _close(replayed.loss.total, eager.loss.total) and all(
-                _close(replayed.grads[k], eager.grads[k]) for k in eager.grads)
-            if not same:
-                raise RuntimeError("the captured meta-step differs from the eager one on the same meta-batch")
-            return eager
+            return self._checked(episodes, step, self.buffers.needs(episodes))
+        except Exception as exc:  # noqa: BLE001 - keep what works
+            self.graph, self.out, self.buffers, self.static = kept
+            self.grow_failed = f"{type(exc).__name__}: {exc}"
+            return self._eager(episodes, step)
+
+    def _capture_checked(self, episodes: Sequence[Episode], step: int, capacity: Any = None) -> MetaStep:
+        """The first capture (:meth:`_checked`); on any failure the run goes eager (``on``: raises)."""
+        try:
+            return self._checked(episodes, step, capacity)
         except Exception as exc:  # noqa: BLE001 - any capture problem: eager from here on (or raise with on)
             self.graph, self.out, self.buffers = None, None, None
             self.failed = f"{type(exc).__name__}: {exc}"
@@ -349,9 +365,9 @@ class GraphedMetaStep:
             if fit is None:
                 return self._eager(episodes, step)  # another shape, or several row groups: this step eager
             if not fit:
-                if self.captures >= MAX_CAPTURES:
+                if self.captures >= MAX_CAPTURES or self.grow_failed is not None:
                     return self._eager(episodes, step)
-                return self._capture_checked(episodes, step, self.buffers.needs(episodes))
+                return self._recapture(episodes, step)
         elif self._shapes(episodes) != self._shapes(self.static):
             return self._eager(episodes, step)  # another shape (e.g. a last short batch): this step eager
         return self._replay(episodes)

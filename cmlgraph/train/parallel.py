@@ -409,48 +409,59 @@ class ParallelTrainer:
         for m, record, seconds in stepped:
             self._guarded(m, lambda m=m, record=record, seconds=seconds: self._after_step(
                 m, record, seconds + shared.get(id(m), 0.0)))
+            m.trainer.fused_val = None  # used by its validation, or unused where _after_step stopped the run
 
     def _test_together(self, members: list[_Member]) -> None:
         """The trained runs' final tests in one pass where they can (as :meth:`_validate_together`), each from
         its own best-validation parameters; each result is left on its trainer (``fused_test``) for
         :meth:`~cmlgraph.train.trainer.Trainer.finish`. Runs that cannot share one are tested alone there."""
+        ready = []
         for m in members:
             t = m.trainer
-            if t.best_params is not None:
-                t.exp.model.load_state_dict(t.best_params)  # what finish tests (it loads them again)
-        for group, results in self._evaluate_together(members, "test_raws"):
+            try:
+                if t.best_params is not None:
+                    t.exp.model.load_state_dict(t.best_params)  # what finish tests (it loads them again)
+                ready.append(m)
+            except Exception:  # noqa: BLE001 - finish loads them again, where an error stops that run only
+                continue
+        for group, results, _ in self._evaluate_together(ready, "test_raws"):
             for m, res in zip(group, results, strict=True):
                 m.trainer.fused_test = res
             self.console.print("test tasks scored in one pass: " + ", ".join(
                 m.trainer.run_dir.name if m.trainer.run_dir else "?" for m in group))
 
     def _evaluate_together(self, members: list[_Member], which: str
-                           ) -> Iterator[tuple[list[_Member], list[dict[str, Any]]]]:
+                           ) -> Iterator[tuple[list[_Member], list[dict[str, Any]], float]]:
         """Members grouped by method, device and parameter shapes, each group's ``which`` tasks (``val_raws`` or
-        ``test_raws``) scored in one pass: ``(group, results)`` for the groups that could be
-        (:func:`~cmlgraph.train.evaluate.runs_fusable`, stacking episodes; an error leaves a group to its runs)."""
+        ``test_raws``) scored in one pass: ``(group, results, seconds)`` for the groups that could be
+        (:func:`~cmlgraph.train.evaluate.runs_fusable`, stacking episodes). Any error leaves a group to its runs,
+        which then evaluate alone (where an error stops that run only)."""
         from cmlgraph.train.evaluate import evaluate_runs, runs_fusable
 
         groups: dict[tuple[Any, ...], list[_Member]] = {}
         for m in members:
             t = m.trainer
-            if getattr(t, which):
-                key = (type(t.exp.algo), str(t.exp.device),
-                       tuple((k, tuple(p.shape)) for k, p in parameters_of(t.exp.model).items()))
-                groups.setdefault(key, []).append(m)
-        for group in groups.values():
-            first = group[0].trainer.exp
-            params = [parameters_of(m.trainer.exp.model) for m in group]
-            if not runs_fusable(first.algo, first.model, params, first.device):
-                continue
             try:
+                if getattr(t, which):
+                    key = (type(t.exp.algo), str(t.exp.device),
+                           tuple((k, tuple(p.shape)) for k, p in parameters_of(t.exp.model).items()))
+                    groups.setdefault(key, []).append(m)
+            except Exception:  # noqa: BLE001 - evaluated alone
+                continue
+        for group in groups.values():
+            t0 = time.perf_counter()
+            try:
+                first = group[0].trainer.exp
+                params = [parameters_of(m.trainer.exp.model) for m in group]
+                if not runs_fusable(first.algo, first.model, params, first.device):
+                    continue
                 results = evaluate_runs(first.algo, first.model, [(p, m.trainer.exp.domain, getattr(m.trainer, which))
                                                                   for p, m in zip(params, group, strict=True)],
                                         first.device)
-            except Exception:  # noqa: BLE001 - each run then evaluates alone, where an error stops that run only
+            except Exception:  # noqa: BLE001 - each run then evaluates alone
                 results = None
             if results is not None:
-                yield group, results
+                yield group, results, time.perf_counter() - t0
 
     def _validate_together(self, members: list[_Member]) -> dict[int, float]:
         """The validations due after this lockstep, several runs' in one pass where they can
@@ -460,14 +471,11 @@ class ParallelTrainer:
         due = [m for m in members if m.ok and ((m.trainer.step + 1) % int(m.trainer.cfg.train.val_every) == 0
                                                or m.trainer.step + 1 == m.steps)]  # _after_step counts the step
         seconds: dict[int, float] = {}
-        t0 = time.perf_counter()
-        for group, results in self._evaluate_together(due, "val_raws"):
-            spent = time.perf_counter() - t0
+        for group, results, spent in self._evaluate_together(due, "val_raws"):
             for m, res in zip(group, results, strict=True):
                 m.trainer.fused_val = res
                 m.fused_validations += 1
                 seconds[id(m)] = spent
-            t0 = time.perf_counter()
         return seconds
 
     def _alone_step(self, m: _Member) -> None:

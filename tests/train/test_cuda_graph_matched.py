@@ -31,8 +31,13 @@ def _cfg(device: str = "cpu", dropout: float = 0.0, max_tasks: int | None = None
     return prepare(cfg)
 
 
-def _experiment(device: str = "cpu", dropout: float = 0.0, max_tasks: int | None = None):
+def _experiment(device: str = "cpu", dropout: float = 0.0, max_tasks: int | None = None, sparse: bool = False):
     e = build_experiment(_cfg(device, dropout))
+    if sparse:  # bag-of-words-like features kept sparse (CiteSeer's raw layout)
+        x = e.domain.graph.x
+        keep = torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) < 0.03
+        e.domain.graph.x = (x * keep).to_sparse()
+        e.domain._full.clear()
     if max_tasks is not None:
         e.model.extractor.max_tasks = max_tasks
     e.model.train()
@@ -87,16 +92,18 @@ def _assert_same(ours, ref) -> None:
         torch.testing.assert_close(ours.grads[k], ref.grads[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
-@pytest.mark.parametrize("batched,max_tasks", [(True, None), (True, 2), (None, None)])
-def test_replays_equal_eager_and_outgrown_buffers_are_captured_again(stand_in, batched, max_tasks):
+@pytest.mark.parametrize("batched,max_tasks,sparse", [(True, None, False), (True, 2, False), (None, None, False),
+                                                      (True, None, True)])
+def test_replays_equal_eager_and_outgrown_buffers_are_captured_again(stand_in, batched, max_tasks, sparse):
     """Small trees first, then the largest: the buffers grow (a second capture), and every step equals the eager
     meta-step of its own batch, the regulariser included. ``max_tasks`` 2: the stacked tasks run in two groups,
     each with its own buffers; ``batched=None`` with one task: the unstacked path."""
-    e = _experiment(max_tasks=max_tasks)
+    e = _experiment(max_tasks=max_tasks, sparse=sparse)
     tasks = 3 if batched else 1
     step = GraphedMetaStep(e.algo, e.model, e.domain.loss_fn, batched)
     order = _by_degree(e)
     small = [_episodes(e, order, s, tasks) for s in (0, 7)]
+    assert (small[0][0].support_x.graph.x.layout != torch.strided) is sparse  # the path under test
     large = _episodes(e, order.flip(0), 0, tasks)
     counts = []
     for i, eps in enumerate([*small, large, small[1]]):

@@ -188,3 +188,24 @@ def test_captured_k_hop_meta_steps_equal_eager_on_cuda(gnn, first_order):
     for i, eps in enumerate(batches):
         _assert_same(step(eps, i), _eager(e, eps, True))
     assert step.failed is None and step.captures >= 2 and step.replays >= len(batches)
+
+
+def test_a_failed_recapture_keeps_the_working_graph(stand_in, monkeypatch):
+    """Growing the buffers fails (here: the grown features too wide to pad): that batch steps eagerly, the captured
+    graph is kept and small batches still replay; later outgrowing batches step eagerly without trying again."""
+    import cmlgraph.backbones.plan_static as ps
+
+    e = _experiment("gcn")
+    step = GraphedMetaStep(e.algo, e.model, e.domain.loss_fn, True)
+    order = _by_degree(e)
+    small, large = _episodes(e, order, 0), _episodes(e, order.flip(0), 0)
+    step(small, 0)
+    graph, replays = step.graph, step.replays
+    monkeypatch.setattr(ps, "MAX_FEATURE_BYTES", 1)
+    _assert_same(step(large, 1), _eager(e, large, True))
+    assert step.failed is None and "too wide to pad" in step.grow_failed
+    assert step.graph is graph and step.captures == 1
+    _assert_same(step(small, 2), _eager(e, small, True))
+    assert step.replays == replays + 1  # the kept graph replays
+    step(large, 3)
+    assert step.captures == 1  # not tried again

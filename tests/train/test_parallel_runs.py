@@ -344,3 +344,22 @@ def test_a_killed_group_resumes_per_folder(tmp_path, kill_at):
             _assert_equal_runs(a, f)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_failing_fused_evaluation_leaves_each_run_to_evaluate_alone(tmp_path, monkeypatch):
+    """An error inside the group's one-pass evaluation (here: evaluate_runs raises) does not stop the group: every
+    run validates and tests alone, with the results of a run alone."""
+    import cmlgraph.train.evaluate as ev
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("fused evaluation broke")
+
+    alone = train(_cfg(SINUSOID, tmp_path, "alone-s0", train__seed=0, algo__cml=True), progress=False)[0]
+    monkeypatch.setattr(ev, "evaluate_runs", broken)
+    out = io.StringIO()
+    results = train_parallel([_cfg(SINUSOID, tmp_path, f"group-s{s}", train__seed=s, algo__cml=True) for s in (0, 1)],
+                             Console(file=out, width=300), progress=False)
+    assert [r.error for r in results] == [None, None]
+    said = out.getvalue()
+    assert "validations scored with other runs'" not in said and "test tasks scored in one pass" not in said
+    _assert_equal_runs(alone, results[0].run_dir)
