@@ -170,7 +170,8 @@ def runs_fusable(algo: MetaAlgorithm, model: MetaModel, params: Sequence[Mapping
 
 def evaluate_runs(algo: MetaAlgorithm, model: MetaModel, runs: Sequence[tuple[Mapping[str, Tensor], Domain,
                                                                                Sequence[Any]]],
-                  device: torch.device | str = "cpu", batch_size: int | None = None) -> list[dict[str, Any]] | None:
+                  device: torch.device | str = "cpu", batch_size: int | None = None, prefetch: bool = False
+                  ) -> list[dict[str, Any]] | None:
     """Several runs' evaluations as one (issue 18 item 5): every run's fixed tasks in chunks of one stacked batch,
     each task adapted from its own run's parameters (``predict(task_params=True)``), then scored per run.
 
@@ -185,6 +186,8 @@ def evaluate_runs(algo: MetaAlgorithm, model: MetaModel, runs: Sequence[tuple[Ma
         runs: Per run, ``(parameters, domain, raw fixed episodes)``.
         device: The runs' device.
         batch_size: Most tasks per chunk (default :func:`eval_chunk`), capped at about 8M weight values a chunk.
+        prefetch: Materialize the next chunk in a worker thread while the current one is adapted (as
+            :func:`evaluate`); same results.
 
     Returns:
         One :func:`evaluate` result per run, in order; or ``None``.
@@ -195,22 +198,31 @@ def evaluate_runs(algo: MetaAlgorithm, model: MetaModel, runs: Sequence[tuple[Ma
     chunk = max(1, min(batch_size, int(8e6 // max(n_params, 1))))
     tasks = [(r, raw) for r, (_, _, raws) in enumerate(runs) for raw in raws]
     tallies = [Tally(domain.metric, bool(getattr(algo, "abstains", False))) for _, domain, _ in runs]
+    parts = iter([tasks[start:start + chunk] for start in range(0, len(tasks), chunk)])
+
+    def materialize(_: Any) -> tuple[list[tuple[int, Any]], list[Any]]:
+        part = next(parts)  # StopIteration: the last chunk
+        eps = [runs[r][1].materialize(raw, device) for r, raw in part]
+        domain = runs[part[0][0]][1]
+        if hasattr(domain, "prepare_batch") and (len(eps) == 1 or can_stack(eps)):  # layouts built ahead
+            domain.prepare_batch(eps, None)
+        return part, eps
+
     was_training = model.training
     model.eval()
+    exits = ExitStack()
     try:
-        for start in range(0, len(tasks), chunk):
-            part = tasks[start:start + chunk]
-            eps = [runs[r][1].materialize(raw, device) for r, raw in part]
+        for part, eps in exits.enter_context(Prefetcher(materialize, depth=1, enabled=prefetch,
+                                                        name="cmlgraph-eval-runs")):
             if len(eps) > 1 and not can_stack(eps):
                 return None
             domain = runs[part[0][0]][1]
-            if hasattr(domain, "prepare_batch"):  # layouts built ahead of the pass, as evaluate does
-                domain.prepare_batch(eps, None)
             params = {k: torch.stack([runs[r][0][k].detach() for r, _ in part]) for k in runs[0][0]}
             ep = stack(eps)
             out, co = algo.predict(model, params, ep, domain.loss_fn, batched=True, task_params=True)
             for i, (r, _) in enumerate(part):
                 tallies[r].add(out[i], None if co is None else co[i], ep.query_y[i])
     finally:
+        exits.close()  # stops the prefetch worker, also on an error or an early return
         model.train(was_training)
     return [t.result() for t in tallies]

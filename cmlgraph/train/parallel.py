@@ -437,6 +437,7 @@ class ParallelTrainer:
         (:func:`~cmlgraph.train.evaluate.runs_fusable`, stacking episodes). Any error leaves a group to its runs,
         which then evaluate alone (where an error stops that run only)."""
         from cmlgraph.train.evaluate import evaluate_runs, runs_fusable
+        from cmlgraph.train.prefetch import use_prefetch
 
         groups: dict[tuple[Any, ...], list[_Member]] = {}
         for m in members:
@@ -457,7 +458,8 @@ class ParallelTrainer:
                     continue
                 results = evaluate_runs(first.algo, first.model, [(p, m.trainer.exp.domain, getattr(m.trainer, which))
                                                                   for p, m in zip(params, group, strict=True)],
-                                        first.device)
+                                        first.device, prefetch=use_prefetch(group[0].trainer.cfg.train.prefetch,
+                                                                            first.device))
             except Exception:  # noqa: BLE001 - each run then evaluates alone
                 results = None
             if results is not None:

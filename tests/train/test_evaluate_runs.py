@@ -30,14 +30,16 @@ def _runs(seeds=(0, 1), **settings):
     return exps, raws
 
 
-@pytest.mark.parametrize("settings", [dict(subgraph="khop"), dict(subgraph="full"),
-                                      dict(subgraph="full", gnn="gat", gat_heads=2, hidden=8)])
-def test_runs_scored_in_one_pass_equal_each_run_alone(settings):
+@pytest.mark.parametrize("settings,prefetch", [(dict(subgraph="khop"), False), (dict(subgraph="khop"), True),
+                                               (dict(subgraph="full"), False),
+                                               (dict(subgraph="full", gnn="gat", gat_heads=2, hidden=8), False)])
+def test_runs_scored_in_one_pass_equal_each_run_alone(settings, prefetch):
     exps, raws = _runs(**settings)
     params = [parameters_of(e.model) for e in exps]
     assert runs_fusable(exps[0].algo, exps[0].model, params, "cpu")
     together = evaluate_runs(exps[0].algo, exps[0].model, [(p, e.domain, r) for p, e, r in
-                                                          zip(params, exps, raws, strict=True)], "cpu", batch_size=5)
+                                                          zip(params, exps, raws, strict=True)], "cpu", batch_size=5,
+                              prefetch=prefetch)  # the next chunk materialized in a worker thread, or not
     assert together is not None
     for e, p, r, res in zip(exps, params, raws, together, strict=True):
         alone = evaluate(e.algo, e.model, p, e.domain, r, "cpu")
@@ -70,3 +72,15 @@ def test_per_task_parameters_need_a_batch_and_no_learned_rates():
     out, _ = e.algo.predict(e.model, params, stack(eps), e.domain.loss_fn, batched=True, task_params=True)
     ref, _ = e.algo.predict(e.model, parameters_of(e.model), stack(eps), e.domain.loss_fn, batched=True)
     torch.testing.assert_close(out, ref)
+
+
+def test_runs_of_other_graphs_are_refused_and_leave_no_worker_behind():
+    """Two runs whose graphs are separate tensors (not shared by a group) do not stack: ``None`` (each run then
+    evaluates alone), and the prefetch worker is stopped."""
+    import threading
+
+    exps = [build_experiment(prepare(make_config(**{**GRAPH, "subgraph": "full"}))) for _ in range(2)]
+    raws = [e.domain.sample("val", 4, torch.Generator().manual_seed(3)) for e in exps]
+    runs = [(parameters_of(e.model), e.domain, r) for e, r in zip(exps, raws, strict=True)]
+    assert evaluate_runs(exps[0].algo, exps[0].model, runs, "cpu", prefetch=True) is None
+    assert not [t for t in threading.enumerate() if t.name.startswith("cmlgraph-eval-runs")]
