@@ -53,3 +53,31 @@ def unscaled_graph(name: str = "unscaled"):
     x = (rng.normal(size=(classes, 16))[y] + 0.5 * rng.normal(size=(n, 16))) * 30 + 40
     ei = np.stack([rng.integers(0, n, 3 * n), rng.integers(0, n, 3 * n)])
     return from_arrays(ei, x, y, name=name)
+
+
+class StandInGraph:
+    """A CUDA graph's behaviour on the CPU: ``replay()`` reruns the recorded function and writes its results into
+    the output buffers returned at capture (so the buffers, not fresh tensors, carry each replay's results)."""
+
+    def __init__(self, fn, out) -> None:
+        self.fn, self.out = fn, out
+
+    def replay(self) -> None:
+        new = self.fn()
+        with torch.no_grad():
+            for name in ("meta", "co", "total"):
+                getattr(self.out.loss, name).copy_(getattr(new.loss, name))
+            for k, v in new.grads.items():
+                self.out.grads[k].copy_(v)
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    """``GraphedMetaStep`` records through :class:`StandInGraph` (the capture's bookkeeping, checked on the CPU)."""
+    from cmlgraph.train.cuda_graphs import GraphedMetaStep
+
+    def record(self, fn):
+        out = fn()
+        return StandInGraph(fn, out), out
+
+    monkeypatch.setattr(GraphedMetaStep, "_record", record)

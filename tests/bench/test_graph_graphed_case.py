@@ -3,13 +3,10 @@ skipped on the CPU before any process starts, and its workload driven on the CPU
 
 from __future__ import annotations
 
-import torch
-
 from cmlgraph.bench.cases import build_cases, build_ratios
 from cmlgraph.bench.runner import RunSettings, run_one
 from cmlgraph.bench.workloads import GRAPHED_WARMUP, graph_workload
 from cmlgraph.graphs import make_synthetic
-from cmlgraph.train.cuda_graphs import GraphedMetaStep
 
 
 def test_the_graphed_k_hop_case_and_its_ratios_are_listed() -> None:
@@ -29,22 +26,9 @@ def test_the_graphed_k_hop_case_is_skipped_on_the_cpu_before_any_process_starts(
     assert record["skipped"] and "CUDA graphs need a CUDA device" in record["reason"]
 
 
-class _StandIn:
-    def __init__(self, fn, out) -> None:
-        self.fn, self.out = fn, out
-
-    def replay(self) -> None:
-        new = self.fn()
-        with torch.no_grad():
-            for k, v in new.grads.items():
-                self.out.grads[k].copy_(v)
-            self.out.loss.total.copy_(new.loss.total)
-
-
-def test_the_graphed_workload_captures_during_warm_up_and_replays_when_timed(monkeypatch) -> None:
+def test_the_graphed_workload_captures_during_warm_up_and_replays_when_timed(stand_in) -> None:
     """On the CPU through a stand-in capture (the real one needs CUDA): the warm-up captured at least once and
     the padded buffers grew to the batches' sizes; a timed step replays."""
-    monkeypatch.setattr(GraphedMetaStep, "_record", lambda self, fn: (lambda out: (_StandIn(fn, out), out))(fn()))
     g = make_synthetic(num_nodes=800, num_classes=30, num_features=16, avg_degree=4.0, seed=0)
     work = graph_workload(g, "khop", "cpu", graphed=True)
     captures, replays = work.info["cuda_graph_captures"], work.info["cuda_graph_replays"]

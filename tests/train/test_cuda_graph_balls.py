@@ -51,30 +51,8 @@ def _batch(index: BallIndex, order: torch.Tensor, start: int, tasks: int = 3, de
     return eps
 
 
-class _StandIn:
-    """A CUDA graph's behaviour on the CPU: ``replay()`` reruns the recorded function and writes its results into
-    the output buffers returned at capture (so the buffers, not fresh tensors, carry each replay's results)."""
-
-    def __init__(self, fn, out) -> None:
-        self.fn, self.out = fn, out
-
-    def replay(self) -> None:
-        new = self.fn()
-        with torch.no_grad():
-            for name in ("meta", "co", "total"):
-                getattr(self.out.loss, name).copy_(getattr(new.loss, name))
-            for k, v in new.grads.items():
-                self.out.grads[k].copy_(v)
-
-
-def _stand_in_record(self, fn):
-    out = fn()
-    return _StandIn(fn, out), out
-
-
 @pytest.fixture
-def gmeta(monkeypatch):
-    monkeypatch.setattr(GraphedMetaStep, "_record", _stand_in_record)
+def gmeta(stand_in):
 
     def make(dropout: float = 0.0, batched=True, index: BallIndex | None = None):
         torch.manual_seed(0)

@@ -62,27 +62,6 @@ def _by_degree(e) -> torch.Tensor:
     return deg.argsort(stable=True)
 
 
-class _StandIn:
-    """A CUDA graph's behaviour on the CPU: ``replay()`` reruns the recorded function and writes its results into
-    the output buffers returned at capture (so the buffers, not fresh tensors, carry each replay's results)."""
-
-    def __init__(self, fn, out) -> None:
-        self.fn, self.out = fn, out
-
-    def replay(self) -> None:
-        new = self.fn()
-        with torch.no_grad():
-            for name in ("meta", "co", "total"):
-                getattr(self.out.loss, name).copy_(getattr(new.loss, name))
-            for k, v in new.grads.items():
-                self.out.grads[k].copy_(v)
-
-
-@pytest.fixture
-def stand_in(monkeypatch):
-    monkeypatch.setattr(GraphedMetaStep, "_record", lambda self, fn: (lambda out: (_StandIn(fn, out), out))(fn()))
-
-
 def _eager(e, episodes, batched):
     return e.algo.meta_gradients(e.model, parameters_of(e.model), episodes, e.domain.loss_fn, 0, batched=batched)
 
