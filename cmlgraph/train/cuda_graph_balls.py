@@ -18,6 +18,7 @@ from cmlgraph.backbones.ball_static import BallCapacity, fill_static, layout_siz
 from cmlgraph.backbones.gmeta import ball_layout, prepare_ball_batch
 from cmlgraph.core.episode import Episode
 from cmlgraph.graphs.balls import STACK_KEY, BallInput
+from cmlgraph.train.cuda_graphs import copy_targets
 
 #: The ball sides of an episode.
 BALL_SIDES = ("support_x", "query_x")
@@ -104,8 +105,7 @@ class BallBuffers:
         for dst, src in zip(self.static, episodes, strict=True):
             for side in BALL_SIDES:
                 getattr(dst, side).nodes.copy_(getattr(src, side).nodes, non_blocking=True)
-            dst.support_y.copy_(src.support_y, non_blocking=True)
-            dst.query_y.copy_(src.query_y, non_blocking=True)
+        copy_targets(self.static, episodes)
 
 
 def _fixed(x: BallInput) -> BallInput:

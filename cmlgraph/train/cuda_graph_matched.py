@@ -19,17 +19,18 @@ import torch
 from torch import Tensor
 
 from cmlgraph.backbones.ammgnn import MATCH_ROWS_KEY, STATIC_STACK_KEY, MatchedInput, match_rows
-from cmlgraph.backbones.plan_static import PlanCapacity, StaticTaskLayout, plan_needs
 from cmlgraph.core.episode import Episode
 from cmlgraph.core.streams import group_tasks
 from cmlgraph.graphs.types import GraphInput
+from cmlgraph.train.cuda_graph_plans import PlanBuffers
 
 #: The matched sides of an episode.
 MATCHED_SIDES = ("support_x", "query_x")
 
 
-class MatchedBuffers:
-    """Static AMM-GNN inputs of a meta-batch's shape, refilled for each meta-batch.
+class MatchedBuffers(PlanBuffers):
+    """Static AMM-GNN inputs of a meta-batch's shape, refilled for each meta-batch: :class:`~cmlgraph.train.
+    cuda_graph_plans.PlanBuffers` over the matched inputs' trees, in the encoder's task groups, plus the drawn rows.
 
     Args:
         episodes: The first meta-batch.
@@ -39,29 +40,27 @@ class MatchedBuffers:
             over the first batch's needs.
     """
 
-    def __init__(self, episodes: Sequence[Episode], stacked: bool, extractor: Any,
-                 capacity: dict[tuple[str, int], PlanCapacity] | None = None) -> None:
-        self.stacked, self.extractor = stacked, extractor
-        self.reads = extractor.plan_reads()
-        self.static = [Episode(_fixed(ep.support_x), ep.support_y.clone(), _fixed(ep.query_x), ep.query_y.clone())
-                       for ep in episodes]
-        self.layouts: dict[tuple[str, int], StaticTaskLayout] = {}
-        self.rows: dict[tuple[str, int], Tensor] = {}
-        for key, group in self._groups(len(episodes)):
-            items = [getattr(episodes[i], key[0]) for i in group]
-            base = None if capacity is None else capacity[key]
-            self.layouts[key] = StaticTaskLayout([extractor.plan(it.graph) for it in items], self.reads, base)
-            self.rows[key] = _drawn_rows(items)
-        self._install()
+    def _spans(self, tasks: int) -> list[tuple[int, int]]:
+        """The task groups the encoder runs together (its ``max_tasks``), or one task each."""
+        return (group_tasks([1] * tasks, int(self.extractor.max_tasks)) if self.stacked
+                else [(i, i + 1) for i in range(tasks)])
 
-    def _groups(self, tasks: int) -> list[tuple[tuple[str, int], list[int]]]:
-        """Per side, the task groups the encoder runs together (its ``max_tasks``), or one task each."""
-        spans = (group_tasks([1] * tasks, int(self.extractor.max_tasks)) if self.stacked
-                 else [(i, i + 1) for i in range(tasks)])
-        return [((side, g), list(range(a, b))) for side in MATCHED_SIDES for g, (a, b) in enumerate(spans)]
+    @staticmethod
+    def _tree(x: MatchedInput) -> GraphInput:
+        return x.graph
 
-    def _install(self) -> None:
+    @staticmethod
+    def _fixed(x: MatchedInput) -> MatchedInput:  # type: ignore[override]
+        """A fixed input of the same graph, node and draw counts and dropout switch (its memo set by the buffers)."""
+        g = x.graph
+        return MatchedInput(GraphInput(g.x, g.edge_index, g.nodes.clone(), g.cache, local=True), x.match.clone(),
+                            x.dropout)
+
+    def _install(self, episodes: Sequence[Episode]) -> None:
         """Put the layouts and drawn rows where the encoder's pass over these very inputs finds them."""
+        self.rows: dict[tuple[str, int], Tensor] = {
+            key: _drawn_rows([getattr(episodes[i], key[0]) for i in group])
+            for key, group in self._groups(len(episodes))}
         for side in MATCHED_SIDES:
             groups = [(key, group) for key, group in self._groups(len(self.static)) if key[0] == side]
             memos = [{"layout": self.layouts[key], "rows": self.rows[key]} for key, _ in groups]
@@ -81,34 +80,13 @@ class MatchedBuffers:
                       for x in (ep.support_x, ep.query_x))
                 + (tuple(ep.support_y.shape), tuple(ep.query_y.shape)) for ep in episodes]
 
-    def _plans(self, episodes: Sequence[Episode], side: str, group: list[int]) -> list[Any]:
-        return [self.extractor.plan(getattr(episodes[i], side).graph) for i in group]
+    def _refill_group(self, key: tuple[str, int], items: list[Any]) -> None:
+        self.rows[key].copy_(_drawn_rows(items), non_blocking=True)
 
-    def fits(self, episodes: Sequence[Episode]) -> bool | None:
-        """Whether ``episodes`` fit these buffers (True), need larger ones (False) or are of another graph or shape
-        (``None``: that step runs eagerly)."""
-        if self.signature(episodes) != self.signature(self.static):
-            return None
-        return all(self.layouts[key].holds(self._plans(episodes, key[0], group))
-                   for key, group in self._groups(len(episodes)))
-
-    def needs(self, episodes: Sequence[Episode]) -> dict[tuple[str, int], PlanCapacity]:
-        """Capacities holding both these buffers' and ``episodes``' plans."""
-        return {key: self.layouts[key].capacity.grown(plan_needs(self._plans(episodes, key[0], group), self.reads))
-                for key, group in self._groups(len(episodes))}
-
-    def copy_in(self, episodes: Sequence[Episode]) -> None:
-        """Refill the buffers with ``episodes`` (which :meth:`fits`), asynchronously."""
-        for key, group in self._groups(len(episodes)):
-            self.layouts[key].fill(self._plans(episodes, key[0], group))
-            self.rows[key].copy_(_drawn_rows([getattr(episodes[i], key[0]) for i in group]), non_blocking=True)
-        for dst, src in zip(self.static, episodes, strict=True):
-            for side in MATCHED_SIDES:
-                d, s = getattr(dst, side), getattr(src, side)
-                d.graph.nodes.copy_(s.graph.nodes, non_blocking=True)
-                d.match.copy_(s.match, non_blocking=True)
-            dst.support_y.copy_(src.support_y, non_blocking=True)
-            dst.query_y.copy_(src.query_y, non_blocking=True)
+    @staticmethod
+    def _refill_input(dst: MatchedInput, src: MatchedInput) -> None:
+        dst.graph.nodes.copy_(src.graph.nodes, non_blocking=True)
+        dst.match.copy_(src.match, non_blocking=True)
 
 
 def _drawn_rows(items: list[MatchedInput]) -> Tensor:
@@ -116,13 +94,6 @@ def _drawn_rows(items: list[MatchedInput]) -> Tensor:
     it did (``MATCH_ROWS_KEY``; a sparse row selection on the device would sync), else here."""
     return torch.stack([it.memo[MATCH_ROWS_KEY] if MATCH_ROWS_KEY in it.memo else match_rows(it.graph, it.match)
                         for it in items])
-
-
-def _fixed(x: MatchedInput) -> MatchedInput:
-    """A fixed input of the same graph, node and draw counts and dropout switch (its memo set by the buffers)."""
-    g = x.graph
-    return MatchedInput(GraphInput(g.x, g.edge_index, g.nodes.clone(), g.cache, local=True), x.match.clone(),
-                        x.dropout)
 
 
 __all__ = ["MATCHED_SIDES", "MatchedBuffers"]

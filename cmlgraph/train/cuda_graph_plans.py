@@ -19,6 +19,7 @@ from cmlgraph.backbones.gnn_plan import Plan
 from cmlgraph.backbones.plan_static import PlanCapacity, StaticTaskLayout, plan_needs
 from cmlgraph.core.episode import Episode
 from cmlgraph.graphs.types import GraphInput
+from cmlgraph.train.cuda_graphs import copy_targets
 
 #: The computation-tree sides of an episode.
 PLAN_SIDES = ("support_x", "query_x")
@@ -26,6 +27,10 @@ PLAN_SIDES = ("support_x", "query_x")
 
 class PlanBuffers:
     """Static computation-tree inputs of a meta-batch's shape, refilled for each meta-batch.
+
+    The shared mechanism of padded trees (also AMM-GNN's, :class:`~cmlgraph.train.cuda_graph_matched.
+    MatchedBuffers`, which overrides the hooks ``_spans``, ``_tree``, ``_fixed``, ``_install``, ``signature`` and
+    the refills): one padded layout per side and task group, the fit and growth checks, the refill.
 
     Args:
         episodes: The first meta-batch (k-hop ``GraphInput`` sides with their plans prepared, or built here).
@@ -44,28 +49,42 @@ class PlanBuffers:
                  capacity: dict[tuple[str, int], PlanCapacity] | None = None) -> None:
         self.stacked, self.extractor = stacked, extractor
         self.reads = extractor.plan_reads()
-        self.static = [Episode(_fixed(ep.support_x), ep.support_y.clone(), _fixed(ep.query_x), ep.query_y.clone())
-                       for ep in episodes]
+        self.static = [Episode(self._fixed(ep.support_x), ep.support_y.clone(), self._fixed(ep.query_x),
+                               ep.query_y.clone()) for ep in episodes]
         self.layouts: dict[tuple[str, int], StaticTaskLayout] = {}
         for key, group in self._groups(len(episodes)):
             base = None if capacity is None else capacity[key]
             self.layouts[key] = StaticTaskLayout(self._plans(episodes, key[0], group), self.reads, base)
-            self._install(key, group)
+        self._install(episodes)
+
+    def _spans(self, tasks: int) -> list[tuple[int, int]]:
+        """The task groups ``[a, b)`` the pass runs together: the whole meta-batch stacked, else one task each."""
+        return [(0, tasks)] if self.stacked else [(i, i + 1) for i in range(tasks)]
 
     def _groups(self, tasks: int) -> list[tuple[tuple[str, int], list[int]]]:
-        groups = [list(range(tasks))] if self.stacked else [[i] for i in range(tasks)]
-        return [((side, g), group) for side in PLAN_SIDES for g, group in enumerate(groups)]
+        return [((side, g), list(range(a, b))) for side in PLAN_SIDES for g, (a, b) in enumerate(self._spans(tasks))]
+
+    @staticmethod
+    def _tree(x: Any) -> GraphInput:
+        """The computation-tree input of an episode side (the extractor's ``plan`` reads it)."""
+        return x
+
+    @staticmethod
+    def _fixed(x: GraphInput) -> GraphInput:
+        """A fixed computation-tree input of the same graph and node count (its layout set by the buffers)."""
+        return GraphInput(x.x, x.edge_index, x.nodes.clone(), x.cache, local=True)
 
     def _plans(self, episodes: Sequence[Episode], side: str, group: list[int]) -> list[Plan]:
-        return [self.extractor.plan(getattr(episodes[i], side)) for i in group]
+        return [self.extractor.plan(self._tree(getattr(episodes[i], side))) for i in group]
 
-    def _install(self, key: tuple[str, int], group: list[int]) -> None:
-        """Put the layout where the GNN's pass over these very inputs finds it (:mod:`cmlgraph.backbones.gnn`)."""
-        items = [getattr(self.static[i], key[0]) for i in group]
-        if self.stacked:
-            items[0].__dict__[STATIC_BATCH_KEY] = (tuple(id(it) for it in items), self.layouts[key])
-        else:
-            items[0].__dict__[STATIC_LAYOUT_KEY] = self.layouts[key]
+    def _install(self, episodes: Sequence[Episode]) -> None:
+        """Put the layouts where the GNN's pass over these very inputs finds them (:mod:`cmlgraph.backbones.gnn`)."""
+        for key, group in self._groups(len(episodes)):
+            items = [getattr(self.static[i], key[0]) for i in group]
+            if self.stacked:
+                items[0].__dict__[STATIC_BATCH_KEY] = (tuple(id(it) for it in items), self.layouts[key])
+            else:
+                items[0].__dict__[STATIC_LAYOUT_KEY] = self.layouts[key]
 
     def signature(self, episodes: Sequence[Episode]) -> list[tuple[Any, ...]]:
         """What must match between these buffers and a meta-batch besides the plan sizes: the graph, the
@@ -90,16 +109,18 @@ class PlanBuffers:
         """Refill the buffers with ``episodes`` (which :meth:`fits`), asynchronously."""
         for key, group in self._groups(len(episodes)):
             self.layouts[key].fill(self._plans(episodes, key[0], group))
+            self._refill_group(key, [getattr(episodes[i], key[0]) for i in group])
         for dst, src in zip(self.static, episodes, strict=True):
             for side in PLAN_SIDES:
-                getattr(dst, side).nodes.copy_(getattr(src, side).nodes, non_blocking=True)
-            dst.support_y.copy_(src.support_y, non_blocking=True)
-            dst.query_y.copy_(src.query_y, non_blocking=True)
+                self._refill_input(getattr(dst, side), getattr(src, side))
+        copy_targets(self.static, episodes)
 
+    def _refill_group(self, key: tuple[str, int], items: list[Any]) -> None:
+        """Refill a group's buffers besides its layout (none here)."""
 
-def _fixed(x: GraphInput) -> GraphInput:
-    """A fixed computation-tree input of the same graph and node count (its layout set by the buffers)."""
-    return GraphInput(x.x, x.edge_index, x.nodes.clone(), x.cache, local=True)
+    @staticmethod
+    def _refill_input(dst: Any, src: Any) -> None:
+        dst.nodes.copy_(src.nodes, non_blocking=True)
 
 
 __all__ = ["PLAN_SIDES", "PlanBuffers"]

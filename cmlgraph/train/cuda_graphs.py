@@ -179,6 +179,13 @@ def copy_into(dst: Any, src: Any) -> None:
         dst.nodes.copy_(src.nodes, non_blocking=True)
 
 
+def copy_targets(static: Sequence[Episode], episodes: Sequence[Episode]) -> None:
+    """Refill the capture's fixed episodes' support and query targets with ``episodes``', asynchronously."""
+    for dst, src in zip(static, episodes, strict=True):
+        dst.support_y.copy_(src.support_y, non_blocking=True)
+        dst.query_y.copy_(src.query_y, non_blocking=True)
+
+
 def ineligible(cfg: Any, exp: Any, distributed: bool = False, episodes: Sequence[Episode] | None = None
                ) -> str | None:
     """Why this run's meta-step cannot be captured as a CUDA graph, or ``None`` if it can.
@@ -416,5 +423,6 @@ def make_graphed_step(cfg: Any, exp: Any, episodes: Sequence[Episode], batched: 
 
 
 __all__ = ["GRAPHABLE", "GRAPHABLE_NAMES", "GraphedMetaStep", "MODES", "SIDES", "WHOLE_GRAPH_DROPOUT", "check_mode",
-           "config_ineligible", "copy_into", "ineligible", "is_ball_batch", "is_matched_batch", "is_plan_batch",
+           "config_ineligible", "copy_into", "copy_targets", "ineligible", "is_ball_batch", "is_matched_batch",
+           "is_plan_batch",
            "make_graphed_step", "static_copy"]
