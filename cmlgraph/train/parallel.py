@@ -131,6 +131,10 @@ class _Member:
         when it opens)."""
         return int(self.trainer.cfg.train.steps) if getattr(self.trainer.exp.algo, "trains", True) else 0
 
+    def validates_at(self, step: int) -> bool:
+        """Whether the run validates after meta-step ``step`` (every ``val_every`` steps, and at its last)."""
+        return step % int(self.trainer.cfg.train.val_every) == 0 or step == self.steps
+
     def active(self) -> bool:
         t = self.trainer
         return self.ok and t.step < self.steps and not t._patience_spent()
@@ -337,7 +341,7 @@ class ParallelTrainer:
         elif not record.get("skipped"):
             t.guard.loss(t.step, record["loss"])
         kill_point("step_end")
-        if t.step % int(cfg.train.val_every) == 0 or t.step == m.steps:
+        if m.validates_at(t.step):
             record.update(t._validate())
         t.elapsed += seconds + time.perf_counter() - t0
         if isinstance(record.get("loss"), float):  # read back (logged, or a run that does not defer)
@@ -470,8 +474,7 @@ class ParallelTrainer:
         (:func:`~cmlgraph.train.evaluate.evaluate_runs`): each result is left on its trainer (``fused_val``) for
         :meth:`_after_step`; returns the seconds each such run spent in it (the whole pass, as for fused steps).
         Runs that cannot share one (another method, shape or graph) validate alone in :meth:`_after_step`."""
-        due = [m for m in members if m.ok and ((m.trainer.step + 1) % int(m.trainer.cfg.train.val_every) == 0
-                                               or m.trainer.step + 1 == m.steps)]  # _after_step counts the step
+        due = [m for m in members if m.ok and m.validates_at(m.trainer.step + 1)]  # _after_step counts the step
         seconds: dict[int, float] = {}
         for group, results, spent in self._evaluate_together(due, "val_raws"):
             for m, res in zip(group, results, strict=True):
