@@ -388,18 +388,13 @@ class GNNBackbone(Backbone):
         h = lay["x"]
         last = len(self.convs) - 1
         heads = self.heads
-        src, dst = lay["edges"][0], lay["edges"][1]
         for i in range(len(self.convs)):
             pre = f"convs.{i}."
             p = task_linear(h, w[pre + "lin.weight"], t).view(t, -1, heads, self.hidden // heads)  # [t, R, H, C]
             a_src = (p * w[pre + "att_src"].view(t, 1, heads, -1)).sum(-1).flatten(0, 1)  # [t·R, H]
             a_dst = (p * w[pre + "att_dst"].view(t, 1, heads, -1)).sum(-1).flatten(0, 1)
             p = p.flatten(0, 1)  # [t·R, H, C]: task t's nodes at t·R …
-            conv = self.convs[i]
-            assert isinstance(conv, GATConv)
-            logits = F.leaky_relu(a_src.index_select(0, src) + a_dst.index_select(0, dst), conv.negative_slope)
-            alpha = pyg_softmax(logits, dst, num_nodes=p.shape[0])  # [E, H]
-            h = p.new_zeros(p.shape).index_add(0, dst, p.index_select(0, src) * alpha.unsqueeze(-1))
+            h = self._attention(p, a_src, a_dst, lay["edges"], i)
             h = _task_bias(h.view(p.shape[0], -1), w.get(pre + "bias"), t)
             if i < last or self.last_activation:
                 h = F.relu(h)
@@ -466,13 +461,18 @@ class GNNBackbone(Backbone):
         p = p.view(n, t, heads, -1)
         a_src = (p * w[pre + "att_src"].view(1, t, heads, -1)).sum(-1)  # [N, t, heads]
         a_dst = (p * w[pre + "att_dst"].view(1, t, heads, -1)).sum(-1)
+        return self._attention(p, a_src, a_dst, edge_index, i).view(n, t, -1)
+
+    def _attention(self, p: Tensor, a_src: Tensor, a_dst: Tensor, edge_index: Tensor, i: int) -> Tensor:
+        """Layer ``i``'s attention-weighted aggregation: ``LeakyReLU(a_src[j] + a_dst[i])``, softmax over each
+        target's incoming edges, the weighted sum of the sources' ``p`` (rows ``[M, ..., heads, C]``, scores
+        ``[M, ..., heads]``, ``edge_index`` over the ``M`` rows)."""
         src, dst = edge_index[0], edge_index[1]
         conv = self.convs[i]
         assert isinstance(conv, GATConv)
         logits = F.leaky_relu(a_src.index_select(0, src) + a_dst.index_select(0, dst), conv.negative_slope)
-        alpha = pyg_softmax(logits, dst, num_nodes=n)  # [E, t, heads]
-        msg = p.index_select(0, src) * alpha.unsqueeze(-1)
-        return p.new_zeros(p.shape).index_add(0, dst, msg).view(n, t, -1)
+        alpha = pyg_softmax(logits, dst, num_nodes=p.shape[0])
+        return p.new_zeros(p.shape).index_add(0, dst, p.index_select(0, src) * alpha.unsqueeze(-1))
 
     def _weights(self) -> dict[str, Tensor]:
         """The weights (and GIN's ε) currently in the modules: under ``functional_call``, the substituted ones."""
