@@ -1,12 +1,33 @@
 #!/usr/bin/env bash
-# Issue 18's GPU evidence in one run (meant to take about 8 minutes on one GPU; the steps' timeouts bound it at
-# about 33): the bench's k-hop ratios (--quick) and G-Meta ratios (--domains gmeta) on CUDA, a default graph run's
-# wall time on the GPU (CUDA graphs auto and off) vs the CPU, the GPU's peak memory, CUDA graphs (captured = eager
-# tests; sinusoid FOMAML, k-hop GCN FOMAML and G-Meta + CML wall time with --cuda-graphs on vs off), and one Table 3 setting's 10 runs (G-Meta +- CML, 5 seeds,
-# CiteSeer 2-way 5-shot) trained with --parallel-runs 5. The G-Meta and Table 3 steps need CMLGRAPH_DATA.
-# With TABLE3=1 it then trains the whole local Table 3 (80 runs) with --parallel-runs 10 (at most 15 minutes more).
-# Usage: scripts/gpu_check.sh [OUT_DIR]   (default: a fresh temporary folder). Exits 0 with a message without a GPU.
+# Issue 18's GPU evidence in one run. Steps, most needed first (GPU_CHECK_PARTS picks some, comma-separated):
+#   tests         captured = eager: the CUDA-graph tests (fixed shapes, k-hop plans, G-Meta balls, AMM-GNN trees)
+#   bench         the bench's k-hop ratios (--quick, 10k-node graph) on CUDA
+#   default       a 200-step default graph run's wall time: CUDA (CUDA graphs auto, then off) and the CPU
+#   memory        the GPU's peak memory during such a run
+#   gmeta-bench   the bench's G-Meta ratios (--domains gmeta, Amazon-Computer)
+#   table3        one Table 3 setting's 10 runs (G-Meta +- CML, 5 seeds, CiteSeer 2-way 5-shot), --parallel-runs 5;
+#                 with TABLE3=1 then the whole local Table 3 (80 runs), --parallel-runs 10 (at most 15 minutes more)
+#   graphs        wall time with --cuda-graphs on vs off: sinusoid FOMAML, k-hop GCN FOMAML, G-Meta + CML
+# The gmeta-bench, table3 and G-Meta graphs steps need CMLGRAPH_DATA (Amazon-Computer, CiteSeer).
+# GPU_CHECK_BUDGET=S (seconds, default 0 = none) bounds the whole run: each step's timeout is cut to what is left,
+# and a step with under 20 s left is skipped, saying so. Without a budget the steps' own timeouts bound it at about
+# 33 minutes (meant to take about 8).
+# Usage: [GPU_CHECK_PARTS=a,b] [GPU_CHECK_BUDGET=S] [TABLE3=1] scripts/gpu_check.sh [OUT_DIR]
+# (default OUT_DIR: a fresh temporary folder). Exits 0 with a message without a GPU; 2 on bad input.
 set -euo pipefail
+all_parts="tests,bench,default,memory,gmeta-bench,table3,graphs"
+parts=${GPU_CHECK_PARTS:-$all_parts}
+for p in ${parts//,/ }; do
+    if [[ ",$all_parts," != *",$p,"* ]]; then
+        echo "gpu_check: GPU_CHECK_PARTS names an unknown step '$p'; choose from $all_parts" >&2
+        exit 2
+    fi
+done
+budget=${GPU_CHECK_BUDGET:-0}
+if ! [[ "$budget" =~ ^[0-9]+$ ]]; then
+    echo "gpu_check: GPU_CHECK_BUDGET='$budget' is not a whole number of seconds (0 = no budget)" >&2
+    exit 2
+fi
 if ! command -v python > /dev/null; then
     echo "gpu_check: no python on PATH; activate the project's environment first (README: pip install -e .)" >&2
     exit 2
@@ -22,7 +43,27 @@ if ! python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 
 fi
 out=${1:-$(mktemp -d)}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
+cd "$(dirname "${BASH_SOURCE[0]}")/.."  # the repository root: the steps name its configs and tests
 python -c "import torch; print('gpu_check: torch', torch.__version__, 'on', torch.cuda.get_device_name(0))"
+t0=$(date +%s)
+
+# step PART LIMIT TITLE: whether to run the step; sets $t, its timeout (LIMIT, cut to the budget left)
+step() {
+    [[ ",$parts," == *",$1,"* ]] || return 1
+    t=$2
+    if [ "$budget" -gt 0 ]; then
+        local left=$((budget - ($(date +%s) - t0)))
+        if [ "$left" -lt 20 ]; then
+            echo "gpu_check: step $1 skipped: GPU_CHECK_BUDGET=$budget s is spent (${left} s left)"
+            return 1
+        fi
+        [ "$left" -lt "$t" ] && t=$left
+    fi
+    echo "== $1: $3 (limit $t s) =="
+}
+since() { python -c "print(round($(date +%s.%N) - $1, 1))"; }
+has_data() { [ -d "${CMLGRAPH_DATA:-/nonexistent}/$1" ]; }
 
 bench_ratios() {  # $1: the bench's JSON; prints its k-hop and G-Meta ratios and every case's time
     python - "$1" <<'PY' || echo "gpu_check: no bench results in $1"
@@ -35,34 +76,35 @@ for c in doc["cases"]:
     print(f"{c['name']:45s} ms/iter={c.get('ms_per_iter')} skipped={c['skipped']} error={c.get('error')}")
 PY
 }
-echo "== bench --device cuda --quick (k-hop ratios on the 10k-node graph; spawned case processes) =="
-timeout 240 python -m cmlgraph bench --device cuda --quick --budget 5 --json "$out/bench_cuda.json" || \
-    echo "gpu_check: bench exited with status $?"
-bench_ratios "$out/bench_cuda.json"
-# --quick has no G-Meta case (it builds Amazon-Computer's balls), so the G-Meta ratio is its own bench run.
-if [ -d "${CMLGRAPH_DATA:-/nonexistent}/amazon_computers" ]; then
-    echo "== bench --device cuda --domains gmeta (G-Meta ratios on Amazon-Computer; target batched/per-node >= 10) =="
-    timeout 300 python -m cmlgraph bench --device cuda --domains gmeta --budget 5 --json "$out/bench_gmeta.json" || \
-        echo "gpu_check: G-Meta bench exited with status $?"
-    bench_ratios "$out/bench_gmeta.json"
-else
-    echo "gpu_check: G-Meta bench skipped: Amazon-Computer is not under CMLGRAPH_DATA (${CMLGRAPH_DATA:-unset})"
+
+if step tests 150 "CUDA graphs, captured vs eager meta-steps (tests)"; then
+    timeout "$t" python -m pytest -q tests/train/test_cuda_graphs.py tests/train/test_cuda_graph_balls.py \
+        tests/train/test_cuda_graph_plans.py tests/train/test_cuda_graph_matched.py > "$out/tests.log" 2>&1 || \
+        echo "gpu_check: the CUDA-graph tests exited with status $?"
+    tail -3 "$out/tests.log"
+fi
+
+if step bench 240 "bench --device cuda --quick (k-hop ratios on the 10k-node graph; spawned case processes)"; then
+    timeout "$t" python -m cmlgraph bench --device cuda --quick --budget 5 --json "$out/bench_cuda.json" || \
+        echo "gpu_check: bench exited with status $?"
+    bench_ratios "$out/bench_cuda.json"
 fi
 
 # cuda (CUDA graphs auto: the second-order step captured), cuda with --cuda-graphs off (eager), cpu
 for run in "cuda auto" "cuda off" "cpu auto"; do
     set -- $run
-    echo "== default graph run, 200 steps, --device $1 --cuda-graphs $2 =="
-    start=$(date +%s.%N)
-    timeout 120 python -m cmlgraph train --steps 200 --device "$1" --cuda-graphs "$2" --runs-dir "$out/runs" \
-        --name "default-$1-$2" --overwrite > "$out/default-$1-$2.log" 2>&1 || \
-        echo "gpu_check: train on $1 ($2) exited with status $?"
-    grep -h "CUDA graphs off\|runs as a CUDA graph\|test accuracy" "$out/default-$1-$2.log" || true
-    echo "gpu_check: default run on $1 (cuda graphs $2) took $(python -c "print(round($(date +%s.%N) - $start, 1))") s"
+    if step default 120 "default graph run, 200 steps, --device $1 --cuda-graphs $2"; then
+        start=$(date +%s.%N)
+        timeout "$t" python -m cmlgraph train --steps 200 --device "$1" --cuda-graphs "$2" --runs-dir "$out/runs" \
+            --name "default-$1-$2" --overwrite > "$out/default-$1-$2.log" 2>&1 || \
+            echo "gpu_check: train on $1 ($2) exited with status $?"
+        grep -h "CUDA graphs off\|runs as a CUDA graph\|test accuracy" "$out/default-$1-$2.log" || true
+        echo "gpu_check: default run on $1 (cuda graphs $2) took $(since "$start") s"
+    fi
 done
 
-echo "== peak GPU memory of a 200-step default run in this process =="
-timeout 120 python - "$out" <<'PY' || echo "gpu_check: peak-memory probe failed"
+if step memory 120 "peak GPU memory of a 200-step default run in this process"; then
+    timeout "$t" python - "$out" <<'PY' || echo "gpu_check: peak-memory probe failed"
 import subprocess, sys, torch
 subprocess.run([sys.executable, "-c", (
     "import torch, sys; from typer.testing import CliRunner; from cmlgraph.cli import app; "
@@ -71,37 +113,16 @@ subprocess.run([sys.executable, "-c", (
     "print('gpu_check: exit', r.exit_code, 'peak GPU memory', round(torch.cuda.max_memory_allocated() / 2**20, 1), 'MiB')"),
     sys.argv[1]], check=False)
 PY
-echo "== CUDA graphs: captured vs eager meta-step (test), and sinusoid FOMAML 300 steps with --cuda-graphs on vs off =="
-timeout 150 python -m pytest -q tests/train/test_cuda_graphs.py tests/train/test_cuda_graph_balls.py \
-    tests/train/test_cuda_graph_plans.py tests/train/test_cuda_graph_matched.py 2>&1 | tail -3 || echo "gpu_check: cuda-graph test exited"
-for mode in off on; do
-    start=$(date +%s.%N)
-    timeout 90 python -m cmlgraph train --task sinusoid --first-order --steps 300 --device cuda --cuda-graphs "$mode" \
-        --runs-dir "$out/runs" --name "graphs-$mode" --quiet --overwrite > "$out/graphs-$mode.log" 2>&1 || \
-        echo "gpu_check: --cuda-graphs $mode exited with status $?"
-    grep -h "CUDA graphs off" "$out/graphs-$mode.log" || true
-    echo "gpu_check: sinusoid FOMAML --cuda-graphs $mode took $(python -c "print(round($(date +%s.%N) - $start, 1))") s"
-done
-echo "== CUDA graphs: first-order GCN on k-hop computation trees (padded), default graph, 200 steps, on vs off =="
-for mode in off on; do
-    start=$(date +%s.%N)
-    timeout 90 python -m cmlgraph train --gnn gcn --subgraph khop --first-order --steps 200 --device cuda \
-        --cuda-graphs "$mode" --runs-dir "$out/runs" --name "khop-graphs-$mode" --quiet --overwrite \
-        > "$out/khop-graphs-$mode.log" 2>&1 || echo "gpu_check: k-hop --cuda-graphs $mode exited with status $?"
-    grep -h "CUDA graphs off\|runs as a CUDA graph" "$out/khop-graphs-$mode.log" || true
-    echo "gpu_check: k-hop GCN FOMAML --cuda-graphs $mode took $(python -c "print(round($(date +%s.%N) - $start, 1))") s"
-done
-if [ -d "${CMLGRAPH_DATA:-/nonexistent}/amazon_computers" ]; then
-    echo "== CUDA graphs: G-Meta + CML (Table 3 setting), Amazon-Computer 2-way 5-shot, 100 steps, on vs off =="
-    for mode in off on; do
-        start=$(date +%s.%N)
-        timeout 150 python -m cmlgraph train --config configs/paper/table3-gmeta.yaml --graph amazon-computers \
-            --ways 2 --shots 5 --cml --steps 100 --patience 1000 --test-tasks 50 --device cuda --cuda-graphs "$mode" \
-            --runs-dir "$out/runs" --name "gmeta-graphs-$mode" --quiet --overwrite > "$out/gmeta-graphs-$mode.log" 2>&1 || \
-            echo "gpu_check: G-Meta --cuda-graphs $mode exited with status $?"
-        grep -h "CUDA graphs off\|runs as a CUDA graph" "$out/gmeta-graphs-$mode.log" || true
-        echo "gpu_check: G-Meta --cuda-graphs $mode took $(python -c "print(round($(date +%s.%N) - $start, 1))") s"
-    done
+fi
+
+# --quick has no G-Meta case (it builds Amazon-Computer's balls), so the G-Meta ratio is its own bench run.
+if ! has_data amazon_computers; then
+    [[ ",$parts," == *",gmeta-bench,"* ]] && \
+        echo "gpu_check: G-Meta bench skipped: Amazon-Computer is not under CMLGRAPH_DATA (${CMLGRAPH_DATA:-unset})"
+elif step gmeta-bench 300 "bench --device cuda --domains gmeta (G-Meta ratios on Amazon-Computer; target >= 10)"; then
+    timeout "$t" python -m cmlgraph bench --device cuda --domains gmeta --budget 5 --json "$out/bench_gmeta.json" || \
+        echo "gpu_check: G-Meta bench exited with status $?"
+    bench_ratios "$out/bench_gmeta.json"
 fi
 
 table3() {  # $1: selector, $2: runs per arm, $3: --parallel-runs, $4: time limit (s), $5: folder
@@ -110,16 +131,45 @@ table3() {  # $1: selector, $2: runs per arm, $3: --parallel-runs, $4: time limi
         --runs-dir "$5" > "$5.log" 2>&1 || echo "gpu_check: reproduce exited with status $?"
     grep -h "meta-steps fused" "$5.log" | head -3 || true
     echo "gpu_check: $1, $2 runs per arm, --parallel-runs $3: $(find "$5" -name summary.json 2>/dev/null | wc -l) runs finished" \
-        "in $(python -c "print(round($(date +%s.%N) - $start, 1))") s (limit $4 s)"
+        "in $(since "$start") s (limit $4 s)"
 }
-if python -m cmlgraph reproduce --only table3/citeseer/gmeta/2way-5shot --list 2>&1 | grep -q "data missing"; then
+if [[ ",$parts," == *",table3,"* ]] && \
+        python -m cmlgraph reproduce --only table3/citeseer/gmeta/2way-5shot --list 2>&1 | grep -q "data missing"; then
     echo "gpu_check: Table 3 skipped: CiteSeer is not under CMLGRAPH_DATA (${CMLGRAPH_DATA:-unset})"
-else
-    echo "== Table 3, CiteSeer 2-way 5-shot, G-Meta ± CML, 5 seeds, --parallel-runs 5, --device cuda =="
-    table3 table3/citeseer/gmeta/2way-5shot 5 5 150 "$out/table3-citeseer"
-    if [ "${TABLE3:-0}" = 1 ]; then
-        echo "== the whole local Table 3 (80 runs), --parallel-runs 10 =="
-        table3 table3 5 10 900 "$out/table3"
+elif step table3 150 "Table 3, CiteSeer 2-way 5-shot, G-Meta ± CML, 5 seeds, --parallel-runs 5, --device cuda"; then
+    table3 table3/citeseer/gmeta/2way-5shot 5 5 "$t" "$out/table3-citeseer"
+    if [ "${TABLE3:-0}" = 1 ] && step table3 900 "the whole local Table 3 (80 runs), --parallel-runs 10"; then
+        table3 table3 5 10 "$t" "$out/table3"
     fi
 fi
-echo "gpu_check: done; outputs in $out"
+
+graphs_run() {  # $1: label, $2: on|off, then the train arguments
+    local label=$1 mode=$2 start
+    shift 2
+    start=$(date +%s.%N)
+    timeout "$t" python -m cmlgraph train "$@" --device cuda --cuda-graphs "$mode" --runs-dir "$out/runs" \
+        --name "$label-graphs-$mode" --quiet --overwrite > "$out/$label-graphs-$mode.log" 2>&1 || \
+        echo "gpu_check: $label --cuda-graphs $mode exited with status $?"
+    grep -h "CUDA graphs off\|runs as a CUDA graph" "$out/$label-graphs-$mode.log" || true
+    echo "gpu_check: $label --cuda-graphs $mode took $(since "$start") s"
+}
+for mode in off on; do
+    if step graphs 90 "CUDA graphs: sinusoid FOMAML, 300 steps, --cuda-graphs $mode"; then
+        graphs_run sinusoid "$mode" --task sinusoid --first-order --steps 300
+    fi
+done
+for mode in off on; do
+    if step graphs 90 "CUDA graphs: first-order GCN on k-hop computation trees (padded), 200 steps, --cuda-graphs $mode"; then
+        graphs_run khop "$mode" --gnn gcn --subgraph khop --first-order --steps 200
+    fi
+done
+if has_data amazon_computers; then
+    for mode in off on; do
+        if step graphs 150 "CUDA graphs: G-Meta + CML (Table 3 setting), Amazon-Computer 2-way 5-shot, 100 steps, $mode"
+        then
+            graphs_run gmeta "$mode" --config configs/paper/table3-gmeta.yaml --graph amazon-computers --ways 2 \
+                --shots 5 --cml --steps 100 --patience 1000 --test-tasks 50
+        fi
+    done
+fi
+echo "gpu_check: done in $(since "$t0") s; outputs in $out"

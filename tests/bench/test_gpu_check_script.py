@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -41,19 +42,32 @@ def test_a_missing_environment_is_not_reported_as_no_gpu(tmp_path: Path, python,
     assert "no CUDA device" not in proc.stdout
 
 
-def _bench_calls(tmp_path: Path, data_root: Path) -> list[list[str]]:
-    """Runs the script against a ``python`` shim that claims a GPU and records each call; returns the bench calls."""
+def _run_with_gpu(tmp_path: Path, data_root: Path, sleep: float = 0.0, **env_extra: str
+                  ) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    """Runs the script against a ``python`` shim that claims a GPU and records each call (``sleep`` seconds each
+    ``-m`` call); returns the finished process and the recorded calls' arguments."""
     shims, log = tmp_path / "bin", tmp_path / "calls.log"
     shims.mkdir()
     (shims / "python").write_text('#!/bin/bash\n[ "$1" = - ] && cat > /dev/null\n'
-                                  f'(IFS=$\'\\t\'; echo "$*") >> {log}\nexit 0\n')
+                                  f'(IFS=$\'\\t\'; echo "$*") >> {log}\n'
+                                  f'[ "$1" = -m ] && sleep {sleep}\nexit 0\n')
     (shims / "python").chmod(0o755)
-    env = {"PATH": f"{shims}:/usr/bin:/bin", "HOME": str(tmp_path), "CMLGRAPH_DATA": str(data_root)}
-    proc = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out")], capture_output=True, text=True, timeout=60,
+    env = {"PATH": f"{shims}:/usr/bin:/bin", "HOME": str(tmp_path), "CMLGRAPH_DATA": str(data_root), **env_extra}
+    proc = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
                           env=env)
     assert proc.returncode == 0, proc.stderr
-    calls = [line.split("\t") for line in log.read_text().splitlines()]
-    return [c for c in calls if c[:3] == ["-m", "cmlgraph", "bench"]]
+    return proc, [line.split("\t") for line in log.read_text().splitlines()]
+
+
+def _bench_calls(tmp_path: Path, data_root: Path) -> list[list[str]]:
+    """The bench calls of a run of the script against a shim that claims a GPU."""
+    return [c for c in _run_with_gpu(tmp_path, data_root)[1] if c[:3] == ["-m", "cmlgraph", "bench"]]
+
+
+def _data(tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    (data / "amazon_computers").mkdir(parents=True)
+    return data
 
 
 def test_the_bench_calls_cover_the_khop_and_gmeta_ratios_the_issue_asks_for(tmp_path: Path) -> None:
@@ -61,10 +75,8 @@ def test_the_bench_calls_cover_the_khop_and_gmeta_ratios_the_issue_asks_for(tmp_
     has no G-Meta case, so asking one for the G-Meta figure printed nothing)."""
     from cmlgraph.bench.cases import build_cases, build_ratios
 
-    data = tmp_path / "data"
-    (data / "amazon_computers").mkdir(parents=True)
     ratios = set()
-    for call in _bench_calls(tmp_path, data):
+    for call in _bench_calls(tmp_path, _data(tmp_path)):
         assert "--device" in call and call[call.index("--device") + 1] == "cuda"
         domains = call[call.index("--domains") + 1].split(",") if "--domains" in call else None
         ratios |= {r.name for r in build_ratios(build_cases("--quick" in call, domains=domains))}
@@ -75,3 +87,55 @@ def test_the_bench_calls_cover_the_khop_and_gmeta_ratios_the_issue_asks_for(tmp_
 def test_without_amazon_computer_the_gmeta_bench_is_skipped_with_a_message(tmp_path: Path) -> None:
     calls = _bench_calls(tmp_path, tmp_path / "empty")
     assert all("gmeta" not in " ".join(c) for c in calls)
+
+
+def test_every_cmlgraph_and_pytest_call_of_the_script_parses(tmp_path: Path) -> None:
+    """Each ``python -m cmlgraph ...`` the script starts parses with the real CLI (options that exist, values of
+    their types, config files that exist) and each ``pytest`` call names test files that exist: a lent GPU's few
+    minutes are not lost to a renamed flag."""
+    import typer
+
+    from cmlgraph.cli import app
+
+    root = SCRIPT.parents[1]
+    _, calls = _run_with_gpu(tmp_path, _data(tmp_path), TABLE3="1")
+    commands, seen, cwd = typer.main.get_command(app).commands, set(), Path.cwd()
+    for call in calls:
+        if call[:2] == ["-m", "cmlgraph"]:
+            args = call[2:]
+            seen.add(args[0])
+            assert args[0] in commands, args
+            os.chdir(root)  # the script runs from the repository root
+            try:
+                commands[args[0]].make_context(args[0], list(args[1:]))  # raises on a bad option or value
+            finally:
+                os.chdir(cwd)
+        elif call[:2] == ["-m", "pytest"]:
+            files = [a for a in call[2:] if not a.startswith("-")]
+            assert files and all((root / f).is_file() for f in files), files
+    assert seen == {"bench", "train", "reproduce"}
+
+
+def test_parts_pick_the_steps(tmp_path: Path) -> None:
+    _, calls = _run_with_gpu(tmp_path, _data(tmp_path), GPU_CHECK_PARTS="bench,memory")
+    modules = [c[:3] for c in calls if c[0] == "-m"]
+    assert modules == [["-m", "cmlgraph", "bench"]], modules
+    assert any(c[0] == "-" for c in calls)  # the memory probe (a heredoc) and the bench's ratios
+
+
+@pytest.mark.parametrize("env,message", [({"GPU_CHECK_PARTS": "bench,speed"}, "unknown step 'speed'"),
+                                         ({"GPU_CHECK_BUDGET": "8m"}, "not a whole number of seconds")])
+def test_bad_settings_are_refused_before_anything_runs(tmp_path: Path, env, message) -> None:
+    proc = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out")], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **env})
+    assert proc.returncode == 2 and message in proc.stderr, (proc.returncode, proc.stderr)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_spent_budget_skips_the_remaining_steps_saying_so(tmp_path: Path) -> None:
+    """With GPU_CHECK_BUDGET, a step starts only with 20 s or more left: here the first step's 3 s leave 18."""
+    proc, calls = _run_with_gpu(tmp_path, _data(tmp_path), sleep=3, GPU_CHECK_BUDGET="21")
+    steps = [c[:2] for c in calls if c[0] == "-m" and "--list" not in c]  # not the Table 3 data probe
+    assert steps == [["-m", "pytest"]], calls
+    assert "step bench skipped: GPU_CHECK_BUDGET=21 s is spent" in proc.stdout, proc.stdout
+    assert "step graphs skipped" in proc.stdout

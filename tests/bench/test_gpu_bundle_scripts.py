@@ -1,0 +1,97 @@
+"""scripts/gpu_bundle.sh and scripts/gpu_check_offline.sh: a GPU machine without internet gets the data and wheels
+the GPU check needs, and the check runs there from the checkout, against a ``python3`` shim (no GPU, no network)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLE, OFFLINE = ROOT / "scripts" / "gpu_bundle.sh", ROOT / "scripts" / "gpu_check_offline.sh"
+
+#: A python3 that answers what the scripts ask: pip download writes a wheel (or fails where PIP_FAIL is set), pip
+#: install records its target, torch imports, CUDA is absent; each call's environment is logged.
+SHIM = r"""#!/bin/bash
+echo "PYTHONPATH=$PYTHONPATH CMLGRAPH_DATA=$CMLGRAPH_DATA ARGS=$*" >> "$SHIM_LOG"
+if [ "$1 $2 $3" = "-m pip download" ]; then
+    [ -n "${PIP_FAIL:-}" ] && exit 1
+    while [ $# -gt 0 ]; do [ "$1" = -d ] && touch "$2/ogb-1.3.6-py3-none-any.whl"; shift; done
+    exit 0
+fi
+[ "$1 $2 $3" = "-m pip install" ] && exit 0
+case "$*" in *cuda.is_available*) exit 1 ;; esac
+exit 0
+"""
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    shims = tmp_path / "bin"
+    shims.mkdir(exist_ok=True)
+    (shims / "python3").write_text(SHIM)
+    (shims / "python3").chmod(0o755)
+    return {"PATH": f"{shims}:/usr/bin:/bin", "HOME": str(tmp_path), "SHIM_LOG": str(tmp_path / "shim.log"),
+            "TMPDIR": str(tmp_path), **extra}
+
+
+def _data(tmp_path: Path, names=("planetoid", "amazon_computers", "omniglot")) -> Path:
+    data = tmp_path / "data"
+    for name in names:
+        (data / name).mkdir(parents=True)
+        (data / name / "MANIFEST.md").write_text(name)
+    return data
+
+
+def _run(script: Path, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_the_bundle_holds_the_checks_datasets_and_wheels_only(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    proc = _run(BUNDLE, [str(bundle)], _env(tmp_path, CMLGRAPH_DATA=str(_data(tmp_path))))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (bundle / "datasets").iterdir()) == ["amazon_computers", "planetoid"]
+    assert (bundle / "datasets" / "planetoid" / "MANIFEST.md").read_text() == "planetoid"
+    assert [p.name for p in (bundle / "wheels").iterdir()] == ["ogb-1.3.6-py3-none-any.whl"]
+    assert "gpu_check_offline.sh" in proc.stdout
+
+
+def test_the_bundle_is_ignored_by_git() -> None:
+    proc = subprocess.run(["git", "check-ignore", "-q", ".gpu-bundle/datasets/x"], cwd=ROOT)
+    assert proc.returncode == 0
+
+
+def test_bad_data_roots_are_refused_naming_the_fix(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    proc = _run(BUNDLE, [str(bundle)], _env(tmp_path))
+    assert proc.returncode == 2 and "CMLGRAPH_DATA" in proc.stderr
+    proc = _run(BUNDLE, [str(bundle)], _env(tmp_path, CMLGRAPH_DATA=str(_data(tmp_path, ("planetoid",)))))
+    assert proc.returncode == 2 and "no amazon_computers/" in proc.stderr and "download" in proc.stderr
+    assert not bundle.exists()
+
+
+def test_a_failed_download_keeps_the_earlier_bundle_and_leaves_no_scraps(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    env = _env(tmp_path, CMLGRAPH_DATA=str(_data(tmp_path)))
+    assert _run(BUNDLE, [str(bundle)], env).returncode == 0
+    proc = _run(BUNDLE, [str(bundle)], {**env, "PIP_FAIL": "1"})
+    assert proc.returncode == 1 and "could not download" in proc.stderr
+    assert (bundle / "wheels" / "ogb-1.3.6-py3-none-any.whl").exists()
+    assert not list(tmp_path.glob("gpu-bundle.*"))
+
+
+def test_the_offline_check_runs_from_the_checkout_on_the_bundles_data(tmp_path: Path) -> None:
+    bundle, out = tmp_path / "bundle", tmp_path / "out"
+    env = _env(tmp_path, CMLGRAPH_DATA=str(_data(tmp_path)))
+    assert _run(BUNDLE, [str(bundle)], env).returncode == 0
+    proc = _run(OFFLINE, [str(bundle), str(out)], _env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "no CUDA device" in (out / "gpu_check.log").read_text()
+    calls = (tmp_path / "shim.log").read_text().splitlines()
+    assert any("-m pip install" in c and "ogb-1.3.6" in c for c in calls)
+    check = [c for c in calls if "cuda.is_available" in c]
+    assert check and f"CMLGRAPH_DATA={bundle}/datasets" in check[0] and f"PYTHONPATH={ROOT}:" in check[0]
+
+
+def test_the_offline_check_refuses_a_folder_that_is_no_bundle(tmp_path: Path) -> None:
+    proc = _run(OFFLINE, [str(tmp_path)], _env(tmp_path))
+    assert proc.returncode == 2 and "gpu_bundle.sh" in proc.stderr
