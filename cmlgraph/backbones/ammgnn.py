@@ -25,11 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmlgraph.backbones.base import Backbone, mlp_head
-from cmlgraph.backbones.gmeta import _dropout, tlp_init
+from cmlgraph.backbones.gmeta import tlp_init
 from cmlgraph.backbones.gnn import plan_features
 from cmlgraph.backbones.gnn_ops import cached, is_sparse, sparse_matmul
 from cmlgraph.backbones.gnn_plan import TaskLayout, build_plan, host_prepare, plan_to, task_linear
 from cmlgraph.backbones.plan_static import PlanReads
+from cmlgraph.core.dropout import dropout, dropout_task_rows
 from cmlgraph.core.streams import current_streams, group_tasks
 from cmlgraph.errors import CmlgraphError
 from cmlgraph.graphs.balls import row_normalised_adjacency
@@ -218,21 +219,10 @@ class MatchedGCN(Backbone):
         w1 = w["lin1.weight"] * scale.unsqueeze(1)
         h = F.relu(task_linear(lay.constant("z", 1), w1, t, w["lin1.bias"]))
         if self.training and items[0].dropout and self.dropout > 0:
-            h = _dropout(h, self.dropout) if draws is None else self._dropout_streams(h, t, draws)
+            h = dropout(h, self.dropout) if draws is None else dropout_task_rows(h, self.dropout, t, draws)
         h = sparse_matmul(lay.agg(1), task_linear(h, w["lin2.weight"], t))
         h = (h.view(t, -1, self.hidden) + w["lin2.bias"].unsqueeze(1)).reshape(-1, self.hidden)
         return lay.select_output(h)
-
-    def _dropout_streams(self, h: Tensor, t: int, draws: list[tuple[int, int, int, torch.Generator]]) -> Tensor:
-        """Each run's tasks ``[a, b)`` masked over the first ``rows`` (its own group's padding) of their rows, from
-        its generator: the mask that run draws alone; rows past its own padding feed nothing (no aggregation
-        entry), so they are left unmasked."""
-        h3 = h.view(t, -1, h.shape[-1])
-        parts = []
-        for a, b, rows, gen in draws:
-            own = _dropout(h3[a:b, :rows].reshape(-1, h.shape[-1]), self.dropout, gen).view(b - a, rows, -1)
-            parts.append(torch.cat([own, h3[a:b, rows:]], dim=1) if rows < h3.shape[1] else own)
-        return torch.cat(parts).view(-1, h.shape[-1])
 
     def extra_repr(self) -> str:
         """Shown by ``print(model)``."""

@@ -26,7 +26,6 @@ carry a leading task dimension, so every task still gets its own weights and gra
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,6 +43,7 @@ from cmlgraph.backbones.gnn_ops import (
     transposable,
     transposable_csr,
 )
+from cmlgraph.core.dropout import dropout as inverted_dropout  # (``dropout`` names a pass flag below)
 from cmlgraph.core.streams import current_streams, group_tasks
 from cmlgraph.core.transfer import to_device
 from cmlgraph.errors import CmlgraphError
@@ -62,35 +62,12 @@ def tlp_init(module: nn.Module) -> nn.Module:
     return module
 
 
-def _dropout(h: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
-    """Inverted dropout, as ``F.dropout(h, p, training=True)``: each entry kept with probability 1 − p and scaled
-    by 1 / (1 − p); the same distribution as ``F.dropout``, from another random stream: ``generator``, else torch's
-    global RNG (a generator in the global RNG's state draws the same mask).
-
-    Why not ``F.dropout``: its ``bernoulli_`` costs about 4x a uniform draw on a CPU, and this mask is drawn for
-    every ball row of every inner step. When 256·p is an integer (0.5 in every paper setting) the mask compares
-    random **bytes** with 256·p (seven uniform bytes from each draw of 63 random bits, exact); other rates compare
-    ``torch.rand`` with p.
-    """
-    if p >= 1:
-        return h * 0.0
-    level = p * 256
-    if level == int(level) and h.device.type == "cpu" and sys.byteorder == "little":
-        n = h.numel()
-        k = (n + 6) // 7
-        bits = torch.empty(k, dtype=torch.int64, device=h.device).random_(generator=generator)  # on [0, 2**63)
-        byte = bits.view(torch.uint8).view(k, 8)[:, :7]  # bytes 0-6 (little-endian): uniform; byte 7 is not
-        keep = (byte >= int(level)).reshape(-1)[:n].view(h.shape)
-    else:
-        keep = torch.rand(h.shape, generator=generator, dtype=h.dtype, device=h.device) >= p
-    return h * (keep.to(h.dtype) / (1.0 - p))
-
-
 def _dropout_streams(h: Tensor, p: float, draws: list[tuple[int, torch.Generator]]) -> Tensor:
-    """:func:`_dropout` of consecutive row chunks, each from its own generator (``draws``: rows, generator): the
-    runs of a fused meta-step (:mod:`cmlgraph.core.streams`), each chunk's mask as that run would draw it alone."""
+    """:func:`~cmlgraph.core.dropout.dropout` of consecutive row chunks, each from its own generator (``draws``:
+    rows, generator): the runs of a fused meta-step (:mod:`cmlgraph.core.streams`), each chunk's mask as that run
+    would draw it alone."""
     chunks = h.split([rows for rows, _ in draws])
-    return torch.cat([_dropout(c, p, g) for c, (_, g) in zip(chunks, draws, strict=True)])
+    return torch.cat([inverted_dropout(c, p, g) for c, (_, g) in zip(chunks, draws, strict=True)])
 
 
 #: ``BallIndex.memo`` key of the graph's binary feature codes (``None``: the features take the float products).
@@ -295,7 +272,7 @@ class BallGCN(Backbone):
         bias = b1 if t == 1 and not static else b1.index_select(0, lay["task_of_row"])
         h1 = F.relu(sparse_matmul(lay["B"], xw) + bias)
         if self.training and dropout and self.dropout > 0:
-            h1 = _dropout(h1, self.dropout) if draws is None else _dropout_streams(h1, self.dropout, draws)
+            h1 = inverted_dropout(h1, self.dropout) if draws is None else _dropout_streams(h1, self.dropout, draws)
         if static:  # the readout P·B as a weighted index_add: its CSR row pointer would depend on the ball sizes
             z = h1.new_zeros(t * n, h).index_add(0, lay["ball_of_row"], h1 * lay["pool"].unsqueeze(1)).view(t, n, h)
         else:

@@ -51,6 +51,7 @@ from cmlgraph.backbones.gnn_ops import (
     sparse_matmul,
     sparse_nnz,
     sum_adj,
+    task_feature_dropout,
 )
 from cmlgraph.backbones.gnn_plan import (
     Plan,
@@ -66,8 +67,9 @@ from cmlgraph.backbones.gnn_plan import (
 )
 from cmlgraph.backbones.plan_static import PlanReads, StaticTaskLayout
 from cmlgraph.backbones.pyg_templates import remove_template_files
-from cmlgraph.core.streams import group_tasks
-from cmlgraph.errors import ConfigError
+from cmlgraph.core.dropout import draw_from
+from cmlgraph.core.streams import TaskStreams, current_streams, group_tasks
+from cmlgraph.errors import CmlgraphError, ConfigError
 from cmlgraph.graphs.types import GraphBatch, GraphInput
 
 #: Kinds whose whole-graph ("full" mode) tasks run as one pass over the graph (SGC has its own batched path; GAT's
@@ -191,6 +193,11 @@ class GNNBackbone(Backbone):
         ConfigError: For an unknown kind or an invalid size.
     """
 
+    #: Draws its feature-dropout masks from each run's own stream inside a fused meta-step of several runs
+    #: (:mod:`cmlgraph.core.streams`); GAT's attention dropout (PyG's) still draws from torch's global RNG, which
+    #: the fused step detects and then steps those runs one by one.
+    random_streams = True
+
     def __init__(
         self,
         kind: str,
@@ -296,6 +303,9 @@ class GNNBackbone(Backbone):
         training) runs task by task with the same results.
         """
         items = batch.items
+        streams = current_streams() if self.training and self._draws_dropout else None
+        if streams is not None and sum(streams.sizes) != len(items):
+            raise CmlgraphError(f"the fused runs have {sum(streams.sizes)} tasks but this pass has {len(items)}")
         if self.kind == "sgc" and not any(g.local for g in items) and all(g.x is items[0].x for g in items):
             rows = batch.memo.get("sgc/rows")
             if rows is None:
@@ -303,10 +313,10 @@ class GNNBackbone(Backbone):
                 if rows is not None:
                     batch.memo["sgc/rows"] = rows
             if rows is not None:
-                t = len(items)
-                z = feature_dropout(rows, self.dropout, self.training)
+                t, n = len(items), int(items[0].nodes.numel())
+                z = self._task_dropout(rows, t, streams, lambda a, b: n)
                 h = task_linear(z, params["convs.0.lin.weight"], t, params.get("convs.0.lin.bias"))
-                return self._sgc_out(h).view(t, int(items[0].nodes.numel()), -1)
+                return self._sgc_out(h).view(t, n, -1)
         if (self.kind in WHOLE_GRAPH_KINDS and not any(g.local for g in items)
                 and all(g.x is items[0].x for g in items) and not (self.training and self._draws_dropout)):
             return self._whole_graph_tasks(params, items)
@@ -320,10 +330,23 @@ class GNNBackbone(Backbone):
             if key not in batch.memo:
                 batch.memo[key] = TaskLayout([self.plan(g) for g in items])
             fixed = {n: v for n, v in self._weights().items() if n not in params}  # GIN's fixed ε
-            return self._forward_plan({**fixed, **params}, batch.memo[key])
-        outs = [torch.func.functional_call(self, {k: v[t] for k, v in params.items()}, (g,))
-                for t, g in enumerate(items)]
+            return self._forward_plan({**fixed, **params}, batch.memo[key], streams)
+        gens = [None] * len(items) if streams is None else \
+            [streams.generators[run] for run, a, b in streams.spans(0, len(items)) for _ in range(a, b)]
+        outs = []
+        for t, g in enumerate(items):
+            with draw_from(gens[t]):  # a fused step: each task's masks from its run's stream, in the run's order
+                outs.append(torch.func.functional_call(self, {k: v[t] for k, v in params.items()}, (g,)))
         return torch.stack(outs)
+
+    def _task_dropout(self, x: Tensor, tasks: int, streams: TaskStreams | None, own_rows: Any) -> Tensor:
+        """Feature dropout of ``tasks`` tasks' stacked rows; in a fused meta-step (``streams``) each run's tasks
+        ``[a, b)`` masked over their first ``own_rows(a, b)`` rows (the padding that run has alone) from its own
+        stream (:func:`~cmlgraph.backbones.gnn_ops.task_feature_dropout`)."""
+        if streams is None or not self.training or self.dropout == 0.0:
+            return feature_dropout(x, self.dropout, self.training)
+        draws = [(a, b, own_rows(a, b), streams.generators[run]) for run, a, b in streams.spans(0, tasks)]
+        return task_feature_dropout(x, self.dropout, tasks, draws)
 
     def _whole_graph_tasks(self, w: dict[str, Tensor], items: list[GraphInput]) -> Tensor:
         """``T`` tasks' whole-graph passes as one: features ``Tensor[T, n, hidden]`` of each task's nodes.
@@ -496,11 +519,21 @@ class GNNBackbone(Backbone):
         roots = (("r", 1),) if self.kind in ("sage", "gin") else ()
         return PlanReads((("z", 1), *roots), tuple(range(1, layers)))
 
-    def _forward_plan(self, w: dict[str, Any], lay: TaskLayout | StaticTaskLayout) -> Tensor:
-        """The GNN over computation trees with per-task weights ``w[name]: [T, ...]``; returns ``[T, n, hidden]``."""
+    def _forward_plan(self, w: dict[str, Any], lay: TaskLayout | StaticTaskLayout,
+                      streams: TaskStreams | None = None) -> Tensor:
+        """The GNN over computation trees with per-task weights ``w[name]: [T, ...]``; returns ``[T, n, hidden]``.
+
+        ``streams`` (a fused meta-step of several runs, eager layouts only): each run's tasks masked over the rows
+        of level ``l`` that run pads to alone (the largest of its own tasks' trees), from its own stream."""
         t = lay.tasks
+        streams = streams if isinstance(lay, TaskLayout) else None
+
+        def own_rows(level: int) -> Any:
+            return lambda a, b: max(p.sizes[level] for p in lay.plans[a:b])
+
         if self.kind == "sgc":
-            z = feature_dropout(lay.constant("sgc", len(lay.sizes) - 1), self.dropout, self.training)
+            level = len(lay.sizes) - 1
+            z = self._task_dropout(lay.constant("sgc", level), t, streams, own_rows(level))
             h = task_linear(z, w["convs.0.lin.weight"], t, w.get("convs.0.lin.bias"))
             return lay.select_output(self._sgc_out(h))
         drop_input = self.training and self.dropout > 0
@@ -512,8 +545,8 @@ class GNNBackbone(Backbone):
             if i == 0 and not drop_input:
                 h = self._plan_first_layer(w, lay)
             else:
-                x = lay.features() if i == 0 else h
-                x = feature_dropout(x, self.dropout, self.training)
+                x = lay.features() if i == 0 else h  # (the input level's sizes are known once it is built)
+                x = self._task_dropout(x, t, streams, own_rows(i))
                 h = self._plan_layer(w, pre, lay.agg(i), x, t, n_out, i)
             if i < last or self.last_activation:
                 h = F.relu(h)

@@ -14,7 +14,7 @@ sum over a row-normalised adjacency instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.utils import add_self_loops, degree, remove_self_loops
 
+from cmlgraph.core.dropout import current_generator, dropout, dropout_task_rows
 from cmlgraph.graphs.types import GraphInput
 
 CACHE_PREFIX = "gnn/"
@@ -31,6 +32,8 @@ CACHE_PREFIX = "gnn/"
 
 _TRANSPOSE = "_cmlgraph_transpose"
 _PERM = "_cmlgraph_transpose_perm"
+#: Attribute of a block-diagonal sparse matrix (``gnn_plan._block_diag``): its blocks' stored values, host-side.
+BLOCK_NNZ = "_cmlgraph_block_nnz"
 
 
 def is_sparse(x: Tensor) -> bool:
@@ -236,20 +239,48 @@ class SparseLinear(Linear):
         return sparse_aware_linear(x, self.weight, self.bias)
 
 
-def feature_dropout(x: Tensor, p: float, training: bool) -> Tensor:
-    """Dropout that keeps a sparse ``x`` sparse (it drops stored values only)."""
+def feature_dropout(x: Tensor, p: float, training: bool, generator: torch.Generator | None = None) -> Tensor:
+    """Dropout that keeps a sparse ``x`` sparse (it drops stored values only), its mask from ``generator``, else
+    the enclosing :func:`~cmlgraph.core.dropout.draw_from` block's generator, else torch's global RNG."""
     if not training or p == 0.0:
         return x
+    gen = generator if generator is not None else current_generator()
     if not is_sparse(x):
-        return F.dropout(x, p, training=True)
+        return dropout(x, p, gen)
     if hasattr(x, _TRANSPOSE):
-        return with_values(x, F.dropout(x.values(), p, training=True))
+        return with_values(x, dropout(x.values(), p, gen))
     if x.layout == torch.sparse_csr:
-        return torch.sparse_csr_tensor(
-            x.crow_indices(), x.col_indices(), F.dropout(x.values(), p, training=True), x.shape
-        )
+        return torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), dropout(x.values(), p, gen), x.shape)
     x = x.to_sparse_coo().coalesce()
-    return torch.sparse_coo_tensor(x.indices(), F.dropout(x.values(), p, training=True), x.shape, is_coalesced=True)
+    return torch.sparse_coo_tensor(x.indices(), dropout(x.values(), p, gen), x.shape, is_coalesced=True)
+
+
+def task_feature_dropout(x: Tensor, p: float, tasks: int, draws: Sequence[tuple[int, int, int, torch.Generator]]
+                         ) -> Tensor:
+    """:func:`feature_dropout` of ``tasks`` tasks' stacked rows in a fused meta-step of several runs, each run's
+    tasks masked from its own generator as that run masks them alone (:mod:`cmlgraph.core.streams`).
+
+    Args:
+        x: Dense ``[T·rows, d]`` or ``[T, rows, d]`` (each task's rows padded to ``rows``), or a block-diagonal
+            sparse matrix of ``T`` blocks (``gnn_plan._block_diag``: its stored values in task order).
+        p: Dropout rate.
+        tasks: ``T``.
+        draws: Per run, in task order, ``(a, b, own_rows, generator)``
+            (:func:`~cmlgraph.core.dropout.dropout_task_rows`); sparse blocks need no ``own_rows`` (padding rows
+            store no values).
+
+    Raises:
+        ValueError: A sparse ``x`` that does not say its blocks' sizes (``BLOCK_NNZ``).
+    """
+    if not is_sparse(x):
+        return dropout_task_rows(x, p, tasks, draws)
+    counts = getattr(x, BLOCK_NNZ, None)
+    if counts is None or len(counts) != tasks or not hasattr(x, _TRANSPOSE):
+        raise ValueError("task_feature_dropout needs a block-diagonal matrix that names its blocks' sizes "
+                         "(gnn_plan._block_diag); got another sparse matrix")
+    chunks = x.values().split([sum(counts[a:b]) for a, b, _, _ in draws])
+    values = torch.cat([dropout(c, p, gen) for c, (_, _, _, gen) in zip(chunks, draws, strict=True)])
+    return with_values(x, values)
 
 
 def sparse_features(inputs: GraphInput) -> Tensor:
@@ -386,10 +417,12 @@ __all__ = [
     "IndexAggregation",
     "RowScaledSymmetric",
     "SELF_LOOPS_KEY",
+    "BLOCK_NNZ",
     "adjacency_rows",
     "SparseLinear",
     "cached",
     "feature_dropout",
+    "task_feature_dropout",
     "gcn_adj",
     "is_sparse",
     "mean_adj",

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cmlgraph.backbones.gnn_ops import is_sparse, sparse_matmul, transposable_csr
+from cmlgraph.backbones.gnn_ops import BLOCK_NNZ, is_sparse, sparse_matmul, transposable_csr
 from cmlgraph.core.transfer import to_device
 from cmlgraph.graphs.sparse import csr_row_entries, slice_rows
 
@@ -225,8 +225,10 @@ def _block_diag(parts: list[Tensor], rows_per: int, cols_per: int) -> Tensor:
     crows.append(torch.tensor([offset], dtype=torch.long, device=parts[0].device))
     t = len(parts)
     # Column order is not checked (a read-back): a stable sort of sorted columns is the identity anyway.
-    return transposable_csr(torch.cat(crows), torch.cat(cols), torch.cat(vals), (t * rows_per, t * cols_per),
-                            col_sorted=False)
+    out = transposable_csr(torch.cat(crows), torch.cat(cols), torch.cat(vals), (t * rows_per, t * cols_per),
+                           col_sorted=False)
+    setattr(out, BLOCK_NNZ, [int(m.values().numel()) for m in parts])  # metadata: no read-back
+    return out
 
 
 def _to_csr(x: Tensor) -> Tensor:

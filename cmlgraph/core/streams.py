@@ -5,7 +5,7 @@ run as one task batch; for each run's folder to equal a separate run of it, the 
 must be the ones run r would have drawn alone: the same draws, from run r's own RNG state, in the same order.
 :func:`task_streams` says, for the duration of a fused computation, which consecutive tasks belong to which run and
 gives each run a :class:`torch.Generator` holding its RNG state; an encoder that supports it (``random_streams =
-True``: G-Meta's and AMM-GNN's GCNs) draws each run's rows of a pass from that run's generator
+True``: G-Meta's and AMM-GNN's GCNs, the GNN backbone) draws each run's rows of a pass from that run's generator
 (:func:`stream_spans`), and draws nothing from the global RNG.
 """
 

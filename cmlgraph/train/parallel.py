@@ -20,11 +20,11 @@ run's SAM point from its own gradient), ProtoNet, G-Meta, AMM-GNN, and their noi
 tasks (``train.batched`` on, or ``auto`` where the backbone batches: MLP and GNNs always, Conv4 on GPU) and whose
 episodes stack (fixed-shape tensors; graph computation-tree inputs, or SGC's whole-graph inputs, of one shared full
 graph; G-Meta's balls of one shared ball index). A run whose meta-step draws from torch's global RNG (checked on its
-first step) is fused only where its encoder draws from per-run streams (``random_streams``: G-Meta's and AMM-GNN's
-dropout, :mod:`cmlgraph.core.streams`); a fused step that still moves the global RNG is redone run by run and those
-runs are not fused again. Stepped one after another inside the lockstep loop instead: a step that logs gradient
-diagnostics, episodes that do not stack (whole-graph passes that draw dropout, graphs that differ between the
-runs) and other runs that draw from the global RNG. The validations due after a lockstep are
+first step) is fused only where its encoder draws from per-run streams (``random_streams``: the dropout of G-Meta,
+AMM-GNN and the GNN backbone, :mod:`cmlgraph.core.streams`); a fused step that still moves the global RNG (GAT's
+attention dropout) is redone run by run and those runs are not fused again. Stepped one after another inside the
+lockstep loop instead: a step that logs gradient diagnostics, episodes that do not stack (graphs that differ between
+the runs) and other runs that draw from the global RNG. The validations due after a lockstep are
 scored in one pass where the runs share the method's prediction and shape (each task adapted from its own run's
 parameters: :func:`~cmlgraph.train.evaluate.evaluate_runs`; not ProtoNet, MAML++, or tasks that run one by one);
 so are the runs' final tests (each from its own best-validation parameters); the best-validation bookkeeping,
@@ -173,7 +173,7 @@ def fusable(trainer: Trainer) -> bool:
 
 def _stream_aware(trainer: Trainer) -> bool:
     """Whether the run's encoder draws from each run's own stream inside a fused meta-step (``random_streams``:
-    G-Meta, AMM-GNN; :mod:`cmlgraph.core.streams`), so a meta-step that draws from torch's global RNG (dropout)
+    G-Meta, AMM-GNN, the GNN backbone; :mod:`cmlgraph.core.streams`), so a meta-step that draws from torch's global RNG (dropout)
     can still be fused."""
     return bool(getattr(trainer.exp.model.extractor, "random_streams", False))
 

@@ -138,30 +138,6 @@ def test_batched_groups_split_large_task_batches_without_changing_results():
     torch.testing.assert_close(whole, single, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("p", [0.3, 0.5, 0.25])  # 0.3: uniform draws; 0.5 and 0.25: the random-byte mask
-def test_ball_dropout_is_inverted_dropout(p: float) -> None:
-    """G-Meta's dropout on the ball rows keeps each entry with probability 1 − p, scales kept ones by 1/(1 − p),
-    and passes gradients only through kept entries (as ``F.dropout``); the mask is not constant along a row or
-    column (the byte path must use every byte of its draws, none of the biased top one)."""
-    from cmlgraph.backbones.gmeta import _dropout
-
-    torch.manual_seed(0)
-    h = torch.full((400, 50), 2.0, requires_grad=True)
-    out = _dropout(h, p)
-    kept = out != 0
-    assert abs(kept.float().mean().item() - (1 - p)) < 0.01
-    # Each of the 7 byte lanes (and each column) keeps about 1 − p: a biased byte would show up here.
-    lanes = kept.reshape(-1)[: (kept.numel() // 7) * 7].view(-1, 7).float().mean(0)
-    assert (lanes - (1 - p)).abs().max() < 0.03, lanes
-    assert (kept.float().mean(0) - (1 - p)).abs().max() < 0.12
-    assert torch.allclose(out[kept], torch.tensor(2.0 / (1 - p)))
-    out.sum().backward()
-    assert torch.equal(h.grad != 0, kept) and torch.allclose(h.grad[kept], torch.tensor(1 / (1 - p)))
-    a, b = _dropout(torch.ones(64, 16), p), _dropout(torch.ones(64, 16), p)
-    assert not torch.equal(a, b)  # a fresh mask on every call
-    assert torch.equal(_dropout(torch.ones(3, 2), 1.0), torch.zeros(3, 2))
-
-
 def test_row_scaled_symmetric_matches_the_dense_matrix_to_second_order() -> None:
     """B = diag(s) · S (S a symmetric 0/1 pattern): B @ y, its backward Bᵀ g, and a second derivative all equal
     the dense products (float64 gradcheck / gradgradcheck)."""

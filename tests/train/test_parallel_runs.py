@@ -60,6 +60,30 @@ FULL_GAT = {**GRAPH, "data": {**GRAPH["data"], "subgraph": "full"},
 # GAT on each episode's own k-hop subgraph: the R·B tasks run as one pass over their subgraphs' disjoint union
 KHOP_GAT = {**GRAPH, "model": {"gnn": "gat", "hidden": 8, "gat_heads": 2}}
 
+# GNN feature dropout, each run's masks from its own stream: k-hop trees (each run's own padding per level), SGC's
+# gathered whole-graph rows, per-task whole-graph GCN and GAT k-hop passes, and sparse features (block-diagonal values)
+DROP = {"model": {"gnn": "gcn", "hidden": 8, "dropout": 0.5}}
+KHOP_DROP = {**GRAPH, **DROP}
+KHOP_SAGE_DROP = {**GRAPH, "model": {**DROP["model"], "gnn": "sage", "layers": 3}}
+KHOP_SGC_DROP = {**GRAPH, "model": {"gnn": "sgc", "hidden": 8, "init": "random", "dropout": 0.3}}
+FULL_SGC_DROP = {**FULL_SGC, "model": {**FULL_SGC["model"], "dropout": 0.5}}
+FULL_GCN_DROP = {**FULL_GCN, **DROP}
+KHOP_GAT_DROP = {**KHOP_GAT, "model": {**KHOP_GAT["model"], "dropout": 0.5}}
+
+
+def _sparse_graph() -> None:
+    gen = torch.Generator().manual_seed(1)
+    n = 60
+    x = (torch.rand(n, 64, generator=gen) < 0.03).float() * torch.rand(n, 64, generator=gen)
+    edges = torch.randint(0, n, (2, 160), generator=gen)
+    register_graph(from_arrays(edges, x.to_sparse(), torch.arange(n) % 6, name="parallel-sparse", split="2/2/2"))
+
+
+_sparse_graph()
+KHOP_SPARSE_DROP = {**KHOP_DROP, "data": {**GRAPH["data"], "graph": "parallel-sparse", "features": "raw"}}
+FULL_SGC_SPARSE_DROP = {**FULL_SGC_DROP, "data": {**FULL_SGC["data"], "graph": "parallel-sparse", "features": "raw"},
+                        "model": {**FULL_SGC_DROP["model"], "layers": 1}}  # Â X stays sparse: block-diagonal rows
+
 # G-Meta (TLP's ball GCN, dropout on support passes: each run's masks from its own RNG stream) and AMM-GNN (its own
 # regulariser, dropout): Table 3's paths, fused (issue 18 item 5)
 GMETA = {
@@ -159,13 +183,20 @@ def fused_calls(monkeypatch) -> list[int]:
                                            (SINUSOID, {"algo__cml": False, "algo__algo": "sharp-maml",
                                                        "algo__control": "noise"}),
                                            (GRAPH, {"algo__cml": True, "algo__algo": "protonet"}),
+                                           (KHOP_DROP, {"algo__cml": True}), (KHOP_SAGE_DROP, {"algo__cml": True}),
+                                           (KHOP_SGC_DROP, {"algo__cml": True}), (FULL_SGC_DROP, {"algo__cml": True}),
+                                           (FULL_GCN_DROP, {"algo__cml": True}), (KHOP_GAT_DROP, {"algo__cml": True}),
+                                           (KHOP_SPARSE_DROP, {"algo__cml": True}),
+                                           (FULL_SGC_SPARSE_DROP, {"algo__cml": True}),
                                            pytest.param(DIGITS, {"algo__cml": True}, marks=pytest.mark.slow)],
                          ids=["sinusoid-cml", "graph-khop", "graph-full-sgc", "graph-full-gcn", "graph-full-gat",
                               "graph-khop-gat",
                               "sinusoid-noise",
                               "sinusoid-prefetch", "gmeta-cml", "gmeta", "ammgnn-cml", "mamlpp-cml", "sharp-inner-cml",
                               "sharp-noise",
-                              "protonet-khop-cml", "digits-conv4"])
+                              "protonet-khop-cml", "khop-dropout", "khop-sage3-dropout", "khop-sgc-dropout",
+                              "full-sgc-dropout", "full-gcn-dropout", "khop-gat-dropout", "khop-sparse-dropout",
+                              "full-sgc-sparse-dropout", "digits-conv4"])
 def test_parallel_runs_equal_separate_runs(tmp_path, fused_calls, settings, arms):
     seeds = (0, 1)
     alone = [train(_cfg(settings, tmp_path, f"alone-s{s}", train__seed=s, **arms), progress=False)[0]
@@ -184,7 +215,7 @@ def test_parallel_runs_equal_separate_runs(tmp_path, fused_calls, settings, arms
     assert ("test tasks scored in one pass: group-s0, group-s1" in said) == together  # the final tests too
     assert said.index("test of group-s0") < said.index("test of group-s1") < said.rindex("evaluating on")
     assert fused_calls and max(map(abs, fused_calls)) == 2 and len(fused_calls) >= steps - 1  # the first: alone
-    # G-Meta and AMM-GNN draw dropout masks: fused, each run's masks come from its own stream
+    # G-Meta, AMM-GNN and GNNs with dropout draw masks: fused, each run's masks come from its own stream
     assert all(n < 0 for n in fused_calls) == (settings.get("model", {}).get("dropout", 0) > 0)
     for a, r in zip(alone, results, strict=True):
         assert r.run_dir is not None and r.summary is not None
@@ -198,11 +229,35 @@ def test_a_fused_step_that_draws_outside_the_streams_is_redone_run_by_run(tmp_pa
     """The safety net: an encoder that claims its own streams but draws from the global RNG in a fused step is
     caught (the global RNG moved), that step is redone run by run and the runs are never fused again."""
     import cmlgraph.backbones.gmeta as gmeta
+    from cmlgraph.core.dropout import dropout
 
-    monkeypatch.setattr(gmeta, "_dropout_streams", lambda h, p, draws: gmeta._dropout(h, p))
+    monkeypatch.setattr(gmeta, "_dropout_streams", lambda h, p, draws: dropout(h, p))
     alone = [train(_cfg(GMETA, tmp_path, f"a{s}", train__seed=s), progress=False)[0] for s in (0, 1)]
     out = io.StringIO()
     results = train_parallel([_cfg(GMETA, tmp_path, f"g{s}", train__seed=s) for s in (0, 1)],
+                             Console(file=out, width=300), progress=False)
+    assert fused_calls == [-2]  # tried once, found out, never again
+    assert "g0 0/4, g1 0/4" in out.getvalue()
+    for a, r in zip(alone, results, strict=True):
+        _assert_equal_runs(a, r.run_dir)
+
+
+def test_gat_attention_dropout_is_found_out_and_stepped_alone(tmp_path, fused_calls, monkeypatch):
+    """GAT's attention dropout (``GNNBackbone(attn_dropout=...)``, a Python API argument) is drawn inside PyG's
+    GATConv from torch's global RNG: the GNN backbone claims its own streams (for its feature dropout), so the first
+    fused step is tried, found out, redone run by run, and the runs are not fused again; each folder still equals
+    its run alone."""
+    import cmlgraph.backbones.gnn as gnn
+
+    class DroppingGAT(gnn.GATConv):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "dropout": 0.3})
+
+    monkeypatch.setattr(gnn, "GATConv", DroppingGAT)
+    settings = FULL_GAT
+    alone = [train(_cfg(settings, tmp_path, f"a{s}", train__seed=s), progress=False)[0] for s in (0, 1)]
+    out = io.StringIO()
+    results = train_parallel([_cfg(settings, tmp_path, f"g{s}", train__seed=s) for s in (0, 1)],
                              Console(file=out, width=300), progress=False)
     assert fused_calls == [-2]  # tried once, found out, never again
     assert "g0 0/4, g1 0/4" in out.getvalue()
