@@ -173,8 +173,8 @@ def fusable(trainer: Trainer) -> bool:
 
 def _stream_aware(trainer: Trainer) -> bool:
     """Whether the run's encoder draws from each run's own stream inside a fused meta-step (``random_streams``:
-    G-Meta, AMM-GNN, the GNN backbone; :mod:`cmlgraph.core.streams`), so a meta-step that draws from torch's global RNG (dropout)
-    can still be fused."""
+    G-Meta, AMM-GNN, the GNN backbone; :mod:`cmlgraph.core.streams`), so a meta-step that draws from torch's global
+    RNG (dropout) can still be fused."""
     return bool(getattr(trainer.exp.model.extractor, "random_streams", False))
 
 
