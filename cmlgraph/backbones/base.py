@@ -52,6 +52,12 @@ class Backbone(nn.Module):
         """Map a task input to features ``Tensor[n, feature_dim]``."""
         raise NotImplementedError
 
+    def pass_values(self, inputs: Any) -> int | None:
+        """About how many activation values one task's forward pass on ``inputs`` computes (a bound, for sizing
+        evaluation chunks: autograd keeps them all until the inner step's backward); ``None`` where that is small
+        next to the weights (the default)."""
+        return None
+
     def make_head(self, out_dim: int) -> nn.Module:
         """The meta-learner head θ: a linear layer on the features."""
         return mlp_head(self.feature_dim, out_dim, depth=0)

@@ -293,6 +293,15 @@ class GNNBackbone(Backbone):
             store[key] = build_plan(adj, plan_features(inputs), inputs.nodes.to(inputs.x.device), self.hops)
         return store[key]
 
+    def pass_values(self, inputs: GraphInput) -> int | None:
+        """Activation values of one task's pass over a whole graph or a k-hop subgraph: per layer ``hidden`` values a
+        node, and for GAT ``hidden`` values an edge (its messages); ``None`` for computation trees and SGC's gathered
+        rows (a task's own nodes only)."""
+        if not isinstance(inputs, GraphInput) or inputs.local or self.kind == "sgc":
+            return None
+        edges = int(self_loop_edge_index(inputs).shape[1]) if self.kind == "gat" else 0
+        return len(self.convs) * self.hidden * (int(inputs.num_nodes) + edges)
+
     def forward_tasks(self, params: dict[str, Tensor], batch: GraphBatch) -> Tensor:
         """Features ``Tensor[T, n, hidden]`` of ``T`` tasks' nodes, with per-task weights ``params[name][t]``.
 

@@ -29,6 +29,37 @@ def eval_chunk(device: torch.device | str) -> int:
     return EVAL_CHUNK.get(torch.device(device).type, EVAL_CHUNK["cpu"])
 
 
+#: Activation values the tasks of one evaluation pass may compute on the CPU (``eval_values``): 2**27 float32
+#: values are 512 MB per pass, and the inner step's backward keeps several such tensors. Whole-graph GAT on
+#: Amazon-Photo (238k edges) computes about 33M values a task, so a chunk of 100 tasks (the CPU default) needed
+#: more than this machine's 24 GB and was killed by the kernel; capped, its chunks hold 4 tasks.
+EVAL_VALUES_CPU = 1 << 27
+
+
+def eval_values(device: torch.device | str) -> int:
+    """Most activation values one evaluation pass computes over its chunk of tasks (:meth:`Backbone.pass_values`
+    per task): on a GPU a 64th of its memory in float32 values, on the CPU :data:`EVAL_VALUES_CPU`."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(device).total_memory // 64)
+    return EVAL_VALUES_CPU
+
+
+def fit_activations(model: MetaModel, eps: list[Any], device: torch.device | str) -> list[list[Any]]:
+    """``eps`` split into consecutive chunks whose tasks' passes compute at most :func:`eval_values` activation
+    values (each task's the larger of its support and query pass, :meth:`Backbone.pass_values`); one chunk where
+    the backbone does not say."""
+    values = getattr(model.extractor, "pass_values", None)
+    if values is None or len(eps) < 2:
+        return [eps]
+    sizes = [values(getattr(eps[0], side, None)) for side in ("support_x", "query_x")]
+    per_task = max((v for v in sizes if v is not None), default=None)
+    if not per_task:
+        return [eps]
+    k = max(1, eval_values(device) // per_task)
+    return [eps[i:i + k] for i in range(0, len(eps), k)]
+
+
 def evaluate(
     algo: MetaAlgorithm,
     model: MetaModel,
@@ -92,9 +123,11 @@ def evaluate(
             if many is not None:
                 pairs = [(out, None, ep.query_y) for out, ep in zip(many(model, eps), eps, strict=True)]
             elif together and len(eps) > 1 and can_stack(eps):
-                ep = stack(eps)
-                out, co = algo.predict(model, params, ep, domain.loss_fn, batched=True)
-                pairs = [(out[i], None if co is None else co[i], ep.query_y[i]) for i in range(len(eps))]
+                pairs = []
+                for part in fit_activations(model, eps, device):  # large graphs: fewer tasks a pass
+                    ep = stack(part)
+                    out, co = algo.predict(model, params, ep, domain.loss_fn, batched=True)
+                    pairs += [(out[i], None if co is None else co[i], ep.query_y[i]) for i in range(len(part))]
             else:
                 pairs = []
                 for ep in eps:
@@ -217,11 +250,15 @@ def evaluate_runs(algo: MetaAlgorithm, model: MetaModel, runs: Sequence[tuple[Ma
             if len(eps) > 1 and not can_stack(eps):
                 return None
             domain = runs[part[0][0]][1]
-            params = {k: torch.stack([runs[r][0][k].detach() for r, _ in part]) for k in runs[0][0]}
-            ep = stack(eps)
-            out, co = algo.predict(model, params, ep, domain.loss_fn, batched=True, task_params=True)
-            for i, (r, _) in enumerate(part):
-                tallies[r].add(out[i], None if co is None else co[i], ep.query_y[i])
+            start = 0
+            for sub in fit_activations(model, eps, device):  # large graphs: fewer tasks a pass
+                owners = [r for r, _ in part[start:start + len(sub)]]
+                start += len(sub)
+                params = {k: torch.stack([runs[r][0][k].detach() for r in owners]) for k in runs[0][0]}
+                ep = stack(sub)
+                out, co = algo.predict(model, params, ep, domain.loss_fn, batched=True, task_params=True)
+                for i, r in enumerate(owners):
+                    tallies[r].add(out[i], None if co is None else co[i], ep.query_y[i])
     finally:
         exits.close()  # stops the prefetch worker, also on an error or an early return
         model.train(was_training)

@@ -84,3 +84,47 @@ def test_runs_of_other_graphs_are_refused_and_leave_no_worker_behind():
     runs = [(parameters_of(e.model), e.domain, r) for e, r in zip(exps, raws, strict=True)]
     assert evaluate_runs(exps[0].algo, exps[0].model, runs, "cpu", prefetch=True) is None
     assert not [t for t in threading.enumerate() if t.name.startswith("cmlgraph-eval-runs")]
+
+
+@pytest.mark.parametrize("settings", [dict(subgraph="full", gnn="gat", gat_heads=2, hidden=8),
+                                      dict(subgraph="full", gnn="gcn", hidden=8)])
+def test_large_passes_are_split_by_their_activations_with_the_same_scores(settings, monkeypatch):
+    """Whole-graph passes (GAT: its per-edge messages) compute far more values than the weights: a chunk's tasks
+    run in passes of at most ``eval_values`` activation values (a whole-graph GAT on Amazon-Photo evaluated 100 tasks
+    at once and the kernel killed the run for memory); the scores, alone and fused, equal one pass's."""
+    import cmlgraph.train.evaluate as ev
+
+    exps, raws = _runs(**settings)
+    params = [parameters_of(e.model) for e in exps]
+    e = exps[0]
+    per_task = e.model.extractor.pass_values(e.domain.materialize(raws[0][0], "cpu").support_x)
+    graph = e.domain.graph
+    edges = graph.num_edges + graph.num_nodes if settings["gnn"] == "gat" else 0  # GAT: self-looped edges
+    assert per_task is not None and per_task >= 2 * 8 * (graph.num_nodes + edges) * 0.9
+    whole = evaluate(e.algo, e.model, params[0], e.domain, raws[0], "cpu")
+    fused = evaluate_runs(e.algo, e.model, [(p, x.domain, r) for p, x, r in zip(params, exps, raws, strict=True)],
+                          "cpu")
+    sizes: list[int] = []
+    stacked = ev.stack
+    monkeypatch.setattr(ev, "stack", lambda eps: sizes.append(len(eps)) or stacked(eps))
+    monkeypatch.setattr(ev, "EVAL_VALUES_CPU", 3 * per_task)
+    split = evaluate(e.algo, e.model, params[0], e.domain, raws[0], "cpu")
+    assert sizes == [3, 3, 1]  # 7 tasks, at most 3 a pass
+    sizes.clear()
+    split_fused = evaluate_runs(e.algo, e.model, [(p, x.domain, r) for p, x, r in zip(params, exps, raws,
+                                                                                       strict=True)], "cpu")
+    assert sizes == [3, 3, 3, 3, 2]  # the two runs' 14 tasks
+    torch.testing.assert_close(torch.tensor(split["scores"]), torch.tensor(whole["scores"]), rtol=1e-5, atol=1e-6)
+    for a, b in zip(split_fused, fused, strict=True):
+        torch.testing.assert_close(torch.tensor(a["scores"]), torch.tensor(b["scores"]), rtol=1e-5, atol=1e-6)
+
+
+def test_computation_trees_and_sgc_rows_are_not_split():
+    from cmlgraph.train.evaluate import fit_activations
+
+    for settings in (dict(subgraph="khop"), dict(subgraph="full", gnn="sgc")):
+        exps, raws = _runs(seeds=(0,), **settings)
+        e = exps[0]
+        eps = [e.domain.materialize(r, "cpu") for r in raws[0]]
+        assert e.model.extractor.pass_values(eps[0].support_x) is None
+        assert fit_activations(e.model, eps, "cpu") == [eps]
