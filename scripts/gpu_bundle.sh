@@ -23,6 +23,12 @@ for d in $datasets; do
         exit 2
     fi
 done
+marker=".cmlgraph-gpu-bundle"  # what makes a folder this script's bundle (and so safe to replace)
+if [ -e "$bundle" ] && { [ ! -d "$bundle" ] || { [ -n "$(ls -A "$bundle")" ] && [ ! -f "$bundle/$marker" ]; }; }; then
+    echo "gpu_bundle: '$bundle' exists and is not a bundle this script made; give a new or empty folder" \
+        "(it replaces only its own bundles)" >&2
+    exit 2
+fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/gpu-bundle.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/datasets" "$tmp/wheels"
@@ -36,7 +42,8 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     echo "gpu_bundle: pip could not download $wheels (needs a package index)" >&2
     exit 1
 }
-rm -rf "$bundle"
+echo "made by scripts/gpu_bundle.sh for scripts/gpu_check_offline.sh; never commit it" > "$tmp/$marker"
+rm -rf "$bundle"  # empty, or a bundle of this script's (checked above)
 mkdir -p "$(dirname "$bundle")"
 mv "$tmp" "$bundle"
 trap - EXIT

@@ -16,7 +16,11 @@
 # (default OUT_DIR: a fresh temporary folder). Exits 0 with a message without a GPU; 2 on bad input.
 set -euo pipefail
 all_parts="tests,bench,default,memory,gmeta-bench,table3,graphs"
-parts=${GPU_CHECK_PARTS:-$all_parts}
+parts=${GPU_CHECK_PARTS-$all_parts}
+if [ -z "$parts" ]; then
+    echo "gpu_check: GPU_CHECK_PARTS is empty; name steps from $all_parts, or unset it for all" >&2
+    exit 2
+fi
 for p in ${parts//,/ }; do
     if [[ ",$all_parts," != *",$p,"* ]]; then
         echo "gpu_check: GPU_CHECK_PARTS names an unknown step '$p'; choose from $all_parts" >&2
@@ -26,6 +30,11 @@ done
 budget=${GPU_CHECK_BUDGET:-0}
 if ! [[ "$budget" =~ ^[0-9]+$ ]]; then
     echo "gpu_check: GPU_CHECK_BUDGET='$budget' is not a whole number of seconds (0 = no budget)" >&2
+    exit 2
+fi
+budget=$((10#$budget))  # decimal, also with leading zeros (bash reads 08 as octal)
+if [ -e "${1:-}" ] && [ ! -d "${1:-}" ]; then
+    echo "gpu_check: OUT_DIR '$1' exists and is not a folder; give a folder (or none: a fresh temporary one)" >&2
     exit 2
 fi
 if ! command -v python > /dev/null; then
@@ -42,12 +51,16 @@ if ! python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 
     exit 0
 fi
 out=${1:-$(mktemp -d)}
-mkdir -p "$out"
+if ! mkdir -p "$out" 2> /dev/null || [ ! -w "$out" ]; then
+    echo "gpu_check: cannot write to OUT_DIR '$out'; give a writable folder" >&2
+    exit 2
+fi
 out=$(cd "$out" && pwd)
 cd "$(dirname "${BASH_SOURCE[0]}")/.."  # the repository root: the steps name its configs and tests
 python -c "import torch; print('gpu_check: torch', torch.__version__, 'on', torch.cuda.get_device_name(0))"
 t0=$(date +%s)
 
+spent=","  # the steps already said to be skipped for the budget
 # step PART LIMIT TITLE: whether to run the step; sets $t, its timeout (LIMIT, cut to the budget left)
 step() {
     [[ ",$parts," == *",$1,"* ]] || return 1
@@ -55,7 +68,9 @@ step() {
     if [ "$budget" -gt 0 ]; then
         local left=$((budget - ($(date +%s) - t0)))
         if [ "$left" -lt 20 ]; then
-            echo "gpu_check: step $1 skipped: GPU_CHECK_BUDGET=$budget s is spent (${left} s left)"
+            [[ "$spent" == *",$1,"* ]] || \
+                echo "gpu_check: step $1 skipped: GPU_CHECK_BUDGET=$budget s is spent (${left} s left)"
+            spent="$spent$1,"
             return 1
         fi
         [ "$left" -lt "$t" ] && t=$left
@@ -171,5 +186,7 @@ if has_data amazon_computers; then
                 --shots 5 --cml --steps 100 --patience 1000 --test-tasks 50
         fi
     done
+elif [[ ",$parts," == *",graphs,"* ]]; then
+    echo "gpu_check: G-Meta CUDA-graph timing skipped: Amazon-Computer is not under CMLGRAPH_DATA (${CMLGRAPH_DATA:-unset})"
 fi
 echo "gpu_check: done in $(since "$t0") s; outputs in $out"

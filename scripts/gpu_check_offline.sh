@@ -14,12 +14,19 @@ if [ $# -lt 1 ] || [ ! -d "$1/datasets" ]; then
 fi
 bundle=$(cd "$1" && pwd)
 out=${2:-$(mktemp -d)}
+if ! mkdir -p "$out" 2> /dev/null || [ ! -w "$out" ]; then  # before anything runs: the log must have a place
+    echo "gpu_check_offline: cannot write to OUT_DIR '$out'; give a writable folder" >&2
+    exit 2
+fi
 py=$(command -v python3 || command -v python || true)
 if [ -z "$py" ]; then
     echo "gpu_check_offline: no python3 or python on PATH" >&2
     exit 2
 fi
 site=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check-site.XXXXXX")
+work=""
+# the installed wheels always go; the steps' own files stay only where the check left some
+trap 'rm -rf "$site"; [ -n "$work" ] && rmdir "$work" 2> /dev/null' EXIT
 shopt -s nullglob
 wheels=("$bundle"/wheels/*.whl)
 if [ ${#wheels[@]} -gt 0 ]; then
@@ -37,7 +44,6 @@ export PATH="$site/bin:$PATH"
 export PYTHONPATH="$root:$site/lib${PYTHONPATH:+:$PYTHONPATH}"
 export CMLGRAPH_DATA="$bundle/datasets"
 export PYTHONUNBUFFERED=1
-mkdir -p "$out"
 work=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
 echo "gpu_check_offline: python $py, data $CMLGRAPH_DATA, step files in $work"
 bash "$root/scripts/gpu_check.sh" "$work" 2>&1 | tee "$out/gpu_check.log"

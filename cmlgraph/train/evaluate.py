@@ -13,6 +13,7 @@ from cmlgraph.algorithms.base import MetaAlgorithm
 from cmlgraph.backbones.base import auto_batched
 from cmlgraph.core.episode import can_stack, stack
 from cmlgraph.core.model import MetaModel
+from cmlgraph.core.streams import group_tasks
 from cmlgraph.domains.base import Domain
 from cmlgraph.train.guards import score_predictions
 from cmlgraph.train.prefetch import Prefetcher
@@ -47,17 +48,19 @@ def eval_values(device: torch.device | str) -> int:
 
 def fit_activations(model: MetaModel, eps: list[Any], device: torch.device | str) -> list[list[Any]]:
     """``eps`` split into consecutive chunks whose tasks' passes compute at most :func:`eval_values` activation
-    values (each task's the larger of its support and query pass, :meth:`Backbone.pass_values`); one chunk where
-    the backbone does not say."""
+    values together (each task counted by its own larger pass, support or query: :meth:`Backbone.pass_values`;
+    k-hop subgraphs differ in size), a task heavier than the cap alone; one chunk where the backbone does not
+    say."""
     values = getattr(model.extractor, "pass_values", None)
     if values is None or len(eps) < 2:
         return [eps]
-    sizes = [values(getattr(eps[0], side, None)) for side in ("support_x", "query_x")]
-    per_task = max((v for v in sizes if v is not None), default=None)
-    if not per_task:
-        return [eps]
-    k = max(1, eval_values(device) // per_task)
-    return [eps[i:i + k] for i in range(0, len(eps), k)]
+    per_task = []
+    for ep in eps:
+        sizes = [v for v in (values(getattr(ep, side, None)) for side in ("support_x", "query_x")) if v is not None]
+        if not sizes:
+            return [eps]
+        per_task.append(max(sizes))
+    return [eps[a:b] for a, b in group_tasks(per_task, eval_values(device))]
 
 
 def evaluate(

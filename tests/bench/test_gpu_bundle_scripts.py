@@ -95,3 +95,31 @@ def test_the_offline_check_runs_from_the_checkout_on_the_bundles_data(tmp_path: 
 def test_the_offline_check_refuses_a_folder_that_is_no_bundle(tmp_path: Path) -> None:
     proc = _run(OFFLINE, [str(tmp_path)], _env(tmp_path))
     assert proc.returncode == 2 and "gpu_bundle.sh" in proc.stderr
+
+
+def test_a_folder_that_is_no_bundle_is_never_replaced(tmp_path: Path) -> None:
+    env = _env(tmp_path, CMLGRAPH_DATA=str(_data(tmp_path)))
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "important.txt").write_text("keep")
+    proc = _run(BUNDLE, [str(precious)], env)
+    assert proc.returncode == 2 and "not a bundle this script made" in proc.stderr
+    assert (precious / "important.txt").read_text() == "keep"
+    (tmp_path / "afile").write_text("x")
+    assert _run(BUNDLE, [str(tmp_path / "afile")], env).returncode == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _run(BUNDLE, [str(empty)], env).returncode == 0  # an empty folder, then its own bundle, are fine
+    assert _run(BUNDLE, [str(empty)], env).returncode == 0 and (empty / "datasets" / "planetoid").is_dir()
+
+
+def test_an_unwritable_out_dir_is_refused_before_anything_runs_and_no_scraps_stay(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    assert _run(BUNDLE, [str(bundle)], _env(tmp_path, CMLGRAPH_DATA=str(_data(tmp_path)))).returncode == 0
+    (tmp_path / "shim.log").unlink()
+    (tmp_path / "afile").write_text("x")
+    proc = _run(OFFLINE, [str(bundle), str(tmp_path / "afile")], _env(tmp_path))
+    assert proc.returncode == 2 and "cannot write to OUT_DIR" in proc.stderr
+    assert not (tmp_path / "shim.log").exists()  # no pip install, no check
+    assert _run(OFFLINE, [str(bundle), str(tmp_path / "out")], _env(tmp_path)).returncode == 0
+    assert not list(tmp_path.glob("gpu-check-site.*")) and not list(tmp_path.glob("gpu-check.*"))

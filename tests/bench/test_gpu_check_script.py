@@ -124,12 +124,41 @@ def test_parts_pick_the_steps(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("env,message", [({"GPU_CHECK_PARTS": "bench,speed"}, "unknown step 'speed'"),
-                                         ({"GPU_CHECK_BUDGET": "8m"}, "not a whole number of seconds")])
+                                         ({"GPU_CHECK_PARTS": ""}, "GPU_CHECK_PARTS is empty"),
+                                         ({"GPU_CHECK_BUDGET": "8m"}, "not a whole number of seconds"),
+                                         ({"OUT": "afile"}, "is not a folder")])
 def test_bad_settings_are_refused_before_anything_runs(tmp_path: Path, env, message) -> None:
-    proc = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out")], capture_output=True, text=True, timeout=60,
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / env.pop("OUT", "out")
+    proc = subprocess.run(["bash", str(SCRIPT), str(out)], capture_output=True, text=True, timeout=60,
                           env={**os.environ, **env})
     assert proc.returncode == 2 and message in proc.stderr, (proc.returncode, proc.stderr)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unwritable_out_dir_is_refused_on_a_gpu_too(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores the mode: a folder under a file cannot be made either way
+            locked = tmp_path / "afile" / "out"
+            (tmp_path / "afile").write_text("x")
+        shims = tmp_path / "bin"
+        shims.mkdir()
+        (shims / "python").write_text("#!/bin/bash\n[ \"$1\" = - ] && cat > /dev/null\nexit 0\n")
+        (shims / "python").chmod(0o755)
+        proc = subprocess.run(["bash", str(SCRIPT), str(locked)], capture_output=True, text=True, timeout=60,
+                              env={"PATH": f"{shims}:/usr/bin:/bin", "HOME": str(tmp_path)})
+        assert proc.returncode == 2 and "cannot write to OUT_DIR" in proc.stderr, (proc.returncode, proc.stderr)
+    finally:
+        (tmp_path / "locked").chmod(0o700)
+
+
+def test_a_budget_with_leading_zeros_is_decimal(tmp_path: Path) -> None:
+    proc, calls = _run_with_gpu(tmp_path, _data(tmp_path), GPU_CHECK_BUDGET="08")
+    assert "value too great" not in proc.stderr and "GPU_CHECK_BUDGET=8 s is spent" in proc.stdout, proc.stderr
+    assert proc.stdout.count("step graphs skipped") == 1  # said once, not once a run of the step
 
 
 def test_a_spent_budget_skips_the_remaining_steps_saying_so(tmp_path: Path) -> None:

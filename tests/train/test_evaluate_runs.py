@@ -128,3 +128,22 @@ def test_computation_trees_and_sgc_rows_are_not_split():
         eps = [e.domain.materialize(r, "cpu") for r in raws[0]]
         assert e.model.extractor.pass_values(eps[0].support_x) is None
         assert fit_activations(e.model, eps, "cpu") == [eps]
+
+
+def test_each_task_counts_its_own_subgraph(monkeypatch):
+    """GAT's k-hop subgraphs differ in size: a pass is filled task by task, by each task's own values, so no pass
+    holds more than the cap (unless one task alone does)."""
+    import cmlgraph.train.evaluate as ev
+
+    exps, raws = _runs(seeds=(0,), subgraph="khop", gnn="gat", gat_heads=2, hidden=8)
+    e = exps[0]
+    eps = [e.domain.materialize(r, "cpu") for r in raws[0]]
+    own = [max(e.model.extractor.pass_values(ep.support_x), e.model.extractor.pass_values(ep.query_x)) for ep in eps]
+    assert len(set(own)) > 1  # the subgraphs differ
+    cap = 2 * max(own)
+    monkeypatch.setattr(ev, "EVAL_VALUES_CPU", cap)
+    parts = ev.fit_activations(e.model, eps, "cpu")
+    index = {id(ep): i for i, ep in enumerate(eps)}
+    assert [index[id(ep)] for part in parts for ep in part] == list(range(len(eps))) and len(parts) > 1
+    sums = [sum(own[index[id(ep)]] for ep in part) for part in parts]
+    assert all(v <= cap for v in sums), (sums, cap)
