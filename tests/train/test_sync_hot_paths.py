@@ -144,6 +144,12 @@ BALL_BLOCK = {  # host: the support and query ball blocks of the meta-batch, bui
     "_unique2 @ gmeta.py:ball_layout": 2, "bincount @ gmeta.py:ball_layout": 2,  # union of members, CSR counts
 }
 PROTO = {"_local_scalar_dense @ proto_head.py:class_means": ONE_HOT}
+# host, GNN dropout in training (input dropout reads the input level): each plan lists one level more (its distinct
+# ids) and both layers' aggregations are built as CSR (4 plans x 2)
+DROPOUT_PLAN = {**PLAN, "_unique2 @ gnn_plan.py:_unique_in_order": 12, "_coalesce @ gnn_plan.py:_coo": 8}
+# ... with sparse features: the input level's rows sliced from the sparse features too (4 plans)
+DROPOUT_SPARSE = {**DROPOUT_PLAN, "_coalesce @ gnn_plan.py:_coo": 12, "_coalesce @ sparse.py:slice_rows": 4,
+                  "index_select @ sparse.py:slice_rows": 4, "_sparse_sparse_matmul @ gnn_plan.py:_sparse_product": 4}
 
 
 def _sum(*parts: dict[str, int]) -> dict[str, int]:
@@ -182,6 +188,12 @@ ALLOW: dict[str, dict[str, dict[str, int]]] = {
                         "eval_host": {**PLAN, **SPARSE_Z}, "eval": PROTO},
     "khop-sgc-sparse": {"host": {**PLAN, **SPARSE_SGC}, "first": PROTO, "steady": PROTO,
                         "eval_host": {**PLAN, **SPARSE_SGC}, "eval": PROTO},
+    # GNN dropout (session 30: masks from core/dropout.py, each run's own stream when fused): no device sync either
+    "khop-gcn-dropout": {"host": DROPOUT_PLAN, "first": PROTO, "steady": PROTO, "eval_host": DROPOUT_PLAN,
+                         "eval": PROTO},
+    "khop-gcn-sparse-dropout": {"host": DROPOUT_SPARSE, "first": PROTO, "steady": PROTO,
+                                "eval_host": DROPOUT_SPARSE, "eval": PROTO},
+    "full-sgc-dropout": {"host": {}, "first": PROTO, "steady": PROTO, "eval_host": {}, "eval": PROTO},
     "ammgnn-sparse": {"host": _sum(PLAN, MATCH, SPARSE_Z, MATCH_ROWS), "first": {}, "steady": {},
                       "eval_host": _sum(PLAN, MATCH, SPARSE_Z, MATCH_ROWS), "eval": {}},
     "sinusoid": {k: {} for k in PHASES},
@@ -192,7 +204,8 @@ ALLOW: dict[str, dict[str, dict[str, int]]] = {
 NOT_DEVICE: dict[str, set[str]] = {"khop": set(PROTO), "full": set(PROTO), "full-gcn": set(PROTO),
                                    "full-gat": set(PROTO), "khop-gat": set(PROTO), "khop-gcn": set(PROTO),
                                    "khop-gcn-sparse": set(PROTO), "khop-sgc-sparse": set(PROTO),
-                                   "ammgnn-sparse": set(),
+                                   "ammgnn-sparse": set(), "khop-gcn-dropout": set(PROTO),
+                                   "khop-gcn-sparse-dropout": set(PROTO), "full-sgc-dropout": set(PROTO),
                                    "protonet": set(PROTOTYPES), "gmeta": set(),
                                    "ammgnn": set(), "sinusoid": set(), "digits": set()}
 
@@ -211,6 +224,9 @@ PATHS = {
     "khop-gcn-sparse": (dict(SPARSE, subgraph="khop", gnn="gcn"), None),
     "khop-sgc-sparse": (dict(SPARSE, subgraph="khop"), None),
     "ammgnn-sparse": (dict(SPARSE, algo="ammgnn"), None),
+    "khop-gcn-dropout": (dict(GRAPH, subgraph="khop", gnn="gcn", dropout=0.5), None),
+    "khop-gcn-sparse-dropout": (dict(SPARSE, subgraph="khop", gnn="gcn", dropout=0.5), None),
+    "full-sgc-dropout": (dict(GRAPH, subgraph="full", dropout=0.5), None),
     "protonet": (dict(GRAPH, subgraph="khop", algo="protonet"), None),
     "gmeta": (dict(GRAPH, algo="gmeta"), None),
     "ammgnn": (dict(GRAPH, algo="ammgnn"), None),
