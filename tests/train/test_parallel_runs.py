@@ -19,6 +19,7 @@ from cmlgraph.graphs import from_arrays
 from cmlgraph.train.io import load_torch
 from cmlgraph.train.parallel import check_parallel_runs, group_runs, train_parallel
 from cmlgraph.train.trainer import train
+from tests.conftest import register_sparse_graph
 
 TIMING = {"time_s", "wall_time_s", "provenance"}
 
@@ -71,15 +72,7 @@ FULL_GCN_DROP = {**FULL_GCN, **DROP}
 KHOP_GAT_DROP = {**KHOP_GAT, "model": {**KHOP_GAT["model"], "dropout": 0.5}}
 
 
-def _sparse_graph() -> None:
-    gen = torch.Generator().manual_seed(1)
-    n = 60
-    x = (torch.rand(n, 64, generator=gen) < 0.03).float() * torch.rand(n, 64, generator=gen)
-    edges = torch.randint(0, n, (2, 160), generator=gen)
-    register_graph(from_arrays(edges, x.to_sparse(), torch.arange(n) % 6, name="parallel-sparse", split="2/2/2"))
-
-
-_sparse_graph()
+register_sparse_graph("parallel-sparse", nodes=60, edges=160, classes=6, split="2/2/2", seed=1)
 KHOP_SPARSE_DROP = {**KHOP_DROP, "data": {**GRAPH["data"], "graph": "parallel-sparse", "features": "raw"}}
 FULL_SGC_SPARSE_DROP = {**FULL_SGC_DROP, "data": {**FULL_SGC["data"], "graph": "parallel-sparse", "features": "raw"},
                         "model": {**FULL_SGC_DROP["model"], "layers": 1}}  # Â X stays sparse: block-diagonal rows
@@ -225,6 +218,19 @@ def test_parallel_runs_equal_separate_runs(tmp_path, fused_calls, settings, arms
     assert any(not torch.allclose(w0[k], w1[k]) for k in w0)
 
 
+def _assert_found_out_and_redone(tmp_path: Path, settings: dict[str, Any], fused_calls: list[int]) -> None:
+    """Two seeds of ``settings`` together: the one fused step tried is found out (the global RNG moved), redone run
+    by run, never tried again; each folder equals its run alone."""
+    alone = [train(_cfg(settings, tmp_path, f"a{s}", train__seed=s), progress=False)[0] for s in (0, 1)]
+    out = io.StringIO()
+    results = train_parallel([_cfg(settings, tmp_path, f"g{s}", train__seed=s) for s in (0, 1)],
+                             Console(file=out, width=300), progress=False)
+    assert fused_calls == [-2]  # tried once, found out, never again
+    assert "g0 0/4, g1 0/4" in out.getvalue()
+    for a, r in zip(alone, results, strict=True):
+        _assert_equal_runs(a, r.run_dir)
+
+
 def test_a_fused_step_that_draws_outside_the_streams_is_redone_run_by_run(tmp_path, fused_calls, monkeypatch):
     """The safety net: an encoder that claims its own streams but draws from the global RNG in a fused step is
     caught (the global RNG moved), that step is redone run by run and the runs are never fused again."""
@@ -232,14 +238,7 @@ def test_a_fused_step_that_draws_outside_the_streams_is_redone_run_by_run(tmp_pa
     from cmlgraph.core.dropout import dropout
 
     monkeypatch.setattr(gmeta, "_dropout_streams", lambda h, p, draws: dropout(h, p))
-    alone = [train(_cfg(GMETA, tmp_path, f"a{s}", train__seed=s), progress=False)[0] for s in (0, 1)]
-    out = io.StringIO()
-    results = train_parallel([_cfg(GMETA, tmp_path, f"g{s}", train__seed=s) for s in (0, 1)],
-                             Console(file=out, width=300), progress=False)
-    assert fused_calls == [-2]  # tried once, found out, never again
-    assert "g0 0/4, g1 0/4" in out.getvalue()
-    for a, r in zip(alone, results, strict=True):
-        _assert_equal_runs(a, r.run_dir)
+    _assert_found_out_and_redone(tmp_path, GMETA, fused_calls)
 
 
 def test_gat_attention_dropout_is_found_out_and_stepped_alone(tmp_path, fused_calls, monkeypatch):
@@ -254,15 +253,7 @@ def test_gat_attention_dropout_is_found_out_and_stepped_alone(tmp_path, fused_ca
             super().__init__(*args, **{**kwargs, "dropout": 0.3})
 
     monkeypatch.setattr(gnn, "GATConv", DroppingGAT)
-    settings = FULL_GAT
-    alone = [train(_cfg(settings, tmp_path, f"a{s}", train__seed=s), progress=False)[0] for s in (0, 1)]
-    out = io.StringIO()
-    results = train_parallel([_cfg(settings, tmp_path, f"g{s}", train__seed=s) for s in (0, 1)],
-                             Console(file=out, width=300), progress=False)
-    assert fused_calls == [-2]  # tried once, found out, never again
-    assert "g0 0/4, g1 0/4" in out.getvalue()
-    for a, r in zip(alone, results, strict=True):
-        _assert_equal_runs(a, r.run_dir)
+    _assert_found_out_and_redone(tmp_path, FULL_GAT, fused_calls)
 
 
 def test_group_tasks_keeps_each_runs_own_groups():

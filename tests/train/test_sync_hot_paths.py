@@ -30,10 +30,9 @@ from cmlgraph.api import make_config
 from cmlgraph.backbones.base import auto_batched
 from cmlgraph.core.episode import can_stack, stack
 from cmlgraph.core.model import parameters_of
-from cmlgraph.domains.graph import register_graph
-from cmlgraph.graphs import from_arrays
 from cmlgraph.train.sync_counter import SyncCounter
 from cmlgraph.train.trainer import build_experiment, prepare
+from tests.conftest import register_sparse_graph
 
 
 class SiteCounter(SyncCounter):
@@ -94,17 +93,7 @@ def measure(settings: dict[str, Any], batched: bool | None = None) -> dict[str, 
     return {k: dict(sorted(c.sites.items())) for k, c in phases.items()}
 
 
-def _sparse_graph() -> None:
-    """A small graph with bag-of-words-like sparse features (3 % non-zero: kept sparse, as Cora's and CiteSeer's raw
-    features are), registered for the sparse k-hop paths."""
-    gen = torch.Generator().manual_seed(0)
-    n = 300
-    x = (torch.rand(n, 64, generator=gen) < 0.03).float() * torch.rand(n, 64, generator=gen)
-    edges = torch.randint(0, n, (2, 1200), generator=gen)
-    register_graph(from_arrays(edges, x.to_sparse(), torch.arange(n) % 15, name="sync-sparse", split="9/3/3"))
-
-
-_sparse_graph()
+register_sparse_graph("sync-sparse", nodes=300, edges=1200, classes=15, split="9/3/3", seed=0)  # sparse k-hop paths
 
 GRAPH = dict(task="graph", graph="synthetic", synthetic_nodes=300, synthetic_classes=15, ways=3, shots=2, queries=3,
              meta_batch=2, inner_steps=2, cml=True, steps=1)  # MAML + CML defaults otherwise (second order)
