@@ -20,3 +20,7 @@ class DataError(CmlgraphError):
 
 class NumericalError(CmlgraphError):
     """A NaN or inf loss or gradient during training."""
+
+
+class ResourceError(CmlgraphError, MemoryError):
+    """A run that cannot fit the device's memory (estimated before it starts, instead of being killed)."""

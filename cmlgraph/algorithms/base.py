@@ -20,6 +20,7 @@ from cmlgraph.config import AlgoConfig
 from cmlgraph.core.episode import Episode
 from cmlgraph.core.functional import LossFn, co_head, features, head
 from cmlgraph.core.inner_loop import InnerLoopConfig, inner_loop
+from cmlgraph.core.memory import training_spans
 from cmlgraph.core.model import MetaModel, group_of, sub
 from cmlgraph.core.objective import OuterLoss, _meta_and_co, mean_over_tasks
 
@@ -155,24 +156,89 @@ class MetaAlgorithm:
         there flows back to them, and the meta-gradient is the objective's gradient at that point."""
         return None
 
+    def kept_passes(self, step: int = 0) -> int:
+        """Forward passes of a task a meta-step keeps for its backward (for :mod:`cmlgraph.core.memory`'s
+        estimates): second order, every inner step's support pass and the query pass; first order, the query pass
+        and the support pass in flight; MAML++'s per-step query losses add one pass an inner step."""
+        inner = self.inner_config(step)
+        first = self.first_order_at(step)
+        first = inner.first_order if first is None else first
+        passes = 2 if first else inner.steps + 1
+        return passes + (inner.steps if self.step_weights(step) is not None else 0)
+
     def meta_gradients(self, model: MetaModel, params: Mapping[str, Tensor], episodes: Sequence[Episode],
                        loss_fn: LossFn, step: int, *, diagnostics: bool = False,
                        batched: bool | None = None) -> MetaStep:
         """Meta-gradients of every trained parameter for one meta-batch (at :meth:`gradient_point`), with the
-        noise control's noise added last; the returned loss is the objective at ``params``."""
-        loss = self.objective(model, params, episodes, loss_fn, step, batched)
-        diag: dict[str, Any] = {}
-        if diagnostics and self.cml and self.cfg.gamma > 0:
-            from cmlgraph.train.diagnostics import split_gradients
-            grads, diag = split_gradients(loss, params, self.cfg.gamma)
-        else:
-            grads = gradients(loss.total, params)
+        noise control's noise added last; the returned loss is the objective at ``params``.
+
+        A meta-batch whose tasks would hold more activations than the device's budget together (whole-graph GNN
+        passes on a large graph: :func:`cmlgraph.core.memory.training_spans`) runs in task groups whose weighted
+        gradients are summed (:meth:`objective_gradients`): the same meta-gradient up to float rounding.
+        """
+        device = next(iter(params.values())).device
+        spans = training_spans(model.extractor, episodes, self.kept_passes(step), device)
+        split = diagnostics and self.cml and self.cfg.gamma > 0
+        grads, loss, diag = self.objective_gradients(model, params, params, episodes, loss_fn, step, batched,
+                                                     split, spans)
         point = self.gradient_point(params, grads)
         if point is not None:
-            grads = gradients(self.objective(model, point, episodes, loss_fn, step, batched).total, params)
+            grads, _, _ = self.objective_gradients(model, point, params, episodes, loss_fn, step, batched, False,
+                                                   spans)
         if self.cfg.control == "noise":
             grads = add_gradient_noise(grads, self.cfg.noise_std, self.generator)
         return MetaStep(grads=grads, loss=loss, diagnostics=diag)
+
+    def objective_gradients(self, model: MetaModel, at: Mapping[str, Tensor], wrt: Mapping[str, Tensor],
+                            episodes: Sequence[Episode], loss_fn: LossFn, step: int, batched: bool | None,
+                            split: bool = False, spans: Sequence[tuple[int, int]] | None = None
+                            ) -> tuple[dict[str, Tensor], OuterLoss, dict[str, Any]]:
+        """Gradients w.r.t. ``wrt`` of the objective at ``at`` (``at`` is ``wrt`` or a function of it), with the
+        objective's parts and, with ``split``, the CML gradient diagnostics.
+
+        With ``spans`` of several task groups ``[a, b)``, each group's task means are weighted by its share of the
+        meta-batch and differentiated on their own, so that only one group's activations are alive at a time; the
+        regulariser joins the last group; gradients and losses are summed. The returned losses are then detached.
+        """
+        if spans is None or len(spans) < 2:
+            loss = self.objective(model, at, episodes, loss_fn, step, batched)
+            if split:
+                from cmlgraph.train.diagnostics import split_gradients
+                grads, diag = split_gradients(loss, wrt, self.cfg.gamma)
+                return grads, loss, diag
+            return gradients(loss.total, wrt), loss, {}
+        n, names = len(episodes), list(wrt)
+        g_meta: dict[str, Tensor] | None = None
+        g_co: dict[str, Tensor] | None = None
+        sums = torch.zeros(3, device=next(iter(wrt.values())).device)
+        for i, (a, b) in enumerate(spans):
+            meta, co = mean_over_tasks(lambda p, ep, bt: self.task_losses(model, p, ep, loss_fn, step, bt), at,
+                                       episodes[a:b], batched)
+            meta, co = meta * ((b - a) / n), co * ((b - a) / n)
+            if i == len(spans) - 1:
+                reg = self.regulariser(at, episodes)
+                if reg is not None:
+                    meta = meta + reg
+            total = meta + self.cfg.gamma * co if self.cml else meta
+            sums = sums + torch.stack([meta.detach(), co.detach(), total.detach()])
+            # retain_graph: a gradient point (Sharp-MAML's) is shared by the groups; each group's own graph is
+            # freed when its losses are dropped at the next group
+            if split:
+                parts = [gradients(meta, wrt, retain=True), gradients(co, wrt, retain=True)]
+            else:
+                parts = [gradients(total, wrt, retain=True)]
+            g_meta = parts[0] if g_meta is None else {k: g_meta[k] + parts[0][k] for k in names}
+            if split:
+                g_co = parts[1] if g_co is None else {k: g_co[k] + parts[1][k] for k in names}
+            del meta, co, total, parts
+        assert g_meta is not None
+        loss = OuterLoss(meta=sums[0], co=sums[1], total=sums[2])
+        if not split:
+            return g_meta, loss, {}
+        assert g_co is not None
+        from cmlgraph.train.diagnostics import gradient_diagnostics
+        gamma = self.cfg.gamma
+        return {k: g_meta[k] + gamma * g_co[k] for k in names}, loss, gradient_diagnostics(g_meta, g_co)
 
     def run_summary(self, res: Mapping[str, Any]) -> dict[str, Any]:
         """Keys this algorithm adds to ``summary.json`` given the test result ``res``; none for MAML."""
@@ -209,10 +275,11 @@ class MetaAlgorithm:
         return out, co
 
 
-def gradients(loss: Tensor, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """``d loss / d params`` per name; zeros for a parameter the loss does not reach."""
+def gradients(loss: Tensor, params: Mapping[str, Tensor], retain: bool = False) -> dict[str, Tensor]:
+    """``d loss / d params`` per name; zeros for a parameter the loss does not reach (``retain``: keep the
+    graph)."""
     names = list(params)
-    raw = torch.autograd.grad(loss, [params[k] for k in names], allow_unused=True)
+    raw = torch.autograd.grad(loss, [params[k] for k in names], allow_unused=True, retain_graph=retain)
     return {k: (g if g is not None else torch.zeros_like(params[k])) for k, g in zip(names, raw, strict=True)}
 
 

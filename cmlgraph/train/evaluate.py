@@ -12,6 +12,7 @@ from torch import Tensor
 from cmlgraph.algorithms.base import MetaAlgorithm
 from cmlgraph.backbones.base import auto_batched
 from cmlgraph.core.episode import can_stack, stack
+from cmlgraph.core.memory import EVAL_BYTES_PER_VALUE, memory_budget, task_values
 from cmlgraph.core.model import MetaModel
 from cmlgraph.core.streams import group_tasks
 from cmlgraph.domains.base import Domain
@@ -30,20 +31,13 @@ def eval_chunk(device: torch.device | str) -> int:
     return EVAL_CHUNK.get(torch.device(device).type, EVAL_CHUNK["cpu"])
 
 
-#: Activation values the tasks of one evaluation pass may compute on the CPU (``eval_values``): 2**27 float32
-#: values are 512 MB per pass, and the inner step's backward keeps several such tensors. Whole-graph GAT on
-#: Amazon-Photo (238k edges) computes about 33M values a task, so a chunk of 100 tasks (the CPU default) needed
-#: more than this machine's 24 GB and was killed by the kernel; capped, its chunks hold 4 tasks.
-EVAL_VALUES_CPU = 1 << 27
-
-
 def eval_values(device: torch.device | str) -> int:
     """Most activation values one evaluation pass computes over its chunk of tasks (:meth:`Backbone.pass_values`
-    per task): on a GPU a 64th of its memory in float32 values, on the CPU :data:`EVAL_VALUES_CPU`."""
-    device = torch.device(device)
-    if device.type == "cuda" and torch.cuda.is_available():
-        return int(torch.cuda.get_device_properties(device).total_memory // 64)
-    return EVAL_VALUES_CPU
+    per task): the device's :func:`~cmlgraph.core.memory.memory_budget` at
+    :data:`~cmlgraph.core.memory.EVAL_BYTES_PER_VALUE` bytes a value: 2**27 on the CPU (whole-graph GAT on
+    Amazon-Photo, about 33M values a task, evaluated 100 tasks at once and was killed for memory on a 24 GB machine;
+    capped, its chunks hold 4 tasks), a 128th of a GPU's memory (in values) on a GPU."""
+    return memory_budget(device) // EVAL_BYTES_PER_VALUE
 
 
 def fit_activations(model: MetaModel, eps: list[Any], device: torch.device | str) -> list[list[Any]]:
@@ -51,15 +45,14 @@ def fit_activations(model: MetaModel, eps: list[Any], device: torch.device | str
     values together (each task counted by its own larger pass, support or query: :meth:`Backbone.pass_values`;
     k-hop subgraphs differ in size), a task heavier than the cap alone; one chunk where the backbone does not
     say."""
-    values = getattr(model.extractor, "pass_values", None)
-    if values is None or len(eps) < 2:
+    if len(eps) < 2:
         return [eps]
     per_task = []
     for ep in eps:
-        sizes = [v for v in (values(getattr(ep, side, None)) for side in ("support_x", "query_x")) if v is not None]
-        if not sizes:
+        values = task_values(model.extractor, ep)
+        if values is None:
             return [eps]
-        per_task.append(max(sizes))
+        per_task.append(values)
     return [eps[a:b] for a, b in group_tasks(per_task, eval_values(device))]
 
 

@@ -52,6 +52,7 @@ from cmlgraph.algorithms.base import MetaAlgorithm, MetaStep, add_gradient_noise
 from cmlgraph.backbones.base import auto_batched
 from cmlgraph.config import Config
 from cmlgraph.core.episode import Episode, can_stack, stack
+from cmlgraph.core.memory import training_spans
 from cmlgraph.core.model import parameters_of
 from cmlgraph.core.objective import OuterLoss
 from cmlgraph.core.streams import generator_from_state, task_streams
@@ -512,7 +513,8 @@ class ParallelTrainer:
             if m.ok:
                 drawn.append((m, holder[0]))
         steps: list[MetaStep] | None = None
-        if len(drawn) > 1 and can_stack([ep for _, eps in drawn for ep in eps]):
+        if (len(drawn) > 1 and can_stack([ep for _, eps in drawn for ep in eps])
+                and not _over_budget(drawn[0][0].trainer, [ep for _, eps in drawn for ep in eps])):
             # runs whose step draws random numbers (dropout) draw them from their own streams, as alone
             gens = [_run_generator(m) for m, _ in drawn] if any(not m.global_rng_free for m, _ in drawn) else None
             device = drawn[0][0].trainer.exp.device
@@ -559,6 +561,14 @@ def _set_run_state(m: _Member, gen: torch.Generator | None) -> None:
         m.cuda_rng[index] = gen.get_state()
     else:
         m.rng = gen.get_state()
+
+
+def _over_budget(trainer: Trainer, episodes: Sequence[Episode]) -> bool:
+    """Whether the fused runs' tasks would hold more activations together than one meta-step may
+    (:func:`~cmlgraph.core.memory.training_spans`): then each run steps alone, its own meta-batch split as it
+    would be alone."""
+    e = trainer.exp
+    return len(training_spans(e.model.extractor, episodes, e.algo.kept_passes(trainer.step), e.device)) > 1
 
 
 def fused_gradients(trainers: Sequence[Trainer], episodes: Sequence[Sequence[Episode]],

@@ -29,8 +29,9 @@ from rich.progress import Progress
 
 from cmlgraph.algorithms.base import MetaAlgorithm
 from cmlgraph.algorithms.registry import get_algorithm
-from cmlgraph.backbones.base import auto_batched
+from cmlgraph.backbones.base import Backbone, auto_batched
 from cmlgraph.config import Config, apply_overrides, check_types
+from cmlgraph.core import memory
 from cmlgraph.core.model import MetaModel, inference_state, parameters_of
 from cmlgraph.domains.base import Domain
 from cmlgraph.domains.registry import build_domain, fill_defaults
@@ -284,11 +285,37 @@ class Trainer:
         Every episode set is drawn first, so impossible few-shot settings fail before the folder exists.
         """
         e = self.exp
-        e.domain.sample("train", 1, torch.Generator().manual_seed(0))  # a probe: its own generator, result unused
+        probe = e.domain.sample("train", 1, torch.Generator().manual_seed(0))  # its own generator: no draw moves
+        self._notes: list[str] = []
+        if e.algo.trains:
+            self._check_memory(probe[0])
         self.val_raws = e.domain.fixed("val", self.cfg.train.val_tasks, self.cfg.train.seed)
         self.test_raws = e.domain.fixed("test", int(self.cfg.train.test_tasks), self.cfg.train.seed)
         self.run_dir = Path(self.dist.on_rank0(self._create_folder))  # rank 0 names it; the others are told
         return self.run_dir
+
+    def _check_memory(self, raw: Any) -> None:
+        """Refuse a run one of whose tasks cannot fit the device (:func:`~cmlgraph.core.memory.check_task_memory`:
+        a clear error instead of the kernel killing the process mid-run), and say when the meta-batch will run in
+        task groups to fit the budget (:func:`~cmlgraph.core.memory.training_spans`)."""
+        e, cfg = self.exp, self.cfg
+        if type(e.model.extractor).pass_values is Backbone.pass_values:  # no estimate: small passes
+            return
+        ep = e.domain.materialize(raw, e.device)
+        local = getattr(ep.support_x, "local", False) or getattr(ep.support_x, "subgraph", False)
+        what = f"{cfg.model.gnn.upper()} on {'its k-hop subgraph' if local else 'the whole graph'} of {e.domain.name}"
+        steps = max(1, int(cfg.train.steps))
+        passes = max(e.algo.kept_passes(s) for s in range(0, steps, max(1, steps // 50)))  # MAML++ changes order
+        need = memory.check_task_memory(e.model.extractor, ep, passes, e.device, what)
+        batch = int(cfg.train.meta_batch)
+        budget = memory.memory_budget(e.device)
+        if need is not None and batch > 1 and need * batch > budget:
+            per = max(1, budget // need)
+            self._notes.append(
+                f"a meta-batch's {batch} tasks would hold about {need * batch / 1e9:.1f} GB "
+                f"of activations together (budget {budget / 1e9:.1f} GB on {e.device.type}): they run in groups of "
+                f"about {per} task{'s' if per > 1 else ''} whose gradients are summed (the same meta-gradient up to "
+                f"float rounding)")
 
     def _create_folder(self) -> Path:
         self.run_dir = create_run_dir(self.cfg)
@@ -382,7 +409,7 @@ class Trainer:
         self.console.print(f"[bold]run[/bold] {self.run_dir}  ({e.domain.name}, {cfg.algo.algo}"
                            f"{_arm_label(cfg)}, {steps if e.algo.trains else 'training-free, 0'} steps)"
                            + (f"  resumed at step {self.step}" if self.step else ""))
-        for note in e.domain.notes:
+        for note in [*e.domain.notes, *getattr(self, "_notes", [])]:
             self.console.print(f"[yellow]note:[/yellow] {note}")
         if not e.algo.trains:
             return self.dist.on_rank0(self._fit_training_free)

@@ -107,7 +107,7 @@ def test_large_passes_are_split_by_their_activations_with_the_same_scores(settin
     sizes: list[int] = []
     stacked = ev.stack
     monkeypatch.setattr(ev, "stack", lambda eps: sizes.append(len(eps)) or stacked(eps))
-    monkeypatch.setattr(ev, "EVAL_VALUES_CPU", 3 * per_task)
+    monkeypatch.setattr(ev, "memory_budget", lambda device: 3 * per_task * ev.EVAL_BYTES_PER_VALUE)
     split = evaluate(e.algo, e.model, params[0], e.domain, raws[0], "cpu")
     assert sizes == [3, 3, 1]  # 7 tasks, at most 3 a pass
     sizes.clear()
@@ -141,7 +141,7 @@ def test_each_task_counts_its_own_subgraph(monkeypatch):
     own = [max(e.model.extractor.pass_values(ep.support_x), e.model.extractor.pass_values(ep.query_x)) for ep in eps]
     assert len(set(own)) > 1  # the subgraphs differ
     cap = 2 * max(own)
-    monkeypatch.setattr(ev, "EVAL_VALUES_CPU", cap)
+    monkeypatch.setattr(ev, "memory_budget", lambda device: cap * ev.EVAL_BYTES_PER_VALUE)
     parts = ev.fit_activations(e.model, eps, "cpu")
     index = {id(ep): i for i, ep in enumerate(eps)}
     assert [index[id(ep)] for part in parts for ep in part] == list(range(len(eps))) and len(parts) > 1

@@ -409,3 +409,22 @@ def test_a_failing_fused_evaluation_leaves_each_run_to_evaluate_alone(tmp_path, 
     said = out.getvalue()
     assert "validations scored with other runs'" not in said and "test tasks scored in one pass" not in said
     _assert_equal_runs(alone, results[0].run_dir)
+
+
+def test_runs_whose_tasks_together_exceed_the_memory_budget_step_alone(tmp_path, fused_calls, monkeypatch):
+    """Fused whole-graph passes hold every run's tasks at once: where the group's tasks would exceed the meta-step's
+    memory budget (:func:`cmlgraph.core.memory.training_spans`) while each run's fit, the runs step alone (nothing
+    fused), each folder still equal to its run alone."""
+    import cmlgraph.core.memory as mem
+    from cmlgraph.train.trainer import build_experiment, prepare
+
+    e = build_experiment(prepare(_cfg(FULL_GCN, tmp_path, "probe")))
+    ep = e.domain.materialize(e.domain.sample("train", 1, torch.Generator().manual_seed(0))[0], "cpu")
+    per_task = mem.training_bytes(mem.task_values(e.model.extractor, ep), e.algo.kept_passes(0))
+    monkeypatch.setattr(mem, "memory_budget", lambda device: 2 * per_task)  # one run's meta-batch of 2, not 4
+    alone = [train(_cfg(FULL_GCN, tmp_path, f"a{s}", train__seed=s), progress=False)[0] for s in (0, 1)]
+    results = train_parallel([_cfg(FULL_GCN, tmp_path, f"g{s}", train__seed=s) for s in (0, 1)],
+                             Console(file=io.StringIO(), width=300), progress=False)
+    assert fused_calls == []
+    for a, r in zip(alone, results, strict=True):
+        _assert_equal_runs(a, r.run_dir)
