@@ -194,23 +194,36 @@ class MetaAlgorithm:
                             split: bool = False, spans: Sequence[tuple[int, int]] | None = None
                             ) -> tuple[dict[str, Tensor], OuterLoss, dict[str, Any]]:
         """Gradients w.r.t. ``wrt`` of the objective at ``at`` (``at`` is ``wrt`` or a function of it), with the
-        objective's parts and, with ``split``, the CML gradient diagnostics.
+        objective's parts and, with ``split``, the CML gradient diagnostics (task groups: :meth:`objective_parts`)."""
+        parts, loss = self.objective_parts(model, at, wrt, episodes, loss_fn, step, batched, split, spans)
+        if not split:
+            return parts[0], loss, {}
+        from cmlgraph.train.diagnostics import gradient_diagnostics
+        g_meta, g_co = parts
+        gamma = self.cfg.gamma
+        return {k: g_meta[k] + gamma * g_co[k] for k in g_meta}, loss, gradient_diagnostics(g_meta, g_co)
+
+    def objective_parts(self, model: MetaModel, at: Mapping[str, Tensor], wrt: Mapping[str, Tensor],
+                        episodes: Sequence[Episode], loss_fn: LossFn, step: int, batched: bool | None,
+                        split: bool = False, spans: Sequence[tuple[int, int]] | None = None
+                        ) -> tuple[list[dict[str, Tensor]], OuterLoss]:
+        """The objective's gradients w.r.t. ``wrt`` at ``at``: ``[total]``, or with ``split`` ``[meta, co]`` (the
+        two terms' gradients, for CML's diagnostics), and the objective's parts.
 
         With ``spans`` of several task groups ``[a, b)``, each group's task means are weighted by its share of the
-        meta-batch and differentiated on their own, so that only one group's activations are alive at a time; the
-        regulariser joins the last group; gradients and losses are summed. The returned losses are then detached.
+        meta-batch and differentiated on their own, so that only one group's activations are alive at a time
+        (:func:`cmlgraph.core.memory.training_spans`); the regulariser joins the last group; gradients and losses
+        are summed, and the returned losses are detached.
         """
+        names = list(wrt)
         if spans is None or len(spans) < 2:
             loss = self.objective(model, at, episodes, loss_fn, step, batched)
             if split:
-                from cmlgraph.train.diagnostics import split_gradients
-                grads, diag = split_gradients(loss, wrt, self.cfg.gamma)
-                return grads, loss, diag
-            return gradients(loss.total, wrt), loss, {}
-        n, names = len(episodes), list(wrt)
-        g_meta: dict[str, Tensor] | None = None
-        g_co: dict[str, Tensor] | None = None
-        sums = torch.zeros(3, device=next(iter(wrt.values())).device)
+                return [gradients(loss.meta, wrt, retain=True), gradients(loss.co, wrt)], loss
+            return [gradients(loss.total, wrt)], loss
+        n = len(episodes)
+        sums: list[dict[str, Tensor]] | None = None
+        losses = torch.zeros(3, device=next(iter(wrt.values())).device)
         for i, (a, b) in enumerate(spans):
             meta, co = mean_over_tasks(lambda p, ep, bt: self.task_losses(model, p, ep, loss_fn, step, bt), at,
                                        episodes[a:b], batched)
@@ -220,25 +233,16 @@ class MetaAlgorithm:
                 if reg is not None:
                     meta = meta + reg
             total = meta + self.cfg.gamma * co if self.cml else meta
-            sums = sums + torch.stack([meta.detach(), co.detach(), total.detach()])
+            losses = losses + torch.stack([meta.detach(), co.detach(), total.detach()])
             # retain_graph: a gradient point (Sharp-MAML's) is shared by the groups; each group's own graph is
             # freed when its losses are dropped at the next group
-            if split:
-                parts = [gradients(meta, wrt, retain=True), gradients(co, wrt, retain=True)]
-            else:
-                parts = [gradients(total, wrt, retain=True)]
-            g_meta = parts[0] if g_meta is None else {k: g_meta[k] + parts[0][k] for k in names}
-            if split:
-                g_co = parts[1] if g_co is None else {k: g_co[k] + parts[1][k] for k in names}
+            parts = ([gradients(meta, wrt, retain=True), gradients(co, wrt, retain=True)] if split
+                     else [gradients(total, wrt, retain=True)])
+            sums = parts if sums is None else [{k: s[k] + p[k] for k in names} for s, p in zip(sums, parts,
+                                                                                                strict=True)]
             del meta, co, total, parts
-        assert g_meta is not None
-        loss = OuterLoss(meta=sums[0], co=sums[1], total=sums[2])
-        if not split:
-            return g_meta, loss, {}
-        assert g_co is not None
-        from cmlgraph.train.diagnostics import gradient_diagnostics
-        gamma = self.cfg.gamma
-        return {k: g_meta[k] + gamma * g_co[k] for k in names}, loss, gradient_diagnostics(g_meta, g_co)
+        assert sums is not None
+        return sums, OuterLoss(meta=losses[0], co=losses[1], total=losses[2])
 
     def run_summary(self, res: Mapping[str, Any]) -> dict[str, Any]:
         """Keys this algorithm adds to ``summary.json`` given the test result ``res``; none for MAML."""

@@ -15,31 +15,11 @@ import torch
 from torch import Tensor
 
 from cmlgraph.core.model import group_of
-from cmlgraph.core.objective import OuterLoss
 
 
 def layer_of(name: str) -> str:
     """The layer a parameter belongs to: its name without the trailing ``.weight``/``.bias`` part."""
     return name.rsplit(".", 1)[0]
-
-
-def _grad(loss: Tensor, params: Mapping[str, Tensor], names: list[str]) -> dict[str, Tensor]:
-    raw = torch.autograd.grad(loss, [params[k] for k in names], retain_graph=True, allow_unused=True)
-    return {k: (g if g is not None else torch.zeros_like(params[k])) for k, g in zip(names, raw, strict=True)}
-
-
-def split_gradients(loss: OuterLoss, params: Mapping[str, Tensor], gamma: float
-                    ) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Meta-gradients of ``loss.total`` assembled from the meta and co-learner terms, with diagnostics.
-
-    Returns:
-        ``(grads, diagnostics)``; ``grads[k] = g_meta[k] + gamma * g_co[k]``.
-    """
-    names = list(params)
-    g_meta = _grad(loss.meta, params, names)
-    g_co = _grad(loss.co, params, names)
-    grads = {k: g_meta[k] + gamma * g_co[k] for k in names}
-    return grads, gradient_diagnostics(g_meta, g_co)
 
 
 def _cos(a: Tensor, b: Tensor) -> float:

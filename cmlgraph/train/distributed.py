@@ -51,6 +51,7 @@ from cmlgraph.algorithms.registry import ALGORITHMS
 from cmlgraph.config import Config
 from cmlgraph.core.episode import Episode
 from cmlgraph.core.functional import LossFn
+from cmlgraph.core.memory import training_spans
 from cmlgraph.core.model import MetaModel
 from cmlgraph.core.objective import OuterLoss
 from cmlgraph.errors import CmlgraphError, ConfigError
@@ -229,11 +230,6 @@ def _portable(exc: BaseException) -> CmlgraphError:
         except Exception:  # noqa: BLE001 - an error type that does not pickle: send its message
             return CmlgraphError(str(exc))
     return CmlgraphError(f"rank 0 failed ({exc.__class__.__name__}: {str(exc)[:300]}); see its traceback")
-
-
-def _grads(loss: Tensor, wrt: Mapping[str, Tensor], names: list[str], retain: bool = False) -> list[Tensor]:
-    raw = torch.autograd.grad(loss, [wrt[k] for k in names], retain_graph=retain, allow_unused=True)
-    return [g if g is not None else torch.zeros_like(wrt[k]) for k, g in zip(names, raw, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -432,13 +428,13 @@ class DistContext:
                       wrt: Mapping[str, Tensor], episodes: Sequence[Episode], loss_fn: LossFn, step: int,
                       weight: float, split: bool, batched: bool | None
                       ) -> tuple[dict[str, Tensor], OuterLoss, dict[str, Any]]:
-        """Weighted slice gradients of the objective at ``at`` w.r.t. ``wrt``, summed over ranks, with the losses."""
-        loss = algo.objective(model, at, episodes, loss_fn, step, batched)
+        """Weighted slice gradients of the objective at ``at`` w.r.t. ``wrt``, summed over ranks, with the losses (a
+        slice over the memory budget in task groups: :meth:`MetaAlgorithm.objective_parts`)."""
+        device = next(iter(wrt.values())).device  # the slice in task groups where it exceeds the memory budget
+        spans = training_spans(model.extractor, episodes, algo.kept_passes(step), device)
+        grads, loss = algo.objective_parts(model, at, wrt, episodes, loss_fn, step, batched, split, spans)
         names = list(wrt)
-        if split:
-            parts = _grads(loss.meta, wrt, names, retain=True) + _grads(loss.co, wrt, names)
-        else:
-            parts = _grads(loss.total, wrt, names)
+        parts = [g[k] for g in grads for k in names]
         losses = torch.stack([loss.meta.detach(), loss.co.detach(), loss.total.detach()])
         reduced = self.all_reduce_sum([g * weight for g in parts] + [losses * weight])
         n = len(names)

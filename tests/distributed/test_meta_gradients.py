@@ -137,6 +137,43 @@ def test_split_equals_full_batch(case, world, batch, diagnostics):
                     assert ms.diagnostics["layers"][layer][key] == pytest.approx(value, abs=1e-9), (layer, key)
 
 
+@pytest.mark.parametrize("diagnostics", [False, True], ids=["plain", "diag"])
+@pytest.mark.parametrize("case", ["maml+cml", "first-order", "sharp-maml", "maml++"])
+def test_slices_in_memory_groups_equal_the_full_batch(case, diagnostics, monkeypatch):
+    """A rank's slice over the memory budget runs in task groups (one task each here) whose gradients are summed
+    before the all-reduce: still the full batch's meta-gradient, losses and diagnostics."""
+    import cmlgraph.train.distributed as distributed
+
+    cfg = _cfg(**CASES[case])
+    algo, model = _build(cfg)
+    ref = algo.meta_gradients(model, parameters_of(model), tiny_episodes(5), torch.nn.functional.cross_entropy, 1,
+                              diagnostics=diagnostics)
+    groups: list[int] = []
+
+    def one_task_each(extractor, episodes, kept, device):
+        groups.append(len(episodes))
+        return [(i, i + 1) for i in range(len(episodes))]
+
+    monkeypatch.setattr(distributed, "training_spans", one_task_each)
+    sizes: list[int] = []
+    task_losses = MetaAlgorithm.task_losses
+
+    def counted(self, model, p, ep, loss_fn, step, batched=False):
+        sizes.append(int(ep.support_y.shape[0]) if batched else 1)
+        return task_losses(self, model, p, ep, loss_fn, step, batched)
+
+    monkeypatch.setattr(MetaAlgorithm, "task_losses", counted)
+    for ms in _split_run(cfg, 2, 5, 1, diagnostics):
+        for k in ref.grads:
+            assert _close(ms.grads[k], ref.grads[k]), k
+        for part in ("meta", "co", "total"):
+            assert torch.allclose(getattr(ms.loss, part), getattr(ref.loss, part), atol=1e-12), part
+        if ref.diagnostics:
+            assert ms.diagnostics["cos_extractor"] == pytest.approx(ref.diagnostics["cos_extractor"], abs=1e-9)
+    assert set(groups) == {3, 2}  # the two ranks' slices
+    assert sizes and set(sizes) == {1}  # each task differentiated on its own
+
+
 def test_noise_is_added_once_and_generators_stay_in_step():
     """Two steps in a row: the noise of the second step also matches, so every rank drew exactly once."""
     cfg = _cfg(algo="maml", cml=False, control="noise", noise_std=1.0)
