@@ -400,6 +400,10 @@ class GNNBackbone(Backbone):
         """
         items = batch.items
         groups = batch.memo.get("gat/groups")
+        static = items[0].__dict__.get(STATIC_BATCH_KEY)
+        if groups is None and static is not None and static[0] == tuple(id(g) for g in items):
+            # a CUDA graph's padded union (these very inputs): one group (cmlgraph.backbones.union_static)
+            groups = batch.memo["gat/groups"] = [(0, len(items), static[1].layout)]
         if groups is None:
             # a task's values in the union: its edges' messages, and its padded block of dense features (each task
             # padded to the largest subgraph of all, a bound on its group's)

@@ -15,9 +15,9 @@ features and no dropout, whose graph is the domain's fixed full graph and whose 
 (copied into the capture's node buffers); k-hop computation trees of SGC, GCN, GraphSAGE or GIN (dense or sparse
 features, with or without dropout), padded into fixed buffers (:mod:`cmlgraph.train.cuda_graph_plans`); G-Meta on
 an undirected graph, its ball layouts padded likewise (:mod:`cmlgraph.train.cuda_graph_balls`), and AMM-GNN, its
-computation trees padded and its drawn rows in fixed buffers (:mod:`cmlgraph.train.cuda_graph_matched`). Padded
-buffers grow when a batch outgrows them (a new capture). Not yet: GAT's k-hop subgraphs, sparse features of
-whole-graph inputs,
+computation trees padded and its drawn rows in fixed buffers (:mod:`cmlgraph.train.cuda_graph_matched`); GAT's
+k-hop subgraphs without dropout, tasks batched, their union padded (:mod:`cmlgraph.train.cuda_graph_unions`).
+Padded buffers grow when a batch outgrows them (a new capture). Not yet: sparse features of whole-graph inputs,
 MAML++'s changing derivative order.
 
 ``auto`` uses graphs where eligible and checks itself once: the first captured step is compared with the eager
@@ -88,16 +88,20 @@ WHOLE_GRAPH_DROPOUT = ("GNN dropout on whole-graph (--subgraph full) inputs runs
                        "or --subgraph khop captures it)")
 
 
+#: Why GAT's k-hop subgraphs with GNN dropout are not captured.
+GAT_SUBGRAPH_DROPOUT = ("GNN dropout on GAT's k-hop subgraphs runs the tasks one by one (--dropout 0 captures their "
+                        "padded union)")
+
+
 def _graph_config_ineligible(cfg: Any) -> str | None:
     """Why a graph run cannot be captured, from its config: k-hop computation trees pad to fixed buffers; of
     whole-graph (``full`` mode) inputs only those without dropout run batched (the graph fixed, each task's node
-    ids of one length); GAT's k-hop subgraphs are not padded. ``auto`` is checked on the episodes
+    ids of one length); GAT's k-hop subgraphs pad into one union without dropout. ``auto`` is checked on the episodes
     (:func:`ineligible`)."""
     if cfg.algo.algo in ("gmeta", "ammgnn"):  # balls, matched trees: padded (inputs checked per meta-batch)
         return None
-    if cfg.model.gnn == "gat" and cfg.data.subgraph == "khop":
-        return ("GAT's k-hop subgraphs have data-dependent sizes (padding them to fixed buffers is not built; "
-                "--subgraph full captures GAT)")
+    if cfg.model.gnn == "gat" and cfg.data.subgraph == "khop" and float(cfg.model.dropout) > 0:
+        return GAT_SUBGRAPH_DROPOUT
     if cfg.data.subgraph == "full" and float(cfg.model.dropout) > 0:
         return WHOLE_GRAPH_DROPOUT
     return None
@@ -117,6 +121,14 @@ def is_plan_batch(episodes: Sequence[Episode]) -> bool:
     types = sys.modules.get("cmlgraph.graphs.types")
     return types is not None and bool(episodes) and all(
         type(x := getattr(ep, s)) is types.GraphInput and x.local for ep in episodes for s in ("support_x", "query_x"))
+
+
+def is_union_batch(episodes: Sequence[Episode]) -> bool:
+    """Whether the episodes' inputs are GAT's k-hop subgraphs (looked up as :func:`is_ball_batch`)."""
+    types = sys.modules.get("cmlgraph.graphs.types")
+    return types is not None and bool(episodes) and all(
+        type(x := getattr(ep, s)) is types.GraphInput and x.subgraph for ep in episodes
+        for s in ("support_x", "query_x"))
 
 
 def is_matched_batch(episodes: Sequence[Episode]) -> bool:
@@ -216,6 +228,9 @@ def ineligible(cfg: Any, exp: Any, distributed: bool = False, episodes: Sequence
             why = _balls_ineligible(sides)
             if why is not None:
                 return why
+        elif is_union_batch(episodes):
+            if float(getattr(cfg.model, "dropout", 0.0)) > 0:
+                return GAT_SUBGRAPH_DROPOUT
         elif is_plan_batch(episodes) or is_matched_batch(episodes):
             why = _plans_ineligible(getattr(getattr(exp, "model", None), "extractor", None))
             if why is not None:
@@ -309,6 +324,11 @@ class GraphedMetaStep:
             from cmlgraph.train.cuda_graph_plans import PlanBuffers
 
             self.buffers = PlanBuffers(episodes, stacked, self.model.extractor, capacity)
+            self.static = self.buffers.static
+        elif is_union_batch(episodes):  # GAT's k-hop subgraphs: one padded union per side
+            from cmlgraph.train.cuda_graph_unions import UnionBuffers
+
+            self.buffers = UnionBuffers(episodes, stacked, capacity)
             self.static = self.buffers.static
         elif is_matched_batch(episodes):  # AMM-GNN: padded computation trees and fixed drawn rows
             from cmlgraph.train.cuda_graph_matched import MatchedBuffers
@@ -422,7 +442,6 @@ def make_graphed_step(cfg: Any, exp: Any, episodes: Sequence[Episode], batched: 
     return GraphedMetaStep(exp.algo, exp.model, exp.domain.loss_fn, batched, strict=mode == "on")
 
 
-__all__ = ["GRAPHABLE", "GRAPHABLE_NAMES", "GraphedMetaStep", "MODES", "SIDES", "WHOLE_GRAPH_DROPOUT", "check_mode",
-           "config_ineligible", "copy_into", "copy_targets", "ineligible", "is_ball_batch", "is_matched_batch",
-           "is_plan_batch",
-           "make_graphed_step", "static_copy"]
+__all__ = ["GAT_SUBGRAPH_DROPOUT", "GRAPHABLE", "GRAPHABLE_NAMES", "GraphedMetaStep", "MODES", "SIDES",
+           "WHOLE_GRAPH_DROPOUT", "check_mode", "config_ineligible", "copy_into", "copy_targets", "ineligible",
+           "is_ball_batch", "is_matched_batch", "is_plan_batch", "is_union_batch", "make_graphed_step", "static_copy"]

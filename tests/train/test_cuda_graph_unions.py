@@ -1,0 +1,137 @@
+"""GAT's k-hop subgraphs under ``train.cuda_graphs`` (issue 18 item 4): which runs are eligible, and the capture's
+padded union buffers driven on the CPU through a stand-in graph that replays the recorded step on the buffers (the
+real capture needs CUDA; the last test runs it where CUDA exists)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cmlgraph.backbones.gnn import STATIC_BATCH_KEY
+from cmlgraph.config import Config, apply_overrides
+from cmlgraph.core.episode import Episode
+from cmlgraph.core.model import parameters_of
+from cmlgraph.domains.graph import register_graph
+from cmlgraph.graphs import from_arrays
+from cmlgraph.train.cuda_graphs import GAT_SUBGRAPH_DROPOUT, GraphedMetaStep, ineligible
+from cmlgraph.train.sync_counter import SyncCounter
+from cmlgraph.train.trainer import build_experiment, prepare
+
+
+def _sparse_graph() -> None:
+    """A graph of average degree 3: 2-hop subgraphs of a few dozen nodes, of sizes that vary with the task."""
+    gen = torch.Generator().manual_seed(0)
+    n = 400
+    register_graph(from_arrays(torch.randint(0, n, (2, 600), generator=gen), torch.randn(n, 7, generator=gen),
+                               torch.arange(n) % 15, name="unions-sparse", split="5/5/5"))
+
+
+_sparse_graph()
+
+
+def _cfg(dropout: float = 0.0, device: str = "cpu", first_order: bool = True) -> Config:
+    cfg = Config()
+    apply_overrides(cfg, {"data": {"task": "graph", "graph": "unions-sparse", "ways": 3, "shots": 2, "queries": 3,
+                                   "subgraph": "khop"},
+                          "model": {"gnn": "gat", "gat_heads": 2, "hidden": 8, "dropout": dropout},
+                          "algo": {"cml": True, "first_order": first_order, "inner_steps": 2},
+                          "train": {"meta_batch": 3, "device": device}}, "test")
+    return prepare(cfg)
+
+
+def _experiment(device: str = "cpu", first_order: bool = True, dropout: float = 0.0):
+    e = build_experiment(_cfg(dropout, device, first_order))
+    e.model.train()
+    return e
+
+
+def _batches(e, count: int = 4) -> list[list[Episode]]:
+    """Meta-batches of 3 tasks, ordered by their largest subgraph: small ones first, the largest last."""
+    raws = e.domain.sample("train", 3 * count * 2, torch.Generator().manual_seed(7))
+    eps = sorted((e.domain.materialize(r, e.device) for r in raws), key=lambda ep: ep.support_x.num_nodes)
+    eps = eps[::2]  # spread over the sizes
+    return [eps[3 * i:3 * i + 3] for i in range(count)]
+
+
+def _eager(e, episodes, batched=True):
+    return e.algo.meta_gradients(e.model, parameters_of(e.model), episodes, e.domain.loss_fn, 0, batched=batched)
+
+
+def _assert_same(ours, ref) -> None:
+    torch.testing.assert_close(ours.loss.total, ref.loss.total, rtol=1e-5, atol=1e-6)
+    for k in ref.grads:
+        torch.testing.assert_close(ours.grads[k], ref.grads[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("first_order", [True, False])
+def test_replays_equal_eager_and_outgrown_buffers_are_captured_again(stand_in, first_order):
+    e = _experiment(first_order=first_order)
+    step = GraphedMetaStep(e.algo, e.model, e.domain.loss_fn, True)
+    batches = _batches(e)
+    sizes = [max(ep.support_x.num_nodes for ep in b) for b in batches]
+    assert sizes[0] < sizes[-1]  # subgraphs of data-dependent sizes: the padding and the growth are exercised
+    counts = []
+    order = [batches[0], batches[1], batches[-1], batches[0]]
+    for i, eps in enumerate(order):
+        _assert_same(step(eps, i), _eager(e, eps))
+        assert step.failed is None, step.failed
+        counts.append((step.captures, step.replays))
+    assert counts[0] == (1, 1)  # captured, replayed once for the check
+    assert counts[2][0] == counts[1][0] + 1  # the largest subgraphs outgrew the buffers: captured again
+    assert counts[3] == (counts[2][0], counts[2][1] + 1)  # a small batch fits the grown buffers: a replay
+    for side in ("support_x", "query_x"):  # the recorded step reads the padded union, not a layout of its own
+        x = getattr(step.static[0], side)
+        assert x.__dict__[STATIC_BATCH_KEY][1] is step.buffers.unions[side]
+    # what a replay runs, counted on the CPU: refilling the buffers and the recorded step issue no sync
+    with SyncCounter() as counter:
+        step.buffers.copy_in(batches[1])
+    assert counter.total == 0, counter.counts
+    with SyncCounter() as counter:
+        step._eager(step.static, 0)
+    # only the proto head's F.one_hot class-range check, a CPU-only read (ONE_HOT in test_sync_hot_paths.py)
+    assert counter.counts == {"aten._local_scalar_dense": 2}, counter.counts
+
+
+def test_another_node_count_steps_eagerly_and_tasks_one_by_one_are_not_captured(stand_in):
+    e = _experiment()
+    step = GraphedMetaStep(e.algo, e.model, e.domain.loss_fn, True)
+    batches = _batches(e, 2)
+    step(batches[0], 0)
+    odd = [Episode(type(ep.support_x)(ep.support_x.x, ep.support_x.edge_index, ep.support_x.nodes[:3],
+                                      ep.support_x.cache, subgraph=True), ep.support_y[:3], ep.query_x, ep.query_y)
+           for ep in batches[1]]  # 3 support nodes a task, not 6
+    captures = step.captures
+    _assert_same(step(odd, 1), _eager(e, odd))
+    assert step.captures == captures and step.failed is None
+    alone = GraphedMetaStep(e.algo, e.model, e.domain.loss_fn, False)  # train.batched off: PyG's GATConv per task
+    _assert_same(alone(batches[0], 0), _eager(e, batches[0], False))
+    assert alone.failed is not None and "tasks batched only" in alone.failed
+
+
+def test_gat_k_hop_runs_are_eligible_on_cuda_without_dropout():
+    e = _experiment()
+    eps = _batches(e, 1)[0]
+    exp = SimpleNamespace(algo=e.algo, model=e.model, device=torch.device("cuda"))
+    cfg = _cfg()
+    cfg.train.device = "cuda"
+    assert ineligible(cfg, exp, episodes=eps) is None
+    cfg.algo.first_order = False  # second order is captured too
+    assert ineligible(cfg, exp, episodes=eps) is None
+    dropped = _cfg(dropout=0.5)
+    dropped.train.device = "cuda"
+    assert ineligible(dropped, exp, episodes=eps) == GAT_SUBGRAPH_DROPOUT
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("first_order", [True, False])
+def test_captured_gat_k_hop_meta_steps_equal_eager_on_cuda(first_order):
+    """The real capture (no stand-in): every step, captured, replayed or recaptured after the subgraphs outgrew the
+    buffers, equals the eager meta-step of its own batch."""
+    e = _experiment(device="cuda", first_order=first_order)
+    step = GraphedMetaStep(e.algo, e.model, e.domain.loss_fn, True, strict=True)
+    batches = _batches(e)
+    for i, eps in enumerate([batches[0], batches[1], batches[-1], batches[0]]):
+        _assert_same(step(eps, i), _eager(e, eps))
+    assert step.failed is None and step.captures >= 2 and step.replays >= 4
