@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from cmlgraph.config import Config, apply_overrides
-from cmlgraph.errors import ConfigError
+from cmlgraph.errors import ConfigError, ResourceError
 
 if TYPE_CHECKING:  # imported in fit(): sinusoid and image runs through fit_config never load torch-geometric
     from cmlgraph.graphs import FewShotGraph
@@ -105,6 +105,8 @@ def fit(graph: FewShotGraph | str = "synthetic", *, verbose: bool = False, **set
             return train(cfg, Console() if verbose else None, progress=verbose)
     except ConfigError as exc:  # in the words of fit's keyword arguments, not the CLI's flags
         raise ConfigError(api_names(str(exc))) from None
+    except ResourceError as exc:  # the settings that shrink a task, as keyword arguments
+        raise ResourceError(api_names(str(exc))) from None
 
 
 def fit_config(cfg: Config, *, verbose: bool = False) -> tuple[Path, dict[str, Any]]:

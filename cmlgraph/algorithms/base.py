@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from cmlgraph.config import AlgoConfig
-from cmlgraph.core.episode import Episode
+from cmlgraph.core.episode import Episode, can_stack
 from cmlgraph.core.functional import LossFn, co_head, features, head
 from cmlgraph.core.inner_loop import InnerLoopConfig, inner_loop
 from cmlgraph.core.memory import training_spans
@@ -222,6 +222,8 @@ class MetaAlgorithm:
                 return [gradients(loss.meta, wrt, retain=True), gradients(loss.co, wrt)], loss
             return [gradients(loss.total, wrt)], loss
         n = len(episodes)
+        if batched is None:  # decided for the whole meta-batch, so that every group runs the same kernels
+            batched = n > 1 and can_stack(list(episodes))
         sums: list[dict[str, Tensor]] | None = None
         losses = torch.zeros(3, device=next(iter(wrt.values())).device)
         for i, (a, b) in enumerate(spans):

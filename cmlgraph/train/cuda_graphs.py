@@ -43,6 +43,7 @@ from cmlgraph.algorithms.base import MetaAlgorithm, MetaStep
 from cmlgraph.algorithms.tlp import AMMGNN, GMeta
 from cmlgraph.algorithms.variants import ANIL, BOIL
 from cmlgraph.core.episode import Episode, can_stack
+from cmlgraph.core.memory import training_spans
 from cmlgraph.core.model import parameters_of
 from cmlgraph.core.objective import OuterLoss
 from cmlgraph.errors import ConfigError
@@ -382,8 +383,9 @@ class GraphedMetaStep:
     def __call__(self, episodes: Sequence[Episode], step: int) -> MetaStep:
         """The meta-step of ``episodes``: replayed where captured, else eager (the fallback, or a batch of another
         shape). Padded inputs (k-hop plans, G-Meta balls): a batch that outgrows the buffers is captured again with
-        larger ones (at most :data:`MAX_CAPTURES` captures a run; later outgrowing batches step eagerly)."""
-        if self.failed is not None:
+        larger ones (at most :data:`MAX_CAPTURES` captures a run; later outgrowing batches step eagerly). A batch
+        that runs in memory groups steps eagerly."""
+        if self.failed is not None or self._grouped(episodes):
             return self._eager(episodes, step)
         if self.graph is None:
             return self._capture_checked(episodes, step)
@@ -398,6 +400,12 @@ class GraphedMetaStep:
         elif self._shapes(episodes) != self._shapes(self.static):
             return self._eager(episodes, step)  # another shape (e.g. a last short batch): this step eager
         return self._replay(episodes)
+
+    def _grouped(self, episodes: Sequence[Episode]) -> bool:
+        """Whether this meta-batch runs in memory groups (:func:`~cmlgraph.core.memory.training_spans`): such a step
+        is eager (a capture records one pass over fixed buffers; the groups' passes read other inputs)."""
+        device = next(iter(parameters_of(self.model).values())).device
+        return len(training_spans(self.model.extractor, episodes, self.algo.kept_passes(0), device)) > 1
 
     def _replay(self, episodes: Sequence[Episode]) -> MetaStep:
         assert self.graph is not None and self.out is not None

@@ -319,7 +319,7 @@ class ParallelTrainer:
         self.console.print(f"[bold]run[/bold] {t.run_dir}  ({e.domain.name}, {cfg.algo.algo}{_arm_label(cfg)}, "
                            f"{m.steps if e.algo.trains else 'training-free, 0'} steps; in a group of "
                            f"{len(self.members)})" + (f"  resumed at step {t.step}" if t.step else ""))
-        for note in e.domain.notes:
+        for note in [*e.domain.notes, *getattr(t, "_notes", [])]:  # the run's memory groups too
             self.console.print(f"[yellow]note:[/yellow] {note}")
         if not e.algo.trains:  # a training-free baseline: its whole run now (no lockstep to join)
             m.result.summary = t._fit_training_free()

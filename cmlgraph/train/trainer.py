@@ -286,7 +286,7 @@ class Trainer:
         """
         e = self.exp
         probe = e.domain.sample("train", 1, torch.Generator().manual_seed(0))  # its own generator: no draw moves
-        self._notes: list[str] = []
+        self._notes: list[str] = []  # printed under the run's header
         if e.algo.trains:
             self._check_memory(probe[0])
         self.val_raws = e.domain.fixed("val", self.cfg.train.val_tasks, self.cfg.train.seed)
@@ -303,19 +303,42 @@ class Trainer:
             return
         ep = e.domain.materialize(raw, e.device)
         local = getattr(ep.support_x, "local", False) or getattr(ep.support_x, "subgraph", False)
-        what = f"{cfg.model.gnn.upper()} on {'its k-hop subgraph' if local else 'the whole graph'} of {e.domain.name}"
+        gnn = cfg.model.gnn
+        what = f"{gnn.upper()} on {'its k-hop subgraph' if local else 'the whole graph'} of {e.domain.name}"
         steps = max(1, int(cfg.train.steps))
         passes = max(e.algo.kept_passes(s) for s in range(0, steps, max(1, steps // 50)))  # MAML++ changes order
-        need = memory.check_task_memory(e.model.extractor, ep, passes, e.device, what)
+        need = memory.check_task_memory(e.model.extractor, ep, passes, e.device, what, self._memory_fixes(local))
         batch = int(cfg.train.meta_batch)
-        budget = memory.memory_budget(e.device)
-        if need is not None and batch > 1 and need * batch > budget:
-            per = max(1, budget // need)
+        if need is None or batch < 2:
+            return
+        spans = memory.training_spans(e.model.extractor, [ep] * batch, passes, e.device)  # as the meta-step groups
+        if len(spans) > 1:
+            per = max(b - a for a, b in spans)
+            budget = memory.memory_budget(e.device)
             self._notes.append(
-                f"a meta-batch's {batch} tasks would hold about {need * batch / 1e9:.1f} GB "
-                f"of activations together (budget {budget / 1e9:.1f} GB on {e.device.type}): they run in groups of "
-                f"about {per} task{'s' if per > 1 else ''} whose gradients are summed (the same meta-gradient up to "
-                f"float rounding)")
+                f"a meta-batch's {batch} tasks would hold about {need * batch / 1e9:.1f} GB of activations together "
+                f"(budget {budget / 1e9:.1f} GB on {e.device.type}): they run in groups of about {per} "
+                f"task{'s' if per > 1 else ''} whose gradients are summed (the same meta-gradient up to float "
+                f"rounding; GNN dropout masks are drawn in another order, and the groups depend on the device's "
+                f"memory)")
+
+    def _memory_fixes(self, local: bool) -> list[str]:
+        """The settings that would shrink this run's tasks, for :func:`~cmlgraph.core.memory.check_task_memory`'s
+        message (those already at their smallest left out)."""
+        cfg = self.cfg
+        fixes = []
+        if not local:
+            fixes.append("--subgraph khop (each task's k-hop subgraph instead of the whole graph)")
+        if cfg.model.gnn == "gat":
+            fixes.append("--gnn gcn or --gnn sage (GAT keeps every edge's messages)")
+        fixes.append(f"a smaller --hidden (now {cfg.model.hidden})")
+        if int(cfg.model.layers) > 1:
+            fixes.append(f"fewer --layers (now {cfg.model.layers})")
+        if not cfg.algo.first_order:
+            fixes.append("--first-order")
+        if int(cfg.algo.inner_steps) > 1:
+            fixes.append(f"fewer --inner-steps (now {cfg.algo.inner_steps})")
+        return fixes
 
     def _create_folder(self) -> Path:
         self.run_dir = create_run_dir(self.cfg)
@@ -343,6 +366,9 @@ class Trainer:
             CmlgraphError: The folder is finished (has ``summary.json``), in use by another process, or its
                 checkpoint is unreadable or belongs to other settings.
         """
+        self._notes = []
+        if self.exp.algo.trains:  # the machine may be another than the run's first: its memory checked again
+            self._check_memory(self.exp.domain.sample("train", 1, torch.Generator().manual_seed(0))[0])
         self.run_dir = Path(run_dir)
         state = self.dist.on_rank0(self._resume_main)  # rank 0 reads the folder and shares its checkpoint
         if not self.dist.is_main and state is not None:

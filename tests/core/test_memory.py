@@ -65,12 +65,23 @@ def test_whole_graph_tasks_are_grouped_to_fit_the_budget(monkeypatch):
 
 def test_a_task_larger_than_the_machine_is_refused_with_the_fix(monkeypatch):
     e, eps = _exp(subgraph="full", gnn="gat", gat_heads=2)
-    need = mem.check_task_memory(e.model.extractor, eps[0], 3, "cpu", "GAT on the whole graph of synthetic")
-    assert need is not None and need > 0
-    monkeypatch.setattr(mem, "device_memory", lambda device: need - 1)
-    with pytest.raises(ResourceError, match=r"GAT on the whole graph of synthetic needs about .* GB .*"
-                                            r"--subgraph khop") as info:
-        mem.check_task_memory(e.model.extractor, eps[0], 3, "cpu", "GAT on the whole graph of synthetic")
+    fixes = ["--subgraph khop", "--first-order", "fewer --inner-steps (now 2)"]
+    what = "GAT on the whole graph of synthetic"
+    need = mem.check_task_memory(e.model.extractor, eps[0], 3, "cpu", what, fixes)
+    values = mem.task_values(e.model.extractor, eps[0])
+    assert need == mem.training_bytes(values, 3)
+    monkeypatch.setattr(mem, "device_memory", lambda device: int(need / mem.REFUSE_SHARE) - 1)
+    with pytest.raises(ResourceError, match=rf"{what} needs about .* GB for a meta-step \({values:,} activation "
+                                            r"values a pass × 3 passes kept .*: --subgraph khop, --first-order, "
+                                            r"fewer --inner-steps \(now 2\)$") as info:
+        mem.check_task_memory(e.model.extractor, eps[0], 3, "cpu", what, fixes)
     assert isinstance(info.value, CmlgraphError) and isinstance(info.value, MemoryError)
+    # first order (2 passes): evaluation's pass (64 B a value) is the larger: the order and the steps cannot help
+    evaluation = values * mem.EVAL_BYTES_PER_VALUE
+    monkeypatch.setattr(mem, "device_memory", lambda device: int(evaluation / mem.REFUSE_SHARE) - 1)
+    with pytest.raises(ResourceError, match=r"to adapt it at evaluation .*: --subgraph khop$"):
+        mem.check_task_memory(e.model.extractor, eps[0], 2, "cpu", what, fixes)
+    monkeypatch.setattr(mem, "device_memory", lambda device: int(need / mem.REFUSE_SHARE) + 1)
+    assert mem.check_task_memory(e.model.extractor, eps[0], 3, "cpu", what, fixes) == need  # fits: no refusal
     monkeypatch.setattr(mem, "device_memory", lambda device: None)  # unknown: nothing refused
     assert mem.check_task_memory(e.model.extractor, eps[0], 3, "cpu") == need

@@ -135,3 +135,24 @@ def test_captured_gat_k_hop_meta_steps_equal_eager_on_cuda(first_order):
     for i, eps in enumerate([batches[0], batches[1], batches[-1], batches[0]]):
         _assert_same(step(eps, i), _eager(e, eps))
     assert step.failed is None and step.captures >= 2 and step.replays >= 4
+
+
+def test_a_meta_batch_in_memory_groups_steps_eagerly(stand_in, monkeypatch):
+    """A batch over the memory budget runs in task groups (cmlgraph.core.memory): the capture records one pass
+    over fixed buffers, so such a batch steps eagerly (equal to its eager step), before and after a capture."""
+    import cmlgraph.core.memory as mem
+
+    e = _experiment()
+    step = GraphedMetaStep(e.algo, e.model, e.domain.loss_fn, True)
+    batches = _batches(e, 3)
+    budget = mem.memory_budget
+    monkeypatch.setattr(mem, "memory_budget", lambda device: 1)  # every task a group of its own
+    _assert_same(step(batches[0], 0), _eager(e, batches[0]))
+    assert step.captures == 0 and step.failed is None
+    monkeypatch.setattr(mem, "memory_budget", budget)
+    step(batches[0], 1)
+    assert step.captures == 1
+    monkeypatch.setattr(mem, "memory_budget", lambda device: 1)
+    replays = step.replays
+    _assert_same(step(batches[1], 2), _eager(e, batches[1]))
+    assert step.replays == replays and step.captures == 1

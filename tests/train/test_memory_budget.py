@@ -54,7 +54,8 @@ def test_the_cli_says_the_refusal_on_one_line(tmp_path, monkeypatch, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: one task of GAT on the whole graph of synthetic needs about") and "\n" not in err
-    assert "this machine has 0.0 GB" in err and "--subgraph khop" in err
+    assert "this machine has 0.0 GB" in err and "--subgraph khop" in err and "--gnn gcn or --gnn sage" in err
+    assert "fewer --layers (now 2)" in err
     assert not any(tmp_path.iterdir())  # no run folder
 
 
@@ -67,6 +68,7 @@ def test_a_meta_batch_over_the_budget_is_said_and_trains_as_one_pass(tmp_path, m
                      progress=False)
     assert "a meta-batch's 3 tasks would hold about" in out.getvalue()
     assert "they run in groups of about 1 task whose gradients are summed" in out.getvalue()
+    assert "GNN dropout masks are drawn in another order" in out.getvalue()
     wa, wb = load_torch(whole / "model.pt"), load_torch(split / "model.pt")
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5, msg=k)
