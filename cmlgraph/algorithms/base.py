@@ -159,11 +159,13 @@ class MetaAlgorithm:
     def kept_passes(self, step: int = 0) -> int:
         """Forward passes of a task a meta-step keeps for its backward (for :mod:`cmlgraph.core.memory`'s
         estimates): second order, every inner step's support pass and the query pass; first order, the query pass
-        and the support pass in flight; MAML++'s per-step query losses add one pass an inner step."""
+        and the support pass in flight; MAML++'s per-step query losses add one pass an inner step, Sharp-MAML's
+        inner perturbation (``sam_inner``) one more support pass an inner step."""
         inner = self.inner_config(step)
         first = self.first_order_at(step)
         first = inner.first_order if first is None else first
-        passes = 2 if first else inner.steps + 1
+        per_step = 2 if inner.sam_rho > 0 else 1  # Sharp-MAML's inner perturbation: a second pass each step
+        passes = 2 if first else inner.steps * per_step + 1
         return passes + (inner.steps if self.step_weights(step) is not None else 0)
 
     def meta_gradients(self, model: MetaModel, params: Mapping[str, Tensor], episodes: Sequence[Episode],

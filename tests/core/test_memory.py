@@ -33,6 +33,8 @@ def test_the_cpu_budget_is_fixed_and_the_cpu_evaluation_cap_unchanged():
 @pytest.mark.parametrize("settings,expect", [(dict(algo="maml", inner_steps=2), 3),
                                              (dict(algo="maml", inner_steps=5), 6),
                                              (dict(algo="maml", inner_steps=5, first_order=True), 2),
+                                             (dict(algo="sharp-maml", inner_steps=2), 3),
+                                             (dict(algo="sharp-maml", inner_steps=2, sam_inner=True), 5),
                                              (dict(algo="maml++", inner_steps=3), (5, 2, 4))])
 def test_kept_passes_follow_the_order_and_the_per_step_losses(settings, expect):
     """Second order keeps every inner step's pass and the query pass; first order two; MAML++ starts first order
