@@ -47,8 +47,8 @@ def _overrides(**flags: Any) -> dict[str, dict[str, Any]]:
         "model": ("gnn", "hidden", "layers", "dropout", "norm", "init", "normalize"),
         "algo": ("algo", "cml", "gamma", "co_depth", "control", "inner_steps", "inner_lr", "first_order", "adapt",
                  "co_hidden", "prop_steps", "prop_alpha", "probe_c", "pretrain_epochs", "head_init", "proto_inner"),
-        "train": ("steps", "meta_batch", "meta_lr", "seed", "val_every", "test_tasks", "device", "diag_every",
-                  "nan_policy", "patience", "prefetch", "cuda_graphs"),
+        "train": ("steps", "meta_batch", "meta_lr", "seed", "val_every", "val_tasks", "test_tasks", "device",
+                  "diag_every", "nan_policy", "patience", "prefetch", "cuda_graphs"),
         "run": ("runs_dir", "name", "overwrite"),
     }
     out: dict[str, dict[str, Any]] = {}
@@ -107,6 +107,8 @@ def train(
     steps: int | None = typer.Option(None, help="Meta-iterations."),
     seed: int | None = typer.Option(None, help="Random seed."),
     val_every: int | None = typer.Option(None, help="Validate every N steps."),
+    val_tasks: int | None = typer.Option(None, help="Fixed validation tasks (default 100; fewer: a faster but noisier "
+                                         "model selection)."),
     test_tasks: int | None = typer.Option(None, help="Fixed test tasks."),
     data_root: str | None = typer.Option(None, help="Raw data root (else $CMLGRAPH_DATA, else datasets/)."),
     allow_partial: bool | None = typer.Option(None, "--allow-partial", help="Run on the classes present."),

@@ -26,6 +26,7 @@ def _run(args, cwd):
         (["train", "--task", "sinusoid", "--ways", "3", "--gnn", "gat"],
          "--gnn is for graph; --ways is for digits/graph/omniglot, not --task sinusoid: drop them"),
         (["train", "--task", "sinusoid", "--test-tasks", "0"], "--test-tasks"),
+        (["train", "--task", "sinusoid", "--val-tasks", "-1"], "--val-tasks"),
         (["train", "--features", "l2"], "--features"),
     ],
 )

@@ -76,3 +76,4 @@ def test_a_meta_batch_over_the_budget_is_said_and_trains_as_one_pass(tmp_path, m
     losses = [[r["loss"] for r in log if "loss" in r] for log in (la, lb)]
     assert len(losses[0]) == 4 and losses[1] == pytest.approx(losses[0], rel=1e-4)
     assert [r.get("val") for r in lb] == pytest.approx([r.get("val") for r in la], abs=1e-6)
+
