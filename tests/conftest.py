@@ -93,3 +93,36 @@ def stand_in(monkeypatch):
         return StandInGraph(fn, out), out
 
     monkeypatch.setattr(GraphedMetaStep, "_record", record)
+
+
+def step_through(step, batches, eager, same) -> list[tuple[int, int]]:
+    """Each meta-batch through a ``GraphedMetaStep`` (under the stand-in), each result checked by ``same`` against
+    ``eager(batch)`` and never a fallback: the step's ``(captures, replays)`` after each batch."""
+    counts = []
+    for i, eps in enumerate(batches):
+        same(step(eps, i), eager(eps))
+        assert step.failed is None, step.failed
+        counts.append((step.captures, step.replays))
+    return counts
+
+
+def assert_outgrown_once(counts: list[tuple[int, int]]) -> None:
+    """``step_through``'s counts for small, small, largest, small: captured and replayed once for the check, captured
+    again when the largest batch outgrew the buffers, then a small batch replayed in the grown ones."""
+    assert counts[0] == (1, 1)  # captured, replayed once for the check
+    assert counts[2][0] == counts[1][0] + 1  # the largest batch outgrew the buffers: captured again
+    assert counts[3] == (counts[2][0], counts[2][1] + 1)  # a small batch fits the grown buffers: a replay
+
+
+def assert_replay_syncs_only_for_one_hot(step, batch) -> None:
+    """What a replay runs, counted on the CPU: refilling the capture's buffers with ``batch`` issues no sync, and the
+    recorded step on them only the proto head's ``F.one_hot`` class-range check (a CPU-only read; ``ONE_HOT`` in
+    ``tests/train/test_sync_hot_paths.py``)."""
+    from cmlgraph.train.sync_counter import SyncCounter
+
+    with SyncCounter() as counter:
+        step.buffers.copy_in(batch)
+    assert counter.total == 0, counter.counts
+    with SyncCounter() as counter:
+        step._eager(step.static, 0)
+    assert counter.counts == {"aten._local_scalar_dense": 2}, counter.counts

@@ -21,6 +21,7 @@ from cmlgraph.graphs.balls import STACK_KEY, BallIndex, BallInput
 from cmlgraph.train.cuda_graphs import GraphedMetaStep, config_ineligible, ineligible
 from cmlgraph.train.sync_counter import SyncCounter
 from cmlgraph.train.trainer import prepare
+from tests.conftest import assert_outgrown_once, step_through
 
 
 def _index(directed: bool = False, binary: bool = False, n: int = 80, sparse: bool = False) -> BallIndex:
@@ -84,14 +85,9 @@ def test_replays_equal_eager_and_outgrown_buffers_are_captured_again(gmeta, batc
     order = index.ball_sizes(torch.arange(index.num_nodes)).argsort()
     small = [_batch(index, order, s, tasks) for s in (0, 2)]
     large = _batch(index, order.flip(0), 0, tasks)
-    counts = []
-    for i, eps in enumerate([*small, large, small[0]]):
-        _assert_same(step(eps, i), _eager(model, algo, eps, batched))
-        assert step.failed is None, step.failed
-        counts.append((step.captures, step.replays))
-    assert counts[0] == (1, 1)  # captured, replayed once for the check
-    assert counts[2][0] == counts[1][0] + 1  # the largest balls outgrew the buffers: captured again
-    assert counts[3] == (counts[2][0], counts[2][1] + 1)  # the small batch fits the grown buffers: a replay
+    counts = step_through(step, [*small, large, small[0]], lambda eps: _eager(model, algo, eps, batched),
+                          _assert_same)
+    assert_outgrown_once(counts)  # the largest balls outgrew the buffers
     for side in ("support_x", "query_x"):  # the recorded step reads the padded buffers, not a layout of its own
         x = getattr(step.static[0], side)
         found = x.memo if batched is None else x.memo[STACK_KEY][1]["layouts"][0]

@@ -16,6 +16,7 @@ from cmlgraph.graphs.types import NodeEpisode
 from cmlgraph.train.cuda_graphs import GraphedMetaStep, config_ineligible, ineligible
 from cmlgraph.train.sync_counter import SyncCounter
 from cmlgraph.train.trainer import build_experiment, prepare
+from tests.conftest import assert_outgrown_once, step_through
 
 WAYS, SHOTS, QUERIES = 2, 5, 4
 
@@ -84,14 +85,8 @@ def test_replays_equal_eager_and_outgrown_buffers_are_captured_again(stand_in, b
     small = [_episodes(e, order, s, tasks) for s in (0, 7)]
     assert (small[0][0].support_x.graph.x.layout != torch.strided) is sparse  # the path under test
     large = _episodes(e, order.flip(0), 0, tasks)
-    counts = []
-    for i, eps in enumerate([*small, large, small[1]]):
-        _assert_same(step(eps, i), _eager(e, eps, batched))
-        assert step.failed is None, step.failed
-        counts.append((step.captures, step.replays))
-    assert counts[0] == (1, 1)
-    assert counts[2][0] == counts[1][0] + 1  # the largest trees outgrew the buffers: captured again
-    assert counts[3] == (counts[2][0], counts[2][1] + 1)
+    counts = step_through(step, [*small, large, small[1]], lambda eps: _eager(e, eps, batched), _assert_same)
+    assert_outgrown_once(counts)  # the largest trees outgrew the buffers
     groups = {key[1] for key in step.buffers.layouts}
     assert len(groups) == (2 if max_tasks == 2 else 1)
     q = step.static[0].query_x

@@ -14,8 +14,8 @@ from cmlgraph.config import Config, apply_overrides
 from cmlgraph.core.episode import Episode
 from cmlgraph.core.model import parameters_of
 from cmlgraph.train.cuda_graphs import GraphedMetaStep, ineligible
-from cmlgraph.train.sync_counter import SyncCounter
 from cmlgraph.train.trainer import build_experiment, prepare
+from tests.conftest import assert_outgrown_once, assert_replay_syncs_only_for_one_hot, step_through
 
 WAYS, SHOTS, QUERIES = 3, 2, 3
 
@@ -86,17 +86,12 @@ def test_replays_equal_eager_and_outgrown_buffers_are_captured_again(stand_in, g
     small = [_episodes(e, order, s, tasks) for s in (0, 5)]
     assert (small[0][0].support_x.x.layout != torch.strided) is sparse  # the path under test
     large = _episodes(e, order.flip(0), 0, tasks)
-    counts = []
-    for i, eps in enumerate([*small, large, small[1]]):
-        _assert_same(step(eps, i), _eager(e, eps, batched))
-        assert step.failed is None, step.failed
-        counts.append((step.captures, step.replays))
-    assert counts[0] == (1, 1)  # captured, replayed once for the check
+    counts = step_through(step, [*small, large, small[1]], lambda eps: _eager(e, eps, batched), _assert_same)
     if gnn == "sgc":  # SGC reads the requested nodes' propagated rows only: one size, never outgrown
-        assert counts[2][0] == counts[1][0] == 1
+        assert counts[0] == (1, 1) and counts[2][0] == counts[1][0] == 1
+        assert counts[3] == (counts[2][0], counts[2][1] + 1)
     else:
-        assert counts[2][0] == counts[1][0] + 1  # the largest trees outgrew the buffers: captured again
-    assert counts[3] == (counts[2][0], counts[2][1] + 1)  # a small batch fits the grown buffers: a replay
+        assert_outgrown_once(counts)  # the largest trees outgrew the buffers
     for side in ("support_x", "query_x"):  # the recorded step reads the padded buffers, not a layout of its own
         x = getattr(step.static[0], side)
         found = x.__dict__[STATIC_LAYOUT_KEY] if batched is None else x.__dict__[STATIC_BATCH_KEY][1]
@@ -105,13 +100,7 @@ def test_replays_equal_eager_and_outgrown_buffers_are_captured_again(stand_in, g
     nxt = small[0]
     for ep in nxt:  # the plans' constants, as the first eager pass (or the prefetch worker) builds them
         _eager(e, [ep], False)
-    with SyncCounter() as counter:
-        step.buffers.copy_in(nxt)
-    assert counter.total == 0, counter.counts
-    with SyncCounter() as counter:
-        step._eager(step.static, 0)
-    # only the proto head's F.one_hot class-range check, a CPU-only read (ONE_HOT in test_sync_hot_paths.py)
-    assert counter.counts == {"aten._local_scalar_dense": 2}, counter.counts
+    assert_replay_syncs_only_for_one_hot(step, nxt)
 
 
 def test_another_node_count_steps_eagerly_without_a_capture(stand_in):

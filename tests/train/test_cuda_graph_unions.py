@@ -16,8 +16,8 @@ from cmlgraph.core.model import parameters_of
 from cmlgraph.domains.graph import register_graph
 from cmlgraph.graphs import from_arrays
 from cmlgraph.train.cuda_graphs import GAT_SUBGRAPH_DROPOUT, GraphedMetaStep, ineligible
-from cmlgraph.train.sync_counter import SyncCounter
 from cmlgraph.train.trainer import build_experiment, prepare
+from tests.conftest import assert_outgrown_once, assert_replay_syncs_only_for_one_hot, step_through
 
 
 def _sparse_graph() -> None:
@@ -72,26 +72,13 @@ def test_replays_equal_eager_and_outgrown_buffers_are_captured_again(stand_in, f
     batches = _batches(e)
     sizes = [max(ep.support_x.num_nodes for ep in b) for b in batches]
     assert sizes[0] < sizes[-1]  # subgraphs of data-dependent sizes: the padding and the growth are exercised
-    counts = []
-    order = [batches[0], batches[1], batches[-1], batches[0]]
-    for i, eps in enumerate(order):
-        _assert_same(step(eps, i), _eager(e, eps))
-        assert step.failed is None, step.failed
-        counts.append((step.captures, step.replays))
-    assert counts[0] == (1, 1)  # captured, replayed once for the check
-    assert counts[2][0] == counts[1][0] + 1  # the largest subgraphs outgrew the buffers: captured again
-    assert counts[3] == (counts[2][0], counts[2][1] + 1)  # a small batch fits the grown buffers: a replay
+    counts = step_through(step, [batches[0], batches[1], batches[-1], batches[0]], lambda eps: _eager(e, eps),
+                          _assert_same)
+    assert_outgrown_once(counts)  # the largest subgraphs outgrew the buffers
     for side in ("support_x", "query_x"):  # the recorded step reads the padded union, not a layout of its own
         x = getattr(step.static[0], side)
         assert x.__dict__[STATIC_BATCH_KEY][1] is step.buffers.unions[side]
-    # what a replay runs, counted on the CPU: refilling the buffers and the recorded step issue no sync
-    with SyncCounter() as counter:
-        step.buffers.copy_in(batches[1])
-    assert counter.total == 0, counter.counts
-    with SyncCounter() as counter:
-        step._eager(step.static, 0)
-    # only the proto head's F.one_hot class-range check, a CPU-only read (ONE_HOT in test_sync_hot_paths.py)
-    assert counter.counts == {"aten._local_scalar_dense": 2}, counter.counts
+    assert_replay_syncs_only_for_one_hot(step, batches[1])
 
 
 def test_another_node_count_steps_eagerly_and_tasks_one_by_one_are_not_captured(stand_in):
