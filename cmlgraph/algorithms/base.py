@@ -139,7 +139,11 @@ class MetaAlgorithm:
         where the algorithm has one."""
         meta, co = mean_over_tasks(lambda p, ep, b: self.task_losses(model, p, ep, loss_fn, step, b), params,
                                    episodes, batched)
-        reg = self.regulariser(params, episodes)
+        return self._outer_loss(meta, co, self.regulariser(params, episodes))
+
+    def _outer_loss(self, meta: Tensor, co: Tensor, reg: Tensor | None) -> OuterLoss:
+        """The outer loss's parts from the task means: the regulariser (if any) on the meta-learner's term, and the
+        total ``meta + γ·co`` with CML."""
         if reg is not None:
             meta = meta + reg
         return OuterLoss(meta=meta, co=co, total=meta + self.cfg.gamma * co if self.cml else meta)
@@ -231,20 +235,17 @@ class MetaAlgorithm:
         for i, (a, b) in enumerate(spans):
             meta, co = mean_over_tasks(lambda p, ep, bt: self.task_losses(model, p, ep, loss_fn, step, bt), at,
                                        episodes[a:b], batched)
-            meta, co = meta * ((b - a) / n), co * ((b - a) / n)
-            if i == len(spans) - 1:
-                reg = self.regulariser(at, episodes)
-                if reg is not None:
-                    meta = meta + reg
-            total = meta + self.cfg.gamma * co if self.cml else meta
-            losses = losses + torch.stack([meta.detach(), co.detach(), total.detach()])
+            last = i == len(spans) - 1  # the regulariser joins the last group
+            part = self._outer_loss(meta * ((b - a) / n), co * ((b - a) / n),
+                                    self.regulariser(at, episodes) if last else None)
+            losses = losses + torch.stack([part.meta.detach(), part.co.detach(), part.total.detach()])
             # retain_graph: a gradient point (Sharp-MAML's) is shared by the groups; each group's own graph is
             # freed when its losses are dropped at the next group
-            parts = ([gradients(meta, wrt, retain=True), gradients(co, wrt, retain=True)] if split
-                     else [gradients(total, wrt, retain=True)])
+            parts = ([gradients(part.meta, wrt, retain=True), gradients(part.co, wrt, retain=True)] if split
+                     else [gradients(part.total, wrt, retain=True)])
             sums = parts if sums is None else [{k: s[k] + p[k] for k in names} for s, p in zip(sums, parts,
                                                                                                 strict=True)]
-            del meta, co, total, parts
+            del meta, co, part, parts
         assert sums is not None
         return sums, OuterLoss(meta=losses[0], co=losses[1], total=losses[2])
 

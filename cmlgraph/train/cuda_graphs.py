@@ -116,20 +116,23 @@ def _graph_input_ok(side: Any) -> bool:
     return isinstance(side, GraphInput) and side.batch_whole and not side.local and not is_sparse(side.x)
 
 
-def is_plan_batch(episodes: Sequence[Episode]) -> bool:
-    """Whether the episodes' inputs are k-hop computation-tree inputs (``GraphInput.local``), looked up without
-    importing the graph stack (as :func:`is_ball_batch`)."""
+def _graph_inputs_marked(episodes: Sequence[Episode], flag: str) -> bool:
+    """Whether every input side of the episodes is a ``GraphInput`` with ``flag`` set, looked up without importing
+    the graph stack (as :func:`is_ball_batch`)."""
     types = sys.modules.get("cmlgraph.graphs.types")
     return types is not None and bool(episodes) and all(
-        type(x := getattr(ep, s)) is types.GraphInput and x.local for ep in episodes for s in ("support_x", "query_x"))
+        type(x := getattr(ep, s)) is types.GraphInput and getattr(x, flag) for ep in episodes
+        for s in ("support_x", "query_x"))
+
+
+def is_plan_batch(episodes: Sequence[Episode]) -> bool:
+    """Whether the episodes' inputs are k-hop computation-tree inputs (``GraphInput.local``)."""
+    return _graph_inputs_marked(episodes, "local")
 
 
 def is_union_batch(episodes: Sequence[Episode]) -> bool:
-    """Whether the episodes' inputs are GAT's k-hop subgraphs (looked up as :func:`is_ball_batch`)."""
-    types = sys.modules.get("cmlgraph.graphs.types")
-    return types is not None and bool(episodes) and all(
-        type(x := getattr(ep, s)) is types.GraphInput and x.subgraph for ep in episodes
-        for s in ("support_x", "query_x"))
+    """Whether the episodes' inputs are GAT's k-hop subgraphs (``GraphInput.subgraph``)."""
+    return _graph_inputs_marked(episodes, "subgraph")
 
 
 def is_matched_batch(episodes: Sequence[Episode]) -> bool:
