@@ -2,8 +2,9 @@
 # Runs scripts/gpu_check.sh on a GPU machine with PyTorch and PyG but no internet and no install of this project,
 # from a bundle made by scripts/gpu_bundle.sh: installs the bundle's wheels into a temporary folder, runs the package
 # from this checkout (PYTHONPATH), reads the bundle's datasets (CMLGRAPH_DATA), and leaves in OUT_DIR only the
-# summary: gpu_check.log (everything the check printed) and its bench JSONs and test log; each step's own files stay
-# in a temporary folder whose path the log names. GPU_CHECK_PARTS, GPU_CHECK_BUDGET and TABLE3 pass through.
+# summary: gpu_check.log (everything the check printed), its bench JSONs and test log, and logs/ (each step's own log,
+# at most its last 256 KiB); the steps' run folders stay in a temporary folder whose path the log names.
+# GPU_CHECK_PARTS, GPU_CHECK_BUDGET and TABLE3 pass through.
 # Usage: scripts/gpu_check_offline.sh BUNDLE [OUT_DIR]   (default OUT_DIR: a fresh temporary folder)
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -51,4 +52,13 @@ status=${PIPESTATUS[0]}
 for f in "$work"/bench_cuda.json "$work"/bench_gmeta.json "$work"/tests.log; do
     [ -f "$f" ] && cp "$f" "$out/"
 done
+# every step's own log (train, reproduce, CUDA graphs on/off: where a fallback or a failure says why), each cut to its
+# last 256 KiB: the machine and its temporary folder are gone after the run, so what is not in OUT_DIR is lost
+logs=("$work"/*.log)
+if [ ${#logs[@]} -gt 0 ]; then
+    mkdir -p "$out/logs"
+    for f in "${logs[@]}"; do
+        tail -c 262144 "$f" > "$out/logs/$(basename "$f")"
+    done
+fi
 exit "$status"

@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BUNDLE, OFFLINE = ROOT / "scripts" / "gpu_bundle.sh", ROOT / "scripts" / "gpu_check_offline.sh"
 
 #: A python3 that answers what the scripts ask: pip download writes a wheel (or fails where PIP_FAIL is set), pip
-#: install records its target, torch imports, CUDA is absent; each call's environment is logged.
+#: install records its target, torch imports, CUDA is absent (present where SHIM_CUDA is set: the check's steps then
+#: run against the shim, a train call printing its arguments); each call's environment is logged.
 SHIM = r"""#!/bin/bash
 echo "PYTHONPATH=$PYTHONPATH CMLGRAPH_DATA=$CMLGRAPH_DATA ARGS=$*" >> "$SHIM_LOG"
 if [ "$1 $2 $3" = "-m pip download" ]; then
@@ -19,7 +20,11 @@ if [ "$1 $2 $3" = "-m pip download" ]; then
     exit 0
 fi
 [ "$1 $2 $3" = "-m pip install" ] && exit 0
-case "$*" in *cuda.is_available*) exit 1 ;; esac
+case "$*" in *cuda.is_available*) [ -n "${SHIM_CUDA:-}" ] && exit 0; exit 1 ;; esac
+if [ "$1 $2 $3" = "-m cmlgraph train" ]; then  # a step's run: its log names it; SHIM_BIG makes it long
+    [ -n "${SHIM_BIG:-}" ] && head -c 300000 /dev/zero | tr '\0' x
+    echo "shim train $*"
+fi
 exit 0
 """
 
@@ -90,6 +95,23 @@ def test_the_offline_check_runs_from_the_checkout_on_the_bundles_data(tmp_path: 
     assert any("-m pip install" in c and "ogb-1.3.6" in c for c in calls)
     check = [c for c in calls if "cuda.is_available" in c]
     assert check and f"CMLGRAPH_DATA={bundle}/datasets" in check[0] and f"PYTHONPATH={ROOT}:" in check[0]
+
+
+def test_every_steps_log_comes_back_in_out_dir_cut_to_its_tail(tmp_path: Path) -> None:
+    """The GPU machine and its temporary folders are gone after the run: each step's own log (where a CUDA-graph
+    fallback or a failed run says why) must come back in OUT_DIR, a long one cut to its last 256 KiB."""
+    bundle, out = tmp_path / "bundle", tmp_path / "out"
+    assert _run(BUNDLE, [str(bundle)], _env(tmp_path, CMLGRAPH_DATA=str(_data(tmp_path)))).returncode == 0
+    proc = _run(OFFLINE, [str(bundle), str(out)], _env(tmp_path, SHIM_CUDA="1", SHIM_BIG="1",
+                                                      GPU_CHECK_PARTS="default,graphs"))
+    assert proc.returncode == 0, proc.stderr
+    logs = {p.name: p for p in (out / "logs").iterdir()}
+    assert {"default-cuda-auto.log", "default-cuda-off.log", "default-cpu-auto.log", "sinusoid-graphs-on.log",
+            "khop-graphs-off.log", "gmeta-graphs-on.log"} <= set(logs)
+    assert "--cuda-graphs off" in logs["khop-graphs-off.log"].read_text()[-1000:]  # the run's own output, last
+    assert all(p.stat().st_size <= 262144 for p in logs.values())
+    assert logs["default-cuda-auto.log"].stat().st_size == 262144  # 300 kB printed: its tail kept
+    assert not list(tmp_path.glob("gpu-check-site.*"))
 
 
 def test_the_offline_check_refuses_a_folder_that_is_no_bundle(tmp_path: Path) -> None:
