@@ -85,8 +85,13 @@ class StandInGraph:
 
 @pytest.fixture
 def stand_in(monkeypatch):
-    """``GraphedMetaStep`` records through :class:`StandInGraph` (the capture's bookkeeping, checked on the CPU)."""
+    """``GraphedMetaStep`` records through :class:`StandInGraph` (the capture's bookkeeping, checked on the CPU),
+    and G-Meta's layouts are the GPU's (the shared union, which CUDA graphs pad: never the CPU's per-task feature
+    blocks, :func:`cmlgraph.backbones.gmeta.task_blocks_win`)."""
+    from cmlgraph.backbones import gmeta
     from cmlgraph.train.cuda_graphs import GraphedMetaStep
+
+    monkeypatch.setattr(gmeta, "task_blocks_win", lambda *args: False)
 
     def record(self, fn):
         out = fn()

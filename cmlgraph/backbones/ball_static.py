@@ -77,6 +77,8 @@ def static_ineligible(lay: dict[str, Any]) -> str | None:
         return "the graph is directed (its ball blocks have no symmetric pattern to pad)"
     if isinstance(lay["XU"], BinaryRows):
         return "the features are binary-coded (subset-sum tables are a CPU path; on a GPU the features are dense)"
+    if "task_blocks" in lay:
+        return "its features are per-task blocks (a CPU path: gmeta.task_blocks_win; on a GPU the union is padded)"
     return None
 
 

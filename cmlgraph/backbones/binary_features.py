@@ -93,12 +93,15 @@ class BinaryRows:
     (a ``256 × 8`` product per chunk). Neither direction reads ``x`` as floats.
 
     Args:
-        codes: ``IntTensor[U, ⌈F/8⌉]``: rows of :func:`binary_codes` (sliced rows are fine).
+        codes: ``IntTensor[U, c]``: rows of :func:`binary_codes` (sliced rows are fine; ``c = ⌈F/8⌉``), or codes
+            of any of the ``⌈F/8⌉`` chunks, ``c`` of them a row (G-Meta's per-task feature blocks: a row's codes
+            shifted into its task's block of chunks, ``cmlgraph.backbones.gmeta._task_blocks``).
         num_features: F.
     """
 
     def __init__(self, codes: Tensor, num_features: int) -> None:
         self.codes, self.num_features = codes, num_features
+        self.chunks = (num_features + CHUNK - 1) // CHUNK  # table blocks of 256 slots (codes a row: codes.shape[1])
         self._grouped: tuple[Tensor, Tensor] | None = None
         self._dense: Tensor | None = None
 
@@ -114,26 +117,28 @@ class BinaryRows:
     def dense(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """The rows as a dense 0/1 matrix ``[U, F]`` (decoded from the codes on first use, then kept)."""
         if self._dense is None or self._dense.dtype != dtype:
-            u, chunks = self.codes.shape
-            local = self.codes - torch.arange(chunks, dtype=self.codes.dtype, device=self.codes.device) * (1 << CHUNK)
-            bits = (local.unsqueeze(-1) >> torch.arange(CHUNK, dtype=self.codes.dtype, device=self.codes.device)) & 1
-            self._dense = bits.reshape(u, chunks * CHUNK)[:, : self.num_features].to(dtype)
+            u = self.codes.shape[0]
+            bit = torch.arange(CHUNK, dtype=self.codes.dtype, device=self.codes.device)
+            bits = ((self.codes & ((1 << CHUNK) - 1)).unsqueeze(-1) >> bit) & 1  # [U, c, 8]
+            cols = (self.codes >> CHUNK).unsqueeze(-1) * CHUNK + bit  # each code's chunk: its 8 features
+            dense = torch.zeros(u, self.chunks * CHUNK, dtype=dtype, device=self.codes.device)
+            dense.scatter_(1, cols.reshape(u, -1).long(), bits.reshape(u, -1).to(dtype))
+            self._dense = dense[:, : self.num_features]
         return self._dense
 
     def t_matmul(self, g: Tensor) -> Tensor:
         """``xᵀ g`` (``[F, k]``) for ``g`` of shape ``[U, k]``."""
         rows, offsets = self._groups()
-        chunks = self.codes.shape[1]
-        per_pattern = F.embedding_bag(rows, g, offsets, mode="sum").view(chunks, 1 << CHUNK, g.shape[1])
+        per_pattern = F.embedding_bag(rows, g, offsets, mode="sum").view(self.chunks, 1 << CHUNK, g.shape[1])
         out = torch.matmul(_bit_matrix(g.device, g.dtype).t(), per_pattern)  # [chunks, 8, k]
-        return out.reshape(chunks * CHUNK, g.shape[1])[: self.num_features]
+        return out.reshape(self.chunks * CHUNK, g.shape[1])[: self.num_features]
 
     def _groups(self) -> tuple[Tensor, Tensor]:
         """Row ids sorted by table slot (``256 j + s``) and each slot's start: built once, on first use."""
         if self._grouped is None:
-            u, chunks = self.codes.shape
+            chunks = self.codes.shape[1]  # codes a row
             slots = self.codes.reshape(-1)
-            nslots = chunks << CHUNK
+            nslots = self.chunks << CHUNK
             # Slots fit int16 up to F = 1,024 features: a sort on half the bytes.
             key = slots.to(torch.int16) if nslots <= 2**15 else slots
             order = torch.sort(key, stable=True).indices

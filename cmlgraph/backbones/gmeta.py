@@ -14,13 +14,14 @@ hidden size 64, and DGL. None of that is built here.
 Batched, never a loop over nodes: the balls of all centre nodes of a task (and of all tasks of a meta-batch) form
 one block-diagonal sparse matrix ``B`` (rows = (ball, member) pairs). The first layer projects each *distinct*
 member's features once per task (``X_U W₁ᵀ``, U the union of the balls; with binary features through
-subset-sum tables, :mod:`cmlgraph.backbones.binary_features`), gathers the projected row of every
-(ball, member) pair and aggregates with ``B`` (on an undirected graph B is a symmetric 0/1 pattern with one value
-per row, :class:`~cmlgraph.backbones.gnn_ops.RowScaledSymmetric`, so its backward needs no stored transpose; on a
-directed one B's columns point into the projection directly); the mean
-readout and the second layer's aggregation fold into one constant sparse matrix ``P B`` (P averages the rows of a
-ball), and ``W₂`` applies after pooling (by linearity). Per-task weights
-carry a leading task dimension, so every task still gets its own weights and gradients.
+subset-sum tables, :mod:`cmlgraph.backbones.binary_features`; on the CPU, where the tasks' balls barely overlap,
+each task's own members only, as one block-diagonal product: :func:`task_blocks_win`), gathers the projected row
+of every (ball, member) pair and aggregates with ``B`` (on an undirected graph B is a symmetric 0/1 pattern with
+one value per row, :class:`~cmlgraph.backbones.gnn_ops.RowScaledSymmetric`, so its backward needs no stored
+transpose; on a directed one B's columns point into the projection directly); the mean readout and the second
+layer's aggregation fold into one constant sparse matrix ``P B`` (P averages the rows of a ball), and ``W₂`` applies
+after pooling (by linearity). Per-task weights carry a leading task dimension, so every task still gets its own
+weights and gradients.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from torch import Tensor, nn
 
 from cmlgraph.backbones.ball_static import STATIC_KEY
 from cmlgraph.backbones.base import Backbone, mlp_head
-from cmlgraph.backbones.binary_features import BinaryRows, binary_codes
+from cmlgraph.backbones.binary_features import CHUNK, BinaryRows, binary_codes
 from cmlgraph.backbones.gnn_ops import (
     RowScaledSymmetric,
     is_sparse,
@@ -93,6 +94,24 @@ def feature_codes(index: BallIndex) -> Tensor | None:
 #: Most ball rows of one block-diagonal pass (:class:`BallGCN`'s ``max_rows`` default).
 MAX_ROWS = 400_000
 
+#: How many times fewer projected rows the per-task feature blocks must give than the shared union
+#: (``T · U / Σ_t U_t``) before a layout uses them (:func:`task_blocks_win`). The shared union projects each of
+#: its ``U`` rows with every task's weights, so when the tasks' balls barely overlap (a fused meta-step's runs:
+#: ``--parallel-runs``; a meta-batch on a large graph) it computes ``T`` times the needed rows; the blocks compute
+#: each task's own rows once, but as a narrower product (``hidden`` columns instead of ``T · hidden``), which costs
+#: more per row. CPU, one thread, CiteSeer and Amazon-Computer (session 32): see ``docs/performance.md``.
+TASK_BLOCK_GAIN = 1.5
+
+
+def task_blocks_win(device: torch.device | str, tasks: int, union: int, task_rows: int) -> bool:
+    """Whether a layout's first layer projects each task's own ball members (per-task feature blocks) instead of
+    the tasks' shared union: on the CPU, for several tasks whose balls overlap so little that the union would
+    project :data:`TASK_BLOCK_GAIN` times more rows (``tasks · union ≥ TASK_BLOCK_GAIN · task_rows``, ``task_rows``
+    = Σ_t U_t). Not on a GPU, where the wide product's extra rows cost little next to its launches, and whose CUDA
+    graphs pad the union layout (:mod:`cmlgraph.backbones.ball_static`)."""
+    return (torch.device(device).type == "cpu" and tasks > 1
+            and tasks * union >= TASK_BLOCK_GAIN * task_rows)
+
 
 def ball_groups(items: list[BallInput], max_rows: int = MAX_ROWS,
                 segments: Sequence[int] | None = None) -> list[tuple[int, int]]:
@@ -144,7 +163,9 @@ def ball_layout(items: list[BallInput], memo: dict[str, Any]) -> dict[str, Any]:
     Returns:
         ``memo`` with ``B`` (ball rows × union), ``PB`` (mean readout of B), ``XU`` (the union's features or their
         binary codes), ``task_of_row``, ``task_rows`` (each task's row count, host ints), ``shape = (T, n, U)``
-        and, on an undirected graph, ``gather``.
+        and, on an undirected graph, ``gather``. Where :func:`task_blocks_win`, the "union" is each task's own
+        members one task after another (``U = Σ_t U_t``), ``XU`` their block-diagonal features
+        (:func:`_task_blocks`) and ``task_blocks`` the width ``F_b`` of a task's column block.
     """
     if "B" in memo:
         return memo
@@ -156,6 +177,13 @@ def ball_layout(items: list[BallInput], memo: dict[str, Any]) -> dict[str, Any]:
     task_of_row = blk.ball_of_row // n
     r = int(blk.members.numel())
     dev = index.x.device
+    codes = feature_codes(index)
+    blocks = None  # per-task feature blocks: (each task's members, their tasks), sorted by task then node
+    if t > 1 and (codes is not None or is_sparse(index.x)):
+        task_union, task_inv = torch.unique(task_of_row * index.num_nodes + blk.members, return_inverse=True)
+        if task_blocks_win(dev, t, u, int(task_union.numel())):
+            blocks = (task_union % index.num_nodes, task_union // index.num_nodes)
+            union, inv, u = blocks[0], task_inv, int(task_union.numel())
     # B's entries are already in CSR order (rows ascending, columns ascending within a row, no duplicates).
     crow = torch.zeros(r + 1, dtype=blk.rows.dtype)
     torch.cumsum(torch.bincount(blk.rows, minlength=r), 0, out=crow[1:])
@@ -166,13 +194,15 @@ def ball_layout(items: list[BallInput], memo: dict[str, Any]) -> dict[str, Any]:
         dm = index.dinv.index_select(0, blk.members)  # B = diag(dm) · (0/1 pattern): one value per row
         vals_t = dm.index_select(0, blk.cols)
         memo["B"] = RowScaledSymmetric(to_device(crow, dev), to_device(blk.cols, dev), to_device(dm, dev))
-        memo["gather"] = to_device(task_of_row * u + inv, dev)
+        memo["gather"] = to_device(inv if blocks is not None else task_of_row * u + inv, dev)
         # Column sums of B are the row sums of Bᵀ: one contiguous segment sum per row (float64, then cast).
         colsum = torch.segment_reduce(vals_t.double(), "sum", offsets=crow.long()).to(blk.vals.dtype)
     else:
-        b_cols = task_of_row.index_select(0, blk.rows) * u + inv.index_select(0, blk.cols)
+        b_cols = inv.index_select(0, blk.cols)
+        if blocks is None:
+            b_cols = task_of_row.index_select(0, blk.rows) * u + b_cols
         memo["B"] = transposable_csr(to_device(crow.long(), dev), to_device(b_cols, dev), to_device(blk.vals, dev),
-                                     (r, t * u))
+                                     (r, u if blocks is not None else t * u))
         colsum = torch.bincount(blk.cols, weights=blk.vals.double(), minlength=r).to(blk.vals.dtype)
     # P·B (mean over a ball of B's rows): B is block diagonal, so column c only meets its own ball's rows and
     # (P B)[ball(c), c] = (column sum of B at c) / |S_ball(c)|: one entry per column.
@@ -181,9 +211,10 @@ def ball_layout(items: list[BallInput], memo: dict[str, Any]) -> dict[str, Any]:
     torch.cumsum(blk.sizes, 0, out=crow[1:])
     memo["PB"] = transposable_csr(to_device(crow, dev), torch.arange(r, device=dev), to_device(pool, dev), (t * n, r),
                                   col_sorted=True)  # col = arange: no read-back (issue 18)
-    codes = feature_codes(index)
     union_dev = to_device(union, dev)
-    if codes is not None:  # binary features: the rows' codes, never their floats
+    if blocks is not None:  # each task's members in a column block of their own (see _task_blocks)
+        memo["XU"], memo["task_blocks"] = _task_blocks(index, codes, union_dev, to_device(blocks[1], dev), t)
+    elif codes is not None:  # binary features: the rows' codes, never their floats
         memo["XU"] = BinaryRows(codes.index_select(0, union_dev), int(index.x.shape[1]))
     else:
         xu = slice_rows(index.x, union_dev)
@@ -192,6 +223,30 @@ def ball_layout(items: list[BallInput], memo: dict[str, Any]) -> dict[str, Any]:
     memo["task_rows"] = blk.sizes.view(t, n).sum(1).tolist()  # host ints: each task's ball rows
     memo["shape"] = (t, n, u)
     return memo
+
+
+def _task_blocks(index: BallIndex, codes: Tensor | None, members: Tensor, tasks: Tensor, t: int
+                 ) -> tuple[Any, int]:
+    """The features of each task's own ball members as one block-diagonal matrix ``[Σ_t U_t, T · F_b]``: row
+    ``i`` (member ``members[i]`` of task ``tasks[i]``) holds its features in columns ``tasks[i]·F_b … +F_b``, so
+    one product with the tasks' stacked weights ``[T · F_b, hidden]`` projects every row with its own task's
+    weights (``Σ_t U_t`` rows instead of the shared union's ``U`` rows times ``T`` tasks' weights).
+
+    Returns:
+        The matrix (sparse CSR carrying its transpose, or :class:`BinaryRows` of shifted codes: block ``t``'s
+        chunks are chunks ``t · ⌈F/8⌉ …`` of ``T · F_b`` features) and ``F_b`` (F; for binary codes F padded to
+        whole 8-bit chunks).
+    """
+    f = int(index.x.shape[1])
+    if codes is not None:
+        chunks = int(codes.shape[1])
+        shifted = codes.index_select(0, members) + (tasks * (chunks << CHUNK)).to(codes.dtype).unsqueeze(1)
+        return BinaryRows(shifted, t * chunks * CHUNK), chunks * CHUNK
+    xu = slice_rows(index.x, members)  # coalesced COO [Σ U_t, F]
+    rows, cols = xu.indices()
+    shifted = torch.sparse_coo_tensor(torch.stack([rows, cols + tasks.index_select(0, rows) * f]), xu.values(),
+                                      (int(members.numel()), t * f), is_coalesced=True)
+    return transposable(shifted), f
 
 
 class BallGCN(Backbone):
@@ -256,13 +311,21 @@ class BallGCN(Backbone):
         t, n, u = lay["shape"]
         w1, b1, w2, b2 = w["lin1.weight"], w["lin1.bias"], w["lin2.weight"], w["lin2.bias"]
         h = self.hidden
-        w1_cat = w1.permute(2, 0, 1).reshape(self.in_dim, t * h)  # [F, T·h]: every task's W₁ᵀ side by side
         xu = lay["XU"]
-        if isinstance(xu, BinaryRows):  # binary features: subset-sum tables instead of the dense product
-            xw = xu.matmul(w1_cat)
+        if "task_blocks" in lay:  # each task's own members: one product with the tasks' weights stacked
+            fb = lay["task_blocks"]
+            w1_stack = w1.transpose(1, 2)  # [T, F, h]
+            if fb > self.in_dim:  # binary codes: F padded to whole 8-bit chunks
+                w1_stack = F.pad(w1_stack, (0, 0, 0, fb - self.in_dim))
+            w1_stack = w1_stack.reshape(t * fb, h)  # [T·F_b, h]: the tasks' W₁ᵀ stacked
+            xw = xu.matmul(w1_stack) if isinstance(xu, BinaryRows) else sparse_matmul(xu, w1_stack)  # [Σ U_t, h]
         else:
-            xw = sparse_matmul(xu, w1_cat) if is_sparse(xu) else xu @ w1_cat
-        xw = xw.view(u, t, h).transpose(0, 1).reshape(t * u, h)
+            w1_cat = w1.permute(2, 0, 1).reshape(self.in_dim, t * h)  # [F, T·h]: every task's W₁ᵀ side by side
+            if isinstance(xu, BinaryRows):  # binary features: subset-sum tables instead of the dense product
+                xw = xu.matmul(w1_cat)
+            else:
+                xw = sparse_matmul(xu, w1_cat) if is_sparse(xu) else xu @ w1_cat
+            xw = xw.view(u, t, h).transpose(0, 1).reshape(t * u, h)
         # index_select, not b1[rows]: its backward is an index_add, 4-5x faster than advanced indexing's
         # accumulating index_put (about 15 % of a G-Meta meta-iteration on Amazon-Computer).
         if "gather" in lay:
