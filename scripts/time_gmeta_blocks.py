@@ -8,6 +8,7 @@ forward + backward pass of the encoder with per-task weights, the time to build 
 
 Usage (one torch thread; the data root holds the graph):
     CMLGRAPH_DATA=../shared/datasets python scripts/time_gmeta_blocks.py citeseer --tasks 2 5 20 --nodes 20
+    python scripts/time_gmeta_blocks.py synthetic --graph-nodes 50000 --tasks 2 5 20   # dense float features
 """
 
 from __future__ import annotations
@@ -55,9 +56,12 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=20, help="centre nodes a task (support + query)")
     parser.add_argument("--reps", type=int, default=6, help="task batches per mode and round (the first is dropped)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of union, blocks (alternated)")
+    parser.add_argument("--graph-nodes", type=int, default=None,
+                        help="nodes of the synthetic graph (dense float features; default: its own)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    dom = TLPGraphDomain(load_graph(args.graph), 2, 5, 5, kind="gmeta", hidden=16, dropout=0.5)
+    options = {"num_nodes": args.graph_nodes, "num_classes": 60} if args.graph_nodes else {}
+    dom = TLPGraphDomain(load_graph(args.graph, **options), 2, 5, 5, kind="gmeta", hidden=16, dropout=0.5)
     index = dom.ball_index("cpu")
     feature_codes(index)  # binary features: the CPU's subset-sum tables, as in training
     enc = BallGCN(int(index.x.shape[1]), hidden=16, dropout=0.0)

@@ -179,7 +179,7 @@ def ball_layout(items: list[BallInput], memo: dict[str, Any]) -> dict[str, Any]:
     dev = index.x.device
     codes = feature_codes(index)
     blocks = None  # per-task feature blocks: (each task's members, their tasks), sorted by task then node
-    if t > 1 and (codes is not None or is_sparse(index.x)):
+    if t > 1 and torch.device(dev).type == "cpu":  # (task_blocks_win: a CPU path; spare a GPU's host the work)
         task_union, task_inv = torch.unique(task_of_row * index.num_nodes + blk.members, return_inverse=True)
         if task_blocks_win(dev, t, u, int(task_union.numel())):
             blocks = (task_union % index.num_nodes, task_union // index.num_nodes)
@@ -225,6 +225,20 @@ def ball_layout(items: list[BallInput], memo: dict[str, Any]) -> dict[str, Any]:
     return memo
 
 
+class DenseTaskRows:
+    """Dense features of each task's own ball members, one task after another (``x``: ``[Σ_t U_t, F]``; ``rows``:
+    each task's ``U_t``, host ints): the block-diagonal matrix of :func:`_task_blocks` without its zeros."""
+
+    def __init__(self, x: Tensor, rows: list[int]) -> None:
+        self.x, self.rows = x, rows
+
+    def matmul(self, w: Tensor) -> Tensor:
+        """``[Σ_t U_t, k]``: each task's rows times its block of ``w`` (``[T · F, k]``, the tasks' blocks stacked),
+        one product a task (CPU only: :func:`task_blocks_win`)."""
+        w = w.view(len(self.rows), -1, w.shape[1])
+        return torch.cat([xs @ w[i] for i, xs in enumerate(self.x.split(self.rows))])
+
+
 def _task_blocks(index: BallIndex, codes: Tensor | None, members: Tensor, tasks: Tensor, t: int
                  ) -> tuple[Any, int]:
     """The features of each task's own ball members as one block-diagonal matrix ``[Σ_t U_t, T · F_b]``: row
@@ -233,11 +247,14 @@ def _task_blocks(index: BallIndex, codes: Tensor | None, members: Tensor, tasks:
     weights (``Σ_t U_t`` rows instead of the shared union's ``U`` rows times ``T`` tasks' weights).
 
     Returns:
-        The matrix (sparse CSR carrying its transpose, or :class:`BinaryRows` of shifted codes: block ``t``'s
-        chunks are chunks ``t · ⌈F/8⌉ …`` of ``T · F_b`` features) and ``F_b`` (F; for binary codes F padded to
-        whole 8-bit chunks).
+        The matrix (sparse CSR carrying its transpose; :class:`BinaryRows` of shifted codes: block ``t``'s
+        chunks are chunks ``t · ⌈F/8⌉ …`` of ``T · F_b`` features; dense features as :class:`DenseTaskRows`, the
+        rows without the zeros) and ``F_b`` (F; for binary codes F padded to whole 8-bit chunks).
     """
     f = int(index.x.shape[1])
+    if codes is None and not is_sparse(index.x):  # dense floats: each task's rows, one product a task
+        rows = torch.bincount(tasks, minlength=t).tolist()
+        return DenseTaskRows(index.x.index_select(0, members), rows), f
     if codes is not None:
         chunks = int(codes.shape[1])
         shifted = codes.index_select(0, members) + (tasks * (chunks << CHUNK)).to(codes.dtype).unsqueeze(1)
@@ -318,7 +335,7 @@ class BallGCN(Backbone):
             if fb > self.in_dim:  # binary codes: F padded to whole 8-bit chunks
                 w1_stack = F.pad(w1_stack, (0, 0, 0, fb - self.in_dim))
             w1_stack = w1_stack.reshape(t * fb, h)  # [T·F_b, h]: the tasks' W₁ᵀ stacked
-            xw = xu.matmul(w1_stack) if isinstance(xu, BinaryRows) else sparse_matmul(xu, w1_stack)  # [Σ U_t, h]
+            xw = sparse_matmul(xu, w1_stack) if isinstance(xu, Tensor) else xu.matmul(w1_stack)  # [Σ U_t, h]
         else:
             w1_cat = w1.permute(2, 0, 1).reshape(self.in_dim, t * h)  # [F, T·h]: every task's W₁ᵀ side by side
             if isinstance(xu, BinaryRows):  # binary features: subset-sum tables instead of the dense product
@@ -347,5 +364,5 @@ class BallGCN(Backbone):
         return f"in_dim={self.in_dim}, hidden={self.hidden}, dropout={self.dropout}, readout=ball mean"
 
 
-__all__ = ["CODES_KEY", "MAX_ROWS", "BallGCN", "ball_groups", "ball_layout", "feature_codes", "prepare_ball_batch",
-           "tlp_init"]
+__all__ = ["CODES_KEY", "MAX_ROWS", "TASK_BLOCK_GAIN", "BallGCN", "DenseTaskRows", "ball_groups", "ball_layout",
+           "feature_codes", "prepare_ball_batch", "task_blocks_win", "tlp_init"]

@@ -12,6 +12,14 @@ from cmlgraph.backbones.gnn_ops import is_sparse
 from cmlgraph.graphs.balls import BallIndex, BallInput
 
 
+@pytest.fixture(autouse=True)
+def _union_layouts(monkeypatch):
+    """The layouts a GPU builds (the shared union, which static buffers pad), not the CPU's per-task blocks."""
+    from cmlgraph.backbones import gmeta
+
+    monkeypatch.setattr(gmeta, "task_blocks_win", lambda *args: False)
+
+
 def _index(directed: bool = False, seed: int = 0, n: int = 60, sparse: bool = False) -> BallIndex:
     g = torch.Generator().manual_seed(seed)
     src, dst = torch.randint(n, (150,), generator=g), torch.randint(n, (150,), generator=g)
@@ -83,7 +91,7 @@ def test_refilled_buffers_hold_the_next_batch_only():
     assert layout_size(memo["layouts"][0]) == layout_size(lay2)
 
 
-def test_what_does_not_fit_or_cannot_pad_is_refused():
+def test_what_does_not_fit_or_cannot_pad_is_refused(monkeypatch):
     index = _index()
     lay = ball_layout(_items(index, 2, seed=3), {})
     need = layout_size(lay)
@@ -98,6 +106,11 @@ def test_what_does_not_fit_or_cannot_pad_is_refused():
     directed = _index(directed=True)
     with pytest.raises(ValueError, match="directed"):
         static_layout(ball_layout(_items(directed, 2, seed=3), {}), BallCapacity(10**5, 10**6, 10**5))
+    from cmlgraph.backbones import gmeta
+
+    monkeypatch.setattr(gmeta, "task_blocks_win", lambda *args: True)  # the CPU's per-task feature blocks
+    with pytest.raises(ValueError, match="per-task blocks"):
+        static_layout(ball_layout(_items(index, 2, seed=3), {}), BallCapacity(10**5, 10**6, 10**5))
 
 
 def test_capacities_grow_with_slack_and_never_shrink():

@@ -12,7 +12,7 @@ from cmlgraph.algorithms.tlp import GMeta
 from cmlgraph.backbones import gmeta
 from cmlgraph.backbones.ball_static import static_ineligible
 from cmlgraph.backbones.binary_features import BinaryRows, binary_codes
-from cmlgraph.backbones.gmeta import BallGCN, ball_layout, task_blocks_win
+from cmlgraph.backbones.gmeta import BallGCN, DenseTaskRows, ball_layout, task_blocks_win
 from cmlgraph.config import AlgoConfig
 from cmlgraph.core.episode import Episode
 from cmlgraph.core.model import MetaModel, parameters_of
@@ -69,7 +69,8 @@ def _layout(eps: list[Episode]) -> dict:
 
 @pytest.mark.parametrize(("features", "directed", "first_order"),
                          [("sparse", False, True), ("sparse", False, False), ("sparse", True, True),
-                          ("binary", False, True), ("binary", False, False), ("binary", True, True)])
+                          ("binary", False, True), ("binary", False, False), ("binary", True, True),
+                          ("dense", False, True), ("dense", False, False), ("dense", True, True)])
 def test_task_blocks_equal_the_shared_union_in_losses_and_meta_gradients(features, directed, first_order,
                                                                           monkeypatch):
     index = _components(features=features, directed=directed)
@@ -78,6 +79,7 @@ def test_task_blocks_equal_the_shared_union_in_losses_and_meta_gradients(feature
     # the paths under test are the ones taken
     assert "task_blocks" not in _layout(union_eps) and "task_blocks" in _layout(block_eps)
     assert isinstance(_layout(block_eps)["XU"], BinaryRows) is (features == "binary")
+    assert isinstance(_layout(block_eps)["XU"], DenseTaskRows) is (features == "dense")
     torch.testing.assert_close(blocks.loss.total, union.loss.total, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(blocks.loss.co, union.loss.co, rtol=1e-5, atol=1e-6)
     for k in union.grads:
@@ -98,6 +100,11 @@ def test_blocks_project_each_tasks_own_members_only():
     first = int(torch.unique(index.block(items[0].nodes).members).numel())
     assert dense[:first, F_IN:].abs().sum() == 0 and dense[first:, :F_IN].abs().sum() == 0
     assert static_ineligible(lay) is not None  # a CPU path: CUDA graphs pad the union layout
+    dense_index = _components(features="dense")  # dense floats: each task's own rows, the zeros left out
+    dense_items = [e.query_x for e in _episodes(dense_index, 3)]
+    rows = ball_layout(dense_items, {})["XU"]
+    assert isinstance(rows, DenseTaskRows) and rows.x.shape == (own, F_IN)
+    assert rows.rows == [int(torch.unique(dense_index.block(it.nodes).members).numel()) for it in dense_items]
 
 
 def test_the_choice_weighs_the_rows_each_product_projects():

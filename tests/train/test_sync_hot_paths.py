@@ -131,7 +131,9 @@ BALL_BLOCK = {  # host: the support and query ball blocks of the meta-batch, bui
     "_local_scalar_dense @ gmeta.py:<listcomp>": 4,  # ball_groups: rows per task (ball_sizes, a CPU tensor)
     "_local_scalar_dense @ balls.py:block": 2, "nonzero @ balls.py:block": 2,  # entries inside the balls
     "_unique2 @ gmeta.py:ball_layout": 2, "bincount @ gmeta.py:ball_layout": 2,  # union of members, CSR counts
+    # (+2) on the CPU, each task's own members too: the per-task feature blocks' choice (gmeta.task_blocks_win)
 }
+BALL_BLOCK["_unique2 @ gmeta.py:ball_layout"] += 2
 PROTO = {"_local_scalar_dense @ proto_head.py:class_means": ONE_HOT}
 # host, GNN dropout in training (input dropout reads the input level): each plan lists one level more (its distinct
 # ids) and both layers' aggregations are built as CSR (4 plans x 2)
