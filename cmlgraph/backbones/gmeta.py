@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from cmlgraph.backbones.ball_static import STATIC_KEY
 from cmlgraph.backbones.base import Backbone, mlp_head
-from cmlgraph.backbones.binary_features import CHUNK, BinaryRows, binary_codes
+from cmlgraph.backbones.binary_features import CHUNK, MAX_TABLE_WIDTH, BinaryRows, binary_codes
 from cmlgraph.backbones.gnn_ops import (
     RowScaledSymmetric,
     is_sparse,
@@ -101,6 +101,13 @@ MAX_ROWS = 400_000
 #: each task's own rows once, but as a narrower product (``hidden`` columns instead of ``T · hidden``), which costs
 #: more per row. CPU, one thread, CiteSeer and Amazon-Computer (session 32): see ``docs/performance.md``.
 TASK_BLOCK_GAIN = 1.5
+
+#: Fewest ball members a task (on average) for which per-task blocks of binary features go through the subset-sum
+#: tables (:class:`BinaryTaskRows`): each task has tables of its own (``⌈F/8⌉ · 256`` rows, built every pass), which
+#: pay only where its rows look them up often enough; tasks with fewer rows take their features as floats
+#: (:class:`DenseTaskRows`). A fresh-user review (session 32): 100 tasks of small balls (~140 rows each) on a binary
+#: graph ran 254 ms a pass with per-task tables against 191 ms for the union.
+MIN_TABLE_ROWS = 256
 
 
 def task_blocks_win(device: torch.device | str, tasks: int, union: int, task_rows: int) -> bool:
@@ -235,8 +242,35 @@ class DenseTaskRows:
     def matmul(self, w: Tensor) -> Tensor:
         """``[Σ_t U_t, k]``: each task's rows times its block of ``w`` (``[T · F, k]``, the tasks' blocks stacked),
         one product a task (CPU only: :func:`task_blocks_win`)."""
-        w = w.view(len(self.rows), -1, w.shape[1])
-        return torch.cat([xs @ w[i] for i, xs in enumerate(self.x.split(self.rows))])
+        # unbind, not w[i]: each index's backward would fill a zero tensor of all of w (T² work)
+        ws = w.view(len(self.rows), -1, w.shape[1]).unbind(0)
+        return torch.cat([xs @ wi for xs, wi in zip(self.x.split(self.rows), ws, strict=True)])
+
+
+class BinaryTaskRows(BinaryRows):
+    """Binary feature codes of each task's own ball members, one task after another, each row's codes shifted into
+    its task's block of chunks (``num_features`` = T · F_b; ``rows``: each task's ``U_t``, host ints): the
+    block-diagonal matrix of :func:`_task_blocks` as :class:`BinaryRows`, whose subset-sum tables are each task's.
+
+    A product wider than :data:`~cmlgraph.backbones.binary_features.MAX_TABLE_WIDTH` (``--hidden`` above 256) decodes
+    each task's rows on their own (``[U_t, F_b]``) and multiplies them with its block of the weight: decoding the
+    block-diagonal matrix as one would take ``T`` times the rows' own floats (a fresh-user review, session 32:
+    Amazon-Computer's 1-shot test groups, 89 GB)."""
+
+    def __init__(self, codes: Tensor, num_features: int, rows: list[int], block_features: int) -> None:
+        super().__init__(codes, num_features)
+        self.rows, self.block_features = rows, block_features
+
+    def matmul(self, w: Tensor) -> Tensor:
+        """``[Σ_t U_t, k]`` for ``w`` of shape ``[T · F_b, k]`` (the tasks' blocks stacked)."""
+        if w.shape[1] <= MAX_TABLE_WIDTH:
+            return super().matmul(w)
+        if w.shape[0] != self.num_features:
+            raise ValueError(f"weight has {w.shape[0]} rows; these features have {self.num_features}")
+        per_task = (self.block_features // CHUNK) << CHUNK  # code offset of one task's block
+        ws = w.view(len(self.rows), self.block_features, w.shape[1]).unbind(0)  # (unbind: see DenseTaskRows)
+        return torch.cat([BinaryRows(codes - i * per_task, self.block_features).dense(w.dtype) @ wi
+                          for i, (codes, wi) in enumerate(zip(self.codes.split(self.rows), ws, strict=True))])
 
 
 def _task_blocks(index: BallIndex, codes: Tensor | None, members: Tensor, tasks: Tensor, t: int
@@ -247,18 +281,21 @@ def _task_blocks(index: BallIndex, codes: Tensor | None, members: Tensor, tasks:
     weights (``Σ_t U_t`` rows instead of the shared union's ``U`` rows times ``T`` tasks' weights).
 
     Returns:
-        The matrix (sparse CSR carrying its transpose; :class:`BinaryRows` of shifted codes: block ``t``'s
-        chunks are chunks ``t · ⌈F/8⌉ …`` of ``T · F_b`` features; dense features as :class:`DenseTaskRows`, the
-        rows without the zeros) and ``F_b`` (F; for binary codes F padded to whole 8-bit chunks).
+        The matrix (sparse CSR carrying its transpose; binary codes as :class:`BinaryTaskRows`, shifted: block
+        ``t``'s chunks are chunks ``t · ⌈F/8⌉ …`` of ``T · F_b`` features, where the tasks have at least
+        :data:`MIN_TABLE_ROWS` rows each on average; dense features otherwise, as :class:`DenseTaskRows`, the rows
+        without the zeros) and ``F_b`` (F; for binary codes F padded to whole 8-bit chunks).
     """
     f = int(index.x.shape[1])
-    if codes is None and not is_sparse(index.x):  # dense floats: each task's rows, one product a task
+    if not is_sparse(index.x):
         rows = torch.bincount(tasks, minlength=t).tolist()
+        if codes is not None and int(members.numel()) >= MIN_TABLE_ROWS * t:  # each task's tables pay
+            chunks = int(codes.shape[1])
+            shifted = codes.index_select(0, members) + (tasks * (chunks << CHUNK)).to(codes.dtype).unsqueeze(1)
+            return BinaryTaskRows(shifted, t * chunks * CHUNK, rows, chunks * CHUNK), chunks * CHUNK
+        # dense floats (binary ones too, where their tasks' tables would not pay): each task's rows, one product a
+        # task
         return DenseTaskRows(index.x.index_select(0, members), rows), f
-    if codes is not None:
-        chunks = int(codes.shape[1])
-        shifted = codes.index_select(0, members) + (tasks * (chunks << CHUNK)).to(codes.dtype).unsqueeze(1)
-        return BinaryRows(shifted, t * chunks * CHUNK), chunks * CHUNK
     xu = slice_rows(index.x, members)  # coalesced COO [Σ U_t, F]
     rows, cols = xu.indices()
     shifted = torch.sparse_coo_tensor(torch.stack([rows, cols + tasks.index_select(0, rows) * f]), xu.values(),
@@ -364,5 +401,5 @@ class BallGCN(Backbone):
         return f"in_dim={self.in_dim}, hidden={self.hidden}, dropout={self.dropout}, readout=ball mean"
 
 
-__all__ = ["CODES_KEY", "MAX_ROWS", "TASK_BLOCK_GAIN", "BallGCN", "DenseTaskRows", "ball_groups", "ball_layout",
-           "feature_codes", "prepare_ball_batch", "task_blocks_win", "tlp_init"]
+__all__ = ["CODES_KEY", "MAX_ROWS", "MIN_TABLE_ROWS", "TASK_BLOCK_GAIN", "BallGCN", "BinaryTaskRows", "DenseTaskRows",
+           "ball_groups", "ball_layout", "feature_codes", "prepare_ball_batch", "task_blocks_win", "tlp_init"]

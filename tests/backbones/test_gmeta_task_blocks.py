@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from cmlgraph.algorithms.tlp import GMeta
 from cmlgraph.backbones import gmeta
 from cmlgraph.backbones.ball_static import static_ineligible
-from cmlgraph.backbones.binary_features import BinaryRows, binary_codes
-from cmlgraph.backbones.gmeta import BallGCN, DenseTaskRows, ball_layout, task_blocks_win
+from cmlgraph.backbones.binary_features import MAX_TABLE_WIDTH, BinaryRows, binary_codes
+from cmlgraph.backbones.gmeta import BallGCN, BinaryTaskRows, DenseTaskRows, ball_layout, task_blocks_win
 from cmlgraph.config import AlgoConfig
 from cmlgraph.core.episode import Episode
 from cmlgraph.core.model import MetaModel, parameters_of
@@ -52,10 +52,10 @@ def _episodes(index: BallIndex, tasks: int, size: int = 20, seed: int = 1) -> li
     return eps
 
 
-def _meta_step(index: BallIndex, blocks: bool, first_order: bool, monkeypatch) -> tuple:
+def _meta_step(index: BallIndex, blocks: bool, first_order: bool, monkeypatch, hidden: int = 5) -> tuple:
     monkeypatch.setattr(gmeta, "task_blocks_win", lambda *args: blocks)
     torch.manual_seed(0)
-    model = MetaModel(BallGCN(F_IN, hidden=5, dropout=0.0), 2, co_depth=1, co_hidden=6)
+    model = MetaModel(BallGCN(F_IN, hidden=hidden, dropout=0.0), 2, co_depth=1, co_hidden=6)
     cfg = AlgoConfig(algo="gmeta", cml=True, gamma=0.2, inner_steps=3, inner_lr=0.3, first_order=first_order)
     eps = _episodes(index, 3)
     step = GMeta(cfg).meta_gradients(model, parameters_of(model), eps, F.cross_entropy, 0, batched=True)
@@ -70,21 +70,45 @@ def _layout(eps: list[Episode]) -> dict:
 @pytest.mark.parametrize(("features", "directed", "first_order"),
                          [("sparse", False, True), ("sparse", False, False), ("sparse", True, True),
                           ("binary", False, True), ("binary", False, False), ("binary", True, True),
-                          ("dense", False, True), ("dense", False, False), ("dense", True, True)])
+                          ("binary-few", False, True), ("dense", False, True), ("dense", False, False),
+                          ("dense", True, True)])
 def test_task_blocks_equal_the_shared_union_in_losses_and_meta_gradients(features, directed, first_order,
                                                                           monkeypatch):
-    index = _components(features=features, directed=directed)
+    """``binary``: each task's subset-sum tables (forced: these tasks have fewer rows than ``MIN_TABLE_ROWS``);
+    ``binary-few``: the same features as floats, as such small tasks take them."""
+    if features == "binary":
+        monkeypatch.setattr(gmeta, "MIN_TABLE_ROWS", 0)
+    index = _components(features=features.split("-")[0], directed=directed)
     union, union_eps = _meta_step(index, False, first_order, monkeypatch)
     blocks, block_eps = _meta_step(index, True, first_order, monkeypatch)
     # the paths under test are the ones taken
     assert "task_blocks" not in _layout(union_eps) and "task_blocks" in _layout(block_eps)
-    assert isinstance(_layout(block_eps)["XU"], BinaryRows) is (features == "binary")
-    assert isinstance(_layout(block_eps)["XU"], DenseTaskRows) is (features == "dense")
+    assert isinstance(_layout(block_eps)["XU"], BinaryTaskRows) is (features == "binary")
+    assert isinstance(_layout(block_eps)["XU"], DenseTaskRows) is (features in ("dense", "binary-few"))
     torch.testing.assert_close(blocks.loss.total, union.loss.total, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(blocks.loss.co, union.loss.co, rtol=1e-5, atol=1e-6)
     for k in union.grads:
         torch.testing.assert_close(blocks.grads[k], union.grads[k], rtol=1e-4, atol=1e-6, msg=k)
     assert blocks.grads["extractor.lin1.weight"].abs().sum() > 0
+
+
+def test_binary_task_tables_wider_than_the_table_limit_decode_each_tasks_rows(monkeypatch):
+    """``--hidden`` above ``MAX_TABLE_WIDTH``: each task's rows decoded on their own, never the block-diagonal
+    matrix (``T`` times the rows' floats), with the union's losses and gradients."""
+    monkeypatch.setattr(gmeta, "MIN_TABLE_ROWS", 0)
+    index = _components(features="binary")
+    union, _ = _meta_step(index, False, True, monkeypatch, hidden=MAX_TABLE_WIDTH + 4)
+    decoded = []
+    dense = BinaryRows.dense
+    monkeypatch.setattr(BinaryRows, "dense", lambda self, dtype=torch.float32: decoded.append(
+        tuple(self.codes.shape)) or dense(self, dtype))
+    blocks, eps = _meta_step(index, True, True, monkeypatch, hidden=MAX_TABLE_WIDTH + 4)
+    rows = _layout(eps)["XU"]
+    assert isinstance(rows, BinaryTaskRows)
+    assert decoded and all(shape[0] in rows.rows for shape in decoded)  # one task's rows at a time
+    torch.testing.assert_close(blocks.loss.total, union.loss.total, rtol=1e-5, atol=1e-6)
+    for k in union.grads:
+        torch.testing.assert_close(blocks.grads[k], union.grads[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
 def test_blocks_project_each_tasks_own_members_only():
