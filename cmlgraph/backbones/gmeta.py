@@ -27,7 +27,7 @@ weights and gradients.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -105,8 +105,8 @@ TASK_BLOCK_GAIN = 1.5
 #: Fewest ball members a task (on average) for which per-task blocks of binary features go through the subset-sum
 #: tables (:class:`BinaryTaskRows`): each task has tables of its own (``⌈F/8⌉ · 256`` rows, built every pass), which
 #: pay only where its rows look them up often enough; tasks with fewer rows take their features as floats
-#: (:class:`DenseTaskRows`). A fresh-user review (session 32): 100 tasks of small balls (~140 rows each) on a binary
-#: graph ran 254 ms a pass with per-task tables against 191 ms for the union.
+#: (:class:`DenseTaskRows`): on a binary graph of small balls, 100 tasks of ~137 rows each run 25.7 ms a pass as
+#: floats against 173.7 ms for the union (``scripts/time_gmeta_blocks.py random-binary``, docs/performance.md).
 MIN_TABLE_ROWS = 256
 
 
@@ -232,6 +232,14 @@ def ball_layout(items: list[BallInput], memo: dict[str, Any]) -> dict[str, Any]:
     return memo
 
 
+def _per_task_products(xs: Iterable[Tensor], w: Tensor, tasks: int) -> Tensor:
+    """``[Σ_t U_t, k]``: each task's rows ``xs[t]`` (``[U_t, F_b]``) times its block of ``w`` (``[T · F_b, k]``, the
+    tasks' blocks stacked), one product a task. ``unbind``, not ``w[t]``: each index's backward would fill a zero
+    tensor of all of ``w`` (T² work)."""
+    ws = w.view(tasks, -1, w.shape[1]).unbind(0)
+    return torch.cat([x @ wt for x, wt in zip(xs, ws, strict=True)])
+
+
 class DenseTaskRows:
     """Dense features of each task's own ball members, one task after another (``x``: ``[Σ_t U_t, F]``; ``rows``:
     each task's ``U_t``, host ints): the block-diagonal matrix of :func:`_task_blocks` without its zeros."""
@@ -242,9 +250,7 @@ class DenseTaskRows:
     def matmul(self, w: Tensor) -> Tensor:
         """``[Σ_t U_t, k]``: each task's rows times its block of ``w`` (``[T · F, k]``, the tasks' blocks stacked),
         one product a task (CPU only: :func:`task_blocks_win`)."""
-        # unbind, not w[i]: each index's backward would fill a zero tensor of all of w (T² work)
-        ws = w.view(len(self.rows), -1, w.shape[1]).unbind(0)
-        return torch.cat([xs @ wi for xs, wi in zip(self.x.split(self.rows), ws, strict=True)])
+        return _per_task_products(self.x.split(self.rows), w, len(self.rows))
 
 
 class BinaryTaskRows(BinaryRows):
@@ -255,7 +261,7 @@ class BinaryTaskRows(BinaryRows):
     A product wider than :data:`~cmlgraph.backbones.binary_features.MAX_TABLE_WIDTH` (``--hidden`` above 256) decodes
     each task's rows on their own (``[U_t, F_b]``) and multiplies them with its block of the weight: decoding the
     block-diagonal matrix as one would take ``T`` times the rows' own floats (a fresh-user review, session 32:
-    Amazon-Computer's 1-shot test groups, 89 GB)."""
+    Amazon-Computer's 1-shot test groups at ``--hidden 300``, about 88 GB: docs/performance.md)."""
 
     def __init__(self, codes: Tensor, num_features: int, rows: list[int], block_features: int) -> None:
         super().__init__(codes, num_features)
@@ -268,9 +274,9 @@ class BinaryTaskRows(BinaryRows):
         if w.shape[0] != self.num_features:
             raise ValueError(f"weight has {w.shape[0]} rows; these features have {self.num_features}")
         per_task = (self.block_features // CHUNK) << CHUNK  # code offset of one task's block
-        ws = w.view(len(self.rows), self.block_features, w.shape[1]).unbind(0)  # (unbind: see DenseTaskRows)
-        return torch.cat([BinaryRows(codes - i * per_task, self.block_features).dense(w.dtype) @ wi
-                          for i, (codes, wi) in enumerate(zip(self.codes.split(self.rows), ws, strict=True))])
+        decoded = (BinaryRows(codes - i * per_task, self.block_features).dense(w.dtype)
+                   for i, codes in enumerate(self.codes.split(self.rows)))
+        return _per_task_products(decoded, w, len(self.rows))
 
 
 def _task_blocks(index: BallIndex, codes: Tensor | None, members: Tensor, tasks: Tensor, t: int
