@@ -490,10 +490,12 @@ class ParallelTrainer:
         def step() -> None:
             kill_point("step_begin")
             t0 = time.perf_counter()
-            before = torch.get_rng_state()
+            # every global generator the step could draw from: on a GPU, dropout draws from the CUDA one
+            before = _global_states(m.trainer.exp.device) if m.global_rng_free is None else None
             record = m.trainer._train_step(defer=_defers(m.trainer))
-            if m.global_rng_free is None:
-                m.global_rng_free = torch.equal(before, torch.get_rng_state())
+            if before is not None:
+                m.global_rng_free = all(torch.equal(a, b) for a, b in zip(
+                    before, _global_states(m.trainer.exp.device), strict=True))
             self._stepped.append((m, record, time.perf_counter() - t0))  # _after_step once every run stepped
 
         self._guarded(m, step)

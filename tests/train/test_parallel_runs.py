@@ -256,6 +256,28 @@ def test_gat_attention_dropout_is_found_out_and_stepped_alone(tmp_path, fused_ca
     _assert_found_out_and_redone(tmp_path, FULL_GAT, fused_calls)
 
 
+def test_the_first_step_probe_sees_draws_from_the_devices_own_generator(tmp_path, fused_calls, monkeypatch):
+    """On a GPU, dropout draws from the CUDA generator, not the CPU one: the probe of a run's first step compares
+    every global generator of the run's device, so runs that draw there fuse with their own streams. (A probe of
+    the CPU generator alone saw no draw on a GPU and fused such runs on the one shared CUDA generator: each run's
+    masks then depended on the group.) The device's generator is stood in for by one more generator here."""
+    from cmlgraph.train.trainer import Trainer
+
+    device_gen = torch.Generator().manual_seed(0)
+    real = parallel._global_states
+    monkeypatch.setattr(parallel, "_global_states", lambda device: [*real(device), device_gen.get_state()])
+    original = Trainer._train_step
+
+    def drawing_step(self, defer=False):
+        torch.rand(1, generator=device_gen)  # as a CUDA run's dropout moves the CUDA generator
+        return original(self, defer)
+
+    monkeypatch.setattr(Trainer, "_train_step", drawing_step)
+    results = train_parallel([_cfg(GRAPH, tmp_path, f"g{s}", train__seed=s) for s in (0, 1)], progress=False)
+    assert [r.error for r in results] == [None, None]
+    assert fused_calls and all(n == -2 for n in fused_calls)  # fused, each run drawing from its own stream
+
+
 def test_group_tasks_keeps_each_runs_own_groups():
     from cmlgraph.core.streams import TaskStreams, group_tasks
 
