@@ -141,23 +141,34 @@ class _Member:
         return self.ok and t.step < self.steps and not t._patience_spent()
 
 
+def _device_states(device: torch.device) -> list[Tensor]:
+    """The states of torch's global generators of ``device`` besides the CPU's (a CUDA run's dropout draws from the
+    CUDA one); none for a CPU run."""
+    return list(torch.cuda.get_rng_state_all()) if device.type == "cuda" and torch.cuda.is_available() else []
+
+
+def _set_device_states(device: torch.device, states: Sequence[Tensor]) -> None:
+    """Set the generators that :func:`_device_states` read (nothing for a CPU run or no states)."""
+    if states:
+        torch.cuda.set_rng_state_all(list(states))
+
+
 @contextmanager
 def _own_rng(m: _Member) -> Iterator[None]:
-    """Torch's global RNG as the run would have it alone (each separate run seeds and draws its own)."""
-    cuda = torch.cuda.is_available() and m.trainer.exp.device.type == "cuda"
-    outer, outer_cuda = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if cuda else [])
+    """Torch's global RNGs as the run would have them alone (each separate run seeds and draws its own): the CPU's
+    and, for a CUDA run, the CUDA ones."""
+    device = m.trainer.exp.device
+    outer, outer_device = torch.get_rng_state(), _device_states(device)
     if m.rng is not None:
         torch.set_rng_state(m.rng)
-    if cuda and m.cuda_rng:
-        torch.cuda.set_rng_state_all(m.cuda_rng)
+    _set_device_states(device, m.cuda_rng)
     try:
         yield
     finally:
         m.rng = torch.get_rng_state()
-        m.cuda_rng = torch.cuda.get_rng_state_all() if cuda else []
+        m.cuda_rng = _device_states(device)
         torch.set_rng_state(outer)
-        if cuda:
-            torch.cuda.set_rng_state_all(outer_cuda)
+        _set_device_states(device, outer_device)
 
 
 def fusable(trainer: Trainer) -> bool:
@@ -190,10 +201,7 @@ def _run_generator(m: _Member) -> torch.Generator | None:
 
 
 def _global_states(device: torch.device) -> list[Tensor]:
-    states = [torch.get_rng_state()]
-    if device.type == "cuda":
-        states += torch.cuda.get_rng_state_all()
-    return states
+    return [torch.get_rng_state(), *_device_states(device)]
 
 
 def _same(a: Tensor, b: Tensor) -> bool:
@@ -271,7 +279,9 @@ class ParallelTrainer:
             if trainer.dist.active:
                 raise ConfigError("--parallel-runs trains several runs in one process; under torchrun each process "
                                   "trains one run: use --parallel-runs 1")
-            self.members.append(_Member(trainer, result, rng=torch.get_rng_state()))
+            # the states its seeding left (a later run's Trainer seeds the global generators again), the device's too
+            self.members.append(_Member(trainer, result, rng=torch.get_rng_state(),
+                                        cuda_rng=_device_states(trainer.exp.device)))
 
     def run(self) -> list[ParallelResult]:
         """Open every run folder, train the group in lockstep, test each run; one result per config, in order."""

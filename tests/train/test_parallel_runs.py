@@ -278,6 +278,33 @@ def test_the_first_step_probe_sees_draws_from_the_devices_own_generator(tmp_path
     assert fused_calls and all(n == -2 for n in fused_calls)  # fused, each run drawing from its own stream
 
 
+def test_each_run_draws_from_its_own_seeding_of_the_devices_generator(tmp_path, monkeypatch):
+    """Each run of a group starts from the device generator's state that its own seeding left (a CUDA run's
+    ``torch.manual_seed`` seeds the CUDA generator too), not from the last-built run's: the device's generator is
+    stood in for by one more generator that ``torch.manual_seed`` seeds and each step draws from. (The group kept
+    only the CPU state of each run's seeding: on a GPU every run's first dropout draws came from the last seed.)"""
+    from cmlgraph.train.trainer import Trainer
+
+    device_gen = torch.Generator()
+    monkeypatch.setattr(parallel, "_device_states", lambda device: [device_gen.get_state()])
+    monkeypatch.setattr(parallel, "_set_device_states",
+                        lambda device, states: device_gen.set_state(states[0]) if states else None)
+    real_seed = torch.manual_seed
+    monkeypatch.setattr(torch, "manual_seed", lambda seed: (device_gen.manual_seed(seed), real_seed(seed))[1])
+    drawn: dict[int, list[float]] = {}
+    original = Trainer._train_step
+
+    def drawing_step(self, defer=False):
+        drawn.setdefault(int(self.cfg.train.seed), []).append(torch.rand(1, generator=device_gen).item())
+        return original(self, defer)
+
+    monkeypatch.setattr(Trainer, "_train_step", drawing_step)
+    results = train_parallel([_cfg(GRAPH, tmp_path, f"g{s}", train__seed=s) for s in (3, 4)], progress=False)
+    assert [r.error for r in results] == [None, None]
+    for seed in (3, 4):  # each run's first draw: what its seed gives (the rest of its steps were fused)
+        assert drawn[seed][0] == torch.rand(1, generator=torch.Generator().manual_seed(seed)).item()
+
+
 def test_group_tasks_keeps_each_runs_own_groups():
     from cmlgraph.core.streams import TaskStreams, group_tasks
 
