@@ -145,7 +145,7 @@ table3() {  # $1: selector, $2: runs per arm, $3: --parallel-runs, $4: time limi
     start=$(date +%s.%N)
     timeout "$4" python -m cmlgraph reproduce --only "$1" --runs "$2" --parallel-runs "$3" --device cuda \
         --runs-dir "$5" > "$5.log" 2>&1 || echo "gpu_check: reproduce exited with status $?"
-    grep -h "meta-steps fused" "$5.log" | head -3 || true
+    grep -h "meta-steps fused\|--parallel-runs on cuda\|CUDA graphs off" "$5.log" | head -6 || true
     echo "gpu_check: $1, $2 runs per arm, --parallel-runs $3: $(find "$5" -name summary.json 2>/dev/null | wc -l) runs finished" \
         "in $(since "$start") s (limit $4 s)"
 }

@@ -57,6 +57,7 @@ from cmlgraph.core.model import parameters_of
 from cmlgraph.core.objective import OuterLoss
 from cmlgraph.core.streams import generator_from_state, task_streams
 from cmlgraph.errors import CmlgraphError, ConfigError
+from cmlgraph.train.fuse_policy import FusePolicy
 from cmlgraph.train.io import MetricsLog, kill_point
 from cmlgraph.train.trainer import Trainer, prepare
 
@@ -370,6 +371,9 @@ class ParallelTrainer:
         from cmlgraph.train.progress import loss_label, run_progress
 
         # as a run alone shows it: the last logged loss and the best validation score, per run
+        first = self.members[0].trainer
+        # fused eager steps or each run's CUDA graph: timed on the device where the runs' steps are captured
+        self.policy = FusePolicy(str(first.cfg.train.cuda_graphs), first.exp.device, say=self.console.print)
         with run_progress(self.console, self.progress and any(m.active() for m in self.members)) as bar:
             tasks = {id(m): bar.add_task(f"meta-training {m.trainer.run_dir.name if m.trainer.run_dir else ''}",
                                          total=m.steps, completed=m.trainer.step, info="")
@@ -406,12 +410,13 @@ class ParallelTrainer:
             t = m.trainer
             diag = t.cfg.train.diag_every > 0 and (t.step + 1) % t.cfg.train.diag_every == 0
             draws_ok = m.global_rng_free or (m.global_rng_free is False and m.streams_ok and _stream_aware(t))
-            if draws_ok and not diag and fusable(t):
+            if draws_ok and not diag and fusable(t) and self.policy.fuses:
                 key = (t.step, tuple((k, tuple(p.shape)) for k, p in parameters_of(t.exp.model).items()))
                 fused.setdefault(key, []).append(m)
             else:
                 alone.append(m)
         self._stepped: list[tuple[_Member, dict[str, Any], float]] = []
+        self.policy.begin()
         for group in fused.values():
             if len(group) == 1:
                 alone += group
@@ -420,6 +425,7 @@ class ParallelTrainer:
         for m in alone:
             self._alone_step(m)
         stepped, self._stepped = self._stepped, []
+        self.policy.end(len(stepped), [m.trainer for m in active if m.ok])
         shared = self._validate_together([m for m, _, _ in stepped])
         for m, record, seconds in stepped:
             self._guarded(m, lambda m=m, record=record, seconds=seconds: self._after_step(

@@ -1,0 +1,137 @@
+"""Fused eager meta-steps or each run's CUDA graph (:mod:`cmlgraph.train.fuse_policy`): the group's timed trial,
+driven on the CPU through the stand-in capture (tests/conftest.py) with a clock of the test's own."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+import pytest
+import torch
+from rich.console import Console
+
+import cmlgraph.train.cuda_graphs as cuda_graphs
+import cmlgraph.train.parallel as parallel
+from cmlgraph.train.fuse_policy import TRIAL_STEPS, FusePolicy, captures_working
+from cmlgraph.train.parallel import train_parallel
+from cmlgraph.train.trainer import train
+from tests.train.test_parallel_runs import GRAPH, _assert_equal_runs, _cfg
+
+
+def _captured() -> SimpleNamespace:
+    return SimpleNamespace(_graphed=SimpleNamespace(failed=None, graph=object()))
+
+
+class PhaseClock:
+    """Seconds that pass per call: ``alone`` in the alone trial, ``fused`` otherwise (so a timed lockstep lasts
+    one such step: ``begin`` reads the clock, ``end`` reads it again)."""
+
+    def __init__(self, alone: float, fused: float) -> None:
+        self.alone, self.fused, self.now, self.policy = alone, fused, 0.0, None
+
+    def __call__(self) -> float:
+        self.now += self.alone if self.policy.phase == "alone-trial" else self.fused
+        return self.now
+
+
+def _drive(policy: FusePolicy, trainers, locksteps: int, runs: int = 2) -> list[bool]:
+    fuses = []
+    for _ in range(locksteps):
+        fuses.append(policy.fuses)
+        policy.begin()
+        policy.end(runs, trainers)
+    return fuses
+
+
+@pytest.mark.parametrize("alone,fused,chosen", [(1.0, 3.0, "alone"), (3.0, 1.0, "fuse")])
+def test_the_trial_times_both_ways_and_keeps_the_faster(alone, fused, chosen):
+    lines: list[str] = []
+    clock = PhaseClock(alone, fused)
+    policy = FusePolicy("auto", torch.device("cpu"), say=lines.append, clock=clock)
+    clock.policy = policy
+    fuses = _drive(policy, [_captured(), _captured()], 1 + TRIAL_STEPS + 1 + TRIAL_STEPS + 3)
+    # probe (alone), the alone trial, one untimed fused step, the fused trial, then the choice
+    assert fuses == [False] * (1 + TRIAL_STEPS) + [True] * (1 + TRIAL_STEPS) + [chosen == "fuse"] * 3
+    assert policy.phase == chosen
+    assert policy.timings["alone"] == [alone / 2] * TRIAL_STEPS  # seconds per run-step: 2 runs a lockstep
+    assert policy.timings["fuse"] == [fused / 2] * TRIAL_STEPS
+    assert len(lines) == 1 and f"{alone / 2 * 1e3:.2f} ms" in lines[0] and f"{fused / 2 * 1e3:.2f} ms" in lines[0]
+    assert policy.summary() == {"steps": chosen, "alone_ms": alone / 2 * 1e3, "fuse_ms": fused / 2 * 1e3}
+
+
+def test_no_trial_without_working_captures_and_on_always_steps_alone():
+    eager = SimpleNamespace(_graphed=None)
+    failed = SimpleNamespace(_graphed=SimpleNamespace(failed="RuntimeError: x", graph=None))
+    for trainers in ([eager, eager], [_captured(), failed], []):
+        assert not captures_working(trainers)
+        policy = FusePolicy("auto", torch.device("cpu"))
+        assert _drive(policy, trainers, 4) == [False, True, True, True] and policy.timings == {"alone": [],
+                                                                                              "fuse": []}
+    policy = FusePolicy("on", torch.device("cpu"))  # capture asked for: each run replays its graph, no trial
+    assert _drive(policy, [_captured(), _captured()], 4) == [False] * 4 and policy.phase == "alone"
+    assert FusePolicy("off", torch.device("cpu")).fuses  # never captured: fused from the start
+
+
+@pytest.fixture
+def graphed_on_cpu(stand_in, monkeypatch):
+    """Runs on the CPU get a ``GraphedMetaStep`` as CUDA runs do (eligibility's device check bypassed), recorded
+    through the stand-in graph; the fused steps are counted."""
+    monkeypatch.setattr(cuda_graphs, "ineligible", lambda *args, **kwargs: None)
+    monkeypatch.setattr(cuda_graphs, "config_ineligible", lambda cfg: None)
+    calls: list[int] = []
+    original = parallel.fused_gradients
+
+    def spy(trainers, episodes, **kwargs):
+        calls.append(len(trainers))
+        return original(trainers, episodes, **kwargs)
+
+    monkeypatch.setattr(parallel, "fused_gradients", spy)
+    return calls
+
+
+def _policy_with(monkeypatch, alone: float, fused: float) -> None:
+    real = parallel.FusePolicy
+
+    def make(mode, device, say=lambda line: None):
+        clock = PhaseClock(alone, fused)
+        clock.policy = policy = real(mode, device, say=say, clock=clock)
+        return policy
+
+    monkeypatch.setattr(parallel, "FusePolicy", make)
+
+
+@pytest.mark.parametrize("alone,fused,chosen", [(1.0, 3.0, "alone"), (3.0, 1.0, "fuse")])
+def test_a_group_whose_runs_replay_graphs_steps_the_faster_way_and_equals_separate_runs(
+        tmp_path, graphed_on_cpu, monkeypatch, alone, fused, chosen):
+    steps = 1 + TRIAL_STEPS + 1 + TRIAL_STEPS + 3
+    settings = {**GRAPH, "train": {**GRAPH["train"], "steps": steps, "val_every": 7, "log_every": 3}}
+    _policy_with(monkeypatch, alone, fused)
+    separate = [train(_cfg(settings, tmp_path, f"alone-s{s}", train__seed=s), progress=False)[0] for s in (0, 1)]
+    out = io.StringIO()
+    results = train_parallel([_cfg(settings, tmp_path, f"group-s{s}", train__seed=s) for s in (0, 1)],
+                             Console(file=out, width=300), progress=False)
+    assert [r.error for r in results] == [None, None]
+    fused_steps = 1 + TRIAL_STEPS + (3 if chosen == "fuse" else 0)
+    assert graphed_on_cpu == [2] * fused_steps  # fused only in the trial's fused half, and after it if chosen
+    said = out.getvalue()
+    assert ("the runs step alone, each replaying its CUDA graph" in said) == (chosen == "alone")
+    assert f"group-s0 {fused_steps}/{steps}" in said
+    for a, r in zip(separate, results, strict=True):  # either way, each folder equals its run alone
+        _assert_equal_runs(a, r.run_dir)
+
+
+def test_cuda_graphs_on_steps_each_run_alone_through_its_graph(tmp_path, graphed_on_cpu, monkeypatch):
+    replays: list[int] = []
+    real_replay = cuda_graphs.GraphedMetaStep._replay
+
+    def counted(self, episodes):
+        replays.append(id(self))
+        return real_replay(self, episodes)
+
+    monkeypatch.setattr(cuda_graphs.GraphedMetaStep, "_replay", counted)
+    settings = {**GRAPH, "train": {**GRAPH["train"], "steps": 5, "cuda_graphs": "on"}}
+    results = train_parallel([_cfg(settings, tmp_path, f"g{s}", train__seed=s) for s in (0, 1)], progress=False)
+    assert [r.error for r in results] == [None, None]
+    assert graphed_on_cpu == []  # never fused: each step replayed the run's own graph
+    # each run: its first step captured and replayed once for the check, then a replay a step
+    assert len(replays) == 2 * 5 and len(set(replays)) == 2
