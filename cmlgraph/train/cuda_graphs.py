@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
 
@@ -299,19 +300,27 @@ class GraphedMetaStep:
             for side in SIDES:
                 copy_into(getattr(dst, side), getattr(src, side))
 
+    def _device(self) -> torch.device:
+        """The device of the meta-model's parameters (where the step runs)."""
+        return next(iter(parameters_of(self.model).values())).device
+
     def _record(self, fn: Any) -> tuple[Any, MetaStep]:
         """``fn`` (the meta-step on the input buffers) warmed up on a side stream, then captured: the graph and
-        its output buffers."""
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: the prefetch worker (train.prefetch, on for CUDA) may copy the next episodes meanwhile
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            out = fn()
+        its output buffers. Everything on the parameters' device, made current: streams and the capture are
+        otherwise the current device's (``cuda:0`` in a process that never set one), and a capture on another
+        device than the kernels' records nothing, so every replay would return the capture's gradients."""
+        device = self._device()
+        with torch.cuda.device(device):
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP):
+                    fn()
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: the prefetch worker (train.prefetch, on for CUDA) may copy the next episodes meanwhile
+            with torch.cuda.graph(graph, stream=torch.cuda.Stream(device), capture_error_mode="thread_local"):
+                out = fn()
         return graph, out
 
     def _capture(self, episodes: Sequence[Episode], step: int, capacity: Any = None) -> None:
@@ -341,14 +350,19 @@ class GraphedMetaStep:
             self.static = self.buffers.static
         else:
             self.static = [Episode(*(static_copy(getattr(e, s)) for s in SIDES)) for e in episodes]
-        self.graph, self.out = self._record(lambda: self._eager(self.static, step))
+        device = self._device()
+        state = _rng_state(device)  # the warm-up and capture passes draw dropout masks: not the run's draws
+        try:
+            self.graph, self.out = self._record(lambda: self._eager(self.static, step))
+        finally:
+            _set_rng_state(device, state)
         self.captures += 1
 
     def _checked(self, episodes: Sequence[Episode], step: int, capacity: Any = None) -> MetaStep:
         """Capture, replay once and compare with the eager step on the same meta-batch (the RNG restored in
         between: G-Meta's dropout draws the same masks); the eager result is the step's. Raises on any failure."""
         self._capture(episodes, step, capacity)
-        device = next(iter(parameters_of(self.model).values())).device
+        device = self._device()
         state = _rng_state(device)
         replayed = self._replay(episodes)
         _set_rng_state(device, state)
@@ -407,13 +421,15 @@ class GraphedMetaStep:
     def _grouped(self, episodes: Sequence[Episode]) -> bool:
         """Whether this meta-batch runs in memory groups (:func:`~cmlgraph.core.memory.training_spans`): such a step
         is eager (a capture records one pass over fixed buffers; the groups' passes read other inputs)."""
-        device = next(iter(parameters_of(self.model).values())).device
+        device = self._device()
         return len(training_spans(self.model.extractor, episodes, self.algo.kept_passes(0), device)) > 1
 
     def _replay(self, episodes: Sequence[Episode]) -> MetaStep:
         assert self.graph is not None and self.out is not None
         self._copy_in(episodes)
-        self.graph.replay()
+        device = self._device()
+        with torch.cuda.device(device) if device.type == "cuda" else nullcontext():  # (the CPU: tests' stand-in)
+            self.graph.replay()
         self.replays += 1
         out = self.out  # fixed buffers: read (the optimizer step, the deferred losses) before the next replay
         loss = OuterLoss(meta=out.loss.meta, co=out.loss.co, total=out.loss.total)

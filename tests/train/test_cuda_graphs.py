@@ -184,3 +184,84 @@ def test_whole_graph_capture_buffers_take_the_next_meta_batch(tmp_path, gnn):
     for ep in local:
         ep.support_x.local = True
     assert "data-dependent sizes" in ineligible(cfg, cpu, episodes=local)
+
+
+def test_the_capture_runs_on_the_parameters_device_and_replays_there(monkeypatch):
+    """A run on ``cuda:1`` captures with ``cuda:1`` current and on its own streams: the capture and its streams are
+    otherwise the current device's (``cuda:0`` in a process that never set one), where a capture of kernels that
+    run on ``cuda:1`` records nothing, and every replay would return the capture's own gradients. The ``torch.cuda``
+    calls are stood in by recorders (no CUDA here)."""
+    import contextlib
+
+    import torch.nn.functional as F
+
+    from cmlgraph.algorithms.base import MetaAlgorithm
+    from cmlgraph.config import AlgoConfig
+
+    calls: list[tuple[str, object]] = []
+
+    @contextlib.contextmanager
+    def device(d):
+        calls.append(("device", torch.device(d)))
+        yield
+
+    class Stream:
+        def __init__(self, d=None):
+            calls.append(("stream", None if d is None else torch.device(d)))
+
+        def wait_stream(self, other):
+            pass
+
+    @contextlib.contextmanager
+    def graph(g, stream=None, **kwargs):
+        calls.append(("capture", stream is not None))
+        yield
+
+    class Graph:
+        def replay(self):
+            calls.append(("replay", None))
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda d=None: Stream(d))
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    step = GraphedMetaStep(MetaAlgorithm(AlgoConfig()), SimpleNamespace(), F.mse_loss, True)
+    cuda1 = torch.device("cuda", 1)
+    monkeypatch.setattr(step, "_device", lambda: cuda1)
+    step._record(lambda: "out")
+    assert calls[0] == ("device", cuda1)  # made current before any stream or capture
+    assert all(d == cuda1 for kind, d in calls if kind == "stream")  # every stream on the run's device
+    assert ("capture", True) in calls  # on a stream of its own, not the shared default of another device
+    calls.clear()
+    step.graph, step.out = Graph(), SimpleNamespace(loss=SimpleNamespace(meta=0, co=0, total=0), grads={})
+    monkeypatch.setattr(step, "_copy_in", lambda episodes: None)
+    step._replay([])
+    assert calls == [("device", cuda1), ("replay", None)]
+
+
+def test_a_capture_leaves_the_runs_random_stream_where_an_eager_step_leaves_it(stand_in):
+    """The warm-up and capture passes draw dropout masks too: a capture restores the RNG afterwards, so the first
+    captured step (its check included) moves the run's stream exactly as one eager step on the buffers does (a
+    capture moved it by its passes' draws: at every recapture, and again on resume)."""
+    import torch.nn.functional as F
+
+    from cmlgraph.algorithms.tlp import GMeta
+    from cmlgraph.backbones.gmeta import BallGCN
+    from cmlgraph.config import AlgoConfig
+    from cmlgraph.core.model import MetaModel
+    from tests.train.test_cuda_graph_balls import _batch, _index
+
+    torch.manual_seed(0)
+    model = MetaModel(BallGCN(7, hidden=5, dropout=0.5), 2, co_depth=1, co_hidden=6)
+    algo = GMeta(AlgoConfig(algo="gmeta", cml=True, gamma=0.2, inner_steps=2, inner_lr=0.05, first_order=True))
+    step = GraphedMetaStep(algo, model, F.cross_entropy, True)
+    eps = _batch(_index(), torch.randperm(80, generator=torch.Generator().manual_seed(1)), 0)
+    torch.manual_seed(5)
+    step(eps, 0)
+    assert step.failed is None and step.captures == 1
+    after_step = torch.get_rng_state()
+    torch.manual_seed(5)
+    step._eager(step.static, 0)
+    assert torch.equal(after_step, torch.get_rng_state())
