@@ -95,12 +95,17 @@ class Prefetcher(Generic[T]):
             if generator is not None:
                 self._own = torch.Generator(device=generator.device)
                 self._own.set_state(generator.get_state())
+            # the caller's current CUDA device (torchrun's rank sets it): current devices are per thread, and the
+            # worker's would be cuda:0, where it would put every rank's "cuda" tensors
+            self._cuda_device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
             self._thread = threading.Thread(target=self._work, name=name, daemon=True)
             self._thread.start()
 
     # --- worker ---------------------------------------------------------------------------------------------
     def _work(self) -> None:
         try:
+            if self._cuda_device is not None:
+                torch.cuda.set_device(self._cuda_device)
             while not self._stop.is_set():
                 try:
                     value = self._produce(self._own)

@@ -43,6 +43,20 @@ def test_items_and_generator_states_equal_drawing_inline():
     assert not ahead.alive
 
 
+def test_the_worker_prepares_on_the_callers_cuda_device(monkeypatch):
+    """The current CUDA device is per thread: under torchrun a rank makes ``cuda:local_rank`` current on its main
+    thread, and a worker that never set it would put that rank's "cuda" episode tensors on ``cuda:0`` (a device
+    mismatch at the first step of every rank but 0). The worker takes the caller's device first thing (the CUDA
+    calls are stood in: no GPU here)."""
+    set_in: list[tuple[int, str]] = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: set_in.append((d, threading.current_thread().name)))
+    with Prefetcher(_draw, torch.Generator().manual_seed(0), name="cmlgraph-test-device") as ahead:
+        ahead.next()
+    assert set_in == [(1, "cmlgraph-test-device")]
+
+
 def test_disabled_prefetcher_calls_produce_in_the_caller():
     g = torch.Generator().manual_seed(1)
     seen = []
