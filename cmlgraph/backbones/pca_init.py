@@ -7,8 +7,9 @@ those of the propagated features with the noise of the smallest directions remov
 graphs (docs/baselines.md), nearest class means on these features, L2-normalised, beat cosine class means on the full
 ``Â^K X`` (``sgc-proto``): meta-training then starts at, not below, the training-free baseline.
 
-The basis is computed with :func:`torch.svd_lowrank` under a fixed seed inside :func:`torch.random.fork_rng`, so it is
-deterministic and leaves the global random stream (the rest of the model's init, the episodes) untouched.
+The basis is computed with :func:`torch.svd_lowrank` under a fixed seed (:func:`cmlgraph.core.seeded.seeded`), so it
+is deterministic and leaves the global random streams (the rest of the model's init, the episodes, a GPU's dropout)
+untouched.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from cmlgraph.core.seeded import seeded
 from cmlgraph.errors import ConfigError
 
 #: The dense ``Â^K X`` is formed for the decomposition only up to this many bytes (float32).
@@ -33,8 +35,7 @@ def principal_axes(m: Tensor, dim: int) -> Tensor:
         dim: Number of axes wanted; at most ``min(N, F)`` are returned.
     """
     q = min(dim, *m.shape)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with seeded(0, m.device):  # the CPU's and m's device's generators only (not torch.manual_seed: every CUDA one)
         _, _, v = torch.svd_lowrank(m.double(), q=min(q + OVERSAMPLE, *m.shape), niter=POWER_ITERATIONS)
     return v[:, :q].T.to(m.dtype).contiguous()
 

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import GCNConv
 from torch_geometric.utils import coalesce, contains_self_loops, dropout_edge, to_torch_csr_tensor
 
+from cmlgraph.core.seeded import seeded
 from cmlgraph.errors import ConfigError
 
 
@@ -197,8 +198,7 @@ def pretrain_grace(x: Tensor, edge_index: Tensor, settings: GraceSettings, epoch
     if int(epochs) < 0:
         raise ConfigError(f"GRACE pretraining epochs must be >= 0, got {epochs}")
     x = as_csr(x.float() if x.layout != torch.sparse_csr else x.to(torch.float32))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed, x.device):  # the CPU's and x's device's generators only, restored after
         model = GraceEncoder(x.shape[1], settings.hidden, settings.proj, settings.activation).to(x.device)
         opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
         n = x.shape[0]
