@@ -164,6 +164,16 @@ def _finite_flag(step_grads: dict[str, torch.Tensor], loss: torch.Tensor) -> tor
     return torch.stack(checks).all()
 
 
+
+def _run_device_rng(state: dict[str, Any], device: torch.device) -> torch.Tensor | None:
+    """The CUDA RNG state a checkpoint holds for the run's device: its one state (``cuda_rng_device``), or, in a
+    checkpoint of every device's states (before session 33), the state at the device's index where it has one."""
+    states = state.get("cuda_rng") or []
+    if state.get("cuda_rng_device"):
+        return states[0] if states else None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return states[index] if index < len(states) else None
+
 class Trainer:
     """Runs meta-training for one config and writes its run folder.
 
@@ -227,7 +237,9 @@ class Trainer:
             "generator": e.generator.get_state(),
             "algo_generator": e.algo.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self._uses_cuda() else [],
+            # the run's own device's state only: the machine that resumes may have fewer GPUs (or the run another)
+            "cuda_rng": [torch.cuda.get_rng_state(e.device)] if self._uses_cuda() else [],
+            "cuda_rng_device": True,
             "best": self.best,
             "best_step": self.best_step,
             "best_params": self.best_params or {},
@@ -252,8 +264,9 @@ class Trainer:
             e.generator.set_state(state["generator"])
             e.algo.generator.set_state(state["algo_generator"])
             torch.set_rng_state(state["torch_rng"])
-            if state.get("cuda_rng") and self._uses_cuda():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            cuda_rng = _run_device_rng(state, e.device) if self._uses_cuda() else None
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, e.device)
             step = int(state["step"])
             best = state["best"]
             best_step, skipped, elapsed = int(state["best_step"]), int(state["skipped"]), float(state["elapsed"])

@@ -152,6 +152,32 @@ def test_checkpoint_restores_every_generator(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(da, draws(b), strict=True))
 
 
+def test_a_cuda_checkpoint_holds_its_devices_rng_and_resumes_on_a_machine_with_fewer_gpus(tmp_path, monkeypatch):
+    """A CUDA run's checkpoint holds its own device's RNG state, restored on whatever device index the resuming run
+    has; a checkpoint of every device's states (the format before) restores the state at the run's index where it
+    has one. (Restoring every device's states raised IndexError, a raw traceback, on a machine with fewer GPUs.)
+    The CUDA calls are stood in (no GPU here)."""
+    from cmlgraph.config import Config, apply_overrides
+    from cmlgraph.train.trainer import Trainer
+
+    cfg = apply_overrides(Config(), _settings("noise"), "test")
+    t = Trainer(cfg, progress=False)
+    restored: list[tuple[int, torch.device]] = []
+    monkeypatch.setattr(Trainer, "_uses_cuda", lambda self: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.tensor([7, 7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append((int(s[0]), device)))
+    state = t.checkpoint_state()
+    assert [s.tolist() for s in state["cuda_rng"]] == [[7, 7]]  # one state: the run's device's
+    t.load_checkpoint(state)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    old = {k: v for k, v in state.items() if k != "cuda_rng_device"}
+    old["cuda_rng"] = [torch.tensor([i, i], dtype=torch.uint8) for i in (3, 4, 5)]  # three GPUs' states
+    t.load_checkpoint(old)  # this run's device is index 0 (current): the first state
+    t.exp.device = torch.device("cuda", 5)  # a device the old checkpoint has no state for: left alone
+    t.load_checkpoint(old)
+    assert [r[0] for r in restored] == [7, 3]
+
+
 def test_killed_before_test_episodes_were_written(tmp_path, references):
     run = _killed(tmp_path, "cml", "step_begin:1")
     (run / "test_episodes.pt").unlink()  # as if killed right after config.yaml
