@@ -326,7 +326,9 @@ class GNNBackbone(Backbone):
                 z = self._task_dropout(rows, t, streams, lambda a, b: n)
                 h = task_linear(z, params["convs.0.lin.weight"], t, params.get("convs.0.lin.bias"))
                 return self._sgc_out(h).view(t, n, -1)
-        if (self.kind in WHOLE_GRAPH_KINDS and not any(g.local for g in items)
+        # (k-hop subgraphs never: one task's subgraph is trivially "one graph", but a CUDA graph's padded union
+        # buffers are read only by the subgraph path below)
+        if (self.kind in WHOLE_GRAPH_KINDS and not any(g.local or g.subgraph for g in items)
                 and all(g.x is items[0].x for g in items) and not (self.training and self._draws_dropout)):
             return self._whole_graph_tasks(params, items)
         if self.kind == "gat" and all(g.subgraph for g in items) and not (self.training and self._draws_dropout):

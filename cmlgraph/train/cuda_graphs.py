@@ -60,8 +60,10 @@ WARMUP = 3
 #: buffers (each capacity grows by ``SLACK``, so a few captures hold the run's largest batches); after that, an
 #: outgrowing batch steps eagerly.
 MAX_CAPTURES = 6
-#: Tolerance of the first-step check against the eager step.
-RTOL, ATOL = 1e-4, 1e-6
+#: Tolerance of the first-step check against the eager step. On CUDA ``index_add`` and ``embedding_bag`` sum with
+#: atomics, so a replay and an eager step differ in float summation order (about 1e-7 of the summands in float32);
+#: ``atol`` leaves second-order gradients room for that, while a wrong capture differs by far more.
+RTOL, ATOL = 1e-4, 1e-5
 
 
 #: ``--algo`` names whose meta-step can be captured (the classes of :data:`GRAPHABLE`).

@@ -81,6 +81,20 @@ def test_replays_equal_eager_and_outgrown_buffers_are_captured_again(stand_in, f
     assert_replay_syncs_only_for_one_hot(step, batches[1])
 
 
+def test_a_meta_batch_of_one_task_replays_the_padded_union_too(stand_in):
+    """``--meta-batch 1 --batched on``: one task's subgraph is its "whole graph" too, and the pass took the
+    whole-graph path on the capture's fixed input (the first batch's own subgraph), never reading the padded
+    buffers: every replay returned the first batch's loss and gradients. Each replay equals its batch's eager step."""
+    e = _experiment()
+    step = GraphedMetaStep(e.algo, e.model, e.domain.loss_fn, True)
+    batches = [[b[0]] for b in _batches(e)]
+    counts = step_through(step, [batches[0], batches[1], batches[-1], batches[0]], lambda eps: _eager(e, eps),
+                          _assert_same)
+    assert counts[-1][1] >= 3  # replayed, not stepped eagerly
+    x = step.static[0].support_x
+    assert x.__dict__[STATIC_BATCH_KEY][1] is step.buffers.unions["support_x"]
+
+
 def test_another_node_count_steps_eagerly_and_tasks_one_by_one_are_not_captured(stand_in):
     e = _experiment()
     step = GraphedMetaStep(e.algo, e.model, e.domain.loss_fn, True)
