@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
+from itertools import groupby
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from cmlgraph.core.memory import EVAL_BYTES_PER_VALUE, memory_budget, task_value
 from cmlgraph.core.model import MetaModel
 from cmlgraph.core.streams import group_tasks
 from cmlgraph.domains.base import Domain
-from cmlgraph.train.guards import score_predictions
+from cmlgraph.train.guards import finite_rows, score_tasks
 from cmlgraph.train.prefetch import Prefetcher
 from cmlgraph.train.stats import mean_ci95
 
@@ -129,9 +130,9 @@ def evaluate(
                 for ep in eps:
                     out, co = algo.predict(model, params, ep, domain.loss_fn)
                     pairs.append((out, co, ep.query_y))
-            for out, co, y in pairs:
-                tally.add(out, co, y)
-                if progress is not None:
+            tally.add_pairs(pairs)
+            if progress is not None:
+                for _ in pairs:
                     progress()
     finally:
         exits.close()  # stops the prefetch worker, also on an error
@@ -155,19 +156,54 @@ class Tally:
 
     def add(self, out: Tensor, co: Tensor | None, y: Tensor) -> None:
         """One task's meta-learner predictions ``out``, co-learner predictions ``co`` (or ``None``), targets ``y``."""
-        score, finite = score_predictions(self.metric, out, y)  # NaN logits are never answers
-        self.scores.append(score)
-        self.queries += int(y.shape[0]) if y.dim() else 1
-        if self.abstains and not finite:  # unanswered queries (NaN rows): wrong, counted, not "diverged"
-            missing = int((~torch.isfinite(out).all(dim=-1)).sum()) if out.dim() > 1 else 0
-            self.abstained += missing
-            self.abstained_tasks += 1
-        else:
-            self.nonfinite += not finite
+        self.add_tasks(out.unsqueeze(0), None if co is None else co.unsqueeze(0), y.unsqueeze(0))
+
+    def add_tasks(self, out: Tensor, co: Tensor | None, y: Tensor) -> None:
+        """``T`` tasks' predictions at once (``[T, q, ...]``, as :meth:`add` takes one), scored on their device and
+        read back in one transfer (one sync on a GPU for the whole chunk, not several a task: issue 18)."""
+        scores, finite = score_tasks(self.metric, out, y)  # NaN logits are never answers
+        parts = [scores.double(), finite.double()]
+        if self.abstains:  # unanswered queries (NaN rows) per task
+            parts.append((~finite_rows(out)).flatten(1).sum(dim=1).double() if out.dim() > 2
+                         else torch.zeros_like(parts[0]))
         if co is not None:
-            self.dagger.append(score_predictions(self.metric, co, y)[0])
-            if self.metric == "accuracy" and co.dim() == 2 and co.shape[0] > 1:
-                self.one_class += bool((co.argmax(-1) == co.argmax(-1)[0]).all())
+            parts.append(score_tasks(self.metric, co, y)[0].double())
+            if self.metric == "accuracy" and co.dim() == 3 and co.shape[1] > 1:
+                top = co.argmax(-1)
+                parts.append((top == top[:, :1]).all(dim=1).double())
+        values = torch.stack(parts).tolist()  # the chunk's one read-back
+        scores_h, finite_h = values[0], [bool(f) for f in values[1]]
+        self.scores += scores_h
+        self.queries += len(scores_h) * (int(y.shape[1]) if y.dim() > 1 else 1)
+        rest = iter(values[2:])
+        if self.abstains:
+            missing = next(rest)
+            for ok, m in zip(finite_h, missing, strict=True):
+                if not ok:  # unanswered queries: wrong, counted, not "diverged"
+                    self.abstained += int(m)
+                    self.abstained_tasks += 1
+        else:
+            self.nonfinite += finite_h.count(False)
+        if co is not None:
+            self.dagger += next(rest)
+            one_class = next(rest, None)
+            if one_class is not None:
+                self.one_class += int(sum(one_class))
+
+    def add_pairs(self, pairs: Sequence[tuple[Tensor, Tensor | None, Tensor]]) -> None:
+        """Tasks as ``(out, co, y)`` triples: stacked and scored at once where their shapes agree (one read-back),
+        else one by one."""
+        if not pairs:
+            return
+        out0, co0, y0 = pairs[0]
+        if len(pairs) > 1 and all(o.shape == out0.shape and y.shape == y0.shape and (c is None) == (co0 is None)
+                                  and (c is None or c.shape == co0.shape) for o, c, y in pairs):
+            self.add_tasks(torch.stack([o for o, _, _ in pairs]),
+                           None if co0 is None else torch.stack([c for _, c, _ in pairs]),
+                           torch.stack([y for _, _, y in pairs]))
+            return
+        for out, co, y in pairs:
+            self.add(out, co, y)
 
     def result(self) -> dict[str, Any]:
         """The evaluation's summary (see :func:`evaluate`'s Returns)."""
@@ -253,8 +289,11 @@ def evaluate_runs(algo: MetaAlgorithm, model: MetaModel, runs: Sequence[tuple[Ma
                 params = {k: torch.stack([runs[r][0][k].detach() for r in owners]) for k in runs[0][0]}
                 ep = stack(sub)
                 out, co = algo.predict(model, params, ep, domain.loss_fn, batched=True, task_params=True)
-                for i, r in enumerate(owners):
-                    tallies[r].add(out[i], None if co is None else co[i], ep.query_y[i])
+                a = 0
+                for r, span in groupby(owners):  # each run's consecutive tasks of the pass, scored together
+                    b = a + len(list(span))
+                    tallies[r].add_tasks(out[a:b], None if co is None else co[a:b], ep.query_y[a:b])
+                    a = b
     finally:
         exits.close()  # stops the prefetch worker, also on an error or an early return
         model.train(was_training)

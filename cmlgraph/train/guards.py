@@ -39,14 +39,39 @@ def score_predictions(metric: str, pred: Tensor, y: Tensor) -> tuple[float, bool
     """Per-task score of predictions and whether they were all finite.
 
     Rows of non-finite logits are never counted as correct (the arg-max of NaN is 0, a real class); a regression
-    task with a non-finite prediction scores ``inf``.
+    task with a non-finite prediction scores ``inf``. One task of :func:`score_tasks`.
     """
-    finite_rows = torch.isfinite(pred).all(dim=-1) if pred.dim() > 1 else torch.isfinite(pred)
-    finite = bool(finite_rows.all())
+    scores, finite = score_tasks(metric, pred.unsqueeze(0), y.unsqueeze(0))
+    return float(scores[0]), bool(finite[0])
+
+
+def finite_rows(pred: Tensor) -> Tensor:
+    """Whether each query's prediction is finite: ``pred`` ``[T, q, C]`` (logits, or regression outputs) gives
+    ``[T, q]``; ``[T, q]`` (one value a query) itself."""
+    return torch.isfinite(pred).all(dim=-1) if pred.dim() > 2 else torch.isfinite(pred)
+
+
+def score_tasks(metric: str, pred: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Scores of ``T`` tasks at once, on the predictions' device (no host read: an evaluation reads a chunk's
+    scores back once, :class:`cmlgraph.train.evaluate.Tally`).
+
+    Args:
+        metric: ``accuracy`` or ``mse``.
+        pred: ``[T, q, C]`` logits (or ``[T, q, d]`` / ``[T, q]`` regression outputs).
+        y: ``[T, q]`` class ids (or targets shaped as ``pred``).
+
+    Returns:
+        ``(scores, finite)``, each ``[T]``: accuracy over the queries (a non-finite row is never correct) or the
+        mean squared error (``inf`` for a task with a non-finite prediction); whether all of a task's predictions
+        were finite.
+    """
+    rows = finite_rows(pred)
+    finite = rows.flatten(1).all(dim=1)
     if metric == "mse":
-        return (float(torch.nn.functional.mse_loss(pred, y)) if finite else math.inf), finite
-    correct = (pred.argmax(-1) == y) & finite_rows
-    return float(correct.float().mean()), finite
+        mse = torch.nn.functional.mse_loss(pred, y, reduction="none").flatten(1).mean(dim=1)
+        return torch.where(finite, mse, torch.full_like(mse, math.inf)), finite
+    correct = (pred.argmax(-1) == y) & rows
+    return correct.flatten(1).float().mean(dim=1), finite
 
 
 class DivergenceGuard:
