@@ -15,7 +15,7 @@ was lent while this was written), so the group measures it on its own device ins
 
 ``train.cuda_graphs: on`` asks for the captured step, so its runs always step alone (each replaying its graph);
 the validations and tests of a group are scored together either way. The only syncs added are the trial's
-``2 × (2·TRIAL_STEPS + 1)`` device synchronisations.
+``2 × 2·TRIAL_STEPS`` device synchronisations (before and after each timed lockstep).
 """
 
 from __future__ import annotations
