@@ -477,7 +477,7 @@ class Trainer:
                     shown = record.get("loss", float("nan"))
                 kill_point("step_end")
                 if self.step % int(cfg.train.val_every) == 0 or self.step == steps:
-                    record.update(self.dist.on_rank0(self._validate))  # the other ranks wait for rank 0
+                    record.update(self._validate_on_rank0())  # the other ranks wait for rank 0
                 self.elapsed += time.perf_counter() - t0
                 if self.step % cfg.train.log_every == 0 or "val" in record or "diag" in record:
                     record["time_s"] = round(self.elapsed, 3)
@@ -497,7 +497,7 @@ class Trainer:
         start when meta-training only hurts (a destructive meta learning rate, a graph whose training classes
         teach nothing that transfers). Logged as step 0; a resumed run (step > 0) has it in its log already."""
         t0 = time.perf_counter()
-        record: dict[str, Any] = {"step": 0, **self.dist.on_rank0(self._validate, False)}
+        record: dict[str, Any] = {"step": 0, **self._validate_on_rank0(False)}
         self.elapsed += time.perf_counter() - t0
         record["time_s"] = round(self.elapsed, 3)
         if self.dist.is_main:
@@ -516,6 +516,14 @@ class Trainer:
                            f"{self.baseline_record['selected_on']}: validation accuracy {self.best:.4f}) in "
                            f"{self.elapsed:.1f} s")
         return self.finish()
+
+    def _validate_on_rank0(self, guard: bool = True) -> dict[str, Any]:
+        """:meth:`_validate` on rank 0 (under torchrun; in one process, here), and every rank learns the early-stopping
+        count it updated: each rank decides by :meth:`_patience_spent` whether to step again, and a rank that did not
+        learn it stepped on into an all-reduce that rank 0, stopped early, never joined (a hang until the timeout)."""
+        record, stale = self.dist.on_rank0(lambda: (self._validate(guard), self.stale))
+        self.stale = stale
+        return record
 
     def _patience_spent(self) -> bool:
         """Early stopping: ``train.patience`` validations in a row without a new best score."""

@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from cmlgraph.config import from_yaml
+from cmlgraph.train.distributed import TIMEOUT_ENV
 from cmlgraph.train.io import KILL_ENV, load_torch
 from cmlgraph.train.trainer import train
 
@@ -41,8 +42,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _torchrun(args: list[str], cwd: Path, kill_at: str | None = None, timeout: float = 120
-              ) -> subprocess.CompletedProcess:
+def _torchrun(args: list[str], cwd: Path, kill_at: str | None = None, timeout: float = 120,
+              env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python -m torch.distributed.run --nproc-per-node 2 ... -m cmlgraph train ARGS`` with one thread each."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
@@ -50,6 +51,7 @@ def _torchrun(args: list[str], cwd: Path, kill_at: str | None = None, timeout: f
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
     if kill_at:
         env[KILL_ENV] = kill_at
+    env.update(env_extra or {})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(_free_port()), "-m", "cmlgraph", "train", *args, "--quiet"]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -165,3 +167,20 @@ def test_a_finished_rank_of_the_command_exits_without_interpreter_finalisation(m
     with pytest.raises(RuntimeError, match="os._exit"):
         cli._finish_rank(SystemExit(0))
     assert exits == [0]
+
+
+def test_early_stopping_stops_every_rank(workdir):
+    """``train.patience``: rank 0 validates, and every rank must stop where rank 0 stops. The other ranks never
+    learned the early-stopping count, stepped on into an all-reduce that rank 0 never joined, and hung until the
+    process-group timeout (3 hours by default; 60 s here), failing a run whose folder was complete."""
+    settings = {**SETTINGS, "train": {**SETTINGS["train"], "steps": 40, "val_every": 1, "patience": 1,
+                                      "diag_every": 0, "checkpoint_every": 5}}
+    cfg = workdir / "patience.yaml"
+    cfg.write_text(yaml.safe_dump(settings))
+    cwd = workdir / "cwd-patience"
+    cwd.mkdir()
+    runs = workdir / "patience"
+    proc = _torchrun(["--config", str(cfg), "--runs-dir", str(runs)], cwd, env_extra={TIMEOUT_ENV: "60"})
+    assert proc.returncode == 0, _explain(proc)
+    summary = json.loads((next(runs.iterdir()) / "summary.json").read_text())
+    assert summary["stopped_early"] is True
