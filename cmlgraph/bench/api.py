@@ -34,6 +34,11 @@ def check_device(device: str) -> str:
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {device}: CUDA is not available in this torch build or machine; "
                               f"use --device cpu")
+        index = device.partition(":")[2]
+        count = torch.cuda.device_count()
+        if index and (not index.isdigit() or int(index) >= count):
+            raise ConfigError(f"--device {device}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}; "
+                              f"use one of them (or --device cuda)")
         return device
     raise ConfigError(f"--device {device!r} is invalid; use cpu or cuda")
 
@@ -129,7 +134,7 @@ def run_bench(
         "param_counts": param_counts(records),
         "wall_time_s": round(time.perf_counter() - t0, 2),
     }
-    doc["targets"] = target_checks(doc["ratios"], records)
+    doc["targets"] = target_checks(doc["ratios"], records, device)
     print_tables(doc, console)
     if json_path is not None:
         write_document(json_path, doc)

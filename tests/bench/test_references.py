@@ -106,6 +106,30 @@ def test_bad_settings_raise() -> None:
     assert {c.domain for c in build_cases(quick=True, domains=["graph"])} == {"graph"}
 
 
+def test_a_gpu_index_the_machine_lacks_is_refused_up_front(monkeypatch) -> None:
+    """``--device cuda:7`` on a one-GPU machine failed in every spawned case, one by one; now before any."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="has 1 GPU.*cuda:0 to cuda:0"):
+        check_device("cuda:7")
+    with pytest.raises(ConfigError, match="has 1 GPU"):
+        check_device("cuda:x")
+    assert check_device("cuda:0") == "cuda:0" and check_device("cuda") == "cuda"
+
+
+def test_memory_targets_on_a_gpu_judge_the_gpu_memory() -> None:
+    """On a GPU a case's host RSS is mostly the CUDA context and libraries: the peak-memory targets judge the GPU
+    memory the case allocated there."""
+    from cmlgraph.bench.cases import MEMORY_TARGETS_MB
+    from cmlgraph.bench.report import target_checks
+
+    name = next(iter(MEMORY_TARGETS_MB))
+    records = [{"name": name, "peak_rss_mb": 3000.0, "peak_gpu_mb": 200.0}]
+    (cpu,), (gpu,) = target_checks([], records), target_checks([], records, "cuda")
+    assert (cpu["name"].endswith("peak RSS MiB"), cpu["value"], cpu["met"]) == (True, 3000.0, False)
+    assert (gpu["name"].endswith("peak GPU MiB"), gpu["value"], gpu["met"]) == (True, 200.0, True)
+
+
 def test_a_selection_with_no_case_is_an_error_naming_why() -> None:
     """``--quick --domains gmeta`` used to run nothing and exit 0 with empty tables."""
     from cmlgraph.bench.cases import build_cases

@@ -56,3 +56,42 @@ def test_a_warm_up_over_budget_is_the_measurement(clock: list[float]) -> None:
     work, _ = _pool_workload([20.0, 1.0], clock)
     out = worker.time_workload(work, budget_s=10.0, max_iters=50, sync=lambda: None)
     assert out["timed_from_warmup"] and out["iters"] == 1 and out["ms_per_iter"] == pytest.approx(20000.0)
+
+
+def test_untimed_warm_up_steps_pay_the_start_up_before_the_timed_one(clock: list[float]) -> None:
+    """On CUDA the first steps pay lazy start-up (library handles, kernel loading, allocator growth): with
+    ``warmup`` steps first, a start-up of 20 s is neither the timed warm-up nor the measurement."""
+    costs = iter([20.0, 5.0, 1.0] + [1.0] * 100)
+    steps: list[float] = []
+
+    def step() -> None:
+        steps.append(next(costs))
+        clock[0] += steps[-1]
+
+    out = worker.time_workload(Workload(step, 1, {}), budget_s=10.0, max_iters=5, sync=lambda: None, warmup=2)
+    assert not out["timed_from_warmup"] and out["warmup_ms"] == pytest.approx(1000.0)
+    assert out["ms_per_iter"] == pytest.approx(1000.0) and out["iters"] == 5
+
+
+def test_a_case_on_a_second_gpu_makes_it_current_and_syncs_and_measures_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spawned case's current device is ``cuda:0``: a case on ``cuda:1`` synchronised and read the peak memory
+    of GPU 0 (times of kernel launches only, a peak of 0). The CUDA calls are stood in (no GPU here)."""
+    import torch
+
+    from cmlgraph.bench.cases import Case
+
+    calls: list[tuple[str, object]] = []
+    current = [0]
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: (calls.append(("set_device", d)),
+                                                             current.__setitem__(0, d)))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: calls.append(("synchronize", d)))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: (calls.append(("peak", d)), 2**21)[1])
+    monkeypatch.setattr(worker, "build_workload", lambda case, graph, device: Workload(lambda: None, 1, {}))
+    sent: list[dict] = []
+    conn = types.SimpleNamespace(send=sent.append, close=lambda: None)
+    worker.run_case(Case("x/y", "cmlgraph", "sinusoid", "sinusoid"), None, "cuda:1", None, 0.01, 3, conn)
+    assert "error" not in sent[0], sent[0]
+    assert calls[0] == ("set_device", 1)
+    assert {d for kind, d in calls if kind in ("synchronize", "peak")} == {1}
+    assert sent[0]["peak_gpu_mb"] == 2.0
