@@ -176,8 +176,9 @@ def setup() -> DistContext:
                           "with distributed support or train in one process")
     rank, world, local, local_world = env
     cuda = torch.cuda.is_available()
-    if cuda and local < torch.cuda.device_count():
-        torch.cuda.set_device(local)  # NCCL and `--device cuda` then use this process's GPU
+    gpu = own_gpu(local, torch.cuda.device_count()) if cuda else None
+    if gpu is not None:
+        torch.cuda.set_device(gpu)  # NCCL and `--device cuda` then use this process's GPU
     backend = "cpu:gloo,cuda:nccl" if cuda and dist.is_nccl_available() else "gloo"
     try:
         dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world, timeout=_timeout())
@@ -230,6 +231,17 @@ def _portable(exc: BaseException) -> CmlgraphError:
         except Exception:  # noqa: BLE001 - an error type that does not pickle: send its message
             return CmlgraphError(str(exc))
     return CmlgraphError(f"rank 0 failed ({exc.__class__.__name__}: {str(exc)[:300]}); see its traceback")
+
+
+def own_gpu(local_rank: int, visible: int) -> int | None:
+    """The index of this process's GPU among the ``visible`` ones: its ``LOCAL_RANK`` where the node's GPUs are all
+    visible; 0 where the launcher gave each process its own (one visible GPU and ``CUDA_VISIBLE_DEVICES`` set, as
+    SLURM's per-task binding does); ``None`` where it has none (more processes than GPUs)."""
+    if local_rank < visible:
+        return local_rank
+    if visible == 1 and os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
+        return 0
+    return None
 
 
 @dataclass(frozen=True)
@@ -289,9 +301,10 @@ class DistContext:
                 raise ConfigError(f"--device {device} would put all {self.local_world_size} processes of a node on "
                                   f"one GPU; pass --device cuda so each process uses the GPU of its LOCAL_RANK")
             count = torch.cuda.device_count()
-            if ":" not in device and self.local_rank >= count:
+            if ":" not in device and own_gpu(self.local_rank, count) is None:
                 raise ConfigError(f"LOCAL_RANK {self.local_rank} has no GPU of its own ({count} visible); start at "
-                                  f"most {count} processes per node (--nproc-per-node {count})")
+                                  f"most {count} processes per node (--nproc-per-node {count}), or give each "
+                                  f"process its own GPU with CUDA_VISIBLE_DEVICES")
 
     # --- collectives -----------------------------------------------------------------------------------------
     def slice_bounds(self, n: int) -> tuple[int, int]:

@@ -284,6 +284,26 @@ def test_unsupported_settings_are_refused(monkeypatch):
     DistContext().check_config(small)  # one process: nothing to refuse
 
 
+def test_a_process_given_its_own_gpu_by_the_launcher_trains_on_it(monkeypatch):
+    """SLURM-style binding: each process sees one GPU (its own, through CUDA_VISIBLE_DEVICES), so LOCAL_RANK 1 has
+    no "GPU 1". It trains on its one visible GPU; without such a binding LOCAL_RANK 1 of one visible GPU is still
+    refused (two processes would share it). The CUDA calls are stood in (no GPU here)."""
+    import torch.distributed as dist
+
+    from cmlgraph.train.distributed import own_gpu
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
+    cfg = _train_cfg()
+    cfg.train.device = "cuda"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(ConfigError, match="LOCAL_RANK 1 has no GPU of its own.*CUDA_VISIBLE_DEVICES"):
+        DistContext(1, 2, 1, 2).check_config(cfg)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    DistContext(1, 2, 1, 2).check_config(cfg)
+    assert (own_gpu(1, 1), own_gpu(1, 4), own_gpu(5, 4)) == (0, 1, None)
+
+
 def test_rank0_only_parts_in_one_process_just_run():
     ctx = DistContext()
     assert ctx.on_rank0(lambda a, b: a + b, 2, 3) == 5
