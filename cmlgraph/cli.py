@@ -384,11 +384,13 @@ def eval_cmd(
                                   "for a cmlgraph.fit run on an in-memory graph).", show_default="the run's graph"),
     data_root: str | None = typer.Option(None, help="Raw data root of a registered graph.",
                                       show_default="data.data_root, else $CMLGRAPH_DATA, else the run's recorded root"),
+    device: str | None = typer.Option(None, help="cpu or cuda.",
+                                   show_default="the run's device if this machine has it, else cpu"),
 ) -> None:
     """Re-evaluate a saved run's inference model on its fixed test tasks."""
     from cmlgraph.train.reeval import reevaluate
 
-    res = reevaluate(run_dir, console, graph=graph, data_root=data_root)
+    res = reevaluate(run_dir, console, graph=graph, data_root=data_root, device=device)
     console.print(f"{res['metric']}: {res['mean']:.4f} ± {res['ci95']:.4f} over {res['num_tasks']} tasks"
                   + (f"  ({res['nonfinite_tasks']} with NaN/inf predictions)" if res["nonfinite_tasks"] else "")
                   + (f"  (features {res['features']}, as the run used)" if res.get("features") else ""))

@@ -96,10 +96,8 @@ class _Run:
 def _load_run(run_dir: str | os.PathLike[str]) -> _Run:
     """A finished graph run's config, algorithm and inference weights (``model.pt``, read weights-only)."""
     from cmlgraph.algorithms.registry import get_algorithm
-    from cmlgraph.config import from_yaml, load_yaml
-    from cmlgraph.graphs.features import pin_legacy_features, run_features
+    from cmlgraph.graphs.features import run_features
     from cmlgraph.train.io import load_torch
-    from cmlgraph.train.trainer import prepare
 
     if isinstance(run_dir, tuple) and len(run_dir) == 2 and isinstance(run_dir[1], dict):
         run_dir = run_dir[0]  # what cmlgraph.fit returns, (run_dir, summary), passed whole
@@ -111,8 +109,9 @@ def _load_run(run_dir: str | os.PathLike[str]) -> _Run:
         if not (run_dir / f).is_file():
             raise CmlgraphError(f"{run_dir / f} is missing; pass a finished run folder made by `cmlgraph train` "
                                 f"(`cmlgraph runs` lists them)")
-    cfg = prepare(pin_legacy_features(from_yaml(run_dir / "config.yaml"), load_yaml(run_dir / "config.yaml")))
-    from cmlgraph.train.reeval import run_data_root
+    from cmlgraph.train.reeval import run_data_root, saved_run_config
+
+    cfg = saved_run_config(run_dir)  # on the run's device where this machine has it, else the CPU
 
     cfg.data.data_root = run_data_root(run_dir, cfg)  # the run's recorded root when nothing else names one
     run_features(cfg, run_dir)  # the preprocessing the run used (auto: its choice; None: the graph's default)

@@ -39,7 +39,8 @@ def _features(features: Any) -> Tensor:
     if sp.issparse(features):
         x = scipy_to_torch(features)
     elif isinstance(features, Tensor):
-        x = to_coo(features).to(torch.float32) if is_sparse(features) else features.detach().to(torch.float32)
+        features = features.detach().cpu()  # a graph lives on the host (as its edges and labels): runs copy it over
+        x = to_coo(features).to(torch.float32) if is_sparse(features) else features.to(torch.float32)
     else:
         try:
             x = torch.as_tensor(np.asarray(features, dtype=np.float32))

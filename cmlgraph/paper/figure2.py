@@ -39,7 +39,7 @@ def adapted_curve(run_dir: str | Path, support_x: Tensor, support_y: Tensor, gri
     """
     from cmlgraph.train.reeval import load_inference_model
 
-    (cfg, algo, domain), model, _ = load_inference_model(run_dir)
+    (cfg, algo, domain), model, _ = load_inference_model(run_dir, device="cpu")  # the curve's points: CPU
     model.eval()
     ep = Episode(support_x, support_y, grid, torch.zeros_like(grid))
     out, _ = algo.predict(model, parameters_of(model), ep, domain.loss_fn)

@@ -139,8 +139,35 @@ def check_episodes_fit(domain: Any, raws: list[Any], run_dir: Path) -> None:
                             f"give the graph the run was trained on (--graph)")
 
 
-def load_inference_model(run_dir: str | Path, graph: Any = None, data_root: str | os.PathLike[str] | None = None
-                         ) -> tuple[Any, MetaModel, Any]:
+def here_device(device: str) -> str:
+    """``device`` where this machine has it; else the CPU (a run trained on a GPU, read on a machine without one),
+    or ``cuda`` (its ``cuda:N`` where this machine has fewer GPUs)."""
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return "cpu"
+        index = device.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            return "cuda"
+    return device
+
+
+def saved_run_config(run_dir: str | Path, device: str | None = None) -> Config:
+    """A run folder's ``config.yaml`` resolved as its run resolved it (legacy feature settings pinned), to read the
+    run back (evaluate, predict, embed): on ``device`` when given, else on the run's own device where this machine
+    has it, else on the CPU (:func:`here_device`; a run trained on a GPU was refused on a machine without one:
+    "no CUDA device is available"). Training-only switches that name a device (``train.cuda_graphs``) are reset
+    to ``auto``: reading a run back never captures a meta-step."""
+    path = Path(run_dir) / "config.yaml"
+    cfg = pin_legacy_features(from_yaml(path), load_yaml(path))
+    cfg.train.device = device or here_device(str(cfg.train.device))
+    cfg.train.cuda_graphs = "auto"
+    return prepare(cfg)
+
+
+def load_inference_model(run_dir: str | Path, graph: Any = None, data_root: str | os.PathLike[str] | None = None,
+                         device: str | None = None) -> tuple[Any, MetaModel, Any]:
     """Rebuild a run's domain and its co-learner-free inference model from ``config.yaml`` and ``model.pt``.
 
     Args:
@@ -148,6 +175,8 @@ def load_inference_model(run_dir: str | Path, graph: Any = None, data_root: str 
         graph: For a graph run, the graph to evaluate on (a FewShotGraph, a registered name or a ``.npz`` file of
             ``graph.save``); default: the run's own (a ``cmlgraph.fit`` run on an in-memory graph needs it).
         data_root: Raw data root (default: see the module doc).
+        device: Where the model is put and evaluated (:func:`saved_run_config`: default the run's device where
+            this machine has it, else the CPU); the returned config's ``train.device``.
 
     Raises:
         CmlgraphError: A file of the run folder is missing.
@@ -159,7 +188,7 @@ def load_inference_model(run_dir: str | Path, graph: Any = None, data_root: str 
         if not (run_dir / f).is_file():
             raise CmlgraphError(f"{run_dir / f} is missing; `cmlgraph eval` needs a finished run folder "
                                 f"made by `cmlgraph train`")
-    cfg = prepare(pin_legacy_features(from_yaml(run_dir / "config.yaml"), load_yaml(run_dir / "config.yaml")))
+    cfg = saved_run_config(run_dir, device)
     run_features(cfg, run_dir)  # data.features auto: what the run chose
     cfg.data.data_root = run_data_root(run_dir, cfg, data_root)
     try:
@@ -174,22 +203,23 @@ def load_inference_model(run_dir: str | Path, graph: Any = None, data_root: str 
     algo = get_algorithm(cfg.algo, total_steps=int(cfg.train.steps), seed=cfg.train.seed)
     model = MetaModel(domain.build_extractor(), domain.out_dim, co_depth=None, normalize=bool(cfg.model.normalize))
     algo.prepare(model)
-    model.load_state_dict(load_torch(run_dir / "model.pt"))
-    return (cfg, algo, domain), model, load_torch(run_dir / "test_episodes.pt")
+    model.load_state_dict(load_torch(run_dir / "model.pt"))  # read onto the CPU, then moved to the run's device
+    return (cfg, algo, domain), model.to(cfg.train.device), load_torch(run_dir / "test_episodes.pt")
 
 
 def reevaluate(run_dir: str | Path, console: Any = None, *, graph: Any = None,
-               data_root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+               data_root: str | os.PathLike[str] | None = None, device: str | None = None) -> dict[str, Any]:
     """Mean ± 95% CI of the saved inference model on the run's saved test episodes (a progress bar on
     ``console`` when given); ``nonfinite_tasks`` counts tasks with NaN/inf predictions (scored as wrong).
 
-    ``graph`` and ``data_root``: see :func:`load_inference_model`.
+    ``graph``, ``data_root`` and ``device``: see :func:`load_inference_model`.
     """
-    (cfg, algo, domain), model, state = load_inference_model(run_dir, graph, data_root)
+    (cfg, algo, domain), model, state = load_inference_model(run_dir, graph, data_root, device)
     raws = domain.from_state(state)
     check_episodes_fit(domain, raws, Path(run_dir))
     with progress_bar(console, enabled=console is not None) as bar, \
             stage(bar, "evaluating", len(raws), keep=True) as hook:
         res = evaluate(algo, model, parameters_of(model), domain, raws, cfg.train.device, progress=hook)
     return {"metric": domain.metric, "mean": res["mean"], "ci95": res["ci95"], "num_tasks": res["num_tasks"],
-            "nonfinite_tasks": res["nonfinite_tasks"], "features": getattr(domain, "features", None)}
+            "nonfinite_tasks": res["nonfinite_tasks"], "features": getattr(domain, "features", None),
+            "device": str(cfg.train.device)}

@@ -43,6 +43,24 @@ def test_from_pyg() -> None:
         from_pyg(Data(x=torch.randn(2, 2), edge_index=torch.zeros(2, 0, dtype=torch.long)))
 
 
+def test_features_of_a_graph_on_a_gpu_come_to_the_host_like_its_edges_and_labels() -> None:
+    """``from_pyg(data.to("cuda"))``: the edges and labels came to the host, the features stayed on the GPU (the
+    host-side plan building then read device features). A tensor subclass stands in for a GPU tensor: its
+    ``cpu()`` is the move."""
+
+    class OnDevice(torch.Tensor):
+        moved: list[bool] = []
+
+        def cpu(self, *args, **kwargs):
+            OnDevice.moved.append(True)
+            return torch.Tensor(self.as_subclass(torch.Tensor)).clone()
+
+    x = torch.randn(6, 3).as_subclass(OnDevice)
+    data = Data(x=x, edge_index=torch.tensor([[0, 1, 2, 3, 4], [1, 2, 3, 4, 5]]), y=torch.tensor([0, 0, 1, 1, 2, 2]))
+    g = from_pyg(data, split="1/1/1")
+    assert OnDevice.moved and type(g.x) is torch.Tensor
+
+
 def test_from_networkx() -> None:
     G = nx.DiGraph()
     for i, name in enumerate("pqrstu"):
