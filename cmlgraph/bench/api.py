@@ -19,6 +19,7 @@ from cmlgraph.bench.report import (
     write_document,
 )
 from cmlgraph.bench.runner import RunSettings, available_memory_bytes, run_cases
+from cmlgraph.core.memory import device_memory
 from cmlgraph.errors import ConfigError
 
 #: Defaults per set: seconds of timed iterations per case, case time limit, most timed iterations.
@@ -41,6 +42,18 @@ def check_device(device: str) -> str:
                               f"use one of them (or --device cuda)")
         return device
     raise ConfigError(f"--device {device!r} is invalid; use cpu or cuda")
+
+
+def memory_cap(device: str, fraction: float) -> int:
+    """Bytes a case may be estimated to need before it is skipped unstarted: ``fraction`` of the memory available
+    to new processes, and on a GPU also of the GPU's memory (the case's tensors live there: a case the host could
+    hold but the GPU cannot would run until it failed out of memory, spending the time of a GPU check)."""
+    cap = fraction * available_memory_bytes()
+    if device.startswith("cuda"):
+        gpu = device_memory(device)
+        if gpu is not None:
+            cap = min(cap, fraction * gpu)
+    return int(cap)
 
 
 def default_start_method(device: str, quick: bool) -> str:
@@ -108,7 +121,7 @@ def run_bench(
         device=device, budget_s=float(budget_s if budget_s is not None else d["budget_s"]),
         timeout_s=float(timeout_s if timeout_s is not None else d["timeout_s"]),
         max_iters=int(max_iters if max_iters is not None else d["max_iters"]), threads=threads or None,
-        mem_cap_bytes=int(mem_fraction * available_memory_bytes()), data_root=data_root,
+        mem_cap_bytes=memory_cap(device, mem_fraction), data_root=data_root,
         start_method=start_method or default_start_method(device, quick))
     if settings.start_method not in ("spawn", "forkserver"):
         raise ConfigError(f"--start-method {settings.start_method!r} is invalid; use spawn or forkserver")
@@ -142,4 +155,4 @@ def run_bench(
     return doc
 
 
-__all__ = ["DEFAULTS", "check_device", "run_bench"]
+__all__ = ["DEFAULTS", "check_device", "memory_cap", "run_bench"]

@@ -117,6 +117,17 @@ def test_a_gpu_index_the_machine_lacks_is_refused_up_front(monkeypatch) -> None:
     assert check_device("cuda:0") == "cuda:0" and check_device("cuda") == "cuda"
 
 
+def test_the_memory_cap_on_a_gpu_is_also_a_fraction_of_the_gpus_memory(monkeypatch) -> None:
+    """A case estimated to need more than the GPU holds is skipped before it starts (it ran until it failed out of
+    memory: the host's memory, not the GPU's, was the cap)."""
+    import cmlgraph.bench.api as api
+
+    monkeypatch.setattr(api, "available_memory_bytes", lambda: 120 * 2**30)
+    monkeypatch.setattr(api, "device_memory", lambda device: 80 * 2**30)
+    assert api.memory_cap("cpu", 0.5) == 60 * 2**30
+    assert api.memory_cap("cuda", 0.5) == 40 * 2**30
+
+
 def test_memory_targets_on_a_gpu_judge_the_gpu_memory() -> None:
     """On a GPU a case's host RSS is mostly the CUDA context and libraries: the peak-memory targets judge the GPU
     memory the case allocated there."""
