@@ -393,7 +393,9 @@ def eval_cmd(
     res = reevaluate(run_dir, console, graph=graph, data_root=data_root, device=device)
     console.print(f"{res['metric']}: {res['mean']:.4f} ± {res['ci95']:.4f} over {res['num_tasks']} tasks"
                   + (f"  ({res['nonfinite_tasks']} with NaN/inf predictions)" if res["nonfinite_tasks"] else "")
-                  + (f"  (features {res['features']}, as the run used)" if res.get("features") else ""))
+                  + (f"  (features {res['features']}, as the run used)" if res.get("features") else "")
+                  + (f"  (on {res['device']}; the run trained on {res['run_device']})"
+                     if res["device"] != res["run_device"] else ""))
 
 
 @app.command()

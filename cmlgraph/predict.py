@@ -93,7 +93,7 @@ class _Run:
     state: dict[str, Any]
 
 
-def _load_run(run_dir: str | os.PathLike[str]) -> _Run:
+def _load_run(run_dir: str | os.PathLike[str], device: str | None = None) -> _Run:
     """A finished graph run's config, algorithm and inference weights (``model.pt``, read weights-only)."""
     from cmlgraph.algorithms.registry import get_algorithm
     from cmlgraph.graphs.features import run_features
@@ -111,7 +111,7 @@ def _load_run(run_dir: str | os.PathLike[str]) -> _Run:
                                 f"(`cmlgraph runs` lists them)")
     from cmlgraph.train.reeval import run_data_root, saved_run_config
 
-    cfg = saved_run_config(run_dir)  # on the run's device where this machine has it, else the CPU
+    cfg = saved_run_config(run_dir, device)  # asked for, else the run's device where it is here, else the CPU
 
     cfg.data.data_root = run_data_root(run_dir, cfg)  # the run's recorded root when nothing else names one
     run_features(cfg, run_dir)  # the preprocessing the run used (auto: its choice; None: the graph's default)
@@ -338,7 +338,7 @@ def adapt(run_dir: str | os.PathLike[str], graph: Any = None, support: Mapping[H
             classes, or node features of another dimension than the trained model's.
         ConfigError: A non-graph run, or a frozen-head algorithm asked for another number of classes.
     """
-    run = _load_run(run_dir)
+    run = _load_run(run_dir, device)
     g = _resolve_graph(run, graph, data_root)
     nodes, labels, order = _task(g, support or {}, classes)
     health = run_health(run_dir)
@@ -497,7 +497,7 @@ def embed(run_dir: str | os.PathLike[str], graph: Any = None, *, data_root: str 
 
     from cmlgraph.core.functional import features
     from cmlgraph.core.model import parameters_of
-    run = _load_run(run_dir)
+    run = _load_run(run_dir, device)
     g = _resolve_graph(run, graph, data_root)
     dev = _device(run, device)
     domain = _domain(run, g, int(run.cfg.data.ways))

@@ -140,10 +140,12 @@ def check_episodes_fit(domain: Any, raws: list[Any], run_dir: Path) -> None:
 
 
 def here_device(device: str) -> str:
-    """``device`` where this machine has it; else the CPU (a run trained on a GPU, read on a machine without one),
-    or ``cuda`` (its ``cuda:N`` where this machine has fewer GPUs)."""
+    """``device`` where this machine has it; else the CPU (a run trained on a GPU, CUDA's or Apple's, read on a
+    machine without one), or ``cuda`` (its ``cuda:N`` where this machine has fewer GPUs)."""
     import torch
 
+    if device == "mps" and not torch.backends.mps.is_available():
+        return "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             return "cpu"
@@ -222,4 +224,5 @@ def reevaluate(run_dir: str | Path, console: Any = None, *, graph: Any = None,
         res = evaluate(algo, model, parameters_of(model), domain, raws, cfg.train.device, progress=hook)
     return {"metric": domain.metric, "mean": res["mean"], "ci95": res["ci95"], "num_tasks": res["num_tasks"],
             "nonfinite_tasks": res["nonfinite_tasks"], "features": getattr(domain, "features", None),
-            "device": str(cfg.train.device)}
+            "device": str(cfg.train.device), "run_device": str(load_yaml(Path(run_dir) / "config.yaml")
+                                                              .get("train", {}).get("device", "cpu"))}
