@@ -305,6 +305,23 @@ class DistContext:
                 raise ConfigError(f"LOCAL_RANK {self.local_rank} has no GPU of its own ({count} visible); start at "
                                   f"most {count} processes per node (--nproc-per-node {count}), or give each "
                                   f"process its own GPU with CUDA_VISIBLE_DEVICES")
+            if ":" not in device and count == 1 and self.local_world_size > 1:
+                self._refuse_shared_gpu()
+
+    def _refuse_shared_gpu(self) -> None:
+        """Processes that each see one GPU: refuse (on every rank) where two of a node see the same one (one
+        ``CUDA_VISIBLE_DEVICES=0`` exported to several processes), which NCCL would only report later as a
+        duplicate GPU. Compared by the GPUs' UUIDs, gathered from every rank (a collective every rank reaches)."""
+        import socket
+
+        mine = (socket.gethostname(), str(torch.cuda.get_device_properties(0).uuid))
+        everyone: list[Any] = [None] * self.world_size
+        dist.all_gather_object(everyone, mine)
+        if len(set(everyone)) < len(everyone):
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+            raise ConfigError(f"{self.local_world_size} processes of a node each see one GPU, but some see the same "
+                              f"one (CUDA_VISIBLE_DEVICES={visible!r} in each): give each process its own GPU, or "
+                              f"start them all seeing every GPU (each then uses the GPU of its LOCAL_RANK)")
 
     # --- collectives -----------------------------------------------------------------------------------------
     def slice_bounds(self, n: int) -> tuple[int, int]:

@@ -299,8 +299,18 @@ def test_a_process_given_its_own_gpu_by_the_launcher_trains_on_it(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     with pytest.raises(ConfigError, match="LOCAL_RANK 1 has no GPU of its own.*CUDA_VISIBLE_DEVICES"):
         DistContext(1, 2, 1, 2).check_config(cfg)
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
-    DistContext(1, 2, 1, 2).check_config(cfg)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    uuids = {0: "GPU-a", 1: "GPU-b"}  # what each rank's one visible GPU is
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: type("P", (), {"uuid": uuids[1]})())
+
+    def gather(out, obj):  # every rank's (host, uuid): rank 0's GPU and this rank's
+        out[:] = [(obj[0], uuids[0]), obj]  # rank 0 on the same node
+
+    monkeypatch.setattr(dist, "all_gather_object", gather)
+    DistContext(1, 2, 1, 2).check_config(cfg)  # its own GPU (another UUID than rank 0's)
+    uuids[1] = "GPU-a"  # CUDA_VISIBLE_DEVICES=0 exported to both processes: the same GPU
+    with pytest.raises(ConfigError, match="some see the same one.*give each process its own GPU"):
+        DistContext(1, 2, 1, 2).check_config(cfg)
     assert (own_gpu(1, 1), own_gpu(1, 4), own_gpu(5, 4)) == (0, 1, None)
 
 
