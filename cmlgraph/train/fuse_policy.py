@@ -12,6 +12,9 @@ was lent while this was written), so the group measures it on its own device ins
 2. :data:`TRIAL_STEPS` meta-steps with each run alone, replaying its graph, then one untimed fused step (its first
    launches) and :data:`TRIAL_STEPS` fused ones, each lockstep timed between two device synchronisations;
 3. the faster median seconds per run-step wins for the rest of the group's training, said on the console.
+   Only locksteps in which runs did fuse count as fused ones; where no :data:`TRIAL_STEPS` of them come within
+   ``3 × TRIAL_STEPS`` locksteps (the runs' steps do not fuse: other steps, draws outside their streams, one run
+   left), the runs step alone.
 
 ``train.cuda_graphs: on`` asks for the captured step, so its runs always step alone (each replaying its graph);
 the validations and tests of a group are scored together either way. The only syncs added are the trial's
@@ -82,23 +85,31 @@ class FusePolicy:
             _synchronize(self.device)
             self._t0 = self.clock()
 
-    def end(self, stepped: int, trainers: Sequence[Any]) -> None:
-        """After a lockstep's meta-steps: ``stepped`` runs stepped; ``trainers`` are the group's runs still
-        training (their captures decide whether a trial starts)."""
+    def end(self, stepped: int, trainers: Sequence[Any], fused: int = 0) -> None:
+        """After a lockstep's meta-steps: ``stepped`` runs stepped, ``fused`` of them in fused steps;
+        ``trainers`` are the group's runs still training (their captures decide whether a trial starts)."""
         if self.timing and self._t0 is not None and stepped:
             _synchronize(self.device)
-            self.timings["alone" if self.phase == "alone-trial" else "fuse"].append(
-                (self.clock() - self._t0) / stepped)
+            seconds = (self.clock() - self._t0) / stepped
+            if self.phase == "alone-trial":
+                self.timings["alone"].append(seconds)
+            elif fused:  # a lockstep in which nothing fused times nothing of fusing
+                self.timings["fuse"].append(seconds)
         self._t0 = None
-        if self.phase == "probe":
-            live = captures_working(trainers)
-            self.phase = ("alone" if self.mode == "on" else "alone-trial") if live else "fuse"
+        if self.phase == "probe":  # on: the captured steps asked for, never fused
+            self.phase = "alone" if self.mode == "on" else "alone-trial" if captures_working(trainers) else "fuse"
         elif self.phase == "alone-trial" and len(self.timings["alone"]) >= TRIAL_STEPS:
             self.phase = "fuse-warmup"
         elif self.phase == "fuse-warmup":
-            self.phase = "fuse-trial"
-        elif self.phase == "fuse-trial" and len(self.timings["fuse"]) >= TRIAL_STEPS:
-            self._decide()
+            self.phase, self._fuse_locksteps = "fuse-trial", 0
+        elif self.phase == "fuse-trial":
+            self._fuse_locksteps += 1
+            if len(self.timings["fuse"]) >= TRIAL_STEPS:
+                self._decide()
+            elif self._fuse_locksteps >= 3 * TRIAL_STEPS:
+                self.phase = "alone"
+                self.say(f"note: --parallel-runs on {self.device}: the runs' steps did not fuse in "
+                         f"{self._fuse_locksteps} locksteps: each run steps alone, replaying its CUDA graph")
 
     def _decide(self) -> None:
         alone, fused = (statistics.median(self.timings[k]) for k in ("alone", "fuse"))
@@ -107,15 +118,6 @@ class FusePolicy:
                else "the runs' meta-steps are fused")
         self.say(f"note: --parallel-runs on {self.device}: {alone * 1e3:.2f} ms a run-step with each run's CUDA graph "
                  f"vs {fused * 1e3:.2f} ms fused (medians of {TRIAL_STEPS} timed steps each): {how}")
-
-    def summary(self) -> dict[str, Any]:
-        """The trial's outcome for the record: the way chosen and each way's median ms per run-step (where
-        timed)."""
-        out: dict[str, Any] = {"steps": self.phase}
-        for k, v in self.timings.items():
-            if v:
-                out[f"{k}_ms"] = round(statistics.median(v) * 1e3, 3)
-        return out
 
 
 __all__ = ["FusePolicy", "TRIAL_STEPS", "captures_working"]

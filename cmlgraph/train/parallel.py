@@ -416,6 +416,7 @@ class ParallelTrainer:
             else:
                 alone.append(m)
         self._stepped: list[tuple[_Member, dict[str, Any], float]] = []
+        before = {id(m): m.fused_steps for m in active}  # which runs' steps this lockstep fused
         self.policy.begin()
         for group in fused.values():
             if len(group) == 1:
@@ -425,7 +426,8 @@ class ParallelTrainer:
         for m in alone:
             self._alone_step(m)
         stepped, self._stepped = self._stepped, []
-        self.policy.end(len(stepped), [m.trainer for m in active if m.ok])
+        self.policy.end(len(stepped), [m.trainer for m in active if m.ok],
+                        fused=sum(m.fused_steps > before[id(m)] for m in active))
         shared = self._validate_together([m for m, _, _ in stepped])
         for m, record, seconds in stepped:
             self._guarded(m, lambda m=m, record=record, seconds=seconds: self._after_step(

@@ -34,12 +34,14 @@ class PhaseClock:
         return self.now
 
 
-def _drive(policy: FusePolicy, trainers, locksteps: int, runs: int = 2) -> list[bool]:
+def _drive(policy: FusePolicy, trainers, locksteps: int, runs: int = 2, fusing: bool = True) -> list[bool]:
+    """``locksteps`` through the policy: what it allowed each time; where it allowed fusing, the runs fused
+    (``fusing``) or could not."""
     fuses = []
     for _ in range(locksteps):
         fuses.append(policy.fuses)
         policy.begin()
-        policy.end(runs, trainers)
+        policy.end(runs, trainers, fused=runs if policy.fuses and fusing else 0)
     return fuses
 
 
@@ -56,7 +58,19 @@ def test_the_trial_times_both_ways_and_keeps_the_faster(alone, fused, chosen):
     assert policy.timings["alone"] == [alone / 2] * TRIAL_STEPS  # seconds per run-step: 2 runs a lockstep
     assert policy.timings["fuse"] == [fused / 2] * TRIAL_STEPS
     assert len(lines) == 1 and f"{alone / 2 * 1e3:.2f} ms" in lines[0] and f"{fused / 2 * 1e3:.2f} ms" in lines[0]
-    assert policy.summary() == {"steps": chosen, "alone_ms": alone / 2 * 1e3, "fuse_ms": fused / 2 * 1e3}
+
+
+def test_locksteps_that_did_not_fuse_time_nothing_and_runs_that_never_fuse_step_alone():
+    """In the fused half, a lockstep in which no run fused (other steps, draws outside the streams, one run left)
+    is no fused timing; where the runs' steps never fuse, the trial ends after 3 x TRIAL_STEPS locksteps with each
+    run stepping alone, said on the console (the alone steps had been timed as "fused" ones)."""
+    lines: list[str] = []
+    clock = PhaseClock(1.0, 1.0)
+    policy = FusePolicy("auto", torch.device("cpu"), say=lines.append, clock=clock)
+    clock.policy = policy
+    _drive(policy, [_captured(), _captured()], 1 + TRIAL_STEPS + 1 + 3 * TRIAL_STEPS, fusing=False)
+    assert policy.timings["fuse"] == [] and policy.phase == "alone"
+    assert len(lines) == 1 and "did not fuse" in lines[0]
 
 
 def test_no_trial_without_working_captures_and_on_always_steps_alone():
@@ -67,8 +81,9 @@ def test_no_trial_without_working_captures_and_on_always_steps_alone():
         policy = FusePolicy("auto", torch.device("cpu"))
         assert _drive(policy, trainers, 4) == [False, True, True, True] and policy.timings == {"alone": [],
                                                                                               "fuse": []}
-    policy = FusePolicy("on", torch.device("cpu"))  # capture asked for: each run replays its graph, no trial
-    assert _drive(policy, [_captured(), _captured()], 4) == [False] * 4 and policy.phase == "alone"
+    for trainers in ([_captured(), _captured()], [eager, eager]):  # on: the captured step asked for, no trial;
+        policy = FusePolicy("on", torch.device("cpu"))  # never fused, even where the first step was not captured
+        assert _drive(policy, trainers, 4) == [False] * 4 and policy.phase == "alone"
     assert FusePolicy("off", torch.device("cpu")).fuses  # never captured: fused from the start
 
 
