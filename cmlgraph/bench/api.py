@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,7 @@ def run_bench(
         device=device, budget_s=float(budget_s if budget_s is not None else d["budget_s"]),
         timeout_s=float(timeout_s if timeout_s is not None else d["timeout_s"]),
         max_iters=int(max_iters if max_iters is not None else d["max_iters"]), threads=threads or None,
-        mem_cap_bytes=memory_cap(device, mem_fraction), data_root=data_root,
+        mem_cap_bytes=0, data_root=data_root,  # set below, once the settings are valid (it may read the GPU)
         start_method=start_method or default_start_method(device, quick))
     if settings.start_method not in ("spawn", "forkserver"):
         raise ConfigError(f"--start-method {settings.start_method!r} is invalid; use spawn or forkserver")
@@ -135,6 +136,7 @@ def run_bench(
     if threads < 0:
         raise ConfigError(f"--threads {threads} is invalid; use 0 (torch's default) or a positive count")
     cases = build_cases(quick, graphs, domains)
+    settings = replace(settings, mem_cap_bytes=memory_cap(device, mem_fraction))
     t0 = time.perf_counter()
     records, graph_facts = run_cases(cases, settings, log=lambda m: console.print(f"[dim]{m}[/dim]"))
     doc = {
