@@ -98,7 +98,8 @@ class TLPGraphDomain(GraphDomain):
             x = compute_layout(self.graph.x)
             if x.layout == torch.sparse_coo:
                 x = x.coalesce().to_sparse_csr()
-            self._index[key] = BallIndex(x.to(device), self.graph.edge_index, hops=2)
+            # host_x: sparse rows are sliced on the host (a selection on the device reads its entry count back)
+            self._index[key] = BallIndex(x.to(device), self.graph.edge_index, hops=2, host_x=x)
         return self._index[key]
 
     def materialize(self, raw: NodeEpisode, device: torch.device | str = "cpu") -> Episode:

@@ -82,10 +82,13 @@ class BallIndex:
         x: Node features ``[N, F]`` (dense, or sparse CSR/COO); kept as given.
         edge_index: ``LongTensor[2, E]``.
         hops: Ball radius (the GCN depth: 2 for G-Meta).
+        host_x: The same features on the host where ``x`` is on a GPU (sparse ones: a selection of sparse rows has a
+            data-dependent entry count, which the host would wait for on the device; issue 18). ``None``: ``x``.
     """
 
-    def __init__(self, x: Tensor, edge_index: Tensor, hops: int = 2) -> None:
+    def __init__(self, x: Tensor, edge_index: Tensor, hops: int = 2, host_x: Tensor | None = None) -> None:
         self.x = x
+        self.host_x = x if host_x is None else host_x
         self.num_nodes = int(x.shape[0])
         self.hops = hops
         self.crow, self.col, self.val = row_normalised_adjacency(edge_index, self.num_nodes)

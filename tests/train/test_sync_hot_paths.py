@@ -242,3 +242,53 @@ def test_site_counter_names_the_function() -> None:
         csr_row_entries(torch.tensor([0, 2, 3]), torch.tensor([1, 0]))
     assert c.sites == {"repeat_interleave @ sparse.py:csr_row_entries": 2,
                        "_local_scalar_dense @ sparse.py:csr_row_entries": 1}
+
+
+#: Table 3's settings for the fused step (first order, dropout 0.5), on a registered graph both seeds share (the
+#: ``synthetic`` graph is drawn from each run's seed: different graphs never fuse).
+FUSED = {"gmeta": dict(SPARSE, algo="gmeta", first_order=True, dropout=0.5),
+         "ammgnn": dict(SPARSE, algo="ammgnn", first_order=True, dropout=0.5),
+         "khop-gcn-dropout": dict(SPARSE, subgraph="khop", gnn="gcn", dropout=0.5)}
+
+
+@pytest.mark.parametrize("path", list(FUSED))
+def test_a_fused_parallel_runs_step_has_no_device_sync(tmp_path, path, monkeypatch):
+    """``--parallel-runs``' fused meta-step (Table 3's GPU path: G-Meta, AMM-GNN, each run's dropout from its own
+    stream) issues no device sync either: counted on every fused step of a group of two seeds, its only syncs are
+    the proto head's CPU-only class check (GNN backbone), as in the run-alone allow-lists above."""
+    import cmlgraph.train.parallel as parallel
+    from cmlgraph.config import apply_overrides
+
+    counts: list[dict[str, int]] = []
+    original = parallel.fused_gradients
+
+    def counted(trainers, episodes, **kwargs):
+        assert kwargs.get("generators") is not None  # each run's dropout from its own stream
+        with SiteCounter() as counter:
+            out = original(trainers, episodes, **kwargs)
+        counts.append(dict(counter.sites))
+        return out
+
+    monkeypatch.setattr(parallel, "fused_gradients", counted)
+    cfgs = [apply_overrides(make_config(**{**FUSED[path], "steps": 3, "val_every": 3, "val_tasks": 2,
+                                           "test_tasks": 2, "seed": seed, "runs_dir": str(tmp_path),
+                                           "name": f"s{seed}"}), {"train": {"batched": "on"}}, "test")
+            for seed in (0, 1)]
+    results = parallel.train_parallel(cfgs, progress=False)
+    assert [r.error for r in results] == [None, None]
+    assert len(counts) == 2  # steps 2 and 3 fused (the first steps alone: the RNG probe)
+    allowed = PROTO if path.startswith("khop") else {}  # one proto head for the fused batch (cpu only)
+    if path == "gmeta":
+        allowed = FUSED_BALL_LAYOUT
+    assert all(c == allowed for c in counts), counts
+
+
+#: host: a fused G-Meta step's ball layout of the two runs' 2 + 2 tasks, built in the step (each run's prefetch
+#: worker built its own tasks' layout, which a fused step does not use) on the host's ball index, as BALL_BLOCK: the
+#: rows per task, the blocks, the union and its CSR counts, and the union's rows of the sparse features, sliced from
+#: the index's host copy (``BallIndex.host_x``; a slice of the device's features would read its entry count back).
+#: On a GPU these are CPU tensors too: host work inside the step, no device sync (the step's latency, not overlapped).
+FUSED_BALL_LAYOUT = {"_local_scalar_dense @ gmeta.py:<listcomp>": 8, "_local_scalar_dense @ balls.py:block": 2,
+                     "nonzero @ balls.py:block": 2, "_unique2 @ gmeta.py:ball_layout": 4,
+                     "bincount @ gmeta.py:ball_layout": 2, "repeat_interleave @ sparse.py:csr_row_entries": 4,
+                     "_local_scalar_dense @ sparse.py:csr_row_entries": 2, "_coalesce @ sparse.py:slice_rows": 2}
