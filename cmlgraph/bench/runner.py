@@ -157,6 +157,11 @@ def run_one(ctx: Any, case: Case, settings: RunSettings, files: dict[str, str],
     graphed = case.options.get("impl") == "batched-graphed" or case.options.get("graphed")
     if graphed and not settings.device.startswith("cuda"):
         return {**base, **_skip("CUDA graphs need a CUDA device (--device cuda)")}
+    if case.options.get("impl") == "batched-float" and settings.device.startswith("cuda"):
+        # the binary-feature tables are a CPU path (binary_tables_win): on a GPU `batched` runs on floats already,
+        # so this case would time the same code again (a ratio of 1 by construction) out of a GPU check's minutes
+        return {**base, **_skip("on a GPU `batched` runs on float features already (the binary-feature tables "
+                                "are a CPU path): the same code as `batched`")}
     if case.graph and case.graph not in files:
         facts = graphs.get(case.graph, {})
         why = facts.get("error") or facts.get("reason") or "not prepared"

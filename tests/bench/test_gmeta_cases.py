@@ -31,6 +31,18 @@ def test_the_cuda_graph_case_is_skipped_on_the_cpu_before_any_process_starts(tmp
     assert record["skipped"] and "CUDA graphs need a CUDA device" in record["reason"]
 
 
+def test_the_float_case_is_skipped_on_a_gpu_where_it_is_the_batched_case_again(tmp_path) -> None:
+    """The binary-feature tables are a CPU path: on a GPU `batched-float` would time `batched`'s code again (a
+    ratio of 1 by construction) out of a GPU check's minutes; skipped before any process starts there."""
+    from cmlgraph.bench.runner import RunSettings, run_one
+
+    case = next(c for c in build_cases(False, domains=["gmeta"]) if c.name.endswith("/batched-float"))
+    settings = RunSettings(device="cuda", budget_s=1.0, timeout_s=10.0, max_iters=1, threads=1, mem_cap_bytes=2**30,
+                           data_root=None, start_method="spawn")
+    record = run_one(None, case, settings, {}, {}, log=print)
+    assert record["skipped"] and "runs on float features already" in record["reason"]
+
+
 def test_batched_float_runs_without_the_tables_that_batched_uses() -> None:
     """Binary features (about half set) take the tables in `batched` and not in `batched-float`."""
     g = make_synthetic(num_nodes=120, num_classes=6, num_features=24, avg_degree=3.0, seed=0)
