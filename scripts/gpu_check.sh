@@ -84,9 +84,13 @@ bench_ratios() {  # $1: the bench's JSON; prints its k-hop and G-Meta ratios and
     python - "$1" <<'PY' || echo "gpu_check: no bench results in $1"
 import json, sys
 doc = json.load(open(sys.argv[1]))
-for name, r in doc["ratios"].items():
-    if "khop" in name or "gmeta" in name:
-        print(f"{name:55s} {r}")
+for r in doc["ratios"]:  # a list of ratio records (cmlgraph.bench.report.compute_ratios)
+    if "khop" in r["name"] or "gmeta" in r["name"]:
+        value = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        target = "" if r["target"] is None else f"  target {r['target_kind']} {r['target']}: met={r['meets_target']}"
+        print(f"{r['name']:55s} {value}{target}")
+for t in doc.get("targets", []):
+    print(f"target {t['name']}: {t['value']} ({t['kind']} {t['target']}) met={t['met']}")
 for c in doc["cases"]:
     print(f"{c['name']:45s} ms/iter={c.get('ms_per_iter')} skipped={c['skipped']} error={c.get('error')}")
 PY

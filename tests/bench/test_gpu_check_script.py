@@ -168,3 +168,33 @@ def test_a_spent_budget_skips_the_remaining_steps_saying_so(tmp_path: Path) -> N
     assert steps == [["-m", "pytest"]], calls
     assert "step bench skipped: GPU_CHECK_BUDGET=21 s is spent" in proc.stdout, proc.stdout
     assert "step graphs skipped" in proc.stdout
+
+
+def test_the_printed_ratios_read_the_bench_document_as_the_bench_writes_it(tmp_path: Path) -> None:
+    """``bench_ratios`` read ``doc["ratios"]`` as a dict; the bench writes a list of ratio records, so on a GPU the
+    check would have printed "no bench results" instead of the issue's k-hop and G-Meta ratios. Run here on a
+    document made by the bench's own functions."""
+    import sys
+
+    from cmlgraph.bench.cases import build_cases, build_ratios
+    from cmlgraph.bench.report import compute_ratios, target_checks, write_document
+
+    cases = build_cases(True, domains=["graph"])
+    records = [{"name": c.name, "skipped": False, "tasks_per_s": 10.0 * (i + 1), "ms_per_iter": 5.0,
+                "peak_rss_mb": 100.0} for i, c in enumerate(cases)]
+    doc = {"cases": records, "ratios": compute_ratios(build_ratios(cases), records)}
+    doc["targets"] = target_checks(doc["ratios"], records, "cuda")
+    path = tmp_path / "bench.json"
+    write_document(path, doc)
+    body = SCRIPT.read_text()
+    function = body[body.index("bench_ratios() {"):body.index("\n}\n", body.index("bench_ratios() {")) + 3]
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "python").symlink_to(sys.executable)
+    proc = subprocess.run(["bash", "-c", f"{function}\nbench_ratios {path}"], capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"}, timeout=60)
+    assert proc.returncode == 0 and "no bench results" not in proc.stdout, proc.stdout + proc.stderr
+    ratio = next(r for r in doc["ratios"] if r["name"].startswith("graph/synthetic-10k:khop/ref-a"))
+    assert f"{ratio['name']:55s} {ratio['ratio']:.2f}" in proc.stdout
+    assert all(f"target {t['name']}" in proc.stdout for t in doc["targets"])
+    assert all(c.name in proc.stdout for c in cases)
