@@ -49,16 +49,23 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
 echo "gpu_check_offline: python $py, data $CMLGRAPH_DATA, step files in $work"
 bash "$root/scripts/gpu_check.sh" "$work" 2>&1 | tee "$out/gpu_check.log"
 status=${PIPESTATUS[0]}
-for f in "$work"/bench_cuda.json "$work"/bench_gmeta.json "$work"/tests.log; do
+for f in "$work"/bench_cuda.json "$work"/bench_gmeta.json; do
     [ -f "$f" ] && cp "$f" "$out/"
 done
-# every step's own log (train, reproduce, CUDA graphs on/off: where a fallback or a failure says why), each cut to its
-# last 256 KiB: the machine and its temporary folder are gone after the run, so what is not in OUT_DIR is lost
+# every step's own log (tests, train, reproduce, CUDA graphs on/off: where a fallback or a failure says why), each cut
+# to its last 256 KiB, and every run's summary.json (its training wall time), in ONE archive: the machine and its
+# temporary folder are gone after the run, and a lent device returns at most 8 files from OUT_DIR (so: gpu_check.log,
+# the two bench JSONs, logs.tar.gz)
 logs=("$work"/*.log)
-if [ ${#logs[@]} -gt 0 ]; then
-    mkdir -p "$out/logs"
-    for f in "${logs[@]}"; do
-        tail -c 262144 "$f" > "$out/logs/$(basename "$f")"
-    done
-fi
+pack="$site/pack"
+mkdir -p "$pack/logs" "$pack/runs"
+for f in "${logs[@]}"; do
+    tail -c 262144 "$f" > "$pack/logs/$(basename "$f")"
+done
+while IFS= read -r f; do  # runs/NAME/summary.json and table3-*/NAME/summary.json
+    rel=${f#"$work"/}
+    mkdir -p "$pack/runs/$(dirname "$rel")"
+    cp "$f" "$pack/runs/$rel"
+done < <(find "$work" -name summary.json 2> /dev/null)
+tar -czf "$out/logs.tar.gz" -C "$pack" logs runs
 exit "$status"
