@@ -88,8 +88,9 @@ for folder in map(Path, sys.argv[1:]):
     s, m = folder / "summary.json", folder / "metrics.jsonl"
     if s.is_file():
         d = json.loads(s.read_text())
+        peak = f", peak GPU memory {d['peak_gpu_mb']} MiB" if "peak_gpu_mb" in d else ""
         print(f"gpu_check: {folder.name}: training {d.get('wall_time_s')} s, {d.get('steps_run')} steps, "
-              f"test {d.get('metric')} {d.get('mean')}")
+              f"test {d.get('metric')} {d.get('mean')}{peak}")
     elif m.is_file():
         lines = [json.loads(x) for x in m.read_text().splitlines() if x.strip().endswith("}")]
         if lines:
@@ -149,7 +150,11 @@ for run in "cuda auto" "cuda off" "cpu auto"; do
     fi
 done
 
-if step memory 120 "peak GPU memory of a 200-step default run in this process"; then
+# a CUDA run's summary.json holds its peak GPU memory (peak_gpu_mb): the default run above gave it already
+if [[ ",$parts," == *",memory,"* ]] && grep -q peak_gpu_mb "$out/runs/default-cuda-auto/summary.json" 2> /dev/null
+then
+    echo "gpu_check: peak GPU memory of the default run: $(python -c "import json, sys; print(json.load(open(sys.argv[1]))['peak_gpu_mb'])" "$out/runs/default-cuda-auto/summary.json") MiB (its summary.json)"
+elif step memory 120 "peak GPU memory of a 200-step default run in this process"; then
     timeout "$t" python - "$out" <<'PY' || echo "gpu_check: peak-memory probe failed"
 import subprocess, sys, torch
 subprocess.run([sys.executable, "-c", (

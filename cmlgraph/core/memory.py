@@ -63,6 +63,15 @@ def device_memory(device: torch.device | str) -> int | None:
         return None
 
 
+def gpu_peak_mb(device: torch.device | str) -> float | None:
+    """The most memory this process has allocated on ``device``'s GPU, in MiB (``torch.cuda.max_memory_allocated``;
+    one decimal); ``None`` for another device or without CUDA."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+
+
 def task_values(extractor: Any, episode: Any) -> int | None:
     """Activation values of a task's larger forward pass, support or query (:meth:`Backbone.pass_values`);
     ``None`` where the backbone does not say (small passes: MLPs, Conv4, computation trees)."""
@@ -148,4 +157,5 @@ def check_task_memory(extractor: Any, episode: Any, kept_passes: int, device: to
 
 
 __all__ = ["EVAL_BYTES_PER_VALUE", "GPU_SHARE", "MEMORY_BUDGET_CPU", "REFUSE_SHARE", "TRAIN_BYTES_PER_VALUE",
-           "check_task_memory", "device_memory", "memory_budget", "task_values", "training_bytes", "training_spans"]
+           "check_task_memory", "device_memory", "gpu_peak_mb", "memory_budget", "task_values", "training_bytes",
+           "training_spans"]

@@ -855,6 +855,9 @@ def build_summary(cfg: Config, e: Experiment, res: dict[str, Any], trainer: Trai
         summary["protocol"] = cfg.data.protocol
     summary["stopped_early"] = trainer._patience_spent() and trainer.step < int(cfg.train.steps)
     summary["steps_run"] = trainer.step
+    peak = memory.gpu_peak_mb(e.device)
+    if peak is not None:  # this process's peak on the run's GPU (issue 18): a GPU run's memory, beside its time
+        summary["peak_gpu_mb"] = peak
     return summary
 
 

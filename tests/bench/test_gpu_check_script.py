@@ -218,7 +218,7 @@ def test_run_facts_print_the_training_wall_time_or_how_far_an_unfinished_run_got
     done.mkdir()
     cut.mkdir()
     (done / "summary.json").write_text(json.dumps({"wall_time_s": 12.5, "steps_run": 200, "metric": "accuracy",
-                                                   "mean": 0.71}))
+                                                   "mean": 0.71, "peak_gpu_mb": 812.4}))
     (cut / "metrics.jsonl").write_text('{"step": 40, "time_s": 8.2}\n{"step": 50, "time_s": 10.1}\n{"step": 6')
     shim = tmp_path / "bin"
     shim.mkdir()
@@ -227,5 +227,5 @@ def test_run_facts_print_the_training_wall_time_or_how_far_an_unfinished_run_got
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"})
     assert proc.returncode == 0, proc.stderr
-    assert "done: training 12.5 s, 200 steps, test accuracy 0.71" in proc.stdout
+    assert "done: training 12.5 s, 200 steps, test accuracy 0.71, peak GPU memory 812.4 MiB" in proc.stdout
     assert "cut: unfinished, step 50 at 10.1 s" in proc.stdout

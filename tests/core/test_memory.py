@@ -87,3 +87,15 @@ def test_a_task_larger_than_the_machine_is_refused_with_the_fix(monkeypatch):
     assert mem.check_task_memory(e.model.extractor, eps[0], 3, "cpu", what, fixes) == need  # fits: no refusal
     monkeypatch.setattr(mem, "device_memory", lambda device: None)  # unknown: nothing refused
     assert mem.check_task_memory(e.model.extractor, eps[0], 3, "cpu") == need
+
+
+def test_a_gpu_runs_peak_memory_is_read_from_its_own_gpu(monkeypatch):
+    """``summary.json`` of a CUDA run holds its peak GPU memory (``peak_gpu_mb``), read from the run's GPU; a CPU
+    run has none. The CUDA calls are stood in (no GPU here)."""
+    from cmlgraph.core.memory import gpu_peak_mb
+
+    assert gpu_peak_mb("cpu") is None
+    asked: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: (asked.append(d), 3 * 2**20 + 2**19)[1])
+    assert gpu_peak_mb("cuda:1") == 3.5 and asked == [torch.device("cuda", 1)]
