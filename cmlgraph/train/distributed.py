@@ -152,10 +152,15 @@ def left_group() -> bool:
     return _LEFT
 
 
-def setup() -> DistContext:
+def setup(device: str | None = None) -> DistContext:
     """Join the process group described by torchrun's variables (idempotent); a one-process context without them.
 
     A process group that the caller already initialised is used as it is (and not destroyed at exit).
+
+    Args:
+        device: The run's device where known: each process makes its GPU current only for a CUDA run (or when not
+            known yet: ``cmlgraph train --resume`` reads it after joining), as making a GPU current creates a CUDA
+            context there (hundreds of MiB a process) that a ``--device cpu`` run on a GPU node never uses.
 
     Raises:
         ConfigError: Incomplete or invalid torchrun variables, or a torch build without ``torch.distributed``.
@@ -177,7 +182,7 @@ def setup() -> DistContext:
     rank, world, local, local_world = env
     cuda = torch.cuda.is_available()
     gpu = own_gpu(local, torch.cuda.device_count()) if cuda else None
-    if gpu is not None:
+    if gpu is not None and (device is None or str(device).startswith("cuda")):
         torch.cuda.set_device(gpu)  # NCCL and `--device cuda` then use this process's GPU
     backend = "cpu:gloo,cuda:nccl" if cuda and dist.is_nccl_available() else "gloo"
     try:

@@ -185,7 +185,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, console: Console | None = None, progress: bool = True) -> None:
         self.cfg = prepare(cfg)
-        self.dist = setup_distributed()  # one process (no process group) unless launched by torchrun
+        self.dist = setup_distributed(str(self.cfg.train.device))  # one process (no group) unless under torchrun
         self.dist.check_config(self.cfg)
         self.console = (console if self.dist.is_main else None) or Console(quiet=True)
         self.show_progress = progress and self.dist.is_main

@@ -314,6 +314,29 @@ def test_a_process_given_its_own_gpu_by_the_launcher_trains_on_it(monkeypatch):
     assert (own_gpu(1, 1), own_gpu(1, 4), own_gpu(5, 4)) == (0, 1, None)
 
 
+def test_a_cpu_run_under_torchrun_leaves_the_gpus_alone(monkeypatch):
+    """On a GPU node, ``--device cpu`` under torchrun made each rank's GPU current (a CUDA context of hundreds of
+    MiB a process, never used); a CUDA run, or one whose device is not known yet (resume), still does. The process
+    group and the CUDA calls are stood in."""
+    import torch.distributed as dist
+
+    import cmlgraph.train.distributed as distributed
+
+    made_current: list[int] = []
+    monkeypatch.setattr(distributed, "world_from_env", lambda: (1, 2, 1, 2))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda *args, **kwargs: None)
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
+    monkeypatch.setattr(distributed, "_OWNED", True)  # no exit hook for this stand-in group
+    for device in ("cpu", "cuda", None):
+        ctx = distributed.setup(device)
+        assert (ctx.rank, ctx.world_size, ctx.local_rank) == (1, 2, 1)
+    assert made_current == [1, 1]  # cuda and not-yet-known; never for cpu
+
+
 def test_rank0_only_parts_in_one_process_just_run():
     ctx = DistContext()
     assert ctx.on_rank0(lambda a, b: a + b, 2, 3) == 5
