@@ -124,7 +124,7 @@ PY
 if step tests 150 "CUDA graphs, captured vs eager meta-steps (tests)"; then
     timeout "$t" python -m pytest -q tests/train/test_cuda_graphs.py tests/train/test_cuda_graph_balls.py \
         tests/train/test_cuda_graph_plans.py tests/train/test_cuda_graph_matched.py \
-        tests/train/test_cuda_graph_unions.py > "$out/tests.log" 2>&1 || \
+        tests/train/test_cuda_graph_unions.py tests/train/test_fuse_policy.py > "$out/tests.log" 2>&1 || \
         echo "gpu_check: the CUDA-graph tests exited with status $?"
     tail -3 "$out/tests.log"
 fi

@@ -150,3 +150,23 @@ def test_cuda_graphs_on_steps_each_run_alone_through_its_graph(tmp_path, graphed
     assert graphed_on_cpu == []  # never fused: each step replayed the run's own graph
     # each run: its first step captured and replayed once for the check, then a replay a step
     assert len(replays) == 2 * 5 and len(set(replays)) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the trial runs where the runs' steps are captured: CUDA")
+def test_a_group_on_cuda_times_both_ways_says_which_it_keeps_and_finishes(tmp_path):
+    """The real thing (no stand-in, no clock of ours): two k-hop GCN runs on CUDA capture their steps, the group
+    times them alone and fused, says which it keeps, and both runs finish with finite scores."""
+    import json
+
+    steps = 1 + TRIAL_STEPS + 1 + TRIAL_STEPS + 3
+    settings = {**GRAPH, "train": {**GRAPH["train"], "steps": steps, "val_every": steps, "device": "cuda",
+                                   "cuda_graphs": "auto"}}
+    out = io.StringIO()
+    results = train_parallel([_cfg(settings, tmp_path, f"cuda-s{s}", train__seed=s) for s in (0, 1)],
+                             Console(file=out, width=300), progress=False)
+    assert [r.error for r in results] == [None, None]
+    said = out.getvalue()
+    assert "--parallel-runs on cuda" in said, said
+    for r in results:
+        summary = json.loads((r.run_dir / "summary.json").read_text())
+        assert summary["steps_run"] == steps and summary["mean"] == summary["mean"] and "peak_gpu_mb" in summary
