@@ -164,7 +164,6 @@ def _finite_flag(step_grads: dict[str, torch.Tensor], loss: torch.Tensor) -> tor
     return torch.stack(checks).all()
 
 
-
 def _run_device_rng(state: dict[str, Any], device: torch.device) -> torch.Tensor | None:
     """The CUDA RNG state a checkpoint holds for the run's device: its one state (``cuda_rng_device``), or, in a
     checkpoint of every device's states (before session 33), the state at the device's index where it has one."""
@@ -173,6 +172,7 @@ def _run_device_rng(state: dict[str, Any], device: torch.device) -> torch.Tensor
         return states[0] if states else None
     index = device.index if device.index is not None else torch.cuda.current_device()
     return states[index] if index < len(states) else None
+
 
 class Trainer:
     """Runs meta-training for one config and writes its run folder.
