@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs scripts/gpu_check.sh on a GPU machine with PyTorch and PyG but no internet and no install of this project,
 # from a bundle made by scripts/gpu_bundle.sh: installs the bundle's wheels into a temporary folder, runs the package
-# from this checkout (PYTHONPATH), reads the bundle's datasets (CMLGRAPH_DATA), and leaves in OUT_DIR only the
-# summary: gpu_check.log (everything the check printed), its bench JSONs and test log, and logs/ (each step's own log,
-# at most its last 256 KiB); the steps' run folders stay in a temporary folder whose path the log names.
+# from this checkout (PYTHONPATH), reads the bundle's datasets (CMLGRAPH_DATA), and leaves in OUT_DIR four files:
+# gpu_check.log (everything the check printed), its two bench JSONs, and logs.tar.gz (each step's own log, at most its
+# last 256 KiB, and each run's summary.json; a lent device returns at most 8 files); the steps' run folders stay in a
+# temporary folder whose path the log names.
 # GPU_CHECK_PARTS, GPU_CHECK_BUDGET and TABLE3 pass through.
 # Usage: scripts/gpu_check_offline.sh BUNDLE [OUT_DIR]   (default OUT_DIR: a fresh temporary folder)
 set -uo pipefail

@@ -81,7 +81,7 @@ def config_ineligible(cfg: Any) -> str | None:
     if a.control == "noise":
         return "--control noise draws its noise on the host"
     if t.batched == "off":
-        return "--batched off runs the tasks one by one"
+        return "train.batched: off runs the tasks one by one (a config key: there is no --batched flag)"
     if getattr(cfg.data, "task", None) == "graph":
         return _graph_config_ineligible(cfg)
     return None
