@@ -349,7 +349,7 @@ def adapt(run_dir: str | os.PathLike[str], graph: Any = None, support: Mapping[H
             from cmlgraph.user_warnings import warn_user
 
             warn_user(health, RuntimeWarning)
-    dev = _device(run, device)
+    dev = run.cfg.train.device  # asked for, else the run's where this machine has it (saved_run_config)
     domain = _domain(run, g, len(order))
     model = _model(run, domain, len(order)).to(dev)
     return _predict_task(run.algo, model, domain, g, nodes, labels, order, dev)
@@ -499,7 +499,7 @@ def embed(run_dir: str | os.PathLike[str], graph: Any = None, *, data_root: str 
     from cmlgraph.core.model import parameters_of
     run = _load_run(run_dir, device)
     g = _resolve_graph(run, graph, data_root)
-    dev = _device(run, device)
+    dev = run.cfg.train.device  # asked for, else the run's where this machine has it (saved_run_config)
     domain = _domain(run, g, int(run.cfg.data.ways))
     model = _model(run, domain, int(run.cfg.data.ways)).to(dev)
     nodes = torch.arange(domain.graph.num_nodes)
@@ -508,17 +508,6 @@ def embed(run_dir: str | os.PathLike[str], graph: Any = None, *, data_root: str 
     with torch.no_grad():
         out = torch.cat([features(model, params, domain.node_input(c, dev)) for c in chunks])
     return out.detach().float().cpu().numpy()
-
-
-def _device(run: _Run, device: str | None) -> str:
-    import torch
-
-    want = device or run.cfg.train.device
-    if want.startswith("cuda") and not torch.cuda.is_available():
-        if device is not None:
-            raise ConfigError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
-        return "cpu"
-    return want
 
 
 # --- CSV files --------------------------------------------------------------------------------------------------

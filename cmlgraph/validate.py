@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import torch
@@ -13,6 +12,25 @@ from cmlgraph.errors import ConfigError
 
 #: No setting sensibly exceeds this; larger integers would overflow torch's 64-bit arithmetic downstream.
 MAX_INT = 2**31 - 1
+
+
+def device_unavailable(device: str) -> str | None:
+    """Why ``device`` (``cpu``, ``cuda``, ``cuda:N`` or ``mps``) cannot be used on this machine, naming the fix;
+    ``None`` where it can. Shared by the run's validation, ``cmlgraph bench`` and reading a run back
+    (:func:`cmlgraph.train.reeval.here_device`)."""
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            return (f"--device {device}: no CUDA device is available; use --device cpu or install a CUDA build of "
+                    f"torch (see README)")
+        index, count = device.partition(":")[2], torch.cuda.device_count()
+        if index and (not index.isdigit() or int(index) >= count):
+            return (f"--device {device}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}; use one of "
+                    f"them (or --device cuda)")
+        return None
+    if device == "mps":
+        available = torch.backends.mps.is_available()
+        return None if available else "--device mps: MPS is not available here; use --device cpu"
+    return None if device == "cpu" else f"--device {device!r}: use cpu, cuda or cuda:N"
 
 
 def _need(ok: bool, message: str) -> None:
@@ -164,16 +182,8 @@ def validate_config(cfg: Config) -> None:
     _choice("train.nan_policy", t.nan_policy, ("stop", "skip"))
     _need(t.patience is None or t.patience >= 1, f"--patience {t.patience}: must be >= 1 (or unset: no early stop)")
     _need(t.weight_decay >= 0, f"train.weight_decay = {t.weight_decay}: must be >= 0")
-    _need(re.fullmatch(r"cpu|cuda(:\d+)?|mps", t.device) is not None,
-          f"--device {t.device!r}: use cpu, cuda or cuda:N")
-    if t.device.startswith("cuda"):
-        _need(torch.cuda.is_available(), f"--device {t.device}: no CUDA device is available; use --device cpu "
-                                         f"or install a CUDA build of torch (see README)")
-        index = int(t.device.partition(":")[2] or 0)
-        count = torch.cuda.device_count()
-        _need(index < count, f"--device {t.device}: only {count} CUDA device(s); use cuda:0..cuda:{count - 1}")
-    if t.device == "mps":
-        _need(torch.backends.mps.is_available(), "--device mps: MPS is not available here; use --device cpu")
+    why = device_unavailable(t.device)
+    _need(why is None, str(why))
     if t.cuda_graphs == "on":
         from cmlgraph.train.cuda_graphs import config_ineligible
 

@@ -224,23 +224,13 @@ def ball_layout(items: list[BallInput], memo: dict[str, Any]) -> dict[str, Any]:
     elif codes is not None:  # binary features: the rows' codes, never their floats
         memo["XU"] = BinaryRows(codes.index_select(0, union_dev), int(index.x.shape[1]))
     elif is_sparse(index.x):  # rows of the host's copy, then copied over (a device selection would sync)
-        memo["XU"] = transposable(_sparse_to(slice_rows(index.host_x, union), dev))
+        memo["XU"] = transposable(to_device(slice_rows(index.host_x, union), dev))
     else:
         memo["XU"] = index.x.index_select(0, union_dev)
     memo["task_of_row"] = to_device(task_of_row, dev)
     memo["task_rows"] = blk.sizes.view(t, n).sum(1).tolist()  # host ints: each task's ball rows
     memo["shape"] = (t, n, u)
     return memo
-
-
-def _sparse_to(coo: Tensor, device: torch.device) -> Tensor:
-    """A coalesced sparse COO ``coo`` on ``device``: its indices and values sent by
-    :func:`~cmlgraph.core.transfer.to_device` (pinned, ``non_blocking``), said coalesced (so nothing on the device
-    coalesces it again, which would read its entry count back); ``coo`` itself where it is there already."""
-    if coo.device == torch.device(device) or torch.device(device).type == coo.device.type == "cpu":
-        return coo
-    return torch.sparse_coo_tensor(to_device(coo.indices(), device), to_device(coo.values(), device), coo.shape,
-                                   is_coalesced=True)
 
 
 def _per_task_products(xs: Iterable[Tensor], w: Tensor, tasks: int) -> Tensor:

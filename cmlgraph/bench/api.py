@@ -7,7 +7,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 
 from cmlgraph.bench.cases import build_cases, build_ratios
@@ -22,6 +21,7 @@ from cmlgraph.bench.report import (
 from cmlgraph.bench.runner import RunSettings, available_memory_bytes, run_cases
 from cmlgraph.core.memory import device_memory
 from cmlgraph.errors import ConfigError
+from cmlgraph.validate import device_unavailable
 
 #: Defaults per set: seconds of timed iterations per case, case time limit, most timed iterations.
 DEFAULTS = {"quick": {"budget_s": 2.0, "timeout_s": 60.0, "max_iters": 3},
@@ -30,19 +30,12 @@ DEFAULTS = {"quick": {"budget_s": 2.0, "timeout_s": 60.0, "max_iters": 3},
 
 def check_device(device: str) -> str:
     """``cpu`` or an available ``cuda``/``cuda:N``; anything else raises with the fix."""
-    if device == "cpu":
-        return device
-    if device == "cuda" or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: CUDA is not available in this torch build or machine; "
-                              f"use --device cpu")
-        index = device.partition(":")[2]
-        count = torch.cuda.device_count()
-        if index and (not index.isdigit() or int(index) >= count):
-            raise ConfigError(f"--device {device}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}; "
-                              f"use one of them (or --device cuda)")
-        return device
-    raise ConfigError(f"--device {device!r} is invalid; use cpu or cuda")
+    if device != "cpu" and device != "cuda" and not device.startswith("cuda:"):
+        raise ConfigError(f"--device {device!r} is invalid; use cpu or cuda")
+    why = device_unavailable(device)
+    if why is not None:
+        raise ConfigError(why)
+    return device
 
 
 def memory_cap(device: str, fraction: float) -> int:

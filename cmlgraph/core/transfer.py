@@ -17,13 +17,19 @@ from torch import Tensor
 def to_device(t: Tensor, device: torch.device | str) -> Tensor:
     """``t`` on ``device``: pinned and ``non_blocking`` from the CPU to CUDA; ``t`` itself when it is there already.
 
+    A coalesced sparse COO tensor goes as its indices and values, and is said coalesced there (so nothing on the
+    device coalesces it again, which would read its entry count back).
+
     Args:
-        t: A dense tensor (host-built index or value tensor).
+        t: A dense tensor (host-built index or value tensor), or a coalesced sparse COO one.
         device: The run's device.
     """
     device = torch.device(device)
     if t.device.type == device.type and (device.index is None or t.device.index == device.index):
         return t
+    if t.layout == torch.sparse_coo:
+        return torch.sparse_coo_tensor(to_device(t.indices(), device), to_device(t.values(), device), t.shape,
+                                       is_coalesced=True)
     if device.type == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)

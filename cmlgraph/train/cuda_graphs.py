@@ -285,6 +285,7 @@ class GraphedMetaStep:
         self.failed: str | None = None  # why the run went back to eager
         self.grow_failed: str | None = None  # why growing the padded buffers failed (outgrowing batches: eager)
         self.replays = 0
+        self._on: torch.device | None = None  # the parameters' device (:meth:`_device`)
         self.captures = 0
 
     def _eager(self, episodes: Sequence[Episode], step: int) -> MetaStep:
@@ -303,8 +304,10 @@ class GraphedMetaStep:
                 copy_into(getattr(dst, side), getattr(src, side))
 
     def _device(self) -> torch.device:
-        """The device of the meta-model's parameters (where the step runs)."""
-        return next(iter(parameters_of(self.model).values())).device
+        """The device of the meta-model's parameters (where the step runs), read once: every replay asks."""
+        if self._on is None:
+            self._on = next(iter(parameters_of(self.model).values())).device
+        return self._on
 
     def _record(self, fn: Any) -> tuple[Any, MetaStep]:
         """``fn`` (the meta-step on the input buffers) warmed up on a side stream, then captured: the graph and

@@ -118,21 +118,16 @@ def evaluate(
         batches = exits.enter_context(Prefetcher(materialize, depth=1, enabled=prefetch, name="cmlgraph-eval"))
         for eps in batches:
             if many is not None:
-                pairs = [(out, None, ep.query_y) for out, ep in zip(many(model, eps), eps, strict=True)]
+                tally.add_pairs([(out, None, ep.query_y) for out, ep in zip(many(model, eps), eps, strict=True)])
             elif together and len(eps) > 1 and can_stack(eps):
-                pairs = []
                 for part in fit_activations(model, eps, device):  # large graphs: fewer tasks a pass
                     ep = stack(part)
                     out, co = algo.predict(model, params, ep, domain.loss_fn, batched=True)
-                    pairs += [(out[i], None if co is None else co[i], ep.query_y[i]) for i in range(len(part))]
+                    tally.add_tasks(out, co, ep.query_y)  # stacked already: scored as they are
             else:
-                pairs = []
-                for ep in eps:
-                    out, co = algo.predict(model, params, ep, domain.loss_fn)
-                    pairs.append((out, co, ep.query_y))
-            tally.add_pairs(pairs)
+                tally.add_pairs([(*algo.predict(model, params, ep, domain.loss_fn), ep.query_y) for ep in eps])
             if progress is not None:
-                for _ in pairs:
+                for _ in eps:
                     progress()
     finally:
         exits.close()  # stops the prefetch worker, also on an error

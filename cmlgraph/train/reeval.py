@@ -140,19 +140,16 @@ def check_episodes_fit(domain: Any, raws: list[Any], run_dir: Path) -> None:
 
 
 def here_device(device: str) -> str:
-    """``device`` where this machine has it; else the CPU (a run trained on a GPU, CUDA's or Apple's, read on a
-    machine without one), or ``cuda`` (its ``cuda:N`` where this machine has fewer GPUs)."""
+    """``device`` where this machine has it (:func:`~cmlgraph.validate.device_unavailable`); else ``cuda`` (its
+    ``cuda:N`` where this machine has fewer GPUs), or the CPU (a run trained on a GPU, CUDA's or Apple's, read on a
+    machine without one)."""
     import torch
 
-    if device == "mps" and not torch.backends.mps.is_available():
-        return "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            return "cpu"
-        index = device.partition(":")[2]
-        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
-            return "cuda"
-    return device
+    from cmlgraph.validate import device_unavailable
+
+    if device_unavailable(device) is None:
+        return device
+    return "cuda" if device.startswith("cuda") and torch.cuda.is_available() else "cpu"
 
 
 def saved_run_config(run_dir: str | Path, device: str | None = None) -> Config:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from cmlgraph.backbones import gmeta
-from cmlgraph.backbones.gmeta import _sparse_to, ball_layout
+from cmlgraph.backbones.gmeta import ball_layout
+from cmlgraph.core.transfer import to_device
 from cmlgraph.graphs.balls import BallIndex, BallInput
 from tests.backbones.test_gmeta_task_blocks import _components
 
@@ -34,6 +35,6 @@ def test_a_coalesced_sparse_matrix_arrives_said_coalesced():
     """On another device the rows are rebuilt from their indices and values, marked coalesced (so the device never
     coalesces them again, which reads the entry count back); on their own device they are the rows themselves."""
     coo = torch.sparse_coo_tensor(torch.tensor([[0, 1], [2, 0]]), torch.tensor([1.0, 2.0]), (2, 3)).coalesce()
-    assert _sparse_to(coo, torch.device("cpu")) is coo
-    moved = _sparse_to(coo, torch.device("meta"))
+    assert to_device(coo, torch.device("cpu")) is coo
+    moved = to_device(coo, torch.device("meta"))
     assert moved.device.type == "meta" and moved.is_coalesced() and moved.shape == coo.shape
