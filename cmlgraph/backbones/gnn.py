@@ -52,6 +52,7 @@ from cmlgraph.backbones.gnn_ops import (
     sparse_nnz,
     sum_adj,
     task_feature_dropout,
+    with_values,
 )
 from cmlgraph.backbones.gnn_plan import (
     Plan,
@@ -67,7 +68,7 @@ from cmlgraph.backbones.gnn_plan import (
 )
 from cmlgraph.backbones.plan_static import PlanReads, StaticTaskLayout
 from cmlgraph.backbones.pyg_templates import remove_template_files
-from cmlgraph.core.dropout import draw_from
+from cmlgraph.core.dropout import current_generator, draw_from, dropout_scale
 from cmlgraph.core.streams import TaskStreams, current_streams, group_tasks
 from cmlgraph.errors import CmlgraphError, ConfigError
 from cmlgraph.graphs.types import GraphBatch, GraphInput
@@ -295,12 +296,15 @@ class GNNBackbone(Backbone):
 
     def pass_values(self, inputs: GraphInput) -> int | None:
         """Activation values of one task's pass over a whole graph or a k-hop subgraph: per layer ``hidden`` values a
-        node, and for GAT ``hidden`` values an edge (its messages); ``None`` for computation trees and SGC's gathered
-        rows (a task's own nodes only)."""
+        node, and for GAT ``hidden`` values an edge (its messages); in training with dropout also the task's masked
+        dense features (``N × F``, kept for the first layer's weight gradient: on Amazon-Computers 767 values a
+        node against the layers' 128); ``None`` for computation trees and SGC's gathered rows (a task's own nodes
+        only)."""
         if not isinstance(inputs, GraphInput) or inputs.local or self.kind == "sgc":
             return None
         edges = int(self_loop_edge_index(inputs).shape[1]) if self.kind == "gat" else 0
-        return len(self.convs) * self.hidden * (int(inputs.num_nodes) + edges)
+        masked = int(inputs.x.numel()) if self.training and self.dropout > 0 and not is_sparse(inputs.x) else 0
+        return len(self.convs) * self.hidden * (int(inputs.num_nodes) + edges) + masked
 
     def forward_tasks(self, params: dict[str, Tensor], batch: GraphBatch) -> Tensor:
         """Features ``Tensor[T, n, hidden]`` of ``T`` tasks' nodes, with per-task weights ``params[name][t]``.
@@ -308,8 +312,10 @@ class GNNBackbone(Backbone):
         Computation-tree inputs of the plan kinds run as one block-diagonal pass; SGC's whole-graph inputs as one
         gather of the tasks' propagated rows and one batched product; GCN's, SAGE's, GIN's and GAT's whole-graph
         inputs as one pass over the graph for all tasks (:meth:`_whole_graph_tasks`); GAT's k-hop subgraphs as one
-        pass over their disjoint union (:meth:`_subgraph_tasks`); anything else (passes that draw dropout masks in
-        training) runs task by task with the same results.
+        pass over their disjoint union (:meth:`_subgraph_tasks`). Feature dropout in training draws each task's
+        masks in the order its own pass would (:meth:`_task_scales`), so the batched passes equal the task loop
+        with dropout too; anything else (GAT's attention dropout, drawn inside PyG's conv) runs task by task with
+        the same results.
         """
         items = batch.items
         streams = current_streams() if self.training and self._draws_dropout else None
@@ -328,11 +334,14 @@ class GNNBackbone(Backbone):
                 return self._sgc_out(h).view(t, n, -1)
         # (k-hop subgraphs never: one task's subgraph is trivially "one graph", but a CUDA graph's padded union
         # buffers are read only by the subgraph path below)
+        gens = [None] * len(items) if streams is None else \
+            [streams.generators[run] for run, a, b in streams.spans(0, len(items)) for _ in range(a, b)]
+        attends = self.training and self._draws_attention_dropout
         if (self.kind in WHOLE_GRAPH_KINDS and not any(g.local or g.subgraph for g in items)
-                and all(g.x is items[0].x for g in items) and not (self.training and self._draws_dropout)):
-            return self._whole_graph_tasks(params, items)
-        if self.kind == "gat" and all(g.subgraph for g in items) and not (self.training and self._draws_dropout):
-            return self._subgraph_tasks(params, batch)
+                and all(g.x is items[0].x for g in items) and not attends):
+            return self._whole_graph_tasks(params, items, gens)
+        if self.kind == "gat" and all(g.subgraph for g in items) and not attends:
+            return self._subgraph_tasks(params, batch, gens)
         if self.supports_plan and all(g.local for g in items):
             key = f"layout/{PLAN_AGGREGATION[self.kind]}/{self.hops}"
             static = items[0].__dict__.get(STATIC_BATCH_KEY)
@@ -342,8 +351,6 @@ class GNNBackbone(Backbone):
                 batch.memo[key] = TaskLayout([self.plan(g) for g in items])
             fixed = {n: v for n, v in self._weights().items() if n not in params}  # GIN's fixed ε
             return self._forward_plan({**fixed, **params}, batch.memo[key], streams)
-        gens = [None] * len(items) if streams is None else \
-            [streams.generators[run] for run, a, b in streams.spans(0, len(items)) for _ in range(a, b)]
         outs = []
         for t, g in enumerate(items):
             with draw_from(gens[t]):  # a fused step: each task's masks from its run's stream, in the run's order
@@ -359,7 +366,8 @@ class GNNBackbone(Backbone):
         draws = [(a, b, own_rows(a, b), streams.generators[run]) for run, a, b in streams.spans(0, tasks)]
         return task_feature_dropout(x, self.dropout, tasks, draws)
 
-    def _whole_graph_tasks(self, w: dict[str, Tensor], items: list[GraphInput]) -> Tensor:
+    def _whole_graph_tasks(self, w: dict[str, Tensor], items: list[GraphInput],
+                           gens: list[torch.Generator | None] | None = None) -> Tensor:
         """``T`` tasks' whole-graph passes as one: features ``Tensor[T, n, hidden]`` of each task's nodes.
 
         Every layer keeps the tasks' activations node-major, ``[N, T, d]``, so each layer is one (sparse-aware)
@@ -368,11 +376,17 @@ class GNNBackbone(Backbone):
         tasks' weights side by side (``X [W_1; …; W_T]ᵀ``), so sparse features stay sparse. Same values as the
         per-task pass (linearity of aggregation; PyG's layer semantics as in :meth:`forward`). GAT computes each
         edge's attention for every task at once (:meth:`_gat_attend`). Tasks run in chunks whose activations (GAT:
-        per-edge messages) hold at most :data:`WHOLE_GRAPH_VALUES` values.
+        per-edge messages; with input dropout also each task's masked features) hold at most
+        :data:`WHOLE_GRAPH_VALUES` values.
+
+        With feature dropout in training, each task's masks are drawn as its own pass draws them (task by task,
+        layer by layer: :meth:`_task_scales`): the first layer then projects each task's masked features (``[N, T,
+        F]``, or one sparse product a task) instead of the shared ones once.
 
         Args:
             w: Per-task weights ``[T, ...]`` (GIN's ε among them when trained: ``[T, 1]``).
             items: The tasks' whole-graph inputs of one graph (same features, equally many nodes each).
+            gens: Each task's random stream for its masks (``None``: torch's global RNG); default all ``None``.
         """
         fixed = {n: v for n, v in self._weights().items() if n not in w}  # GIN's fixed ε, shared by the tasks
         first = items[0]
@@ -380,16 +394,23 @@ class GNNBackbone(Backbone):
         n_graph, t = int(first.num_nodes), len(items)
         nodes = torch.stack([g.nodes for g in items])  # [T, n]
         width = int(graph.shape[1]) if self.kind == "gat" else n_graph  # GAT: per-edge messages of every task
-        per = max(1, WHOLE_GRAPH_VALUES // max(1, width * self.hidden))
+        drop = self.training and self.dropout > 0
+        masked = 2 * int(x.numel()) if drop and not is_sparse(x) else 0  # a task's masked features and its mask
+        per = max(1, WHOLE_GRAPH_VALUES // max(1, width * self.hidden + masked))
+        gens = gens if gens is not None else [None] * t
+        shapes = [tuple(x.shape) if not is_sparse(x) else (int(x.values().numel()),)] + \
+            [(n_graph, self.hidden)] * (len(self.convs) - 1)
         outs = []
         for s in range(0, t, per):
             part = {**fixed, **{k: v[s:s + per] for k, v in w.items()}}
-            h = self._whole_graph_chunk(part, x, graph, min(per, t - s))
+            scales = self._task_scales(shapes, gens[s:s + per], x) if drop else None
+            h = self._whole_graph_chunk(part, x, graph, min(per, t - s), scales)
             rows = nodes[s:s + per]
             outs.append(h[rows, torch.arange(rows.shape[0], device=rows.device).unsqueeze(1)])
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-    def _subgraph_tasks(self, w: dict[str, Tensor], batch: GraphBatch) -> Tensor:
+    def _subgraph_tasks(self, w: dict[str, Tensor], batch: GraphBatch,
+                        gens: list[torch.Generator | None] | None = None) -> Tensor:
         """GAT over ``T`` tasks' own k-hop subgraphs as one pass over their disjoint union: features
         ``Tensor[T, n, hidden]`` of each task's requested nodes.
 
@@ -398,12 +419,20 @@ class GNNBackbone(Backbone):
         projects with every task's weights at once (``bmm``, or a block-diagonal product for sparse features) and
         attends over the union's edges. Tasks run in groups whose edges' messages and padded feature blocks hold at
         most :data:`WHOLE_GRAPH_VALUES` values. The layout is built once per batch (its
-        ``memo``) and reused by every inner step. Same values as the per-task pass.
+        ``memo``) and reused by every inner step. Same values as the per-task pass; with feature dropout in
+        training each task's masks are drawn as its own pass draws them (:meth:`_task_scales`), except on a CUDA
+        graph's padded union, whose masks are drawn over its fixed padded shapes, layer by layer.
+
+        Args:
+            w: Per-task weights ``[T, ...]``.
+            batch: The tasks' subgraph inputs.
+            gens: Each task's random stream for its masks (``None``: torch's global RNG); default all ``None``.
         """
         items = batch.items
         groups = batch.memo.get("gat/groups")
         static = items[0].__dict__.get(STATIC_BATCH_KEY)
-        if groups is None and static is not None and static[0] == tuple(id(g) for g in items):
+        padded = static is not None and static[0] == tuple(id(g) for g in items)
+        if groups is None and padded:
             # a CUDA graph's padded union (these very inputs): one group (cmlgraph.backbones.union_static)
             groups = batch.memo["gat/groups"] = [(0, len(items), static[1].layout)]
         if groups is None:
@@ -415,19 +444,38 @@ class GNNBackbone(Backbone):
                        for g in items]
             spans = group_tasks(weights, WHOLE_GRAPH_VALUES)
             groups = batch.memo["gat/groups"] = [(a, b, _union_layout(items[a:b])) for a, b in spans]
+        drop = self.training and self.dropout > 0
+        gens = gens if gens is not None else [None] * len(items)
         outs = []
         for a, b, lay in groups:
             part = {k: v[a:b] for k, v in w.items()}
-            outs.append(self._union_pass(part, lay, b - a))
+            scales = None
+            if drop and not padded:  # each task's masks over its own rows, drawn as its own pass draws them
+                x = sparse_features(items[a])
+                first = [(int(sparse_features(g).values().numel()),) if is_sparse(x) else tuple(g.x.shape)
+                         for g in items[a:b]]
+                later = [[(int(g.num_nodes), self.hidden)] * (len(self.convs) - 1) for g in items[a:b]]
+                scales = self._task_scales([[f, *rest] for f, rest in zip(first, later, strict=True)], gens[a:b], x)
+            outs.append(self._union_pass(part, lay, b - a, scales))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-    def _union_pass(self, w: dict[str, Tensor], lay: dict[str, Any], t: int) -> Tensor:
-        """The GAT layers over one group's disjoint union (:func:`_union_layout`): ``[t, n, hidden]``."""
+    def _union_pass(self, w: dict[str, Tensor], lay: dict[str, Any], t: int,
+                    scales: list[list[Tensor]] | None = None) -> Tensor:
+        """The GAT layers over one group's disjoint union (:func:`_union_layout`): ``[t, n, hidden]``.
+
+        ``scales`` (per layer, each task's dropout factors over its own rows: :meth:`_task_scales`) mask each
+        layer's input; without them, training with dropout masks the padded union itself (a CUDA graph's fixed
+        buffers: the same shapes at every replay)."""
         h = lay["x"]
+        rows = int(lay["rows"])
         last = len(self.convs) - 1
         heads = self.heads
         for i in range(len(self.convs)):
             pre = f"convs.{i}."
+            if scales is not None:
+                h = _mask_union(h, scales[i], rows, t)
+            elif self.training and self.dropout > 0:
+                h = feature_dropout(h, self.dropout, True)
             p = task_linear(h, w[pre + "lin.weight"], t).view(t, -1, heads, self.hidden // heads)  # [t, R, H, C]
             a_src = (p * w[pre + "att_src"].view(t, 1, heads, -1)).sum(-1).flatten(0, 1)  # [t·R, H]
             a_dst = (p * w[pre + "att_dst"].view(t, 1, heads, -1)).sum(-1).flatten(0, 1)
@@ -438,11 +486,14 @@ class GNNBackbone(Backbone):
                 h = F.relu(h)
         return h.index_select(0, lay["out"]).view(t, -1, h.shape[-1])
 
-    def _whole_graph_chunk(self, w: dict[str, Tensor], x: Tensor, graph: Tensor, t: int) -> Tensor:
+    def _whole_graph_chunk(self, w: dict[str, Tensor], x: Tensor, graph: Tensor, t: int,
+                           scales: list[list[Tensor]] | None = None) -> Tensor:
         """The GNN over the whole graph for ``t`` tasks at once: node-major ``[N, t, hidden]`` (see
-        :meth:`_whole_graph_tasks`)."""
+        :meth:`_whole_graph_tasks`); ``scales`` (per layer, each task's dropout factors) mask each layer's input."""
 
-        def project(h: Tensor, weight: Tensor) -> Tensor:  # [N, in] shared or [N, t, in] → [N, t, out]
+        def project(h: Any, weight: Tensor) -> Tensor:  # [N, in] shared, [N, t, in] or t sparse [N, in] → [N, t, out]
+            if isinstance(h, list):  # each task's own (masked) sparse features: one sparse product a task
+                return torch.stack([sparse_aware_linear(hk, weight[k]) for k, hk in enumerate(h)], dim=1)
             if h.dim() == 2:
                 out = sparse_aware_linear(h, weight.reshape(-1, weight.shape[-1]))
                 return out.view(h.shape[0], t, weight.shape[1])
@@ -455,9 +506,11 @@ class GNNBackbone(Backbone):
             return h if b is None else h + b
 
         last = len(self.convs) - 1
-        h = x
+        h: Any = x
         for i in range(len(self.convs)):
             pre = f"convs.{i}."
+            if scales is not None:
+                h = _mask_tasks(h, scales[i])
             if self.kind == "gcn":
                 h = bias(aggregate(project(h, w[pre + "lin.weight"])), w.get(pre + "bias"))
             elif self.kind == "sage":
@@ -478,7 +531,39 @@ class GNNBackbone(Backbone):
     @property
     def _draws_dropout(self) -> bool:
         """Whether a training pass draws random masks: feature dropout, or GAT's attention dropout."""
-        return self.dropout > 0 or (self.kind == "gat" and any(float(c.dropout) > 0 for c in self.convs))
+        return self.dropout > 0 or self._draws_attention_dropout
+
+    @property
+    def _draws_attention_dropout(self) -> bool:
+        """Whether a training pass draws GAT attention-dropout masks (inside PyG's conv: task by task only)."""
+        return self.kind == "gat" and any(float(c.dropout) > 0 for c in self.convs)
+
+    def _task_scales(self, shapes: list[Any], gens: list[torch.Generator | None], like: Tensor
+                     ) -> list[list[Tensor]]:
+        """Each task's feature-dropout factors for every layer's input, drawn in the order the tasks' own passes
+        draw them (task by task; within a task layer by layer; each from its stream), so a batched pass masks
+        every task as its own functional call would (:func:`~cmlgraph.core.dropout.dropout_scale`).
+
+        Args:
+            shapes: Per layer the masked input's shape, shared (``[(N, F), (N, d), …]``), or per task (a list of
+                such lists, one a task).
+            gens: Each task's stream (``None``: the enclosing :func:`~cmlgraph.core.dropout.draw_from` block's,
+                else torch's global RNG), as the task loop draws it.
+            like: A tensor of the features' dtype and device.
+
+        Returns:
+            Per layer, a list of the tasks' factors (``1 / (1 − p)`` or 0), each in its shape.
+        """
+        per_task = bool(shapes) and isinstance(shapes[0], list)
+        layers = len(shapes[0]) if per_task else len(shapes)
+        dtype = like.values().dtype if is_sparse(like) else like.dtype
+        out: list[list[Tensor]] = [[] for _ in range(layers)]
+        for k, gen in enumerate(gens):
+            own = shapes[k] if per_task else shapes
+            for i in range(layers):
+                out[i].append(dropout_scale(own[i], self.dropout, gen if gen is not None else current_generator(),
+                                            dtype=dtype, device=like.device))
+        return out
 
     def _gat_attend(self, p: Tensor, w: dict[str, Tensor], pre: str, edge_index: Tensor, t: int, i: int) -> Tensor:
         """GATConv's attention and aggregation (PyG semantics: ``LeakyReLU(a_srcᵀ h_j + a_dstᵀ h_i)``, softmax over
@@ -727,6 +812,25 @@ def _union_layout(items: list[GraphInput]) -> dict[str, Any]:
     edges = torch.cat([self_loop_edge_index(g) + t * rows for t, g in enumerate(items)], dim=1)
     out = torch.cat([g.nodes + t * rows for t, g in enumerate(items)])
     return {"x": x, "edges": edges, "out": out, "rows": rows}
+
+
+def _mask_tasks(h: Any, scales: list[Tensor]) -> Any:
+    """A whole-graph layer input masked per task: the shared features ``[N, F]`` (dense: ``[N, t, F]``; sparse:
+    one masked matrix a task) or the tasks' node-major activations ``[N, t, d]``, times each task's ``scales``
+    (``[N, F]``/``[N, d]``, or the sparse features' stored values)."""
+    if is_sparse(h):
+        return [with_values(h, h.values() * s) for s in scales]
+    stacked = torch.stack(scales, dim=1)  # [N, t, d]
+    return h.unsqueeze(1) * stacked if h.dim() == 2 else h * stacked
+
+
+def _mask_union(h: Tensor, scales: list[Tensor], rows: int, t: int) -> Tensor:
+    """A union layer input (dense ``[t, R, F]`` or ``[t·R, d]``, or the block-diagonal sparse features) times
+    each task's ``scales`` over its own first rows (its subgraph's; pad rows kept) or its block's stored values."""
+    if is_sparse(h):
+        return with_values(h, h.values() * torch.cat(scales))
+    padded = torch.stack([F.pad(s, (0, 0, 0, rows - s.shape[0]), value=1.0) for s in scales])  # [t, R, d]
+    return (h.view(t, rows, -1) * padded).view(h.shape)
 
 
 def _task_bias(h: Tensor, bias: Tensor | None, t: int) -> Tensor:

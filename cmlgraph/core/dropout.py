@@ -8,6 +8,7 @@ run's RNG state. Every encoder with dropout (the GNN backbone, G-Meta's and AMM-
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,16 +33,37 @@ def dropout(h: Tensor, p: float, generator: torch.Generator | None = None) -> Te
     """
     if p >= 1:
         return h * 0.0
+    return h * dropout_scale(h.shape, p, generator, dtype=h.dtype, device=h.device)
+
+
+def dropout_scale(shape: Sequence[int] | torch.Size, p: float, generator: torch.Generator | None = None, *,
+                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
+    """The factor :func:`dropout` multiplies by, ``keep / (1 − p)`` in ``shape`` (0 < p < 1), drawn as
+    :func:`dropout` draws it: ``dropout(h, p, g)`` equals ``h * dropout_scale(h.shape, p, g, dtype=h.dtype,
+    device=h.device)`` bit for bit from the same generator state. Lets a batched pass draw several tasks' masks
+    in the order their one-by-one passes would (``GNNBackbone._task_scales``).
+
+    Args:
+        shape: The masked tensor's shape (the draws depend on its element count only).
+        p: Dropout rate, in (0, 1).
+        generator: The random stream; ``None``: torch's global RNG of ``device``.
+        dtype: The scale's dtype (the masked tensor's).
+        device: Where to draw.
+
+    Returns:
+        ``Tensor[shape]`` of 0 and 1 / (1 − p).
+    """
     level = p * 256
-    if level == int(level) and h.device.type == "cpu" and sys.byteorder == "little":
-        n = h.numel()
+    device = torch.device(device)
+    if level == int(level) and device.type == "cpu" and sys.byteorder == "little":
+        n = math.prod(shape)
         k = (n + 6) // 7
-        bits = torch.empty(k, dtype=torch.int64, device=h.device).random_(generator=generator)  # on [0, 2**63)
+        bits = torch.empty(k, dtype=torch.int64, device=device).random_(generator=generator)  # on [0, 2**63)
         byte = bits.view(torch.uint8).view(k, 8)[:, :7]  # bytes 0-6 (little-endian): uniform; byte 7 is not
-        keep = (byte >= int(level)).reshape(-1)[:n].view(h.shape)
+        keep = (byte >= int(level)).reshape(-1)[:n].view(tuple(shape))
     else:
-        keep = torch.rand(h.shape, generator=generator, dtype=h.dtype, device=h.device) >= p
-    return h * (keep.to(h.dtype) / (1.0 - p))
+        keep = torch.rand(tuple(shape), generator=generator, dtype=dtype, device=device) >= p
+    return keep.to(dtype) / (1.0 - p)
 
 
 @contextmanager
@@ -83,4 +105,4 @@ def dropout_task_rows(h: Tensor, p: float, tasks: int, draws: Sequence[tuple[int
     return torch.cat(parts).view(h.shape)
 
 
-__all__ = ["current_generator", "draw_from", "dropout", "dropout_task_rows"]
+__all__ = ["current_generator", "draw_from", "dropout", "dropout_scale", "dropout_task_rows"]

@@ -10,15 +10,16 @@ order (FOMAML; G-Meta and AMM-GNN first order are the paper's Table 3 setting) o
 capture records the eager double backward's kernels like any others, ``torch.cuda.graph`` is not
 ``torch.compile``, which refuses double backward); no ``--control noise`` (its noise is drawn on the host); tasks
 run batched (``vmap``: the sinusoid MLP, Conv4 on images; one pass over the graph for whole-graph inputs);
-fixed-shape episode tensors, or whole-graph (``full`` mode) inputs of SGC, GCN, GraphSAGE or GIN with dense
-features and no dropout, whose graph is the domain's fixed full graph and whose only data are each task's node ids
-(copied into the capture's node buffers); k-hop computation trees of SGC, GCN, GraphSAGE or GIN (dense or sparse
-features, with or without dropout), padded into fixed buffers (:mod:`cmlgraph.train.cuda_graph_plans`); G-Meta on
-an undirected graph, its ball layouts padded likewise (:mod:`cmlgraph.train.cuda_graph_balls`), and AMM-GNN, its
-computation trees padded and its drawn rows in fixed buffers (:mod:`cmlgraph.train.cuda_graph_matched`); GAT's
-k-hop subgraphs without dropout, tasks batched, their union padded (:mod:`cmlgraph.train.cuda_graph_unions`).
-Padded buffers grow when a batch outgrows them (a new capture). Not yet: sparse features of whole-graph inputs,
-MAML++'s changing derivative order.
+fixed-shape episode tensors, or whole-graph (``full`` mode) inputs of SGC, GCN, GraphSAGE, GIN or GAT with dense
+features (with or without dropout: each task's masks are drawn inside the pass), whose graph is the domain's fixed
+full graph and whose only data are each task's node ids (copied into the capture's node buffers); k-hop
+computation trees of SGC, GCN, GraphSAGE or GIN (dense or sparse features, with or without dropout), padded into
+fixed buffers (:mod:`cmlgraph.train.cuda_graph_plans`); G-Meta on an undirected graph, its ball layouts padded
+likewise (:mod:`cmlgraph.train.cuda_graph_balls`), and AMM-GNN, its computation trees padded and its drawn rows in
+fixed buffers (:mod:`cmlgraph.train.cuda_graph_matched`); GAT's k-hop subgraphs, tasks batched, their union padded
+(:mod:`cmlgraph.train.cuda_graph_unions`; with dropout the masks are drawn over the padded union). Padded buffers
+grow when a batch outgrows them (a new capture). Not yet: sparse features of whole-graph inputs, MAML++'s changing
+derivative order, GAT's attention dropout on k-hop subgraphs (Python API only).
 
 ``auto`` uses graphs where eligible and checks itself once: the first captured step is compared with the eager
 step on the same meta-batch (losses and gradients, ``rtol`` 1e-4); on a mismatch or any capture error the run says
@@ -82,32 +83,20 @@ def config_ineligible(cfg: Any) -> str | None:
         return "--control noise draws its noise on the host"
     if t.batched == "off":
         return "train.batched: off runs the tasks one by one (a config key: there is no --batched flag)"
-    if getattr(cfg.data, "task", None) == "graph":
-        return _graph_config_ineligible(cfg)
+    # graphs: none of the settings a config can name rules a capture out (k-hop trees, G-Meta's balls and GAT's
+    # k-hop subgraphs pad to fixed buffers; whole-graph inputs run batched; feature dropout is drawn in the pass)
     return None
 
 
-#: Why whole-graph inputs with GNN dropout are not captured.
-WHOLE_GRAPH_DROPOUT = ("GNN dropout on whole-graph (--subgraph full) inputs runs the tasks one by one (--dropout 0 "
-                       "or --subgraph khop captures it)")
+#: Why GAT's k-hop subgraphs with attention dropout are not captured.
+GAT_ATTENTION_DROPOUT = ("GAT's attention dropout (drawn inside PyG's conv) runs the k-hop subgraph tasks one by one; "
+                         "a CUDA graph replays only their padded union (build the GNN with attn_dropout=0)")
 
 
-#: Why GAT's k-hop subgraphs with GNN dropout are not captured.
-GAT_SUBGRAPH_DROPOUT = ("GNN dropout on GAT's k-hop subgraphs runs the tasks one by one (--dropout 0 captures their "
-                        "padded union)")
-
-
-def _graph_config_ineligible(cfg: Any) -> str | None:
-    """Why a graph run cannot be captured, from its config: k-hop computation trees pad to fixed buffers; of
-    whole-graph (``full`` mode) inputs only those without dropout run batched (the graph fixed, each task's node
-    ids of one length); GAT's k-hop subgraphs pad into one union without dropout. ``auto`` is checked on the episodes
-    (:func:`ineligible`)."""
-    if cfg.algo.algo in ("gmeta", "ammgnn"):  # balls, matched trees: padded (inputs checked per meta-batch)
-        return None
-    if cfg.model.gnn == "gat" and cfg.data.subgraph == "khop" and float(cfg.model.dropout) > 0:
-        return GAT_SUBGRAPH_DROPOUT
-    if cfg.data.subgraph == "full" and float(cfg.model.dropout) > 0:
-        return WHOLE_GRAPH_DROPOUT
+def _union_ineligible(extractor: Any) -> str | None:
+    """Why GAT's k-hop subgraph unions cannot be captured for this extractor (its attention dropout), or None."""
+    if getattr(extractor, "_draws_attention_dropout", False):
+        return GAT_ATTENTION_DROPOUT
     return None
 
 
@@ -236,8 +225,9 @@ def ineligible(cfg: Any, exp: Any, distributed: bool = False, episodes: Sequence
             if why is not None:
                 return why
         elif is_union_batch(episodes):
-            if float(getattr(cfg.model, "dropout", 0.0)) > 0:
-                return GAT_SUBGRAPH_DROPOUT
+            why = _union_ineligible(getattr(getattr(exp, "model", None), "extractor", None))
+            if why is not None:
+                return why
         elif is_plan_batch(episodes) or is_matched_batch(episodes):
             why = _plans_ineligible(getattr(getattr(exp, "model", None), "extractor", None))
             if why is not None:
@@ -246,8 +236,6 @@ def ineligible(cfg: Any, exp: Any, distributed: bool = False, episodes: Sequence
             if not all(_graph_input_ok(v) for v in sides):
                 return ("the episodes are graph inputs with data-dependent sizes (k-hop subgraphs, sparse features "
                         "of the whole graph; padding them to fixed buffers is not built)")
-            if float(getattr(cfg.model, "dropout", 0.0)) > 0:
-                return WHOLE_GRAPH_DROPOUT
         if not can_stack(list(episodes)):
             return "the episodes differ in shape (padding to size buckets is not built)"
     return None
@@ -474,6 +462,6 @@ def make_graphed_step(cfg: Any, exp: Any, episodes: Sequence[Episode], batched: 
     return GraphedMetaStep(exp.algo, exp.model, exp.domain.loss_fn, batched, strict=mode == "on")
 
 
-__all__ = ["GAT_SUBGRAPH_DROPOUT", "GRAPHABLE", "GRAPHABLE_NAMES", "GraphedMetaStep", "MODES", "SIDES",
-           "WHOLE_GRAPH_DROPOUT", "check_mode", "config_ineligible", "copy_into", "copy_targets", "ineligible",
+__all__ = ["GAT_ATTENTION_DROPOUT", "GRAPHABLE", "GRAPHABLE_NAMES", "GraphedMetaStep", "MODES", "SIDES",
+           "check_mode", "config_ineligible", "copy_into", "copy_targets", "ineligible",
            "is_ball_batch", "is_matched_batch", "is_plan_batch", "is_union_batch", "make_graphed_step", "static_copy"]

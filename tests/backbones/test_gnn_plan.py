@@ -187,7 +187,7 @@ def test_whole_graph_tasks_of_gcn_sage_gin_gat_run_as_one_pass_and_equal_the_loo
     looped = _task_loop(net, params, items)
     calls: list[int] = []
     chunk = net._whole_graph_chunk
-    monkeypatch.setattr(net, "_whole_graph_chunk", lambda w, x_, g_, t: calls.append(t) or chunk(w, x_, g_, t))
+    monkeypatch.setattr(net, "_whole_graph_chunk", lambda *a: calls.append(a[3]) or chunk(*a))
     torch.testing.assert_close(net.forward_tasks(params, GraphBatch(items)), looped, atol=1e-12, rtol=1e-10)
     assert calls == [5]  # one pass for the five tasks
     width = int(net._graph(items[0]).shape[1]) if kind == "gat" else 200  # GAT: its per-edge messages
@@ -205,12 +205,96 @@ def test_whole_graph_tasks_of_gcn_sage_gin_gat_run_as_one_pass_and_equal_the_loo
     _assert_batched_equals_loop(model, parameters_of(model), eps, InnerLoopConfig(steps=2, lr=0.3))
 
 
-@pytest.mark.parametrize("kind,dropout", [("gcn", {"dropout": 0.5}), ("gat", {"attn_dropout": 0.5})])
-def test_whole_graph_tasks_with_dropout_in_training_run_task_by_task(kind, dropout):
-    # input dropout (GAT: attention dropout too) draws masks per task: those passes stay per task
+def _seeded(fn, seed: int = 21):
+    """``fn()`` from a fixed state of torch's global RNG, and whether the RNG ends where it did for the first call."""
+    torch.manual_seed(seed)
+    out = fn()
+    return out, torch.rand(3)
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage", "gin", "gat"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_whole_graph_tasks_with_dropout_run_as_one_pass_with_each_tasks_own_masks(kind, sparse, monkeypatch):
+    # input dropout in training: each task's masks are drawn in the order its own pass draws them (task by task,
+    # layer by layer), so the one pass equals the task loop from the same RNG state (features, and the RNG left in
+    # the same state), also in chunks; and the second-order meta-objective equals the one whose passes ran task
+    # by task (the path before session 34)
+    import cmlgraph.backbones.gnn as gnn
+
+    x, ei = _graph(sparse=sparse, seed=11)
+    torch.manual_seed(11)
+    net = GNNBackbone(kind, x.shape[1], hidden=8, layers=3, heads=2, train_eps=True, dropout=0.5).double()
+    cache: dict = {}
+    items = [GraphInput(x, ei, torch.randperm(200)[:6], cache, batch_whole=True) for _ in range(5)]
+    params = _task_weights(net, 5)
+    looped, after_loop = _seeded(lambda: _task_loop(net, params, items))
+    calls: list[int] = []
+    chunk = net._whole_graph_chunk
+    monkeypatch.setattr(net, "_whole_graph_chunk", lambda *a: calls.append(a[3]) or chunk(*a))
+    out, after = _seeded(lambda: net.forward_tasks(params, GraphBatch(items)))
+    torch.testing.assert_close(out, looped, atol=1e-12, rtol=1e-10)
+    assert torch.equal(after, after_loop) and calls == [5]  # one pass, the same draws
+    assert not torch.allclose(out, _seeded(lambda: net.forward_tasks(params, GraphBatch(items)), 22)[0])
+    monkeypatch.setattr(gnn, "WHOLE_GRAPH_VALUES", 1)  # a task a chunk: still each task's own masks
+    out, after = _seeded(lambda: net.forward_tasks(params, GraphBatch(items)))
+    torch.testing.assert_close(out, looped, atol=1e-12, rtol=1e-10)
+    assert torch.equal(after, after_loop) and calls == [5, 5, 1, 1, 1, 1, 1]  # (the other seed: one pass)
+    monkeypatch.undo()
+    net.eval()  # evaluation draws nothing: the shared features are projected once again
+    torch.testing.assert_close(net.forward_tasks(params, GraphBatch(items)), _task_loop(net, params, items),
+                               atol=1e-12, rtol=1e-10)
+
+    torch.manual_seed(12)
+    model = MetaModel(GNNBackbone(kind, x.shape[1], hidden=8, layers=2, heads=2, dropout=0.5), 3,
+                      co_depth=1).double()
+    eps = [Episode(GraphInput(x, ei, e.support_x.nodes, cache, batch_whole=True), e.support_y,
+                   GraphInput(x, ei, e.query_x.nodes, cache, batch_whole=True), e.query_y)
+           for e in _episodes(x, ei, 3, seed=13)]
+    _assert_same_as_tasks_one_by_one(model, eps, monkeypatch)
+
+
+def _assert_same_as_tasks_one_by_one(model, eps, monkeypatch) -> None:
+    """With dropout, the batched outer objective (loss and meta-gradients, second order) equals the same objective
+    whose GNN passes run task by task (``functional_call`` a task, as before session 34), from the same RNG state."""
+    from cmlgraph.backbones.gnn import GNNBackbone as Net
+
+    params = parameters_of(model)
+    inner = InnerLoopConfig(steps=2, lr=0.3)
+
+    def objective():
+        out = outer_objective(model, params, eps, F.cross_entropy, inner, batched=True)
+        return out.total, torch.autograd.grad(out.total, list(params.values()))
+
+    (a, ga), after_a = _seeded(objective)
+    monkeypatch.setattr(Net, "_draws_attention_dropout", property(lambda self: True))  # the one-by-one path
+    (b, gb), after_b = _seeded(objective)
+    monkeypatch.undo()
+    torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    assert torch.equal(after_a, after_b)
+    for k, u, v in zip(params, ga, gb, strict=True):
+        torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-8, msg=k)
+
+
+def test_a_tasks_pass_values_count_its_masked_features_in_training_with_dropout():
+    # the first layer keeps each task's masked dense features for its weight gradient (N x F, on Amazon-Computers
+    # six times the layers' activations): the memory estimate counts them in training with dropout only
+    x, ei = _graph(seed=19)
+    g = GraphInput(x, ei, torch.arange(6), {}, batch_whole=True)
+    plain = GNNBackbone("gcn", x.shape[1], hidden=8, layers=2).pass_values(g)
+    dropped = GNNBackbone("gcn", x.shape[1], hidden=8, layers=2, dropout=0.5)
+    assert plain == 2 * 8 * 200 and dropped.pass_values(g) == plain + 200 * 12
+    dropped.eval()
+    assert dropped.pass_values(g) == plain
+    sparse, _ = _graph(sparse=True, seed=19)  # sparse features: masked stored values only, not counted
+    dropped.train()
+    assert dropped.pass_values(GraphInput(sparse, ei, torch.arange(6), {}, batch_whole=True)) == plain
+
+
+def test_gat_attention_dropout_still_runs_task_by_task():
+    # GAT's attention dropout is drawn inside PyG's conv: those passes stay per task
     x, ei = _graph(seed=11)
     torch.manual_seed(11)
-    net = GNNBackbone(kind, x.shape[1], hidden=8, layers=2, heads=2, **dropout).double()
+    net = GNNBackbone("gat", x.shape[1], hidden=8, layers=2, heads=2, attn_dropout=0.5).double()
     cache: dict = {}
     items = [GraphInput(x, ei, torch.arange(6), cache, batch_whole=True) for _ in range(2)]
     params = {k: v.detach().unsqueeze(0).repeat(2, *[1] * v.dim()) for k, v in net.named_parameters()}
@@ -269,6 +353,43 @@ def test_gat_k_hop_subgraph_tasks_run_as_one_union_pass_and_equal_the_loop(spars
         eps.append(Episode(s, torch.arange(3).repeat(2), q, torch.arange(3).repeat(3)))
     assert can_stack(eps)
     _assert_batched_equals_loop(model, parameters_of(model), eps, InnerLoopConfig(steps=2, lr=0.3))
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_gat_k_hop_subgraph_tasks_with_dropout_run_as_one_union_pass_with_each_tasks_own_masks(sparse, monkeypatch):
+    # input dropout in training on GAT's k-hop subgraphs: each task's masks over its own subgraph's rows (sparse:
+    # its block's stored values), drawn as its own pass draws them; the union pass equals the task loop from the
+    # same RNG state, in groups too, and the meta-objective equals the one whose passes ran task by task
+    import cmlgraph.backbones.gnn as gnn
+
+    x, ei = _graph(sparse=sparse, seed=16)
+    torch.manual_seed(16)
+    net = GNNBackbone("gat", x.shape[1], hidden=8, layers=2, heads=2, dropout=0.5).double()
+    items = [_subgraph_input(x, ei, torch.randperm(200)[:5]) for _ in range(4)]
+    assert len({g.num_nodes for g in items}) > 1  # padded blocks: a task's masks cover its own rows only
+    params = _task_weights(net, 4)
+    looped, after_loop = _seeded(lambda: _task_loop(net, params, items))
+    out, after = _seeded(lambda: net.forward_tasks(params, GraphBatch(items)))
+    torch.testing.assert_close(out, looped, atol=1e-12, rtol=1e-10)
+    assert torch.equal(after, after_loop)
+    batch = GraphBatch(items)
+    monkeypatch.setattr(gnn, "WHOLE_GRAPH_VALUES", 8)  # every task its own group
+    out, after = _seeded(lambda: net.forward_tasks(params, batch))
+    torch.testing.assert_close(out, looped, atol=1e-12, rtol=1e-10)
+    assert torch.equal(after, after_loop) and len(batch.memo["gat/groups"]) == 4
+    monkeypatch.undo()
+
+    torch.manual_seed(17)
+    model = MetaModel(GNNBackbone("gat", x.shape[1], hidden=8, layers=2, heads=2, dropout=0.5), 3,
+                      co_depth=1).double()
+    g = torch.Generator().manual_seed(18)
+    eps = []
+    for _ in range(3):
+        sub = _subgraph_input(x, ei, torch.randperm(200, generator=g)[:15])
+        s = GraphInput(sub.x, sub.edge_index, sub.nodes[:6], sub.cache, subgraph=True)
+        q = GraphInput(sub.x, sub.edge_index, sub.nodes[6:], sub.cache, subgraph=True)
+        eps.append(Episode(s, torch.arange(3).repeat(2), q, torch.arange(3).repeat(3)))
+    _assert_same_as_tasks_one_by_one(model, eps, monkeypatch)
 
 
 def test_subgraph_inputs_do_not_stack_with_other_inputs_or_widths():

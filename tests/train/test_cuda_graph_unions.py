@@ -15,7 +15,7 @@ from cmlgraph.core.episode import Episode
 from cmlgraph.core.model import parameters_of
 from cmlgraph.domains.graph import register_graph
 from cmlgraph.graphs import from_arrays
-from cmlgraph.train.cuda_graphs import GAT_SUBGRAPH_DROPOUT, GraphedMetaStep, ineligible
+from cmlgraph.train.cuda_graphs import GAT_ATTENTION_DROPOUT, GraphedMetaStep, ineligible
 from cmlgraph.train.trainer import build_experiment, prepare
 from tests.conftest import assert_outgrown_once, assert_replay_syncs_only_for_one_hot, step_through
 
@@ -111,7 +111,7 @@ def test_another_node_count_steps_eagerly_and_tasks_one_by_one_are_not_captured(
     assert alone.failed is not None and "tasks batched only" in alone.failed
 
 
-def test_gat_k_hop_runs_are_eligible_on_cuda_without_dropout():
+def test_gat_k_hop_runs_are_eligible_on_cuda_with_or_without_dropout():
     e = _experiment()
     eps = _batches(e, 1)[0]
     exp = SimpleNamespace(algo=e.algo, model=e.model, device=torch.device("cuda"))
@@ -120,9 +120,36 @@ def test_gat_k_hop_runs_are_eligible_on_cuda_without_dropout():
     assert ineligible(cfg, exp, episodes=eps) is None
     cfg.algo.first_order = False  # second order is captured too
     assert ineligible(cfg, exp, episodes=eps) is None
-    dropped = _cfg(dropout=0.5)
-    dropped.train.device = "cuda"
-    assert ineligible(dropped, exp, episodes=eps) == GAT_SUBGRAPH_DROPOUT
+    dropped = _experiment(dropout=0.5)  # feature dropout: drawn inside the union pass (over the padded buffers)
+    cfg = _cfg(dropout=0.5)
+    cfg.train.device = "cuda"
+    assert ineligible(cfg, SimpleNamespace(algo=dropped.algo, model=dropped.model, device=torch.device("cuda")),
+                      episodes=eps) is None
+    for conv in e.model.extractor.convs:  # attention dropout (Python API): drawn inside PyG's conv, task by task
+        conv.dropout = 0.2
+    cfg = _cfg()
+    cfg.train.device = "cuda"
+    assert ineligible(cfg, exp, episodes=eps) == GAT_ATTENTION_DROPOUT
+
+
+def test_with_dropout_the_union_is_captured_and_its_check_draws_the_same_masks(stand_in):
+    """GAT's k-hop subgraphs with feature dropout (once stepped task by task, uncaptured): the recorded step draws
+    its masks over the padded union; the first capture's check replays and steps eagerly on the same buffers with
+    the RNG restored in between, so both draw the same masks and the check passes; later batches replay (or grow
+    the buffers) without falling back, and the replays really draw: two replays of one batch differ."""
+    e = _experiment(dropout=0.5)
+    step = GraphedMetaStep(e.algo, e.model, e.domain.loss_fn, True)
+    batches = _batches(e)
+    out = step(batches[0], 0)
+    assert step.failed is None and step.captures == 1 and torch.isfinite(out.loss.total)
+    for i, b in enumerate([batches[1], batches[-1], batches[1]], start=1):
+        assert torch.isfinite(step(b, i).loss.total)
+        assert step.failed is None and step.grow_failed is None
+    assert step.replays >= 3
+    x = step.static[0].support_x
+    assert x.__dict__[STATIC_BATCH_KEY][1] is step.buffers.unions["support_x"]
+    a, b = step(batches[1], 4).loss.total.clone(), step(batches[1], 5).loss.total.clone()
+    assert not torch.equal(a, b)  # each replay draws new masks
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")

@@ -138,8 +138,10 @@ def _graph_cfg(tmp_path, name: str, **changes) -> Config:
     ({"data__subgraph": "auto", "model__dropout": 0.5}, None),  # decided on the episodes (their mode)
     ({"model__gnn": "gat"}, None),  # whole-graph GAT: every task's attention in one pass
     ({"data__subgraph": "khop", "model__gnn": "gat"}, None),  # its subgraphs' union, padded
-    ({"data__subgraph": "khop", "model__gnn": "gat", "model__dropout": 0.5}, "GNN dropout on GAT's k-hop"),
-    ({"model__gnn": "gcn", "model__dropout": 0.5}, "GNN dropout"),
+    ({"data__subgraph": "khop", "model__gnn": "gat", "model__dropout": 0.5}, None),  # masks drawn in the union pass
+    ({"model__gnn": "gcn", "model__dropout": 0.5}, None),  # each task's masks drawn inside the whole-graph pass
+    ({"model__gnn": "gat", "model__dropout": 0.5}, None),
+    ({"algo__algo": "maml++"}, "has its own meta-step"),
 ])
 def test_graph_runs_that_can_be_captured_and_the_others_say_why(tmp_path, change, reason):
     cfg = prepare(_graph_cfg(tmp_path, "g", **change))
@@ -147,20 +149,22 @@ def test_graph_runs_that_can_be_captured_and_the_others_say_why(tmp_path, change
     assert config_ineligible(cfg) == reason or reason in config_ineligible(cfg)
 
 
-@pytest.mark.parametrize("gnn", ["sgc", "gcn"])
-def test_whole_graph_capture_buffers_take_the_next_meta_batch(tmp_path, gnn):
+@pytest.mark.parametrize("gnn,dropout", [("sgc", 0.0), ("gcn", 0.0), ("gcn", 0.5), ("gat", 0.5), ("sage", 0.5)])
+def test_whole_graph_capture_buffers_take_the_next_meta_batch(tmp_path, gnn, dropout):
     """The capture's input buffers for whole-graph inputs (checked on the CPU: the replay itself needs CUDA): the
     meta-step on the buffers refilled with the next meta-batch equals that meta-batch's own meta-step (nothing of
-    the first batch left in them), and the buffers' signature matches the next batch's."""
+    the first batch left in them), and the buffers' signature matches the next batch's. With dropout (each task's
+    masks drawn inside the one pass) from the same RNG state, as the capture's check and replays draw."""
     from cmlgraph.core.episode import Episode
     from cmlgraph.core.model import parameters_of
     from cmlgraph.train.cuda_graphs import SIDES, copy_into, static_copy
 
-    t = Trainer(_graph_cfg(tmp_path, gnn, model__gnn=gnn), progress=False)
+    t = Trainer(_graph_cfg(tmp_path, gnn, model__gnn=gnn, model__dropout=dropout), progress=False)
     e = t.exp
+    e.model.train()
     first, second = t._next_batch()[1], t._next_batch()[1]
     cpu = SimpleNamespace(algo=e.algo, device=torch.device("cuda"))
-    cfg = prepare(_graph_cfg(tmp_path, "probe", model__gnn=gnn))
+    cfg = prepare(_graph_cfg(tmp_path, "probe", model__gnn=gnn, model__dropout=dropout))
     cfg.train.device = "cuda"
     assert ineligible(cfg, cpu, episodes=first) is None
     step = GraphedMetaStep(e.algo, e.model, e.domain.loss_fn, True)
@@ -168,6 +172,7 @@ def test_whole_graph_capture_buffers_take_the_next_meta_batch(tmp_path, gnn):
     assert step._shapes(static) == step._shapes(second)  # a replayable batch: same graph, same node counts
 
     def meta(eps):
+        torch.manual_seed(5)  # the same masks for every call (with dropout)
         return e.algo.meta_gradients(e.model, parameters_of(e.model), eps, e.domain.loss_fn, 0, batched=True)
 
     a = meta(static)

@@ -185,6 +185,9 @@ ALLOW: dict[str, dict[str, dict[str, int]]] = {
     "khop-gcn-sparse-dropout": {"host": DROPOUT_SPARSE, "first": PROTO, "steady": PROTO,
                                 "eval_host": DROPOUT_SPARSE, "eval": PROTO},
     "full-sgc-dropout": {"host": {}, "first": PROTO, "steady": PROTO, "eval_host": {}, "eval": PROTO},
+    # (session 34) whole-graph GCN and GAT's k-hop unions with dropout: one pass, each task's masks drawn in it
+    "full-gcn-dropout": {"host": {}, "first": PROTO, "steady": PROTO, "eval_host": {}, "eval": PROTO},
+    "khop-gat-dropout": {"host": SUBGRAPH, "first": PROTO, "steady": PROTO, "eval_host": SUBGRAPH, "eval": PROTO},
     "ammgnn-sparse": {"host": _sum(PLAN, MATCH, SPARSE_Z, MATCH_ROWS), "first": {}, "steady": {},
                       "eval_host": _sum(PLAN, MATCH, SPARSE_Z, MATCH_ROWS), "eval": {}},
     "sinusoid": {k: {} for k in PHASES},
@@ -197,6 +200,7 @@ NOT_DEVICE: dict[str, set[str]] = {"khop": set(PROTO), "full": set(PROTO), "full
                                    "khop-gcn-sparse": set(PROTO), "khop-sgc-sparse": set(PROTO),
                                    "ammgnn-sparse": set(), "khop-gcn-dropout": set(PROTO),
                                    "khop-gcn-sparse-dropout": set(PROTO), "full-sgc-dropout": set(PROTO),
+                                   "full-gcn-dropout": set(PROTO), "khop-gat-dropout": set(PROTO),
                                    "protonet": set(PROTOTYPES), "gmeta": set(),
                                    "ammgnn": set(), "sinusoid": set(), "digits": set()}
 
@@ -218,6 +222,8 @@ PATHS = {
     "khop-gcn-dropout": (dict(GRAPH, subgraph="khop", gnn="gcn", dropout=0.5), None),
     "khop-gcn-sparse-dropout": (dict(SPARSE, subgraph="khop", gnn="gcn", dropout=0.5), None),
     "full-sgc-dropout": (dict(GRAPH, subgraph="full", dropout=0.5), None),
+    "full-gcn-dropout": (dict(GRAPH, subgraph="full", gnn="gcn", dropout=0.5), None),
+    "khop-gat-dropout": (dict(GRAPH, subgraph="khop", gnn="gat", dropout=0.5), None),
     "protonet": (dict(GRAPH, subgraph="khop", algo="protonet"), None),
     "gmeta": (dict(GRAPH, algo="gmeta"), None),
     "ammgnn": (dict(GRAPH, algo="ammgnn"), None),
