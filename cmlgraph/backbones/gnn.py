@@ -314,8 +314,9 @@ class GNNBackbone(Backbone):
         inputs as one pass over the graph for all tasks (:meth:`_whole_graph_tasks`); GAT's k-hop subgraphs as one
         pass over their disjoint union (:meth:`_subgraph_tasks`). Feature dropout in training draws each task's
         masks in the order its own pass would (:meth:`_task_scales`), so the batched passes equal the task loop
-        with dropout too; anything else (GAT's attention dropout, drawn inside PyG's conv) runs task by task with
-        the same results.
+        with dropout too (whole-graph passes with dropout batch where :func:`dropout_passes_batch` says so: not on
+        a CPU); anything else (GAT's attention dropout, drawn inside PyG's conv) runs task by task with the same
+        results.
         """
         items = batch.items
         streams = current_streams() if self.training and self._draws_dropout else None
@@ -337,8 +338,10 @@ class GNNBackbone(Backbone):
         gens = [None] * len(items) if streams is None else \
             [streams.generators[run] for run, a, b in streams.spans(0, len(items)) for _ in range(a, b)]
         attends = self.training and self._draws_attention_dropout
+        masks = self.training and self.dropout > 0
         if (self.kind in WHOLE_GRAPH_KINDS and not any(g.local or g.subgraph for g in items)
-                and all(g.x is items[0].x for g in items) and not attends):
+                and all(g.x is items[0].x for g in items) and not attends
+                and (not masks or dropout_passes_batch(items[0].x.device))):
             return self._whole_graph_tasks(params, items, gens)
         if self.kind == "gat" and all(g.subgraph for g in items) and not attends:
             return self._subgraph_tasks(params, batch, gens)
@@ -380,8 +383,8 @@ class GNNBackbone(Backbone):
         :data:`WHOLE_GRAPH_VALUES` values.
 
         With feature dropout in training, each task's masks are drawn as its own pass draws them (task by task,
-        layer by layer: :meth:`_task_scales`): the first layer then projects each task's masked features (``[N, T,
-        F]``, or one sparse product a task) instead of the shared ones once.
+        layer by layer: :meth:`_task_scales`): the first layer then projects each task's masked features (one
+        product a task) instead of the shared ones once.
 
         Args:
             w: Per-task weights ``[T, ...]`` (GIN's ε among them when trained: ``[T, 1]``).
@@ -491,8 +494,8 @@ class GNNBackbone(Backbone):
         """The GNN over the whole graph for ``t`` tasks at once: node-major ``[N, t, hidden]`` (see
         :meth:`_whole_graph_tasks`); ``scales`` (per layer, each task's dropout factors) mask each layer's input."""
 
-        def project(h: Any, weight: Tensor) -> Tensor:  # [N, in] shared, [N, t, in] or t sparse [N, in] → [N, t, out]
-            if isinstance(h, list):  # each task's own (masked) sparse features: one sparse product a task
+        def project(h: Any, weight: Tensor) -> Tensor:  # [N, in] shared, [N, t, in] or t [N, in] → [N, t, out]
+            if isinstance(h, list):  # each task's own (masked) features: one (sparse-aware) product a task
                 return torch.stack([sparse_aware_linear(hk, weight[k]) for k, hk in enumerate(h)], dim=1)
             if h.dim() == 2:
                 out = sparse_aware_linear(h, weight.reshape(-1, weight.shape[-1]))
@@ -814,14 +817,27 @@ def _union_layout(items: list[GraphInput]) -> dict[str, Any]:
     return {"x": x, "edges": edges, "out": out, "rows": rows}
 
 
+def dropout_passes_batch(device: torch.device) -> bool:
+    """Whether whole-graph passes (GCN, GraphSAGE, GIN, GAT in ``full`` mode) with feature dropout run as one pass
+    for the meta-batch on ``device`` (each task's masks drawn as its own pass draws them: the same results either
+    way). On a GPU yes: fewer, larger kernels, and a CUDA graph can capture the step. On the CPU no: there the task
+    loop measured faster (session 34, one thread, ``cmlgraph train --gnn gcn --subgraph full --dropout 0.5 --steps
+    100 --test-tasks 100``: training wall time 21.4 s task by task against 23.9 s as one pass, test accuracy
+    equal: its masked per-task activations cost more copies than the launches they save there). GAT's k-hop
+    subgraph unions batch everywhere (level on the CPU: 55.9 s against 56.9 s, 50 steps)."""
+    return device.type != "cpu"
+
+
 def _mask_tasks(h: Any, scales: list[Tensor]) -> Any:
-    """A whole-graph layer input masked per task: the shared features ``[N, F]`` (dense: ``[N, t, F]``; sparse:
-    one masked matrix a task) or the tasks' node-major activations ``[N, t, d]``, times each task's ``scales``
-    (``[N, F]``/``[N, d]``, or the sparse features' stored values)."""
+    """A whole-graph layer input masked per task: the shared features ``[N, F]`` (one masked matrix a task, each
+    projected by its own product: on a CPU as fast as the per-task pass, where one batched product over a
+    ``[N, t, F]`` copy cost a third more) or the tasks' node-major activations ``[N, t, d]``, times each task's
+    ``scales`` (``[N, F]``/``[N, d]``, or the sparse features' stored values)."""
     if is_sparse(h):
         return [with_values(h, h.values() * s) for s in scales]
-    stacked = torch.stack(scales, dim=1)  # [N, t, d]
-    return h.unsqueeze(1) * stacked if h.dim() == 2 else h * stacked
+    if h.dim() == 2:
+        return [h * s for s in scales]
+    return h * torch.stack(scales, dim=1)  # [N, t, d]
 
 
 def _mask_union(h: Tensor, scales: list[Tensor], rows: int, t: int) -> Tensor:
@@ -866,4 +882,4 @@ def gnn_hops(backbone: nn.Module, *, exact: bool = False) -> int:
 
 
 __all__ = ["GNN_REGISTRY", "PLAN_AGGREGATION", "STATIC_BATCH_KEY", "STATIC_LAYOUT_KEY", "GNNBackbone", "GNNSpec",
-           "gnn_hops", "plan_features", "prepare_plan"]
+           "dropout_passes_batch", "gnn_hops", "plan_features", "prepare_plan"]

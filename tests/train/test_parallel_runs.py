@@ -218,6 +218,21 @@ def test_parallel_runs_equal_separate_runs(tmp_path, fused_calls, settings, arms
     assert any(not torch.allclose(w0[k], w1[k]) for k in w0)
 
 
+def test_fused_whole_graph_dropout_runs_in_one_pass_as_on_a_gpu(tmp_path, fused_calls, monkeypatch):
+    """On a GPU a whole-graph pass with dropout runs the fused runs' tasks in one pass, each task's masks drawn from
+    its run's stream in its own pass's order (:meth:`GNNBackbone._task_scales`): each folder still equals its run
+    alone (on the CPU the same runs step task by task: ``full-gcn-dropout`` above)."""
+    import cmlgraph.backbones.gnn as gnn
+
+    monkeypatch.setattr(gnn, "dropout_passes_batch", lambda device: True)
+    passes: list[int] = []
+    chunk = gnn.GNNBackbone._whole_graph_chunk
+    monkeypatch.setattr(gnn.GNNBackbone, "_whole_graph_chunk",
+                        lambda self, *a: passes.append(a[3]) or chunk(self, *a))
+    test_parallel_runs_equal_separate_runs(tmp_path, fused_calls, FULL_GCN_DROP, {"algo__cml": True})
+    assert 2 * FULL_GCN_DROP["train"]["meta_batch"] in passes  # the two runs' tasks in one pass
+
+
 def _assert_found_out_and_redone(tmp_path: Path, settings: dict[str, Any], fused_calls: list[int]) -> None:
     """Two seeds of ``settings`` together: the one fused step tried is found out (the global RNG moved), redone run
     by run, never tried again; each folder equals its run alone."""
