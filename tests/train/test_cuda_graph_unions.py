@@ -165,6 +165,21 @@ def test_captured_gat_k_hop_meta_steps_equal_eager_on_cuda(first_order):
     assert step.failed is None and step.captures >= 2 and step.replays >= 4
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_captured_gat_k_hop_with_dropout_passes_its_check_on_cuda():
+    """The real capture with dropout (no stand-in): the masks drawn inside the graph over the padded union; the
+    first capture's check (replay and eager step on the same buffers, the RNG restored in between) passes under
+    ``strict``, the replays and a recapture run, and two replays of one batch draw different masks."""
+    e = _experiment(device="cuda", dropout=0.5)
+    step = GraphedMetaStep(e.algo, e.model, e.domain.loss_fn, True, strict=True)
+    batches = _batches(e)
+    for i, eps in enumerate([batches[0], batches[1], batches[-1], batches[0]]):
+        assert torch.isfinite(step(eps, i).loss.total)
+    assert step.failed is None and step.captures >= 2 and step.replays >= 4
+    a, b = step(batches[0], 4).loss.total.clone(), step(batches[0], 5).loss.total.clone()
+    assert not torch.equal(a, b)
+
+
 def test_a_meta_batch_in_memory_groups_steps_eagerly(stand_in, monkeypatch):
     """A batch over the memory budget runs in task groups (cmlgraph.core.memory): the capture records one pass
     over fixed buffers, so such a batch steps eagerly (equal to its eager step), before and after a capture."""

@@ -107,6 +107,36 @@ def test_captured_and_eager_meta_steps_are_equal_on_cuda(tmp_path, first_order):
     assert graphed.replays >= 3
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("gnn", ["gcn", "gat"])
+def test_captured_whole_graph_steps_with_dropout_pass_their_check_on_cuda(tmp_path, gnn):
+    """Whole-graph GCN and GAT with dropout (one pass on a GPU, each task's masks drawn inside it): the real capture's
+    first check (replay and eager step from the same RNG state) passes under ``strict``, and each later step
+    equals the eager meta-step of its batch from the RNG state the replay started from."""
+    from cmlgraph.train.cuda_graphs import _rng_state, _set_rng_state
+
+    cfg = _graph_cfg(tmp_path, gnn, model__gnn=gnn, model__dropout=0.5, train__device="cuda", train__batched="on")
+    t = Trainer(cfg, progress=False)
+    e = t.exp
+    e.model.train()
+    graphed = GraphedMetaStep(e.algo, e.model, e.domain.loss_fn, True, strict=True)
+    device = torch.device("cuda")
+    for step in range(4):
+        episodes = t._next_batch()[1]
+        state = _rng_state(device)
+        ours = graphed(episodes, step)
+        assert graphed.failed is None, graphed.failed
+        if step == 0:
+            continue  # the first call is the capture's own check (it returns the eager step)
+        _set_rng_state(device, state)
+        params = {k: v for k, v in e.model.named_parameters()}
+        eager = e.algo.meta_gradients(e.model, params, episodes, e.domain.loss_fn, step, batched=True)
+        torch.testing.assert_close(ours.loss.total, eager.loss.total, rtol=1e-4, atol=1e-5)
+        for k in eager.grads:
+            torch.testing.assert_close(ours.grads[k], eager.grads[k], rtol=1e-4, atol=1e-5)
+    assert graphed.replays >= 3
+
+
 def test_a_missing_gpu_is_named_before_what_cuda_graphs_cannot_capture(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = _cfg(tmp_path, train__cuda_graphs="on", train__device="cuda", algo__first_order=False)
