@@ -17,6 +17,7 @@ from cmlgraph.core.memory import EVAL_BYTES_PER_VALUE, memory_budget, task_value
 from cmlgraph.core.model import MetaModel
 from cmlgraph.core.streams import group_tasks
 from cmlgraph.domains.base import Domain
+from cmlgraph.train.eval_chunks import EpisodeChunks, input_budget
 from cmlgraph.train.guards import finite_rows, score_tasks
 from cmlgraph.train.prefetch import Prefetcher
 from cmlgraph.train.stats import mean_ci95
@@ -107,10 +108,11 @@ def evaluate(
                  if algo.uses_inner_loop or getattr(algo, "predicts_batched", False)
                  else batch_size if many is not None else 1)
         together = auto_batched(model.extractor, device) is None
-        chunks = iter([raws[start:start + chunk] for start in range(0, len(raws), chunk)])
+        # chunks also end where their episodes' own tensors fill the input budget (GAT's k-hop subgraphs)
+        chunks = EpisodeChunks(raws, chunk, lambda raw: domain.materialize(raw, device), input_budget(device))
 
         def materialize(_: Any) -> list[Any]:
-            eps = [domain.materialize(raw, device) for raw in next(chunks)]  # StopIteration: the last chunk
+            eps = chunks()[1]  # StopIteration: the last chunk
             if hasattr(domain, "prepare_batch"):  # layouts built here, off the step (issue 18); duck-typed domains
                 domain.prepare_batch(eps, None if together else False)
             return eps
@@ -258,11 +260,11 @@ def evaluate_runs(algo: MetaAlgorithm, model: MetaModel, runs: Sequence[tuple[Ma
     chunk = max(1, min(batch_size, int(8e6 // max(n_params, 1))))
     tasks = [(r, raw) for r, (_, _, raws) in enumerate(runs) for raw in raws]
     tallies = [Tally(domain.metric, bool(getattr(algo, "abstains", False))) for _, domain, _ in runs]
-    parts = iter([tasks[start:start + chunk] for start in range(0, len(tasks), chunk)])
+    parts = EpisodeChunks(tasks, chunk, lambda task: runs[task[0]][1].materialize(task[1], device),
+                          input_budget(device))  # (as evaluate's chunks)
 
     def materialize(_: Any) -> tuple[list[tuple[int, Any]], list[Any]]:
-        part = next(parts)  # StopIteration: the last chunk
-        eps = [runs[r][1].materialize(raw, device) for r, raw in part]
+        part, eps = parts()  # StopIteration: the last chunk
         domain = runs[part[0][0]][1]
         if hasattr(domain, "prepare_batch") and (len(eps) == 1 or can_stack(eps)):  # layouts built ahead
             domain.prepare_batch(eps, None)
