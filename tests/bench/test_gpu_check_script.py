@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -111,8 +112,12 @@ def test_every_cmlgraph_and_pytest_call_of_the_script_parses(tmp_path: Path) -> 
             finally:
                 os.chdir(cwd)
         elif call[:2] == ["-m", "pytest"]:
-            files = [a for a in call[2:] if not a.startswith("-")]
+            args = call[2:]
+            assert args[args.index("-k") + 1] == "on_cuda"  # the real-CUDA tests only (CI runs the others)
+            files = [a for i, a in enumerate(args) if not a.startswith("-") and args[i - 1] != "-k"]
             assert files and all((root / f).is_file() for f in files), files
+            for f in files:  # each file has such tests: none is named in vain
+                assert re.search(r"def test_\w*on_cuda", (root / f).read_text()), f
     assert seen == {"bench", "train", "reproduce"}
 
 
