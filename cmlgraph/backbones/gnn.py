@@ -68,7 +68,7 @@ from cmlgraph.backbones.gnn_plan import (
 )
 from cmlgraph.backbones.plan_static import PlanReads, StaticTaskLayout
 from cmlgraph.backbones.pyg_templates import remove_template_files
-from cmlgraph.core.dropout import current_generator, draw_from, dropout_scale
+from cmlgraph.core.dropout import draw_from, dropout_scale
 from cmlgraph.core.streams import TaskStreams, current_streams, group_tasks
 from cmlgraph.errors import CmlgraphError, ConfigError
 from cmlgraph.graphs.types import GraphBatch, GraphInput
@@ -550,8 +550,8 @@ class GNNBackbone(Backbone):
         Args:
             shapes: Per layer the masked input's shape, shared (``[(N, F), (N, d), …]``), or per task (a list of
                 such lists, one a task).
-            gens: Each task's stream (``None``: the enclosing :func:`~cmlgraph.core.dropout.draw_from` block's,
-                else torch's global RNG), as the task loop draws it.
+            gens: Each task's stream (``None``: torch's global RNG), as the task loop draws it (its
+                :func:`~cmlgraph.core.dropout.draw_from` block sets the same one).
             like: A tensor of the features' dtype and device.
 
         Returns:
@@ -564,8 +564,7 @@ class GNNBackbone(Backbone):
         for k, gen in enumerate(gens):
             own = shapes[k] if per_task else shapes
             for i in range(layers):
-                out[i].append(dropout_scale(own[i], self.dropout, gen if gen is not None else current_generator(),
-                                            dtype=dtype, device=like.device))
+                out[i].append(dropout_scale(own[i], self.dropout, gen, dtype=dtype, device=like.device))
         return out
 
     def _gat_attend(self, p: Tensor, w: dict[str, Tensor], pre: str, edge_index: Tensor, t: int, i: int) -> Tensor:
