@@ -323,7 +323,7 @@ class ParallelTrainer:
         m.result.run_dir = t.run_dir
         assert t.run_dir is not None
         m.log = MetricsLog(t.run_dir / "metrics.jsonl")
-        t._pending = []  # deferred losses (nan_policy stop): read back only when logged, as a run alone does
+        t._pending = []  # deferred losses: read back only when logged, as a run alone does
         from cmlgraph.train.trainer import _arm_label
 
         cfg, e = t.cfg, t.exp
@@ -345,18 +345,13 @@ class ParallelTrainer:
         t, cfg = m.trainer, m.trainer.cfg
         t0 = time.perf_counter()
         t.step += 1
-        if _defers(t):  # as Trainer._run: flush before any log line, validation or checkpoint (raises on NaN)
-            s = t.step
-            if (s % cfg.train.log_every == 0 or s % int(cfg.train.val_every) == 0 or s == m.steps
-                    or s % cfg.train.checkpoint_every == 0 or "diag" in record):
-                t._flush()
-        elif not record.get("skipped"):
-            t.guard.loss(t.step, record["loss"])
+        if t._flush_due(record, m.steps):  # as Trainer._run: before any log line, validation or checkpoint
+            t._flush()  # raises on a non-finite step (nan_policy stop)
         kill_point("step_end")
         if m.validates_at(t.step):
             record.update(t._validate())
         t.elapsed += seconds + time.perf_counter() - t0
-        if isinstance(record.get("loss"), float):  # read back (logged, or a run that does not defer)
+        if isinstance(record.get("loss"), float):  # read back (flushed)
             m.shown = record["loss"]
         if t.step % cfg.train.log_every == 0 or "val" in record or "diag" in record:
             record["time_s"] = round(t.elapsed, 3)
@@ -510,7 +505,7 @@ class ParallelTrainer:
             t0 = time.perf_counter()
             # every global generator the step could draw from: on a GPU, dropout draws from the CUDA one
             before = _global_states(m.trainer.exp.device) if m.global_rng_free is None else None
-            record = m.trainer._train_step(defer=_defers(m.trainer))
+            record = m.trainer._train_step()
             if before is not None:
                 m.global_rng_free = all(torch.equal(a, b) for a, b in zip(
                     before, _global_states(m.trainer.exp.device), strict=True))
@@ -567,7 +562,7 @@ class ParallelTrainer:
                                                batched=batched)
                 else:
                     m.fused_steps += 1
-                record = apply_meta_step(t, ms, defer=_defers(t))
+                record = apply_meta_step(t, ms)
                 self._stepped.append((m, record, shared + time.perf_counter() - t1))
 
             self._guarded(m, apply)
@@ -645,16 +640,11 @@ def fused_gradients(trainers: Sequence[Trainer], episodes: Sequence[Sequence[Epi
     return out
 
 
-def _defers(trainer: Trainer) -> bool:
-    """Whether the run keeps its losses on the device until they are logged (``nan_policy: stop``)."""
-    return trainer.cfg.train.nan_policy == "stop"
-
-
-def apply_meta_step(trainer: Trainer, ms: MetaStep, defer: bool = False) -> dict[str, Any]:
+def apply_meta_step(trainer: Trainer, ms: MetaStep) -> dict[str, Any]:
     """The tail of a run's meta-step for a computed (fused) meta-step, as the run alone does it
-    (:meth:`Trainer._step_record`: record, non-finite check, optimizer step; ``defer`` keeps the losses on the
-    device until the run's next flush)."""
-    return trainer._step_record(ms, defer)
+    (:meth:`Trainer._step_record`: record, optimizer step, the losses and finiteness flag kept on the device until
+    the run's next flush)."""
+    return trainer._step_record(ms)
 
 
 def train_parallel(cfgs: Sequence[Config], console: Console | None = None, progress: bool = True

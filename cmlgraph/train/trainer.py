@@ -130,8 +130,11 @@ def build_experiment(cfg: Config, domain: Domain | None = None) -> Experiment:
     algo = get_algorithm(cfg.algo, total_steps=int(cfg.train.steps), seed=cfg.train.seed)
     device = torch.device(cfg.train.device)
     model = build_model(cfg, domain, algo).to(device)
+    # nan_policy skip undoes a non-finite step on the device (Trainer._apply_if_finite): Adam's step count must be
+    # a device tensor for that on CUDA (capturable), not the CPU tensor it reads on the host
+    capturable = device.type == "cuda" and cfg.train.nan_policy == "skip"
     optimizer = torch.optim.Adam(trained_parameters(cfg, model), lr=cfg.train.meta_lr,
-                                 weight_decay=cfg.train.weight_decay)
+                                 weight_decay=cfg.train.weight_decay, capturable=capturable)
     scheduler = algo.make_scheduler(optimizer)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     return Experiment(cfg, domain, model, algo, optimizer, scheduler, generator, device)
@@ -150,12 +153,6 @@ def _better(metric: str, new: float, best: float | None) -> bool:
     if best is None:
         return True
     return new < best if metric == "mse" else new > best
-
-
-def _finite(step_grads: dict[str, torch.Tensor], loss: torch.Tensor) -> bool:
-    """Whether the loss and every gradient are finite, read back once (one host-device sync on CUDA, issue 18)."""
-    checks = [torch.isfinite(loss.detach()).all()] + [torch.isfinite(g).all() for g in step_grads.values()]
-    return bool(torch.stack(checks).all())
 
 
 def _finite_flag(step_grads: dict[str, torch.Tensor], loss: torch.Tensor) -> torch.Tensor:
@@ -457,24 +454,16 @@ class Trainer:
             task = bar.add_task("meta-training", total=steps, completed=self.step, info="")
             if self.step == 0 and self.best is None and steps > 0:
                 self._validate_start(log)
-            defer = cfg.train.nan_policy == "stop"  # losses read back only when needed (issue 18), see _flush
-            self._pending: list[tuple[int, torch.Tensor, dict[str, Any]]] = []
+            self._pending: list[tuple[int, torch.Tensor, dict[str, Any]]] = []  # losses read back when needed
             shown = float("nan")
             while self.step < steps and not self._patience_spent():
                 kill_point("step_begin")
                 t0 = time.perf_counter()
-                record = self._train_step(defer=True) if defer else self._train_step()
+                record = self._train_step()
                 self.step += 1
-                if defer:
-                    s = self.step
-                    if (s % cfg.train.log_every == 0 or s % int(cfg.train.val_every) == 0 or s == steps
-                            or s % cfg.train.checkpoint_every == 0 or "diag" in record):
-                        self._flush()  # before any log line, validation or checkpoint: raises on a non-finite step
-                        shown = record["loss"]
-                else:
-                    if not record.get("skipped"):
-                        self.guard.loss(self.step, record["loss"])
-                    shown = record.get("loss", float("nan"))
+                if self._flush_due(record, steps):
+                    self._flush()  # before any log line, validation or checkpoint: raises on a non-finite step
+                    shown = record["loss"]
                 kill_point("step_end")
                 if self.step % int(cfg.train.val_every) == 0 or self.step == steps:
                     record.update(self._validate_on_rank0())  # the other ranks wait for rank 0
@@ -566,35 +555,46 @@ class Trainer:
             self._prefetcher.close()
             self._prefetcher = None
 
+    def _flush_due(self, record: dict[str, Any], steps: int) -> bool:
+        """Whether the meta-step just taken (``self.step``) needs its losses on the host: a metrics line, a
+        validation, a checkpoint or the last step follows, or the step has diagnostics."""
+        s, t = self.step, self.cfg.train
+        return (s % t.log_every == 0 or s % int(t.val_every) == 0 or s == steps or s % t.checkpoint_every == 0
+                or "diag" in record)
+
     def _flush(self) -> None:
         """Read back the losses and finiteness flags of the meta-steps since the last flush, in one transfer.
 
-        Why (issue 18): under ``nan_policy: stop`` a step needs no host decision, so its losses stay on the device
-        until a metrics line, a validation or a checkpoint needs them (every ``log_every`` steps by default) instead
-        of one host-device sync per step. Each step's losses are filled into its record and fed to the divergence
-        guard in order; the first non-finite step stops the run, naming that step, before anything of it is
-        logged or checkpointed (its parameters were updated with the non-finite gradient in memory only).
+        Why (issue 18): a meta-step needs no host decision, so its losses stay on the device until a metrics line, a
+        validation or a checkpoint needs them (every ``log_every`` steps by default) instead of one host-device
+        sync per step. Each step's losses are filled into its record and fed to the divergence guard in order.
+        Under ``nan_policy: stop`` the first non-finite step stops the run, naming that step, before anything of
+        it is logged or checkpointed (its parameters were updated with the non-finite gradient in memory only);
+        under ``skip`` such a step was already left out on the device (:meth:`_apply_if_finite`) and is counted
+        here, its record marked ``skipped``.
 
         Raises:
-            NumericalError: A flushed step had a non-finite loss or gradient.
+            NumericalError: A flushed step had a non-finite loss or gradient (``nan_policy: stop``).
         """
         pending, self._pending = self._pending, []
         if not pending:
             return
+        skip = self.cfg.train.nan_policy == "skip"
         values = torch.stack([v for _, v, _ in pending]).tolist()  # one read-back for all pending steps
         for (step, _, record), (total, meta, co, finite) in zip(pending, values, strict=True):
-            if not finite:
-                raise NumericalError(self._nan_message(total, step))
             record.update(loss=total, meta_loss=meta, co_loss=co)
-            self.guard.loss(step, total)
+            if finite:
+                self.guard.loss(step, total)
+            elif skip:
+                self.skipped += 1
+                record["skipped"] = True
+                record.pop("diag", None)  # a skipped step's diagnostics describe an update that was not made
+            else:
+                raise NumericalError(self._nan_message(total, step))
 
-    def _train_step(self, defer: bool = False) -> dict[str, Any]:
-        """One meta-step: draw the meta-batch, compute the meta-gradients, update.
-
-        Args:
-            defer: Keep the losses and the finiteness check on the device (``nan_policy: stop`` only): the record
-                gets them at the next :meth:`_flush`. Otherwise they are read back now (one sync).
-        """
+    def _train_step(self) -> dict[str, Any]:
+        """One meta-step: draw the meta-batch, compute the meta-gradients, update (:meth:`_step_record`: the
+        losses stay on the device until the next :meth:`_flush`)."""
         cfg, e = self.cfg, self.exp
         n_raws, episodes = self._next_batch()
         params = parameters_of(e.model)
@@ -611,33 +611,40 @@ class Trainer:
             else:
                 ms = e.algo.meta_gradients(e.model, params, episodes, e.domain.loss_fn, self.step, diagnostics=diag,
                                            batched=batched)
-        return self._step_record(ms, defer)
+        return self._step_record(ms)
 
-    def _step_record(self, ms: Any, defer: bool = False) -> dict[str, Any]:
-        """The tail of a meta-step whose meta-gradients ``ms`` are computed: the metrics record, the non-finite
-        check (``train.nan_policy``) and :meth:`_apply`. With ``defer`` (``nan_policy: stop`` only) the losses and
-        the finiteness flag stay on the device until the next :meth:`_flush`; else they are read back now."""
-        cfg, e = self.cfg, self.exp
-        if defer and cfg.train.nan_policy == "stop":
-            losses = torch.stack([ms.loss.total.detach(), ms.loss.meta.detach(), ms.loss.co.detach()])
-            flag = _finite_flag(ms.grads, ms.loss.total).to(losses.dtype)[None]
-            record: dict[str, Any] = {"step": self.step + 1, "lr": e.optimizer.param_groups[0]["lr"]}
-            self._pending.append((self.step + 1, torch.cat([losses, flag]), record))
-            return self._apply(ms, record)
-        total, meta, co = torch.stack([ms.loss.total.detach(), ms.loss.meta.detach(),  # one read-back, not three
-                                       ms.loss.co.detach()]).tolist()
-        record = {"step": self.step + 1, "loss": total, "meta_loss": meta, "co_loss": co,
-                  "lr": e.optimizer.param_groups[0]["lr"]}
-        if not _finite(ms.grads, ms.loss.total):
-            if cfg.train.nan_policy == "skip":
-                self.skipped += 1
-                record["skipped"] = True
-                e.optimizer.zero_grad(set_to_none=True)
-                if e.scheduler is not None:  # the schedule follows the step counter, skipped or not
-                    e.scheduler.step()
-                return record
-            raise NumericalError(self._nan_message(float(ms.loss.total.detach())))
+    def _step_record(self, ms: Any) -> dict[str, Any]:
+        """The tail of a meta-step whose meta-gradients ``ms`` are computed: the metrics record, the optimizer step
+        (:meth:`_apply`; under ``nan_policy: skip`` :meth:`_apply_if_finite`), and the losses with the finiteness
+        flag kept on the device for the next :meth:`_flush` (no host-device sync: issue 18, Build item 2)."""
+        e = self.exp
+        losses = torch.stack([ms.loss.total.detach(), ms.loss.meta.detach(), ms.loss.co.detach()])
+        finite = _finite_flag(ms.grads, ms.loss.total)
+        record: dict[str, Any] = {"step": self.step + 1, "lr": e.optimizer.param_groups[0]["lr"]}
+        self._pending.append((self.step + 1, torch.cat([losses, finite.to(losses.dtype)[None]]), record))
+        if self.cfg.train.nan_policy == "skip":
+            return self._apply_if_finite(ms, finite, record)
         return self._apply(ms, record)
+
+    def _apply_if_finite(self, ms: Any, finite: torch.Tensor, record: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`_apply`, undone on the device where ``finite`` (a 0-d bool tensor) is False: ``nan_policy: skip``
+        without reading the flag back. The parameters and the optimizer's state (Adam's moments and step count) are
+        kept before the step and selected back with ``torch.where``, so a skipped step leaves them exactly as they
+        were (a state created by the step is reset to zeros, what a first step starts from); the schedule still
+        advances, as it follows the step counter, skipped or not. Adam's step count is on the device for this
+        (``capturable``, :func:`build_experiment`) off the CPU."""
+        opt = self.exp.optimizer
+        params = [p for group in opt.param_groups for p in group["params"]]
+        kept = [(p.detach().clone(), {k: v.clone() for k, v in opt.state.get(p, {}).items() if torch.is_tensor(v)})
+                for p in params]
+        record = self._apply(ms, record)
+        with torch.no_grad():
+            for p, (value, state) in zip(params, kept, strict=True):
+                p.copy_(torch.where(finite, p, value))
+                for k, v in opt.state.get(p, {}).items():
+                    if torch.is_tensor(v):
+                        v.copy_(torch.where(finite, v, state[k] if k in state else torch.zeros_like(v)))
+        return record
 
     def _graphed_step(self, episodes: list[Any], batched: bool | None) -> Any:
         """The run's CUDA-graph meta-step (:mod:`cmlgraph.train.cuda_graphs`), decided on the first meta-batch;

@@ -18,9 +18,9 @@ from cmlgraph.train.io import load_torch
 from cmlgraph.train.trainer import Trainer, resume
 
 
-def _trainer(tmp_path, bad_steps, what="grad", **train):
-    """A tiny run whose meta-gradient (or loss) is NaN at the given 1-based steps."""
-    cfg = apply_overrides(Config(), tiny_settings(**train), "test")
+def _trainer(tmp_path, bad_steps, what="grad", algo="maml", **train):
+    """A tiny run of ``algo`` whose meta-gradient (or loss) is NaN at the given 1-based steps."""
+    cfg = apply_overrides(Config(), {**tiny_settings(**train), "algo": {"algo": algo}}, "test")
     cfg.run.runs_dir, cfg.run.name = str(tmp_path / "runs"), "nan"
     trainer = Trainer(cfg, progress=False)
     algo = trainer.exp.algo
@@ -102,3 +102,64 @@ def test_cli_huge_inner_lr_prints_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert re.match(r"error: non-finite \(NaN/inf\) \w+ at step 1 of 3", err), err
+
+
+def _host_decided_skip(trainer: Trainer) -> None:
+    """The skip as it was decided on the host before issue 18's last read-back went: the flag read now, the optimizer
+    step left out (its schedule still advanced) where it is False."""
+
+    def apply_if_finite(ms, finite, record):
+        if bool(finite):
+            return trainer._apply(ms, record)
+        trainer.exp.optimizer.zero_grad(set_to_none=True)
+        if trainer.exp.scheduler is not None:
+            trainer.exp.scheduler.step()
+        return record
+
+    trainer._apply_if_finite = apply_if_finite
+
+
+@pytest.mark.parametrize("algo", ["maml", "maml++"])  # MAML++: a schedule and per-step inner learning rates
+def test_skipping_on_the_device_equals_deciding_on_the_host(tmp_path, algo):
+    # steps 1 (Adam's state is created by the skipped step itself) and 4, 5 (two in a row, one flushed at 4)
+    runs = {}
+    for how in ("device", "host"):
+        trainer = _trainer(tmp_path / how, {1, 4, 5}, algo=algo, nan_policy="skip")
+        if how == "host":
+            _host_decided_skip(trainer)
+        runs[how] = (trainer, trainer.run())
+    (dev, s_dev), (host, s_host) = runs["device"], runs["host"]
+    assert s_dev["skipped_meta_batches"] == s_host["skipped_meta_batches"] == 3
+    for k, v in host.exp.model.state_dict().items():
+        assert torch.equal(dev.exp.model.state_dict()[k], v), k
+    a, b = dev.exp.optimizer.state_dict(), host.exp.optimizer.state_dict()
+    assert a["state"].keys() == b["state"].keys()
+    for i, state in b["state"].items():
+        for k, v in state.items():
+            assert torch.equal(a["state"][i][k], v), (i, k)
+    assert metrics(dev.run_dir) == metrics(host.run_dir)
+    assert [r["step"] for r in metrics(dev.run_dir) if r.get("skipped")] == [4]  # logged lines: 2, 4, 6, 8
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_skipping_on_cuda_reads_nothing_back_and_equals_the_host_decision_on_cuda(tmp_path):
+    from cmlgraph.train.sync_counter import SyncCounter
+
+    runs = {}
+    for how in ("device", "host"):
+        trainer = _trainer(tmp_path / how, {1, 4, 5}, nan_policy="skip", device="cuda")
+        if how == "host":
+            _host_decided_skip(trainer)
+        runs[how] = (trainer, trainer.run())
+    (dev, s_dev), (host, s_host) = runs["device"], runs["host"]
+    assert s_dev["skipped_meta_batches"] == s_host["skipped_meta_batches"] == 3
+    for k, v in host.exp.model.state_dict().items():
+        torch.testing.assert_close(dev.exp.model.state_dict()[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    steps = [s["step"] for s in dev.exp.optimizer.state.values()]
+    assert steps and all(s.device.type == "cuda" for s in steps)  # capturable Adam: its step count on the GPU
+    # a further step, counted: nothing read back (the flush at the next log line reads it; on the CPU Adam's own
+    # host reads of its step counts would be counted here, 8 of them)
+    dev._pending = []
+    with SyncCounter() as counter:
+        dev._train_step()
+    assert counter.total == 0, counter.counts

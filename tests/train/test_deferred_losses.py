@@ -1,10 +1,12 @@
-"""Under ``nan_policy: stop`` a meta-step reads nothing back: its losses and finiteness check stay on the device until
-a metrics line, validation or checkpoint needs them (issue 18, Build item 2), and training is unchanged by it."""
+"""A meta-step reads nothing back, under ``nan_policy: stop`` and ``skip``: its losses and finiteness check stay on
+the device until a metrics line, validation or checkpoint needs them (issue 18, Build item 2), and training is
+unchanged by it. Under ``skip`` a non-finite step is undone on the device, exactly as deciding it on the host did."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from cmlgraph.config import Config, apply_overrides
@@ -33,22 +35,23 @@ def _lines(run) -> list[dict]:
     return out
 
 
-def test_a_deferred_step_syncs_nothing_and_a_per_step_one_does(tmp_path) -> None:
-    trainer = _trainer(tmp_path, "count")
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_a_step_syncs_nothing_until_a_flush_reads_its_losses(tmp_path, policy) -> None:
+    trainer = _trainer(tmp_path, "count", nan_policy=policy)
     trainer._pending = []
-    # Adam reads its per-parameter step counters on the host (CPU tensors also on CUDA: not a device sync); leave
-    # the optimizer out of the count so that what is counted is the step's own read-backs.
+    # Adam reads its per-parameter step counters on the host (CPU tensors also on CUDA, where nan_policy skip makes
+    # them device tensors: capturable); leave the optimizer out of the count so that what is counted is the step's
+    # own read-backs (and, under skip, the undo on the device)
     trainer.exp.optimizer.step = lambda *a, **k: None
-    with SyncCounter() as deferred:
-        record = trainer._train_step(defer=True)
-    with SyncCounter() as per_step:
-        trainer._train_step()
-    assert deferred.total == 0, deferred.counts
-    assert per_step.total >= 1, per_step.counts
-    assert "loss" not in record and len(trainer._pending) == 1
-    trainer.step = 1
-    trainer._flush()  # fills the record in one read-back
-    assert set(record) >= {"loss", "meta_loss", "co_loss"} and trainer._pending == []
+    records = []
+    with SyncCounter() as steps:
+        for _ in range(3):
+            records.append(trainer._train_step())
+            trainer.step += 1
+    assert steps.total == 0, steps.counts
+    assert all("loss" not in r for r in records) and len(trainer._pending) == 3
+    trainer._flush()  # fills the records in one read-back
+    assert all(set(r) >= {"loss", "meta_loss", "co_loss"} for r in records) and trainer._pending == []
 
 
 def test_flushes_only_where_a_line_validation_or_checkpoint_needs_the_losses(tmp_path) -> None:
@@ -65,8 +68,9 @@ def test_flushes_only_where_a_line_validation_or_checkpoint_needs_the_losses(tmp
     assert at == [5, 10]
 
 
-def test_deferred_equals_per_step_read_back(tmp_path) -> None:
-    # nan_policy skip reads every step back (it must decide before updating); with no NaN both train the same.
+def test_skip_and_stop_train_alike_without_a_non_finite_step(tmp_path) -> None:
+    # nan_policy skip undoes a non-finite step on the device (a copy of the parameters and Adam's state kept each
+    # step, selected back by torch.where); with no NaN both train bit for bit the same.
     runs = {}
     for policy in ("stop", "skip"):
         t = _trainer(tmp_path, policy, nan_policy=policy, log_every=2, checkpoint_every=3)

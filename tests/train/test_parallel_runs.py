@@ -283,9 +283,9 @@ def test_the_first_step_probe_sees_draws_from_the_devices_own_generator(tmp_path
     monkeypatch.setattr(parallel, "_global_states", lambda device: [*real(device), device_gen.get_state()])
     original = Trainer._train_step
 
-    def drawing_step(self, defer=False):
+    def drawing_step(self):
         torch.rand(1, generator=device_gen)  # as a CUDA run's dropout moves the CUDA generator
-        return original(self, defer)
+        return original(self)
 
     monkeypatch.setattr(Trainer, "_train_step", drawing_step)
     results = train_parallel([_cfg(GRAPH, tmp_path, f"g{s}", train__seed=s) for s in (0, 1)], progress=False)
@@ -309,9 +309,9 @@ def test_each_run_draws_from_its_own_seeding_of_the_devices_generator(tmp_path, 
     drawn: dict[int, list[float]] = {}
     original = Trainer._train_step
 
-    def drawing_step(self, defer=False):
+    def drawing_step(self):
         drawn.setdefault(int(self.cfg.train.seed), []).append(torch.rand(1, generator=device_gen).item())
-        return original(self, defer)
+        return original(self)
 
     monkeypatch.setattr(Trainer, "_train_step", drawing_step)
     results = train_parallel([_cfg(GRAPH, tmp_path, f"g{s}", train__seed=s) for s in (3, 4)], progress=False)
@@ -399,6 +399,32 @@ def test_a_non_finite_step_in_a_group_is_read_back_late_and_named(tmp_path, monk
     assert [step for seed, step in flushed if seed == 1] == [2, 3, 4, 6]  # log, validation, log, last
     assert results[1].error is None
     _assert_equal_runs(ref, results[1].run_dir)
+
+
+def test_a_skipped_step_in_a_group_equals_the_run_alone(tmp_path, monkeypatch):
+    """Under ``nan_policy: skip`` a grouped run undoes its non-finite step on the device (no read-back per step) and
+    ends exactly as the run alone with the same non-finite step, the other run untouched."""
+    from cmlgraph.algorithms.base import MetaStep
+    from cmlgraph.train.trainer import Trainer
+
+    original = Trainer._step_record
+
+    def poisoned(self, ms):
+        if self.cfg.train.seed == 0 and self.step == 2:  # its third step
+            name = next(iter(ms.grads))
+            ms = MetaStep(grads={**ms.grads, name: ms.grads[name] * float("inf")}, loss=ms.loss)
+        return original(self, ms)
+
+    monkeypatch.setattr(Trainer, "_step_record", poisoned)
+    skip = {"train__nan_policy": "skip"}
+    alone = [train(_cfg(SINUSOID, tmp_path, f"alone{s}", train__seed=s, **skip), progress=False)[0] for s in (0, 1)]
+    results = train_parallel([_cfg(SINUSOID, tmp_path, f"g{s}", train__seed=s, **skip) for s in (0, 1)],
+                             progress=False)
+    for ref, res in zip(alone, results, strict=True):
+        assert res.error is None
+        _assert_equal_runs(ref, res.run_dir)
+    skipped = [json.loads((r.run_dir / "summary.json").read_text())["skipped_meta_batches"] for r in results]
+    assert skipped == [1, 0]
 
 
 def test_groups_by_shape_and_size(tmp_path):

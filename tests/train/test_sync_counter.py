@@ -36,13 +36,14 @@ def test_ignores_async_ops() -> None:
     assert c.total == 0, c.counts
 
 
-def test_finite_check_reads_back_once() -> None:
-    from cmlgraph.train.trainer import _finite
+def test_finite_flag_stays_on_the_device() -> None:
+    from cmlgraph.train.trainer import _finite_flag
 
     grads = {f"w{i}": torch.randn(3, 3) for i in range(6)}
     with SyncCounter() as c:
-        ok = _finite(grads, torch.tensor(0.5))
-    assert ok and c.total == 1, c.counts
+        ok = _finite_flag(grads, torch.tensor(0.5))
+    assert c.total == 0, c.counts
+    assert ok.shape == () and ok.dtype == torch.bool and bool(ok)
     grads["w3"][1, 1] = float("nan")
-    assert not _finite(grads, torch.tensor(0.5))
-    assert not _finite({"w": torch.ones(2)}, torch.tensor(float("inf")))
+    assert not bool(_finite_flag(grads, torch.tensor(0.5)))
+    assert not bool(_finite_flag({"w": torch.ones(2)}, torch.tensor(float("inf"))))
