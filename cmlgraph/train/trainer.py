@@ -155,6 +155,22 @@ def _better(metric: str, new: float, best: float | None) -> bool:
     return new < best if metric == "mse" else new > best
 
 
+def _keep_capturable(optimizer: torch.optim.Optimizer, capturable: list[bool]) -> None:
+    """Give the optimizer's groups back the ``capturable`` setting they were built with, after
+    ``load_state_dict`` took the checkpoint's (a run resumed with another ``nan_policy``, or from a checkpoint
+    written before ``skip`` made Adam capturable on CUDA), with Adam's step counts where that setting keeps them:
+    on the parameter's device (float32) when capturable, else on the CPU."""
+    for group, want in zip(optimizer.param_groups, capturable, strict=True):
+        if "capturable" not in group or bool(group["capturable"]) == want:
+            continue
+        group["capturable"] = want
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if torch.is_tensor(state.get("step")):
+                step = state["step"]
+                state["step"] = step.to(p.device, torch.float32) if want else step.to("cpu", torch.float32)
+
+
 def _finite_flag(step_grads: dict[str, torch.Tensor], loss: torch.Tensor) -> torch.Tensor:
     """Whether the loss and every gradient are finite, as a 0-d bool tensor on the run's device (no sync)."""
     checks = [torch.isfinite(loss.detach()).all()] + [torch.isfinite(g).all() for g in step_grads.values()]
@@ -255,7 +271,9 @@ class Trainer:
         e = self.exp
         try:
             e.model.load_state_dict(state["model"])
+            capturable = [bool(g.get("capturable", False)) for g in e.optimizer.param_groups]
             e.optimizer.load_state_dict(state["optimizer"])
+            _keep_capturable(e.optimizer, capturable)
             if e.scheduler is not None and state["scheduler"]:
                 e.scheduler.load_state_dict(state["scheduler"])
             e.generator.set_state(state["generator"])
