@@ -9,8 +9,12 @@ test tasks of 2-way 5-shot with 10 queries held **14.7 GB** (session 34, summing
 the prefetch worker prepares. A chunk here ends at ``chunk`` tasks or once its episodes' own tensors reach the byte
 budget, whichever comes first; the scores are the same for any chunking (``tests/train/test_eval_chunks.py``).
 
-"Own" tensors: storages reachable from an episode that the first two episodes do not share (what both reference is
-the graph and its caches, held once whatever the chunk).
+"Own" tensors: storages reachable from an episode through objects that the first two episodes do not share. What
+both reference (the graph, its caches, G-Meta's ball index) is held once whatever the chunk, and is never walked
+again: those caches grow as evaluation runs (a whole graph's adjacency and SGC's propagated features, built by the
+first forward; the ball index's cached balls), so counting storages alone would charge them to every later task
+(session 35's review: a full-mode SGC run's first validation split into chunks of 5 instead of 40 under a small
+budget, and G-Meta's walk slowed with every chunk).
 """
 
 from __future__ import annotations
@@ -26,14 +30,15 @@ from cmlgraph.core.memory import memory_budget
 T = TypeVar("T")
 
 #: A chunk's episodes may hold this share of the device's :func:`~cmlgraph.core.memory.memory_budget` (8 GiB on
-#: the CPU, half of a GPU's memory) in their own tensors: a 16th, since the layouts built for the chunk (GAT's
-#: padded union) about double them and the prefetch worker holds the next chunk meanwhile.
-INPUT_SHARE = 16
+#: the CPU, half of a GPU's memory) in their own tensors: a 24th, since the layouts built for the chunk (GAT's
+#: padded union) about double them and, with prefetching, three chunks are alive at once (the one evaluated, the
+#: next in the queue and the one the worker builds meanwhile).
+INPUT_SHARE = 24
 
 
 def input_budget(device: torch.device | str) -> int:
-    """Bytes a chunk's episodes may hold in their own tensors on ``device`` (:data:`INPUT_SHARE`): 512 MiB on the
-    CPU, a 32nd of a GPU's memory."""
+    """Bytes a chunk's episodes may hold in their own tensors on ``device`` (:data:`INPUT_SHARE`): 341 MiB on the
+    CPU, a 48th of a GPU's memory."""
     return memory_budget(device) // INPUT_SHARE
 
 
@@ -41,15 +46,21 @@ def storage_bytes(obj: Any) -> dict[int, int]:
     """Every tensor storage reachable from ``obj`` (through dicts, lists, tuples, cmlgraph objects' attributes and
     tensors' own attributes, e.g. a sparse matrix's cached transpose), as ``{storage pointer: bytes}``; sparse
     tensors count their indices and values."""
+    return _walk(obj)[0]
+
+
+def _walk(obj: Any, skip: frozenset[int] = frozenset()) -> tuple[dict[int, int], dict[int, Any]]:
+    """:func:`storage_bytes` of ``obj``, not entering the objects whose ``id`` is in ``skip``; also every container,
+    cmlgraph object and tensor reached, by ``id``."""
     out: dict[int, int] = {}
-    seen: set[int] = set()
+    reached: dict[int, Any] = {}
     stack = [obj]
     while stack:
         item = stack.pop()
-        if id(item) in seen:
+        if id(item) in reached or id(item) in skip:
             continue
-        seen.add(id(item))
         if isinstance(item, Tensor):
+            reached[id(item)] = item
             if item.layout == torch.sparse_coo:
                 stack += [item._indices(), item._values()]
             elif item.layout in (torch.sparse_csr, torch.sparse_bsr):
@@ -61,12 +72,15 @@ def storage_bytes(obj: Any) -> dict[int, int]:
                 out[storage.data_ptr()] = storage.nbytes()
             stack += list(getattr(item, "__dict__", {}).values())
         elif isinstance(item, dict):
+            reached[id(item)] = item
             stack += list(item.values())
         elif isinstance(item, (list, tuple)):
+            reached[id(item)] = item
             stack += list(item)
         elif type(item).__module__.startswith("cmlgraph") and hasattr(item, "__dict__"):
+            reached[id(item)] = item
             stack += list(vars(item).values())
-    return out
+    return out, reached
 
 
 class EpisodeChunks(Generic[T]):
@@ -84,12 +98,14 @@ class EpisodeChunks(Generic[T]):
     def __init__(self, items: Sequence[T], chunk: int, materialize: Callable[[T], Any], budget: int) -> None:
         self._items: Iterator[T] = iter(items)
         self.chunk, self.materialize, self.budget = max(1, int(chunk)), materialize, int(budget)
-        self._shared: set[int] | None = None  # storages the first two episodes share: the graph's
-        self._first: dict[int, int] | None = None
+        self._first: tuple[dict[int, int], dict[int, Any]] | None = None  # the first episode's walk
+        self._skip: frozenset[int] | None = None  # objects the first two episodes share: the graph's, its caches
+        self._kept: list[Any] = []  # those objects, kept alive so that their ids are not reused by a task's own
+        self._shared: set[int] = set()  # storages both reach (also a task's views of the graph's tensors)
         self.sizes: list[int] = []  # each chunk's item count (what the budget made of ``chunk``)
 
     def _own(self, storages: dict[int, int]) -> int:
-        return sum(b for ptr, b in storages.items() if self._shared is None or ptr not in self._shared)
+        return sum(b for ptr, b in storages.items() if ptr not in self._shared)
 
     def __call__(self, _: Any = None) -> tuple[list[T], list[Any]]:
         items: list[T] = []
@@ -99,15 +115,19 @@ class EpisodeChunks(Generic[T]):
             ep = self.materialize(item)
             items.append(item)
             eps.append(ep)
-            storages = storage_bytes(ep)
-            if self._shared is None and self._first is None:
-                self._first = storages  # counted once the second episode shows what is shared
+            if self._skip is None and self._first is None:
+                self._first = _walk(ep)  # counted once the second episode shows what is shared
+            elif self._skip is None:
+                assert self._first is not None
+                (first, first_objs), (storages, objs) = self._first, _walk(ep)
+                shared = first_objs.keys() & objs.keys()
+                self._kept = [objs[i] for i in shared]
+                self._skip = frozenset(shared)
+                self._shared = set(first) & set(storages)
+                self._first = None
+                held += (self._own(first) if len(eps) > 1 else 0) + self._own(storages)
             else:
-                if self._shared is None:
-                    assert self._first is not None
-                    self._shared = set(self._first) & set(storages)
-                    held += self._own(self._first) if len(eps) > 1 else 0
-                held += self._own(storages)
+                held += self._own(_walk(ep, self._skip)[0])
             if len(items) >= self.chunk or held >= self.budget:
                 break
         if not items:

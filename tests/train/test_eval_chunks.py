@@ -76,4 +76,31 @@ def test_gat_k_hop_chunks_shrink_to_the_input_budget_with_the_same_scores(monkey
     torch.testing.assert_close(torch.tensor(split["scores"]), torch.tensor(whole["scores"]), rtol=1e-5, atol=1e-6)
     for a, b in zip(split_fused, fused, strict=True):
         torch.testing.assert_close(torch.tensor(a["scores"]), torch.tensor(b["scores"]), rtol=1e-5, atol=1e-6)
-    assert own > 0 and input_budget("cpu") == 512 * 2**20
+    assert own > 0 and input_budget("cpu") == 8 * 2**30 // 24
+
+
+@pytest.mark.parametrize("settings", [dict(subgraph="full"), dict(algo="gmeta")])
+def test_caches_the_tasks_share_are_never_charged_to_a_task_even_as_they_grow(monkeypatch, settings):
+    # full mode: the first forward builds the whole graph's adjacency and SGC's propagated features in a cache every
+    # task's input references; G-Meta: the ball index caches each new centre's ball. Counted by storage alone, they
+    # were charged to every task after the first two (a first evaluation split [2, 1, 1, ...] where a second one,
+    # caches built, did not)
+    import cmlgraph.train.evaluate as ev
+
+    exps, raws = _runs(seeds=(0,), **settings)
+    e = exps[0]
+    params = parameters_of(e.model)
+    made: list[EpisodeChunks] = []
+
+    class Spy(EpisodeChunks):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(ev, "EpisodeChunks", Spy)
+    # far above 3 tasks' own bytes, below what the first forward adds to the shared caches (229 kB, 46 kB here)
+    monkeypatch.setattr(ev, "input_budget", lambda device: 16 * 2**10)
+    first = evaluate(e.algo, e.model, params, e.domain, raws[0], "cpu", batch_size=3)
+    again = evaluate(e.algo, e.model, params, e.domain, raws[0], "cpu", batch_size=3)
+    assert made[0].sizes == made[1].sizes == [3, 3, 1], (made[0].sizes, made[1].sizes)
+    assert first["scores"] == again["scores"]
