@@ -440,11 +440,13 @@ class GNNBackbone(Backbone):
             groups = batch.memo["gat/groups"] = [(0, len(items), static[1].layout)]
         if groups is None:
             # a task's values in the union: its edges' messages, and its padded block of dense features (each task
-            # padded to the largest subgraph of all, a bound on its group's)
+            # padded to the largest subgraph of all, a bound on its group's); with feature dropout in training also
+            # its padded dropout factors and masked features (two more such blocks)
             rows = max(g.num_nodes for g in items)
             width = 0 if is_sparse(items[0].x) else int(items[0].x.shape[1])
-            weights = [max(int(self_loop_edge_index(g).shape[1]) * self.hidden, rows * max(width, self.hidden))
-                       for g in items]
+            masked = 2 * rows * width if self.training and self.dropout > 0 else 0
+            weights = [max(int(self_loop_edge_index(g).shape[1]) * self.hidden,
+                           rows * max(width, self.hidden) + masked) for g in items]
             spans = group_tasks(weights, WHOLE_GRAPH_VALUES)
             groups = batch.memo["gat/groups"] = [(a, b, _union_layout(items[a:b])) for a, b in spans]
         drop = self.training and self.dropout > 0

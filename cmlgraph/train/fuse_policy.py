@@ -16,6 +16,9 @@ was lent while this was written), so the group measures it on its own device ins
    ``3 × TRIAL_STEPS`` locksteps (the runs' steps do not fuse: other steps, draws outside their streams, one run
    left), the runs step alone.
 
+Runs that draw dropout masks over their graphs' padded buffers (k-hop plans, GAT's unions, G-Meta's balls, AMM-GNN's
+trees) never fuse: a fused step draws each task's masks over its own rows, so the run's folder would no longer equal
+its run alone (session 35's review); where all runs do, there is no trial.
 ``train.cuda_graphs: on`` asks for the captured step, so its runs always step alone (each replaying its graph);
 the validations and tests of a group are scored together either way. The only syncs added are the trial's
 ``2 × 2·TRIAL_STEPS`` device synchronisations (before and after each timed lockstep).
@@ -85,9 +88,11 @@ class FusePolicy:
             _synchronize(self.device)
             self._t0 = self.clock()
 
-    def end(self, stepped: int, trainers: Sequence[Any], fused: int = 0) -> None:
+    def end(self, stepped: int, trainers: Sequence[Any], fused: int = 0, padded_draws: bool = False) -> None:
         """After a lockstep's meta-steps: ``stepped`` runs stepped, ``fused`` of them in fused steps;
-        ``trainers`` are the group's runs still training (their captures decide whether a trial starts)."""
+        ``trainers`` are the group's runs still training (their captures decide whether a trial starts);
+        ``padded_draws``: every one of them draws dropout masks over its graph's padded buffers, which a fused step
+        cannot reproduce (:func:`~cmlgraph.train.parallel._draws_over_padding`): no trial, each run alone."""
         if self.timing and self._t0 is not None and stepped:
             _synchronize(self.device)
             seconds = (self.clock() - self._t0) / stepped
@@ -98,6 +103,11 @@ class FusePolicy:
         self._t0 = None
         if self.phase == "probe":  # on: the captured steps asked for, never fused
             self.phase = "alone" if self.mode == "on" else "alone-trial" if captures_working(trainers) else "fuse"
+            if self.phase == "alone-trial" and padded_draws:
+                self.phase = "alone"
+                self.say(f"note: --parallel-runs on {self.device}: the runs draw dropout masks over their CUDA graphs' "
+                         f"padded buffers, which a fused step cannot draw alike: each run steps alone, replaying "
+                         f"its graph (each folder equals its run alone)")
         elif self.phase == "alone-trial" and len(self.timings["alone"]) >= TRIAL_STEPS:
             self.phase = "fuse-warmup"
         elif self.phase == "fuse-warmup":

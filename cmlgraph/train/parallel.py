@@ -405,7 +405,7 @@ class ParallelTrainer:
             t = m.trainer
             diag = t.cfg.train.diag_every > 0 and (t.step + 1) % t.cfg.train.diag_every == 0
             draws_ok = m.global_rng_free or (m.global_rng_free is False and m.streams_ok and _stream_aware(t))
-            if draws_ok and not diag and fusable(t) and self.policy.fuses:
+            if draws_ok and not diag and fusable(t) and self.policy.fuses and not _draws_over_padding(m):
                 key = (t.step, tuple((k, tuple(p.shape)) for k, p in parameters_of(t.exp.model).items()))
                 fused.setdefault(key, []).append(m)
             else:
@@ -421,8 +421,10 @@ class ParallelTrainer:
         for m in alone:
             self._alone_step(m)
         stepped, self._stepped = self._stepped, []
-        self.policy.end(len(stepped), [m.trainer for m in active if m.ok],
-                        fused=sum(m.fused_steps > before[id(m)] for m in active))
+        running = [m for m in active if m.ok]
+        self.policy.end(len(stepped), [m.trainer for m in running],
+                        fused=sum(m.fused_steps > before[id(m)] for m in active),
+                        padded_draws=bool(running) and all(_draws_over_padding(m) for m in running))
         shared = self._validate_together([m for m, _, _ in stepped])
         for m, record, seconds in stepped:
             self._guarded(m, lambda m=m, record=record, seconds=seconds: self._after_step(
@@ -566,6 +568,16 @@ class ParallelTrainer:
                 self._stepped.append((m, record, shared + time.perf_counter() - t1))
 
             self._guarded(m, apply)
+
+
+def _draws_over_padding(m: _Member) -> bool:
+    """Whether the run's meta-step replays a CUDA graph over padded buffers (k-hop plans, GAT's unions, G-Meta's
+    balls, AMM-GNN's trees) and draws random numbers (dropout): its masks are then drawn over the padded shapes,
+    which a fused step, over the tasks' own rows from the run's stream, cannot reproduce. Such a run steps alone,
+    replaying its graph, as it does alone: its folder then equals its run alone."""
+    graphed = getattr(m.trainer, "_graphed", None)
+    return (m.global_rng_free is False and graphed is not None and graphed.failed is None
+            and graphed.buffers is not None)
 
 
 def _set_run_state(m: _Member, gen: torch.Generator | None) -> None:

@@ -212,9 +212,11 @@ def _seeded(fn, seed: int = 21):
     return out, torch.rand(3)
 
 
+# p = 0.5 draws bytes on the CPU (core/dropout's fast branch), 0.3 torch.rand as a CUDA device always does
+@pytest.mark.parametrize("p", [0.5, 0.3])
 @pytest.mark.parametrize("kind", ["gcn", "sage", "gin", "gat"])
 @pytest.mark.parametrize("sparse", [False, True])
-def test_whole_graph_tasks_with_dropout_run_as_one_pass_with_each_tasks_own_masks(kind, sparse, monkeypatch):
+def test_whole_graph_tasks_with_dropout_run_as_one_pass_with_each_tasks_own_masks(kind, sparse, p, monkeypatch):
     # input dropout in training: each task's masks are drawn in the order its own pass draws them (task by task,
     # layer by layer), so the one pass equals the task loop from the same RNG state (features, and the RNG left in
     # the same state), also in chunks; and the second-order meta-objective equals the one whose passes ran task
@@ -223,7 +225,7 @@ def test_whole_graph_tasks_with_dropout_run_as_one_pass_with_each_tasks_own_mask
 
     x, ei = _graph(sparse=sparse, seed=11)
     torch.manual_seed(11)
-    net = GNNBackbone(kind, x.shape[1], hidden=8, layers=3, heads=2, train_eps=True, dropout=0.5).double()
+    net = GNNBackbone(kind, x.shape[1], hidden=8, layers=3, heads=2, train_eps=True, dropout=p).double()
     cache: dict = {}
     items = [GraphInput(x, ei, torch.randperm(200)[:6], cache, batch_whole=True) for _ in range(5)]
     params = _task_weights(net, 5)
@@ -360,8 +362,10 @@ def test_gat_k_hop_subgraph_tasks_run_as_one_union_pass_and_equal_the_loop(spars
     _assert_batched_equals_loop(model, parameters_of(model), eps, InnerLoopConfig(steps=2, lr=0.3))
 
 
+@pytest.mark.parametrize("p", [0.5, 0.3])  # the CPU's byte draws, and torch.rand (a CUDA device's)
 @pytest.mark.parametrize("sparse", [False, True])
-def test_gat_k_hop_subgraph_tasks_with_dropout_run_as_one_union_pass_with_each_tasks_own_masks(sparse, monkeypatch):
+def test_gat_k_hop_subgraph_tasks_with_dropout_run_as_one_union_pass_with_each_tasks_own_masks(sparse, p,
+                                                                                                monkeypatch):
     # input dropout in training on GAT's k-hop subgraphs: each task's masks over its own subgraph's rows (sparse:
     # its block's stored values), drawn as its own pass draws them; the union pass equals the task loop from the
     # same RNG state, in groups too, and the meta-objective equals the one whose passes ran task by task
@@ -369,7 +373,7 @@ def test_gat_k_hop_subgraph_tasks_with_dropout_run_as_one_union_pass_with_each_t
 
     x, ei = _graph(sparse=sparse, seed=16)
     torch.manual_seed(16)
-    net = GNNBackbone("gat", x.shape[1], hidden=8, layers=2, heads=2, dropout=0.5).double()
+    net = GNNBackbone("gat", x.shape[1], hidden=8, layers=2, heads=2, dropout=p).double()
     items = [_subgraph_input(x, ei, torch.randperm(200)[:5]) for _ in range(4)]
     assert len({g.num_nodes for g in items}) > 1  # padded blocks: a task's masks cover its own rows only
     params = _task_weights(net, 4)

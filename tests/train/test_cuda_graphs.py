@@ -112,7 +112,7 @@ def test_captured_and_eager_meta_steps_are_equal_on_cuda(tmp_path, first_order):
 def test_captured_whole_graph_steps_with_dropout_pass_their_check_on_cuda(tmp_path, gnn):
     """Whole-graph GCN and GAT with dropout (one pass on a GPU, each task's masks drawn inside it): the real capture's
     first check (replay and eager step from the same RNG state) passes under ``strict``, and each later step
-    equals the eager meta-step of its batch from the RNG state the replay started from."""
+    equals the eager meta-step of its batch from the RNG state the replay started from; replays draw new masks."""
     from cmlgraph.train.cuda_graphs import _rng_state, _set_rng_state
 
     cfg = _graph_cfg(tmp_path, gnn, model__gnn=gnn, model__dropout=0.5, train__device="cuda", train__batched="on")
@@ -135,6 +135,9 @@ def test_captured_whole_graph_steps_with_dropout_pass_their_check_on_cuda(tmp_pa
         for k in eager.grads:
             torch.testing.assert_close(ours.grads[k], eager.grads[k], rtol=1e-4, atol=1e-5)
     assert graphed.replays >= 3
+    # the replays really draw: two replays of one batch, back to back (no eager step between), differ
+    first = graphed(episodes, 4).loss.total.clone()
+    assert not torch.equal(first, graphed(episodes, 5).loss.total)
 
 
 def test_a_missing_gpu_is_named_before_what_cuda_graphs_cannot_capture(tmp_path, monkeypatch):
@@ -180,12 +183,17 @@ def test_graph_runs_that_can_be_captured_and_the_others_say_why(tmp_path, change
 
 
 @pytest.mark.parametrize("gnn,dropout", [("sgc", 0.0), ("gcn", 0.0), ("gcn", 0.5), ("gat", 0.5), ("sage", 0.5)])
-def test_whole_graph_capture_buffers_take_the_next_meta_batch(tmp_path, gnn, dropout):
+def test_whole_graph_capture_buffers_take_the_next_meta_batch(tmp_path, gnn, dropout, monkeypatch):
     """The capture's input buffers for whole-graph inputs (checked on the CPU: the replay itself needs CUDA): the
     meta-step on the buffers refilled with the next meta-batch equals that meta-batch's own meta-step (nothing of
     the first batch left in them), and the buffers' signature matches the next batch's. With dropout (each task's
-    masks drawn inside the one pass) from the same RNG state, as the capture's check and replays draw."""
+    masks drawn inside the one pass, the GPU's choice forced) from the same RNG state, as the capture's check and
+    replays draw."""
+    import cmlgraph.backbones.gnn as gnn_module
     from cmlgraph.core.episode import Episode
+
+    passes: list[int] = []
+    monkeypatch.setattr(gnn_module, "dropout_passes_batch", lambda device: passes.append(1) or True)  # as on a GPU
     from cmlgraph.core.model import parameters_of
     from cmlgraph.train.cuda_graphs import SIDES, copy_into, static_copy
 
@@ -215,6 +223,7 @@ def test_whole_graph_capture_buffers_take_the_next_meta_batch(tmp_path, gnn, dro
     for k in ref.grads:
         torch.testing.assert_close(b.grads[k], ref.grads[k])
     assert not torch.allclose(a.loss.total, b.loss.total)  # the buffers really hold the second batch
+    assert bool(passes) == (dropout > 0 and gnn != "sgc")  # the one-pass path with dropout was the one taken
     local = [Episode(*(getattr(ep, s) for s in SIDES)) for ep in first]
     for ep in local:
         ep.support_x.local = True

@@ -170,3 +170,34 @@ def test_a_group_on_cuda_times_both_ways_says_which_it_keeps_and_finishes(tmp_pa
     for r in results:
         summary = json.loads((r.run_dir / "summary.json").read_text())
         assert summary["steps_run"] == steps and summary["mean"] == summary["mean"] and "peak_gpu_mb" in summary
+
+
+@pytest.mark.parametrize("model", [{"gnn": "gcn"}, {"gnn": "gat", "gat_heads": 2}])  # k-hop plans, GAT's unions
+def test_runs_that_draw_dropout_over_padded_graphs_step_alone_and_equal_separate_runs(tmp_path, graphed_on_cpu,
+                                                                                       monkeypatch, model):
+    # a captured k-hop step draws its masks over the padded buffers; a fused step over each task's own rows from the
+    # run's stream: fusing (in the trial, or after it) made each folder differ from its run alone
+    steps = 1 + TRIAL_STEPS + 1 + TRIAL_STEPS + 3
+    settings = {**GRAPH, "model": {**GRAPH["model"], **model, "dropout": 0.5},
+                "train": {**GRAPH["train"], "steps": steps, "val_every": 7, "log_every": 3}}
+    _policy_with(monkeypatch, 3.0, 1.0)  # fusing would win a trial
+    separate = [train(_cfg(settings, tmp_path, f"alone-s{s}", train__seed=s), progress=False)[0] for s in (0, 1)]
+    out = io.StringIO()
+    results = train_parallel([_cfg(settings, tmp_path, f"group-s{s}", train__seed=s) for s in (0, 1)],
+                             Console(file=out, width=300), progress=False)
+    assert [r.error for r in results] == [None, None]
+    assert graphed_on_cpu == []  # never fused
+    assert "padded buffers" in out.getvalue() and "ms a run-step" not in out.getvalue()  # no trial
+    for a, r in zip(separate, results, strict=True):
+        _assert_equal_runs(a, r.run_dir)
+
+
+def test_padded_draws_skip_the_trial():
+    lines: list[str] = []
+    policy = FusePolicy("auto", torch.device("cpu"), say=lines.append)
+    policy.begin()
+    policy.end(2, [_captured(), _captured()], padded_draws=True)
+    assert policy.phase == "alone" and not policy.fuses and len(lines) == 1 and "padded" in lines[0]
+    policy = FusePolicy("auto", torch.device("cpu"))
+    policy.end(2, [SimpleNamespace(_graphed=None)] * 2, padded_draws=True)  # no captures: fused as before
+    assert policy.phase == "fuse"
