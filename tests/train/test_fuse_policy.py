@@ -15,7 +15,7 @@ import cmlgraph.train.parallel as parallel
 from cmlgraph.train.fuse_policy import TRIAL_STEPS, FusePolicy, captures_working
 from cmlgraph.train.parallel import train_parallel
 from cmlgraph.train.trainer import train
-from tests.train.test_parallel_runs import GRAPH, _assert_equal_runs, _cfg
+from tests.train.test_parallel_runs import AMMGNN, GMETA, GRAPH, _assert_equal_runs, _cfg
 
 
 def _captured() -> SimpleNamespace:
@@ -172,14 +172,16 @@ def test_a_group_on_cuda_times_both_ways_says_which_it_keeps_and_finishes(tmp_pa
         assert summary["steps_run"] == steps and summary["mean"] == summary["mean"] and "peak_gpu_mb" in summary
 
 
-@pytest.mark.parametrize("model", [{"gnn": "gcn"}, {"gnn": "gat", "gat_heads": 2}])  # k-hop plans, GAT's unions
+@pytest.mark.parametrize("model", [{"gnn": "gcn"}, {"gnn": "gat", "gat_heads": 2}, "gmeta", "ammgnn"])
 def test_runs_that_draw_dropout_over_padded_graphs_step_alone_and_equal_separate_runs(tmp_path, graphed_on_cpu,
                                                                                        monkeypatch, model):
-    # a captured k-hop step draws its masks over the padded buffers; a fused step over each task's own rows from the
-    # run's stream: fusing (in the trial, or after it) made each folder differ from its run alone
+    # a captured step on padded buffers (k-hop plans, GAT's unions, G-Meta's balls: Table 3, AMM-GNN's trees) draws
+    # its masks over the padded shapes; a fused step over each task's own rows from the run's stream: fusing (in the
+    # trial, or after it) made each folder differ from its run alone
     steps = 1 + TRIAL_STEPS + 1 + TRIAL_STEPS + 3
-    settings = {**GRAPH, "model": {**GRAPH["model"], **model, "dropout": 0.5},
-                "train": {**GRAPH["train"], "steps": steps, "val_every": 7, "log_every": 3}}
+    base = GMETA if model == "gmeta" else AMMGNN if model == "ammgnn" else \
+        {**GRAPH, "model": {**GRAPH["model"], **model, "dropout": 0.5}}
+    settings = {**base, "train": {**base["train"], "steps": steps, "val_every": 7, "log_every": 3}}
     _policy_with(monkeypatch, 3.0, 1.0)  # fusing would win a trial
     separate = [train(_cfg(settings, tmp_path, f"alone-s{s}", train__seed=s), progress=False)[0] for s in (0, 1)]
     out = io.StringIO()
