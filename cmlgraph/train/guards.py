@@ -187,6 +187,10 @@ def make_guard(cfg: Any, domain: Any, console: Any = None) -> DivergenceGuard:
     return DivergenceGuard(domain.metric, getattr(domain, "out_dim", 2), hint, emit)
 
 
+#: Share of skipped meta-batches above which the skip warning calls the training unstable and says what to change.
+SKIP_WARN_SHARE = 0.1
+
+
 def check_test_result(res: dict[str, Any], skipped: int, steps: int) -> list[str]:
     """Fail a run with nothing usable; return the warnings for the console and ``summary.json``.
 
@@ -203,6 +207,12 @@ def check_test_result(res: dict[str, Any], skipped: int, steps: int) -> list[str
         raise NumericalError(f"the model's predictions are NaN/inf on all {n} test tasks: training diverged; lower "
                              f"--inner-lr or --meta-lr, or scale the features (--features row|standard)")
     out = []
+    if skipped > 0 and n:  # --nan-policy skip (once: with the test result): how much of training was left out
+        share = skipped / steps if steps > 0 else 1.0
+        out.append(f"{skipped} of {steps} meta-batches were skipped (non-finite loss or gradient, --nan-policy skip)"
+                   + (f": training learned from {steps - skipped} steps only and was unstable; lower --inner-lr or "
+                      f"--meta-lr, or scale the features (--features row|standard)" if share >= SKIP_WARN_SHARE
+                      else ""))
     if bad:
         out.append(f"{bad} of {n} test tasks had NaN/inf predictions; they are scored as wrong (accuracy) or inf "
                    f"(MSE), not as answers")

@@ -75,6 +75,8 @@ def test_skip_policy_skips_and_counts(tmp_path):
     trainer._train_step = spy
     summary = trainer.run()
     assert summary["skipped_meta_batches"] == 2
+    # said, not only counted: 2 of 8 is a share that calls the training unstable
+    assert [w for w in summary["warnings"] if "2 of 8 meta-batches were skipped" in w and "unstable" in w]
     run = tmp_path / "runs" / "nan"
     assert json.loads((run / "summary.json").read_text())["skipped_meta_batches"] == 2
     recs = metrics(run)
@@ -201,3 +203,14 @@ def test_a_loaded_optimizer_keeps_the_capturable_setting_it_was_built_with():
     assert step.device == w.device and step.dtype == torch.float32 and float(step) == 1.0
     _keep_capturable(built, [False])  # and back: a plain optimizer's step count on the host
     assert built.param_groups[0]["capturable"] is False and built.state[w]["step"].device.type == "cpu"
+
+
+def test_a_few_skipped_meta_batches_are_said_without_alarm():
+    from cmlgraph.train.guards import check_test_result
+
+    assert check_test_result({"num_tasks": 5}, 0, 100) == []
+    (one,) = check_test_result({"num_tasks": 5}, 1, 100)
+    assert one.startswith("1 of 100 meta-batches were skipped") and "unstable" not in one
+    (many,) = check_test_result({"num_tasks": 5}, 40, 100)
+    assert "60 steps only" in many and "--meta-lr" in many
+    assert check_test_result({"num_tasks": 0}, 40, 100) == []  # (the early check before testing: said once, after)
