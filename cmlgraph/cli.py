@@ -520,6 +520,11 @@ def runs(
                       str(r["num_tasks"] or ""), status, r["date"].replace("T", " ").rstrip("Z"),
                       *([escape(format_settings(r))] if differ else []))
     console.print(table)
+    for r in records:
+        if r["status"] == "failed":
+            why = escape(str(r.get("error") or ""))
+            console.print(f"[red]{escape(r['name'])} failed[/red]: {why} (resuming repeats the same steps; start a "
+                          f"new run with other settings)")
     if any(r["warnings"] for r in records):
         console.print("[yellow]! N[/yellow]: the run gave N warnings (chance level, too few test tasks, divergence); "
                       "see `warnings` in its summary.json or `cmlgraph runs --json`")

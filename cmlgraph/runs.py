@@ -148,11 +148,16 @@ def format_settings(record: dict[str, Any]) -> str:
     return " ".join(f"{k}={'default' if v is None else v}" for k, v in (record.get("differs") or {}).items())
 
 
+#: A run folder's record of a numerical failure (written by ``Trainer.record_failure``): resuming repeats it.
+FAILED_FILE = "failed.json"
+
+
 def describe_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     """One run folder as a flat record, or ``None`` when ``folder`` is not a run folder (no ``config.yaml``).
 
     Keys: ``name``, ``path``, ``dataset``, ``task``, ``algorithm``, ``control``, ``cml``, ``ways``, ``shots``,
-    ``metric``, ``mean``, ``ci95``, ``num_tasks``, ``partial``, ``status`` (finished, running, resumable),
+    ``metric``, ``mean``, ``ci95``, ``num_tasks``, ``partial``, ``status`` (finished, running, resumable, or failed: a
+    numerical failure that resuming would repeat, its message under ``error``),
     ``step`` (last logged step), ``steps``, ``date`` (when the run started: the config's write time, ISO 8601
     UTC; ``started_s`` the same in seconds since the epoch), ``cmlgraph`` (the version that finished it, when recorded),
     ``warnings`` (the run's own warnings from ``summary.json``: chance level, too few test tasks, divergence),
@@ -167,7 +172,9 @@ def describe_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     summary = _read_json(folder / "summary.json")
     task = data.get("task", "graph")
     started = config_path.stat().st_mtime
-    status = "finished" if summary is not None else ("running" if _locked(folder) else "resumable")
+    failure = _read_json(folder / FAILED_FILE) if summary is None else None
+    status = "finished" if summary is not None else ("running" if _locked(folder) else
+                                                     "failed" if failure is not None else "resumable")
     record: dict[str, Any] = {
         "name": folder.name, "path": str(folder), "task": task,
         "dataset": data.get("graph") if task == "graph" else task,
@@ -177,6 +184,7 @@ def describe_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
         "status": status, "step": _last_step(folder / "metrics.jsonl"), "steps": train.get("steps"),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "started_s": started, "cmlgraph": None,
         "warnings": [], "settings": run_settings(cfg, summary),
+        "error": None if failure is None or status != "failed" else failure.get("message"),
     }
     if _training_free(cfg, summary):  # nothing is meta-trained: 0 of 0 steps, not 0 of the config's 500
         record["steps"], record["training_free"] = 0, True

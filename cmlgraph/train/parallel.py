@@ -56,7 +56,8 @@ from cmlgraph.core.memory import training_spans
 from cmlgraph.core.model import parameters_of
 from cmlgraph.core.objective import OuterLoss
 from cmlgraph.core.streams import generator_from_state, task_streams
-from cmlgraph.errors import CmlgraphError, ConfigError
+from cmlgraph.errors import CmlgraphError, ConfigError, NumericalError
+from cmlgraph.runs import FAILED_FILE
 from cmlgraph.train.fuse_policy import FusePolicy
 from cmlgraph.train.io import MetricsLog, kill_point
 from cmlgraph.train.trainer import Trainer, prepare
@@ -311,6 +312,8 @@ class ParallelTrainer:
                 fn()
         except Exception as exc:  # noqa: BLE001 - one failing run must not stop the others
             m.result.error = exc
+            if isinstance(exc, NumericalError):
+                m.trainer.record_failure(exc)  # listed as failed, as the run alone would be
             m.trainer._stop_prefetch()
             m.trainer._release()
             where = f" ({m.trainer.run_dir})" if m.trainer.run_dir is not None else ""
@@ -322,6 +325,7 @@ class ParallelTrainer:
             t.open_run()
         m.result.run_dir = t.run_dir
         assert t.run_dir is not None
+        (t.run_dir / FAILED_FILE).unlink(missing_ok=True)  # tried again: not failed until it fails (as Trainer.run)
         m.log = MetricsLog(t.run_dir / "metrics.jsonl")
         t._pending = []  # deferred losses: read back only when logged, as a run alone does
         from cmlgraph.train.trainer import _arm_label

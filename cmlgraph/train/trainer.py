@@ -36,6 +36,7 @@ from cmlgraph.core.model import MetaModel, inference_state, parameters_of
 from cmlgraph.domains.base import Domain
 from cmlgraph.domains.registry import build_domain, fill_defaults
 from cmlgraph.errors import CmlgraphError, ConfigError, NumericalError
+from cmlgraph.runs import FAILED_FILE
 from cmlgraph.train.distributed import setup as setup_distributed
 from cmlgraph.train.distributed import teardown as teardown_distributed
 from cmlgraph.train.evaluate import evaluate
@@ -449,11 +450,24 @@ class Trainer:
         """Meta-train, evaluate the best-validation parameters on the test tasks, write the run folder."""
         if self.run_dir is None:
             self.open_run()
+        (self.run_dir / FAILED_FILE).unlink(missing_ok=True)  # tried again (resumed): not failed until it fails
         try:
             return self._run()
+        except NumericalError as exc:
+            self.record_failure(exc)
+            raise
         finally:
             self._stop_prefetch()  # also on an error or Ctrl-C: the worker thread never outlives the run
             self._release()
+
+    def record_failure(self, exc: BaseException) -> None:
+        """Write ``failed.json`` (the error, its message and the step) into the run folder for a run stopped by a
+        numerical failure (a non-finite step under ``nan_policy: stop``, every meta-batch skipped): ``cmlgraph runs``
+        then lists it as failed, not as resumable, since resuming repeats the same steps and the same failure. A
+        run that later finishes (``summary.json``) is listed as finished whatever this file says."""
+        if self.run_dir is None or not self.dist.is_main:
+            return
+        write_json(self.run_dir / FAILED_FILE, {"error": type(exc).__name__, "message": str(exc), "step": self.step})
 
     def _run(self) -> dict[str, Any]:
         assert self.run_dir is not None

@@ -59,3 +59,23 @@ def test_runs_lists_finished_and_killed_runs(tmp_path):
 def test_runs_on_a_missing_folder_is_one_line(tmp_path):
     res = _cli(["runs", tmp_path / "nothing"], tmp_path)
     assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_numerically_failed_run_is_listed_as_failed_not_resumable(tmp_path):
+    # resuming a run stopped by a non-finite step (nan_policy stop) or by every meta-batch skipped repeats the same
+    # steps and the same failure: the listing says failed, with the message, not resumable
+    runs = tmp_path / "runs"
+    common = ["--task", "sinusoid", "--steps", "6", "--val-every", "3", "--test-tasks", "3", "--quiet",
+              "--runs-dir", runs, "--inner-lr", "1e38"]
+    stopped = _cli(["train", *common, "--name", "nan-stop"], tmp_path)
+    skipped = _cli(["train", *common, "--name", "nan-skip", "--nan-policy", "skip"], tmp_path)
+    assert stopped.returncode == 2 and skipped.returncode == 2, (stopped.stderr, skipped.stderr)
+    records = {r["name"]: r for r in list_runs(runs)}
+    assert records["nan-stop"]["status"] == "failed" and "non-finite" in records["nan-stop"]["error"]
+    skip = records["nan-skip"]
+    assert skip["status"] == "failed" and "all 6 meta-batches were skipped" in skip["error"]
+    table = _cli(["runs", runs], tmp_path)
+    assert "failed (step" in table.stdout and "nan-skip failed" in table.stdout and "resumable" not in table.stdout
+    # tried again: failed again (a killed attempt would be resumable, not failed: the record is removed first)
+    assert _cli(["train", "--resume", runs / "nan-skip", "--quiet"], tmp_path).returncode == 2
+    assert {r["name"]: r["status"] for r in list_runs(runs)}["nan-skip"] == "failed"
