@@ -620,6 +620,7 @@ class Trainer:
             elif skip:
                 self.skipped += 1
                 record["skipped"] = True
+                record["nonfinite"] = "gradient" if math.isfinite(total) else "loss"  # which one made it skip
                 record.pop("diag", None)  # a skipped step's diagnostics describe an update that was not made
             else:
                 raise NumericalError(self._nan_message(total, step))

@@ -82,6 +82,7 @@ def test_skip_policy_skips_and_counts(tmp_path):
     recs = metrics(run)
     assert [r["step"] for r in recs] == list(range(1, 9))
     assert [r["step"] for r in recs if r.get("skipped")] == [3, 6]
+    assert {r.get("nonfinite") for r in recs if r.get("skipped")} == {"gradient"}  # its loss was finite
     assert all(line.count("NaN") == 0 for line in (run / "metrics.jsonl").read_text().splitlines())
     assert set(before) == {3, 6}
 
