@@ -184,7 +184,7 @@ def describe_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
         "status": status, "step": _last_step(folder / "metrics.jsonl"), "steps": train.get("steps"),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "started_s": started, "cmlgraph": None,
         "warnings": [], "settings": run_settings(cfg, summary),
-        "error": None if failure is None or status != "failed" else failure.get("message"),
+        "error": failure.get("message") if status == "failed" else None,
     }
     if _training_free(cfg, summary):  # nothing is meta-trained: 0 of 0 steps, not 0 of the config's 500
         record["steps"], record["training_free"] = 0, True

@@ -122,16 +122,23 @@ def _host_decided_skip(trainer: Trainer) -> None:
     trainer._apply_if_finite = apply_if_finite
 
 
+def _device_and_host_runs(tmp_path, make) -> tuple[Trainer, dict, Trainer, dict]:
+    """Two runs made by ``make(folder)``, trained: one skipping on the device (the code), one deciding on the host
+    (:func:`_host_decided_skip`); each trainer with its summary."""
+    runs = []
+    for how in ("device", "host"):
+        trainer = make(tmp_path / how)
+        if how == "host":
+            _host_decided_skip(trainer)
+        runs += [trainer, trainer.run()]
+    return tuple(runs)
+
+
 @pytest.mark.parametrize("algo", ["maml", "maml++"])  # MAML++: a schedule and per-step inner learning rates
 def test_skipping_on_the_device_equals_deciding_on_the_host(tmp_path, algo):
     # steps 1 (Adam's state is created by the skipped step itself) and 4, 5 (two in a row, one flushed at 4)
-    runs = {}
-    for how in ("device", "host"):
-        trainer = _trainer(tmp_path / how, {1, 4, 5}, algo=algo, nan_policy="skip")
-        if how == "host":
-            _host_decided_skip(trainer)
-        runs[how] = (trainer, trainer.run())
-    (dev, s_dev), (host, s_host) = runs["device"], runs["host"]
+    dev, s_dev, host, s_host = _device_and_host_runs(
+        tmp_path, lambda folder: _trainer(folder, {1, 4, 5}, algo=algo, nan_policy="skip"))
     assert s_dev["skipped_meta_batches"] == s_host["skipped_meta_batches"] == 3
     for k, v in host.exp.model.state_dict().items():
         assert torch.equal(dev.exp.model.state_dict()[k], v), k
@@ -163,14 +170,12 @@ def _poison_records(trainer: Trainer, bad_steps: set[int]) -> None:
 def test_skipping_on_cuda_reads_nothing_back_and_equals_the_host_decision_on_cuda(tmp_path):
     from cmlgraph.train.sync_counter import SyncCounter
 
-    runs = {}
-    for how in ("device", "host"):
-        trainer = _trainer(tmp_path / how, set(), nan_policy="skip", device="cuda")  # cuda_graphs auto: captured
+    def make(folder):
+        trainer = _trainer(folder, set(), nan_policy="skip", device="cuda")  # cuda_graphs auto: captured
         _poison_records(trainer, {1, 4, 5})
-        if how == "host":
-            _host_decided_skip(trainer)
-        runs[how] = (trainer, trainer.run())
-    (dev, s_dev), (host, s_host) = runs["device"], runs["host"]
+        return trainer
+
+    dev, s_dev, host, s_host = _device_and_host_runs(tmp_path, make)
     assert s_dev["skipped_meta_batches"] == s_host["skipped_meta_batches"] == 3
     for k, v in host.exp.model.state_dict().items():
         # capturable Adam (the device run) rounds its bias correction in float32 on the GPU, plain Adam on the host
