@@ -32,13 +32,36 @@ def _name(func: Any) -> str:
     return f"aten.{func._schema.name.split('::', 1)[1]}"
 
 
-class SyncCounter(TorchDispatchMode):
-    """Counts the syncing ops run inside it, by op name (``counts``).
+def sync_kind(func: Any, args: tuple = (), kwargs: dict[str, Any] | None = None) -> str | None:
+    """The name under which :class:`SyncCounter` counts the aten op ``func`` called with ``args`` and ``kwargs``,
+    or ``None`` where it does not force a host-device sync on CUDA.
 
     ``repeat_interleave`` counts only without ``output_size``; a ``_to_copy``/``copy_`` counts when it moves a
     tensor from a non-CPU device to the CPU. Ops on CPU tensors that would be device-to-host copies on CUDA cannot
     be told apart here; callers count those by where their tensors live.
     """
+    kwargs = kwargs or {}
+    name = _name(func)
+    if name in SYNC_OPS:
+        return name
+    if name == "aten.repeat_interleave" and kwargs.get("output_size") is None and (len(args) < 3 or args[-1] is None):
+        return name
+    if name == "aten.index_select" and args and isinstance(args[0], torch.Tensor) and args[0].is_sparse:
+        return "aten.index_select(sparse)"  # rows of a sparse tensor: a data-dependent nnz
+    if name == "aten.index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                                    for i in (args[1] if len(args) > 1 else ()) if i is not None):
+        return "aten.index(bool mask)"
+    if name in ("aten._to_copy", "aten.copy_"):
+        src = args[1] if name == "aten.copy_" else args[0]
+        dst_cpu = (kwargs.get("device") == torch.device("cpu")) if name == "aten._to_copy" else (
+            args[0].device.type == "cpu")
+        if isinstance(src, torch.Tensor) and src.device.type != "cpu" and dst_cpu:
+            return "device-to-host copy"
+    return None
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts the syncing ops run inside it (:func:`sync_kind`), by op name (``counts``)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -46,23 +69,9 @@ class SyncCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, D105
         kwargs = kwargs or {}
-        name = _name(func)
-        if name in SYNC_OPS:
-            self.counts[name] += 1
-        elif name == "aten.repeat_interleave" and kwargs.get("output_size") is None and (
-                len(args) < 3 or args[-1] is None):
-            self.counts[name] += 1
-        elif name == "aten.index_select" and args and isinstance(args[0], torch.Tensor) and args[0].is_sparse:
-            self.counts["aten.index_select(sparse)"] += 1  # rows of a sparse tensor: a data-dependent nnz
-        elif name == "aten.index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
-                                          for i in (args[1] if len(args) > 1 else ()) if i is not None):
-            self.counts["aten.index(bool mask)"] += 1
-        elif name in ("aten._to_copy", "aten.copy_"):
-            src = args[1] if name == "aten.copy_" else args[0]
-            dst_cpu = (kwargs.get("device") == torch.device("cpu")) if name == "aten._to_copy" else (
-                args[0].device.type == "cpu")
-            if isinstance(src, torch.Tensor) and src.device.type != "cpu" and dst_cpu:
-                self.counts["device-to-host copy"] += 1
+        kind = sync_kind(func, args, kwargs)
+        if kind is not None:
+            self.counts[kind] += 1
         return func(*args, **kwargs)
 
     @property

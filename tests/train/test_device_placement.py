@@ -1,0 +1,435 @@
+"""Where each hot path's tensors live, rehearsed on PyTorch's ``meta`` device (issue 18: the GPU paths, checked
+without a GPU).
+
+:mod:`tests.train.test_sync_hot_paths` counts the ops that would sync on CUDA, but on CPU tensors: which of them
+read a *device* tensor (a real sync) and which a host tensor (free) it takes from the allow-list's word. Here the
+model and every device-side tensor live on ``meta`` (shapes, dtypes and autograd, no values), the host work runs
+on real CPU tensors as in a CUDA run, and :class:`DevicePlacement` fails at the first op that
+
+- reads a device tensor's value on the host (a sync op of :func:`cmlgraph.train.sync_counter.sync_kind` with a
+  device argument): a real host-device sync;
+- mixes a device tensor with a non-scalar CPU tensor where CUDA refuses it (a ``cat``, an ``index_select`` with a
+  CPU index, an elementwise op): a run that would stop on a GPU with "Expected all tensors to be on the same
+  device" although every CPU test passes;
+- draws a device tensor from a CPU generator, or a CPU tensor from the device's (CUDA refuses both).
+
+Rehearsed: each hot path's meta-iterations and an evaluation batch (the sync test's paths, and Table 3's G-Meta and
+AMM-GNN alone), its CUDA-graph step (padded buffers built, filled, recorded through the stand-in graph, replayed,
+captured again when outgrown), a fused ``--parallel-runs`` step of two runs (each run's dropout from its own
+generator), :func:`~cmlgraph.train.evaluate.evaluate` in chunks, and the trainer's tail of a step under both NaN
+policies. The ``meta`` device takes the branches that compare ``device.type`` with ``"cpu"`` (whole-graph dropout in
+one pass, G-Meta without per-task feature blocks, ``torch.rand`` dropout masks) but not those that test for
+``"cuda"`` (pinned copies, streams, the real capture, Adam's capturable kernels): gpu_check's CUDA-only tests cover
+those. Values are not checked here at all: the CPU tests check them.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import traceback
+from typing import Any
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from cmlgraph.api import make_config
+from cmlgraph.backbones.base import auto_batched
+from cmlgraph.core.episode import can_stack, stack
+from cmlgraph.core.model import parameters_of
+from cmlgraph.train.sync_counter import sync_kind
+from cmlgraph.train.trainer import build_experiment, prepare
+from tests.train.test_sync_hot_paths import FUSED, PATHS
+
+DEVICE = torch.device("meta")
+#: The sync test's paths, and Table 3's G-Meta and AMM-GNN runs alone (first order, dropout 0.5, sparse features).
+ALL_PATHS = {**PATHS, "gmeta-table3": (FUSED["gmeta"], None), "ammgnn-table3": (FUSED["ammgnn"], None)}
+
+#: Ops that CUDA runs with CPU tensors among their arguments: copies between devices, and advanced indexing (its
+#: CPU indices are copied to the device). ``lift_fresh`` and ``detach`` make no new data.
+MIXING_ALLOWED = frozenset({"_to_copy", "copy_", "index", "index_put_", "index_put", "_index_put_impl_",
+                            "lift_fresh", "lift_fresh_copy", "detach", "set_", "_has_compatible_shallow_copy_type"})
+#: Sparse CSR products with a dense matrix, which the meta device lacks: answered with an output of their shape
+#: (as is a coalesced COO matrix's conversion to CSR).
+SPARSE_PRODUCTS = frozenset({"_sparse_addmm", "addmm", "mm", "_sparse_mm"})
+
+
+#: Attributes of a cached sparse matrix that live on its device (:func:`cmlgraph.backbones.gnn_ops.transposable`).
+DEVICE_ATTRS = frozenset({"_cmlgraph_transpose", "_cmlgraph_transpose_perm"})
+
+
+#: Seeds from here on mark a CPU generator that stands for the device's (:func:`device_generator`): the dispatcher
+#: hands an op a new Python object for its generator, so the seed, not the object, tells them apart.
+DEVICE_SEEDS = 2**62
+
+
+def device_generator(seed: int) -> torch.Generator:
+    """A generator that :class:`DevicePlacement` takes for the device's (a GPU run's CUDA generator)."""
+    return torch.Generator().manual_seed(DEVICE_SEEDS + seed)
+
+
+class PlacementError(AssertionError):
+    """An op that a CUDA run would refuse or sync on, with the cmlgraph function that ran it."""
+
+
+def _site() -> str:
+    frame = next((f for f in reversed(traceback.extract_stack()) if "/cmlgraph/" in f.filename), None)
+    return "?" if frame is None else f"{frame.filename.rsplit('/cmlgraph/', 1)[-1]}:{frame.lineno} ({frame.name})"
+
+
+def _on_device(t: Any) -> bool:
+    return isinstance(t, torch.Tensor) and t.device.type != "cpu"
+
+
+def _host_array(t: Any) -> bool:
+    """A CPU tensor that CUDA would refuse beside a device tensor (CPU scalars, 0-d, are accepted)."""
+    return isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dim() > 0
+
+
+class DevicePlacement(TorchDispatchMode):
+    """Fails at the first op that syncs on a device tensor or mixes one with a host array (see the module's doc);
+    answers the sparse CSR products the meta device lacks with an output of their shape.
+
+    A draw onto a device tensor must come from a generator of :func:`device_generator` (``torch.Generator`` has no
+    ``meta`` device), a draw onto a CPU tensor from any other, as CUDA requires the generator's device to be the
+    tensor's.
+    """
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, D105
+        kwargs = kwargs or {}
+        op = func._schema.name.split("::", 1)[1]
+        flat, _ = tree_flatten((args, kwargs))
+        gen = kwargs.get("generator")
+        if gen is not None:
+            target = kwargs.get("device") or next((t.device for t in flat if isinstance(t, torch.Tensor)), None)
+            to_device = target is not None and torch.device(target).type != "cpu"
+            if to_device != (gen.initial_seed() >= DEVICE_SEEDS):
+                raise PlacementError(f"{op} draws {'a device' if to_device else 'a CPU'} tensor from "
+                                     f"{'a CPU' if to_device else 'the device'}'s generator at {_site()}: CUDA "
+                                     f"refuses a generator of another device")
+        if any(_on_device(t) for t in flat):
+            if any(_host_array(t) for t in flat) and op not in MIXING_ALLOWED:
+                raise PlacementError(f"{op} mixes device and CPU tensors at {_site()}: CUDA refuses it")
+            kind = sync_kind(func, args, kwargs)
+            if kind is not None:
+                raise PlacementError(f"{kind} reads a device tensor back at {_site()}: a host-device sync")
+            if op in SPARSE_PRODUCTS and any(_on_device(t) and t.layout == torch.sparse_csr for t in flat):
+                a, b = (args[1], args[2]) if op in ("_sparse_addmm", "addmm") else (args[0], args[1])
+                return torch.empty(a.shape[0], b.shape[1], dtype=b.dtype, device=b.device)
+            if op == "_to_sparse_csr" and args[0].layout == torch.sparse_coo:  # (coalesced: CUDA needs no sync)
+                coo = args[0]
+                crow = torch.empty(coo.shape[0] + 1, dtype=torch.long, device=coo.device)
+                return torch.sparse_csr_tensor(crow, coo._indices()[1], coo._values(), coo.shape)
+        return func(*args, **kwargs)
+
+
+def _to_device(value: Any) -> Any:
+    """A per-graph cache entry built on the CPU (a whole graph's adjacency with its transpose, SGC's propagated
+    features, GAT's self-looped edges) moved to :data:`DEVICE`: what a GPU run builds there once."""
+    if isinstance(value, tuple):
+        return tuple(_to_device(v) for v in value)
+    if isinstance(value, torch.Tensor) and value.layout in (torch.sparse_csr, torch.sparse_coo):
+        if value.layout == torch.sparse_csr:
+            out = torch.sparse_csr_tensor(value.crow_indices().to(DEVICE), value.col_indices().to(DEVICE),
+                                          value.values().to(DEVICE), value.shape)
+        else:
+            out = torch.sparse_coo_tensor(value._indices().to(DEVICE), value._values().to(DEVICE), value.shape,
+                                          is_coalesced=value.is_coalesced())
+        for attr, v in vars(value).items():  # a transposable matrix's transpose (device), other notes (host)
+            setattr(out, attr, _to_device(v) if attr in DEVICE_ATTRS else v)
+        return out
+    if isinstance(value, torch.Tensor) and value.layout == torch.strided:
+        return value.to(DEVICE)
+    what = f"{type(value).__name__} ({getattr(value, 'layout', '')})"
+    raise TypeError(f"no rule to move a cache entry {what} to the device")
+
+
+def _experiment_on_device(settings: dict[str, Any], batched: bool | None) -> tuple[Any, Any]:
+    """``settings``' experiment warmed up by one CPU meta-iteration (which builds the per-graph caches, each built
+    once a run, syncs allowed), then moved to :data:`DEVICE` with those caches; and an ``episodes(split, stacked)``
+    that samples a meta-batch onto the device as the prefetch worker does."""
+    cfg = prepare(make_config(**settings))
+    e = build_experiment(cfg)
+    mb = int(cfg.train.meta_batch)
+
+    def choice(device: torch.device) -> bool | None:
+        if batched is not None:
+            return batched
+        return {"auto": auto_batched(e.model.extractor, device), "on": True, "off": False}[cfg.train.batched]
+
+    def episodes(split: str, stacked: bool | None, device: torch.device = DEVICE) -> list:
+        eps = [e.domain.materialize(r, device) for r in e.domain.sample(split, mb, e.generator)]
+        e.domain.prepare_batch(eps, stacked)
+        return eps
+
+    cpu = torch.device("cpu")
+    e.algo.meta_gradients(e.model, parameters_of(e.model), episodes("train", choice(cpu), cpu), e.domain.loss_fn, 0,
+                          batched=choice(cpu))
+    full = getattr(e.domain, "_full", {})
+    if "cpu" in full:  # the whole graph and its caches, as a GPU run holds them after its first step
+        x, ei, cache = full["cpu"]
+        full[str(DEVICE)] = (_to_device(x), ei.to(DEVICE), {k: _to_device(v) for k, v in cache.items()})
+    e.model.to(DEVICE)
+    e.device = DEVICE
+    e.batched = choice(DEVICE)
+    return e, episodes
+
+
+def rehearse(settings: dict[str, Any], batched: bool | None) -> dict[str, Any]:
+    """Two meta-iterations and an evaluation batch of ``settings`` on :data:`DEVICE` under
+    :class:`DevicePlacement`; returns the loss, the meta-gradients and the predictions (meta tensors)."""
+    e, episodes = _experiment_on_device(settings, batched)
+    params = parameters_of(e.model)
+    together = auto_batched(e.model.extractor, DEVICE) is None
+    with DevicePlacement():
+        eps = episodes("train", e.batched)
+        for _ in range(2):  # the first builds the batch's layouts on the device, the second reuses them
+            ms = e.algo.meta_gradients(e.model, params, eps, e.domain.loss_fn, 1, batched=e.batched)
+        e.model.eval()
+        veps = episodes("val", None if together else False)
+        if together and can_stack(veps):
+            out, _ = e.algo.predict(e.model, params, stack(veps), e.domain.loss_fn, batched=True)
+        else:
+            out = torch.stack([e.algo.predict(e.model, params, ep, e.domain.loss_fn)[0] for ep in veps])
+    return {"loss": ms.loss.total, "grads": ms.grads, "params": params, "predictions": out,
+            "meta_batch": e.cfg.train.meta_batch}
+
+
+@pytest.mark.parametrize("path", list(ALL_PATHS))
+def test_each_hot_path_keeps_its_tensors_on_the_device(path: str, monkeypatch) -> None:
+    """No op of a meta-iteration or an evaluation batch mixes devices or reads a device tensor back: each path of
+    the sync test (k-hop and whole-graph GNNs, sparse features, dropout, ProtoNet, G-Meta, AMM-GNN, sinusoid,
+    images) would run on a GPU as far as placement goes, its results on the device."""
+    import cmlgraph.backbones.gnn as gnn
+
+    monkeypatch.setattr(gnn, "dropout_passes_batch", lambda device: True)  # whole-graph dropout as on a GPU
+    got = rehearse(*ALL_PATHS[path])
+    assert got["loss"].device == DEVICE and got["loss"].dim() == 0
+    assert set(got["grads"]) <= set(got["params"]) and got["grads"]
+    assert all(g.device == DEVICE and g.shape == got["params"][k].shape for k, g in got["grads"].items())
+    assert got["predictions"].device == DEVICE and got["predictions"].shape[0] == got["meta_batch"]
+
+
+def test_the_checker_refuses_what_cuda_refuses_and_lets_the_rest_run() -> None:
+    """The rules of :class:`DevicePlacement` on single ops: what CUDA refuses or syncs on fails, naming the op."""
+    dev = torch.ones(4, 3, device=DEVICE)
+    host = torch.arange(2)
+    refused = {
+        "index_select": lambda: dev.index_select(0, host),  # (the meta device itself accepts this one)
+        "cat": lambda: torch.cat([dev, torch.ones(1, 3)]),
+        "add": lambda: dev + torch.ones(3),
+        "embedding": lambda: torch.nn.functional.embedding(host, dev),
+    }
+    syncs = {
+        "aten._local_scalar_dense": lambda: dev.sum().item(),
+        "aten.nonzero": lambda: dev.nonzero(),
+        "aten.repeat_interleave": lambda: torch.arange(4, device=DEVICE).repeat_interleave(
+            torch.ones(4, dtype=torch.long, device=DEVICE)),
+        "aten.index(bool mask)": lambda: dev[dev[:, 0] > 0],
+        "device-to-host copy": lambda: dev.cpu(),
+    }
+    with DevicePlacement():
+        for op, fn in refused.items():
+            with pytest.raises(PlacementError, match=f"{op} mixes device and CPU tensors"):
+                fn()
+        for kind, fn in syncs.items():
+            with pytest.raises(PlacementError, match=re.escape(f"{kind} reads a device tensor back")):
+                fn()
+        # accepted on CUDA: a CPU scalar beside a device tensor, advanced indexing by CPU ids, copies to the device,
+        # and any host work on CPU tensors (its syncs are free)
+        assert (dev * torch.tensor(2.0)).device == DEVICE
+        assert dev[host].shape == (2, 3) and host.to(DEVICE).device == DEVICE
+        assert torch.arange(5).nonzero().shape == (4, 1) and int(host.sum()) == 1
+
+
+def test_sparse_products_on_the_device_are_answered_with_their_shape() -> None:
+    from cmlgraph.backbones.gnn_ops import sparse_matmul, transposable
+
+    a = _to_device(transposable(torch.eye(3)[[1, 2, 0]].to_sparse()))
+    b = torch.ones(3, 2, device=DEVICE, requires_grad=True)
+    with DevicePlacement():
+        y = sparse_matmul(a, b)
+        (g,) = torch.autograd.grad(y.sum(), b, create_graph=True)
+    assert y.shape == (3, 2) and g.shape == (3, 2) and y.device == g.device == DEVICE
+
+
+@pytest.mark.parametrize("plant", ["host index", "host read"])
+def test_a_planted_placement_bug_in_a_hot_path_is_caught(plant: str, monkeypatch) -> None:
+    """The rehearsal fails on a hot path that a GPU run would stop on or sync in, naming the function: the proto
+    head's class means given a CPU index (CUDA refuses ``index_select`` across devices) or read back once, in the
+    eager step and in the captured one."""
+    import cmlgraph.core.proto_head as proto_head
+    from cmlgraph.errors import ConfigError
+
+    original = proto_head.class_means
+
+    def planted(feats, y, ways):
+        means = original(feats, y, ways)
+        if plant == "host index":
+            return means.index_select(-2, torch.arange(ways))
+        return means * float(means.sum() != 0)
+
+    monkeypatch.setattr(proto_head, "class_means", planted)
+    expect = "index_select mixes device and CPU" if plant == "host index" else "reads a device tensor back"
+    with pytest.raises(PlacementError, match=f"{expect}.*proto_head.py"):
+        rehearse(*PATHS["khop"])
+    with pytest.raises(ConfigError, match=f"capturing the meta-step failed .*{expect}.*proto_head.py"):
+        rehearse_capture(*PATHS["khop"], monkeypatch)  # (strict: the capture's error, not the eager fallback)
+    monkeypatch.setattr(proto_head, "class_means", original)
+    rehearse(*PATHS["khop"])  # and both pass without the plant
+    assert rehearse_capture(*PATHS["khop"], monkeypatch).replays >= 4
+
+
+def rehearse_capture(settings: dict[str, Any], batched: bool | None, monkeypatch: Any, batches: int = 4) -> Any:
+    """``batches`` meta-steps of ``settings`` through a :class:`~cmlgraph.train.cuda_graphs.GraphedMetaStep` on
+    :data:`DEVICE` under :class:`DevicePlacement`: the padded buffers built and filled, the step on them recorded
+    (the stand-in graph of ``tests/conftest.py``: a real capture refuses any sync) and replayed, as on a GPU. The
+    capture's one check against the eager step compares values, which the device lacks: it passes here (on a GPU
+    it is one read, once a capture). ``strict``: a placement error raises instead of the eager fallback."""
+    from types import SimpleNamespace
+
+    import cmlgraph.train.cuda_graphs as cg
+    from tests.conftest import StandInGraph
+
+    monkeypatch.setattr(cg.GraphedMetaStep, "_record", lambda self, fn: (StandInGraph(fn, out := fn()), out))
+    monkeypatch.setattr(cg, "_close", lambda a, b: a.shape == b.shape and a.device == b.device)
+    e, episodes = _experiment_on_device(settings, batched)
+    cfg = copy.deepcopy(e.cfg)
+    cfg.train.device = "cuda"
+    with DevicePlacement():
+        first = episodes("train", e.batched)
+        why = cg.ineligible(cfg, SimpleNamespace(algo=e.algo, model=e.model, device=torch.device("cuda")),
+                            episodes=first)
+        if why is not None:
+            return why
+        step = cg.GraphedMetaStep(e.algo, e.model, e.domain.loss_fn, e.batched, strict=True)
+        for i in range(batches):
+            if i == 2 and step.buffers is not None:  # this batch outgrows the padded buffers: captured again
+                step.buffers.fits = lambda eps: False
+            out = step(first if i == 0 else episodes("train", e.batched), i)
+            assert step.failed is None and step.grow_failed is None, (step.failed, step.grow_failed)
+            assert out.loss.total.device == DEVICE
+    return step
+
+
+#: The hot paths whose meta-step a GPU run captures (:func:`cmlgraph.train.cuda_graphs.ineligible` on CUDA).
+CAPTURED = ["khop", "full", "full-gcn", "full-gat", "khop-gat", "khop-gcn", "khop-gcn-sparse", "khop-sgc-sparse",
+            "ammgnn-sparse", "khop-gcn-dropout", "khop-gcn-sparse-dropout", "full-sgc-dropout", "full-gcn-dropout",
+            "khop-gat-dropout", "gmeta", "ammgnn", "sinusoid", "digits", "gmeta-table3", "ammgnn-table3"]
+
+
+@pytest.mark.parametrize("path", CAPTURED)
+def test_each_captured_path_records_and_replays_on_the_device(path: str, monkeypatch) -> None:
+    """The CUDA-graph path (padded plan, union, ball and matched buffers, filled each step) keeps to the device
+    too: captured, checked, replayed and, where a batch outgrows the buffers, captured again, with no op that
+    mixes devices or syncs (a real capture fails at a sync)."""
+    import cmlgraph.backbones.gnn as gnn
+
+    monkeypatch.setattr(gnn, "dropout_passes_batch", lambda device: True)
+    step = rehearse_capture(*ALL_PATHS[path], monkeypatch)
+    assert not isinstance(step, str), f"not captured on a GPU: {step}"
+    assert step.captures == (1 if step.buffers is None else 2) and step.replays >= 4
+
+
+#: The fused ``--parallel-runs`` step of the sync test (Table 3's G-Meta and AMM-GNN with dropout, each run's masks
+#: from its own generator; k-hop GCN with dropout), and the same without dropout (no generators).
+FUSED_PATHS = {**{p: (FUSED[p], True) for p in FUSED},
+               **{f"{p}-no-dropout": ({**FUSED[p], "dropout": 0.0}, False) for p in FUSED}}
+
+
+@pytest.mark.parametrize("path", list(FUSED_PATHS))
+def test_a_fused_parallel_runs_step_keeps_to_the_device(path: str) -> None:
+    """Two runs' meta-step as one computation (:func:`cmlgraph.train.parallel.fused_gradients`) on the device:
+    no mixing, no sync, and each run's dropout drawn from its own device generator, as a GPU run's are."""
+    from types import SimpleNamespace
+
+    from cmlgraph.train.parallel import fused_gradients
+
+    settings, with_generators = FUSED_PATHS[path]
+    runs = [_experiment_on_device({**settings, "seed": seed}, True) for seed in (0, 1)]
+    gens = [device_generator(seed) for seed in (0, 1)] if with_generators else None
+    with DevicePlacement():
+        episodes = [eps("train", True) for _, eps in runs]
+        steps = fused_gradients([SimpleNamespace(exp=e, step=1) for e, _ in runs], episodes, generators=gens)
+    for (e, _), ms in zip(runs, steps, strict=True):
+        params = parameters_of(e.model)
+        assert ms.loss.total.device == DEVICE and set(ms.grads) == set(params)
+        assert all(ms.grads[k].device == DEVICE and ms.grads[k].shape == params[k].shape for k in params)
+
+
+def _step_tail(tmp_path, policy: str, steps_on: torch.device) -> Any:
+    """A sinusoid trainer's :meth:`~cmlgraph.train.trainer.Trainer._step_record` of one meta-step on the device
+    under :class:`DevicePlacement`, Adam's moments on the device and its step counts on ``steps_on``; Adam's own
+    update is left out (its capturable kernels accept CUDA devices only: their placement is PyTorch's)."""
+    from cmlgraph.config import Config, apply_overrides
+    from cmlgraph.train.trainer import Trainer, trained_parameters
+
+    cfg = apply_overrides(Config(), {"data": {"task": "sinusoid", "shots": 5, "queries": 5},
+                                     "model": {"hidden": 16},
+                                     "train": {"steps": 2, "meta_batch": 2, "nan_policy": policy}}, "test")
+    cfg.run.runs_dir, cfg.run.name = str(tmp_path), f"{policy}-{steps_on.type}"
+    trainer = Trainer(cfg, progress=False)
+    e = trainer.exp
+    e.model.to(DEVICE)
+    opt = e.optimizer
+    opt.param_groups[0]["params"] = trained_parameters(cfg, e.model)
+    opt.state.clear()
+    for p in opt.param_groups[0]["params"]:
+        opt.state[p] = {"step": torch.zeros((), device=steps_on), "exp_avg": torch.zeros_like(p),
+                        "exp_avg_sq": torch.zeros_like(p)}
+    opt.step = lambda *args, **kwargs: None
+    eps = [e.domain.materialize(r, DEVICE) for r in e.domain.sample("train", 2, e.generator)]
+    ms = e.algo.meta_gradients(e.model, parameters_of(e.model), eps, e.domain.loss_fn, 0, batched=True)
+    trainer._pending = []
+    with DevicePlacement():
+        record = trainer._step_record(ms)
+    return trainer, record
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_the_tail_of_a_trainer_step_keeps_to_the_device(tmp_path, policy: str) -> None:
+    """The trainer's tail of a meta-step (the losses and finiteness flag kept on the device for the next flush, the
+    optimizer step and, under ``nan_policy: skip``, its undo by ``torch.where``) neither mixes devices nor reads
+    back, Adam's state held as capturable Adam holds it on a GPU (moments and step counts on the device)."""
+    trainer, record = _step_tail(tmp_path, policy, DEVICE)
+    assert record["step"] == 1 and "loss" not in record  # filled by the next flush
+    ((step, kept, _),) = trainer._pending
+    assert step == 1 and kept.device == DEVICE and kept.shape == (4,)  # total, meta, co, finite
+    assert all(p.device == DEVICE for p in trainer.exp.model.parameters())
+
+
+def test_skip_needs_adams_step_counts_on_the_device(tmp_path) -> None:
+    """Why Adam is capturable on CUDA under ``nan_policy: skip`` (:func:`~cmlgraph.train.trainer.build_experiment`):
+    with its step counts on the host, where non-capturable Adam keeps them, the undo reads the device's flag back;
+    ``stop`` has no undo."""
+    with pytest.raises(PlacementError, match=r"device-to-host copy .*_apply_if_finite"):
+        _step_tail(tmp_path, "skip", torch.device("cpu"))
+    _step_tail(tmp_path, "stop", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("path", list(ALL_PATHS))
+def test_evaluation_keeps_to_the_device_but_for_one_read_a_chunk(path: str, monkeypatch) -> None:
+    """:func:`cmlgraph.train.evaluate.evaluate` of fixed tasks on the device (chunks sized by the input and
+    activation budgets, episodes materialized and their layouts built, the tasks adapted together): the only
+    read-back is each chunk's scores (:meth:`~cmlgraph.train.evaluate.Tally.add_tasks`, left out here: the
+    device has no values)."""
+    import cmlgraph.backbones.gnn as gnn
+    from cmlgraph.train.evaluate import Tally, evaluate
+
+    monkeypatch.setattr(gnn, "dropout_passes_batch", lambda device: True)
+    chunks: list[int] = []
+
+    def scored(self, out, co, y):
+        assert out.device == y.device == DEVICE and out.shape[:2] == y.shape[:2]
+        chunks.append(int(out.shape[0]))
+
+    monkeypatch.setattr(Tally, "add_tasks", scored)
+    monkeypatch.setattr(Tally, "result", lambda self: {})
+    e, _ = _experiment_on_device(*ALL_PATHS[path])
+    raws = e.domain.sample("test", 7, e.generator)
+    params = parameters_of(e.model)
+    with DevicePlacement():
+        evaluate(e.algo, e.model, params, e.domain, raws, DEVICE, batch_size=4)
+    assert sum(chunks) == 7 and len(chunks) >= 2
