@@ -23,6 +23,7 @@ from cmlgraph.core.inner_loop import InnerLoopConfig, inner_loop
 from cmlgraph.core.memory import training_spans
 from cmlgraph.core.model import MetaModel, group_of, sub
 from cmlgraph.core.objective import OuterLoss, _meta_and_co, mean_over_tasks
+from cmlgraph.core.transfer import to_device
 
 
 @dataclass
@@ -305,6 +306,8 @@ def add_gradient_noise(grads: Mapping[str, Tensor], noise_std: float, generator:
         if group_of(k) not in ("extractor", "head"):
             continue
         sigma = noise_std * g.norm() / math.sqrt(max(1, g.numel()))
-        z = torch.randn(g.shape, generator=generator, dtype=g.dtype).to(g.device)
+        # drawn on the host (the run's CPU generator: the same noise on any device), sent pinned and non_blocking:
+        # a plain .to("cuda") from pageable memory would synchronise the stream once per tensor and step
+        z = to_device(torch.randn(g.shape, generator=generator, dtype=g.dtype), g.device)
         out[k] = g + sigma * z
     return out

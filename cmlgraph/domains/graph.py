@@ -230,10 +230,11 @@ class GraphDomain(Domain):
                            self.tree_input(raw.query, device), to_device(raw.query_y, device))
         if self.mode == "full":
             x, ei, cache = self._full_graph(device)
-            nodes = torch.cat([raw.support, raw.query]).to(device)
+            nodes = to_device(torch.cat([raw.support, raw.query]), device)
         else:
             inp = episode_input(self.graph, torch.cat([raw.support, raw.query]), self.hops)
-            x, ei, cache, nodes = inp.x.to(device), inp.edge_index.to(device), inp.cache, inp.nodes.to(device)
+            x, ei, cache = to_device(inp.x, device), to_device(inp.edge_index, device), inp.cache
+            nodes = to_device(inp.nodes, device)
             if self.gnn["kind"] == "gat":  # its self-looped edges, built on the host (no device syncs, issue 18)
                 host = GraphInput(inp.x, inp.edge_index, inp.nodes, {})
                 cache[CACHE_PREFIX + SELF_LOOPS_KEY] = to_device(self_loop_edge_index(host), device)
@@ -241,10 +242,12 @@ class GraphDomain(Domain):
         # tasks; GAT's k-hop subgraphs as one pass over their disjoint union
         whole = self.mode == "full" and self.gnn["kind"] in ("sgc", *WHOLE_GRAPH_KINDS)
         sub = self.mode == "khop"
+        # every per-episode copy pinned and non_blocking (to_device): a plain .to("cuda") from pageable memory
+        # synchronises the stream (cudaStreamSynchronize), so the prefetch worker would wait for the running step
         return Episode(GraphInput(x, ei, nodes[:ns], cache, batch_whole=whole, subgraph=sub),
-                       raw.support_y.to(device),
+                       to_device(raw.support_y, device),
                        GraphInput(x, ei, nodes[ns:], cache, batch_whole=whole, subgraph=sub),
-                       raw.query_y.to(device))
+                       to_device(raw.query_y, device))
 
     def tree_input(self, nodes: Tensor, device: torch.device | str = "cpu") -> GraphInput:
         """A computation-tree input of ``nodes`` whose plan is built on the host now (issue 18 item 2).

@@ -11,6 +11,7 @@ from cmlgraph.backbones.conv4 import Conv4Backbone
 from cmlgraph.backbones.conv_norm import TRANSDUCTIVE, QueriesWithSupport, check_norm
 from cmlgraph.config import Config
 from cmlgraph.core.episode import Episode
+from cmlgraph.core.transfer import to_device
 from cmlgraph.domains.base import Domain
 from cmlgraph.errors import ConfigError
 from cmlgraph.images import (
@@ -77,8 +78,9 @@ class ImageDomain(Domain):
         return [sampler.sample() for _ in range(n)]
 
     def materialize(self, raw: ImageEpisode, device: torch.device | str = "cpu") -> Episode:
-        """Gather the episode's images (queries with their support images under the ``support`` norm)."""
-        sx, sy, qx, qy = (t.to(device) for t in self.dataset.episode_tensors(raw))
+        """Gather the episode's images (queries with their support images under the ``support`` norm), sent pinned
+        and ``non_blocking`` to CUDA (:func:`~cmlgraph.core.transfer.to_device`)."""
+        sx, sy, qx, qy = (to_device(t, device) for t in self.dataset.episode_tensors(raw))
         query = QueriesWithSupport(qx, sx) if self.norm == "support" else qx
         return Episode(sx, sy, query, qy)
 

@@ -8,6 +8,11 @@ its output), sparse results whose entry count depends on the data (``_coalesce``
 selections of a sparse tensor), and copies to the CPU. The ops are the same whatever the device, so
 counting them under a ``torch.utils._python_dispatch.TorchDispatchMode`` on CPU tensors shows the syncs a CUDA run
 would pay (PyTorch's own ``torch.cuda.set_sync_debug_mode`` only reports on a GPU).
+
+Not counted here: a host-to-device copy from pageable memory (a plain ``.to("cuda")``, a ``copy_`` into a device
+tensor, advanced indexing of a device tensor by CPU ids), which PyTorch follows with a stream synchronisation;
+whether a copy is one depends on where its tensors live, so ``tests/train/test_device_placement.py`` checks it,
+with the tensors placed as on a GPU, and requires such copies to go through :func:`cmlgraph.core.transfer.to_device`.
 """
 
 from __future__ import annotations

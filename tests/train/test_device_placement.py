@@ -41,11 +41,13 @@ from cmlgraph.core.episode import can_stack, stack
 from cmlgraph.core.model import parameters_of
 from cmlgraph.train.sync_counter import sync_kind
 from cmlgraph.train.trainer import build_experiment, prepare
-from tests.train.test_sync_hot_paths import FUSED, PATHS
+from tests.train.test_sync_hot_paths import FUSED, PATHS, SPARSE
 
 DEVICE = torch.device("meta")
-#: The sync test's paths, and Table 3's G-Meta and AMM-GNN runs alone (first order, dropout 0.5, sparse features).
-ALL_PATHS = {**PATHS, "gmeta-table3": (FUSED["gmeta"], None), "ammgnn-table3": (FUSED["ammgnn"], None)}
+#: The sync test's paths, Table 3's G-Meta and AMM-GNN runs alone (first order, dropout 0.5, sparse features) and
+#: GAT's k-hop subgraphs of sparse features.
+ALL_PATHS = {**PATHS, "gmeta-table3": (FUSED["gmeta"], None), "ammgnn-table3": (FUSED["ammgnn"], None),
+             "khop-gat-sparse": (dict(SPARSE, subgraph="khop", gnn="gat"), None)}  # its subgraphs' sparse rows sent
 
 #: Ops that CUDA runs with CPU tensors among their arguments: copies between devices, and advanced indexing (its
 #: CPU indices are copied to the device). ``lift_fresh`` and ``detach`` make no new data.
@@ -88,14 +90,37 @@ def _host_array(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dim() > 0
 
 
+def _host_to_device(op: str, args: tuple, kwargs: dict[str, Any]) -> bool:
+    """Whether the op copies a CPU tensor to the device."""
+    if op == "_to_copy":
+        target = kwargs.get("device")
+        return args[0].device.type == "cpu" and target is not None and torch.device(target).type != "cpu"
+    if op == "copy_":
+        return _on_device(args[0]) and isinstance(args[1], torch.Tensor) and args[1].device.type == "cpu"
+    if op in ("index", "index_put_", "index_put", "_index_put_impl_"):  # CUDA copies CPU indices over with .to()
+        return _on_device(args[0]) and any(_host_array(i) for i in args[1] if i is not None)
+    return False
+
+
+def _via_to_device() -> bool:
+    return any(f.filename.endswith("/cmlgraph/core/transfer.py") for f in traceback.extract_stack())
+
+
 class DevicePlacement(TorchDispatchMode):
     """Fails at the first op that syncs on a device tensor or mixes one with a host array (see the module's doc);
     answers the sparse CSR products the meta device lacks with an output of their shape.
 
     A draw onto a device tensor must come from a generator of :func:`device_generator` (``torch.Generator`` has no
     ``meta`` device), a draw onto a CPU tensor from any other, as CUDA requires the generator's device to be the
-    tensor's.
+    tensor's. With ``copies``, every host-to-device copy must go through :func:`cmlgraph.core.transfer.to_device`
+    (pinned, ``non_blocking`` on CUDA): PyTorch makes a plain copy from pageable memory wait for the stream
+    (``cudaStreamSynchronize`` after the copy), so a prefetch worker doing one would wait for the running step.
+    Off for what a run builds on the device once (the graph, its caches, G-Meta's ball index).
     """
+
+    def __init__(self, copies: bool = True) -> None:
+        super().__init__()
+        self.copies = copies
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, D105
         kwargs = kwargs or {}
@@ -109,6 +134,9 @@ class DevicePlacement(TorchDispatchMode):
                 raise PlacementError(f"{op} draws {'a device' if to_device else 'a CPU'} tensor from "
                                      f"{'a CPU' if to_device else 'the device'}'s generator at {_site()}: CUDA "
                                      f"refuses a generator of another device")
+        if self.copies and _host_to_device(op, args, kwargs) and not _via_to_device():
+            raise PlacementError(f"a blocking host-to-device copy ({op}) at {_site()}: a plain copy from pageable "
+                                 f"memory synchronises the CUDA stream; send it with core.transfer.to_device")
         if any(_on_device(t) for t in flat):
             if any(_host_array(t) for t in flat) and op not in MIXING_ALLOWED:
                 raise PlacementError(f"{op} mixes device and CPU tensors at {_site()}: CUDA refuses it")
@@ -174,6 +202,8 @@ def _experiment_on_device(settings: dict[str, Any], batched: bool | None) -> tup
     e.model.to(DEVICE)
     e.device = DEVICE
     e.batched = choice(DEVICE)
+    with DevicePlacement(copies=False):  # what the run builds on the device once (G-Meta's ball index, ...)
+        episodes("train", e.batched)
     return e, episodes
 
 
@@ -214,6 +244,8 @@ def test_each_hot_path_keeps_its_tensors_on_the_device(path: str, monkeypatch) -
 
 def test_the_checker_refuses_what_cuda_refuses_and_lets_the_rest_run() -> None:
     """The rules of :class:`DevicePlacement` on single ops: what CUDA refuses or syncs on fails, naming the op."""
+    from cmlgraph.core.transfer import to_device
+
     dev = torch.ones(4, 3, device=DEVICE)
     host = torch.arange(2)
     refused = {
@@ -237,11 +269,18 @@ def test_the_checker_refuses_what_cuda_refuses_and_lets_the_rest_run() -> None:
         for kind, fn in syncs.items():
             with pytest.raises(PlacementError, match=re.escape(f"{kind} reads a device tensor back")):
                 fn()
-        # accepted on CUDA: a CPU scalar beside a device tensor, advanced indexing by CPU ids, copies to the device,
+        # blocking copies to the device: a plain .to(), a copy_ into a device tensor, advanced indexing by CPU ids
+        # (CUDA copies them over with .to())
+        for fn in (lambda: host.to(DEVICE), lambda: dev[:2].copy_(torch.ones(2, 3)), lambda: dev[host]):
+            with pytest.raises(PlacementError, match="a blocking host-to-device copy"):
+                fn()
+        # accepted on CUDA: a CPU scalar beside a device tensor, copies sent by to_device (pinned, non_blocking),
         # and any host work on CPU tensors (its syncs are free)
         assert (dev * torch.tensor(2.0)).device == DEVICE
-        assert dev[host].shape == (2, 3) and host.to(DEVICE).device == DEVICE
+        assert dev[to_device(host, DEVICE)].shape == (2, 3)
         assert torch.arange(5).nonzero().shape == (4, 1) and int(host.sum()) == 1
+    with DevicePlacement(copies=False):  # what a run builds on the device once
+        assert host.to(DEVICE).device == DEVICE and dev[host].shape == (2, 3)
 
 
 def test_sparse_products_on_the_device_are_answered_with_their_shape() -> None:
@@ -315,9 +354,7 @@ def rehearse_capture(settings: dict[str, Any], batched: bool | None, monkeypatch
 
 
 #: The hot paths whose meta-step a GPU run captures (:func:`cmlgraph.train.cuda_graphs.ineligible` on CUDA).
-CAPTURED = ["khop", "full", "full-gcn", "full-gat", "khop-gat", "khop-gcn", "khop-gcn-sparse", "khop-sgc-sparse",
-            "ammgnn-sparse", "khop-gcn-dropout", "khop-gcn-sparse-dropout", "full-sgc-dropout", "full-gcn-dropout",
-            "khop-gat-dropout", "gmeta", "ammgnn", "sinusoid", "digits", "gmeta-table3", "ammgnn-table3"]
+CAPTURED = [p for p in ALL_PATHS if p != "protonet"]  # (ProtoNet has its own meta-step: never captured)
 
 
 @pytest.mark.parametrize("path", CAPTURED)
@@ -433,3 +470,18 @@ def test_evaluation_keeps_to_the_device_but_for_one_read_a_chunk(path: str, monk
     with DevicePlacement():
         evaluate(e.algo, e.model, params, e.domain, raws, DEVICE, batch_size=4)
     assert sum(chunks) == 7 and len(chunks) >= 2
+
+
+@pytest.mark.parametrize("control", ["none", "cl", "noise", "frozen-co"])
+@pytest.mark.parametrize("algo", ["maml", "anil", "boil", "mamlpp", "sharp-maml"])
+def test_every_maml_family_algorithm_and_control_keeps_to_the_device(algo: str, control: str, monkeypatch) -> None:
+    """The MAML family (BOIL's, ANIL's and MAML++'s own inner loops and learned rates, Sharp-MAML's second gradient
+    point) under each of the paper's controls (the co-learner adapted in the inner loop, gradient noise drawn on
+    the host, a frozen co-learner) on computation trees: eager, and captured where a GPU run captures it."""
+    settings = {**PATHS["khop"][0], "algo": algo, "control": control, "cml": control != "noise",
+                "first_order": algo == "maml" and control == "none"}  # (first-order MAML: FOMAML, captured too)
+    got = rehearse(settings, None)
+    assert got["loss"].device == DEVICE and all(g.device == DEVICE for g in got["grads"].values())
+    step = rehearse_capture(settings, None, monkeypatch)
+    eligible = algo in ("maml", "anil", "boil") and control != "noise"  # noise: drawn on the host each step
+    assert isinstance(step, str) != eligible, step
