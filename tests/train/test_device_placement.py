@@ -396,33 +396,61 @@ def test_a_fused_parallel_runs_step_keeps_to_the_device(path: str) -> None:
         assert all(ms.grads[k].device == DEVICE and ms.grads[k].shape == params[k].shape for k in params)
 
 
-def _step_tail(tmp_path, policy: str, steps_on: torch.device) -> Any:
-    """A sinusoid trainer's :meth:`~cmlgraph.train.trainer.Trainer._step_record` of one meta-step on the device
-    under :class:`DevicePlacement`, Adam's moments on the device and its step counts on ``steps_on``; Adam's own
-    update is left out (its capturable kernels accept CUDA devices only: their placement is PyTorch's)."""
-    from cmlgraph.config import Config, apply_overrides
+def _trainer_on_device(settings: dict[str, Any], tmp_path: Any, steps_on: torch.device = DEVICE) -> Any:
+    """A :class:`~cmlgraph.train.trainer.Trainer` of ``settings`` after one CPU step (the per-graph caches built),
+    moved to :data:`DEVICE` with those caches and one unchecked step there (what the run builds on the device
+    once); Adam's moments on the device and its step counts on ``steps_on``, its own update left out (its
+    capturable kernels accept CUDA devices only: their placement is PyTorch's)."""
     from cmlgraph.train.trainer import Trainer, trained_parameters
 
-    cfg = apply_overrides(Config(), {"data": {"task": "sinusoid", "shots": 5, "queries": 5},
-                                     "model": {"hidden": 16},
-                                     "train": {"steps": 2, "meta_batch": 2, "nan_policy": policy}}, "test")
-    cfg.run.runs_dir, cfg.run.name = str(tmp_path), f"{policy}-{steps_on.type}"
+    cfg = make_config(**{**settings, "steps": 3, "runs_dir": str(tmp_path), "name": f"{steps_on.type}-run"})
     trainer = Trainer(cfg, progress=False)
+    trainer._pending = []
+    trainer._train_step()
+    trainer.step += 1
     e = trainer.exp
+    full = getattr(e.domain, "_full", {})
+    if "cpu" in full:
+        x, ei, cache = full["cpu"]
+        full[str(DEVICE)] = (_to_device(x), ei.to(DEVICE), {k: _to_device(v) for k, v in cache.items()})
     e.model.to(DEVICE)
+    e.device = DEVICE
     opt = e.optimizer
-    opt.param_groups[0]["params"] = trained_parameters(cfg, e.model)
+    opt.param_groups[0]["params"] = trained_parameters(trainer.cfg, e.model)
     opt.state.clear()
     for p in opt.param_groups[0]["params"]:
         opt.state[p] = {"step": torch.zeros((), device=steps_on), "exp_avg": torch.zeros_like(p),
                         "exp_avg_sq": torch.zeros_like(p)}
     opt.step = lambda *args, **kwargs: None
+    with DevicePlacement(copies=False):
+        trainer._train_step()
+        trainer.step += 1
+    trainer._pending = []
+    return trainer
+
+
+def _step_tail(tmp_path, policy: str, steps_on: torch.device) -> Any:
+    """A sinusoid trainer's :meth:`~cmlgraph.train.trainer.Trainer._step_record` of one meta-step on the device
+    under :class:`DevicePlacement`, Adam's step counts on ``steps_on``."""
+    trainer = _trainer_on_device({"task": "sinusoid", "shots": 5, "queries": 5, "hidden": 16, "meta_batch": 2,
+                                  "nan_policy": policy}, tmp_path, steps_on)
+    e = trainer.exp
     eps = [e.domain.materialize(r, DEVICE) for r in e.domain.sample("train", 2, e.generator)]
     ms = e.algo.meta_gradients(e.model, parameters_of(e.model), eps, e.domain.loss_fn, 0, batched=True)
-    trainer._pending = []
     with DevicePlacement():
         record = trainer._step_record(ms)
     return trainer, record
+
+
+@pytest.mark.parametrize("path", ["sinusoid", "khop", "full-gcn-dropout", "gmeta-table3", "ammgnn-table3"])
+def test_a_whole_trainer_step_keeps_to_the_device(tmp_path, path: str) -> None:
+    """:meth:`~cmlgraph.train.trainer.Trainer._train_step` as a run takes it (its meta-batch drawn and materialized,
+    the CUDA-graph choice, the meta-gradients, the step's tail), with the run's own settings."""
+    trainer = _trainer_on_device(ALL_PATHS[path][0], tmp_path)
+    with DevicePlacement():
+        record = trainer._train_step()
+    ((step, kept, _),) = trainer._pending
+    assert record["step"] == step == 3 and kept.device == DEVICE
 
 
 @pytest.mark.parametrize("policy", ["stop", "skip"])
@@ -431,9 +459,9 @@ def test_the_tail_of_a_trainer_step_keeps_to_the_device(tmp_path, policy: str) -
     optimizer step and, under ``nan_policy: skip``, its undo by ``torch.where``) neither mixes devices nor reads
     back, Adam's state held as capturable Adam holds it on a GPU (moments and step counts on the device)."""
     trainer, record = _step_tail(tmp_path, policy, DEVICE)
-    assert record["step"] == 1 and "loss" not in record  # filled by the next flush
+    assert record["step"] == 3 and "loss" not in record  # filled by the next flush (two steps were taken before)
     ((step, kept, _),) = trainer._pending
-    assert step == 1 and kept.device == DEVICE and kept.shape == (4,)  # total, meta, co, finite
+    assert step == 3 and kept.device == DEVICE and kept.shape == (4,)  # total, meta, co, finite
     assert all(p.device == DEVICE for p in trainer.exp.model.parameters())
 
 
@@ -485,3 +513,30 @@ def test_every_maml_family_algorithm_and_control_keeps_to_the_device(algo: str, 
     step = rehearse_capture(settings, None, monkeypatch)
     eligible = algo in ("maml", "anil", "boil") and control != "noise"  # noise: drawn on the host each step
     assert isinstance(step, str) != eligible, step
+
+
+@pytest.mark.parametrize("path", ["sinusoid", "digits", "khop", "full-gcn", "khop-gat", "gmeta-table3",
+                                  "ammgnn-table3"])
+def test_fused_evaluation_of_runs_keeps_to_the_device(path: str, monkeypatch) -> None:
+    """:func:`cmlgraph.train.evaluate.evaluate_runs` (``compare``/``reproduce --parallel-runs``: several runs' fixed
+    tasks as one batch, each task adapted from its own run's parameters) on the device: the only read-back is
+    each chunk's scores, as alone."""
+    import cmlgraph.backbones.gnn as gnn
+    from cmlgraph.train.evaluate import Tally, evaluate_runs, runs_fusable
+
+    monkeypatch.setattr(gnn, "dropout_passes_batch", lambda device: True)
+    chunks: list[int] = []
+
+    def scored(self, out, co, y):
+        assert out.device == y.device == DEVICE
+        chunks.append(int(out.shape[0]))
+
+    monkeypatch.setattr(Tally, "add_tasks", scored)
+    monkeypatch.setattr(Tally, "result", lambda self: {})
+    e, _ = _experiment_on_device(*ALL_PATHS[path])
+    params = [parameters_of(e.model), {k: v * 2 for k, v in parameters_of(e.model).items()}]
+    assert runs_fusable(e.algo, e.model, params, DEVICE)
+    runs = [(p, e.domain, e.domain.sample("test", 3, e.generator)) for p in params]
+    with DevicePlacement():
+        out = evaluate_runs(e.algo, e.model, runs, DEVICE, batch_size=4)
+    assert out == [{}, {}] and sum(chunks) == 6
