@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 18's GPU evidence in one run. Steps, most needed first (GPU_CHECK_PARTS picks some, comma-separated):
 #   tests         captured = eager: the real-CUDA tests of the CUDA graphs (fixed shapes, k-hop plans, G-Meta balls,
-#                 AMM-GNN trees, GAT unions, whole-graph dropout), of the fuse-or-capture trial and of --nan-policy skip
+#                 AMM-GNN trees, GAT unions, whole-graph dropout), of the fuse-or-capture trial and of --nan-policy skip;
+#                 no host-device sync in meta-iterations, evaluation batches and replays (sync debug mode "error")
 #   bench         the bench's k-hop ratios (--quick, 10k-node graph) on CUDA
 #   default       a 200-step default graph run's wall time: CUDA (CUDA graphs auto, then off) and the CPU
 #   memory        the GPU's peak memory during such a run
@@ -127,7 +128,7 @@ if step tests 150 "CUDA graphs, captured vs eager meta-steps (tests)"; then
     timeout "$t" python -m pytest -q -k on_cuda tests/train/test_cuda_graphs.py tests/train/test_cuda_graph_balls.py \
         tests/train/test_cuda_graph_plans.py tests/train/test_cuda_graph_matched.py \
         tests/train/test_cuda_graph_unions.py tests/train/test_fuse_policy.py tests/reliability/test_numerical.py \
-        > "$out/tests.log" 2>&1 || \
+        tests/train/test_device_placement.py > "$out/tests.log" 2>&1 || \
         echo "gpu_check: the CUDA-graph tests exited with status $?"
     tail -3 "$out/tests.log"
 fi

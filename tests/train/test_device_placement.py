@@ -540,3 +540,90 @@ def test_fused_evaluation_of_runs_keeps_to_the_device(path: str, monkeypatch) ->
     with DevicePlacement():
         out = evaluate_runs(e.algo, e.model, runs, DEVICE, batch_size=4)
     assert out == [{}, {}] and sum(chunks) == 6
+
+
+#: Paths checked on a real GPU where one is lent (gpu_check's tests step): PyTorch's own detector, the ground truth
+#: that the rehearsal above stands in for.
+ON_CUDA = ["khop", "full-gcn-dropout", "khop-gat", "khop-gcn-sparse-dropout", "gmeta-table3", "ammgnn-table3",
+           "sinusoid", "digits"]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _cuda_experiment(path: str) -> tuple[Any, Any]:
+    """``path``'s experiment on ``cuda`` after one meta-iteration and one evaluation batch (the per-run caches
+    built), and its ``episodes(split, stacked)``."""
+    settings, batched = ALL_PATHS[path]
+    cfg = prepare(make_config(**settings, device="cuda"))
+    e = build_experiment(cfg)
+    mb, dev = int(cfg.train.meta_batch), e.device
+    e.batched = batched if batched is not None else {"auto": auto_batched(e.model.extractor, dev), "on": True,
+                                                      "off": False}[cfg.train.batched]
+
+    def episodes(split: str, stacked: bool | None) -> list:
+        eps = [e.domain.materialize(r, dev) for r in e.domain.sample(split, mb, e.generator)]
+        e.domain.prepare_batch(eps, stacked)
+        return eps
+
+    params = parameters_of(e.model)
+    e.algo.meta_gradients(e.model, params, episodes("train", e.batched), e.domain.loss_fn, 0, batched=e.batched)
+    e.model.eval()
+    _predict(e, params, episodes)
+    e.model.train()
+    return e, episodes
+
+
+def _predict(e: Any, params: dict[str, torch.Tensor], episodes: Any) -> torch.Tensor:
+    """An evaluation batch's predictions, as :func:`~cmlgraph.train.evaluate.evaluate` makes them."""
+    together = auto_batched(e.model.extractor, e.device) is None
+    veps = episodes("val", None if together else False)
+    if together and can_stack(veps):
+        return e.algo.predict(e.model, params, stack(veps), e.domain.loss_fn, batched=True)[0]
+    return torch.stack([e.algo.predict(e.model, params, ep, e.domain.loss_fn)[0] for ep in veps])
+
+
+@needs_cuda
+@pytest.mark.parametrize("path", ON_CUDA)
+def test_no_host_device_sync_in_a_meta_iteration_on_cuda(path: str) -> None:
+    """A meta-batch materialized (its copies to the device), two meta-iterations and an evaluation batch under
+    ``torch.cuda.set_sync_debug_mode("error")``, which raises at any host-device synchronisation: scalar reads,
+    data-dependent shapes, blocking copies (issue 18, Build item 2)."""
+    e, episodes = _cuda_experiment(path)
+    params = parameters_of(e.model)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        eps = episodes("train", e.batched)
+        for _ in range(2):
+            ms = e.algo.meta_gradients(e.model, params, eps, e.domain.loss_fn, 1, batched=e.batched)
+        e.model.eval()
+        out = _predict(e, params, episodes)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(ms.loss.total) and torch.isfinite(out).all()
+
+
+@needs_cuda
+@pytest.mark.parametrize("path", ["khop-gcn", "gmeta-table3", "ammgnn-table3", "sinusoid"])
+def test_replays_of_a_captured_step_do_not_sync_on_cuda(path: str) -> None:
+    """The CUDA-graph step: after the capture (which checks itself against the eager step: one read), a replay
+    (the batch copied into the buffers, the graph launched) never synchronises."""
+    from cmlgraph.train.cuda_graphs import GraphedMetaStep
+
+    e, episodes = _cuda_experiment(path)
+    step = GraphedMetaStep(e.algo, e.model, e.domain.loss_fn, e.batched, strict=True)
+    step(episodes("train", e.batched), 0)
+    replayed = 0
+    for i in range(1, 6):
+        eps = episodes("train", e.batched)
+        if step.buffers is not None and not step.buffers.fits(eps):
+            step(eps, i)  # outgrown: captured again (a capture may sync)
+            continue
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = step(eps, i)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        replayed += 1
+        assert torch.isfinite(out.loss.total)
+    assert replayed >= 2 and step.failed is None
