@@ -357,8 +357,8 @@ class LabelProp(TrainingFree):
         scores = propagate_labels(adjacency(s, torch.float64), seeds, steps, alpha)[q.nodes]
         share = scores / scores.sum(dim=1, keepdim=True).clamp_min(1e-300)  # each class's share of the mass
         out = share.clamp_min(1e-30).log().float()  # softmax(out) = the shares; arg-max = the most mass
-        out[~reached(scores)] = float("nan")
-        return out
+        # unreached rows NaN by a select, not a boolean-mask assignment (which reads the mask's count back on a GPU)
+        return torch.where(reached(scores).unsqueeze(-1), out, float("nan"))
 
     def run_summary(self, res: Mapping[str, Any]) -> dict[str, Any]:
         """Adds ``unreached_queries`` (test queries with no path to a support node within ``steps`` edges, scored

@@ -222,7 +222,8 @@ def _block_diag(parts: list[Tensor], rows_per: int, cols_per: int) -> Tensor:
         cols.append(m.col_indices() + i * cols_per)
         vals.append(m.values())
         offset += m.col_indices().numel()  # nnz = crow[-1], without reading it back (issue 18)
-    crows.append(torch.tensor([offset], dtype=torch.long, device=parts[0].device))
+    # a fill on the device: torch.tensor([offset], device=cuda) would copy host data over and wait for the stream
+    crows.append(torch.full((1,), offset, dtype=torch.long, device=parts[0].device))
     t = len(parts)
     # Column order is not checked (a read-back): a stable sort of sorted columns is the identity anyway.
     out = transposable_csr(torch.cat(crows), torch.cat(cols), torch.cat(vals), (t * rows_per, t * cols_per),

@@ -17,6 +17,7 @@ from cmlgraph.algorithms.base import MetaStep
 from cmlgraph.config import Config
 from cmlgraph.core.episode import Episode
 from cmlgraph.core.model import inference_state, parameters_of
+from cmlgraph.core.transfer import to_device
 from cmlgraph.domains.base import Domain
 from cmlgraph.graphs import FewShotGraph
 from cmlgraph.train.trainer import Experiment, build_experiment, prepare
@@ -128,8 +129,8 @@ class RandomImageDomain(Domain):
         return out
 
     def materialize(self, raw: Episode, device: torch.device | str = "cpu") -> Episode:
-        """Move an episode to ``device``."""
-        return Episode(*(t.to(device) for t in (raw.support_x, raw.support_y, raw.query_x, raw.query_y)))
+        """Move an episode to ``device`` as the package's domains do (pinned, ``non_blocking`` to CUDA)."""
+        return Episode(*(to_device(t, device) for t in (raw.support_x, raw.support_y, raw.query_x, raw.query_y)))
 
     def to_state(self, raws: list[Any]) -> dict[str, torch.Tensor]:  # pragma: no cover - not saved
         """Not used by the benchmark."""

@@ -44,6 +44,7 @@ from cmlgraph.train.trainer import build_experiment, prepare
 from tests.train.test_sync_hot_paths import FUSED, PATHS, SPARSE
 
 DEVICE = torch.device("meta")
+_TENSOR = torch.tensor
 #: The sync test's paths, Table 3's G-Meta and AMM-GNN runs alone (first order, dropout 0.5, sparse features) and
 #: GAT's k-hop subgraphs of sparse features.
 ALL_PATHS = {**PATHS, "gmeta-table3": (FUSED["gmeta"], None), "ammgnn-table3": (FUSED["ammgnn"], None),
@@ -106,6 +107,11 @@ def _via_to_device() -> bool:
     return any(f.filename.endswith("/cmlgraph/core/transfer.py") for f in traceback.extract_stack())
 
 
+#: Tensor constructors from host data (lists, numbers, arrays). They run below the dispatch modes' reach (the
+#: Python dispatch key is excluded while they fill the tensor), so :class:`DevicePlacement` wraps them while active.
+CONSTRUCTORS = (("torch", "tensor"), ("torch", "as_tensor"), ("Tensor", "new_tensor"))
+
+
 class DevicePlacement(TorchDispatchMode):
     """Fails at the first op that syncs on a device tensor or mixes one with a host array (see the module's doc);
     answers the sparse CSR products the meta device lacks with an output of their shape.
@@ -114,13 +120,55 @@ class DevicePlacement(TorchDispatchMode):
     ``meta`` device), a draw onto a CPU tensor from any other, as CUDA requires the generator's device to be the
     tensor's. With ``copies``, every host-to-device copy must go through :func:`cmlgraph.core.transfer.to_device`
     (pinned, ``non_blocking`` on CUDA): PyTorch makes a plain copy from pageable memory wait for the stream
-    (``cudaStreamSynchronize`` after the copy), so a prefetch worker doing one would wait for the running step.
-    Off for what a run builds on the device once (the graph, its caches, G-Meta's ball index).
+    (``cudaStreamSynchronize`` after the copy), so a prefetch worker doing one would wait for the running step;
+    ``torch.tensor(data, device=...)`` and its kin are such copies. Off for what a run builds on the device once
+    (the graph, its caches, G-Meta's ball index). While ``capturing`` (a CUDA graph's recorded step and its
+    replays), no host-to-device copy at all: a graph replays a copy from the host address it recorded.
     """
 
     def __init__(self, copies: bool = True) -> None:
         super().__init__()
         self.copies = copies
+        self.capturing = False
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def __enter__(self) -> DevicePlacement:
+        for owner, name in CONSTRUCTORS:
+            where = torch if owner == "torch" else torch.Tensor
+            real = getattr(where, name)
+            self._saved.append((where, name, real))
+            setattr(where, name, self._checked_constructor(name, real))
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        while self._saved:
+            where, name, real = self._saved.pop()
+            setattr(where, name, real)
+
+    def _checked_constructor(self, name: str, real: Any) -> Any:
+        def build(*args: Any, **kwargs: Any) -> Any:
+            data = args[1] if name == "new_tensor" else (args[0] if args else kwargs.get("data"))
+            target = kwargs.get("device")
+            if target is None and name == "new_tensor":
+                target = args[0].device
+            on_device = target is not None and torch.device(target).type != "cpu"
+            already = isinstance(data, torch.Tensor) and data.device.type != "cpu"
+            if on_device and not already:
+                self._copy(f"torch.{name}(host data, device=...)")
+            return real(*args, **kwargs)
+
+        return build
+
+    def _copy(self, what: str) -> None:
+        """A host-to-device copy: refused while capturing, and unless sent by ``to_device`` with ``copies``."""
+        if self.capturing:
+            raise PlacementError(f"a host-to-device copy ({what}) inside the captured step at {_site()}: a CUDA "
+                                 f"graph replays it from the host address it recorded; copy into the capture's "
+                                 f"buffers before the replay")
+        if self.copies and not _via_to_device():
+            raise PlacementError(f"a blocking host-to-device copy ({what}) at {_site()}: a plain copy from pageable "
+                                 f"memory synchronises the CUDA stream; send it with core.transfer.to_device")
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, D105
         kwargs = kwargs or {}
@@ -134,9 +182,10 @@ class DevicePlacement(TorchDispatchMode):
                 raise PlacementError(f"{op} draws {'a device' if to_device else 'a CPU'} tensor from "
                                      f"{'a CPU' if to_device else 'the device'}'s generator at {_site()}: CUDA "
                                      f"refuses a generator of another device")
-        if self.copies and _host_to_device(op, args, kwargs) and not _via_to_device():
-            raise PlacementError(f"a blocking host-to-device copy ({op}) at {_site()}: a plain copy from pageable "
-                                 f"memory synchronises the CUDA stream; send it with core.transfer.to_device")
+        if op in INDEX_OPS:
+            _check_indexing(op, args)
+        if _host_to_device(op, args, kwargs):
+            self._copy(op)
         if any(_on_device(t) for t in flat):
             if any(_host_array(t) for t in flat) and op not in MIXING_ALLOWED:
                 raise PlacementError(f"{op} mixes device and CPU tensors at {_site()}: CUDA refuses it")
@@ -151,6 +200,19 @@ class DevicePlacement(TorchDispatchMode):
                 crow = torch.empty(coo.shape[0] + 1, dtype=torch.long, device=coo.device)
                 return torch.sparse_csr_tensor(crow, coo._indices()[1], coo._values(), coo.shape)
         return func(*args, **kwargs)
+
+
+INDEX_OPS = frozenset({"index", "index_put_", "index_put", "_index_put_impl_"})
+
+
+def _check_indexing(op: str, args: tuple) -> None:
+    """What CUDA refuses in advanced indexing: a CPU tensor indexed by device ids ("indices should be either on
+    cpu or on the same device as the indexed tensor"), a device tensor given CPU values (not a scalar)."""
+    indices = [i for i in args[1] if i is not None] if len(args) > 1 else []
+    if args[0].device.type == "cpu" and any(_on_device(i) for i in indices):
+        raise PlacementError(f"{op} indexes a CPU tensor by device ids at {_site()}: CUDA refuses it")
+    if _on_device(args[0]) and len(args) > 2 and _host_array(args[2]):
+        raise PlacementError(f"{op} puts CPU values into a device tensor at {_site()}: CUDA refuses it")
 
 
 def _to_device(value: Any) -> Any:
@@ -279,6 +341,18 @@ def test_the_checker_refuses_what_cuda_refuses_and_lets_the_rest_run() -> None:
         assert (dev * torch.tensor(2.0)).device == DEVICE
         assert dev[to_device(host, DEVICE)].shape == (2, 3)
         assert torch.arange(5).nonzero().shape == (4, 1) and int(host.sum()) == 1
+        # built from host data on the device: a blocking copy too (below the dispatch: checked by wrapping)
+        for fn in (lambda: torch.tensor([1, 2], device=DEVICE), lambda: torch.as_tensor([1.0], device=DEVICE),
+                   lambda: dev.new_tensor([3.0])):
+            with pytest.raises(PlacementError, match=r"a blocking host-to-device copy \(torch\."):
+                fn()
+        assert torch.full((1,), 7, device=DEVICE).shape == (1,) and torch.tensor([1]).device.type == "cpu"
+        # advanced indexing that CUDA refuses: a CPU tensor by device ids, CPU values put into a device tensor
+        with pytest.raises(PlacementError, match="indexes a CPU tensor by device ids"):
+            torch.ones(4)[torch.zeros(2, dtype=torch.long, device=DEVICE)]
+        with pytest.raises(PlacementError, match="puts CPU values into a device tensor"):
+            dev.index_put_((torch.zeros(2, dtype=torch.long, device=DEVICE),), torch.ones(2, 3))
+    assert torch.tensor is _TENSOR  # the constructors are given back
     with DevicePlacement(copies=False):  # what a run builds on the device once
         assert host.to(DEVICE).device == DEVICE and dev[host].shape == (2, 3)
 
@@ -332,12 +406,32 @@ def rehearse_capture(settings: dict[str, Any], batched: bool | None, monkeypatch
     import cmlgraph.train.cuda_graphs as cg
     from tests.conftest import StandInGraph
 
-    monkeypatch.setattr(cg.GraphedMetaStep, "_record", lambda self, fn: (StandInGraph(fn, out := fn()), out))
+    placement = DevicePlacement()
+
+    class Captured(StandInGraph):
+        """The stand-in graph, its recorded step and replays run with ``capturing`` set (no host copies)."""
+
+        def replay(self) -> None:
+            placement.capturing = True
+            try:
+                super().replay()
+            finally:
+                placement.capturing = False
+
+    def record(self: Any, fn: Any) -> tuple[Any, Any]:
+        placement.capturing = True
+        try:
+            out = fn()
+        finally:
+            placement.capturing = False
+        return Captured(fn, out), out
+
+    monkeypatch.setattr(cg.GraphedMetaStep, "_record", record)
     monkeypatch.setattr(cg, "_close", lambda a, b: a.shape == b.shape and a.device == b.device)
     e, episodes = _experiment_on_device(settings, batched)
     cfg = copy.deepcopy(e.cfg)
     cfg.train.device = "cuda"
-    with DevicePlacement():
+    with placement:
         first = episodes("train", e.batched)
         why = cg.ineligible(cfg, SimpleNamespace(algo=e.algo, model=e.model, device=torch.device("cuda")),
                             episodes=first)
