@@ -41,14 +41,16 @@ from cmlgraph.core.episode import can_stack, stack
 from cmlgraph.core.model import parameters_of
 from cmlgraph.train.sync_counter import sync_kind
 from cmlgraph.train.trainer import build_experiment, prepare
-from tests.train.test_sync_hot_paths import FUSED, PATHS, SPARSE
+from tests.train.test_sync_hot_paths import FUSED, GRAPH, PATHS, SPARSE
 
 DEVICE = torch.device("meta")
 _TENSOR = torch.tensor
-#: The sync test's paths, Table 3's G-Meta and AMM-GNN runs alone (first order, dropout 0.5, sparse features) and
-#: GAT's k-hop subgraphs of sparse features.
+#: The sync test's paths, Table 3's G-Meta and AMM-GNN runs alone (first order, dropout 0.5, sparse features),
+#: GAT's k-hop subgraphs of sparse features, and GraphSAGE's and GIN's computation trees.
 ALL_PATHS = {**PATHS, "gmeta-table3": (FUSED["gmeta"], None), "ammgnn-table3": (FUSED["ammgnn"], None),
-             "khop-gat-sparse": (dict(SPARSE, subgraph="khop", gnn="gat"), None)}  # its subgraphs' sparse rows sent
+             "khop-gat-sparse": (dict(SPARSE, subgraph="khop", gnn="gat"), None),  # its subgraphs' sparse rows sent
+             "khop-sage": (dict(GRAPH, subgraph="khop", gnn="sage"), None),
+             "khop-gin": (dict(GRAPH, subgraph="khop", gnn="gin"), None)}
 
 #: Ops that CUDA runs with CPU tensors among their arguments: copies between devices, and advanced indexing (its
 #: CPU indices are copied to the device). ``lift_fresh`` and ``detach`` make no new data.
