@@ -80,7 +80,9 @@ class PlacementError(AssertionError):
 
 
 def _site() -> str:
-    frame = next((f for f in reversed(traceback.extract_stack()) if "/cmlgraph/" in f.filename), None)
+    """The innermost cmlgraph frame, past ``core/transfer.py`` (a copy is named where it was asked for)."""
+    frame = next((f for f in reversed(traceback.extract_stack()) if "/cmlgraph/" in f.filename
+                  and not f.filename.endswith("/cmlgraph/core/transfer.py")), None)
     return "?" if frame is None else f"{frame.filename.rsplit('/cmlgraph/', 1)[-1]}:{frame.lineno} ({frame.name})"
 
 
@@ -287,7 +289,7 @@ def rehearse(settings: dict[str, Any], batched: bool | None) -> dict[str, Any]:
             out, _ = e.algo.predict(e.model, params, stack(veps), e.domain.loss_fn, batched=True)
         else:
             out = torch.stack([e.algo.predict(e.model, params, ep, e.domain.loss_fn)[0] for ep in veps])
-    return {"loss": ms.loss.total, "grads": ms.grads, "params": params, "predictions": out,
+    return {"loss": ms.loss.total, "losses": ms.loss, "grads": ms.grads, "params": params, "predictions": out,
             "meta_batch": e.cfg.train.meta_batch}
 
 
@@ -301,6 +303,8 @@ def test_each_hot_path_keeps_its_tensors_on_the_device(path: str, monkeypatch) -
     monkeypatch.setattr(gnn, "dropout_passes_batch", lambda device: True)  # whole-graph dropout as on a GPU
     got = rehearse(*ALL_PATHS[path])
     assert got["loss"].device == DEVICE and got["loss"].dim() == 0
+    # all three losses: the trainer stacks them on the device (a CPU one would stop a GPU run at its first step)
+    assert all(v.device == DEVICE and v.dim() == 0 for v in (got["losses"].meta, got["losses"].co))
     assert set(got["grads"]) <= set(got["params"]) and got["grads"]
     assert all(g.device == DEVICE and g.shape == got["params"][k].shape for k, g in got["grads"].items())
     assert got["predictions"].device == DEVICE and got["predictions"].shape[0] == got["meta_batch"]
@@ -538,11 +542,15 @@ def _step_tail(tmp_path, policy: str, steps_on: torch.device) -> Any:
     return trainer, record
 
 
-@pytest.mark.parametrize("path", ["sinusoid", "khop", "full-gcn-dropout", "gmeta-table3", "ammgnn-table3"])
+TRAINER_PATHS = {p: ALL_PATHS[p][0] for p in ("sinusoid", "khop", "full-gcn-dropout", "gmeta-table3", "ammgnn-table3")}
+TRAINER_PATHS["khop-maml"] = {**ALL_PATHS["khop"][0], "cml": False}  # no co-learner: its loss term still stacked
+
+
+@pytest.mark.parametrize("path", list(TRAINER_PATHS))
 def test_a_whole_trainer_step_keeps_to_the_device(tmp_path, path: str) -> None:
     """:meth:`~cmlgraph.train.trainer.Trainer._train_step` as a run takes it (its meta-batch drawn and materialized,
     the CUDA-graph choice, the meta-gradients, the step's tail), with the run's own settings."""
-    trainer = _trainer_on_device(ALL_PATHS[path][0], tmp_path)
+    trainer = _trainer_on_device(TRAINER_PATHS[path], tmp_path)
     with DevicePlacement():
         record = trainer._train_step()
     ((step, kept, _),) = trainer._pending
@@ -606,6 +614,7 @@ def test_every_maml_family_algorithm_and_control_keeps_to_the_device(algo: str, 
                 "first_order": algo == "maml" and control == "none"}  # (first-order MAML: FOMAML, captured too)
     got = rehearse(settings, None)
     assert got["loss"].device == DEVICE and all(g.device == DEVICE for g in got["grads"].values())
+    assert got["losses"].meta.device == got["losses"].co.device == DEVICE  # (noise: no co-learner, co still there)
     step = rehearse_capture(settings, None, monkeypatch)
     eligible = algo in ("maml", "anil", "boil") and control != "noise"  # noise: drawn on the host each step
     assert isinstance(step, str) != eligible, step
