@@ -732,3 +732,19 @@ def test_replays_of_a_captured_step_do_not_sync_on_cuda(path: str) -> None:
         replayed += 1
         assert torch.isfinite(out.loss.total)
     assert replayed >= 2 and step.failed is None
+
+
+def test_a_layout_mixing_tasks_with_and_without_repeated_nodes_selects_on_the_device() -> None:
+    """:meth:`~cmlgraph.backbones.gnn_plan.TaskLayout.select_output` where one task requests a node twice (its plan
+    maps the requested nodes through ``out``) and another does not: the identity positions of the latter are made
+    on the device (no path above has repeated requested nodes, so none reaches this branch)."""
+    from cmlgraph.backbones.gnn_plan import Plan, TaskLayout
+
+    x = torch.zeros(5, 2, device=DEVICE)
+    repeated = Plan(sizes=[0, 3], mats=[], x=x, out=torch.tensor([0, 1, 1, 2]).to(DEVICE))  # 4 requests, 3 rows
+    plain = Plan(sizes=[0, 4], mats=[], x=x, out=None)
+    layout = TaskLayout([repeated, plain])
+    h = torch.ones(2 * 4, 7, device=DEVICE)
+    with DevicePlacement():
+        out = layout.select_output(h)
+    assert out.shape == (2, 4, 7) and out.device == DEVICE
