@@ -2,7 +2,7 @@
 
 On CUDA an op whose output size or value the host must know waits for the device: reading a scalar back
 (``aten._local_scalar_dense``, what ``.item()``, ``bool()`` and ``float()`` of a tensor call), the data-dependent
-shapes (``nonzero`` and the ops built on it: ``masked_select``, boolean-mask indexing, ``unique``,
+shapes (``nonzero`` and the ops built on it: ``masked_select``, boolean-mask indexing and assignment, ``unique``,
 ``repeat_interleave`` without ``output_size``; ``bincount``, whose CUDA kernel reads the largest value back to size
 its output), sparse results whose entry count depends on the data (``_coalesce``, sparse × sparse products, row
 selections of a sparse tensor), and copies to the CPU. The ops are the same whatever the device, so
@@ -53,9 +53,10 @@ def sync_kind(func: Any, args: tuple = (), kwargs: dict[str, Any] | None = None)
         return name
     if name == "aten.index_select" and args and isinstance(args[0], torch.Tensor) and args[0].is_sparse:
         return "aten.index_select(sparse)"  # rows of a sparse tensor: a data-dependent nnz
-    if name == "aten.index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
-                                    for i in (args[1] if len(args) > 1 else ()) if i is not None):
-        return "aten.index(bool mask)"
+    if name in ("aten.index", "aten.index_put_", "aten.index_put", "aten._index_put_impl_") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ())
+            if i is not None):
+        return f"{'aten.index' if name == 'aten.index' else 'aten.index_put'}(bool mask)"  # reads and assignments
     if name in ("aten._to_copy", "aten.copy_"):
         src = args[1] if name == "aten.copy_" else args[0]
         dst_cpu = (kwargs.get("device") == torch.device("cpu")) if name == "aten._to_copy" else (

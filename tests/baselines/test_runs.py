@@ -100,3 +100,17 @@ def test_what_does_not_apply_is_refused(tmp_path, settings, match):
     with pytest.raises(ConfigError, match=match):
         cmlgraph.fit_config(cfg)
     assert not any(tmp_path.iterdir())
+
+
+def test_label_prop_marks_unreached_queries_without_a_boolean_mask_assignment():
+    """Unreached queries' rows are NaN by a select: a boolean-mask assignment would read the mask back once per task
+    on a GPU (``aten.index_put(bool mask)``, counted on the CPU by SyncCounter)."""
+    from cmlgraph.train.sync_counter import SyncCounter
+    from cmlgraph.train.trainer import build_experiment, prepare
+
+    e = build_experiment(prepare(cmlgraph.make_config(**TINY, algo="label-prop", prop_steps=1, prop_alpha=0.1)))
+    eps = [e.domain.materialize(r) for r in e.domain.sample("test", 4, torch.Generator().manual_seed(0))]
+    with SyncCounter() as counter:
+        outs = [e.algo.logits(e.model, ep) for ep in eps]
+    assert "aten.index_put(bool mask)" not in counter.counts, counter.counts
+    assert any(torch.isnan(o).all(dim=1).any() for o in outs)  # one step: some queries unreached, NaN rows

@@ -47,3 +47,13 @@ def test_finite_flag_stays_on_the_device() -> None:
     grads["w3"][1, 1] = float("nan")
     assert not bool(_finite_flag(grads, torch.tensor(0.5)))
     assert not bool(_finite_flag({"w": torch.ones(2)}, torch.tensor(float("inf"))))
+
+
+def test_counts_a_boolean_mask_assignment() -> None:
+    """``x[mask] = v`` finds the mask's entries (``nonzero``) before it writes: a sync on CUDA like ``x[mask]``."""
+    x, mask = torch.randn(4, 3), torch.tensor([True, False, True, False])
+    with SyncCounter() as c:
+        x[~mask] = float("nan")
+        x.index_put_((mask,), torch.tensor(1.0))
+        x[torch.tensor([0, 2])] = 0.0  # integer ids: no sync
+    assert c.counts == {"aten.index_put(bool mask)": 2}, c.counts
