@@ -17,7 +17,7 @@ from cmlgraph.algorithms.base import MetaStep
 from cmlgraph.config import Config
 from cmlgraph.core.episode import Episode
 from cmlgraph.core.model import inference_state, parameters_of
-from cmlgraph.core.transfer import to_device
+from cmlgraph.core.transfer import episode_to_device
 from cmlgraph.domains.base import Domain
 from cmlgraph.graphs import FewShotGraph
 from cmlgraph.train.trainer import Experiment, build_experiment, prepare
@@ -130,7 +130,7 @@ class RandomImageDomain(Domain):
 
     def materialize(self, raw: Episode, device: torch.device | str = "cpu") -> Episode:
         """Move an episode to ``device`` as the package's domains do (pinned, ``non_blocking`` to CUDA)."""
-        return Episode(*(to_device(t, device) for t in (raw.support_x, raw.support_y, raw.query_x, raw.query_y)))
+        return episode_to_device(raw, device)
 
     def to_state(self, raws: list[Any]) -> dict[str, torch.Tensor]:  # pragma: no cover - not saved
         """Not used by the benchmark."""

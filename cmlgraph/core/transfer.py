@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from cmlgraph.core.episode import Episode
+
 
 def to_device(t: Tensor, device: torch.device | str) -> Tensor:
     """``t`` on ``device``: pinned and ``non_blocking`` from the CPU to CUDA; ``t`` itself when it is there already.
@@ -35,4 +37,10 @@ def to_device(t: Tensor, device: torch.device | str) -> Tensor:
     return t.to(device)
 
 
-__all__ = ["to_device"]
+def episode_to_device(ep: Episode, device: torch.device | str) -> Episode:
+    """An episode of plain tensors (support and query inputs and targets) on ``device``, each sent by
+    :func:`to_device`."""
+    return Episode(*(to_device(t, device) for t in (ep.support_x, ep.support_y, ep.query_x, ep.query_y)))
+
+
+__all__ = ["episode_to_device", "to_device"]

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from cmlgraph.backbones.mlp import MLPBackbone
 from cmlgraph.core.episode import Episode
-from cmlgraph.core.transfer import to_device
+from cmlgraph.core.transfer import episode_to_device
 from cmlgraph.domains.base import Domain
 
 
@@ -45,9 +45,9 @@ class SinusoidDomain(Domain):
         return [Episode(x[i, :k], y[i, :k], x[i, k:], y[i, k:]) for i in range(n)]
 
     def materialize(self, raw: Episode, device: torch.device | str = "cpu") -> Episode:
-        """Move the episode to ``device``: pinned and ``non_blocking`` to CUDA
-        (:func:`~cmlgraph.core.transfer.to_device`; a plain copy from pageable memory waits for the running step)."""
-        return Episode(*(to_device(t, device) for t in (raw.support_x, raw.support_y, raw.query_x, raw.query_y)))
+        """Move the episode to ``device``: pinned and ``non_blocking`` to CUDA (a plain copy from pageable memory
+        waits for the running step; :func:`~cmlgraph.core.transfer.episode_to_device`)."""
+        return episode_to_device(raw, device)
 
     def to_state(self, raws: list[Episode]) -> dict[str, Tensor]:
         """Stack the points of the episodes."""

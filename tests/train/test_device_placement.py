@@ -240,31 +240,45 @@ def _to_device(value: Any) -> Any:
     raise TypeError(f"no rule to move a cache entry {what} to the device")
 
 
-def _experiment_on_device(settings: dict[str, Any], batched: bool | None) -> tuple[Any, Any]:
-    """``settings``' experiment warmed up by one CPU meta-iteration (which builds the per-graph caches, each built
-    once a run, syncs allowed), then moved to :data:`DEVICE` with those caches; and an ``episodes(split, stacked)``
-    that samples a meta-batch onto the device as the prefetch worker does."""
-    cfg = prepare(make_config(**settings))
+def _built(settings: dict[str, Any], batched: bool | None, device: str = "cpu") -> tuple[Any, Any, Any]:
+    """``settings``' experiment on ``device``, ``choice(device)`` (the meta-step's ``batched`` there) and
+    ``episodes(split, stacked, device=e.device)``, which samples a meta-batch onto the device as the prefetch worker
+    does."""
+    cfg = prepare(make_config(**settings, device=device))
     e = build_experiment(cfg)
     mb = int(cfg.train.meta_batch)
 
-    def choice(device: torch.device) -> bool | None:
+    def choice(dev: torch.device) -> bool | None:
         if batched is not None:
             return batched
-        return {"auto": auto_batched(e.model.extractor, device), "on": True, "off": False}[cfg.train.batched]
+        return {"auto": auto_batched(e.model.extractor, dev), "on": True, "off": False}[cfg.train.batched]
 
-    def episodes(split: str, stacked: bool | None, device: torch.device = DEVICE) -> list:
-        eps = [e.domain.materialize(r, device) for r in e.domain.sample(split, mb, e.generator)]
+    def episodes(split: str, stacked: bool | None, dev: torch.device | None = None) -> list:
+        dev = e.device if dev is None else dev
+        eps = [e.domain.materialize(r, dev) for r in e.domain.sample(split, mb, e.generator)]
         e.domain.prepare_batch(eps, stacked)
         return eps
 
-    cpu = torch.device("cpu")
-    e.algo.meta_gradients(e.model, parameters_of(e.model), episodes("train", choice(cpu), cpu), e.domain.loss_fn, 0,
-                          batched=choice(cpu))
-    full = getattr(e.domain, "_full", {})
-    if "cpu" in full:  # the whole graph and its caches, as a GPU run holds them after its first step
+    return e, choice, episodes
+
+
+def _move_graph_caches(domain: Any) -> None:
+    """The whole graph and its caches, built on the CPU, put on :data:`DEVICE` as a GPU run holds them after its
+    first step."""
+    full = getattr(domain, "_full", {})
+    if "cpu" in full:
         x, ei, cache = full["cpu"]
         full[str(DEVICE)] = (_to_device(x), ei.to(DEVICE), {k: _to_device(v) for k, v in cache.items()})
+
+
+def _experiment_on_device(settings: dict[str, Any], batched: bool | None) -> tuple[Any, Any]:
+    """``settings``' experiment warmed up by one CPU meta-iteration (which builds the per-graph caches, each built
+    once a run, syncs allowed), then moved to :data:`DEVICE` with those caches; and its ``episodes(split,
+    stacked)``, now onto the device."""
+    e, choice, episodes = _built(settings, batched)
+    e.algo.meta_gradients(e.model, parameters_of(e.model), episodes("train", choice(e.device)), e.domain.loss_fn, 0,
+                          batched=choice(e.device))
+    _move_graph_caches(e.domain)
     e.model.to(DEVICE)
     e.device = DEVICE
     e.batched = choice(DEVICE)
@@ -278,17 +292,12 @@ def rehearse(settings: dict[str, Any], batched: bool | None) -> dict[str, Any]:
     :class:`DevicePlacement`; returns the loss, the meta-gradients and the predictions (meta tensors)."""
     e, episodes = _experiment_on_device(settings, batched)
     params = parameters_of(e.model)
-    together = auto_batched(e.model.extractor, DEVICE) is None
     with DevicePlacement():
         eps = episodes("train", e.batched)
         for _ in range(2):  # the first builds the batch's layouts on the device, the second reuses them
             ms = e.algo.meta_gradients(e.model, params, eps, e.domain.loss_fn, 1, batched=e.batched)
         e.model.eval()
-        veps = episodes("val", None if together else False)
-        if together and can_stack(veps):
-            out, _ = e.algo.predict(e.model, params, stack(veps), e.domain.loss_fn, batched=True)
-        else:
-            out = torch.stack([e.algo.predict(e.model, params, ep, e.domain.loss_fn)[0] for ep in veps])
+        out = _predict(e, params, episodes)
     return {"loss": ms.loss.total, "losses": ms.loss, "grads": ms.grads, "params": params, "predictions": out,
             "meta_batch": e.cfg.train.meta_batch}
 
@@ -509,10 +518,7 @@ def _trainer_on_device(settings: dict[str, Any], tmp_path: Any, steps_on: torch.
     trainer._train_step()
     trainer.step += 1
     e = trainer.exp
-    full = getattr(e.domain, "_full", {})
-    if "cpu" in full:
-        x, ei, cache = full["cpu"]
-        full[str(DEVICE)] = (_to_device(x), ei.to(DEVICE), {k: _to_device(v) for k, v in cache.items()})
+    _move_graph_caches(e.domain)
     e.model.to(DEVICE)
     e.device = DEVICE
     opt = e.optimizer
@@ -578,6 +584,17 @@ def test_skip_needs_adams_step_counts_on_the_device(tmp_path) -> None:
     _step_tail(tmp_path, "stop", torch.device("cpu"))
 
 
+def _scored_chunks(monkeypatch: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each evaluation chunk's predictions and targets, recorded in place of its one read-back
+    (:meth:`~cmlgraph.train.evaluate.Tally.add_tasks`: the device has no values to read)."""
+    from cmlgraph.train.evaluate import Tally
+
+    scored: list[tuple[torch.Tensor, torch.Tensor]] = []
+    monkeypatch.setattr(Tally, "add_tasks", lambda self, out, co, y: scored.append((out, y)))
+    monkeypatch.setattr(Tally, "result", lambda self: {})
+    return scored
+
+
 @pytest.mark.parametrize("path", list(ALL_PATHS))
 def test_evaluation_keeps_to_the_device_but_for_one_read_a_chunk(path: str, monkeypatch) -> None:
     """:func:`cmlgraph.train.evaluate.evaluate` of fixed tasks on the device (chunks sized by the input and
@@ -585,22 +602,17 @@ def test_evaluation_keeps_to_the_device_but_for_one_read_a_chunk(path: str, monk
     read-back is each chunk's scores (:meth:`~cmlgraph.train.evaluate.Tally.add_tasks`, left out here: the
     device has no values)."""
     import cmlgraph.backbones.gnn as gnn
-    from cmlgraph.train.evaluate import Tally, evaluate
+    from cmlgraph.train.evaluate import evaluate
 
     monkeypatch.setattr(gnn, "dropout_passes_batch", lambda device: True)
-    chunks: list[int] = []
-
-    def scored(self, out, co, y):
-        assert out.device == y.device == DEVICE and out.shape[:2] == y.shape[:2]
-        chunks.append(int(out.shape[0]))
-
-    monkeypatch.setattr(Tally, "add_tasks", scored)
-    monkeypatch.setattr(Tally, "result", lambda self: {})
+    scored = _scored_chunks(monkeypatch)
     e, _ = _experiment_on_device(*ALL_PATHS[path])
     raws = e.domain.sample("test", 7, e.generator)
     params = parameters_of(e.model)
     with DevicePlacement():
         evaluate(e.algo, e.model, params, e.domain, raws, DEVICE, batch_size=4)
+    assert all(out.device == y.device == DEVICE and out.shape[:2] == y.shape[:2] for out, y in scored)
+    chunks = [out.shape[0] for out, _ in scored]
     assert sum(chunks) == 7 and len(chunks) >= 2
 
 
@@ -627,24 +639,18 @@ def test_fused_evaluation_of_runs_keeps_to_the_device(path: str, monkeypatch) ->
     tasks as one batch, each task adapted from its own run's parameters) on the device: the only read-back is
     each chunk's scores, as alone."""
     import cmlgraph.backbones.gnn as gnn
-    from cmlgraph.train.evaluate import Tally, evaluate_runs, runs_fusable
+    from cmlgraph.train.evaluate import evaluate_runs, runs_fusable
 
     monkeypatch.setattr(gnn, "dropout_passes_batch", lambda device: True)
-    chunks: list[int] = []
-
-    def scored(self, out, co, y):
-        assert out.device == y.device == DEVICE
-        chunks.append(int(out.shape[0]))
-
-    monkeypatch.setattr(Tally, "add_tasks", scored)
-    monkeypatch.setattr(Tally, "result", lambda self: {})
+    scored = _scored_chunks(monkeypatch)
     e, _ = _experiment_on_device(*ALL_PATHS[path])
     params = [parameters_of(e.model), {k: v * 2 for k, v in parameters_of(e.model).items()}]
     assert runs_fusable(e.algo, e.model, params, DEVICE)
     runs = [(p, e.domain, e.domain.sample("test", 3, e.generator)) for p in params]
     with DevicePlacement():
         out = evaluate_runs(e.algo, e.model, runs, DEVICE, batch_size=4)
-    assert out == [{}, {}] and sum(chunks) == 6
+    assert all(o.device == y.device == DEVICE for o, y in scored)
+    assert out == [{}, {}] and sum(o.shape[0] for o, _ in scored) == 6
 
 
 #: Paths checked on a real GPU where one is lent (gpu_check's tests step): PyTorch's own detector, the ground truth
@@ -657,18 +663,8 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def _cuda_experiment(path: str) -> tuple[Any, Any]:
     """``path``'s experiment on ``cuda`` after one meta-iteration and one evaluation batch (the per-run caches
     built), and its ``episodes(split, stacked)``."""
-    settings, batched = ALL_PATHS[path]
-    cfg = prepare(make_config(**settings, device="cuda"))
-    e = build_experiment(cfg)
-    mb, dev = int(cfg.train.meta_batch), e.device
-    e.batched = batched if batched is not None else {"auto": auto_batched(e.model.extractor, dev), "on": True,
-                                                      "off": False}[cfg.train.batched]
-
-    def episodes(split: str, stacked: bool | None) -> list:
-        eps = [e.domain.materialize(r, dev) for r in e.domain.sample(split, mb, e.generator)]
-        e.domain.prepare_batch(eps, stacked)
-        return eps
-
+    e, choice, episodes = _built(*ALL_PATHS[path], device="cuda")
+    e.batched = choice(e.device)
     params = parameters_of(e.model)
     e.algo.meta_gradients(e.model, params, episodes("train", e.batched), e.domain.loss_fn, 0, batched=e.batched)
     e.model.eval()
@@ -748,3 +744,4 @@ def test_a_layout_mixing_tasks_with_and_without_repeated_nodes_selects_on_the_de
     with DevicePlacement():
         out = layout.select_output(h)
     assert out.shape == (2, 4, 7) and out.device == DEVICE
+
