@@ -745,3 +745,14 @@ def test_a_layout_mixing_tasks_with_and_without_repeated_nodes_selects_on_the_de
         out = layout.select_output(h)
     assert out.shape == (2, 4, 7) and out.device == DEVICE
 
+
+def test_the_benchs_image_episodes_go_to_the_device_as_the_packages_do() -> None:
+    """``cmlgraph bench``'s random-image workload sends its episodes with ``to_device`` like the package's domains,
+    so a GPU bench does not time stream synchronisations that training no longer pays."""
+    from cmlgraph.bench.workloads import RandomImageDomain
+
+    domain = RandomImageDomain(ways=3, shots=1, queries=2, channels=1, size=28, pool=2)
+    raw = domain.sample("train", 1, torch.Generator().manual_seed(0))[0]
+    with DevicePlacement():
+        ep = domain.materialize(raw, DEVICE)
+    assert ep.support_x.device == ep.query_y.device == DEVICE and ep.support_x.shape == raw.support_x.shape
