@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-import torch
 from torch import Tensor
 
 from cmlgraph.algorithms.base import MetaAlgorithm
@@ -42,10 +41,9 @@ class AMMGNN(MetaAlgorithm):
 
     def regulariser(self, params: Mapping[str, Tensor], episodes: Sequence[Episode]) -> Tensor:
         """The mean attribute-matching regulariser of the meta-batch's tasks, added to MAML's (CML) objective."""
-        from cmlgraph.backbones.ammgnn import match_regulariser
+        from cmlgraph.backbones.ammgnn import match_regulariser_tasks
 
-        enc = sub(params, "extractor")
-        return torch.stack([match_regulariser(enc, ep.query_x) for ep in episodes]).mean()
+        return match_regulariser_tasks(sub(params, "extractor"), [ep.query_x for ep in episodes]).mean()
 
 
 __all__ = ["AMMGNN", "GMeta"]

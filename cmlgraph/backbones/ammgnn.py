@@ -17,6 +17,7 @@ aggregation ``(Â X)`` stays a per-task constant and sparse features stay sparse
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,12 +102,26 @@ def match_values(weight: Tensor, bias: Tensor, rows: Tensor) -> Tensor:
 
 def match_regulariser(params: dict[str, Tensor], inputs: MatchedInput) -> Tensor:
     """``−0.01·[cos(α₁, α₂) + cos(β₁, β₂)]`` of one task (``params``: the encoder's unbatched weights)."""
-    rows = inputs.memo.get(MATCH_ROWS_KEY)
-    if rows is None:
-        rows = match_rows(inputs.graph, inputs.match)
-    a = match_values(params["match_alpha.weight"], params["match_alpha.bias"], rows)
+    return match_regulariser_tasks(params, [inputs])[0]
+
+
+def match_regulariser_tasks(params: dict[str, Tensor], inputs: Sequence[MatchedInput]) -> Tensor:
+    """:func:`match_regulariser` of ``T`` tasks at once: ``Tensor[T]``.
+
+    One stacked pass over the tasks' drawn rows ``[T, 2, k, F]`` instead of one small pass a task: the
+    regulariser and its (double) backward cost the same kernels for any meta-batch (issue 18 item 3; a task
+    loop cost about 50 device ops a task, forward and backward).
+
+    Args:
+        params: The encoder's unbatched weights (``match_alpha.*``, ``match_beta.*``).
+        inputs: The tasks' query inputs (each with its drawn ``match`` ids, or their rows in ``memo``).
+    """
+    rows = torch.stack([it.memo[MATCH_ROWS_KEY] if MATCH_ROWS_KEY in it.memo else match_rows(it.graph, it.match)
+                        for it in inputs])  # [T, 2, k, F]
+    a = match_values(params["match_alpha.weight"], params["match_alpha.bias"], rows)  # [T, 2, F]
     b = match_values(params["match_beta.weight"], params["match_beta.bias"], rows)
-    return -MATCH_SCALE * (F.cosine_similarity(a[0], a[1], dim=0) + F.cosine_similarity(b[0], b[1], dim=0))
+    return -MATCH_SCALE * (F.cosine_similarity(a[:, 0], a[:, 1], dim=-1)
+                           + F.cosine_similarity(b[:, 0], b[:, 1], dim=-1))
 
 
 def rownorm_rows(g: GraphInput) -> Tensor:
@@ -230,4 +245,5 @@ class MatchedGCN(Backbone):
 
 
 __all__ = ["MATCH_ROWS_KEY", "MATCH_SCALE", "STATIC_STACK_KEY", "MatchedBatch", "MatchedGCN", "MatchedInput",
-           "match_regulariser", "match_rows", "match_values", "prepare_rownorm_plan", "rownorm_rows"]
+           "match_regulariser", "match_regulariser_tasks", "match_rows", "match_values", "prepare_rownorm_plan",
+           "rownorm_rows"]

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cmlgraph.algorithms.tlp import AMMGNN
-from cmlgraph.backbones.ammgnn import MatchedGCN, MatchedInput, match_regulariser
+from cmlgraph.backbones.ammgnn import MatchedGCN, MatchedInput, match_regulariser, match_regulariser_tasks
 from cmlgraph.config import AlgoConfig
 from cmlgraph.core.episode import Episode
 from cmlgraph.core.inner_loop import inner_loop
@@ -54,6 +54,30 @@ def test_modulation_and_regulariser_equal_hand_computation():
     reg = float(match_regulariser(params, _input(x, ei, nodes, match)))
     want = -0.01 * (_cos(alpha[0], alpha[1]) + _cos(beta[0], beta[1]))
     assert abs(reg - want) < 1e-6
+
+
+def test_the_meta_batchs_regularisers_in_one_pass_equal_each_tasks_with_their_gradients():
+    """(issue 18 item 3) The regulariser of a meta-batch runs as one stacked pass; its values and α/β gradients
+    equal each task's own, and AMM-GNN's outer term is their mean."""
+    x, ei = _graph(2)
+    enc = MatchedGCN(6, hidden=4, dropout=0.5, match_size=3)
+    params = {k: v for k, v in enc.named_parameters()}
+    inputs = [_input(x, ei, [0, 1], [[0, 4, 9], [12, 2, 7]]), _input(x, ei, [5, 8], [[1, 1, 3], [6, 10, 11]]),
+              _input(x, ei, [2, 12], [[12, 12, 0], [5, 4, 3]])]
+    together = match_regulariser_tasks(params, inputs)
+    alone = torch.stack([match_regulariser(params, it) for it in inputs])
+    assert together.shape == (3,)
+    torch.testing.assert_close(together, alone, rtol=1e-6, atol=1e-9)
+    keys = [k for k in params if k.startswith("match_")]
+    g_together = torch.autograd.grad(together.sum(), [params[k] for k in keys])
+    g_alone = torch.autograd.grad(sum(match_regulariser(params, it) for it in inputs), [params[k] for k in keys])
+    for a, b in zip(g_together, g_alone, strict=True):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9)
+    eps = [Episode(None, None, it, None) for it in inputs]
+    algo = AMMGNN(AlgoConfig(algo="ammgnn"))
+    reg = algo.regulariser({f"extractor.{k}": v for k, v in params.items()}, eps)
+    torch.testing.assert_close(reg, alone.mean())
 
 
 def test_batched_tasks_equal_one_by_one():
