@@ -35,6 +35,8 @@ OVERHEAD_GRAPHS = ("synthetic-10k", "amazon-clothing")
 TARGETS = {"graph/amazon-clothing:khop/ref-a": 30.0, "graph/amazon-clothing:khop/ref-b": 5.0,
            "images/conv4-84px:batched/loop": 1.5, "gmeta/amazon-computers:batched/per-node": 20.0}
 CML_TARGET = 1.25
+#: Ratio metric of the op counts: tasks per 1000 aten ops (``cmlgraph.bench.worker.count_ops``; on CUDA the device's).
+OPS_METRIC = "tasks_per_kop"
 #: ms per meta-iteration on the 1M-node graph ÷ on the 10k-node one (same average degree).
 SCALE_TARGET = 1.5
 #: Peak-memory targets (MiB): training on Amazon-Clothing (1 GiB) and on the 1M-node graph (4 GiB).
@@ -170,11 +172,23 @@ def build_ratios(cases: list[Case]) -> list[Ratio]:
         add(f"gmeta/{key}:batched/batched-float", f"gmeta/{key}/batched", f"gmeta/{key}/batched-float")
         add(f"gmeta/{key}:batched-graphed/per-node", f"gmeta/{key}/batched-graphed", f"gmeta/{key}/per-node")
         add(f"gmeta/{key}:batched-graphed/batched", f"gmeta/{key}/batched-graphed", f"gmeta/{key}/batched")
+    # Ops per task (tasks per 1000 ops, cmlgraph ÷ reference): on a launch-bound GPU an eager step's time follows
+    # its op count, so these predict the GPU's eager ratios on any machine (no targets: measured, not timed)
+    for prefix in sorted({c.name.rsplit("/", 1)[0] for c in cases if c.domain in ("sinusoid", "images")}):
+        add(f"{prefix}:batched/loop ops", f"{prefix}/batched", f"{prefix}/loop", OPS_METRIC)
+    for key in GRAPHS:
+        base = f"graph/{key}"
+        for variant in ("khop", "khop-graphed", "full"):
+            add(f"{base}:{variant}/ref-a ops", f"{base}/{variant}", f"{base}/ref-a", OPS_METRIC)
+    for key in GMETA_GRAPHS:
+        for variant in ("batched", "batched-float", "batched-graphed"):
+            add(f"gmeta/{key}:{variant}/per-node ops", f"gmeta/{key}/{variant}", f"gmeta/{key}/per-node",
+                OPS_METRIC)
     add("graph/synthetic-1m÷10k:khop ms", "graph/synthetic-1m/khop", "graph/synthetic-10k/khop", "ms_per_iter", "<=",
         SCALE_TARGET)
     return out
 
 
-__all__ = ["AUTO_GRAPHS", "CML_TARGET", "DOMAINS", "GMETA_GRAPHS", "GRAPHS", "MEMORY_TARGETS_MB", "OVERHEAD_GRAPHS",
-           "QUICK_GRAPHS", "SCALE_TARGET", "TARGETS", "Case", "Ratio", "build_cases", "build_ratios", "gmeta_cases",
-           "graph_cases"]
+__all__ = ["AUTO_GRAPHS", "CML_TARGET", "DOMAINS", "GMETA_GRAPHS", "GRAPHS", "MEMORY_TARGETS_MB", "OPS_METRIC",
+           "OVERHEAD_GRAPHS", "QUICK_GRAPHS", "SCALE_TARGET", "TARGETS", "Case", "Ratio", "build_cases",
+           "build_ratios", "gmeta_cases", "graph_cases"]

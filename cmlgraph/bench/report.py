@@ -94,17 +94,20 @@ def print_tables(doc: dict[str, Any], console: Console) -> None:
     """The cases, the graph comparison side by side, the ratios and the targets."""
     table = Table(title=f"cmlgraph bench ({'quick' if doc['settings']['quick'] else 'full'}, "
                         f"{doc['machine']['device']}, {doc['machine']['torch_threads']} threads)")
+    cuda = str(doc["machine"]["device"]).startswith("cuda")
     for col, justify in (("case", "left"), ("impl", "left"), ("tasks/s", "right"), ("ms/iter", "right"),
-                         ("peak RSS MB", "right"), ("iters", "right"), ("note", "left")):
+                         ("GPU ops/iter" if cuda else "ops/iter", "right"), ("peak RSS MB", "right"),
+                         ("iters", "right"), ("note", "left")):
         table.add_column(col, justify=justify, overflow="fold")
     for r in doc["cases"]:
         note = r.get("reason", "") if r["skipped"] else ("timed from the warm-up" if r.get("timed_from_warmup")
                                                          else "")
-        table.add_row(r["name"], r["impl"], _num(r["tasks_per_s"], 2), _num(r["ms_per_iter"]),
+        ops = r.get("device_ops_per_iter" if cuda else "ops_per_iter")
+        table.add_row(r["name"], r["impl"], _num(r["tasks_per_s"], 2), _num(r["ms_per_iter"]), _num(ops, 0),
                       _num(r["peak_rss_mb"], 0), str(r.get("iters", "")), note)
     console.print(table)
     _graph_table(doc, console)
-    rt = Table(title="ratios (tasks/s ÷ tasks/s; CML/MAML: ms ÷ ms)")
+    rt = Table(title="ratios (tasks/s ÷ tasks/s; CML/MAML: ms ÷ ms; ops: tasks per op ÷ tasks per op)")
     for col in ("ratio", "value", "target", "met"):
         rt.add_column(col)
     for r in doc["ratios"]:

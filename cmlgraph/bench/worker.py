@@ -8,6 +8,7 @@ with the imports done (the same baseline a spawned process has after importing) 
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import statistics
 import sys
@@ -82,6 +83,38 @@ def time_workload(work: Workload, budget_s: float, max_iters: int, sync: Callabl
             "meta_batch": work.meta_batch}
 
 
+#: Ops are counted (one more cycle, slower under the counting mode) where a cycle takes at most the case's time
+#: budget or this many seconds: a reference at a minute an iteration is not run again for its count.
+OPS_COUNT_S = 10.0
+
+
+def count_ops(work: Workload, device: str) -> dict[str, Any]:
+    """Aten ops per meta-iteration of ``work`` (untimed: one cycle of steps under
+    :class:`~cmlgraph.train.launch_counter.LaunchCounter`): ``ops_per_iter`` counts every op that launches work,
+    host and device (on the CPU all of them run there); on CUDA ``device_ops_per_iter`` those on the GPU (a CUDA
+    graph's replay counts none of the ops it replays). On a GPU an eager meta-iteration of small tasks costs about
+    a launch per op, so these show where its time goes on any machine (docs/gpu.md, "Ops per meta-iteration").
+    A workload the counting mode breaks reports ``ops_error`` instead."""
+    from cmlgraph.train.launch_counter import LaunchCounter
+
+    cycle = max(1, work.cycle)
+    every, on_gpu = LaunchCounter(), LaunchCounter("cuda")
+    try:
+        with every, on_gpu if device.startswith("cuda") else contextlib.nullcontext():
+            for _ in range(cycle):
+                work.step()
+    except Exception as exc:  # noqa: BLE001 - the timing stands; the count is a note
+        return {"ops_error": _error(exc)}
+    out: dict[str, Any] = {"ops_per_iter": every.total / cycle}
+    counted = every.total
+    if device.startswith("cuda"):
+        out["device_ops_per_iter"] = on_gpu.total / cycle
+        counted = on_gpu.total
+    if counted:
+        out["tasks_per_kop"] = 1000 * work.meta_batch * cycle / counted
+    return out
+
+
 def build_workload(case: Case, graph: FewShotGraph | None, device: str) -> Workload:
     """The workload of a case."""
     opts = dict(case.options)
@@ -128,6 +161,10 @@ def run_case(case: Case, graph_file: str | None, device: str, threads: int | Non
         sync = (lambda: torch.cuda.synchronize(torch.cuda.current_device())) if cuda else (lambda: None)
         result = time_workload(work, budget_s, max_iters, sync, warmup=CUDA_WARMUP if cuda else 0)
         result.update(setup_s=setup, base_rss_mb=base, **work.info)
+        if result["ms_per_iter"] * max(1, work.cycle) <= 1000 * max(budget_s, OPS_COUNT_S):
+            result.update(count_ops(work, device))
+        else:
+            result["ops_error"] = "not counted: a cycle of iterations takes longer than the case's time budget"
         if cuda:
             result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(torch.cuda.current_device()) / 2**20
     except Exception as exc:  # noqa: BLE001 - reported as a failed case, the others still run

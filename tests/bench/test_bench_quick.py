@@ -34,12 +34,19 @@ def test_quick_bench_writes_every_case(tmp_path: Path) -> None:
                 assert isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0, (case, key)
         if case["skipped"]:
             assert isinstance(case["reason"], str) and case["reason"]
+        else:  # each run case's ops per meta-iteration, counted after its timing
+            assert not case.get("ops_error"), case
+            assert case["ops_per_iter"] > 0 and case["tasks_per_kop"] > 0, case
 
     assert doc["ratios"]
     for ratio in doc["ratios"]:
         assert ratio["numerator"] in names and ratio["denominator"] in names
         assert isinstance(ratio["name"], str)
         assert ratio["ratio"] is None or (isinstance(ratio["ratio"], float) and ratio["ratio"] > 0)
+
+    ops = {r["name"]: r for r in doc["ratios"] if r["metric"] == "tasks_per_kop"}
+    assert ops["graph/synthetic-10k:khop/ref-a ops"]["ratio"] > 0  # fewer ops a task than the reference
+    assert ops["sinusoid/mlp:batched/loop ops"]["ratio"] > 1  # vmap: one launch for the meta-batch's tasks
 
     machine = doc["machine"]
     assert isinstance(machine["cpu_count"], int) and machine["cpu_count"] > 0

@@ -95,3 +95,28 @@ def test_a_case_on_a_second_gpu_makes_it_current_and_syncs_and_measures_it(monke
     assert calls[0] == ("set_device", 1)
     assert {d for kind, d in calls if kind in ("synchronize", "peak")} == {1}
     assert sent[0]["peak_gpu_mb"] == 2.0
+
+
+def test_ops_are_counted_per_iteration_over_a_whole_cycle() -> None:
+    """``count_ops`` runs one cycle under the launch counter: ops per iteration are the cycle's mean (views free),
+    tasks per 1000 ops follow; a step the counting breaks leaves a note, not a failed case."""
+    import torch
+
+    x = torch.ones(3)
+    calls = [0]
+
+    def step() -> None:  # alternately 1 and 3 ops that launch work, and a view each time
+        calls[0] += 1
+        y = x.view(3, 1) + 1
+        if calls[0] % 2 == 0:
+            (y * 2).sum()
+
+    out = worker.count_ops(Workload(step, 4, {}, cycle=2), "cpu")
+    assert calls[0] == 2
+    assert out["ops_per_iter"] == pytest.approx(2.0) and "device_ops_per_iter" not in out
+    assert out["tasks_per_kop"] == pytest.approx(1000 * 4 / 2.0)
+
+    def broken() -> None:
+        raise RuntimeError("no mode here")
+
+    assert "no mode here" in worker.count_ops(Workload(broken, 1, {}), "cpu")["ops_error"]
