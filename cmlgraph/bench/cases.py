@@ -83,6 +83,10 @@ def graph_cases(key: str) -> list[Case]:
            # the same meta-step replayed as a CUDA graph, as a GPU run trains (--device cuda only; skipped on the CPU)
            Case(f"{base}/khop-graphed", "cmlgraph", "graph", "graph", {"mode": "khop", "cml": True, "graphed": True},
                 key),
+           # the trainer's pipeline: the next batches prepared by its prefetch worker while the step runs (on CUDA
+           # the step replayed as a CUDA graph), as `cmlgraph train` runs on a GPU
+           Case(f"{base}/khop-prefetch", "cmlgraph", "graph", "graph", {"mode": "khop", "cml": True, "prefetch": True},
+                key),
            Case(f"{base}/full", "cmlgraph", "graph", "graph", {"mode": "full", "cml": True}, key)]
     if key in AUTO_GRAPHS:
         out.append(Case(f"{base}/auto", "cmlgraph", "graph", "graph", {"mode": "auto", "cml": True}, key))
@@ -163,6 +167,8 @@ def build_ratios(cases: list[Case]) -> list[Ratio]:
         add(f"{base}:khop/full", f"{base}/khop", f"{base}/full")
         add(f"{base}:khop-graphed/ref-a", f"{base}/khop-graphed", f"{base}/ref-a")
         add(f"{base}:khop-graphed/khop", f"{base}/khop-graphed", f"{base}/khop")
+        add(f"{base}:khop-prefetch/ref-a", f"{base}/khop-prefetch", f"{base}/ref-a")
+        add(f"{base}:khop-prefetch/khop", f"{base}/khop-prefetch", f"{base}/khop")
         add(f"{base}:auto/khop", f"{base}/auto", f"{base}/khop")
         add(f"{base}:cml/maml ms", f"{base}/khop", f"{base}/khop-maml", "ms_per_iter", "<=", CML_TARGET)
     for key in GMETA_GRAPHS:
@@ -178,7 +184,7 @@ def build_ratios(cases: list[Case]) -> list[Ratio]:
         add(f"{prefix}:batched/loop ops", f"{prefix}/batched", f"{prefix}/loop", OPS_METRIC)
     for key in GRAPHS:
         base = f"graph/{key}"
-        for variant in ("khop", "khop-graphed", "full"):
+        for variant in ("khop", "khop-graphed", "khop-prefetch", "full"):
             add(f"{base}:{variant}/ref-a ops", f"{base}/{variant}", f"{base}/ref-a", OPS_METRIC)
     for key in GMETA_GRAPHS:
         for variant in ("batched", "batched-float", "batched-graphed"):

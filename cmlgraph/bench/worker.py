@@ -125,7 +125,8 @@ def build_workload(case: Case, graph: FewShotGraph | None, device: str) -> Workl
     if graph is None:
         raise ValueError(f"case {case.name} needs a graph")
     if case.workload == "graph":
-        return graph_workload(graph, opts["mode"], device, cml=opts["cml"], graphed=bool(opts.get("graphed")))
+        return graph_workload(graph, opts["mode"], device, cml=opts["cml"], graphed=bool(opts.get("graphed")),
+                              prefetch=bool(opts.get("prefetch")))
     if case.workload == "reference":
         return reference_workload(graph, opts["kind"], device)
     if case.workload == "gmeta":

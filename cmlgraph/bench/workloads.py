@@ -176,14 +176,20 @@ def graph_config(device: str, cml: bool = True, subgraph: str = "khop") -> Confi
     return cfg
 
 
-def graph_workload(graph: FewShotGraph, mode: str, device: str, cml: bool = True, graphed: bool = False
-                   ) -> Workload:
+def graph_workload(graph: FewShotGraph, mode: str, device: str, cml: bool = True, graphed: bool = False,
+                   prefetch: bool = False) -> Workload:
     """cmlgraph's graph domain in ``khop`` or ``full`` mode; the k-hop extraction is part of each step.
 
     ``graphed`` (``--device cuda`` only): the meta-step replayed as a CUDA graph, as training runs it on a GPU
     (``train.cuda_graphs: auto``; padded computation trees, :mod:`cmlgraph.train.cuda_graph_plans`), strict: a
     failed capture fails the case with its reason. Warm-up steps before timing let the padded buffers grow to the
-    batches' sizes (each growth is a capture)."""
+    batches' sizes (each growth is a capture).
+
+    ``prefetch``: the trainer's pipeline on ``device``. A worker thread samples and materializes the next
+    meta-batches (building their k-hop plans) while the step runs (:class:`~cmlgraph.train.prefetch.Prefetcher`,
+    ``train.prefetch: auto`` on CUDA), and on CUDA the step is replayed as a CUDA graph (strict). Only the wait
+    for a batch and the step are timed, so the host work counts where it is not hidden behind the step. Its ops
+    count (:func:`cmlgraph.bench.worker.count_ops`) holds the step's only: the worker's run in its own thread."""
     from cmlgraph.domains.graph import GraphDomain
 
     cfg = prepare(graph_config(device, cml, mode))
@@ -191,25 +197,42 @@ def graph_workload(graph: FewShotGraph, mode: str, device: str, cml: bool = True
     domain = GraphDomain(graph, s["ways"], s["shots"], s["queries"], gnn="gcn", hidden=s["hidden"],
                          layers=s["layers"], subgraph=mode)
     exp = build_experiment(cfg, domain)
-    if not graphed:
+    mb = int(exp.cfg.train.meta_batch)
+    if not graphed and not prefetch:
         work = _sampling_workload(exp, None)
     else:
-        from cmlgraph.train.cuda_graphs import GraphedMetaStep
+        step_fn: Any = None
+        if graphed or (prefetch and exp.device.type == "cuda"):
+            from cmlgraph.train.cuda_graphs import GraphedMetaStep
 
-        step_fn = GraphedMetaStep(exp.algo, exp.model, exp.domain.loss_fn, None, strict=True)
+            step_fn = GraphedMetaStep(exp.algo, exp.model, exp.domain.loss_fn, None, strict=True)
         counter = [0]
-        info: dict[str, Any] = {"saved_params": saved_parameters(exp)}
+        info: dict[str, Any] = {"saved_params": saved_parameters(exp), "prefetch": prefetch,
+                                "cuda_graphs": step_fn is not None}
+
+        def produce(generator: torch.Generator | None) -> list[Episode]:
+            assert generator is not None
+            return [exp.domain.materialize(r, exp.device) for r in exp.domain.sample("train", mb, generator)]
+
+        batches = None
+        if prefetch:
+            from cmlgraph.train.prefetch import Prefetcher
+
+            batches = Prefetcher(produce, exp.generator, depth=2, name="cmlgraph-bench")  # a daemon thread
 
         def step() -> None:
-            raws = exp.domain.sample("train", int(exp.cfg.train.meta_batch), exp.generator)
-            episodes = [exp.domain.materialize(r, exp.device) for r in raws]
-            apply_meta_step(exp, step_fn(episodes, counter[0]))
-            info.update(cuda_graph_captures=step_fn.captures, cuda_graph_replays=step_fn.replays)
+            episodes = batches.next() if batches is not None else produce(exp.generator)
+            if step_fn is None:
+                meta_step(exp, episodes, counter[0], None)
+            else:
+                apply_meta_step(exp, step_fn(episodes, counter[0]))
+                info.update(cuda_graph_captures=step_fn.captures, cuda_graph_replays=step_fn.replays)
             counter[0] += 1
 
-        for _ in range(GRAPHED_WARMUP):
-            step()
-        work = Workload(step, int(exp.cfg.train.meta_batch), info)
+        if step_fn is not None:
+            for _ in range(GRAPHED_WARMUP):
+                step()
+        work = Workload(step, mb, info)
     work.info.update({"mode": domain.mode, "hops": domain.hops})
     return work
 

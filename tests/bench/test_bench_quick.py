@@ -21,7 +21,8 @@ def test_quick_bench_writes_every_case(tmp_path: Path) -> None:
     names = [c["name"] for c in doc["cases"]]
     assert len(names) == len(set(names))
     assert {"sinusoid/mlp/batched", "sinusoid/mlp/loop", "graph/synthetic-10k/khop", "graph/synthetic-10k/ref-a",
-            "graph/synthetic-10k/ref-b", "graph/synthetic-10k/khop-maml"} <= set(names)
+            "graph/synthetic-10k/ref-b", "graph/synthetic-10k/khop-maml",
+            "graph/synthetic-10k/khop-prefetch"} <= set(names)
     for case in doc["cases"]:
         for key, kind in CASE_KEYS.items():
             assert isinstance(case[key], kind), (case["name"], key)

@@ -3,6 +3,8 @@ skipped on the CPU before any process starts, and its workload driven on the CPU
 
 from __future__ import annotations
 
+import torch
+
 from cmlgraph.bench.cases import build_cases, build_ratios
 from cmlgraph.bench.runner import RunSettings, run_one
 from cmlgraph.bench.workloads import GRAPHED_WARMUP, graph_workload
@@ -35,3 +37,38 @@ def test_the_graphed_workload_captures_during_warm_up_and_replays_when_timed(sta
     assert 1 <= captures <= 6 and replays >= GRAPHED_WARMUP - captures
     work.step()
     assert work.info["cuda_graph_replays"] >= replays + 1 or work.info["cuda_graph_captures"] == captures + 1
+
+
+def test_the_pipeline_case_and_its_ratios_are_listed_and_run_on_the_cpu() -> None:
+    cases = build_cases(True)
+    base = "graph/synthetic-10k"
+    case = next(c for c in cases if c.name == f"{base}/khop-prefetch")
+    assert case.options == {"mode": "khop", "cml": True, "prefetch": True}
+    ratios = {r.name for r in build_ratios(cases)}
+    assert {f"{base}:khop-prefetch/ref-a", f"{base}:khop-prefetch/khop", f"{base}:khop-prefetch/ref-a ops"} <= ratios
+
+
+def _trained(work, steps: int) -> dict:
+    for _ in range(steps):
+        work.step()
+    return {k: v.detach().clone() for k, v in work.exp.model.state_dict().items()}  # type: ignore[attr-defined]
+
+
+def test_the_pipeline_trains_what_the_plain_k_hop_case_trains(monkeypatch) -> None:
+    """The prefetch worker draws the same batches from a copy of the run's generator: 5 steps of the pipeline case
+    leave the same weights as 5 of the plain case (CPU, eager), and the step's ops exclude the worker's host work."""
+    import cmlgraph.bench.workloads as workloads
+    from cmlgraph.bench.worker import count_ops
+
+    exps = []
+    original = workloads.build_experiment
+    monkeypatch.setattr(workloads, "build_experiment", lambda *a, **k: exps.append(original(*a, **k)) or exps[-1])
+    g = make_synthetic(num_nodes=800, num_classes=30, num_features=16, avg_degree=4.0, seed=0)
+    plain = graph_workload(g, "khop", "cpu")
+    plain.exp = exps[-1]  # type: ignore[attr-defined]
+    piped = graph_workload(g, "khop", "cpu", prefetch=True)
+    piped.exp = exps[-1]  # type: ignore[attr-defined]
+    assert piped.info["prefetch"] and not piped.info["cuda_graphs"]
+    a, b = _trained(plain, 5), _trained(piped, 5)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert count_ops(piped, "cpu")["ops_per_iter"] < count_ops(plain, "cpu")["ops_per_iter"]
