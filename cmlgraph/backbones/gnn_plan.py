@@ -26,6 +26,21 @@ from cmlgraph.backbones.gnn_ops import BLOCK_NNZ, is_sparse, sparse_matmul, tran
 from cmlgraph.core.transfer import to_device
 from cmlgraph.graphs.sparse import csr_row_entries, slice_rows
 
+#: From this many tasks on, a batch's layout (block diagonals, dense constants) is built off the CPU with a fixed
+#: number of ops (:func:`_block_diag`, :meth:`TaskLayout._dense_constant`); below it task by task, which launches
+#: fewer ops for so few tasks (session 37, counted with :class:`cmlgraph.train.launch_counter.LaunchCounter`).
+BATCH_LAYOUT_TASKS = 8
+
+
+def layout_batches(device: torch.device) -> bool:
+    """Whether a batch's layout on ``device`` is built at once (from :data:`BATCH_LAYOUT_TASKS` tasks on) rather
+    than task by task: off the CPU only. On a GPU each op is a launch, and a chunk of 500 evaluation tasks built
+    task by task launches about 9,000 of them (18 a task on the default k-hop path). On the CPU the task loop
+    measured faster (session 37, one thread, 100 tasks' first aggregation and block diagonal on synthetic-10k:
+    48 to 50 ms task by task against 171 to 179 ms at once through one gathered ``[entries, F]`` product) and
+    keeps the CPU's results bit for bit."""
+    return torch.device(device).type != "cpu"
+
 
 @dataclass
 class SparseBlock:
@@ -210,26 +225,91 @@ def _csr(block: SparseBlock) -> Tensor:
     return _coo(block).to_sparse_csr()
 
 
-def _block_diag(parts: list[Tensor], rows_per: int, cols_per: int) -> Tensor:
+def _segments(lengths: list[int], device: torch.device, within: bool = True) -> tuple[Tensor, Tensor | None]:
+    """``(segment, position)`` of entries laid out segment after segment with ``lengths`` entries each: every
+    entry's segment index and (``within``) its position inside its segment, with a fixed number of ops whatever
+    the number of segments.
+
+    ``lengths`` are host ints (tensor sizes, no read-back); they and the segments' starts travel in one pinned,
+    ``non_blocking`` copy (:func:`~cmlgraph.core.transfer.to_device`) instead of one op a segment.
+    """
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    host = to_device(torch.tensor([*lengths, *starts], dtype=torch.long), device)
+    counts, first = host[:len(lengths)], host[len(lengths):]
+    total = sum(lengths)
+    segment = torch.repeat_interleave(torch.arange(len(lengths), device=device), counts, output_size=total)
+    if not within:
+        return segment, None
+    return segment, torch.arange(total, device=device) - first.index_select(0, segment)
+
+
+def _block_diag(parts: list[Tensor], rows_per: int, cols_per: int, batched: bool | None = None) -> Tensor:
     """Place the CSR matrices ``parts`` on a diagonal with strides ``rows_per``/``cols_per`` (rows padded with
-    empty rows), as a transposable CSR matrix; no sorting but the one that builds the transpose."""
-    crows, cols, vals = [], [], []
-    offset = 0
-    for i, m in enumerate(parts):
-        crow = m.crow_indices()
-        pad = crow[-1:].expand(rows_per - (crow.numel() - 1))
-        crows.append(torch.cat([crow[:-1], pad]) + offset if i else torch.cat([crow[:-1], pad]))
-        cols.append(m.col_indices() + i * cols_per)
-        vals.append(m.values())
-        offset += m.col_indices().numel()  # nnz = crow[-1], without reading it back (issue 18)
-    # a fill on the device: torch.tensor([offset], device=cuda) would copy host data over and wait for the stream
-    crows.append(torch.full((1,), offset, dtype=torch.long, device=parts[0].device))
-    t = len(parts)
+    empty rows), as a transposable CSR matrix; no sorting but the one that builds the transpose.
+
+    ``batched`` (default: from :data:`BATCH_LAYOUT_TASKS` parts on, off the CPU, :func:`layout_batches`): a fixed
+    number of ops whatever the number of parts (issue 18 item 3; 3 ops a part otherwise, i.e. a few thousand
+    launches for an evaluation chunk of hundreds of tasks on a GPU). The parts' row pointers, columns and values
+    are concatenated once, and each entry's block found by :func:`_segments`. A single part that fills its block
+    is its own layout. Nothing is read back: the entry counts are the parts' sizes.
+    """
+    t, device = len(parts), parts[0].device
+    nnz = [int(m.col_indices().numel()) for m in parts]  # nnz = crow[-1], from the shape (issue 18)
+    rows = [int(m.crow_indices().numel()) - 1 for m in parts]
+    if batched is None:
+        batched = t >= BATCH_LAYOUT_TASKS and layout_batches(device)
+    if t == 1 and rows[0] == rows_per and parts[0].shape[1] == cols_per:
+        m = parts[0]
+        crow, cols = m.crow_indices(), m.col_indices()
+    elif not batched:
+        crows, col_parts = [], []
+        offset = 0
+        for i, m in enumerate(parts):
+            crow = m.crow_indices()
+            pad = crow[-1:].expand(rows_per - (crow.numel() - 1))
+            crows.append(torch.cat([crow[:-1], pad]) + offset if i else torch.cat([crow[:-1], pad]))
+            col_parts.append(m.col_indices() + i * cols_per)
+            offset += nnz[i]
+        # a fill on the device: torch.tensor([offset], device=cuda) would copy host data over and wait for it
+        crows.append(torch.full((1,), offset, dtype=torch.long, device=device))
+        crow, cols = torch.cat(crows), torch.cat(col_parts)
+    else:
+        offsets = [sum(nnz[:i]) for i in range(t + 1)]
+        # a block's rows past its own are empty: they point at its end (the next block's start); its own rows
+        # point at its entries shifted by the entries of the blocks before it
+        ends = to_device(torch.tensor(offsets, dtype=torch.long), device)
+        crow = torch.repeat_interleave(ends[1:], rows_per, output_size=t * rows_per)
+        row_block, row_within = _segments(rows, device)
+        assert row_within is not None
+        body = torch.cat([m.crow_indices()[:-1] for m in parts]) + ends.index_select(0, row_block)
+        crow = torch.cat([crow.index_copy(0, row_block * rows_per + row_within, body), ends[-1:]])
+        col_block, _ = _segments(nnz, device, within=False)
+        cols = torch.cat([m.col_indices() for m in parts]) + col_block * cols_per
     # Column order is not checked (a read-back): a stable sort of sorted columns is the identity anyway.
-    out = transposable_csr(torch.cat(crows), torch.cat(cols), torch.cat(vals), (t * rows_per, t * cols_per),
-                           col_sorted=False)
-    setattr(out, BLOCK_NNZ, [int(m.values().numel()) for m in parts])  # metadata: no read-back
+    out = transposable_csr(crow, cols, torch.cat([m.values() for m in parts]) if t > 1 else parts[0].values(),
+                           (t * rows_per, t * cols_per), col_sorted=False)
+    setattr(out, BLOCK_NNZ, nnz)  # metadata: no read-back
     return out
+
+
+def _stacked_product(blocks: list[SparseBlock], x: Tensor, rows_per: int, cols_per: int | None) -> Tensor:
+    """Every task's ``block @ x`` at once: ``[T·rows_per, F]``, task ``t``'s rows at ``t·rows_per`` (padding rows
+    zero). ``x`` is the shared ``[N, F]`` (``cols_per`` ``None``: global columns) or the tasks' stacked rows
+    ``[T·cols_per, F]`` (local columns). As :func:`_sparse_product` with a dense ``x``, task by task, through one
+    CSR product of the stacked blocks (no ``[entries, F]`` temporary: hundreds of tasks' gathered rows would
+    take gigabytes). The blocks' rows are in order (as :func:`build_plan` makes them); the CSR row pointers come
+    from counting, the columns sorted within rows by one sort: no read-back."""
+    task, _ = _segments([int(b.rows.numel()) for b in blocks], x.device, within=False)
+    n_rows, n_cols = len(blocks) * rows_per, x.shape[0]
+    rows = torch.cat([b.rows for b in blocks]) + task * rows_per
+    cols = torch.cat([b.cols for b in blocks])
+    if cols_per is not None:
+        cols = cols + task * cols_per
+    order = torch.argsort(rows * n_cols + cols)
+    counts = torch.zeros(n_rows + 1, dtype=torch.long, device=x.device).index_add_(0, rows + 1, torch.ones_like(rows))
+    m = torch.sparse_csr_tensor(torch.cumsum(counts, 0), cols.index_select(0, order),
+                                torch.cat([b.vals for b in blocks]).index_select(0, order), (n_rows, n_cols))
+    return torch.sparse.mm(m, x)
 
 
 def _to_csr(x: Tensor) -> Tensor:
@@ -300,8 +380,8 @@ class TaskLayout:
         """
         if level == 0:
             self._complete()
-        return self._get(f"const/{key}/{level}", lambda: self._stack([plan_constant(p, key) for p in self.plans],
-                                                                     self.sizes[level]))
+        return self._get(f"const/{key}/{level}", lambda: self._dense_constant(key, level) if self._batch_dense(key)
+                         else self._stack([plan_constant(p, key) for p in self.plans], self.sizes[level]))
 
     def features(self) -> Tensor:
         """The input level's features, stacked like :meth:`constant`."""
@@ -311,6 +391,34 @@ class TaskLayout:
         for p in self.plans:
             complete_plan(p)
         self.sizes[0] = max(p.sizes[0] for p in self.plans)
+
+    def _batch_dense(self, key: str) -> bool:
+        """Whether :meth:`constant` builds ``key`` for all tasks at once (:meth:`_dense_constant`): dense features,
+        at least :data:`BATCH_LAYOUT_TASKS` tasks off the CPU (:func:`layout_batches`), and no plan holding its own
+        (host-built or memoised) copy."""
+        x = self.plans[0].x
+        if self.tasks < BATCH_LAYOUT_TASKS or not layout_batches(x.device) or is_sparse(x):
+            return False
+        return key in ("z", "sgc", "r", "x") and all(
+            p.x is x and key not in p.memo and f"{HOST_PREFIX}{key}" not in p.memo for p in self.plans)
+
+    def _dense_constant(self, key: str, level: int) -> Tensor:
+        """:func:`plan_constant` ``key`` of every task at once, stacked and padded as :meth:`_stack` pads them:
+        ``[T, rows, F]``, with a fixed number of ops whatever the number of tasks (issue 18 item 3: one product
+        or gather a task otherwise, about 5 launches a task on a GPU). Equal to the task-by-task constants: the
+        gathered rows bit for bit, the products up to float rounding (one sparse product of the tasks' stacked
+        blocks)."""
+        x, rows, t = self.plans[0].x, self.sizes[level], self.tasks
+        if key in ("r", "x"):  # the features of a level, each task's rows at the top of its block
+            levels = [p.memo["prev_level"] if key == "r" else complete_plan(p).memo["level"] for p in self.plans]
+            block, within = _segments([int(v.numel()) for v in levels], x.device)
+            out = x.new_zeros(t * rows, x.shape[1])
+            return out.index_copy(0, block * rows + within, x.index_select(0, torch.cat(levels))).view(t, rows, -1)
+        with torch.no_grad():
+            h = _stacked_product([p.memo["first_global"] for p in self.plans], x, self.sizes[1], None)
+            for j in range(1, len(self.plans[0].mats)) if key == "sgc" else ():
+                h = _stacked_product([p.mats[j] for p in self.plans], h, self.sizes[j + 1], self.sizes[j])
+        return h.view(t, rows, -1)
 
     def _stack(self, parts: list[Tensor], rows: int) -> Tensor:
         if is_sparse(parts[0]):

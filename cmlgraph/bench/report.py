@@ -96,12 +96,15 @@ def print_tables(doc: dict[str, Any], console: Console) -> None:
                         f"{doc['machine']['device']}, {doc['machine']['torch_threads']} threads)")
     cuda = str(doc["machine"]["device"]).startswith("cuda")
     for col, justify in (("case", "left"), ("impl", "left"), ("tasks/s", "right"), ("ms/iter", "right"),
-                         ("GPU ops/iter" if cuda else "ops/iter", "right"), ("peak RSS MB", "right"),
+                         ("GPU ops/iter" if cuda else "ops/iter (host+device)", "right"), ("peak RSS MB", "right"),
                          ("iters", "right"), ("note", "left")):
         table.add_column(col, justify=justify, overflow="fold")
     for r in doc["cases"]:
-        note = r.get("reason", "") if r["skipped"] else ("timed from the warm-up" if r.get("timed_from_warmup")
-                                                         else "")
+        notes = [] if r["skipped"] else ["timed from the warm-up"] if r.get("timed_from_warmup") else []
+        notes += [r[k] for k in ("ops_note", "ops_error") if r.get(k) and not r["skipped"]]
+        if not r["skipped"] and r.get("cuda_graph_replays") and cuda:
+            notes.append("GPU ops: a replay counts none of its kernels")
+        note = r.get("reason", "") if r["skipped"] else "; ".join(notes)
         ops = r.get("device_ops_per_iter" if cuda else "ops_per_iter")
         table.add_row(r["name"], r["impl"], _num(r["tasks_per_s"], 2), _num(r["ms_per_iter"]), _num(ops, 0),
                       _num(r["peak_rss_mb"], 0), str(r.get("iters", "")), note)

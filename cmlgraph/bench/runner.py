@@ -8,6 +8,7 @@ the run; a case whose memory estimate exceeds the cap is skipped before it start
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import os
 import tempfile
@@ -174,8 +175,10 @@ def run_one(ctx: Any, case: Case, settings: RunSettings, files: dict[str, str],
                     "estimated_gb": round(need / 2**30, 1)}
     log(f"running {case.name}")
     t0 = time.perf_counter()
-    out = run_child(ctx, _target(), (case, files.get(case.graph or ""), settings.device, settings.threads,
-                                     settings.budget_s, settings.max_iters), settings.timeout_s)
+    # the child's own time limit too, so that it skips its untimed op count rather than lose its timing
+    target = functools.partial(_target(), timeout_s=settings.timeout_s)
+    out = run_child(ctx, target, (case, files.get(case.graph or ""), settings.device, settings.threads,
+                                  settings.budget_s, settings.max_iters), settings.timeout_s)
     out["wall_s"] = round(time.perf_counter() - t0, 2)
     if "error" in out:
         out.update(_skip(f"failed: {out['error']}"), error=True)

@@ -90,14 +90,16 @@ OPS_COUNT_S = 10.0
 
 def count_ops(work: Workload, device: str) -> dict[str, Any]:
     """Aten ops per meta-iteration of ``work`` (untimed: one cycle of steps under
-    :class:`~cmlgraph.train.launch_counter.LaunchCounter`): ``ops_per_iter`` counts every op that launches work,
-    host and device (on the CPU all of them run there); on CUDA ``device_ops_per_iter`` those on the GPU (a CUDA
-    graph's replay counts none of the ops it replays). On a GPU an eager meta-iteration of small tasks costs about
+    :class:`~cmlgraph.train.launch_counter.LaunchCounter`): ``ops_per_iter`` counts every op of the calling thread
+    that launches work, host and device (on the CPU all of them run there; a prefetch worker's run in its own
+    thread and are not counted: ``ops_note`` says so); on CUDA ``device_ops_per_iter`` those on the GPU (a CUDA
+    graph's replay counts none of the kernels it replays). On a GPU an eager meta-iteration of small tasks costs about
     a launch per op, so these show where its time goes on any machine (docs/gpu.md, "Ops per meta-iteration").
     A workload the counting mode breaks reports ``ops_error`` instead."""
     from cmlgraph.train.launch_counter import LaunchCounter
 
     cycle = max(1, work.cycle)
+    captures = work.info.get("cuda_graph_captures")
     every, on_gpu = LaunchCounter(), LaunchCounter("cuda")
     try:
         with every, on_gpu if device.startswith("cuda") else contextlib.nullcontext():
@@ -112,6 +114,10 @@ def count_ops(work: Workload, device: str) -> dict[str, Any]:
         counted = on_gpu.total
     if counted:
         out["tasks_per_kop"] = 1000 * work.meta_batch * cycle / counted
+    if work.info.get("cuda_graph_captures") != captures:  # a recapture's warm-up and check counted: not typical
+        out["ops_note"] = "a CUDA graph was captured again while counting"
+    if work.info.get("prefetch"):
+        out["ops_note"] = "the step only: the prefetch worker's host work and copies run in its own thread"
     return out
 
 
@@ -141,12 +147,18 @@ def _error(exc: BaseException) -> str:
 
 
 def run_case(case: Case, graph_file: str | None, device: str, threads: int | None, budget_s: float,
-             max_iters: int, conn: Connection) -> None:
-    """Child entry: build the case's workload, time it and send the result dict through ``conn``."""
+             max_iters: int, conn: Connection, timeout_s: float | None = None) -> None:
+    """Child entry: build the case's workload, time it and send the result dict through ``conn``.
+
+    After the timing, the ops of one more cycle are counted (:func:`count_ops`) where that fits: a cycle of at most
+    ``max(budget_s, OPS_COUNT_S)`` seconds that, at 3 times its timed length under the counting mode, still ends
+    before ``timeout_s`` (the parent's limit, which would lose the timing with the process)."""
     result: dict[str, Any]
     # The notices cmlgraph/_warnings.py silences, again: imports after it may have reset the filters.
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
     warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+    work: Workload | None = None
+    started = time.perf_counter()
     try:
         if threads:
             torch.set_num_threads(threads)
@@ -162,14 +174,21 @@ def run_case(case: Case, graph_file: str | None, device: str, threads: int | Non
         sync = (lambda: torch.cuda.synchronize(torch.cuda.current_device())) if cuda else (lambda: None)
         result = time_workload(work, budget_s, max_iters, sync, warmup=CUDA_WARMUP if cuda else 0)
         result.update(setup_s=setup, base_rss_mb=base, **work.info)
-        if result["ms_per_iter"] * max(1, work.cycle) <= 1000 * max(budget_s, OPS_COUNT_S):
-            result.update(count_ops(work, device))
-        else:
-            result["ops_error"] = "not counted: a cycle of iterations takes longer than the case's time budget"
-        if cuda:
+        if cuda:  # the timed steps' peak, before the counted cycle
             result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(torch.cuda.current_device()) / 2**20
+        cycle_s = result["ms_per_iter"] * max(1, work.cycle) / 1000
+        left = None if timeout_s is None else timeout_s - (time.perf_counter() - started)
+        if cycle_s > max(budget_s, OPS_COUNT_S):
+            result["ops_error"] = f"not counted: a cycle takes {cycle_s:.1f} s, over {max(budget_s, OPS_COUNT_S):g} s"
+        elif left is not None and 3 * cycle_s > left - 1:
+            result["ops_error"] = "not counted: too little of the case's time limit left"
+        else:
+            result.update(count_ops(work, device))
     except Exception as exc:  # noqa: BLE001 - reported as a failed case, the others still run
         result = {"error": _error(exc)}
+    finally:
+        if work is not None and work.close is not None:
+            work.close()
     result["peak_rss_mb"] = peak_rss_mb()
     conn.send(result)
     conn.close()

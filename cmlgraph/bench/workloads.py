@@ -39,12 +39,14 @@ class Workload:
         info: Facts for the report (saved parameter count, execution mode...).
         cycle: Iterations after which ``step`` repeats its tasks (a pool of tasks of different sizes); timing
             runs in whole cycles so that every task counts equally.
+        close: Releases what the workload holds (its prefetch worker), if anything; idempotent.
     """
 
     step: Callable[[], None]
     meta_batch: int
     info: dict[str, Any] = field(default_factory=dict)
     cycle: int = 1
+    close: Callable[[], None] | None = None
 
 
 def saved_parameters(exp: Experiment) -> int:
@@ -232,7 +234,7 @@ def graph_workload(graph: FewShotGraph, mode: str, device: str, cml: bool = True
         if step_fn is not None:
             for _ in range(GRAPHED_WARMUP):
                 step()
-        work = Workload(step, mb, info)
+        work = Workload(step, mb, info, close=None if batches is None else batches.close)
     work.info.update({"mode": domain.mode, "hops": domain.hops})
     return work
 

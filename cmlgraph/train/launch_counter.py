@@ -33,8 +33,13 @@ NO_KERNEL: frozenset[str] = frozenset({
     "is_coalesced", "_coalesced_", "_sparse_coo_tensor_with_dims_and_tensors", "_sparse_csr_tensor_unsafe",
     "sparse_resize_and_clear_", "sym_size", "sym_stride", "sym_numel", "sym_storage_offset", "is_same_size",
     "_has_compatible_shallow_copy_type", "record_stream", "_make_dep_token",
+    # in-place views and other aliasing ops; sparse tensors assembled from existing parts
+    "unsqueeze_", "squeeze_", "t_", "transpose_", "as_strided_", "view_as_real", "view_as_complex", "unsafe_split",
+    "unsafe_split_with_sizes", "unsafe_chunk", "sparse_compressed_tensor", "_sparse_compressed_tensor_unsafe",
+    "sparse_csr_tensor", "sparse_coo_tensor", "_sparse_coo_tensor_unsafe",
 })
-"""aten op names (overloads stripped) that launch no kernel."""
+"""aten op names (overloads stripped) that launch no kernel. Ops outside the ``aten`` namespace (the profiler's
+``record_function`` markers of ``optimizer.step``) launch none either."""
 
 
 def op_name(func: Any) -> str:
@@ -43,8 +48,8 @@ def op_name(func: Any) -> str:
 
 
 def launches(func: Any) -> bool:
-    """Whether the aten op ``func`` launches work (anything but a view, metadata or an uninitialised allocation)."""
-    return op_name(func) not in NO_KERNEL
+    """Whether the op ``func`` launches work: an aten op but a view, metadata or an uninitialised allocation."""
+    return func.namespace == "aten" and op_name(func) not in NO_KERNEL
 
 
 class LaunchCounter(TorchDispatchMode):

@@ -409,3 +409,83 @@ def test_subgraph_inputs_do_not_stack_with_other_inputs_or_widths():
     narrow = GraphInput(sub.x[:, :5], sub.edge_index, sub.nodes, {}, subgraph=True)
     assert not GraphInput.can_stack_tasks([sub, narrow])
     assert not GraphInput.can_stack_tasks([sub, _subgraph_input(x, ei, torch.arange(5))])  # 5 nodes, not 4
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("tasks,gpu", [(1, True), (3, False), (9, False), (9, True)])
+def test_the_batch_layout_is_built_at_once_off_the_cpu_and_equals_its_tasks_one_by_one(layers, tasks, gpu,
+                                                                                        monkeypatch):
+    """(issue 18 item 3) Off the CPU (``gpu``: its choice forced here), from ``BATCH_LAYOUT_TASKS`` tasks on, a
+    batch's block-diagonal aggregations and its dense constants (first aggregation ``z``, SGC's ``Â^K X``, the
+    rows ``r`` and ``x`` of a level) are built with a fixed number of ops whatever the number of tasks. Either way
+    they equal each task's own matrix and constant laid out as before: a dense block diagonal of the tasks'
+    padded matrices (bit for bit), and each task's ``plan_constant`` at the top of its padded block (the gathered
+    rows bit for bit, the products to float64 rounding; the CPU's task loop bit for bit)."""
+    import cmlgraph.backbones.gnn_plan as gnn_plan
+    from cmlgraph.backbones.gnn_ops import BLOCK_NNZ, adjacency_rows
+    from cmlgraph.backbones.gnn_plan import (
+        BATCH_LAYOUT_TASKS,
+        TaskLayout,
+        _layer_csr,
+        build_plan,
+        host_prepare,
+        plan_constant,
+    )
+    from cmlgraph.train.launch_counter import LaunchCounter
+
+    assert not gnn_plan.layout_batches(torch.device("cpu")) and gnn_plan.layout_batches(torch.device("meta"))
+    monkeypatch.setattr(gnn_plan, "layout_batches", lambda device: gpu)
+    x, ei = _graph(seed=3)
+    adj = adjacency_rows(GraphInput(x, ei, torch.arange(2), {}), "gcn")
+    g = torch.Generator().manual_seed(4)
+
+    def plans(tasks: int) -> list:
+        out = []
+        for t in range(tasks):  # tasks of different sizes, one with a repeated node
+            nodes = torch.randint(0, 200, (3 + 2 * (t % 3),), generator=g)
+            p = complete_plan(build_plan(adj, x, torch.cat([nodes, nodes[:1]]) if t == 1 else nodes, layers))
+            out.append(host_prepare(p, x, (), tuple(range(layers))))
+        return out
+
+    def padded(c: torch.Tensor, rows: int) -> torch.Tensor:
+        return torch.cat([c, c.new_zeros(rows - c.shape[0], c.shape[1])])
+
+    ps = plans(tasks)
+    lay = TaskLayout(ps)
+    exact = not gpu or tasks < BATCH_LAYOUT_TASKS
+    for key, level in (("z", 1), ("sgc", layers), ("r", 1), ("x", 0)):
+        got = lay.constant(key, level)
+        want = torch.stack([padded(plan_constant(p, key), lay.sizes[level]) for p in plans_copy(ps)])
+        assert got.shape == want.shape, key
+        if exact or key in ("r", "x"):
+            assert torch.equal(got, want), key
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-15)
+    for layer in range(layers):
+        agg = lay.agg(layer)
+        rows, cols = lay.sizes[layer + 1], lay.sizes[layer]
+        dense = [_layer_csr(p, layer).to_dense() for p in ps]
+        want = torch.block_diag(*[F.pad(d, (0, cols - d.shape[1], 0, rows - d.shape[0])) for d in dense])
+        assert torch.equal(agg.to_dense(), want), layer
+        assert getattr(agg, BLOCK_NNZ) == [int(_layer_csr(p, layer).values().numel()) for p in ps]
+
+    def ops(tasks: int) -> int:
+        lay = TaskLayout(plans(tasks))
+        with LaunchCounter() as c:
+            lay.constant("z", 1)
+            lay.constant("sgc", layers)
+            lay.agg(layers - 1)
+        return c.total
+
+    if gpu:  # the same ops for 8 tasks as for 24
+        assert ops(BATCH_LAYOUT_TASKS) == ops(3 * BATCH_LAYOUT_TASKS)
+    else:  # the CPU's task loop
+        assert ops(BATCH_LAYOUT_TASKS) < ops(3 * BATCH_LAYOUT_TASKS)
+
+
+def plans_copy(ps: list) -> list:
+    """The plans with fresh memos (their constants not built yet), for the task-by-task reference."""
+    from cmlgraph.backbones.gnn_plan import Plan
+
+    return [Plan(sizes=list(p.sizes), mats=list(p.mats), x=p.x, out=p.out,
+                 memo={k: v for k, v in p.memo.items() if k in ("prev_level", "first_global", "level")}) for p in ps]

@@ -3,6 +3,8 @@ skipped on the CPU before any process starts, and its workload driven on the CPU
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from cmlgraph.bench.cases import build_cases, build_ratios
@@ -45,7 +47,9 @@ def test_the_pipeline_case_and_its_ratios_are_listed_and_run_on_the_cpu() -> Non
     case = next(c for c in cases if c.name == f"{base}/khop-prefetch")
     assert case.options == {"mode": "khop", "cml": True, "prefetch": True}
     ratios = {r.name for r in build_ratios(cases)}
-    assert {f"{base}:khop-prefetch/ref-a", f"{base}:khop-prefetch/khop", f"{base}:khop-prefetch/ref-a ops"} <= ratios
+    assert {f"{base}:khop-prefetch/ref-a", f"{base}:khop-prefetch/khop"} <= ratios
+    # no ops ratio for it (its worker's ops are not counted) nor for CUDA-graph cases (a replay counts none)
+    assert not {r for r in ratios if r.endswith(" ops") and ("prefetch" in r or "graphed" in r)}
 
 
 def _trained(work, steps: int) -> dict:
@@ -69,6 +73,29 @@ def test_the_pipeline_trains_what_the_plain_k_hop_case_trains(monkeypatch) -> No
     piped = graph_workload(g, "khop", "cpu", prefetch=True)
     piped.exp = exps[-1]  # type: ignore[attr-defined]
     assert piped.info["prefetch"] and not piped.info["cuda_graphs"]
-    a, b = _trained(plain, 5), _trained(piped, 5)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert count_ops(piped, "cpu")["ops_per_iter"] < count_ops(plain, "cpu")["ops_per_iter"]
+    try:
+        a, b = _trained(plain, 5), _trained(piped, 5)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        counted = count_ops(piped, "cpu")
+        assert counted["ops_per_iter"] < count_ops(plain, "cpu")["ops_per_iter"] and "step only" in counted["ops_note"]
+    finally:
+        piped.close()
+    assert not any(t.name == "cmlgraph-bench" and t.is_alive() for t in threading.enumerate())
+
+
+def test_the_pipeline_on_a_gpu_feeds_the_cuda_graph_step(stand_in) -> None:
+    """As on CUDA (``graphed``, the GPU's choice, through the stand-in capture): the prefetch worker's batches go to
+    the CUDA-graph step, which captured in the warm-up and replays when timed and counted."""
+    from cmlgraph.bench.worker import count_ops
+
+    g = make_synthetic(num_nodes=800, num_classes=30, num_features=16, avg_degree=4.0, seed=0)
+    work = graph_workload(g, "khop", "cpu", graphed=True, prefetch=True)
+    try:
+        assert work.info["prefetch"] and work.info["cuda_graphs"]
+        replays = work.info["cuda_graph_replays"]
+        assert work.info["cuda_graph_captures"] >= 1 and replays >= 1
+        counted = count_ops(work, "cpu")
+        assert work.info["cuda_graph_replays"] + work.info["cuda_graph_captures"] > replays
+        assert counted["ops_per_iter"] > 0
+    finally:
+        work.close()

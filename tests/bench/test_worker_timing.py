@@ -120,3 +120,21 @@ def test_ops_are_counted_per_iteration_over_a_whole_cycle() -> None:
         raise RuntimeError("no mode here")
 
     assert "no mode here" in worker.count_ops(Workload(broken, 1, {}), "cpu")["ops_error"]
+
+
+def test_the_op_count_is_skipped_rather_than_lose_the_timing_and_the_workload_is_closed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A case near its time limit sends its timing without the op count (the parent would kill it while counting);
+    the workload's ``close`` runs (a prefetch worker's thread), whatever happened."""
+    from cmlgraph.bench.cases import Case
+
+    closed: list[bool] = []
+    monkeypatch.setattr(worker, "build_workload", lambda case, graph, device: Workload(
+        lambda: None, 1, {}, close=lambda: closed.append(True)))
+    sent: list[dict] = []
+    conn = types.SimpleNamespace(send=sent.append, close=lambda: None)
+    worker.run_case(Case("x/y", "cmlgraph", "sinusoid", "sinusoid"), None, "cpu", None, 0.01, 3, conn, timeout_s=0.5)
+    assert sent[0]["ms_per_iter"] >= 0 and "too little" in sent[0]["ops_error"] and "ops_per_iter" not in sent[0]
+    worker.run_case(Case("x/y", "cmlgraph", "sinusoid", "sinusoid"), None, "cpu", None, 0.01, 3, conn, timeout_s=60)
+    assert sent[1]["ops_per_iter"] == 0 and "ops_error" not in sent[1]
+    assert closed == [True, True]
