@@ -110,7 +110,7 @@ def match_regulariser_tasks(params: dict[str, Tensor], inputs: Sequence[MatchedI
 
     One stacked pass over the tasks' drawn rows ``[T, 2, k, F]`` instead of one small pass a task: the
     regulariser and its (double) backward cost the same kernels for any meta-batch (issue 18 item 3; a task
-    loop cost about 50 device ops a task, forward and backward).
+    loop cost about 100 device ops a task, forward and backward).
 
     Args:
         params: The encoder's unbatched weights (``match_alpha.*``, ``match_beta.*``).

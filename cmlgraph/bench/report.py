@@ -110,7 +110,8 @@ def print_tables(doc: dict[str, Any], console: Console) -> None:
                       _num(r["peak_rss_mb"], 0), str(r.get("iters", "")), note)
     console.print(table)
     _graph_table(doc, console)
-    rt = Table(title="ratios (tasks/s ÷ tasks/s; CML/MAML: ms ÷ ms; ops: tasks per op ÷ tasks per op)")
+    rt = Table(title="ratios (tasks/s ÷ tasks/s; CML/MAML: ms ÷ ms; ops: tasks per op ÷ tasks per op, a rough "
+                     "guide to eager GPU launches, not to CPU speed)")
     for col in ("ratio", "value", "target", "met"):
         rt.add_column(col)
     for r in doc["ratios"]:

@@ -479,6 +479,20 @@ def test_each_captured_path_records_and_replays_on_the_device(path: str, monkeyp
     assert step.captures == (1 if step.buffers is None else 2) and step.replays >= 4
 
 
+@pytest.mark.parametrize("path", ["khop-gcn", "ammgnn-table3", "khop-gcn-dropout"])
+def test_a_captured_step_of_a_large_meta_batch_copies_nothing_from_the_host(path: str, monkeypatch) -> None:
+    """At meta-batch 8 (``gnn_plan.BATCH_LAYOUT_TASKS``: off the CPU, an eager layout is built at once there, its
+    segment sizes copied from the host) the captured step still reads only its padded buffers: no host copy is
+    recorded or replayed (a replay would read the host address it recorded)."""
+    import cmlgraph.backbones.gnn as gnn
+    from cmlgraph.backbones.gnn_plan import BATCH_LAYOUT_TASKS
+
+    monkeypatch.setattr(gnn, "dropout_passes_batch", lambda device: True)
+    settings, batched = ALL_PATHS[path]
+    step = rehearse_capture(dict(settings, meta_batch=BATCH_LAYOUT_TASKS), batched, monkeypatch)
+    assert not isinstance(step, str) and step.replays >= 4
+
+
 #: The fused ``--parallel-runs`` step of the sync test (Table 3's G-Meta and AMM-GNN with dropout, each run's masks
 #: from its own generator; k-hop GCN with dropout), and the same without dropout (no generators).
 FUSED_PATHS = {**{p: (FUSED[p], True) for p in FUSED},
