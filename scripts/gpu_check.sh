@@ -128,7 +128,7 @@ if step tests 150 "CUDA graphs, captured vs eager meta-steps (tests)"; then
     timeout "$t" python -m pytest -q -k on_cuda tests/train/test_cuda_graphs.py tests/train/test_cuda_graph_balls.py \
         tests/train/test_cuda_graph_plans.py tests/train/test_cuda_graph_matched.py \
         tests/train/test_cuda_graph_unions.py tests/train/test_fuse_policy.py tests/reliability/test_numerical.py \
-        tests/train/test_device_placement.py > "$out/tests.log" 2>&1 || \
+        tests/train/test_device_placement.py tests/backbones/test_gnn_plan.py > "$out/tests.log" 2>&1 || \
         echo "gpu_check: the CUDA-graph tests exited with status $?"
     tail -3 "$out/tests.log"
 fi

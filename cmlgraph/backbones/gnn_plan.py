@@ -16,6 +16,7 @@ chain of kernels and each task still gets its own weights and gradients. Padding
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,7 +234,7 @@ def _segments(lengths: list[int], device: torch.device, within: bool = True) -> 
     ``lengths`` are host ints (tensor sizes, no read-back); they and the segments' starts travel in one pinned,
     ``non_blocking`` copy (:func:`~cmlgraph.core.transfer.to_device`) instead of one op a segment.
     """
-    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    starts = [0, *itertools.accumulate(lengths)][:-1]
     host = to_device(torch.tensor([*lengths, *starts], dtype=torch.long), device)
     counts, first = host[:len(lengths)], host[len(lengths):]
     total = sum(lengths)
@@ -274,7 +275,9 @@ def _block_diag(parts: list[Tensor], rows_per: int, cols_per: int, batched: bool
         crows.append(torch.full((1,), offset, dtype=torch.long, device=device))
         crow, cols = torch.cat(crows), torch.cat(col_parts)
     else:
-        offsets = [sum(nnz[:i]) for i in range(t + 1)]
+        if max(rows) > rows_per:
+            raise ValueError(f"a block of {max(rows)} rows does not fit the layout's {rows_per} rows a block")
+        offsets = [0, *itertools.accumulate(nnz)]
         # a block's rows past its own are empty: they point at its end (the next block's start); its own rows
         # point at its entries shifted by the entries of the blocks before it
         ends = to_device(torch.tensor(offsets, dtype=torch.long), device)
@@ -297,8 +300,8 @@ def _stacked_product(blocks: list[SparseBlock], x: Tensor, rows_per: int, cols_p
     zero). ``x`` is the shared ``[N, F]`` (``cols_per`` ``None``: global columns) or the tasks' stacked rows
     ``[T·cols_per, F]`` (local columns). As :func:`_sparse_product` with a dense ``x``, task by task, through one
     CSR product of the stacked blocks (no ``[entries, F]`` temporary: hundreds of tasks' gathered rows would
-    take gigabytes). The blocks' rows are in order (as :func:`build_plan` makes them); the CSR row pointers come
-    from counting, the columns sorted within rows by one sort: no read-back."""
+    take gigabytes). The entries are sorted by row and column by one sort and the row pointers come from
+    counting: no read-back. Each block's (row, column) pairs are distinct, as :func:`build_plan` makes them."""
     task, _ = _segments([int(b.rows.numel()) for b in blocks], x.device, within=False)
     n_rows, n_cols = len(blocks) * rows_per, x.shape[0]
     rows = torch.cat([b.rows for b in blocks]) + task * rows_per
@@ -308,7 +311,8 @@ def _stacked_product(blocks: list[SparseBlock], x: Tensor, rows_per: int, cols_p
     order = torch.argsort(rows * n_cols + cols)
     counts = torch.zeros(n_rows + 1, dtype=torch.long, device=x.device).index_add_(0, rows + 1, torch.ones_like(rows))
     m = torch.sparse_csr_tensor(torch.cumsum(counts, 0), cols.index_select(0, order),
-                                torch.cat([b.vals for b in blocks]).index_select(0, order), (n_rows, n_cols))
+                                torch.cat([b.vals for b in blocks]).to(x.dtype).index_select(0, order),
+                                (n_rows, n_cols))
     return torch.sparse.mm(m, x)
 
 
@@ -414,6 +418,9 @@ class TaskLayout:
             block, within = _segments([int(v.numel()) for v in levels], x.device)
             out = x.new_zeros(t * rows, x.shape[1])
             return out.index_copy(0, block * rows + within, x.index_select(0, torch.cat(levels))).view(t, rows, -1)
+        if level != (1 if key == "z" else len(self.sizes) - 1):
+            raise ValueError(f"constant {key!r} lives at level {1 if key == 'z' else len(self.sizes) - 1}, "
+                             f"not {level}")
         with torch.no_grad():
             h = _stacked_product([p.memo["first_global"] for p in self.plans], x, self.sizes[1], None)
             for j in range(1, len(self.plans[0].mats)) if key == "sgc" else ():

@@ -481,9 +481,10 @@ def test_each_captured_path_records_and_replays_on_the_device(path: str, monkeyp
 
 @pytest.mark.parametrize("path", ["khop-gcn", "ammgnn-table3", "khop-gcn-dropout"])
 def test_a_captured_step_of_a_large_meta_batch_copies_nothing_from_the_host(path: str, monkeypatch) -> None:
-    """At meta-batch 8 (``gnn_plan.BATCH_LAYOUT_TASKS``: off the CPU, an eager layout is built at once there, its
-    segment sizes copied from the host) the captured step still reads only its padded buffers: no host copy is
-    recorded or replayed (a replay would read the host address it recorded)."""
+    """At meta-batch 8 (``gnn_plan.BATCH_LAYOUT_TASKS``), where an eager step off the CPU builds its layout at once
+    with its segment sizes copied from the host, the captured step still reads only its padded buffers
+    (``StaticTaskLayout``): no host copy is recorded or replayed (a replay would read the host address it
+    recorded). The eager batched layout itself is rehearsed by the next test."""
     import cmlgraph.backbones.gnn as gnn
     from cmlgraph.backbones.gnn_plan import BATCH_LAYOUT_TASKS
 
@@ -491,6 +492,25 @@ def test_a_captured_step_of_a_large_meta_batch_copies_nothing_from_the_host(path
     settings, batched = ALL_PATHS[path]
     step = rehearse_capture(dict(settings, meta_batch=BATCH_LAYOUT_TASKS), batched, monkeypatch)
     assert not isinstance(step, str) and step.replays >= 4
+
+
+@pytest.mark.parametrize("path", ["khop-gcn", "khop-gcn-dropout", "khop-sage", "khop-gcn-sparse", "khop-sgc-sparse",
+                                  "ammgnn", "khop"])
+def test_a_large_meta_batch_builds_its_layout_at_once_on_the_device(path: str, monkeypatch) -> None:
+    """At meta-batch 8 an eager step and an evaluation batch off the CPU build the k-hop layout at once
+    (``gnn_plan.layout_batches``: block diagonals by concatenation, constants by one CSR product): that too keeps
+    to the device, its host sizes sent by ``to_device``, with no read-back."""
+    import cmlgraph.backbones.gnn as gnn
+    import cmlgraph.backbones.gnn_plan as gnn_plan
+
+    calls: list[int] = []
+    original = gnn_plan._segments
+    monkeypatch.setattr(gnn_plan, "_segments", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(gnn, "dropout_passes_batch", lambda device: True)
+    settings, batched = ALL_PATHS[path]
+    got = rehearse(dict(settings, meta_batch=gnn_plan.BATCH_LAYOUT_TASKS), batched)
+    assert calls, "the batched layout was not built"
+    assert got["loss"].device == DEVICE and got["predictions"].shape[0] == gnn_plan.BATCH_LAYOUT_TASKS
 
 
 #: The fused ``--parallel-runs`` step of the sync test (Table 3's G-Meta and AMM-GNN with dropout, each run's masks
@@ -674,10 +694,12 @@ ON_CUDA = ["khop", "full-gcn-dropout", "khop-gat", "khop-gcn-sparse-dropout", "g
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def _cuda_experiment(path: str) -> tuple[Any, Any]:
-    """``path``'s experiment on ``cuda`` after one meta-iteration and one evaluation batch (the per-run caches
-    built), and its ``episodes(split, stacked)``."""
-    e, choice, episodes = _built(*ALL_PATHS[path], device="cuda")
+def _cuda_experiment(path: str, meta_batch: int | None = None) -> tuple[Any, Any]:
+    """``path``'s experiment on ``cuda`` (at ``meta_batch`` tasks, else its own) after one meta-iteration and one
+    evaluation batch (the per-run caches built), and its ``episodes(split, stacked)``."""
+    settings, batched = ALL_PATHS[path]
+    settings = settings if meta_batch is None else dict(settings, meta_batch=meta_batch)
+    e, choice, episodes = _built(settings, batched, device="cuda")
     e.batched = choice(e.device)
     params = parameters_of(e.model)
     e.algo.meta_gradients(e.model, params, episodes("train", e.batched), e.domain.loss_fn, 0, batched=e.batched)
@@ -702,7 +724,21 @@ def test_no_host_device_sync_in_a_meta_iteration_on_cuda(path: str) -> None:
     """A meta-batch materialized (its copies to the device), two meta-iterations and an evaluation batch under
     ``torch.cuda.set_sync_debug_mode("error")``, which raises at any host-device synchronisation: scalar reads,
     data-dependent shapes, blocking copies (issue 18, Build item 2)."""
-    e, episodes = _cuda_experiment(path)
+    _no_sync_on_cuda(path)
+
+
+@needs_cuda
+@pytest.mark.parametrize("path", ["khop-gcn", "khop-sage", "ammgnn"])
+def test_no_host_device_sync_with_a_layout_built_at_once_on_cuda(path: str) -> None:
+    """The same at meta-batch 8 (``gnn_plan.BATCH_LAYOUT_TASKS``), where the k-hop layout is built at once on a
+    GPU: its host sizes copied pinned and ``non_blocking``, its constants one cuSPARSE product."""
+    from cmlgraph.backbones.gnn_plan import BATCH_LAYOUT_TASKS
+
+    _no_sync_on_cuda(path, BATCH_LAYOUT_TASKS)
+
+
+def _no_sync_on_cuda(path: str, meta_batch: int | None = None) -> None:
+    e, episodes = _cuda_experiment(path, meta_batch)
     params = parameters_of(e.model)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
