@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from cmlgraph.backbones.gnn_ops import BLOCK_NNZ, is_sparse, sparse_matmul, transposable_csr
-from cmlgraph.core.transfer import to_device
+from cmlgraph.core.transfer import to_device, to_device_all
 from cmlgraph.graphs.sparse import csr_row_entries, slice_rows
 
 #: From this many tasks on, a batch's layout (block diagonals, dense constants) is built off the CPU with a fixed
@@ -134,40 +134,56 @@ def complete_plan(plan: Plan) -> Plan:
     return plan
 
 
-def _block_to(block: SparseBlock | None, device: torch.device) -> SparseBlock | None:
-    if block is None:
-        return None
-    return SparseBlock(to_device(block.rows, device), to_device(block.cols, device), to_device(block.vals, device),
-                       block.shape)
-
-
 def plan_to(plan: Plan, x: Tensor) -> Plan:
     """A host-built plan (:func:`build_plan` on CPU tensors) moved to ``x``'s device, reading the features ``x``.
 
     Why (issue 18 item 2): building a plan needs its level sizes on the host (``unique``, CSR row expansion), i.e.
     about 9 host-device syncs per plan when built from device tensors. Built from the CPU copy of the graph those
-    reads are free; only the finished index and value tensors travel, pinned and ``non_blocking``
-    (:func:`cmlgraph.core.transfer.to_device`). On the CPU nothing is copied. Constants derived from the features
-    (``memo["z"]`` and kin) are not moved: they are built on the device on first use.
+    reads are free; only the finished index and value tensors travel, pinned and ``non_blocking``, all of a dtype
+    in one copy (:func:`cmlgraph.core.transfer.to_device_all`: 2 copies a plan instead of about 11). On the CPU
+    nothing is copied. Constants derived from the features (``memo["z"]`` and kin) are not moved: they are built
+    on the device on first use.
 
     Args:
         plan: A plan whose index tensors live on the host (constants not built yet).
         x: The full graph's features on the run's device, in the form the plan's products read (coalesced COO
             when sparse).
     """
-    device = x.device
-    memo: dict[str, Any] = {}
-    for key in ("prev_level", "level"):
-        if key in plan.memo:
-            memo[key] = to_device(plan.memo[key], device)
-    if "first_global" in plan.memo:
-        memo["first_global"] = _block_to(plan.memo["first_global"], device)
-    for key, value in plan.memo.items():  # host-built CSR blocks and sparse constants (host_prepare)
+    tensors: list[Tensor] = []
+
+    def take(t: Tensor) -> int:
+        tensors.append(t)
+        return len(tensors) - 1
+
+    def block(b: SparseBlock | None) -> tuple[int, int, int, tuple[int, int]] | None:
+        return None if b is None else (take(b.rows), take(b.cols), take(b.vals), b.shape)
+
+    levels = {key: take(plan.memo[key]) for key in ("prev_level", "level") if key in plan.memo}
+    first = block(plan.memo.get("first_global"))
+    mats = [block(m) for m in plan.mats]
+    host: dict[str, Any] = {}  # host-built CSR blocks and sparse constants (host_prepare)
+    for key, value in plan.memo.items():
         if key.startswith(HOST_PREFIX):
-            memo[key] = _tensor_to(value, device)
-    out = None if plan.out is None else to_device(plan.out, device)
-    return Plan(sizes=list(plan.sizes), mats=[_block_to(m, device) for m in plan.mats],  # type: ignore[misc]
-                x=x, out=out, memo=memo)
+            host[key] = (value, take(value.crow_indices()), take(value.col_indices()), take(value.values())) \
+                if value.layout == torch.sparse_csr else (value, take(value))
+    out = None if plan.out is None else take(plan.out)
+    moved = to_device_all(tensors, x.device)
+
+    def unblock(ids: tuple[int, int, int, tuple[int, int]] | None) -> SparseBlock | None:
+        return None if ids is None else SparseBlock(moved[ids[0]], moved[ids[1]], moved[ids[2]], ids[3])
+
+    memo: dict[str, Any] = {key: moved[i] for key, i in levels.items()}
+    if first is not None:
+        memo["first_global"] = unblock(first)
+    for key, (value, *ids) in host.items():
+        if all(moved[i] is tensors[i] for i in ids):  # on the device already: the host's own object
+            memo[key] = value
+        elif len(ids) == 3:
+            memo[key] = torch.sparse_csr_tensor(moved[ids[0]], moved[ids[1]], moved[ids[2]], value.shape)
+        else:
+            memo[key] = moved[ids[0]]
+    return Plan(sizes=list(plan.sizes), mats=[unblock(m) for m in mats],  # type: ignore[misc]
+                x=x, out=None if out is None else moved[out], memo=memo)
 
 
 #: ``Plan.memo`` prefix of what :func:`host_prepare` built on the host (``host/csr/<layer>``, ``host/<constant>``).
@@ -198,16 +214,6 @@ def host_prepare(plan: Plan, host_x: Tensor, constants: tuple[str, ...] = (), la
         for key in constants:
             plan.memo[f"{HOST_PREFIX}{key}"] = _to_csr(plan_constant(host, key))
     return plan
-
-
-def _tensor_to(t: Tensor, device: torch.device) -> Tensor:
-    """A dense tensor or a CSR matrix on ``device`` (a CSR matrix by its parts, each pinned and ``non_blocking``)."""
-    if t.layout == torch.sparse_csr:
-        if t.device == device:
-            return t
-        return torch.sparse_csr_tensor(to_device(t.crow_indices(), device), to_device(t.col_indices(), device),
-                                       to_device(t.values(), device), t.shape)
-    return to_device(t, device)
 
 
 def _layer_csr(plan: Plan, layer: int) -> Tensor:

@@ -10,6 +10,8 @@ Episodes and their layouts (k-hop plans) are built on the host from CPU tensors 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -37,10 +39,40 @@ def to_device(t: Tensor, device: torch.device | str) -> Tensor:
     return t.to(device)
 
 
+def to_device_all(tensors: Sequence[Tensor], device: torch.device | str) -> list[Tensor]:
+    """Dense ``tensors`` on ``device`` with one copy per dtype (:func:`to_device` of their concatenation), each
+    then a view of it in its own shape; those on ``device`` already are returned themselves.
+
+    Why (issue 18): a k-hop plan is a dozen small index and value tensors (levels, blocks, CSR parts), and each copy
+    is a launch that the prefetch worker pays for every plan, 18 to 26 a task, while the step launches its
+    kernels. Sent together they are one copy per dtype.
+
+    Args:
+        tensors: Dense tensors (any shapes; empty ones too).
+        device: The run's device.
+    """
+    device = torch.device(device)
+    out: list[Tensor | None] = [None] * len(tensors)
+    groups: dict[torch.dtype, list[int]] = {}
+    for i, t in enumerate(tensors):
+        if t.device.type == device.type and (device.index is None or t.device.index == device.index):
+            out[i] = t
+        else:
+            groups.setdefault(t.dtype, []).append(i)
+    for idx in groups.values():
+        if len(idx) == 1:
+            out[idx[0]] = to_device(tensors[idx[0]], device)
+            continue
+        moved = to_device(torch.cat([tensors[i].reshape(-1) for i in idx]), device)
+        for i, part in zip(idx, moved.split([tensors[i].numel() for i in idx]), strict=True):
+            out[i] = part.view(tensors[i].shape)
+    return out  # type: ignore[return-value]
+
+
 def episode_to_device(ep: Episode, device: torch.device | str) -> Episode:
     """An episode of plain tensors (support and query inputs and targets) on ``device``, each sent by
     :func:`to_device`."""
     return Episode(*(to_device(t, device) for t in (ep.support_x, ep.support_y, ep.query_x, ep.query_y)))
 
 
-__all__ = ["episode_to_device", "to_device"]
+__all__ = ["episode_to_device", "to_device", "to_device_all"]

@@ -86,3 +86,48 @@ def test_to_device_keeps_a_tensor_already_there():
     t = torch.arange(3)
     assert to_device(t, "cpu") is t and to_device(t, torch.device("cpu")) is t
     assert to_device(t, "meta").device.type == "meta"
+
+
+def test_a_plan_travels_in_one_copy_per_dtype_and_arrives_whole(graph, monkeypatch):
+    """(issue 18) ``plan_to`` sends a plan's dozen index and value tensors as one copy per dtype
+    (``to_device_all``): every tensor arrives on the device in its shape; on the CPU nothing moves."""
+    import cmlgraph.core.transfer as transfer
+    from cmlgraph.backbones.gnn_plan import host_prepare
+
+    x = graph.x.to_dense() if graph.x.is_sparse else graph.x
+    g = GraphInput(x, graph.edge_index, torch.tensor([4, 9, 4, 100]), {}, local=True)
+    prepare_plan(g, g, "gcn", 2, complete=True)
+    plan = host_prepare(g._plans[("gcn", 2)], x, (), (0, 1))
+    copies: list[torch.dtype] = []
+    real = transfer.to_device
+    monkeypatch.setattr(transfer, "to_device", lambda t, device: copies.append(t.dtype) or real(t, device))
+    same = plan_to(plan, x)
+    assert copies == [] and same.memo["prev_level"] is plan.memo["prev_level"]
+    assert same.memo["host/csr/1"] is plan.memo["host/csr/1"]
+    moved = plan_to(plan, torch.empty(x.shape, device="meta"))
+    assert sorted(copies, key=str) == [torch.float32, torch.int64]  # was about 11 copies
+    pairs = [(moved.memo[k], plan.memo[k]) for k in ("prev_level", "level")] + [
+        (getattr(a, f), getattr(b, f)) for a, b in [*zip(moved.mats[1:], plan.mats[1:], strict=True),
+                                                    (moved.memo["first_global"], plan.memo["first_global"])]
+        for f in ("rows", "cols", "vals")]
+    csr, host_csr = moved.memo["host/csr/1"], plan.memo["host/csr/1"]
+    pairs += [(csr.crow_indices(), host_csr.crow_indices()), (csr.values(), host_csr.values())]
+    assert all(a.device.type == "meta" and a.shape == b.shape and a.dtype == b.dtype for a, b in pairs)
+
+
+def test_to_device_all_sends_each_dtype_once_and_splits_it_back(monkeypatch):
+    """Each dtype's tensors travel as one concatenation and come back as views in their shapes, values intact
+    (a stand-in copy on the CPU shows them); tensors on the device already are not copied."""
+    import cmlgraph.core.transfer as transfer
+
+    sent: list[torch.Tensor] = []
+    monkeypatch.setattr(transfer, "to_device", lambda t, device: sent.append(t) or t.clone())
+    here = torch.empty(2, device="meta")
+    parts = [torch.arange(6).view(2, 3), torch.rand(4), torch.empty(0, dtype=torch.long), here, torch.tensor([7]),
+             torch.rand(1, 2)]
+    out = transfer.to_device_all(parts, "meta")
+    assert len(sent) == 2 and {t.dtype for t in sent} == {torch.int64, torch.float32}
+    assert out[3] is here
+    for a, b in zip(out, parts, strict=True):
+        if b is not here:
+            assert a.shape == b.shape and torch.equal(a, b)

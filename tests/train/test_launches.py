@@ -9,8 +9,9 @@ step; the batch's layout built in the call, as in every step of a run). Their gr
 or at most the budget below, whose reason names what still runs per task. Task loops planted back (AMM-GNN's
 regulariser, one task at a time until session 37; the k-hop layout built task by task) fail.
 
-Not counted here: each episode's copies to the device (``materialize``: the k-hop plans' index tensors, about 18
-to 26 copies a task), made by the prefetch worker ahead of the step, nor the optimizer step.
+Not counted here: each episode's copies to the device (``materialize``: its nodes, labels and k-hop plans, 8 to 10
+copies a task since ``plan_to`` sends a plan in one copy per dtype), made by the prefetch worker ahead of the
+step, nor the optimizer step.
 """
 
 from __future__ import annotations
