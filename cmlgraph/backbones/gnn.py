@@ -55,13 +55,16 @@ from cmlgraph.backbones.gnn_ops import (
     with_values,
 )
 from cmlgraph.backbones.gnn_plan import (
+    BATCH_LAYOUT_TASKS,
     Plan,
     TaskLayout,
     _block_diag,
+    _segments,
     _to_csr,
     build_plan,
     complete_plan,
     host_prepare,
+    layout_batches,
     plan_to,
     prefix_rows,
     task_linear,
@@ -804,16 +807,33 @@ def _union_layout(items: list[GraphInput]) -> dict[str, Any]:
     """The disjoint union of ``items``' k-hop subgraphs, each padded to the largest one's ``R`` rows (see
     :meth:`GNNBackbone._subgraph_tasks`): ``x`` (dense ``[T, R, F]``, or a block-diagonal sparse ``[T·R, T·F]``),
     ``edges`` (``[2, E]``: each task's self-looped edges offset by ``t·R``), ``out`` (``[T·n]``: each task's
-    requested nodes, offset) and ``rows`` (``R``). Sizes are read from shapes only (no host-device sync)."""
+    requested nodes, offset) and ``rows`` (``R``). Sizes are read from shapes only (no host-device sync). Off the
+    CPU, from ``BATCH_LAYOUT_TASKS`` tasks on, built with a fixed number of ops whatever the number of tasks
+    (issue 18; a few ops a task otherwise), equal to the task loop's."""
     rows = max(g.num_nodes for g in items)
     feats = [sparse_features(g) for g in items]
+    loops = [self_loop_edge_index(g) for g in items]
+    device = loops[0].device
+    if len(items) >= BATCH_LAYOUT_TASKS and layout_batches(device):
+        # off the CPU, a fixed number of ops whatever the number of tasks (gnn_plan.layout_batches, issue 18)
+        if is_sparse(feats[0]):
+            x = _block_diag([_to_csr(f) for f in feats], rows, int(feats[0].shape[1]), batched=True)
+        else:
+            block, within = _segments([int(f.shape[0]) for f in feats], device)
+            assert within is not None
+            x = feats[0].new_zeros(len(items) * rows, feats[0].shape[1]).index_copy(
+                0, block * rows + within, torch.cat(feats)).view(len(items), rows, -1)
+        edge_task, _ = _segments([int(e.shape[1]) for e in loops], device, within=False)
+        node_task, _ = _segments([int(g.nodes.numel()) for g in items], device, within=False)
+        return {"x": x, "edges": torch.cat(loops, dim=1) + edge_task * rows,
+                "out": torch.cat([g.nodes for g in items]) + node_task * rows, "rows": rows}
     if is_sparse(feats[0]):
         x = _block_diag([_to_csr(f) for f in feats], rows, int(feats[0].shape[1]))
     else:
         x = feats[0].new_zeros(len(items), rows, feats[0].shape[1])
         for t, f in enumerate(feats):
             x[t, : f.shape[0]] = f
-    edges = torch.cat([self_loop_edge_index(g) + t * rows for t, g in enumerate(items)], dim=1)
+    edges = torch.cat([e + t * rows for t, e in enumerate(loops)], dim=1)
     out = torch.cat([g.nodes + t * rows for t, g in enumerate(items)])
     return {"x": x, "edges": edges, "out": out, "rows": rows}
 

@@ -509,3 +509,38 @@ def plans_copy(ps: list) -> list:
 
     return [Plan(sizes=list(p.sizes), mats=list(p.mats), x=p.x, out=p.out,
                  memo={k: v for k, v in p.memo.items() if k in ("prev_level", "first_global", "level")}) for p in ps]
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_gats_subgraph_union_of_many_tasks_is_built_at_once_off_the_cpu_and_equals_the_loop(sparse, monkeypatch):
+    """(issue 18) From ``BATCH_LAYOUT_TASKS`` tasks on, off the CPU (its choice forced here), GAT's k-hop subgraph
+    union (padded features, offset self-looped edges and requested nodes) is built with a fixed number of ops, and
+    equals the task loop's bit for bit."""
+    import cmlgraph.backbones.gnn as gnn
+    from cmlgraph.backbones.gnn_plan import BATCH_LAYOUT_TASKS
+    from cmlgraph.train.launch_counter import LaunchCounter
+
+    x, ei = _graph(sparse=sparse, seed=7)
+    g = torch.Generator().manual_seed(8)
+
+    def items(tasks: int) -> list[GraphInput]:
+        return [_subgraph_input(x, ei, torch.randint(0, 200, (2 + t % 3,), generator=g)) for t in range(tasks)]
+
+    batch = items(BATCH_LAYOUT_TASKS + 1)
+    loop = gnn._union_layout(batch)
+    monkeypatch.setattr(gnn, "layout_batches", lambda device: True)
+    once = gnn._union_layout(batch)
+    assert once["rows"] == loop["rows"]
+    for key in ("edges", "out"):
+        assert torch.equal(once[key], loop[key]), key
+    dense = (lambda t: t.to_dense()) if sparse else (lambda t: t)
+    assert torch.equal(dense(once["x"]), dense(loop["x"]))
+
+    def ops(tasks: int) -> int:
+        its = items(tasks)
+        gnn._union_layout(its)  # each input's self-looped edges built and cached (in a run: on the host, ahead)
+        with LaunchCounter() as c:
+            gnn._union_layout(its)
+        return c.total
+
+    assert ops(BATCH_LAYOUT_TASKS) == ops(3 * BATCH_LAYOUT_TASKS)

@@ -26,25 +26,23 @@ from cmlgraph.core.model import parameters_of
 from cmlgraph.train.launch_counter import LaunchCounter, launches
 from tests.train.test_device_placement import ALL_PATHS, DEVICE, DevicePlacement, _experiment_on_device
 
-#: GAT's k-hop subgraph union, built once a meta-iteration from its tasks' subgraphs: each task's edges offset and
-#: its features copied into its padded block (``gnn._union_layout``).
-UNION = "the batch's subgraph union from its tasks' subgraphs, once a meta-iteration"
 #: Feature-dropout masks drawn task by task in the order each task's own pass draws them (so one pass equals the
 #: task loop from the same RNG state, and each fused run draws from its own stream: ``GNNBackbone._task_scales``).
 MASKS = "each task's dropout masks, drawn as its own pass draws them"
 #: Per-task ops allowed for each added task, and why (measured with torch 2.13.0; zero: nothing runs per task).
 PER_TASK: dict[str, tuple[int, str]] = {
-    "khop-gat": (6, UNION), "khop-gat-sparse": (13, f"{UNION}, its sparse features' blocks sliced and sorted"),
-    "khop-gat-dropout": (46, f"{UNION}; {MASKS}, padded to the union's rows"),
+    "khop-gat-sparse": (9, "each subgraph's sparse features made CSR blocks for the union's block diagonal"),
+    "khop-gat-dropout": (40, f"{MASKS}, padded to the union's rows"),
     "full": (2, "each task's propagated rows gathered (SGC's whole-graph tasks, one index a task)"),
     "full-sgc-dropout": (2, "each task's propagated rows gathered (SGC's whole-graph tasks, one index a task)"),
     # each task's masked features projected by its own product, forward and both backwards (the CPU measured
     # that faster than one product over a [N, t, F] copy: GNNBackbone._whole_graph_chunk); left for the GPU
     "full-gcn-dropout": (70, f"{MASKS}; each task's masked features projected by its own product"),
     "digits": (3, "PyTorch's vmap of Conv4's convolution double backward runs one convolution a task"),
-    **{p: (0, "") for p in ("khop", "khop-gcn", "khop-gcn-sparse", "khop-sgc-sparse", "khop-sage", "khop-gin",
-                            "khop-gcn-dropout", "khop-gcn-sparse-dropout", "protonet", "ammgnn", "ammgnn-sparse",
-                            "ammgnn-table3", "full-gcn", "full-gat", "gmeta", "gmeta-table3", "sinusoid")},
+    **{p: (0, "") for p in ("khop", "khop-gat", "khop-gcn", "khop-gcn-sparse", "khop-sgc-sparse", "khop-sage",
+                            "khop-gin", "khop-gcn-dropout", "khop-gcn-sparse-dropout", "protonet", "ammgnn",
+                            "ammgnn-sparse", "ammgnn-table3", "full-gcn", "full-gat", "gmeta", "gmeta-table3",
+                            "sinusoid")},
 }
 #: The meta-batches compared: from ``BATCH_LAYOUT_TASKS`` tasks on, a k-hop batch's layout is built at once (below
 #: it task by task, which launches fewer ops for so few tasks), as every evaluation chunk's is.
