@@ -500,6 +500,10 @@ class GNNBackbone(Backbone):
         :meth:`_whole_graph_tasks`); ``scales`` (per layer, each task's dropout factors) mask each layer's input."""
 
         def project(h: Any, weight: Tensor) -> Tensor:  # [N, in] shared, [N, t, in] or t [N, in] → [N, t, out]
+            if isinstance(h, list) and not is_sparse(h[0]) and layout_batches(h[0].device):
+                # off the CPU, each task's masked features in one batched product (issue 18; the CPU's task loop
+                # below measured faster there, _mask_tasks)
+                return torch.einsum("tni,toi->nto", torch.stack(h), weight)
             if isinstance(h, list):  # each task's own (masked) features: one (sparse-aware) product a task
                 return torch.stack([sparse_aware_linear(hk, weight[k]) for k, hk in enumerate(h)], dim=1)
             if h.dim() == 2:
@@ -856,6 +860,8 @@ def _mask_tasks(h: Any, scales: list[Tensor]) -> Any:
     ``scales`` (``[N, F]``/``[N, d]``, or the sparse features' stored values)."""
     if is_sparse(h):
         return [with_values(h, h.values() * s) for s in scales]
+    if h.dim() == 2 and layout_batches(h.device):  # off the CPU: one product for every task (then one projection)
+        return list((h * torch.stack(scales)).unbind(0))
     if h.dim() == 2:
         return [h * s for s in scales]
     return h * torch.stack(scales, dim=1)  # [N, t, d]

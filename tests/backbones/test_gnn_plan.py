@@ -240,6 +240,12 @@ def test_whole_graph_tasks_with_dropout_run_as_one_pass_with_each_tasks_own_mask
     out, after = _seeded(lambda: net.forward_tasks(params, GraphBatch(items)))
     torch.testing.assert_close(out, looped, atol=1e-12, rtol=1e-10)
     assert torch.equal(after, after_loop) and calls == [5]  # one pass, the same draws
+    monkeypatch.setattr(gnn, "layout_batches", lambda device: True)  # and the GPU's one masked projection
+    out, after = _seeded(lambda: net.forward_tasks(params, GraphBatch(items)))
+    torch.testing.assert_close(out, looped, atol=1e-12, rtol=1e-10)
+    assert torch.equal(after, after_loop) and calls == [5, 5]
+    monkeypatch.setattr(gnn, "layout_batches", lambda device: False)
+    calls.pop()
     assert not torch.allclose(out, _seeded(lambda: net.forward_tasks(params, GraphBatch(items)), 22)[0])
     monkeypatch.setattr(gnn, "WHOLE_GRAPH_VALUES", 1)  # a task a chunk: still each task's own masks
     out, after = _seeded(lambda: net.forward_tasks(params, GraphBatch(items)))

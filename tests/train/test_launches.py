@@ -35,9 +35,7 @@ PER_TASK: dict[str, tuple[int, str]] = {
     "khop-gat-dropout": (40, f"{MASKS}, padded to the union's rows"),
     "full": (2, "each task's propagated rows gathered (SGC's whole-graph tasks, one index a task)"),
     "full-sgc-dropout": (2, "each task's propagated rows gathered (SGC's whole-graph tasks, one index a task)"),
-    # each task's masked features projected by its own product, forward and both backwards (the CPU measured
-    # that faster than one product over a [N, t, F] copy: GNNBackbone._whole_graph_chunk); left for the GPU
-    "full-gcn-dropout": (70, f"{MASKS}; each task's masked features projected by its own product"),
+    "full-gcn-dropout": (32, MASKS),  # (70 until session 37: each task's masked features projected on their own)
     "digits": (3, "PyTorch's vmap of Conv4's convolution double backward runs one convolution a task"),
     **{p: (0, "") for p in ("khop", "khop-gat", "khop-gcn", "khop-gcn-sparse", "khop-sgc-sparse", "khop-sage",
                             "khop-gin", "khop-gcn-dropout", "khop-gcn-sparse-dropout", "protonet", "ammgnn",
