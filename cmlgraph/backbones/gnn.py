@@ -387,7 +387,8 @@ class GNNBackbone(Backbone):
 
         With feature dropout in training, each task's masks are drawn as its own pass draws them (task by task,
         layer by layer: :meth:`_task_scales`): the first layer then projects each task's masked features (one
-        product a task) instead of the shared ones once.
+        product a task on the CPU; off it one batched product, :func:`_mask_tasks`) instead of the shared ones
+        once.
 
         Args:
             w: Per-task weights ``[T, ...]`` (GIN's ε among them when trained: ``[T, 1]``).
@@ -856,8 +857,9 @@ def dropout_passes_batch(device: torch.device) -> bool:
 def _mask_tasks(h: Any, scales: list[Tensor]) -> Any:
     """A whole-graph layer input masked per task: the shared features ``[N, F]`` (one masked matrix a task, each
     projected by its own product: on a CPU as fast as the per-task pass, where one batched product over a
-    ``[N, t, F]`` copy cost a third more) or the tasks' node-major activations ``[N, t, d]``, times each task's
-    ``scales`` (``[N, F]``/``[N, d]``, or the sparse features' stored values)."""
+    ``[N, t, F]`` copy cost a third more; off the CPU, :func:`~cmlgraph.backbones.gnn_plan.layout_batches`, all
+    tasks' masked by one product, then projected by one, issue 18) or the tasks' node-major activations
+    ``[N, t, d]``, times each task's ``scales`` (``[N, F]``/``[N, d]``, or the sparse features' stored values)."""
     if is_sparse(h):
         return [with_values(h, h.values() * s) for s in scales]
     if h.dim() == 2 and layout_batches(h.device):  # off the CPU: one product for every task (then one projection)
