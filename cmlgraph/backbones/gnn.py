@@ -59,6 +59,7 @@ from cmlgraph.backbones.gnn_plan import (
     Plan,
     TaskLayout,
     _block_diag,
+    _padded_rows,
     _segments,
     _to_csr,
     build_plan,
@@ -387,8 +388,8 @@ class GNNBackbone(Backbone):
 
         With feature dropout in training, each task's masks are drawn as its own pass draws them (task by task,
         layer by layer: :meth:`_task_scales`): the first layer then projects each task's masked features (one
-        product a task on the CPU; off it one batched product, :func:`_mask_tasks`) instead of the shared ones
-        once.
+        product a task on the CPU; off it one batched product of the node-major masked features, :func:`_mask_tasks`)
+        instead of the shared ones once.
 
         Args:
             w: Per-task weights ``[T, ...]`` (GIN's ε among them when trained: ``[T, 1]``).
@@ -501,10 +502,6 @@ class GNNBackbone(Backbone):
         :meth:`_whole_graph_tasks`); ``scales`` (per layer, each task's dropout factors) mask each layer's input."""
 
         def project(h: Any, weight: Tensor) -> Tensor:  # [N, in] shared, [N, t, in] or t [N, in] → [N, t, out]
-            if isinstance(h, list) and not is_sparse(h[0]) and layout_batches(h[0].device):
-                # off the CPU, each task's masked features in one batched product (issue 18; the CPU's task loop
-                # below measured faster there, _mask_tasks)
-                return torch.einsum("tni,toi->nto", torch.stack(h), weight)
             if isinstance(h, list):  # each task's own (masked) features: one (sparse-aware) product a task
                 return torch.stack([sparse_aware_linear(hk, weight[k]) for k, hk in enumerate(h)], dim=1)
             if h.dim() == 2:
@@ -824,10 +821,7 @@ def _union_layout(items: list[GraphInput]) -> dict[str, Any]:
         if is_sparse(feats[0]):
             x = _block_diag([_to_csr(f) for f in feats], rows, int(feats[0].shape[1]), batched=True)
         else:
-            block, within = _segments([int(f.shape[0]) for f in feats], device)
-            assert within is not None
-            x = feats[0].new_zeros(len(items) * rows, feats[0].shape[1]).index_copy(
-                0, block * rows + within, torch.cat(feats)).view(len(items), rows, -1)
+            x = _padded_rows(torch.cat(feats), [int(f.shape[0]) for f in feats], rows)
         edge_task, _ = _segments([int(e.shape[1]) for e in loops], device, within=False)
         node_task, _ = _segments([int(g.nodes.numel()) for g in items], device, within=False)
         return {"x": x, "edges": torch.cat(loops, dim=1) + edge_task * rows,
@@ -862,8 +856,8 @@ def _mask_tasks(h: Any, scales: list[Tensor]) -> Any:
     ``[N, t, d]``, times each task's ``scales`` (``[N, F]``/``[N, d]``, or the sparse features' stored values)."""
     if is_sparse(h):
         return [with_values(h, h.values() * s) for s in scales]
-    if h.dim() == 2 and layout_batches(h.device):  # off the CPU: one product for every task (then one projection)
-        return list((h * torch.stack(scales)).unbind(0))
+    if h.dim() == 2 and layout_batches(h.device):  # off the CPU: one product for every task, node-major
+        return h.unsqueeze(1) * torch.stack(scales, dim=1)  # [N, t, F], then one projection
     if h.dim() == 2:
         return [h * s for s in scales]
     return h * torch.stack(scales, dim=1)  # [N, t, d]

@@ -250,6 +250,16 @@ def _segments(lengths: list[int], device: torch.device, within: bool = True) -> 
     return segment, torch.arange(total, device=device) - first.index_select(0, segment)
 
 
+def _padded_rows(flat: Tensor, lengths: list[int], rows: int) -> Tensor:
+    """Tasks' rows given one after another (``flat``: ``[Σ n_t, F]``, ``lengths`` the ``n_t``) stacked as
+    ``[T, rows, F]``, each task's at the top of its zero-padded block, with a fixed number of ops whatever the
+    number of tasks (one ``index_copy``; positions from :func:`_segments`)."""
+    block, within = _segments(lengths, flat.device)
+    assert within is not None
+    out = flat.new_zeros(len(lengths) * rows, flat.shape[1])
+    return out.index_copy(0, block * rows + within, flat).view(len(lengths), rows, -1)
+
+
 def _block_diag(parts: list[Tensor], rows_per: int, cols_per: int, batched: bool | None = None) -> Tensor:
     """Place the CSR matrices ``parts`` on a diagonal with strides ``rows_per``/``cols_per`` (rows padded with
     empty rows), as a transposable CSR matrix; no sorting but the one that builds the transpose.
@@ -421,9 +431,7 @@ class TaskLayout:
         x, rows, t = self.plans[0].x, self.sizes[level], self.tasks
         if key in ("r", "x"):  # the features of a level, each task's rows at the top of its block
             levels = [p.memo["prev_level"] if key == "r" else complete_plan(p).memo["level"] for p in self.plans]
-            block, within = _segments([int(v.numel()) for v in levels], x.device)
-            out = x.new_zeros(t * rows, x.shape[1])
-            return out.index_copy(0, block * rows + within, x.index_select(0, torch.cat(levels))).view(t, rows, -1)
+            return _padded_rows(x.index_select(0, torch.cat(levels)), [int(v.numel()) for v in levels], rows)
         if level != (1 if key == "z" else len(self.sizes) - 1):
             raise ValueError(f"constant {key!r} lives at level {1 if key == 'z' else len(self.sizes) - 1}, "
                              f"not {level}")

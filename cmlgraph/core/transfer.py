@@ -18,6 +18,11 @@ from torch import Tensor
 from cmlgraph.core.episode import Episode
 
 
+def _already_on(t: Tensor, device: torch.device) -> bool:
+    """Whether ``t`` lives on ``device`` (any index of its type when ``device`` names none)."""
+    return t.device.type == device.type and (device.index is None or t.device.index == device.index)
+
+
 def to_device(t: Tensor, device: torch.device | str) -> Tensor:
     """``t`` on ``device``: pinned and ``non_blocking`` from the CPU to CUDA; ``t`` itself when it is there already.
 
@@ -29,7 +34,7 @@ def to_device(t: Tensor, device: torch.device | str) -> Tensor:
         device: The run's device.
     """
     device = torch.device(device)
-    if t.device.type == device.type and (device.index is None or t.device.index == device.index):
+    if _already_on(t, device):
         return t
     if t.layout == torch.sparse_coo:
         return torch.sparse_coo_tensor(to_device(t.indices(), device), to_device(t.values(), device), t.shape,
@@ -55,7 +60,7 @@ def to_device_all(tensors: Sequence[Tensor], device: torch.device | str) -> list
     out: list[Tensor | None] = [None] * len(tensors)
     groups: dict[torch.dtype, list[int]] = {}
     for i, t in enumerate(tensors):
-        if t.device.type == device.type and (device.index is None or t.device.index == device.index):
+        if _already_on(t, device):
             out[i] = t
         else:
             groups.setdefault(t.dtype, []).append(i)

@@ -1,10 +1,12 @@
 """The k-hop bench case through the CUDA-graph step (``graph/<key>/khop-graphed``, issue 18): listed with its ratios,
-skipped on the CPU before any process starts, and its workload driven on the CPU through a stand-in capture."""
+skipped on the CPU before any process starts, and its workload driven on the CPU through a stand-in capture; and
+the trainer's pipeline case (``khop-prefetch``), which trains what the plain case trains."""
 
 from __future__ import annotations
 
 import threading
 
+import pytest
 import torch
 
 from cmlgraph.bench.cases import build_cases, build_ratios
@@ -13,13 +15,17 @@ from cmlgraph.bench.workloads import GRAPHED_WARMUP, graph_workload
 from cmlgraph.graphs import make_synthetic
 
 
-def test_the_graphed_k_hop_case_and_its_ratios_are_listed() -> None:
+@pytest.mark.parametrize("variant,option", [("khop-graphed", "graphed"), ("khop-prefetch", "prefetch")])
+def test_the_k_hop_case_and_its_ratios_are_listed(variant: str, option: str) -> None:
+    """The CUDA-graph case and the pipeline case (``khop-prefetch``), each with its timed ratios."""
     cases = build_cases(True)
     base = "graph/synthetic-10k"
-    case = next(c for c in cases if c.name == f"{base}/khop-graphed")
-    assert case.options == {"mode": "khop", "cml": True, "graphed": True}
+    case = next(c for c in cases if c.name == f"{base}/{variant}")
+    assert case.options == {"mode": "khop", "cml": True, option: True}
     ratios = {r.name for r in build_ratios(cases)}
-    assert {f"{base}:khop-graphed/ref-a", f"{base}:khop-graphed/khop"} <= ratios
+    assert {f"{base}:{variant}/ref-a", f"{base}:{variant}/khop"} <= ratios
+    # no ops ratio for either (a replay counts none of its kernels; the worker's ops are in another thread)
+    assert not {r for r in ratios if r.endswith(" ops") and variant in r}
 
 
 def test_the_graphed_k_hop_case_is_skipped_on_the_cpu_before_any_process_starts() -> None:
@@ -39,17 +45,6 @@ def test_the_graphed_workload_captures_during_warm_up_and_replays_when_timed(sta
     assert 1 <= captures <= 6 and replays >= GRAPHED_WARMUP - captures
     work.step()
     assert work.info["cuda_graph_replays"] >= replays + 1 or work.info["cuda_graph_captures"] == captures + 1
-
-
-def test_the_pipeline_case_and_its_ratios_are_listed_and_run_on_the_cpu() -> None:
-    cases = build_cases(True)
-    base = "graph/synthetic-10k"
-    case = next(c for c in cases if c.name == f"{base}/khop-prefetch")
-    assert case.options == {"mode": "khop", "cml": True, "prefetch": True}
-    ratios = {r.name for r in build_ratios(cases)}
-    assert {f"{base}:khop-prefetch/ref-a", f"{base}:khop-prefetch/khop"} <= ratios
-    # no ops ratio for it (its worker's ops are not counted) nor for CUDA-graph cases (a replay counts none)
-    assert not {r for r in ratios if r.endswith(" ops") and ("prefetch" in r or "graphed" in r)}
 
 
 def _trained(work, steps: int) -> dict:
