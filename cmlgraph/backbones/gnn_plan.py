@@ -20,6 +20,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -75,7 +76,21 @@ class Plan:
 
 
 def _unique_in_order(ids: Tensor) -> tuple[Tensor, Tensor]:
-    """``(uniq, inverse)``: distinct ids in order of first occurrence, and each entry's position in ``uniq``."""
+    """``(uniq, inverse)``: distinct ids in order of first occurrence, and each entry's position in ``uniq``.
+
+    On the CPU in numpy (``np.unique``'s first indices; equal to the torch path element for element), which
+    halves a k-hop plan's host build (docs/gpu.md, "Host work per meta-batch")."""
+    if ids.device.type == "cpu":
+        uniq, first, inv = np.unique(ids.numpy(), return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        return torch.from_numpy(uniq[order]), torch.from_numpy(rank[inv.reshape(-1)])
+    return _device_unique_in_order(ids)
+
+
+def _device_unique_in_order(ids: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_unique_in_order` in torch ops, on any device."""
     uniq, inv = torch.unique(ids, return_inverse=True)
     first = torch.full((uniq.numel(),), ids.numel(), dtype=torch.long, device=ids.device)
     first.scatter_reduce_(0, inv, torch.arange(ids.numel(), device=ids.device), reduce="amin")
@@ -105,14 +120,16 @@ def build_plan(adj_rows: Tensor, x: Tensor, nodes: Tensor, layers: int) -> Plan:
     sizes = [level.numel()]
     for _ in range(layers - 1):
         row_pos, pos = csr_row_entries(crow, level)
-        nxt, local = _unique_in_order(torch.cat([level, col[pos]]))
-        mats.append(SparseBlock(row_pos, local[level.numel():], val[pos], (level.numel(), nxt.numel())))
+        nxt, local = _unique_in_order(torch.cat([level, col.index_select(0, pos)]))
+        mats.append(SparseBlock(row_pos, local[level.numel():], val.index_select(0, pos),
+                                (level.numel(), nxt.numel())))
         level = nxt
         sizes.append(level.numel())
     # The input layer's aggregation keeps global column ids: it multiplies the full features directly, so the
     # input level is listed (complete_plan) only when something reads it row by row.
     row_pos, pos = csr_row_entries(crow, level)
-    first_global = SparseBlock(row_pos, col[pos], val[pos], (level.numel(), int(x.shape[0])))
+    first_global = SparseBlock(row_pos, col.index_select(0, pos), val.index_select(0, pos),
+                               (level.numel(), int(x.shape[0])))
     mats.append(None)
     sizes.append(0)
     mats.reverse()

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cmlgraph.graphs.sparse import csr_row_entries
+from cmlgraph.graphs.sparse import csr_row_entries, flat_nonzero
 from cmlgraph.graphs.types import GraphBatch
 
 #: ``BallInput.memo`` key of the last batch stacked with this input first: (ids of the stacked inputs, batch memo).
@@ -181,7 +181,7 @@ class BallIndex:
             ckey = rowkey.index_select(0, rp) + cnode
             idx = torch.searchsorted(key, ckey).clamp_max(r - 1)
             keep = key.index_select(0, idx) == ckey
-        kept = keep.nonzero().squeeze(1)  # one nonzero for the selections below
+        kept = flat_nonzero(keep)  # one nonzero for the selections below
         rows, cols = rp.index_select(0, kept), idx.index_select(0, kept)
         # D⁻¹(A + I) holds 1/(d+1) of the row's node at every entry of a row.
         vals = self.dinv.index_select(0, members).index_select(0, rows)

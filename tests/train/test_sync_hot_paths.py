@@ -106,12 +106,13 @@ SPARSE = dict(task="graph", graph="sync-sparse", ways=3, shots=2, queries=3, met
 # AMM-GNN paths have no plan syncs: their plans are built on the host in ``materialize`` (issue 18 item 2).
 ONE_HOT = 2  # cpu only: F.one_hot's class-range check (aminmax().item(), 2 reads); on CUDA it relies on device
 #              asserts (ATen Onehot.cpp), no sync. One call per proto_head (--head-init proto, the default).
+# Host index work in numpy since session 38 (no torch op, so nothing to count here): the CSR rows of each level
+# (``csr_row_entries``) and the distinct ids of each level (``gnn_plan._unique_in_order``), on CPU tensors only. On a
+# device tensor they run as torch ops with syncs, which the meta-device rehearsal (tests/train/test_device_placement)
+# refuses in a device phase.
 PLAN = {  # host: each k-hop computation-tree plan (support and query of 2 episodes = 4 plans, 2 layers), built in
     #       materialize from the CPU graph (GraphDomain.tree_input, prepare_plan) and copied to the device
-    "_unique2 @ gnn_plan.py:_unique_in_order": 8,  # node levels: distinct ids (2 per plan)
     "_local_scalar_dense @ gnn_plan.py:build_plan": 4,  # whether the level is the requested order (1 per plan)
-    "repeat_interleave @ sparse.py:csr_row_entries": 16,  # CSR rows of each level (2 per expansion)
-    "_local_scalar_dense @ sparse.py:csr_row_entries": 8,  # their entry count (1 per expansion)
 }
 PLAN_CSR = {"_coalesce @ gnn_plan.py:_coo": 4}  # host: each plan's read aggregation as CSR (host_prepare)
 # host, sparse features (issue 18 item 2, session 29): what the device pass would build with syncs, built with the plan
@@ -120,11 +121,9 @@ SPARSE_Z = {"_sparse_sparse_matmul @ gnn_plan.py:_sparse_product": 4, "_coalesce
 SPARSE_SGC = {"_sparse_sparse_matmul @ gnn_plan.py:_sparse_product": 8, "_coalesce @ gnn_plan.py:_coo": 8}
 # host: AMM-GNN's matching draws, one .item() per episode on the raw CPU ids
 MATCH = {"_local_scalar_dense @ tlp_graph.py:match_draws": 2}
-MATCH_ROWS = {"_coalesce @ sparse.py:slice_rows": 2,  # host: AMM-GNN's drawn rows of sparse features, per episode
-              "_local_scalar_dense @ sparse.py:csr_row_entries": 2, "repeat_interleave @ sparse.py:csr_row_entries": 4}
+MATCH_ROWS = {"_coalesce @ sparse.py:slice_rows": 2}  # host: AMM-GNN's drawn rows of sparse features, per episode
 BALLS = {  # host: ball membership of new centre nodes (BallIndex.expand on the CPU CSR; cached per node)
-    "_unique2 @ balls.py:expand": 8, "repeat_interleave @ sparse.py:csr_row_entries": 16,
-    "_local_scalar_dense @ sparse.py:csr_row_entries": 8, "bincount @ balls.py:balls": 4,
+    "_unique2 @ balls.py:expand": 8, "bincount @ balls.py:balls": 4,  # (the CSR rows in numpy since session 38)
 }
 BALL_BLOCK = {  # host: the support and query ball blocks of the meta-batch, built on the CPU in the prefetch worker
     #              (TLPGraphDomain.prepare_batch, issue 18), found again by the step's own stacking
@@ -137,7 +136,7 @@ BALL_BLOCK["_unique2 @ gmeta.py:ball_layout"] += 2
 PROTO = {"_local_scalar_dense @ proto_head.py:class_means": ONE_HOT}
 # host, GNN dropout in training (input dropout reads the input level): each plan lists one level more (its distinct
 # ids) and both layers' aggregations are built as CSR (4 plans x 2)
-DROPOUT_PLAN = {**PLAN, "_unique2 @ gnn_plan.py:_unique_in_order": 12, "_coalesce @ gnn_plan.py:_coo": 8}
+DROPOUT_PLAN = {**PLAN, "_coalesce @ gnn_plan.py:_coo": 8}
 # ... with sparse features: the input level's rows sliced from the sparse features too (4 plans)
 DROPOUT_SPARSE = {**DROPOUT_PLAN, "_coalesce @ gnn_plan.py:_coo": 12, "_coalesce @ sparse.py:slice_rows": 4,
                   "index_select @ sparse.py:slice_rows": 4, "_sparse_sparse_matmul @ gnn_plan.py:_sparse_product": 4}
@@ -149,7 +148,6 @@ def _sum(*parts: dict[str, int]) -> dict[str, int]:
 SUBGRAPH = {  # host: each of 2 episodes' own 2-hop subgraph, built in materialize from the CPU graph
     "_unique2 @ subgraph.py:k_hop_nodes": 6, "nonzero @ subgraph.py:k_hop_nodes": 2,  # frontiers, the subset
     "index @ subgraph.py:k_hop_nodes": 8,  # boolean masks of the frontier and the induced edges
-    "repeat_interleave @ sparse.py:csr_row_entries": 12, "_local_scalar_dense @ sparse.py:csr_row_entries": 6,
     "_local_scalar_dense @ subgraph.py:episode_input": 4,  # the node-id range check (min, max)
     "index @ gnn_ops.py:build": 2,  # GAT's self-looped edges (remove_self_loops' mask), on the host too
 }
@@ -245,12 +243,15 @@ def test_syncs_per_meta_iteration(path: str, monkeypatch) -> None:
 
 
 def test_site_counter_names_the_function() -> None:
-    from cmlgraph.graphs.sparse import csr_row_entries
+    from cmlgraph.graphs.sparse import _device_row_entries, csr_row_entries
 
+    with SiteCounter() as c:  # the torch ops (a device tensor's path; CPU tensors go through numpy)
+        _device_row_entries(torch.tensor([0, 2, 3]), torch.tensor([1, 0]))
+    assert c.sites == {"repeat_interleave @ sparse.py:_device_row_entries": 2,
+                       "_local_scalar_dense @ sparse.py:_device_row_entries": 1}
     with SiteCounter() as c:
         csr_row_entries(torch.tensor([0, 2, 3]), torch.tensor([1, 0]))
-    assert c.sites == {"repeat_interleave @ sparse.py:csr_row_entries": 2,
-                       "_local_scalar_dense @ sparse.py:csr_row_entries": 1}
+    assert c.total == 0
 
 
 #: Table 3's settings for the fused step (first order, dropout 0.5), on a registered graph both seeds share (the
@@ -299,5 +300,4 @@ def test_a_fused_parallel_runs_step_has_no_device_sync(tmp_path, path, monkeypat
 #: On a GPU these are CPU tensors too: host work inside the step, no device sync (the step's latency, not overlapped).
 FUSED_BALL_LAYOUT = {"_local_scalar_dense @ gmeta.py:<listcomp>": 8, "_local_scalar_dense @ balls.py:block": 2,
                      "nonzero @ balls.py:block": 2, "_unique2 @ gmeta.py:ball_layout": 4,
-                     "bincount @ gmeta.py:ball_layout": 2, "repeat_interleave @ sparse.py:csr_row_entries": 4,
-                     "_local_scalar_dense @ sparse.py:csr_row_entries": 2, "_coalesce @ sparse.py:slice_rows": 2}
+                     "bincount @ gmeta.py:ball_layout": 2, "_coalesce @ sparse.py:slice_rows": 2}
