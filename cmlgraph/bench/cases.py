@@ -109,6 +109,9 @@ def gmeta_cases(key: str) -> list[Case]:
             Case(f"{base}/batched-float", "cmlgraph", "gmeta", "gmeta", {"impl": "batched-float"}, key),
             # The meta-step replayed as a CUDA graph (padded ball layouts; --device cuda only, skipped on the CPU).
             Case(f"{base}/batched-graphed", "cmlgraph", "gmeta", "gmeta", {"impl": "batched-graphed"}, key),
+            # The trainer's pipeline: the next tasks' ball layouts built by its prefetch worker while the step runs
+            # (on CUDA the step replayed as a CUDA graph), as `cmlgraph train` runs G-Meta on a GPU.
+            Case(f"{base}/batched-prefetch", "cmlgraph", "gmeta", "gmeta", {"impl": "batched-prefetch"}, key),
             Case(f"{base}/per-node", "reference-a", "gmeta", "gmeta", {"impl": "per-node"}, key),
             Case(f"{base}/per-node-sparse", "reference-b", "gmeta", "gmeta", {"impl": "per-node-sparse"}, key)]
 
@@ -178,6 +181,8 @@ def build_ratios(cases: list[Case]) -> list[Ratio]:
         add(f"gmeta/{key}:batched/batched-float", f"gmeta/{key}/batched", f"gmeta/{key}/batched-float")
         add(f"gmeta/{key}:batched-graphed/per-node", f"gmeta/{key}/batched-graphed", f"gmeta/{key}/per-node")
         add(f"gmeta/{key}:batched-graphed/batched", f"gmeta/{key}/batched-graphed", f"gmeta/{key}/batched")
+        add(f"gmeta/{key}:batched-prefetch/per-node", f"gmeta/{key}/batched-prefetch", f"gmeta/{key}/per-node")
+        add(f"gmeta/{key}:batched-prefetch/batched", f"gmeta/{key}/batched-prefetch", f"gmeta/{key}/batched")
     # Ops per task (tasks per 1000 ops, cmlgraph ÷ reference) of eager steps that count all their work: on a
     # launch-bound GPU an eager step's time roughly follows its op count (docs/gpu.md, "Ops per meta-iteration").
     # Not for CUDA-graph cases (a replay counts none of its kernels) nor the prefetch case (its worker's ops are

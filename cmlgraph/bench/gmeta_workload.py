@@ -9,7 +9,9 @@ sparse subgraphs cached per node; cmlgraph reads balls cached per node and lays 
 matrix inside every timed step. cmlgraph multiplies binary features (Amazon-Computer's bag of words) through
 subset-sum tables (:mod:`cmlgraph.backbones.binary_features`); ``batched-float`` is cmlgraph with the tables off,
 to show what they contribute; ``batched-graphed`` (``--device cuda`` only) replays the meta-step as a CUDA graph on
-padded ball layouts (:mod:`cmlgraph.train.cuda_graphs`), as ``train.cuda_graphs`` does in training. The pool's
+padded ball layouts (:mod:`cmlgraph.train.cuda_graphs`), as ``train.cuda_graphs`` does in training;
+``batched-prefetch`` is the trainer's pipeline (``train.prefetch``: a worker thread lays out the next tasks' balls
+while the step runs; on CUDA the step replayed as a CUDA graph), which equals ``batched`` on the CPU. The pool's
 tasks differ in size, so the bench times whole cycles of the pool (:func:`cmlgraph.bench.worker.time_workload`).
 Before timing, each reference workload checks on one task that it gives the same outer loss and meta-gradients as
 cmlgraph (dropout off, 2 inner steps) and records the largest difference.
@@ -86,7 +88,9 @@ def check_equal(graph: FewShotGraph, impl: str, device: str) -> dict[str, float]
 def gmeta_workload(graph: FewShotGraph, impl: str, device: str) -> Workload:
     """One meta-iteration of G-Meta + CML: ``impl`` = ``batched`` (cmlgraph), ``batched-float`` (cmlgraph with
     binary features multiplied as floats, no subset-sum tables), ``batched-graphed`` (cmlgraph's meta-step as a
-    CUDA graph: CUDA only), ``per-node`` (published style) or ``per-node-sparse``."""
+    CUDA graph: CUDA only), ``batched-prefetch`` (the next tasks' ball layouts built by a worker thread while the
+    step runs, as the trainer's prefetch; on CUDA the step replayed as a CUDA graph), ``per-node`` (published
+    style) or ``per-node-sparse``."""
     per_node = impl.startswith("per-node")
     info: dict[str, Any] = check_equal(graph, impl, device) if per_node else {}
     dom = _domain(graph, impl)
@@ -104,16 +108,34 @@ def gmeta_workload(graph: FewShotGraph, impl: str, device: str) -> Workload:
             exp.model.extractor(ep.query_x)
     counter = [0]
     graphed = None
-    if impl == "batched-graphed":  # the trainer's CUDA-graph step (strict: a failed capture fails the case)
+    prefetch = impl == "batched-prefetch"
+    if impl == "batched-graphed" or (prefetch and torch.device(device).type == "cuda"):
+        # the trainer's CUDA-graph step (strict: a failed capture fails the case)
         from cmlgraph.train.cuda_graphs import GraphedMetaStep
 
         graphed = GraphedMetaStep(exp.algo, exp.model, exp.domain.loss_fn, None, strict=True)
         for i, raw in enumerate(pool):  # capture for the pool's sizes here (buffers only grow), not while timed
             graphed([dom.materialize(raw, device)], i)
 
+    def prepared(i: int) -> list[Any]:
+        """The pool's task ``i`` (cyclically) materialized, its ball layout built as the trainer's prefetch
+        worker builds it (``TLPGraphDomain.prepare_batch``)."""
+        episodes = [dom.materialize(pool[i % len(pool)], device)]
+        dom.prepare_batch(episodes, None)
+        return episodes
+
+    batches = None
+    if prefetch:  # the trainer's pipeline: the worker lays out the next tasks' balls while the step runs
+        from cmlgraph.train.prefetch import Prefetcher
+
+        produced = iter(range(10**12))
+        batches = Prefetcher(lambda _: prepared(next(produced)), None, depth=2, name="cmlgraph-bench")
+
     def step() -> None:
-        raw = pool[counter[0] % len(pool)]
-        episodes = [dom.materialize(raw, device)]
+        if batches is not None:
+            episodes = batches.next()
+        else:
+            episodes = [dom.materialize(pool[counter[0] % len(pool)], device)]
         if graphed is None:
             meta_step(exp, episodes, counter[0], False if per_node else None)
         else:
@@ -123,8 +145,15 @@ def gmeta_workload(graph: FewShotGraph, impl: str, device: str) -> Workload:
 
     sizes = torch.cat([dom.ball_index(device).ball_sizes(torch.cat([r.support, r.query])) for r in pool])
     info.update(saved_params=saved_parameters(exp), mean_ball=float(sizes.float().mean()),
-                balls_per_task=int(sizes.numel() // len(pool)))
-    return Workload(step, s["meta_batch"], info, cycle=len(pool))
+                balls_per_task=int(sizes.numel() // len(pool)), prefetch=prefetch, cuda_graphs=graphed is not None)
+    host_counter = [0]
+
+    def prepare_next() -> list[Any]:  # the host's share of a step: materialize and lay out (Workload.prepare)
+        host_counter[0] += 1
+        return prepared(host_counter[0] - 1)
+
+    return Workload(step, s["meta_batch"], info, cycle=len(pool), close=None if batches is None else batches.close,
+                    prepare=None if per_node else prepare_next)
 
 
 __all__ = ["GMETA_SETTING", "check_equal", "gmeta_workload"]

@@ -96,7 +96,8 @@ def print_tables(doc: dict[str, Any], console: Console) -> None:
                         f"{doc['machine']['device']}, {doc['machine']['torch_threads']} threads)")
     cuda = str(doc["machine"]["device"]).startswith("cuda")
     for col, justify in (("case", "left"), ("impl", "left"), ("tasks/s", "right"), ("ms/iter", "right"),
-                         ("GPU ops/iter" if cuda else "ops/iter (host+device)", "right"), ("peak RSS MB", "right"),
+                         ("GPU ops/iter" if cuda else "ops/iter (host+device)", "right"),
+                         ("host ms/batch", "right"), ("peak RSS MB", "right"),
                          ("iters", "right"), ("note", "left")):
         table.add_column(col, justify=justify, overflow="fold")
     for r in doc["cases"]:
@@ -104,10 +105,12 @@ def print_tables(doc: dict[str, Any], console: Console) -> None:
         notes += [r[k] for k in ("ops_note", "ops_error") if r.get(k) and not r["skipped"]]
         if not r["skipped"] and r.get("cuda_graph_replays") and cuda:
             notes.append("GPU ops: a replay counts none of its kernels")
+        if host_bound(r):
+            notes.append("as slow as its host preparation: the prefetch worker bounds it")
         note = r.get("reason", "") if r["skipped"] else "; ".join(notes)
         ops = r.get("device_ops_per_iter" if cuda else "ops_per_iter")
         table.add_row(r["name"], r["impl"], _num(r["tasks_per_s"], 2), _num(r["ms_per_iter"]), _num(ops, 0),
-                      _num(r["peak_rss_mb"], 0), str(r.get("iters", "")), note)
+                      _num(r.get("host_ms_per_iter"), 2), _num(r["peak_rss_mb"], 0), str(r.get("iters", "")), note)
     console.print(table)
     _graph_table(doc, console)
     rt = Table(title="ratios (tasks/s ÷ tasks/s; CML/MAML: ms ÷ ms; ops: tasks per op ÷ tasks per op, a rough "
@@ -125,6 +128,19 @@ def print_tables(doc: dict[str, Any], console: Console) -> None:
     for p in doc["param_counts"]:
         console.print(f"saved parameters on {p['graph']}: CML {p['cml']}, MAML {p['maml']} "
                       f"({'equal' if p['equal'] else 'DIFFERENT' if p['equal'] is False else 'unknown'})")
+
+
+#: A pipelined case (prefetch worker) whose step takes at most this much more than its host preparation is said to
+#: be bound by that preparation: the step waits for the worker's next meta-batch.
+HOST_BOUND_SLACK = 1.1
+
+
+def host_bound(record: dict[str, Any]) -> bool:
+    """Whether a pipelined case (``prefetch`` in its facts) ran about as slowly as its host's preparation of a
+    meta-batch (``host_ms_per_iter``, :func:`cmlgraph.bench.worker.time_prepare`), i.e. waited on its worker."""
+    host, step = record.get("host_ms_per_iter"), record.get("ms_per_iter")
+    return bool(record.get("prefetch")) and host is not None and step is not None and \
+        step <= HOST_BOUND_SLACK * host
 
 
 def _target(kind: str | None, value: float | None) -> str:
@@ -162,4 +178,5 @@ def write_document(path: str | Path, doc: dict[str, Any]) -> None:
     write_json(path, doc)
 
 
-__all__ = ["compute_ratios", "machine_info", "param_counts", "print_tables", "target_checks", "write_document"]
+__all__ = ["HOST_BOUND_SLACK", "compute_ratios", "host_bound", "machine_info", "param_counts", "print_tables",
+           "target_checks", "write_document"]

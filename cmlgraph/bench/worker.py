@@ -83,6 +83,36 @@ def time_workload(work: Workload, budget_s: float, max_iters: int, sync: Callabl
             "meta_batch": work.meta_batch}
 
 
+#: The host's preparation of meta-batches (:attr:`Workload.prepare`) is timed over at most this many of them.
+PREPARE_ITERS = 20
+
+
+def time_prepare(work: Workload, budget_s: float, sync: Callable[[], None]) -> dict[str, Any]:
+    """The host's time to prepare one meta-batch (:attr:`Workload.prepare`: sampling, materializing, host-built
+    layouts), untimed for the case: one warm-up call, then at least ``max(cycle, 3)`` calls and at most
+    :data:`PREPARE_ITERS`, within about ``budget_s`` seconds; the median, in ``host_ms_per_iter``.
+
+    Why (issue 18): on a GPU the trainer's prefetch worker prepares the next meta-batches while the step runs, so
+    a pipelined step (``khop-prefetch``, ``batched-prefetch``) can be no faster than this, however fast its CUDA
+    graph replays; ``host_bound_tasks_per_s`` is that bound. It is the time until each call returns: copies to
+    the device are queued (pinned, ``non_blocking``) and the device is synchronised once after the calls.
+    A workload without a separate preparation reports nothing."""
+    if work.prepare is None:
+        return {}
+    work.prepare()
+    times: list[float] = []
+    start = time.perf_counter()
+    least = max(work.cycle, 3)
+    while len(times) < PREPARE_ITERS and (len(times) < least or time.perf_counter() - start < budget_s):
+        t = time.perf_counter()
+        work.prepare()
+        times.append(time.perf_counter() - t)
+    sync()
+    med = statistics.median(times)
+    return {"host_ms_per_iter": 1000 * med, "host_bound_tasks_per_s": work.meta_batch / med,
+            "host_iters": len(times)}
+
+
 #: Ops are counted (one more cycle, slower under the counting mode) where a cycle takes at most the case's time
 #: budget or this many seconds: a reference at a minute an iteration is not run again for its count.
 OPS_COUNT_S = 10.0
@@ -176,6 +206,7 @@ def run_case(case: Case, graph_file: str | None, device: str, threads: int | Non
         result.update(setup_s=setup, base_rss_mb=base, **work.info)
         if cuda:  # the timed steps' peak, before the counted cycle
             result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(torch.cuda.current_device()) / 2**20
+        result.update(time_prepare(work, budget_s, sync))
         cycle_s = result["ms_per_iter"] * max(1, work.cycle) / 1000
         left = None if timeout_s is None else timeout_s - (time.perf_counter() - started)
         if cycle_s > max(budget_s, OPS_COUNT_S):
@@ -206,4 +237,5 @@ def prepare_graph(key: str, path: str, data_root: str | None, conn: Connection) 
     conn.close()
 
 
-__all__ = ["CUDA_WARMUP", "build_workload", "peak_rss_mb", "prepare_graph", "run_case", "time_workload"]
+__all__ = ["CUDA_WARMUP", "PREPARE_ITERS", "build_workload", "peak_rss_mb", "prepare_graph", "run_case", "time_prepare",
+           "time_workload"]

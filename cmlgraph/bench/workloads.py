@@ -40,6 +40,11 @@ class Workload:
         cycle: Iterations after which ``step`` repeats its tasks (a pool of tasks of different sizes); timing
             runs in whole cycles so that every task counts equally.
         close: Releases what the workload holds (its prefetch worker), if anything; idempotent.
+        prepare: Prepares one meta-batch's episodes as a step (or the trainer's prefetch worker) does: sampling,
+            materializing on the device, the layouts built on the host (k-hop plans, G-Meta's balls), from its own
+            random stream (the step's draws stay as they are). Timed apart by the bench (``host_ms_per_iter``): on a
+            GPU the prefetch worker must finish it within a meta-step, or the step waits for it. ``None``: the
+            workload has no separate preparation (the references, the image and sinusoid cases' few draws).
     """
 
     step: Callable[[], None]
@@ -47,6 +52,7 @@ class Workload:
     info: dict[str, Any] = field(default_factory=dict)
     cycle: int = 1
     close: Callable[[], None] | None = None
+    prepare: Callable[[], Any] | None = None
 
 
 def saved_parameters(exp: Experiment) -> int:
@@ -72,6 +78,30 @@ def _experiment(cfg: Config, domain: Domain | None = None) -> Experiment:
     return build_experiment(prepare(cfg), domain)
 
 
+def _produce(exp: Experiment) -> Callable[[torch.Generator], list[Episode]]:
+    """A meta-batch as the trainer prepares it (``Trainer._prepare_batch``): sampled from ``generator`` and
+    materialized on the run's device, with the layouts a domain builds ahead (``prepare_batch``)."""
+    mb = int(exp.cfg.train.meta_batch)
+
+    def produce(generator: torch.Generator) -> list[Episode]:
+        episodes = [exp.domain.materialize(r, exp.device) for r in exp.domain.sample("train", mb, generator)]
+        if hasattr(exp.domain, "prepare_batch"):
+            exp.domain.prepare_batch(episodes, None)
+        return episodes
+
+    return produce
+
+
+#: Seed of the stream that :attr:`Workload.prepare` draws its meta-batches from (not the step's).
+PREPARE_SEED = 12345
+
+
+def _prepare_of(exp: Experiment) -> Callable[[], Any]:
+    """:attr:`Workload.prepare` of ``exp``: :func:`_produce` from a stream of its own."""
+    produce, generator = _produce(exp), torch.Generator().manual_seed(PREPARE_SEED)
+    return lambda: produce(generator)
+
+
 def _sampling_workload(exp: Experiment, batched: bool | None) -> Workload:
     counter = [0]
 
@@ -81,7 +111,8 @@ def _sampling_workload(exp: Experiment, batched: bool | None) -> Workload:
         meta_step(exp, episodes, counter[0], batched)
         counter[0] += 1
 
-    return Workload(step, int(exp.cfg.train.meta_batch), {"saved_params": saved_parameters(exp)})
+    return Workload(step, int(exp.cfg.train.meta_batch), {"saved_params": saved_parameters(exp)},
+                    prepare=_prepare_of(exp))
 
 
 def sinusoid_workload(batched: bool, device: str, meta_batch: int = 25, cml: bool = True) -> Workload:
@@ -212,9 +243,7 @@ def graph_workload(graph: FewShotGraph, mode: str, device: str, cml: bool = True
         info: dict[str, Any] = {"saved_params": saved_parameters(exp), "prefetch": prefetch,
                                 "cuda_graphs": step_fn is not None}
 
-        def produce(generator: torch.Generator | None) -> list[Episode]:
-            assert generator is not None
-            return [exp.domain.materialize(r, exp.device) for r in exp.domain.sample("train", mb, generator)]
+        produce = _produce(exp)
 
         batches = None
         if prefetch:
@@ -234,7 +263,7 @@ def graph_workload(graph: FewShotGraph, mode: str, device: str, cml: bool = True
         if step_fn is not None:
             for _ in range(GRAPHED_WARMUP):
                 step()
-        work = Workload(step, mb, info, close=None if batches is None else batches.close)
+        work = Workload(step, mb, info, close=None if batches is None else batches.close, prepare=_prepare_of(exp))
     work.info.update({"mode": domain.mode, "hops": domain.hops})
     return work
 

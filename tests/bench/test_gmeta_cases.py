@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+import torch
+
 from cmlgraph.bench.cases import build_cases, build_ratios
 from cmlgraph.bench.gmeta_workload import gmeta_workload
 from cmlgraph.graphs import make_synthetic
@@ -13,12 +16,13 @@ def test_gmeta_cases_time_cmlgraph_with_and_without_tables_and_both_references()
     cases = build_cases(False, domains=["gmeta"])
     names = [c.name for c in cases]
     base = "gmeta/amazon-computers"
-    assert names == [f"{base}/batched", f"{base}/batched-float", f"{base}/batched-graphed", f"{base}/per-node",
-                     f"{base}/per-node-sparse"]
+    assert names == [f"{base}/batched", f"{base}/batched-float", f"{base}/batched-graphed",
+                     f"{base}/batched-prefetch", f"{base}/per-node", f"{base}/per-node-sparse"]
     ratios = {r.name: r for r in build_ratios(cases)}
     assert ratios[f"{base}:batched/per-node"].target == 20.0
     assert {f"{base}:batched-float/per-node", f"{base}:batched/batched-float", f"{base}:batched-graphed/per-node",
-            f"{base}:batched-graphed/batched"} <= ratios.keys()
+            f"{base}:batched-graphed/batched", f"{base}:batched-prefetch/per-node",
+            f"{base}:batched-prefetch/batched"} <= ratios.keys()
 
 
 def test_the_cuda_graph_case_is_skipped_on_the_cpu_before_any_process_starts(tmp_path) -> None:
@@ -53,3 +57,62 @@ def test_batched_float_runs_without_the_tables_that_batched_uses() -> None:
     assert with_tables.cycle == without.cycle == 4
     for work in (with_tables, without):
         work.step()  # a whole meta-iteration runs
+
+
+def _small_gmeta_graph():  # noqa: ANN202
+    g = make_synthetic(num_nodes=120, num_classes=6, num_features=24, avg_degree=3.0, seed=0)
+    return dataclasses.replace(g, splits={"train": [0, 1], "val": [2, 3], "test": [4, 5]})
+
+
+def test_the_prefetch_case_trains_what_the_batched_case_trains_with_its_layouts_built_by_the_worker(
+        monkeypatch) -> None:
+    """``batched-prefetch`` (the trainer's pipeline: a worker thread materializes the pool's next tasks and lays out
+    their balls while the step runs) meta-trains exactly what ``batched`` trains: equal weights after 6 steps (dropout
+    0.5 included: the layouts draw nothing). Its step finds every task's layout built already, by the worker."""
+    import threading
+
+    import cmlgraph.bench.gmeta_workload as workload
+    from cmlgraph.graphs.balls import BallIndex
+
+    exps = []
+    original = workload.build_experiment
+    monkeypatch.setattr(workload, "build_experiment", lambda *a, **k: exps.append(original(*a, **k)) or exps[-1])
+    torch.manual_seed(0)
+    plain = gmeta_workload(_small_gmeta_graph(), "batched", "cpu")
+    plain_exp = exps[-1]
+    torch.manual_seed(0)
+    piped = gmeta_workload(_small_gmeta_graph(), "batched-prefetch", "cpu")
+    piped_exp = exps[-1]
+    assert piped.info["prefetch"] is True and plain.info["prefetch"] is False
+    assert piped.close is not None and plain.close is None
+    in_main_thread: list[bool] = []
+    real = BallIndex.block
+
+    def spy(self, nodes):  # noqa: ANN001, ANN202
+        in_main_thread.append(threading.current_thread() is threading.main_thread())
+        return real(self, nodes)
+
+    try:
+        torch.manual_seed(1)
+        for _ in range(6):
+            plain.step()
+        monkeypatch.setattr(BallIndex, "block", spy)
+        torch.manual_seed(1)
+        for _ in range(6):
+            piped.step()
+    finally:
+        piped.close()
+    assert in_main_thread and not any(in_main_thread)  # every ball block laid out in the worker thread
+    for (k, a), b in zip(plain_exp.model.state_dict().items(), piped_exp.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+
+
+def test_the_host_preparation_of_a_task_is_timed_apart_and_not_for_the_references() -> None:
+    from cmlgraph.bench.worker import time_prepare
+
+    g = _small_gmeta_graph()
+    work = gmeta_workload(g, "batched", "cpu")
+    out = time_prepare(work, 0.2, lambda: None)
+    assert out["host_ms_per_iter"] > 0 and out["host_iters"] >= work.cycle
+    assert out["host_bound_tasks_per_s"] == pytest.approx(work.meta_batch / out["host_ms_per_iter"] * 1000)
+    assert time_prepare(gmeta_workload(g, "per-node-sparse", "cpu"), 0.2, lambda: None) == {}

@@ -207,6 +207,36 @@ def test_the_printed_ratios_read_the_bench_document_as_the_bench_writes_it(tmp_p
     assert f"issue 18 target {ratio['name']} >= 20.0: {ratio['ratio']:.2f} met={ratio['ratio'] >= 20}" in proc.stdout
 
 
+def test_the_host_bound_of_each_pipelined_case_is_printed_against_its_reference(tmp_path: Path) -> None:
+    """What a pipelined case can reach at most, its host's preparation of a meta-batch against reference (a) (k-hop)
+    or the per-node reference (G-Meta), is printed for every case that timed its preparation."""
+    import sys
+
+    from cmlgraph.bench.cases import build_cases, build_ratios
+    from cmlgraph.bench.report import compute_ratios, write_document
+
+    cases = build_cases(True, domains=["graph"]) + build_cases(False, domains=["gmeta"])
+    records = [{"name": c.name, "skipped": False, "tasks_per_s": 4.0, "ms_per_iter": 1000.0, "peak_rss_mb": 1.0}
+               for c in cases]
+    by = {r["name"]: r for r in records}
+    by["graph/synthetic-10k/khop-prefetch"].update(host_ms_per_iter=8.0, host_bound_tasks_per_s=500.0)
+    by["gmeta/amazon-computers/batched-prefetch"].update(host_ms_per_iter=40.0, host_bound_tasks_per_s=25.0)
+    doc = {"cases": records, "ratios": compute_ratios(build_ratios(cases), records), "targets": []}
+    path = tmp_path / "bench.json"
+    write_document(path, doc)
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "python").symlink_to(sys.executable)
+    proc = subprocess.run(["bash", "-c", f"{_function('bench_ratios')}\nbench_ratios {path}"], capture_output=True,
+                          text=True, env={**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"}, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ("issue 18 host bound graph/synthetic-10k/khop-prefetch: host 8.00 ms a meta-batch, at most 125.00x "
+            "graph/synthetic-10k/ref-a") in proc.stdout
+    assert ("issue 18 host bound gmeta/amazon-computers/batched-prefetch: host 40.00 ms a meta-batch, at most 6.25x "
+            "gmeta/amazon-computers/per-node") in proc.stdout
+    assert proc.stdout.count("issue 18 host bound") == 2
+
+
 def _function(name: str) -> str:
     body = SCRIPT.read_text()
     start = body.index(f"{name}() {{")

@@ -34,3 +34,18 @@ def test_graph_bench_prints_its_graph_table() -> None:
     text = _printed(_doc(["graph/g/khop", "graph/g/ref-a", "gmeta/amazon-computers/batched"]))
     table = text[text.index("graphs: tasks/s"):]
     assert "g " in table and "amazon-computers" not in table.split("\n\n")[0]
+
+
+def test_the_host_preparation_is_a_column_and_a_pipelined_case_waiting_on_it_says_so() -> None:
+    from cmlgraph.bench.report import host_bound
+
+    doc = _doc(["graph/g/khop", "graph/g/khop-prefetch", "graph/g/ref-a"])
+    by = {c["name"]: c for c in doc["cases"]}
+    by["graph/g/khop"].update(host_ms_per_iter=490.0)  # not pipelined: its step includes the preparation
+    by["graph/g/khop-prefetch"].update(host_ms_per_iter=480.0, prefetch=True)  # 500 ms a step: waits on it
+    text = _printed(doc)
+    assert "host ms/batch" in text and "480.00" in text and "490.00" in text
+    assert text.count("as slow as its host preparation") == 1
+    assert host_bound(by["graph/g/khop-prefetch"]) and not host_bound(by["graph/g/khop"])
+    by["graph/g/khop-prefetch"]["host_ms_per_iter"] = 100.0  # the step is 5x its preparation: the GPU's own time
+    assert not host_bound(by["graph/g/khop-prefetch"])
