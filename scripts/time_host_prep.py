@@ -1,0 +1,110 @@
+"""Time the host's preparation of meta-batches: what the trainer's prefetch worker must finish within a GPU step.
+
+Prints, as JSON, the median milliseconds of (docs/gpu.md, "Host work per meta-batch"):
+
+- ``khop-<gnn> ms/batch``: a k-hop meta-batch of the bench's setting (synthetic-10k, 5-way 3-shot, 10 queries,
+  meta-batch 4, 2 layers) sampled and materialized on the CPU, its computation-tree plans built;
+- ``build_plan support ms`` and ``build_plan query ms``: one plan of a support set (15 nodes) and of a query set
+  (50 nodes) of that setting;
+- ``gmeta ms/task``: one G-Meta task of the bench's setting (Amazon-Computer, 2-way 5-shot, 5 queries a class)
+  materialized and its ball layout built (``TLPGraphDomain.prepare_batch``);
+- ``gmeta block ms/side``: the ball block of one side of such a task (:meth:`cmlgraph.graphs.balls.BallIndex.block`).
+
+Usage (one torch thread; the G-Meta rows need Amazon-Computer under the data root, else they are left out):
+    OMP_NUM_THREADS=1 CMLGRAPH_DATA=../shared/datasets python scripts/time_host_prep.py
+To compare two versions of the code, run this script from outside the repository with ``PYTHONPATH`` set to each
+version's tree (``git archive REV cmlgraph | tar -x -C DIR``), alternating; a run from inside the repository imports
+the checkout's own ``cmlgraph`` first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def median_ms(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``fn()`` in milliseconds over ``repeats`` calls."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return round(1000 * statistics.median(times), 3)
+
+
+def khop(repeats: int) -> dict[str, float]:
+    from cmlgraph.backbones.gnn import PLAN_AGGREGATION
+    from cmlgraph.backbones.gnn_ops import adjacency_rows
+    from cmlgraph.backbones.gnn_plan import build_plan
+    from cmlgraph.bench.cases import GRAPHS
+    from cmlgraph.bench.graphs import build_graph
+    from cmlgraph.bench.workloads import GRAPH_SETTING
+    from cmlgraph.domains.graph import GraphDomain
+
+    graph, s, out = build_graph(GRAPHS["synthetic-10k"]), GRAPH_SETTING, {}
+    for kind in ("gcn", "sgc"):
+        dom = GraphDomain(graph, s["ways"], s["shots"], s["queries"], gnn=kind, hidden=s["hidden"],
+                          layers=s["layers"], subgraph="khop")
+        gen = torch.Generator().manual_seed(0)
+
+        def produce(dom: GraphDomain = dom, gen: torch.Generator = gen) -> list[Any]:
+            return [dom.materialize(r, "cpu") for r in dom.sample("train", s["meta_batch"], gen)]
+
+        for _ in range(10):
+            produce()
+        out[f"khop-{kind} ms/batch"] = median_ms(produce, repeats)
+        if kind == "gcn":
+            ep = produce()[0]
+            adj = adjacency_rows(ep.support_x, PLAN_AGGREGATION["gcn"])
+            for side in ("support", "query"):
+                nodes = getattr(ep, f"{side}_x").nodes
+                out[f"build_plan {side} ms"] = median_ms(lambda n=nodes, a=adj: build_plan(a, graph.x, n, 2),
+                                                       5 * repeats)
+    return out
+
+
+def gmeta(repeats: int) -> dict[str, float]:
+    from cmlgraph.bench.gmeta_workload import _domain
+    from cmlgraph.graphs import load_graph
+
+    dom = _domain(load_graph("amazon-computers"), "batched")
+    pool = dom.sample("train", 8, torch.Generator().manual_seed(1))
+    for raw in pool:  # every centre node's ball cached, as after a run's first steps
+        dom.prepare_batch([dom.materialize(raw, "cpu")], None)
+    index, turn = dom.ball_index("cpu"), [0]
+
+    def task() -> None:
+        dom.prepare_batch([dom.materialize(pool[turn[0] % len(pool)], "cpu")], None)
+        turn[0] += 1
+
+    def side() -> None:
+        raw = pool[turn[0] % len(pool)]
+        index.block(raw.support if turn[0] % 2 else raw.query)
+        turn[0] += 1
+
+    return {"gmeta ms/task": median_ms(task, repeats), "gmeta block ms/side": median_ms(side, 2 * repeats)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=40, help="timed calls per figure (k-hop batches; G-Meta: 1/2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out = khop(args.repeats)
+    try:
+        out.update(gmeta(max(4, args.repeats // 2)))
+    except Exception as exc:  # noqa: BLE001 - the data may be missing; the k-hop figures stand
+        out["gmeta"] = f"not timed: {type(exc).__name__}: {exc}"
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
