@@ -14,6 +14,7 @@ sum over a row-normalised adjacency instead.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -301,8 +302,16 @@ def cached(inputs: GraphInput, key: str, build: Callable[[], Any]) -> Any:
     if full_key in inputs.cache and _matches(inputs.cache[full_key], inputs.x):
         return inputs.cache[full_key]
     value = build()
-    inputs.cache[full_key] = value
+    with _CACHE_LOCK:  # two threads that built it at once (a prefetch worker and the main thread) keep one copy
+        current = inputs.cache.get(full_key)
+        if current is not None and _matches(current, inputs.x):
+            return current
+        inputs.cache[full_key] = value
     return value
+
+
+#: Guards :func:`cached`'s check-and-store (not the build): every caller gets the one stored entry.
+_CACHE_LOCK = threading.Lock()
 
 
 def _matches(value: Any, x: Tensor) -> bool:

@@ -9,6 +9,7 @@ pass); for GAT the k-hop subgraph around the episode. Sparse features stay spars
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -105,6 +106,10 @@ def graph_of(cfg: Config) -> tuple[FewShotGraph, str]:
     return with_features(graph, d.features)
 
 
+#: Guards :meth:`GraphDomain._full_graph`'s one build per device (at module level: a lock does not pickle).
+GRAPH_BUILD_LOCK = threading.RLock()
+
+
 class GraphDomain(Domain):
     """N-way K-shot node classification over disjoint train/val/test classes of one graph.
 
@@ -198,21 +203,26 @@ class GraphDomain(Domain):
     def sample(self, split: str, n: int, generator: torch.Generator) -> list[NodeEpisode]:
         """``n`` node episodes of a split drawn from ``generator``."""
         sampler = self.samplers[split]
-        sampler.generator = generator
-        return [sampler.sample() for _ in range(n)]
+        return [sampler.sample(generator) for _ in range(n)]
 
     def distinct_tasks(self, split: str) -> int:
         """The number of distinct episodes of a split (exact: its classes' labelled-node counts)."""
         return self.samplers[split].num_distinct()
 
     def _full_graph(self, device: torch.device | str) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        """The whole graph on ``device`` (features, edges, the per-graph cache every episode shares), built once.
+
+        Built under a lock: a prefetch worker and the main thread (or two workers) materializing their first
+        episodes at once would otherwise each build a copy, and episodes of different copies do not stack (their
+        tasks then run one by one, to other float rounding: found in session 38)."""
         key = str(device)
-        if key not in self._full:
-            x = compute_layout(self.graph.x)
-            if x.layout == torch.sparse_coo:
-                x = x.coalesce().to_sparse_csr()  # fast row slicing for computation trees; same values
-            self._full[key] = (x.to(device), self.graph.edge_index.to(device), {})
-        return self._full[key]
+        with GRAPH_BUILD_LOCK:
+            if key not in self._full:
+                x = compute_layout(self.graph.x)
+                if x.layout == torch.sparse_coo:
+                    x = x.coalesce().to_sparse_csr()  # fast row slicing for computation trees; same values
+                self._full[key] = (x.to(device), self.graph.edge_index.to(device), {})
+            return self._full[key]
 
     #: :func:`cmlgraph.embed` embeds this many nodes per pass (``None``: all in one whole-graph pass).
     embed_chunk: int | None = None

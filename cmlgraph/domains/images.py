@@ -74,8 +74,7 @@ class ImageDomain(Domain):
     def sample(self, split: str, n: int, generator: torch.Generator) -> list[ImageEpisode]:
         """``n`` episodes of a split drawn from ``generator``."""
         sampler = self.samplers[split]
-        sampler.generator = generator
-        return [sampler.sample() for _ in range(n)]
+        return [sampler.sample(generator) for _ in range(n)]
 
     def materialize(self, raw: ImageEpisode, device: torch.device | str = "cpu") -> Episode:
         """Gather the episode's images (queries with their support images under the ``support`` norm), sent pinned

@@ -23,7 +23,7 @@ from cmlgraph.backbones.gmeta import BallGCN, ball_layout, prepare_ball_batch
 from cmlgraph.config import Config
 from cmlgraph.core.episode import Episode, can_stack
 from cmlgraph.core.transfer import to_device
-from cmlgraph.domains.graph import GraphDomain, compute_layout, graph_of
+from cmlgraph.domains.graph import GRAPH_BUILD_LOCK, GraphDomain, compute_layout, graph_of
 from cmlgraph.errors import ConfigError
 from cmlgraph.graphs import FewShotGraph, GraphInput, NodeEpisode
 from cmlgraph.graphs.balls import BallIndex, BallInput
@@ -92,15 +92,18 @@ class TLPGraphDomain(GraphDomain):
                           match_size=self.match_size)
 
     def ball_index(self, device: torch.device | str = "cpu") -> BallIndex:
-        """The graph's ball index (features on ``device``), built once per device."""
+        """The graph's ball index (features on ``device``), built once per device (under the lock of the whole
+        graph's build: a second index built by another thread at once would hold other balls' caches, and inputs of
+        two indexes do not stack)."""
         key = str(device)
-        if key not in self._index:
-            x = compute_layout(self.graph.x)
-            if x.layout == torch.sparse_coo:
-                x = x.coalesce().to_sparse_csr()
-            # host_x: sparse rows are sliced on the host (a selection on the device reads its entry count back)
-            self._index[key] = BallIndex(x.to(device), self.graph.edge_index, hops=2, host_x=x)
-        return self._index[key]
+        with GRAPH_BUILD_LOCK:
+            if key not in self._index:
+                x = compute_layout(self.graph.x)
+                if x.layout == torch.sparse_coo:
+                    x = x.coalesce().to_sparse_csr()
+                # host_x: sparse rows are sliced on the host (a selection on the device reads its entry count back)
+                self._index[key] = BallIndex(x.to(device), self.graph.edge_index, hops=2, host_x=x)
+            return self._index[key]
 
     def materialize(self, raw: NodeEpisode, device: torch.device | str = "cpu") -> Episode:
         """Support and query inputs of the encoder; support passes use dropout in training."""

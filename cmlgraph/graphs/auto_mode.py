@@ -50,16 +50,12 @@ PROBES = 4
 
 def neighbourhood_work(graph: FewShotGraph, sampler: EpisodeSampler, hops: int, probes: int = PROBES) -> float:
     """Mean nodes + edges of the ``hops``-hop neighbourhood of a probe episode's support and query nodes."""
-    saved = sampler.generator
-    sampler.generator = torch.Generator().manual_seed(0)
-    try:
-        sizes = []
-        for _ in range(probes):
-            ep = sampler.sample()
-            subset, edges = k_hop_nodes(graph, torch.cat([ep.support, ep.query]), hops)
-            sizes.append(subset.numel() + edges.shape[1])
-    finally:
-        sampler.generator = saved
+    generator = torch.Generator().manual_seed(0)  # private: the sampler's own stream is left as it is
+    sizes = []
+    for _ in range(probes):
+        ep = sampler.sample(generator)
+        subset, edges = k_hop_nodes(graph, torch.cat([ep.support, ep.query]), hops)
+        sizes.append(subset.numel() + edges.shape[1])
     return sum(sizes) / len(sizes)
 
 

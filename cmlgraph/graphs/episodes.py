@@ -89,14 +89,19 @@ class EpisodeSampler:
                 "line)"
             )
 
-    def sample(self) -> NodeEpisode:
-        """Draw one episode."""
-        pick = torch.randperm(len(self.classes), generator=self.generator)[: self.ways].tolist()
+    def sample(self, generator: torch.Generator | None = None) -> NodeEpisode:
+        """Draw one episode from ``generator`` (default: the sampler's own).
+
+        A domain passes its caller's generator here rather than setting the shared sampler's: two threads drawing
+        from one split at once (a prefetch worker and the main thread) would otherwise draw from each other's
+        streams (session 38)."""
+        g = self.generator if generator is None else generator
+        pick = torch.randperm(len(self.classes), generator=g)[: self.ways].tolist()
         need = self.shots + self.queries
         support, query = [], []
         for i in pick:
             nodes = self._nodes[i]
-            chosen = nodes[torch.randperm(nodes.numel(), generator=self.generator)[:need]]
+            chosen = nodes[torch.randperm(nodes.numel(), generator=g)[:need]]
             support.append(chosen[: self.shots])
             query.append(chosen[self.shots:])
         labels = torch.arange(self.ways)

@@ -104,9 +104,11 @@ class ImageEpisodeSampler:
             generator.manual_seed(seed)
         self.generator = generator
 
-    def sample(self) -> ImageEpisode:
-        """Draw one episode: ``ways`` distinct classes, then ``shots + queries`` distinct items of each."""
-        g = self.generator
+    def sample(self, generator: torch.Generator | None = None) -> ImageEpisode:
+        """Draw one episode from ``generator`` (default: the sampler's own): ``ways`` distinct classes, then
+        ``shots + queries`` distinct items of each. Domains pass their caller's generator rather than set the
+        shared sampler's (two threads drawing at once would draw from each other's streams)."""
+        g = self.generator if generator is None else generator
         picked = torch.randperm(len(self.pools), generator=g)[: self.ways]
         support, query = [], []
         for i in picked.tolist():
