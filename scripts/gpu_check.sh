@@ -118,8 +118,8 @@ for kind, against, want in (("khop", "/ref-a", 20.0), ("gmeta", "/per-node", 10.
         name = r["name"]
         if kind in name.split(":")[-1] + name.split(":")[0] and name.endswith(against) and r["ratio"] is not None:
             print(f"issue 18 target {name} >= {want}: {r['ratio']:.2f} met={r['ratio'] >= want}")
-# the most a pipelined case can reach: its host's preparation of a meta-batch (the prefetch worker's share) against
-# the reference (cmlgraph.bench.worker.time_prepare); below the target, the worker and not the GPU is the bound
+# the most a case can reach once its host work is pipelined: its host's preparation of a meta-batch (the prefetch
+# worker's share; cmlgraph.bench.worker.time_prepare) against the reference; below the target, the host is the bound
 by = {c["name"]: c for c in doc["cases"]}
 for c in doc["cases"]:
     ref = by.get(c["name"].rsplit("/", 1)[0] + ("/ref-a" if c["name"].startswith("graph/") else "/per-node"))

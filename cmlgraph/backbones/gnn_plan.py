@@ -83,9 +83,9 @@ def _unique_in_order(ids: Tensor) -> tuple[Tensor, Tensor]:
     if ids.device.type == "cpu":
         uniq, first, inv = np.unique(ids.numpy(), return_index=True, return_inverse=True)
         order = np.argsort(first, kind="stable")
-        rank = np.empty_like(order)
+        rank = np.empty(order.size, dtype=np.int64)
         rank[order] = np.arange(order.size)
-        return torch.from_numpy(uniq[order]), torch.from_numpy(rank[inv.reshape(-1)])
+        return torch.from_numpy(uniq[order]), torch.from_numpy(rank[inv.reshape(-1)].astype(np.int64, copy=False))
     return _device_unique_in_order(ids)
 
 

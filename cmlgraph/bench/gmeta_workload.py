@@ -11,8 +11,9 @@ subset-sum tables (:mod:`cmlgraph.backbones.binary_features`); ``batched-float``
 to show what they contribute; ``batched-graphed`` (``--device cuda`` only) replays the meta-step as a CUDA graph on
 padded ball layouts (:mod:`cmlgraph.train.cuda_graphs`), as ``train.cuda_graphs`` does in training;
 ``batched-prefetch`` is the trainer's pipeline (``train.prefetch``: a worker thread lays out the next tasks' balls
-while the step runs; on CUDA the step replayed as a CUDA graph), which equals ``batched`` on the CPU. The pool's
-tasks differ in size, so the bench times whole cycles of the pool (:func:`cmlgraph.bench.worker.time_workload`).
+while the step runs; on CUDA the step replayed as a CUDA graph); on the CPU it trains what ``batched`` trains, its
+worker thread beside the step. The pool's tasks differ in size, so the bench times whole cycles of the pool
+(:func:`cmlgraph.bench.worker.time_workload`).
 Before timing, each reference workload checks on one task that it gives the same outer loss and meta-gradients as
 cmlgraph (dropout off, 2 inner steps) and records the largest difference.
 """
@@ -124,6 +125,9 @@ def gmeta_workload(graph: FewShotGraph, impl: str, device: str) -> Workload:
         dom.prepare_batch(episodes, None)
         return episodes
 
+    sizes = torch.cat([dom.ball_index(device).ball_sizes(torch.cat([r.support, r.query])) for r in pool])
+    info.update(saved_params=saved_parameters(exp), mean_ball=float(sizes.float().mean()),
+                balls_per_task=int(sizes.numel() // len(pool)), prefetch=prefetch, cuda_graphs=graphed is not None)
     batches = None
     if prefetch:  # the trainer's pipeline: the worker lays out the next tasks' balls while the step runs
         from cmlgraph.train.prefetch import Prefetcher
@@ -143,9 +147,6 @@ def gmeta_workload(graph: FewShotGraph, impl: str, device: str) -> Workload:
             info.update(cuda_graph_captures=graphed.captures, cuda_graph_replays=graphed.replays)
         counter[0] += 1
 
-    sizes = torch.cat([dom.ball_index(device).ball_sizes(torch.cat([r.support, r.query])) for r in pool])
-    info.update(saved_params=saved_parameters(exp), mean_ball=float(sizes.float().mean()),
-                balls_per_task=int(sizes.numel() // len(pool)), prefetch=prefetch, cuda_graphs=graphed is not None)
     host_counter = [0]
 
     def prepare_next() -> list[Any]:  # the host's share of a step: materialize and lay out (Workload.prepare)

@@ -206,7 +206,14 @@ def run_case(case: Case, graph_file: str | None, device: str, threads: int | Non
         result.update(setup_s=setup, base_rss_mb=base, **work.info)
         if cuda:  # the timed steps' peak, before the counted cycle
             result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(torch.cuda.current_device()) / 2**20
-        result.update(time_prepare(work, budget_s, sync))
+        left = None if timeout_s is None else timeout_s - (time.perf_counter() - started)
+        if work.prepare is not None and left is not None and left < 3 * budget_s + 1:
+            result["prepare_error"] = "not timed: too little of the case's time limit left"
+        else:
+            try:  # the timing stands whatever happens here; the preparation's time is a further fact
+                result.update(time_prepare(work, budget_s, sync))
+            except Exception as exc:  # noqa: BLE001
+                result["prepare_error"] = _error(exc)
         cycle_s = result["ms_per_iter"] * max(1, work.cycle) / 1000
         left = None if timeout_s is None else timeout_s - (time.perf_counter() - started)
         if cycle_s > max(budget_s, OPS_COUNT_S):

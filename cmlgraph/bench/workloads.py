@@ -43,8 +43,9 @@ class Workload:
         prepare: Prepares one meta-batch's episodes as a step (or the trainer's prefetch worker) does: sampling,
             materializing on the device, the layouts built on the host (k-hop plans, G-Meta's balls), from its own
             random stream (the step's draws stay as they are). Timed apart by the bench (``host_ms_per_iter``): on a
-            GPU the prefetch worker must finish it within a meta-step, or the step waits for it. ``None``: the
-            workload has no separate preparation (the references, the image and sinusoid cases' few draws).
+            GPU the prefetch worker must finish it within a meta-step, or the step waits for it. ``None``: not
+            timed apart (the references; the image and sinusoid cases, whose preparation is a few draws, and whose
+            random images come from one shared cursor that a separate preparation would move).
     """
 
     step: Callable[[], None]
@@ -102,7 +103,7 @@ def _prepare_of(exp: Experiment) -> Callable[[], Any]:
     return lambda: produce(generator)
 
 
-def _sampling_workload(exp: Experiment, batched: bool | None) -> Workload:
+def _sampling_workload(exp: Experiment, batched: bool | None, timed_prepare: bool = False) -> Workload:
     counter = [0]
 
     def step() -> None:
@@ -112,7 +113,7 @@ def _sampling_workload(exp: Experiment, batched: bool | None) -> Workload:
         counter[0] += 1
 
     return Workload(step, int(exp.cfg.train.meta_batch), {"saved_params": saved_parameters(exp)},
-                    prepare=_prepare_of(exp))
+                    prepare=_prepare_of(exp) if timed_prepare else None)
 
 
 def sinusoid_workload(batched: bool, device: str, meta_batch: int = 25, cml: bool = True) -> Workload:
@@ -232,7 +233,7 @@ def graph_workload(graph: FewShotGraph, mode: str, device: str, cml: bool = True
     exp = build_experiment(cfg, domain)
     mb = int(exp.cfg.train.meta_batch)
     if not graphed and not prefetch:
-        work = _sampling_workload(exp, None)
+        work = _sampling_workload(exp, None, timed_prepare=True)
     else:
         step_fn: Any = None
         if graphed or (prefetch and exp.device.type == "cuda"):

@@ -64,7 +64,7 @@ def flat_nonzero(mask: Tensor) -> Tensor:
     from that many candidate entries on every support and query set of Amazon-Computer.
     """
     if mask.device.type == "cpu":
-        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+        return torch.from_numpy(np.flatnonzero(mask.numpy()).astype(np.int64, copy=False))
     return mask.nonzero().squeeze(1)
 
 
@@ -79,7 +79,16 @@ def _device_row_entries(crow: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _host_row_entries(crow: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`csr_row_entries` on numpy arrays (int64 results, as torch's)."""
+    """:func:`csr_row_entries` on numpy arrays (int64 results, as torch's).
+
+    Raises:
+        IndexError: A row id outside ``[0, N)`` or not of an int32/int64 dtype (``index_select``'s refusals:
+            numpy would wrap a negative id round to the last rows).
+    """
+    if rows.dtype not in (np.int32, np.int64) or crow.dtype not in (np.int32, np.int64):
+        raise IndexError(f"CSR row ids and row pointer must be int32 or int64, got {rows.dtype} and {crow.dtype}")
+    if rows.size and (int(rows.min()) < 0 or int(rows.max()) >= crow.size - 1):
+        raise IndexError(f"row ids must lie in [0, {crow.size - 1}), got {int(rows.min())} to {int(rows.max())}")
     start = crow[rows].astype(np.int64)
     counts = crow[rows + 1] - start
     row_pos = np.repeat(np.arange(rows.size, dtype=np.int64), counts)

@@ -43,6 +43,21 @@ def test_csr_row_entries_on_the_host_equal_the_torch_ops_and_the_definition(seed
         assert torch.equal(h, d) and h.tolist() == o
 
 
+@pytest.mark.parametrize("rows", [[-1], [0, -2], [3], [1, 7]])
+def test_a_row_id_out_of_range_is_refused_on_the_host_as_by_the_torch_ops(rows: list[int]) -> None:
+    """numpy would wrap a negative id round to the last rows; the host path refuses it as ``index_select`` does."""
+    crow, ids = torch.tensor([0, 1, 3, 4]), torch.tensor(rows)
+    with pytest.raises(IndexError):
+        _device_row_entries(crow, ids)
+    with pytest.raises(IndexError, match="row ids"):
+        csr_row_entries(crow, ids)
+
+
+def test_row_ids_of_another_dtype_are_refused_on_the_host() -> None:
+    with pytest.raises(IndexError, match="int32 or int64"):
+        csr_row_entries(torch.tensor([0, 1, 3]), torch.tensor([1, 0], dtype=torch.uint8))
+
+
 def test_csr_row_entries_of_no_rows_and_of_empty_rows_are_empty() -> None:
     crow = torch.tensor([0, 0, 0, 2])
     for rows in (torch.tensor([], dtype=torch.long), torch.tensor([0, 1])):

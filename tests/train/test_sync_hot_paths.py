@@ -128,7 +128,7 @@ BALLS = {  # host: ball membership of new centre nodes (BallIndex.expand on the 
 BALL_BLOCK = {  # host: the support and query ball blocks of the meta-batch, built on the CPU in the prefetch worker
     #              (TLPGraphDomain.prepare_batch, issue 18), found again by the step's own stacking
     "_local_scalar_dense @ gmeta.py:<listcomp>": 4,  # ball_groups: rows per task (ball_sizes, a CPU tensor)
-    "_local_scalar_dense @ balls.py:block": 2, "nonzero @ balls.py:block": 2,  # entries inside the balls
+    "_local_scalar_dense @ balls.py:block": 2,  # entries inside the balls (selected in numpy since session 38)
     "_unique2 @ gmeta.py:ball_layout": 2, "bincount @ gmeta.py:ball_layout": 2,  # union of members, CSR counts
     # (+2) on the CPU, each task's own members too: the per-task feature blocks' choice (gmeta.task_blocks_win)
 }
@@ -299,5 +299,5 @@ def test_a_fused_parallel_runs_step_has_no_device_sync(tmp_path, path, monkeypat
 #: the index's host copy (``BallIndex.host_x``; a slice of the device's features would read its entry count back).
 #: On a GPU these are CPU tensors too: host work inside the step, no device sync (the step's latency, not overlapped).
 FUSED_BALL_LAYOUT = {"_local_scalar_dense @ gmeta.py:<listcomp>": 8, "_local_scalar_dense @ balls.py:block": 2,
-                     "nonzero @ balls.py:block": 2, "_unique2 @ gmeta.py:ball_layout": 4,
+                     "_unique2 @ gmeta.py:ball_layout": 4,
                      "bincount @ gmeta.py:ball_layout": 2, "_coalesce @ sparse.py:slice_rows": 2}
