@@ -10,11 +10,12 @@ Prints, as JSON, the median milliseconds of (docs/gpu.md, "Host work per meta-ba
   materialized and its ball layout built (``TLPGraphDomain.prepare_batch``);
 - ``gmeta block ms/side``: the ball block of one side of such a task (:meth:`cmlgraph.graphs.balls.BallIndex.block`).
 
-Usage (one torch thread; the G-Meta rows need Amazon-Computer under the data root, else they are left out):
-    OMP_NUM_THREADS=1 CMLGRAPH_DATA=../shared/datasets python scripts/time_host_prep.py
-To compare two versions of the code, run this script from outside the repository with ``PYTHONPATH`` set to each
-version's tree (``git archive REV cmlgraph | tar -x -C DIR``), alternating; a run from inside the repository imports
-the checkout's own ``cmlgraph`` first.
+Usage (one torch thread; the G-Meta rows need Amazon-Computer under the data root, else they are left out, saying
+so on stderr):
+    OMP_NUM_THREADS=1 python scripts/time_host_prep.py --data-root ../shared/datasets
+To compare two versions of the code, run it with ``PYTHONPATH`` set to each version's tree (``git archive REV
+cmlgraph | tar -x -C DIR``), alternating: a script's own folder, not the working directory, leads ``sys.path``, so
+``PYTHONPATH`` wins over the installed checkout (unlike ``python -m cmlgraph ...`` run inside the repository).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -57,7 +59,7 @@ def khop(repeats: int) -> dict[str, float]:
         def produce(dom: GraphDomain = dom, gen: torch.Generator = gen) -> list[Any]:
             return [dom.materialize(r, "cpu") for r in dom.sample("train", s["meta_batch"], gen)]
 
-        for _ in range(10):
+        for _ in range(min(10, repeats)):  # warm-up: the graph's caches built, as after a run's first steps
             produce()
         out[f"khop-{kind} ms/batch"] = median_ms(produce, repeats)
         if kind == "gcn":
@@ -70,11 +72,11 @@ def khop(repeats: int) -> dict[str, float]:
     return out
 
 
-def gmeta(repeats: int) -> dict[str, float]:
+def gmeta(repeats: int, data_root: str | None) -> dict[str, float]:
     from cmlgraph.bench.gmeta_workload import _domain
     from cmlgraph.graphs import load_graph
 
-    dom = _domain(load_graph("amazon-computers"), "batched")
+    dom = _domain(load_graph("amazon-computers", data_root), "batched")
     pool = dom.sample("train", 8, torch.Generator().manual_seed(1))
     for raw in pool:  # every centre node's ball cached, as after a run's first steps
         dom.prepare_batch([dom.materialize(raw, "cpu")], None)
@@ -93,16 +95,22 @@ def gmeta(repeats: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=40, help="timed calls per figure (k-hop batches; G-Meta: 1/2)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=40,
+                        help="timed k-hop batches per figure (one plan: 5x as many; G-Meta tasks: half, at least 4)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--data-root", default=None,
+                        help="folder holding amazon_computers/ (default: $CMLGRAPH_DATA); without it, no G-Meta rows")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = khop(args.repeats)
+    from cmlgraph.errors import DataError
+
     try:
-        out.update(gmeta(max(4, args.repeats // 2)))
-    except Exception as exc:  # noqa: BLE001 - the data may be missing; the k-hop figures stand
-        out["gmeta"] = f"not timed: {type(exc).__name__}: {exc}"
+        out.update(gmeta(max(4, args.repeats // 2), args.data_root))
+    except DataError as exc:  # the data is missing: the k-hop figures stand
+        print(f"time_host_prep: G-Meta not timed: Amazon-Computer was not found ({type(exc).__name__}); "
+              "pass --data-root", file=sys.stderr)
     print(json.dumps(out))
 
 

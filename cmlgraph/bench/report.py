@@ -95,9 +95,11 @@ def print_tables(doc: dict[str, Any], console: Console) -> None:
     table = Table(title=f"cmlgraph bench ({'quick' if doc['settings']['quick'] else 'full'}, "
                         f"{doc['machine']['device']}, {doc['machine']['torch_threads']} threads)")
     cuda = str(doc["machine"]["device"]).startswith("cuda")
+    table.caption = ("prep ms: the host's median time to prepare one meta-batch (sampling, materializing, k-hop plans "
+                     "or ball layouts), timed apart from the step; a pipelined step on a GPU is no faster")
     for col, justify in (("case", "left"), ("impl", "left"), ("tasks/s", "right"), ("ms/iter", "right"),
                          ("GPU ops/iter" if cuda else "ops/iter (host+device)", "right"),
-                         ("host ms/batch", "right"), ("peak RSS MB", "right"),
+                         ("prep ms", "right"), ("peak RSS MB", "right"),
                          ("iters", "right"), ("note", "left")):
         table.add_column(col, justify=justify, overflow="fold")
     for r in doc["cases"]:
@@ -106,7 +108,7 @@ def print_tables(doc: dict[str, Any], console: Console) -> None:
         if not r["skipped"] and r.get("cuda_graph_replays") and cuda:
             notes.append("GPU ops: a replay counts none of its kernels")
         if host_bound(r):
-            notes.append("as slow as its host preparation: the prefetch worker bounds it")
+            notes.append("waits on its prep")
         note = r.get("reason", "") if r["skipped"] else "; ".join(notes)
         ops = r.get("device_ops_per_iter" if cuda else "ops_per_iter")
         table.add_row(r["name"], r["impl"], _num(r["tasks_per_s"], 2), _num(r["ms_per_iter"]), _num(ops, 0),
