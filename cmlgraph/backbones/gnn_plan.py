@@ -85,7 +85,7 @@ def _unique_in_order(ids: Tensor) -> tuple[Tensor, Tensor]:
         order = np.argsort(first, kind="stable")
         rank = np.empty(order.size, dtype=np.int64)
         rank[order] = np.arange(order.size)
-        return torch.from_numpy(uniq[order]), torch.from_numpy(rank[inv.reshape(-1)].astype(np.int64, copy=False))
+        return torch.from_numpy(uniq[order]), torch.from_numpy(rank[inv.reshape(-1)])  # rank: int64 already
     return _device_unique_in_order(ids)
 
 

@@ -20,6 +20,7 @@ cmlgraph (dropout off, 2 inner steps) and records the largest difference.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -132,7 +133,7 @@ def gmeta_workload(graph: FewShotGraph, impl: str, device: str) -> Workload:
     if prefetch:  # the trainer's pipeline: the worker lays out the next tasks' balls while the step runs
         from cmlgraph.train.prefetch import Prefetcher
 
-        produced = iter(range(10**12))
+        produced = itertools.count()
         batches = Prefetcher(lambda _: prepared(next(produced)), None, depth=2, name="cmlgraph-bench")
 
     def step() -> None:
@@ -147,14 +148,9 @@ def gmeta_workload(graph: FewShotGraph, impl: str, device: str) -> Workload:
             info.update(cuda_graph_captures=graphed.captures, cuda_graph_replays=graphed.replays)
         counter[0] += 1
 
-    host_counter = [0]
-
-    def prepare_next() -> list[Any]:  # the host's share of a step: materialize and lay out (Workload.prepare)
-        host_counter[0] += 1
-        return prepared(host_counter[0] - 1)
-
+    host_turns = itertools.count()  # the host's share of a step, timed apart (Workload.prepare)
     return Workload(step, s["meta_batch"], info, cycle=len(pool), close=None if batches is None else batches.close,
-                    prepare=None if per_node else prepare_next)
+                    prepare=None if per_node else lambda: prepared(next(host_turns)))
 
 
 __all__ = ["GMETA_SETTING", "check_equal", "gmeta_workload"]

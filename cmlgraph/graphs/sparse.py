@@ -59,9 +59,10 @@ def csr_row_entries(crow: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
 def flat_nonzero(mask: Tensor) -> Tensor:
     """``LongTensor[k]``: the positions of the true entries of the 1-D ``mask``, ascending (``mask.nonzero()``'s).
 
-    On the CPU through numpy (``np.flatnonzero``): torch's CPU ``nonzero`` took 17 ms for a 1.4M-entry mask
-    against numpy's 0.85 ms (one thread, session 38), and G-Meta's ball layout (:meth:`BallIndex.block`) selects
-    from that many candidate entries on every support and query set of Amazon-Computer.
+    On the CPU through numpy (``np.flatnonzero``): torch's CPU ``nonzero`` took 7 to 10.5 ms for a 1.4M-entry mask
+    against numpy's 0.8 to 1.3 ms (one thread, session 38; the command is in docs/gpu.md), and G-Meta's ball
+    layout (:meth:`BallIndex.block`) selects from that many candidate entries on every support and query set of
+    Amazon-Computer.
     """
     if mask.device.type == "cpu":
         return torch.from_numpy(np.flatnonzero(mask.numpy()).astype(np.int64, copy=False))

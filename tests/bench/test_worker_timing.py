@@ -138,3 +138,23 @@ def test_the_op_count_is_skipped_rather_than_lose_the_timing_and_the_workload_is
     worker.run_case(Case("x/y", "cmlgraph", "sinusoid", "sinusoid"), None, "cpu", None, 0.01, 3, conn, timeout_s=60)
     assert sent[1]["ops_per_iter"] == 0 and "ops_error" not in sent[1]
     assert closed == [True, True]
+
+
+def test_a_failing_or_late_preparation_costs_a_case_neither_its_timing_nor_its_op_count(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's preparation (``Workload.prepare``) is timed after the step: where it raises, the case still sends
+    its timing and op count with the error named; near the time limit it is not timed at all, saying so."""
+    from cmlgraph.bench.cases import Case
+
+    def broken() -> None:
+        raise RuntimeError("prep broke")
+
+    monkeypatch.setattr(worker, "build_workload", lambda case, graph, device: Workload(
+        lambda: None, 1, {}, prepare=broken))
+    sent: list[dict] = []
+    conn = types.SimpleNamespace(send=sent.append, close=lambda: None)
+    worker.run_case(Case("x/y", "cmlgraph", "graph", "graph"), None, "cpu", None, 0.01, 3, conn, timeout_s=60)
+    assert sent[0]["ms_per_iter"] >= 0 and "ops_per_iter" in sent[0] and "error" not in sent[0]
+    assert "prep broke" in sent[0]["prepare_error"] and "host_ms_per_iter" not in sent[0]
+    worker.run_case(Case("x/y", "cmlgraph", "graph", "graph"), None, "cpu", None, 0.01, 3, conn, timeout_s=0.5)
+    assert sent[1]["ms_per_iter"] >= 0 and "not timed" in sent[1]["prepare_error"]
