@@ -8,10 +8,14 @@ from collections.abc import Sequence
 
 def t_quantile(n: int) -> float:
     """The two-sided 95% Student-t quantile for a mean of ``n`` values (``n − 1`` degrees of freedom):
-    4.30 for 3, 2.78 for 5, 1.965 for 500 (→ 1.96 as ``n`` grows)."""
-    from scipy.stats import t
+    4.30 for 3, 2.78 for 5, 1.965 for 500 (→ 1.96 as ``n`` grows).
 
-    return float(t.ppf(0.975, n - 1))
+    ``scipy.special.stdtrit``, the inverse of Student's t distribution that ``scipy.stats.t.ppf`` itself calls (the
+    same value to the last bit): importing ``scipy.stats`` took 1.5 s of every CLI run's start on this project's
+    machine, ``scipy.special`` 0.4 s."""
+    from scipy.special import stdtrit
+
+    return float(stdtrit(n - 1, 0.975))
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float]:

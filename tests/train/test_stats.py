@@ -25,3 +25,11 @@ def test_mean_ci95_over_five_seeds_is_wider_than_normal() -> None:
     assert mean_ci95([0.5]) == (0.5, 0.0)
     with pytest.raises(ValueError):
         mean_ci95([])
+
+
+def test_t_quantile_equals_scipy_stats_to_the_last_bit() -> None:
+    # stdtrit (scipy.special, cheap to import) is what scipy.stats.t.ppf computes: results and summaries unchanged
+    from scipy.stats import t
+
+    for n in (2, 3, 5, 30, 100, 500, 10_000):
+        assert t_quantile(n) == float(t.ppf(0.975, n - 1))
