@@ -31,8 +31,8 @@ _SECTION_OF = {key: section for section, keys in {
              "msl_fraction", "first_order_fraction", "co_hidden", "prop_steps", "prop_alpha", "probe_c",
              "pretrain_epochs", "head_init", "proto_inner"),
     "train": ("steps", "meta_batch", "meta_lr", "seed", "val_every", "val_tasks", "test_tasks", "log_every",
-              "checkpoint_every", "diag_every", "device", "batched", "prefetch", "nan_policy", "patience",
-              "weight_decay"),
+              "checkpoint_every", "diag_every", "device", "batched", "prefetch", "prefetch_workers", "nan_policy",
+              "patience", "weight_decay"),
     "run": ("runs_dir", "name", "overwrite"),
 }.items() for key in keys}
 

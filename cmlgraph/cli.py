@@ -48,7 +48,7 @@ def _overrides(**flags: Any) -> dict[str, dict[str, Any]]:
         "algo": ("algo", "cml", "gamma", "co_depth", "control", "inner_steps", "inner_lr", "first_order", "adapt",
                  "co_hidden", "prop_steps", "prop_alpha", "probe_c", "pretrain_epochs", "head_init", "proto_inner"),
         "train": ("steps", "meta_batch", "meta_lr", "seed", "val_every", "val_tasks", "test_tasks", "device",
-                  "diag_every", "nan_policy", "patience", "prefetch", "cuda_graphs"),
+                  "diag_every", "nan_policy", "patience", "prefetch", "prefetch_workers", "cuda_graphs"),
         "run": ("runs_dir", "name", "overwrite"),
     }
     out: dict[str, dict[str, Any]] = {}
@@ -129,6 +129,9 @@ def train(
     prefetch: str | None = typer.Option(None, help="Prepare the next meta-batches (episodes, k-hop plans) in a "
                                         "worker thread while a step computes, same results: auto (on for CUDA, "
                                         "off on the CPU), on, off."),
+    prefetch_workers: int | None = typer.Option(None, help="Meta-batches the prefetcher builds at once, in as many "
+                                                "threads (G-Meta's ball layouts gain), same results: 0 = auto (half "
+                                                "the cores on CUDA, at most 8; 1 on the CPU)."),
     cuda_graphs: str | None = typer.Option(None, help="Replay the meta-step as a CUDA graph: auto "
                                            "(where eligible, checked once against eager), on, off (docs/gpu.md)."),
     runs_dir: str | None = typer.Option(None, help="Parent folder of run folders."),

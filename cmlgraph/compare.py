@@ -100,7 +100,7 @@ def domain_config(domain: str, algo: str, cml: bool, seed: int, overrides: dict[
 #: strategies with the same results (as in :func:`_key`).
 _IDENTITY = {("data", "task"), ("data", "graph"), ("data", "data_root"), ("data", "subgraph"),
              ("data", "subgraph_threshold"), ("algo", "algo"), ("algo", "cml"), ("train", "seed"), ("train", "batched"),
-             ("train", "prefetch")}
+             ("train", "prefetch"), ("train", "prefetch_workers")}
 
 
 def train_config(cfg: Config, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
@@ -160,7 +160,7 @@ def _key(cfg: Config) -> str:
     d["data"].pop("data_root", None)
     # Execution strategies with the same results (tested equal): they do not make a run different.
     for section, key in (("data", "subgraph"), ("data", "subgraph_threshold"), ("train", "batched"),
-                         ("train", "prefetch")):
+                         ("train", "prefetch"), ("train", "prefetch_workers")):
         d[section].pop(key, None)
     return json.dumps(d, sort_keys=True)
 

@@ -186,6 +186,9 @@ class TrainConfig:
         prefetch: Sample and prepare the next meta-batches (episodes, k-hop plans) in a worker thread while the
             current step computes; same results (``auto``: on for CUDA, off on the CPU, ``on``, ``off``;
             :mod:`cmlgraph.train.prefetch`).
+        prefetch_workers: Meta-batches whose layouts the prefetcher builds at once, in as many threads (G-Meta's
+            ball layouts gain from them; same results). ``0``: auto, half the host's cores on CUDA (at most 8),
+            1 on the CPU.
         nan_policy: On a NaN/inf loss or gradient: ``stop`` or ``skip`` the meta-batch.
         cuda_graphs: Capture the meta-step as a CUDA graph and replay it (``auto``: where eligible,
             checked once against the eager step; ``on``: required; ``off``; :mod:`cmlgraph.train.cuda_graphs`).
@@ -206,6 +209,7 @@ class TrainConfig:
     device: str = "cpu"
     batched: str = "auto"
     prefetch: str = "auto"
+    prefetch_workers: int = 0
     nan_policy: str = "stop"
     cuda_graphs: str = "auto"
     patience: int | None = None

@@ -178,6 +178,7 @@ def validate_config(cfg: Config) -> None:
     _need(t.diag_every >= 0, f"train.diag_every = {t.diag_every}: must be >= 0 (0 turns diagnostics off)")
     _choice("train.batched", t.batched, ("auto", "on", "off"))
     _choice("train.prefetch", t.prefetch, ("auto", "on", "off"))
+    _need(t.prefetch_workers >= 0, f"--prefetch-workers {t.prefetch_workers}: must be >= 0 (0: auto)")
     _choice("train.cuda_graphs", t.cuda_graphs, ("auto", "on", "off"))
     _choice("train.nan_policy", t.nan_policy, ("stop", "skip"))
     _need(t.patience is None or t.patience >= 1, f"--patience {t.patience}: must be >= 1 (or unset: no early stop)")

@@ -27,6 +27,7 @@ weights and gradients.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -86,9 +87,13 @@ def feature_codes(index: BallIndex) -> Tensor | None:
     """The graph's :func:`~cmlgraph.backbones.binary_features.binary_codes`, computed once per index and kept in
     its memo; ``None`` unless the features are dense 0/1 on a device where the tables win
     (:func:`binary_tables_win`), or the memo entry was set to ``None``."""
-    if CODES_KEY not in index.memo:
-        index.memo[CODES_KEY] = binary_codes(index.x) if binary_tables_win(index.x.device) else None
-    return index.memo[CODES_KEY]
+    with _CODES_LOCK:  # built once even when several prefetch build threads lay out their first tasks at once
+        if CODES_KEY not in index.memo:
+            index.memo[CODES_KEY] = binary_codes(index.x) if binary_tables_win(index.x.device) else None
+        return index.memo[CODES_KEY]
+
+
+_CODES_LOCK = threading.Lock()
 
 
 #: Most ball rows of one block-diagonal pass (:class:`BallGCN`'s ``max_rows`` default).

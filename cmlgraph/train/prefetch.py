@@ -16,14 +16,25 @@ Errors and lifetime: an exception in ``produce`` is re-raised by :meth:`Prefetch
 Ctrl-C or an error) stops the worker and joins it, so the thread never outlives its run; it is also a daemon, so it
 cannot keep a dying process alive.
 
-``train.prefetch: auto`` is on for CUDA runs and :data:`AUTO_ON_CPU` on the CPU (measured, docs/gpu.md).
+Builders (``build``, ``workers``): where preparing an item is a cheap draw followed by a costly build that draws
+nothing (G-Meta's ball layouts: 45 to 75 ms a task on this project's CPU, docs/gpu.md), the draws stay in the one
+worker thread, in order, and up to ``workers`` builds run at once in a thread pool; items are still handed over in
+the order drawn, so the results equal one worker's. Threads, not processes: the layouts' large tensor ops release
+the GIL (two build threads prepared G-Meta tasks 1.6 to 1.7 times as fast as one on 2 cores), and the layouts keep
+referencing the run's cached graph tensors. The k-hop plans' many small ops hold the GIL and gain nothing from them.
+
+``train.prefetch: auto`` is on for CUDA runs and :data:`AUTO_ON_CPU` on the CPU (measured, docs/gpu.md);
+``train.prefetch_workers`` (:func:`prefetch_workers`) sets ``workers``.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -32,6 +43,10 @@ import torch
 from cmlgraph.errors import CmlgraphError, ConfigError
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+#: Most build threads ``train.prefetch_workers: 0`` (auto) starts on a CUDA run's host.
+AUTO_WORKERS_MAX = 8
 
 #: ``train.prefetch: auto`` on the CPU. Off: on this project's 2 shared cores the worker's preparation competes with
 #: the step's own kernels for the same cores (docs/gpu.md, "Prefetching on the CPU", measured side by side).
@@ -53,6 +68,24 @@ def use_prefetch(setting: str, device: torch.device | str) -> bool:
     return setting == "on"
 
 
+def prefetch_workers(setting: int, device: torch.device | str, cpu_count: int | None = None) -> int:
+    """Build threads of the trainer's prefetcher for ``train.prefetch_workers`` (``0``: auto).
+
+    Auto: on CUDA half the host's cores, at most :data:`AUTO_WORKERS_MAX` (the step's own thread and the copies keep
+    the rest); on the CPU 1, since the builds would take the step's own cores.
+
+    Raises:
+        ConfigError: ``setting`` is negative.
+    """
+    if setting < 0:
+        raise ConfigError(f"train.prefetch_workers = {setting} must be >= 0 (0: auto); use --prefetch-workers 0")
+    if setting:
+        return setting
+    if torch.device(device).type != "cuda":
+        return 1
+    return max(1, min(AUTO_WORKERS_MAX, (cpu_count or os.cpu_count() or 2) // 2))
+
+
 class _Failure:
     """An exception raised by ``produce`` in the worker, handed to the caller."""
 
@@ -64,26 +97,37 @@ _END = object()  # ``produce`` raised StopIteration: nothing more to prepare
 
 
 class Prefetcher(Generic[T]):
-    """Results of ``produce(generator)`` prepared ahead by a worker thread, handed over in order.
+    """Results of ``produce(generator)`` (then ``build`` of it) prepared ahead by a worker thread, handed over in
+    order.
 
     Args:
-        produce: Prepares one item (a meta-batch) from a generator; called repeatedly, in order, always from one
-            thread. Raising ``StopIteration`` ends the stream.
+        produce: Prepares (or, with ``build``, draws) one item, a meta-batch, from a generator; called repeatedly,
+            in order, always from one thread. Raising ``StopIteration`` ends the stream.
         generator: The caller's generator (``None`` when ``produce`` draws nothing). The worker draws from a copy;
             :meth:`next` advances this one to the state after the item it returns.
         depth: Most items prepared ahead (the queue's size).
         enabled: ``False``: no thread, :meth:`next` calls ``produce(generator)`` itself (the same results).
-        name: The worker thread's name.
+        name: The worker thread's name (build threads: ``<name>-build_<i>``).
+        build: Turns what ``produce`` drew into the item; draws nothing, so builds of different items may run at
+            once (``None``: ``produce`` returns the item).
+        workers: Builds run at once, in a pool of this many threads (1: in the worker thread itself). Items are
+            prepared up to ``depth + workers`` ahead.
 
     Raises:
-        ValueError: ``depth`` is below 1.
+        ValueError: ``depth`` or ``workers`` is below 1, or ``workers`` > 1 without ``build``.
     """
 
-    def __init__(self, produce: Callable[[torch.Generator | None], T], generator: torch.Generator | None = None, *,
-                 depth: int = 2, enabled: bool = True, name: str = "cmlgraph-prefetch") -> None:
+    def __init__(self, produce: Callable[[torch.Generator | None], Any], generator: torch.Generator | None = None, *,
+                 depth: int = 2, enabled: bool = True, name: str = "cmlgraph-prefetch",
+                 build: Callable[[Any], T] | None = None, workers: int = 1) -> None:
         if depth < 1:
             raise ValueError(f"prefetch depth must be at least 1, got {depth}")
+        if workers < 1 or (workers > 1 and build is None):
+            raise ValueError(f"prefetch workers must be at least 1 (more than 1 needs a build), got {workers}")
         self._produce = produce
+        self._build = build
+        self.workers = workers
+        self._name = name
         self._generator = generator
         self.enabled = enabled
         self._closed = False
@@ -102,20 +146,72 @@ class Prefetcher(Generic[T]):
             self._thread.start()
 
     # --- worker ---------------------------------------------------------------------------------------------
+    def _make(self, generator: torch.Generator | None) -> T:
+        """One item, drawn and built here."""
+        raw = self._produce(generator)
+        return raw if self._build is None else self._build(raw)
+
+    def _state(self) -> torch.Tensor | None:
+        return None if self._own is None else self._own.get_state()
+
+    def _set_device(self) -> None:
+        if self._cuda_device is not None:
+            torch.cuda.set_device(self._cuda_device)
+
     def _work(self) -> None:
         try:
-            if self._cuda_device is not None:
-                torch.cuda.set_device(self._cuda_device)
+            self._set_device()
+            if self.workers > 1:
+                return self._work_pooled()
             while not self._stop.is_set():
                 try:
-                    value = self._produce(self._own)
+                    value = self._make(self._own)
                 except StopIteration:
                     self._put(_END)
                     return
-                if not self._put((value, None if self._own is None else self._own.get_state())):
+                if not self._put((value, self._state())):
                     return
         except BaseException as exc:  # handed to the caller, which re-raises it
             self._put(_Failure(exc))
+
+    def _work_pooled(self) -> None:
+        """Draw in this thread, in order; build in ``workers`` threads at once; hand over in the order drawn."""
+        assert self._build is not None
+        pending: deque[tuple[Future, torch.Tensor | None] | Any] = deque()
+        drawing = True
+        with ThreadPoolExecutor(self.workers, thread_name_prefix=f"{self._name}-build",
+                                initializer=self._set_device) as pool:
+            try:
+                while not self._stop.is_set():
+                    while drawing and len(pending) < self.workers:
+                        try:
+                            raw = self._produce(self._own)
+                        except StopIteration:
+                            pending.append(_END)
+                            drawing = False
+                        except BaseException as exc:  # after the items drawn before it
+                            pending.append(_Failure(exc))
+                            drawing = False
+                        else:
+                            pending.append((pool.submit(self._build, raw), self._state()))
+                    if not pending:
+                        return
+                    head = pending.popleft()
+                    if head is _END or isinstance(head, _Failure):
+                        self._put(head)
+                        return
+                    future, state = head
+                    try:
+                        value = future.result()
+                    except BaseException as exc:
+                        self._put(_Failure(exc))
+                        return
+                    if not self._put((value, state)):
+                        return
+            finally:  # stopped, failed or done: builds not started are dropped, running ones finish
+                for item in pending:
+                    if isinstance(item, tuple):
+                        item[0].cancel()
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
@@ -138,7 +234,7 @@ class Prefetcher(Generic[T]):
         if self._closed:
             raise CmlgraphError("this prefetcher is closed; start a new one")
         if not self.enabled:
-            return self._produce(self._generator)
+            return self._make(self._generator)
         assert self._thread is not None
         while True:
             try:
@@ -192,4 +288,4 @@ class Prefetcher(Generic[T]):
         self.close()
 
 
-__all__ = ["AUTO_ON_CPU", "CHOICES", "Prefetcher", "use_prefetch"]
+__all__ = ["AUTO_ON_CPU", "AUTO_WORKERS_MAX", "CHOICES", "Prefetcher", "prefetch_workers", "use_prefetch"]

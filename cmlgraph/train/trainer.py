@@ -58,7 +58,7 @@ from cmlgraph.train.io import (
     write_json,
     write_yaml,
 )
-from cmlgraph.train.prefetch import Prefetcher, use_prefetch
+from cmlgraph.train.prefetch import Prefetcher, prefetch_workers, use_prefetch
 from cmlgraph.train.progress import loss_label, run_progress, stage
 from cmlgraph.train.run_dir import RunLock, create_run_dir
 from cmlgraph.user_warnings import warn_user
@@ -557,14 +557,24 @@ class Trainer:
     def _prepare_batch(self, generator: torch.Generator | None) -> tuple[int, list[Any]]:
         """Sample the next meta-batch from ``generator`` and materialize this rank's episodes (host work: k-hop
         plans are built here); returns the meta-batch size and the episodes."""
-        e = self.exp
+        return self._build_batch(self._draw_batch(generator))
+
+    def _draw_batch(self, generator: torch.Generator | None) -> tuple[int, list[Any]]:
+        """The next meta-batch's draws from ``generator``: its size and this rank's raw episodes."""
         assert generator is not None
-        raws = e.domain.sample("train", int(self.cfg.train.meta_batch), generator)  # the full batch on every rank
+        raws = self.exp.domain.sample("train", int(self.cfg.train.meta_batch), generator)  # the full batch, every rank
         lo, hi = self.dist.slice_bounds(len(raws))  # this rank's episodes (all of them in one process)
-        episodes = [e.domain.materialize(r, e.device) for r in raws[lo:hi]]
+        return len(raws), raws[lo:hi]
+
+    def _build_batch(self, drawn: tuple[int, list[Any]]) -> tuple[int, list[Any]]:
+        """Materialize drawn episodes and build their layouts (draws nothing: several batches may be built at once
+        by the prefetcher's build threads, ``train.prefetch_workers``)."""
+        e = self.exp
+        size, raws = drawn
+        episodes = [e.domain.materialize(r, e.device) for r in raws]
         if hasattr(e.domain, "prepare_batch"):  # layouts built ahead (G-Meta's balls), off the step (issue 18)
             e.domain.prepare_batch(episodes, self._batched())
-        return len(raws), episodes
+        return size, episodes
 
     def _batched(self) -> bool | None:
         """``train.batched`` as the meta-step passes it: ``None`` (stack when the episodes stack), True or False."""
@@ -575,7 +585,9 @@ class Trainer:
         """The next meta-batch: prepared ahead by the prefetch worker (``train.prefetch``, started on first use)
         with the same draws, ``exp.generator`` then left where drawing it here would have left it; else now."""
         if self._prefetcher is None and use_prefetch(self.cfg.train.prefetch, self.exp.device):
-            self._prefetcher = Prefetcher(self._prepare_batch, self.exp.generator, depth=2, name="cmlgraph-train")
+            self._prefetcher = Prefetcher(self._draw_batch, self.exp.generator, depth=2, name="cmlgraph-train",
+                                          build=self._build_batch,
+                                          workers=prefetch_workers(self.cfg.train.prefetch_workers, self.exp.device))
         if self._prefetcher is None:
             return self._prepare_batch(self.exp.generator)
         return self._prefetcher.next()

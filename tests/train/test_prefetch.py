@@ -19,7 +19,7 @@ from cmlgraph.errors import ConfigError, DataError
 from cmlgraph.graphs import make_synthetic
 from cmlgraph.train.evaluate import evaluate
 from cmlgraph.train.io import load_torch
-from cmlgraph.train.prefetch import AUTO_ON_CPU, Prefetcher, use_prefetch
+from cmlgraph.train.prefetch import AUTO_ON_CPU, AUTO_WORKERS_MAX, Prefetcher, prefetch_workers, use_prefetch
 from cmlgraph.train.trainer import Trainer, build_experiment, parameters_of, prepare, train
 
 
@@ -41,6 +41,101 @@ def test_items_and_generator_states_equal_drawing_inline():
             # the caller's generator is where drawing inline leaves it: the next batch not yet consumed
             assert torch.equal(ahead_gen.get_state(), inline_gen.get_state())
     assert not ahead.alive
+
+
+def _slow_build(raw: torch.Tensor) -> torch.Tensor:
+    """A build that takes longer the smaller its item's first value, so later items often finish first."""
+    time.sleep(0.002 + 0.01 * (1 - float(raw[0])))
+    return raw * 2
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_pooled_builds_hand_over_items_and_generator_states_in_the_order_drawn(workers):
+    inline_gen, ahead_gen = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    names: set[str] = set()
+
+    def build(raw):
+        names.add(threading.current_thread().name)
+        return _slow_build(raw)
+
+    with Prefetcher(_draw, ahead_gen, depth=2, build=build, workers=workers, name="cmlgraph-pool") as ahead:
+        for _ in range(12):
+            want = _slow_build(_draw(inline_gen))
+            assert torch.equal(ahead.next(), want)
+            assert torch.equal(ahead_gen.get_state(), inline_gen.get_state())
+    assert not ahead.alive and not _workers()  # the pool's threads ended with the worker
+    if workers == 1:
+        assert names == {"cmlgraph-pool"}  # built in the worker thread itself
+    else:
+        assert all(n.startswith("cmlgraph-pool-build") for n in names) and 1 < len(names) <= workers
+
+
+def test_pooled_builds_run_at_once():
+    """Two builds that each wait for the other to start can only finish when they run at the same time."""
+    started, both = [], threading.Event()
+    lock = threading.Lock()
+
+    def build(raw):
+        with lock:
+            started.append(raw)
+            if len(started) >= 2:
+                both.set()
+        assert both.wait(5), "the builds ran one after another"
+        return raw
+
+    items = iter(range(4))
+    with Prefetcher(lambda _: next(items), build=build, workers=2) as p:
+        assert list(p) == [0, 1, 2, 3]
+
+
+def test_a_pooled_build_error_comes_after_the_items_before_it_and_stops_the_pool():
+    def build(raw):
+        if raw == 3:
+            raise DataError("node 3 has no features; give features for every node")
+        time.sleep(0.01 * (3 - raw) if raw < 3 else 0)
+        return raw
+
+    items = iter(range(10))
+    p = Prefetcher(lambda _: next(items), depth=1, build=build, workers=3)
+    assert [p.next(), p.next(), p.next()] == [0, 1, 2]
+    with pytest.raises(DataError, match="node 3 has no features"):
+        p.next()
+    assert not p.alive and not _workers()
+
+
+def test_a_pooled_draw_error_comes_after_the_items_drawn_before_it():
+    def produce(_):
+        produce.n += 1
+        if produce.n == 3:
+            raise DataError("split 'train' has no classes left; use --split 4/4/4")
+        return produce.n
+    produce.n = 0
+    with Prefetcher(produce, build=lambda r: -r, workers=2) as p:
+        assert [p.next(), p.next()] == [-1, -2]
+        with pytest.raises(DataError, match="no classes left"):
+            p.next()
+
+
+def test_closing_a_pooled_prefetcher_stops_every_thread():
+    with Prefetcher(lambda _: 0, depth=1, build=lambda r: time.sleep(0.01) or r, workers=3) as p:
+        time.sleep(0.05)
+        assert p.alive
+    assert not p.alive and not _workers()
+
+
+def test_bad_worker_counts_are_refused_and_auto_resolves_by_device():
+    with pytest.raises(ValueError, match="at least 1"):
+        Prefetcher(lambda _: 0, workers=0, build=lambda r: r)
+    with pytest.raises(ValueError, match="needs a build"):
+        Prefetcher(lambda _: 0, workers=2)
+    assert prefetch_workers(3, "cpu") == 3 and prefetch_workers(0, "cpu") == 1
+    assert prefetch_workers(0, "cuda", cpu_count=16) == AUTO_WORKERS_MAX == 8
+    assert prefetch_workers(0, "cuda:1", cpu_count=6) == 3 and prefetch_workers(0, "cuda", cpu_count=1) == 1
+    with pytest.raises(ConfigError, match="prefetch_workers = -1"):
+        prefetch_workers(-1, "cpu")
+    with pytest.raises(ConfigError, match="--prefetch-workers -2: must be >= 0"):
+        prepare(apply_overrides(Config(), {"train": {"prefetch_workers": -2}}, "test"))
+    assert make_config(prefetch_workers=2).train.prefetch_workers == 2
 
 
 def test_the_worker_prepares_on_the_callers_cuda_device(monkeypatch):
@@ -156,16 +251,18 @@ def test_training_with_prefetch_equals_without(tmp_path, tiny_graph, monkeypatch
                 "gmeta": dict(graph=tiny_graph, algo="gmeta", ways=3, shots=2, queries=3, meta_batch=2,
                               inner_steps=2, steps=6, val_every=3, val_tasks=6, test_tasks=8, seed=3, dropout=0.5)
                 }[domain]
-    on = _run(tmp_path, "on", **settings, prefetch="on")
     off = _run(tmp_path, "off", **settings, prefetch="off")
-    assert not _workers()  # the worker ended with its run
-    ca, cb = load_torch(on / "checkpoint.pt"), load_torch(off / "checkpoint.pt")
-    assert ca["step"] == cb["step"] == 6
-    for k in ca["model"]:
-        assert torch.equal(ca["model"][k], cb["model"][k]), k
-    assert torch.equal(ca["generator"], cb["generator"])  # the next batch not yet consumed, as without prefetch
-    assert _lines(on) == _lines(off)
-    assert torch.equal(load_torch(on / "scores.pt")["scores"], load_torch(off / "scores.pt")["scores"])
+    # one worker; and three build threads (train.prefetch_workers: G-Meta's layouts built three batches at once)
+    for on in (_run(tmp_path, "on", **settings, prefetch="on"),
+               _run(tmp_path, "pool", **settings, prefetch="on", prefetch_workers=3)):
+        assert not _workers()  # the worker ended with its run
+        ca, cb = load_torch(on / "checkpoint.pt"), load_torch(off / "checkpoint.pt")
+        assert ca["step"] == cb["step"] == 6
+        for k in ca["model"]:
+            assert torch.equal(ca["model"][k], cb["model"][k]), k
+        assert torch.equal(ca["generator"], cb["generator"])  # the next batch not yet consumed, as without it
+        assert _lines(on) == _lines(off)
+        assert torch.equal(load_torch(on / "scores.pt")["scores"], load_torch(off / "scores.pt")["scores"])
 
 
 def test_an_error_while_preparing_a_batch_stops_the_run_and_its_worker(tmp_path, tiny_graph, monkeypatch):
