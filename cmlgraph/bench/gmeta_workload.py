@@ -129,12 +129,15 @@ def gmeta_workload(graph: FewShotGraph, impl: str, device: str) -> Workload:
     sizes = torch.cat([dom.ball_index(device).ball_sizes(torch.cat([r.support, r.query])) for r in pool])
     info.update(saved_params=saved_parameters(exp), mean_ball=float(sizes.float().mean()),
                 balls_per_task=int(sizes.numel() // len(pool)), prefetch=prefetch, cuda_graphs=graphed is not None)
-    batches = None
-    if prefetch:  # the trainer's pipeline: the worker lays out the next tasks' balls while the step runs
-        from cmlgraph.train.prefetch import Prefetcher
+    batches, workers = None, 1
+    if prefetch:  # the trainer's pipeline: the worker lays out the next tasks' balls while the step runs, with as
+        # many build threads as the trainer would start on this device (train.prefetch_workers: auto)
+        from cmlgraph.train.prefetch import Prefetcher, prefetch_workers
 
-        produced = itertools.count()
-        batches = Prefetcher(lambda _: prepared(next(produced)), None, depth=2, name="cmlgraph-bench")
+        produced, workers = itertools.count(), prefetch_workers(0, device)
+        batches = Prefetcher(lambda _: next(produced), None, depth=2, name="cmlgraph-bench", build=prepared,
+                             workers=workers)
+        info.update(prefetch_workers=workers)
 
     def step() -> None:
         if batches is not None:
@@ -150,7 +153,7 @@ def gmeta_workload(graph: FewShotGraph, impl: str, device: str) -> Workload:
 
     host_turns = itertools.count()  # the host's share of a step, timed apart (Workload.prepare)
     return Workload(step, s["meta_batch"], info, cycle=len(pool), close=None if batches is None else batches.close,
-                    prepare=None if per_node else lambda: prepared(next(host_turns)))
+                    prepare=None if per_node else lambda: prepared(next(host_turns)), prepare_workers=workers)
 
 
 __all__ = ["GMETA_SETTING", "check_equal", "gmeta_workload"]

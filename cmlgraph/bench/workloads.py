@@ -46,6 +46,9 @@ class Workload:
             GPU the prefetch worker must finish it within a meta-step, or the step waits for it. ``None``: not
             timed apart (the references; the image and sinusoid cases, whose preparation is a few draws, and whose
             random images come from one shared cursor that a separate preparation would move).
+        prepare_workers: Build threads of the case's prefetcher (``train.prefetch_workers`` as the trainer resolves
+            it on the bench's device); above 1, ``prepare`` is also timed that many calls at once (it must then be
+            safe to call from several threads).
     """
 
     step: Callable[[], None]
@@ -54,6 +57,7 @@ class Workload:
     cycle: int = 1
     close: Callable[[], None] | None = None
     prepare: Callable[[], Any] | None = None
+    prepare_workers: int = 1
 
 
 def saved_parameters(exp: Experiment) -> int:

@@ -64,15 +64,20 @@ def _small_gmeta_graph():  # noqa: ANN202
     return dataclasses.replace(g, splits={"train": [0, 1], "val": [2, 3], "test": [4, 5]})
 
 
+@pytest.mark.parametrize("workers", [1, 3])
 def test_the_prefetch_case_trains_what_the_batched_case_trains_with_its_layouts_built_by_the_worker(
-        monkeypatch) -> None:
+        monkeypatch, workers) -> None:
     """``batched-prefetch`` (the trainer's pipeline: a worker thread materializes the pool's next tasks and lays out
     their balls while the step runs) meta-trains exactly what ``batched`` trains: equal weights after 6 steps (dropout
     0.5 included: the layouts draw nothing). Its step finds every task's layout built already, by the worker."""
     import threading
 
     import cmlgraph.bench.gmeta_workload as workload
+    import cmlgraph.train.prefetch as prefetch
     from cmlgraph.graphs.balls import BallIndex
+
+    # the trainer's build threads on a GPU host (train.prefetch_workers: auto), here on the CPU
+    monkeypatch.setattr(prefetch, "prefetch_workers", lambda setting, device: workers)
 
     exps = []
     original = workload.build_experiment
@@ -84,6 +89,7 @@ def test_the_prefetch_case_trains_what_the_batched_case_trains_with_its_layouts_
     piped = gmeta_workload(_small_gmeta_graph(), "batched-prefetch", "cpu")
     piped_exp = exps[-1]
     assert piped.info["prefetch"] is True and plain.info["prefetch"] is False
+    assert piped.info["prefetch_workers"] == piped.prepare_workers == workers
     assert piped.close is not None and plain.close is None
     in_main_thread: list[bool] = []
     real = BallIndex.block

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import types
 
 import pytest
@@ -158,3 +159,29 @@ def test_a_failing_or_late_preparation_costs_a_case_neither_its_timing_nor_its_o
     assert "prep broke" in sent[0]["prepare_error"] and "host_ms_per_iter" not in sent[0]
     worker.run_case(Case("x/y", "cmlgraph", "graph", "graph"), None, "cpu", None, 0.01, 3, conn, timeout_s=0.5)
     assert sent[1]["ms_per_iter"] >= 0 and "not timed" in sent[1]["prepare_error"]
+
+
+def test_a_case_with_several_build_threads_is_also_timed_that_many_preparations_at_once() -> None:
+    """``prepare_workers`` > 1 (a G-Meta case's prefetcher on a GPU host): the preparation is also run by that many
+    threads at once, and the bound is the faster figure (structure only: no wall-clock assertion)."""
+    seen: set[str] = set()
+    lock = threading.Lock()
+
+    def prepare() -> None:
+        with lock:
+            seen.add(threading.current_thread().name)
+
+    out = worker.time_prepare(Workload(lambda: None, 4, {}, prepare=prepare, prepare_workers=3), 0.01, lambda: None)
+    assert out["host_workers"] == 3 and out["host_pooled_ms_per_iter"] > 0
+    best = min(out["host_ms_per_iter"], out["host_pooled_ms_per_iter"])
+    assert out["host_bound_tasks_per_s"] == pytest.approx(4 / best * 1000)
+    assert {n for n in seen if n.startswith("cmlgraph-bench-prep-")} == {f"cmlgraph-bench-prep-{i}" for i in range(3)}
+    one = worker.time_prepare(Workload(lambda: None, 4, {}, prepare=prepare), 0.01, lambda: None)
+    assert one["host_workers"] == 1 and "host_pooled_ms_per_iter" not in one
+
+    def broken() -> None:
+        if threading.current_thread().name.startswith("cmlgraph-bench-prep-"):
+            raise RuntimeError("prep broke in a thread")
+
+    with pytest.raises(RuntimeError, match="prep broke in a thread"):
+        worker.time_prepare(Workload(lambda: None, 1, {}, prepare=broken, prepare_workers=2), 0.01, lambda: None)
