@@ -188,7 +188,9 @@ class TrainConfig:
             :mod:`cmlgraph.train.prefetch`).
         prefetch_workers: Meta-batches whose layouts the prefetcher builds at once, in as many threads (G-Meta's
             ball layouts gain from them; same results). ``0``: auto, half the host's cores on CUDA (at most 8),
-            1 on the CPU.
+            1 on the CPU. Given as a number above 1, k-hop computation-tree plans are built in that many worker
+            processes instead (:mod:`cmlgraph.train.build_processes`; a script must guard its code with
+            ``if __name__ == "__main__":``).
         nan_policy: On a NaN/inf loss or gradient: ``stop`` or ``skip`` the meta-batch.
         cuda_graphs: Capture the meta-step as a CUDA graph and replay it (``auto``: where eligible,
             checked once against the eager step; ``on``: required; ``off``; :mod:`cmlgraph.train.cuda_graphs`).

@@ -12,7 +12,8 @@ Prints, as JSON, the median milliseconds of (docs/gpu.md, "Host work per meta-ba
 - with ``--workers N`` (N > 1), also ``khop-gcn ms/batch, W build threads`` and ``gmeta ms/task, W build threads``
   for W = 1 and N: the same preparation through the trainer's :class:`~cmlgraph.train.prefetch.Prefetcher` with W
   build threads (``train.prefetch_workers``), wall time per item handed over, after a warm-up (a mean, so compare
-  the two W with each other rather than with the medians above).
+  the two W with each other rather than with the medians above); and ``khop-gcn ms/batch, N build processes``,
+  the k-hop plans built in N worker processes as the trainer builds them (:mod:`cmlgraph.train.build_processes`).
 
 Usage (one torch thread; the G-Meta rows need Amazon-Computer under the data root, else they are left out, saying
 so on stderr):
@@ -46,14 +47,15 @@ def median_ms(fn: Callable[[], Any], repeats: int) -> float:
 
 
 def pooled_ms(draw: Callable[[Any], Any], build: Callable[[Any], Any], generator: torch.Generator | None,
-              workers: int, items: int) -> float:
+              workers: int, items: int, host_build: Any = None) -> float:
     """Milliseconds per item handed over by a :class:`~cmlgraph.train.prefetch.Prefetcher` that draws with
-    ``draw`` and builds with ``build`` in ``workers`` threads: wall time over ``items`` items after ``workers``
-    warm-up items (the pool full)."""
+    ``draw`` and builds with ``build`` in ``workers`` threads (or with ``host_build`` in ``workers`` processes):
+    wall time over ``items`` items after ``2 * workers`` warm-up items (the pool full, processes started)."""
     from cmlgraph.train.prefetch import Prefetcher
 
-    with Prefetcher(draw, generator, depth=2, name="cmlgraph-time", build=build, workers=workers) as ahead:
-        for _ in range(workers):
+    with Prefetcher(draw, generator, depth=2, name="cmlgraph-time", build=build, workers=workers,
+                    host_build=host_build) as ahead:
+        for _ in range(2 * workers):
             ahead.next()
         t = time.perf_counter()
         for _ in range(items):
@@ -86,6 +88,10 @@ def khop(repeats: int, workers: int = 1) -> dict[str, float]:
             out[f"khop-gcn ms/batch, {w} build threads"] = pooled_ms(
                 lambda g, dom=dom: dom.sample("train", s["meta_batch"], g),
                 lambda raws, dom=dom: [dom.materialize(r, "cpu") for r in raws], gen, w, repeats)
+        if workers > 1 and kind == "gcn":  # the trainer's choice for plans: build processes
+            out[f"khop-gcn ms/batch, {workers} build processes"] = pooled_ms(
+                lambda g, dom=dom: dom.sample("train", s["meta_batch"], g), None, gen, workers, repeats,
+                host_build=dom.host_build("cpu"))
         if kind == "gcn":
             ep = produce()[0]
             adj = adjacency_rows(ep.support_x, PLAN_AGGREGATION["gcn"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -131,3 +132,40 @@ def assert_replay_syncs_only_for_one_hot(step, batch) -> None:
     with SyncCounter() as counter:
         step._eager(step.static, 0)
     assert counter.counts == {"aten._local_scalar_dense": 2}, counter.counts
+
+
+def plan_values(plan: Any) -> list:
+    """Every tensor of a plan as (where, tensor) with CSR and blocks split into parts, in a fixed order."""
+    from cmlgraph.backbones.gnn_plan import SparseBlock
+
+    out: list = []
+
+    def add(where: str, v) -> None:  # noqa: ANN001
+        if isinstance(v, SparseBlock):
+            out.extend([(where + ".rows", v.rows), (where + ".cols", v.cols), (where + ".vals", v.vals),
+                        (where + ".shape", v.shape)])
+        elif isinstance(v, torch.Tensor) and v.layout == torch.sparse_csr:
+            out.extend([(where + ".crow", v.crow_indices()), (where + ".col", v.col_indices()),
+                        (where + ".val", v.values()), (where + ".shape", tuple(v.shape))])
+        else:
+            out.append((where, v))
+
+    out.append(("sizes", list(plan.sizes)))
+    for i, m in enumerate(plan.mats):
+        add(f"mats[{i}]", m)
+    add("out", plan.out)
+    for k in sorted(plan.memo):
+        add(f"memo[{k}]", plan.memo[k])
+    return out
+
+
+def assert_same_plan(a: Any, b: Any) -> None:
+    """Two k-hop plans hold equal tensors (dtype and shape too) everywhere and read the same features."""
+    va, vb = plan_values(a), plan_values(b)
+    assert [w for w, _ in va] == [w for w, _ in vb]
+    for (where, x), (_, y) in zip(va, vb, strict=True):
+        if isinstance(x, torch.Tensor):
+            assert x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y), where
+        else:
+            assert x == y, where
+    assert a.x is b.x

@@ -116,15 +116,37 @@ def prepare_plan(inputs: GraphInput, host: GraphInput, kind: str, hops: int, com
         hops: The GNN's depth (its ``hops``).
         complete: Also list the input level (what input dropout of GCN, SAGE and GIN reads in training).
     """
-    aggregation = PLAN_AGGREGATION[kind]
-    plan = build_plan(adjacency_rows(host, aggregation), plan_features(inputs), host.nodes, hops)
+    features = plan_features(inputs)
+    attach_plan(inputs, kind, hops, host_plan(host, kind, hops, complete, is_sparse(features)))
+
+
+def host_plan(host: GraphInput, kind: str, hops: int, complete: bool, run_sparse: bool) -> Plan:
+    """The host part of :func:`prepare_plan`: the plan of ``host.nodes`` built from CPU tensors, with the CSR
+    aggregations and (``run_sparse``) the sparse constants the device pass reads built too. Its ``x`` is the host's
+    features; :func:`attach_plan` gives it the run's. Draws nothing and reads only ``host`` (and its cache): a
+    prefetch build process runs it on its own copy of the graph (:class:`cmlgraph.domains.graph.TreePlanBuilder`).
+
+    Args:
+        host: The graph and nodes as CPU tensors (its cache keeps the CPU adjacency).
+        kind: GNN kind with a plan path (``PLAN_AGGREGATION``).
+        hops: The GNN's depth.
+        complete: Also list the input level (input dropout of GCN, SAGE and GIN in training).
+        run_sparse: Whether the run's own features (the device's) are sparse: then the constants are built here.
+    """
+    features = plan_features(host)
+    plan = build_plan(adjacency_rows(host, PLAN_AGGREGATION[kind]), features, host.nodes, hops)
     if complete:
         complete_plan(plan)
     # the aggregations as CSR and (sparse features) the constants the pass reads, built here, not on the device
     constants = ("sgc",) if kind == "sgc" else ("z", "r") if kind in ("sage", "gin") else ("z",)
     layers = () if kind == "sgc" else tuple(range(0 if complete else 1, hops))
-    host_prepare(plan, plan_features(host), constants + (("x",) if complete else ()), layers)
-    inputs.__dict__.setdefault("_plans", {})[(aggregation, hops)] = plan_to(plan, plan.x)
+    return host_prepare(plan, features, constants + (("x",) if complete else ()), layers, run_sparse=run_sparse)
+
+
+def attach_plan(inputs: GraphInput, kind: str, hops: int, plan: Plan) -> None:
+    """Attach a host-built plan (:func:`host_plan`) to ``inputs``, moved to their device and reading their
+    features (:func:`cmlgraph.backbones.gnn_plan.plan_to`), where :meth:`GNNBackbone.plan` finds it."""
+    inputs.__dict__.setdefault("_plans", {})[(PLAN_AGGREGATION[kind], hops)] = plan_to(plan, plan_features(inputs))
 
 
 class _GCNConv(FastSparseAggregation, GCNConv):
@@ -905,4 +927,4 @@ def gnn_hops(backbone: nn.Module, *, exact: bool = False) -> int:
 
 
 __all__ = ["GNN_REGISTRY", "PLAN_AGGREGATION", "STATIC_BATCH_KEY", "STATIC_LAYOUT_KEY", "GNNBackbone", "GNNSpec",
-           "dropout_passes_batch", "gnn_hops", "plan_features", "prepare_plan"]
+           "attach_plan", "dropout_passes_batch", "gnn_hops", "host_plan", "plan_features", "prepare_plan"]

@@ -207,7 +207,8 @@ def plan_to(plan: Plan, x: Tensor) -> Plan:
 HOST_PREFIX = "host/"
 
 
-def host_prepare(plan: Plan, host_x: Tensor, constants: tuple[str, ...] = (), layers: tuple[int, ...] = ()) -> Plan:
+def host_prepare(plan: Plan, host_x: Tensor, constants: tuple[str, ...] = (), layers: tuple[int, ...] = (),
+                 run_sparse: bool | None = None) -> Plan:
     """Build on the host what a plan's device pass would otherwise build with host-device syncs (issue 18 item
     2): each layer's aggregation as CSR (coalescing sums duplicates: a data-dependent entry count) and, for sparse
     features, the ``constants`` (:func:`plan_constant`'s keys: sparse × sparse products, sparse row selections),
@@ -221,11 +222,14 @@ def host_prepare(plan: Plan, host_x: Tensor, constants: tuple[str, ...] = (), la
         host_x: The same features on the CPU, in the form the products read (coalesced COO when sparse).
         constants: The constants to build when the features are sparse.
         layers: The layers whose aggregation the pass multiplies (:meth:`TaskLayout.agg`).
+        run_sparse: Whether the run's features are sparse (``None``: ``plan.x`` is the run's, read it).
     """
     for i in layers:
         if plan.mats[i] is not None:
             plan.memo[f"{HOST_PREFIX}csr/{i}"] = _csr(plan.mats[i])
-    if constants and is_sparse(plan.x) and is_sparse(host_x):  # the run's features sparse (not densified there)
+    if run_sparse is None:
+        run_sparse = is_sparse(plan.x)
+    if constants and run_sparse and is_sparse(host_x):  # the run's features sparse (not densified there)
         host = Plan(sizes=plan.sizes, mats=plan.mats, x=host_x, out=plan.out,
                     memo={k: v for k, v in plan.memo.items() if not k.startswith(HOST_PREFIX)})
         for key in constants:

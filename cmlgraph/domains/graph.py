@@ -10,13 +10,22 @@ pass); for GAT the k-hop subgraph around the episode. Sparse features stay spars
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from cmlgraph.backbones.gnn import WHOLE_GRAPH_KINDS, GNNBackbone, gnn_hops, prepare_plan
-from cmlgraph.backbones.gnn_ops import CACHE_PREFIX, SELF_LOOPS_KEY, self_loop_edge_index
+from cmlgraph.backbones.gnn import (
+    PLAN_AGGREGATION,
+    WHOLE_GRAPH_KINDS,
+    GNNBackbone,
+    gnn_hops,
+    plan_features,
+    prepare_plan,
+)
+from cmlgraph.backbones.gnn_ops import CACHE_PREFIX, SELF_LOOPS_KEY, adjacency_rows, is_sparse, self_loop_edge_index
+from cmlgraph.backbones.gnn_plan import Plan
+from cmlgraph.backbones.plan_payload import unpack_plans
 from cmlgraph.config import Config
 from cmlgraph.core.episode import Episode
 from cmlgraph.core.transfer import to_device
@@ -36,6 +45,9 @@ from cmlgraph.graphs.auto_mode import choose_mode
 from cmlgraph.graphs.features import with_features
 from cmlgraph.graphs.fit_classes import fit_graph
 from cmlgraph.graphs.storage import is_graph_file
+
+if TYPE_CHECKING:
+    from cmlgraph.train.build_processes import HostBuild
 
 #: Graphs registered in memory by the Python API (``cmlgraph.fit``), looked up by name before the registry.
 CUSTOM_GRAPHS: dict[str, FewShotGraph] = {}
@@ -259,21 +271,60 @@ class GraphDomain(Domain):
                        GraphInput(x, ei, nodes[ns:], cache, batch_whole=whole, subgraph=sub),
                        to_device(raw.query_y, device))
 
-    def tree_input(self, nodes: Tensor, device: torch.device | str = "cpu") -> GraphInput:
+    def tree_input(self, nodes: Tensor, device: torch.device | str = "cpu", plan: Plan | None = None) -> GraphInput:
         """A computation-tree input of ``nodes`` whose plan is built on the host now (issue 18 item 2).
 
         The plan's level sizes are read on the host: from CPU tensors (the graph's own ``x`` and ``edge_index``,
         with a CPU adjacency cached on the domain) that costs no device sync, and the finished plan travels to
         ``device`` pinned and ``non_blocking`` (:func:`cmlgraph.backbones.gnn.prepare_plan`). Run ahead by the
         prefetch worker (:mod:`cmlgraph.train.prefetch`), the device-side step then has no plan syncs. On the CPU
-        the plan is the one the backbone would build on its first forward.
+        the plan is the one the backbone would build on its first forward. ``plan``: the plan, built already
+        by a prefetch build process and on the device (:meth:`finish_trees`).
         """
         x, ei, cache = self._full_graph(device)
         g = GraphInput(x, ei, to_device(nodes, device), cache, local=True)
         kind = self.gnn["kind"]
-        prepare_plan(g, self.host_input(g, nodes), kind, self.gnn["layers"],
-                     complete=kind != "sgc" and self.gnn["dropout"] > 0)
+        if plan is not None:  # built by a prefetch build process (host_build), on the device already
+            g.__dict__.setdefault("_plans", {})[(PLAN_AGGREGATION[kind], self.gnn["layers"])] = plan
+        else:
+            prepare_plan(g, self.host_input(g, nodes), kind, self.gnn["layers"], complete=self._complete_plans())
         return g
+
+    def _complete_plans(self) -> bool:
+        """Whether plans list their input level (input dropout of GCN, SAGE and GIN in training)."""
+        return self.gnn["kind"] != "sgc" and self.gnn["dropout"] > 0
+
+    def host_build(self, device: torch.device | str) -> HostBuild | None:
+        """How prefetch worker processes build this domain's episodes (``train.prefetch_workers`` > 1): the k-hop
+        computation-tree plans, whose many small host ops gain nothing from threads (issue 18). ``None`` without
+        plans (full graph, GAT subgraphs): their builds stay in threads.
+
+        The processes get the graph's CPU aggregation matrix once (:class:`~cmlgraph.domains.tree_builds.
+        TreePlanBuilder`) and each meta-batch's node ids; the plans come back as numpy payloads and are attached
+        on the run's device by :meth:`finish_trees`, equal to :meth:`tree_input`'s."""
+        if not self.trees:
+            return None
+        from cmlgraph.domains.tree_builds import TreePlanBuilder
+        from cmlgraph.train.build_processes import HostBuild
+
+        x, ei, cache = self._full_graph(device)
+        empty = torch.empty(0, dtype=torch.long)
+        host = self.host_input(GraphInput(x, ei, to_device(empty, device), cache, local=True), empty)
+        kind = self.gnn["kind"]
+        builder = TreePlanBuilder(host, adjacency_rows(host, PLAN_AGGREGATION[kind]), kind, self.gnn["layers"],
+                                  self._complete_plans(), is_sparse(plan_features(GraphInput(x, ei, empty, cache))))
+        return HostBuild(builder, send=lambda raws: [(r.support.numpy(), r.query.numpy()) for r in raws],
+                         finish=lambda raws, packed: self.finish_trees(raws, packed, device))
+
+    def finish_trees(self, raws: list[NodeEpisode], packed: tuple[dict[str, Any], list[dict[str, Any]]],
+                     device: torch.device | str = "cpu") -> list[Episode]:
+        """The episodes :meth:`materialize` gives, from their support and query plans built elsewhere and packed
+        (:meth:`host_build`'s processes): each dtype's buffer copied to ``device`` once."""
+        x, ei, cache = self._full_graph(device)
+        features = plan_features(GraphInput(x, ei, x.new_empty(0, dtype=torch.long), cache))
+        plans = iter(unpack_plans(*packed, features))
+        return [Episode(self.tree_input(r.support, device, next(plans)), to_device(r.support_y, device),
+                        self.tree_input(r.query, device, next(plans)), to_device(r.query_y, device)) for r in raws]
 
     def host_input(self, g: GraphInput, nodes: Tensor) -> GraphInput:
         """``g`` itself when it is on the CPU; else the same graph and ``nodes`` as CPU tensors, for building

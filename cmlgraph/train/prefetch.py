@@ -36,11 +36,14 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
 
 from cmlgraph.errors import CmlgraphError, ConfigError
+
+if TYPE_CHECKING:
+    from cmlgraph.train.build_processes import HostBuild
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -112,6 +115,9 @@ class Prefetcher(Generic[T]):
             once (``None``: ``produce`` returns the item).
         workers: Builds run at once, in a pool of this many threads (1: in the worker thread itself). Items are
             prepared up to ``depth + workers`` ahead.
+        host_build: With ``workers`` > 1, build in that many worker *processes* instead of threads
+            (:mod:`cmlgraph.train.build_processes`: for builds whose small ops hold the GIL); ``build`` is then
+            not called.
 
     Raises:
         ValueError: ``depth`` or ``workers`` is below 1, or ``workers`` > 1 without ``build``.
@@ -119,14 +125,16 @@ class Prefetcher(Generic[T]):
 
     def __init__(self, produce: Callable[[torch.Generator | None], Any], generator: torch.Generator | None = None, *,
                  depth: int = 2, enabled: bool = True, name: str = "cmlgraph-prefetch",
-                 build: Callable[[Any], T] | None = None, workers: int = 1) -> None:
+                 build: Callable[[Any], T] | None = None, workers: int = 1,
+                 host_build: HostBuild | None = None) -> None:
         if depth < 1:
             raise ValueError(f"prefetch depth must be at least 1, got {depth}")
-        if workers < 1 or (workers > 1 and build is None):
+        if workers < 1 or (workers > 1 and build is None and host_build is None):
             raise ValueError(f"prefetch workers must be at least 1 (more than 1 needs a build), got {workers}")
         self._produce = produce
         self._build = build
         self.workers = workers
+        self._host_build = host_build if workers > 1 else None
         self._name = name
         self._generator = generator
         self.enabled = enabled
@@ -175,43 +183,59 @@ class Prefetcher(Generic[T]):
             self._put(_Failure(exc))
 
     def _work_pooled(self) -> None:
-        """Draw in this thread, in order; build in ``workers`` threads at once; hand over in the order drawn."""
-        assert self._build is not None
-        pending: deque[tuple[Future, torch.Tensor | None] | Any] = deque()
+        """Draw in this thread, in order; build in ``workers`` threads (or processes) at once; hand over in the
+        order drawn."""
+        if self._host_build is None:
+            assert self._build is not None
+            with ThreadPoolExecutor(self.workers, thread_name_prefix=f"{self._name}-build",
+                                    initializer=self._set_device) as pool:
+                self._pipeline(lambda raw: pool.submit(self._build, raw), lambda raw, future: future.result())
+            return
+        from cmlgraph.train.build_processes import ProcessBuilds
+
+        hb = self._host_build
+        procs = ProcessBuilds(hb.builder, self.workers)
+        try:
+            self._pipeline(lambda raw: procs.submit(hb.send(raw)),
+                           lambda raw, future: hb.finish(raw, procs.result(future)))
+        finally:
+            procs.shutdown()
+
+    def _pipeline(self, submit: Callable[[Any], Future], finish: Callable[[Any, Future], Any]) -> None:
+        """The pooled loop: up to ``workers`` items submitted ahead, each finished and handed over in order."""
+        pending: deque[tuple[Future, torch.Tensor | None, Any] | Any] = deque()
         drawing = True
-        with ThreadPoolExecutor(self.workers, thread_name_prefix=f"{self._name}-build",
-                                initializer=self._set_device) as pool:
-            try:
-                while not self._stop.is_set():
-                    while drawing and len(pending) < self.workers:
-                        try:
-                            raw = self._produce(self._own)
-                        except StopIteration:
-                            pending.append(_END)
-                            drawing = False
-                        except BaseException as exc:  # after the items drawn before it
-                            pending.append(_Failure(exc))
-                            drawing = False
-                        else:
-                            pending.append((pool.submit(self._build, raw), self._state()))
-                    if not pending:
-                        return
-                    head = pending.popleft()
-                    if head is _END or isinstance(head, _Failure):
-                        self._put(head)
-                        return
-                    future, state = head
+        try:
+            while not self._stop.is_set():
+                while drawing and len(pending) < self.workers:
                     try:
-                        value = future.result()
-                    except BaseException as exc:
-                        self._put(_Failure(exc))
-                        return
-                    if not self._put((value, state)):
-                        return
-            finally:  # stopped, failed or done: builds not started are dropped, running ones finish
-                for item in pending:
-                    if isinstance(item, tuple):
-                        item[0].cancel()
+                        raw = self._produce(self._own)
+                    except StopIteration:
+                        pending.append(_END)
+                        drawing = False
+                    except BaseException as exc:  # after the items drawn before it
+                        pending.append(_Failure(exc))
+                        drawing = False
+                    else:
+                        pending.append((submit(raw), self._state(), raw))
+                if not pending:
+                    return
+                head = pending.popleft()
+                if head is _END or isinstance(head, _Failure):
+                    self._put(head)
+                    return
+                future, state, raw = head
+                try:
+                    value = finish(raw, future)
+                except BaseException as exc:
+                    self._put(_Failure(exc))
+                    return
+                if not self._put((value, state)):
+                    return
+        finally:  # stopped, failed or done: builds not started are dropped, running ones finish
+            for item in pending:
+                if isinstance(item, tuple):
+                    item[0].cancel()
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():

@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.console import Console
@@ -63,6 +63,9 @@ from cmlgraph.train.progress import loss_label, run_progress, stage
 from cmlgraph.train.run_dir import RunLock, create_run_dir
 from cmlgraph.user_warnings import warn_user
 from cmlgraph.validate import validate_config
+
+if TYPE_CHECKING:
+    from cmlgraph.train.build_processes import HostBuild
 
 
 @dataclass
@@ -576,6 +579,18 @@ class Trainer:
             e.domain.prepare_batch(episodes, self._batched())
         return size, episodes
 
+    def _host_build(self) -> HostBuild | None:
+        """The domain's builds in worker processes (k-hop plans: :meth:`GraphDomain.host_build`), over this
+        trainer's drawn ``(size, raws)``; ``None``: build threads."""
+        e = self.exp
+        hb = e.domain.host_build(e.device) if hasattr(e.domain, "host_build") else None
+        if hb is None:
+            return None
+        from cmlgraph.train.build_processes import HostBuild
+
+        return HostBuild(hb.builder, send=lambda drawn: hb.send(drawn[1]),
+                         finish=lambda drawn, result: (drawn[0], hb.finish(drawn[1], result)))
+
     def _batched(self) -> bool | None:
         """``train.batched`` as the meta-step passes it: ``None`` (stack when the episodes stack), True or False."""
         e = self.exp
@@ -585,9 +600,13 @@ class Trainer:
         """The next meta-batch: prepared ahead by the prefetch worker (``train.prefetch``, started on first use)
         with the same draws, ``exp.generator`` then left where drawing it here would have left it; else now."""
         if self._prefetcher is None and use_prefetch(self.cfg.train.prefetch, self.exp.device):
+            workers = prefetch_workers(self.cfg.train.prefetch_workers, self.exp.device)
             self._prefetcher = Prefetcher(self._draw_batch, self.exp.generator, depth=2, name="cmlgraph-train",
-                                          build=self._build_batch,
-                                          workers=prefetch_workers(self.cfg.train.prefetch_workers, self.exp.device))
+                                          build=self._build_batch, workers=workers,
+                                          # processes only where asked for by number (not auto): spawned
+                                          # processes import the user's script, which must then be guarded
+                                          host_build=self._host_build() if self.cfg.train.prefetch_workers > 1
+                                          else None)
         if self._prefetcher is None:
             return self._prepare_batch(self.exp.generator)
         return self._prefetcher.next()

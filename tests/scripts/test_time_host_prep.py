@@ -21,7 +21,8 @@ def test_the_k_hop_figures_are_printed_and_missing_data_is_said(tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(out) == {"khop-gcn ms/batch", "khop-sgc ms/batch", "build_plan support ms", "build_plan query ms",
-                        "khop-gcn ms/batch, 1 build threads", "khop-gcn ms/batch, 2 build threads"}
+                        "khop-gcn ms/batch, 1 build threads", "khop-gcn ms/batch, 2 build threads",
+                        "khop-gcn ms/batch, 2 build processes"}
     assert all(v > 0 for v in out.values())
     assert "G-Meta not timed" in proc.stderr and "--data-root" in proc.stderr
 

@@ -17,6 +17,7 @@ from cmlgraph.config import Config, apply_overrides
 from cmlgraph.domains.graph import register_graph
 from cmlgraph.errors import ConfigError, DataError
 from cmlgraph.graphs import make_synthetic
+from cmlgraph.train import build_processes
 from cmlgraph.train.evaluate import evaluate
 from cmlgraph.train.io import load_torch
 from cmlgraph.train.prefetch import AUTO_ON_CPU, AUTO_WORKERS_MAX, Prefetcher, prefetch_workers, use_prefetch
@@ -252,9 +253,14 @@ def test_training_with_prefetch_equals_without(tmp_path, tiny_graph, monkeypatch
                               inner_steps=2, steps=6, val_every=3, val_tasks=6, test_tasks=8, seed=3, dropout=0.5)
                 }[domain]
     off = _run(tmp_path, "off", **settings, prefetch="off")
-    # one worker; and three build threads (train.prefetch_workers: G-Meta's layouts built three batches at once)
+    # one worker; and two builders (train.prefetch_workers): G-Meta's layouts and sinusoid's tasks in two threads,
+    # the k-hop plans in two spawned build processes
+    started: list[int] = []
+    real = build_processes.ProcessBuilds.__init__
+    monkeypatch.setattr(build_processes.ProcessBuilds, "__init__",
+                        lambda self, builder, workers: started.append(workers) or real(self, builder, workers))
     for on in (_run(tmp_path, "on", **settings, prefetch="on"),
-               _run(tmp_path, "pool", **settings, prefetch="on", prefetch_workers=3)):
+               _run(tmp_path, "pool", **settings, prefetch="on", prefetch_workers=2)):
         assert not _workers()  # the worker ended with its run
         ca, cb = load_torch(on / "checkpoint.pt"), load_torch(off / "checkpoint.pt")
         assert ca["step"] == cb["step"] == 6
@@ -263,6 +269,7 @@ def test_training_with_prefetch_equals_without(tmp_path, tiny_graph, monkeypatch
         assert torch.equal(ca["generator"], cb["generator"])  # the next batch not yet consumed, as without it
         assert _lines(on) == _lines(off)
         assert torch.equal(load_torch(on / "scores.pt")["scores"], load_torch(off / "scores.pt")["scores"])
+    assert started == ([2] if domain == "graph-khop" else [])
 
 
 def test_an_error_while_preparing_a_batch_stops_the_run_and_its_worker(tmp_path, tiny_graph, monkeypatch):
@@ -313,3 +320,15 @@ def test_evaluation_chunks_default_to_the_devices_launch_size(tiny_graph, monkey
     whole = evaluate(e.algo, e.model, params, e.domain, raws, batch_size=7)
     assert sizes[2:] == [7]
     assert chunked["scores"] == pytest.approx(whole["scores"])
+
+
+def test_auto_workers_never_start_build_processes(tmp_path, tiny_graph, monkeypatch):
+    """Auto (``prefetch_workers: 0``) builds in threads even where it resolves to several (a CUDA host): spawned
+    processes import the user's script, which only a user who asked for them by number is told to guard."""
+    import cmlgraph.train.trainer as trainer_module
+
+    started: list[int] = []
+    monkeypatch.setattr(build_processes.ProcessBuilds, "__init__", lambda self, builder, workers: started.append(1))
+    monkeypatch.setattr(trainer_module, "prefetch_workers", lambda setting, device: 2)  # as on a CUDA host
+    _run(tmp_path, "auto", **{**_settings(tiny_graph), "steps": 2, "val_every": 2}, prefetch="on")
+    assert started == [] and not _workers()

@@ -1,0 +1,86 @@
+"""k-hop plans built in prefetch build processes (issue 18): the episodes a graph domain finishes from them equal
+its own ``materialize``'s, in this process and in spawned ones; a builder's error and a dead process reach the run
+with their message and the fix."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from cmlgraph.backbones.gnn import PLAN_AGGREGATION
+from cmlgraph.domains.graph import GraphDomain
+from cmlgraph.errors import CmlgraphError, DataError
+from cmlgraph.graphs import make_synthetic
+from cmlgraph.train.build_processes import FIX, ProcessBuilds
+from tests.conftest import assert_same_plan
+
+
+def _domain(gnn: str, dropout: float, sparse: bool) -> GraphDomain:
+    g = make_synthetic(num_nodes=400, num_classes=12, avg_degree=4, seed=2, split="4/4/4")
+    if sparse:
+        g.x = g.x.to_sparse_csr()
+    return GraphDomain(g, ways=3, shots=2, queries=3, gnn=gnn, hidden=8, layers=2, dropout=dropout, subgraph="khop")
+
+
+def _plans(episodes, key):  # noqa: ANN001, ANN202
+    return [inp._plans[key] for ep in episodes for inp in (ep.support_x, ep.query_x)]
+
+
+@pytest.mark.parametrize(("gnn", "dropout", "sparse"), [("gcn", 0.0, False), ("gcn", 0.4, True),
+                                                        ("sage", 0.4, False), ("sgc", 0.0, True)])
+def test_finished_episodes_equal_materialized_ones(gnn, dropout, sparse):
+    dom = _domain(gnn, dropout, sparse)
+    raws = dom.sample("train", 3, torch.Generator().manual_seed(4))
+    hb = dom.host_build("cpu")
+    builder = pickle.loads(pickle.dumps(hb.builder))  # as a process receives it
+    finished = hb.finish(raws, pickle.loads(pickle.dumps(builder(hb.send(raws)))))
+    made = [dom.materialize(r, "cpu") for r in raws]
+    key = (PLAN_AGGREGATION[gnn], 2)
+    for a, b in zip(_plans(made, key), _plans(finished, key), strict=True):
+        assert_same_plan(a, b)
+    for a, b in zip(made, finished, strict=True):
+        assert torch.equal(a.support_y, b.support_y) and torch.equal(a.query_x.nodes, b.query_x.nodes)
+        assert a.support_x.x is b.support_x.x  # the run's own features, shared
+
+
+def test_domains_without_plans_have_no_process_build():
+    g = make_synthetic(num_nodes=200, num_classes=12, seed=0, split="4/4/4")
+    assert GraphDomain(g, ways=3, shots=2, queries=3, gnn="gcn", subgraph="full").host_build("cpu") is None
+    assert GraphDomain(g, ways=3, shots=2, queries=3, gnn="gat", subgraph="khop").host_build("cpu") is None
+
+
+class _Failing:
+    def __call__(self, sent):  # noqa: ANN001, ANN204
+        if sent == "die":
+            os._exit(3)
+        raise DataError(f"node {sent} has no features; give features for every node")
+
+
+@pytest.mark.slow
+def test_spawned_processes_build_the_same_plans_and_report_failures():
+    dom = _domain("gcn", 0.4, False)
+    raws = dom.sample("train", 2, torch.Generator().manual_seed(5))
+    hb = dom.host_build("cpu")
+    pool = ProcessBuilds(hb.builder, 2)
+    try:
+        futures = [pool.submit(hb.send(raws)) for _ in range(3)]
+        results = [ProcessBuilds.result(f) for f in futures]
+    finally:
+        pool.shutdown()
+    key = (PLAN_AGGREGATION["gcn"], 2)
+    made = [dom.materialize(r, "cpu") for r in raws]
+    for result in results:
+        for a, b in zip(_plans(made, key), _plans(hb.finish(raws, result), key), strict=True):
+            assert_same_plan(a, b)
+    failing = ProcessBuilds(_Failing(), 1)
+    try:
+        with pytest.raises(DataError, match="node 7 has no features"):
+            ProcessBuilds.result(failing.submit(7))
+        with pytest.raises(CmlgraphError, match="died or could not start") as exc:
+            ProcessBuilds.result(failing.submit("die"))
+        assert FIX in str(exc.value)
+    finally:
+        failing.shutdown()
