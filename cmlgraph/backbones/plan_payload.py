@@ -10,10 +10,14 @@ dtype per meta-batch (:func:`unpack_plans`), the plans' tensors then views of th
 :func:`unpack_plans` returns the plans :func:`cmlgraph.backbones.gnn_plan.plan_to` would give from the originals:
 every tensor equal, dtype and shape included, sparse CSR parts as CSR (tests/backbones/test_plan_payload.py).
 The features ``x`` (the whole graph's) never travel: the receiving side gives its own.
+
+The buffers themselves cross in shared memory (:class:`SharedSlots` in the build process, :func:`read_shared` in
+the run's): through the pool's pipe a 2.3 MB batch took about 6 ms a round trip on this project's 2 cores.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -75,10 +79,94 @@ def pack_plans(plans: list[Plan]) -> tuple[dict[str, np.ndarray], list[dict[str,
     return packer.buffers(), specs
 
 
-def unpack_plans(buffers: dict[str, np.ndarray], specs: list[dict[str, Any]], x: Tensor) -> list[Plan]:
+class SharedSlots:
+    """A build process's shared-memory blocks, reused round robin, that carry packed buffers to the run's process.
+
+    Why: through the process pool's pipe a 2.3 MB meta-batch of synthetic-10k plans took about 6 ms a round trip on
+    this project's 2 cores (``scripts/time_host_prep.py``; the building itself about 9 ms); written into shared
+    memory only a block's name and layout cross the pipe. Blocks are reused (a fresh block costs a page fault per
+    4 KB page on first touch) and grown when a batch outgrows one.
+
+    Safety: the run copies a batch out of its block (:func:`read_shared`) before it hands the batch on, and keeps at
+    most ``workers`` batches in flight, so a process writes a block again only after the run has read it when it
+    has ``workers + 1`` of them or more. The blocks are unlinked when the process exits.
+
+    Args:
+        slots: Blocks to cycle through (at least the pool's process count + 1).
+    """
+
+    def __init__(self, slots: int) -> None:
+        from multiprocessing import util
+
+        self._blocks: list[Any] = [None] * max(2, slots)
+        self._ids: list[str] = [""] * len(self._blocks)
+        self._turn = self._made = 0
+        util.Finalize(self, SharedSlots._release, args=(self._blocks,), exitpriority=10)
+
+    @staticmethod
+    def _release(blocks: list[Any]) -> None:
+        for shm in blocks:
+            if shm is not None:
+                shm.close()
+                shm.unlink()
+
+    def write(self, buffers: dict[str, np.ndarray]) -> dict[str, Any]:
+        """``buffers`` in the next block: its name and the layout ``(dtype, byte offset, count)``."""
+        from multiprocessing import shared_memory
+
+        layout, offset = [], 0
+        for key, a in buffers.items():
+            layout.append((key, offset, int(a.size)))
+            offset += -(-a.nbytes // 8) * 8  # 8-byte aligned
+        k = self._turn % len(self._blocks)
+        self._turn += 1
+        shm = self._blocks[k]
+        if shm is None or shm.size < offset:
+            if shm is not None:
+                shm.close()
+                shm.unlink()
+            shm = self._blocks[k] = shared_memory.SharedMemory(create=True, size=max(1 << 20, offset * 3 // 2))
+            self._made += 1
+            self._ids[k] = f"{os.getpid()}/{self._made}"
+        for (key, start, count), a in zip(layout, buffers.values(), strict=True):
+            np.frombuffer(shm.buf, dtype=np.dtype(key), count=count, offset=start)[:] = a.reshape(-1)
+        # the block's own id beside its name: a reader never takes a stale mapping of a freed block for a new one
+        return {"name": shm.name, "block": self._ids[k], "layout": layout}
+
+
+#: Blocks of build processes this process has mapped (by name and block id; at most :data:`_MAPPED_MAX`, oldest
+#: closed first).
+_MAPPED: dict[str, Any] = {}
+_MAPPED_MAX = 64
+
+
+def read_shared(ref: dict[str, Any], device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """The buffers a :class:`SharedSlots` wrote, copied out of its block (which the process will reuse): on the
+    CPU into new tensors; for a GPU straight into pinned memory, then ``non_blocking`` to ``device`` (one host copy,
+    not two)."""
+    from multiprocessing import shared_memory
+
+    block = (ref["name"], ref["block"])
+    shm = _MAPPED.get(block)
+    if shm is None:
+        while len(_MAPPED) >= _MAPPED_MAX:
+            _MAPPED.pop(next(iter(_MAPPED))).close()
+        shm = _MAPPED[block] = shared_memory.SharedMemory(name=ref["name"])
+    device = torch.device(device)
+    out = {}
+    for key, start, count in ref["layout"]:
+        view = torch.from_numpy(np.frombuffer(shm.buf, dtype=np.dtype(key), count=count, offset=start))
+        out[key] = view.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else view.clone()
+        del view  # no view outlives the copy: the block can be closed
+    return out
+
+
+def unpack_plans(buffers: dict[str, np.ndarray] | dict[str, Tensor], specs: list[dict[str, Any]],
+                 x: Tensor) -> list[Plan]:
     """The plans :func:`pack_plans` packed, on ``x``'s device and reading the features ``x``: each buffer copied
-    once (pinned, ``non_blocking`` to a GPU; on the CPU not at all), every tensor a view of it."""
-    flat = {k: to_device(torch.from_numpy(v), x.device) for k, v in buffers.items()}
+    once (pinned, ``non_blocking`` to a GPU; on the CPU not at all; tensors already there are used as they are),
+    every tensor a view of it."""
+    flat = {k: to_device(v if isinstance(v, Tensor) else torch.from_numpy(v), x.device) for k, v in buffers.items()}
 
     def tensor(ref: tuple[str, str, int, tuple[int, ...]]) -> Tensor:
         _, key, offset, shape = ref
@@ -98,4 +186,4 @@ def unpack_plans(buffers: dict[str, np.ndarray], specs: list[dict[str, Any]], x:
                  memo={k: value(v) for k, v in s["memo"].items()}) for s in specs]
 
 
-__all__ = ["MOVED_KEYS", "pack_plans", "unpack_plans"]
+__all__ = ["MOVED_KEYS", "SharedSlots", "pack_plans", "read_shared", "unpack_plans"]

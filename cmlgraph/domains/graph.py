@@ -25,7 +25,7 @@ from cmlgraph.backbones.gnn import (
 )
 from cmlgraph.backbones.gnn_ops import CACHE_PREFIX, SELF_LOOPS_KEY, adjacency_rows, is_sparse, self_loop_edge_index
 from cmlgraph.backbones.gnn_plan import Plan
-from cmlgraph.backbones.plan_payload import unpack_plans
+from cmlgraph.backbones.plan_payload import read_shared, unpack_plans
 from cmlgraph.config import Config
 from cmlgraph.core.episode import Episode
 from cmlgraph.core.transfer import to_device
@@ -321,8 +321,11 @@ class GraphDomain(Domain):
         """The episodes :meth:`materialize` gives, from their support and query plans built elsewhere and packed
         (:meth:`host_build`'s processes): each dtype's buffer copied to ``device`` once."""
         x, ei, cache = self._full_graph(device)
+        buffers, specs = packed
+        if "name" in buffers:  # a build process's shared-memory block (SharedSlots), copied out now
+            buffers = read_shared(buffers, x.device)
         features = plan_features(GraphInput(x, ei, x.new_empty(0, dtype=torch.long), cache))
-        plans = iter(unpack_plans(*packed, features))
+        plans = iter(unpack_plans(buffers, specs, features))
         return [Episode(self.tree_input(r.support, device, next(plans)), to_device(r.support_y, device),
                         self.tree_input(r.query, device, next(plans)), to_device(r.query_y, device)) for r in raws]
 

@@ -11,6 +11,7 @@ attaches them to the episodes on the run's device.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from cmlgraph.backbones.gnn import PLAN_AGGREGATION, host_plan
 from cmlgraph.backbones.gnn_ops import CACHE_PREFIX, is_sparse
-from cmlgraph.backbones.plan_payload import pack_plans
+from cmlgraph.backbones.plan_payload import SharedSlots, pack_plans
 from cmlgraph.graphs.types import GraphInput
 
 
@@ -44,6 +45,16 @@ class TreePlanBuilder:
         self.x = host.x.to_sparse_coo().coalesce() if is_sparse(host.x) else None
         self.adjacency = adjacency
         self._cache: dict[str, Any] | None = None
+        #: Shared-memory blocks a build process cycles through to return its plans (:class:`SharedSlots`);
+        #: ``None``: returned through the pipe. Set by :meth:`in_processes`.
+        self.slots: int | None = None
+        self._shared: SharedSlots | None = None
+
+    def in_processes(self, workers: int) -> TreePlanBuilder:
+        """A copy of this builder for a pool of ``workers`` processes: its plans return through shared memory."""
+        other = copy.copy(self)
+        other.slots = workers + 2
+        return other
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -51,6 +62,7 @@ class TreePlanBuilder:
         state["adjacency"] = (a.crow_indices(), a.col_indices(), a.values(), tuple(a.shape))
         state["x"] = None if self.x is None else (self.x.indices(), self.x.values(), tuple(self.x.shape))
         state["_cache"] = None
+        state["_shared"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -70,8 +82,13 @@ class TreePlanBuilder:
     def __call__(self, node_sets: list[tuple[np.ndarray, np.ndarray]]) -> tuple[dict[str, Any], list]:
         """The support and query plans of each episode's ``(support, query)`` node ids, in that order, packed
         (:func:`~cmlgraph.backbones.plan_payload.pack_plans`)."""
-        return pack_plans([host_plan(self._host(nodes), self.kind, self.hops, self.complete, self.run_sparse)
-                           for pair in node_sets for nodes in pair])
+        buffers, specs = pack_plans([host_plan(self._host(nodes), self.kind, self.hops, self.complete,
+                                               self.run_sparse) for pair in node_sets for nodes in pair])
+        if self.slots is None:
+            return buffers, specs
+        if self._shared is None:
+            self._shared = SharedSlots(self.slots)
+        return self._shared.write(buffers), specs
 
 
 __all__ = ["TreePlanBuilder"]

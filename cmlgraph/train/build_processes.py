@@ -68,7 +68,8 @@ class ProcessBuilds:
     """A pool of ``workers`` spawned processes, each holding ``builder``.
 
     Args:
-        builder: Sent to each process once, when the pool starts (pickled: CPU tensors go through shared memory).
+        builder: Sent to each process once, when the pool starts (pickled: CPU tensors go through shared memory);
+            one with an ``in_processes(workers)`` method is sent as what that returns.
         workers: Processes.
     """
 
@@ -76,6 +77,8 @@ class ProcessBuilds:
         if workers < 1:
             raise ValueError(f"build processes must be at least 1, got {workers}")
         self.workers = workers
+        if hasattr(builder, "in_processes"):  # e.g. returns through shared memory sized for the pool
+            builder = builder.in_processes(workers)
         self._pool = ProcessPoolExecutor(workers, mp_context=torch.multiprocessing.get_context("spawn"),
                                          initializer=_install, initargs=(builder,))
 

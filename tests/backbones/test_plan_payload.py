@@ -40,3 +40,27 @@ def test_a_payload_refuses_what_it_cannot_carry():
     plan.memo["prev_level"] = torch.zeros(2, 2).to_sparse_coo()
     with pytest.raises(TypeError, match="dense and CSR tensors"):
         pack_plans([plan])
+
+
+def test_shared_slots_carry_buffers_grow_and_are_unlinked():
+    import numpy as np
+
+    from cmlgraph.backbones.plan_payload import SharedSlots, read_shared
+
+    slots = SharedSlots(2)
+    small = {"<i8": np.arange(10, dtype=np.int64), "<f4": np.linspace(0, 1, 7, dtype=np.float32)}
+    refs = [slots.write(small), slots.write(small)]
+    assert refs[0]["name"] != refs[1]["name"]  # two blocks, round robin
+    for ref in refs:
+        got = read_shared(ref)
+        assert set(got) == set(small) and all(torch.equal(got[k], torch.from_numpy(v)) for k, v in small.items())
+    big = {"<i8": np.arange(300_000, dtype=np.int64)}  # outgrows the first block: a bigger one replaces it
+    ref = slots.write(big)
+    assert ref["name"] != refs[0]["name"] and torch.equal(read_shared(ref)["<i8"], torch.from_numpy(big["<i8"]))
+    names = [b.name for b in slots._blocks]
+    SharedSlots._release(slots._blocks)  # what the build process runs when it exits
+    from multiprocessing import shared_memory
+
+    for name in names:
+        with pytest.raises(FileNotFoundError):
+            shared_memory.SharedMemory(name=name)

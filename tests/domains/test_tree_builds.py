@@ -64,17 +64,21 @@ def test_spawned_processes_build_the_same_plans_and_report_failures():
     dom = _domain("gcn", 0.4, False)
     raws = dom.sample("train", 2, torch.Generator().manual_seed(5))
     hb = dom.host_build("cpu")
+    key = (PLAN_AGGREGATION["gcn"], 2)
+    made = [dom.materialize(r, "cpu") for r in raws]
+    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
     pool = ProcessBuilds(hb.builder, 2)
     try:
         futures = [pool.submit(hb.send(raws)) for _ in range(3)]
         results = [ProcessBuilds.result(f) for f in futures]
+        assert all("name" in r[0] for r in results)  # returned through the processes' shared memory
+        for result in results:  # read while the pool lives (its processes unlink their blocks when they exit)
+            for a, b in zip(_plans(made, key), _plans(hb.finish(raws, result), key), strict=True):
+                assert_same_plan(a, b)
     finally:
         pool.shutdown()
-    key = (PLAN_AGGREGATION["gcn"], 2)
-    made = [dom.materialize(r, "cpu") for r in raws]
-    for result in results:
-        for a, b in zip(_plans(made, key), _plans(hb.finish(raws, result), key), strict=True):
-            assert_same_plan(a, b)
+    if os.path.isdir("/dev/shm"):  # the processes unlinked their shared-memory blocks when they exited
+        assert set(os.listdir("/dev/shm")) <= before
     failing = ProcessBuilds(_Failing(), 1)
     try:
         with pytest.raises(DataError, match="node 7 has no features"):
