@@ -7,6 +7,7 @@
 #   default       a 200-step default graph run's wall time: CUDA (CUDA graphs auto, then off) and the CPU
 #   memory        the GPU's peak memory during such a run
 #   gmeta-bench   the bench's G-Meta ratios (--domains gmeta, Amazon-Computer)
+#   hostprep      the host's preparation of meta-batches by 1 and by N builders (scripts/time_host_prep.py)
 #   table3        one Table 3 setting's 10 runs (G-Meta +- CML, 5 seeds, CiteSeer 2-way 5-shot), --parallel-runs 10;
 #                 with TABLE3=1 then the whole local Table 3 (80 runs), --parallel-runs 10 (at most 15 minutes more)
 #   graphs        wall time with --cuda-graphs on vs off: sinusoid FOMAML, k-hop GCN FOMAML, G-Meta + CML
@@ -17,7 +18,7 @@
 # Usage: [GPU_CHECK_PARTS=a,b] [GPU_CHECK_BUDGET=S] [TABLE3=1] scripts/gpu_check.sh [OUT_DIR]
 # (default OUT_DIR: a fresh temporary folder). Exits 0 with a message without a GPU; 2 on bad input.
 set -euo pipefail
-all_parts="tests,bench,default,memory,gmeta-bench,table3,graphs"
+all_parts="tests,bench,default,memory,gmeta-bench,hostprep,table3,graphs"
 parts=${GPU_CHECK_PARTS-$all_parts}
 if [ -z "$parts" ]; then
     echo "gpu_check: GPU_CHECK_PARTS is empty; name steps from $all_parts, or unset it for all" >&2
@@ -192,6 +193,16 @@ elif step gmeta-bench 300 "bench --device cuda --domains gmeta (G-Meta ratios on
         --json "$out/bench_gmeta.json" || \
         echo "gpu_check: G-Meta bench exited with status $?"
     bench_ratios "$out/bench_gmeta.json"
+fi
+
+# the host's share: meta-batches prepared by one builder and by as many as the trainer's auto (half the cores, at
+# most 8): threads for G-Meta's layouts, processes for the k-hop plans (--prefetch-workers N), against the 2.35 ms
+# (k-hop batch) and 11.9 ms (G-Meta task) the issue's targets leave a pipelined step
+builders=$(( $(nproc) / 2 )); [ "$builders" -gt 8 ] && builders=8; [ "$builders" -lt 2 ] && builders=2
+if step hostprep 120 "host preparation of meta-batches: 1 and $builders builders (k-hop plans in processes)"; then
+    timeout "$t" python scripts/time_host_prep.py --workers "$builders" --repeats 40 > "$out/host_prep.json" || \
+        echo "gpu_check: time_host_prep exited with status $?"
+    cat "$out/host_prep.json" 2>/dev/null || true
 fi
 
 table3() {  # $1: selector, $2: runs per arm, $3: --parallel-runs, $4: time limit (s), $5: folder

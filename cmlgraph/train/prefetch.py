@@ -18,10 +18,11 @@ cannot keep a dying process alive.
 
 Builders (``build``, ``workers``): where preparing an item is a cheap draw followed by a costly build that draws
 nothing (G-Meta's ball layouts: 45 to 75 ms a task on this project's CPU, docs/gpu.md), the draws stay in the one
-worker thread, in order, and up to ``workers`` builds run at once in a thread pool; items are still handed over in
-the order drawn, so the results equal one worker's. Threads, not processes: the layouts' large tensor ops release
-the GIL (two build threads prepared G-Meta tasks 1.6 to 1.7 times as fast as one on 2 cores), and the layouts keep
-referencing the run's cached graph tensors. The k-hop plans' many small ops hold the GIL and gain nothing from them.
+worker thread, in order, and up to ``workers`` builds run at once; items are still handed over in the order drawn,
+so the results equal one worker's. In threads by default: the layouts' large tensor ops release the GIL (two
+build threads prepared G-Meta tasks 1.3 to 1.7 times as fast as one on 2 cores), and they keep referencing the
+run's cached graph tensors. The k-hop plans' many small ops hold the GIL and gain nothing from threads; given a
+``host_build`` they are built in worker processes instead (:mod:`cmlgraph.train.build_processes`).
 
 ``train.prefetch: auto`` is on for CUDA runs and :data:`AUTO_ON_CPU` on the CPU (measured, docs/gpu.md);
 ``train.prefetch_workers`` (:func:`prefetch_workers`) sets ``workers``.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -269,3 +270,22 @@ def test_run_facts_print_the_training_wall_time_or_how_far_an_unfinished_run_got
     assert proc.returncode == 0, proc.stderr
     assert "done: training 12.5 s, 200 steps, test accuracy 0.71, peak GPU memory 812.4 MiB" in proc.stdout
     assert "cut: unfinished, step 50 at 10.1 s" in proc.stdout
+
+
+def test_the_host_preparation_step_times_one_and_several_builders(tmp_path: Path) -> None:
+    """The ``hostprep`` step runs scripts/time_host_prep.py with at least 2 builders (the k-hop plans in processes)
+    and options the script has."""
+    import argparse
+
+    _, calls = _run_with_gpu(tmp_path, _data(tmp_path), GPU_CHECK_PARTS="hostprep")
+    prep = [c for c in calls if c and c[0] == "scripts/time_host_prep.py"]
+    assert len(prep) == 1 and (SCRIPT.parents[1] / prep[0][0]).is_file()
+    args = prep[0][1:]
+    assert int(args[args.index("--workers") + 1]) >= 2
+    parser = argparse.ArgumentParser()
+    for flag in ("--workers", "--repeats", "--threads", "--data-root"):
+        parser.add_argument(flag)
+    parser.parse_args(args)  # only options time_host_prep.py has
+    help_text = subprocess.run([sys.executable, str(SCRIPT.parents[1] / prep[0][0]), "--help"], capture_output=True,
+                               text=True, timeout=120).stdout
+    assert all(flag in help_text for flag in args if flag.startswith("--"))
