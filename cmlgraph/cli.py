@@ -130,9 +130,9 @@ def train(
                                         "worker thread while a step computes, same results: auto (on for CUDA, "
                                         "off on the CPU), on, off."),
     prefetch_workers: int | None = typer.Option(None, help="Meta-batches the prefetcher builds at once, in as many "
-                                                "threads (G-Meta's ball layouts gain; k-hop plans: processes), same "
-                                                "results: 0 = auto (threads: half the cores on CUDA, at most 8; 1 on "
-                                                "the CPU)."),
+                                                "threads (G-Meta's ball layouts gain), same results: 0 = auto (half "
+                                                "the cores on CUDA, at most 8; 1 on the CPU). A number above 1 builds "
+                                                "k-hop plans in that many processes instead (docs/cli.md)."),
     cuda_graphs: str | None = typer.Option(None, help="Replay the meta-step as a CUDA graph: auto "
                                            "(where eligible, checked once against eager), on, off (docs/gpu.md)."),
     runs_dir: str | None = typer.Option(None, help="Parent folder of run folders."),

@@ -90,8 +90,9 @@ def khop(repeats: int, workers: int = 1) -> dict[str, float]:
                 lambda raws, dom=dom: [dom.materialize(r, "cpu") for r in raws], gen, w, repeats)
         if workers > 1 and kind == "gcn":  # the trainer's choice for plans: build processes
             out[f"khop-gcn ms/batch, {workers} build processes"] = pooled_ms(
-                lambda g, dom=dom: dom.sample("train", s["meta_batch"], g), None, gen, workers, repeats,
-                host_build=dom.host_build("cpu"))
+                lambda g, dom=dom: dom.sample("train", s["meta_batch"], g),
+                lambda raws, dom=dom: [dom.materialize(r, "cpu") for r in raws], gen, workers, repeats,
+                host_build=dom.host_build("cpu", workers))
         if kind == "gcn":
             ep = produce()[0]
             adj = adjacency_rows(ep.support_x, PLAN_AGGREGATION["gcn"])

@@ -124,7 +124,8 @@ def host_plan(host: GraphInput, kind: str, hops: int, complete: bool, run_sparse
     """The host part of :func:`prepare_plan`: the plan of ``host.nodes`` built from CPU tensors, with the CSR
     aggregations and (``run_sparse``) the sparse constants the device pass reads built too. Its ``x`` is the host's
     features; :func:`attach_plan` gives it the run's. Draws nothing and reads only ``host`` (and its cache): a
-    prefetch build process runs it on its own copy of the graph (:class:`cmlgraph.domains.graph.TreePlanBuilder`).
+    prefetch build process runs it on its own copy of the graph (:class:`cmlgraph.domains.tree_builds.
+    TreePlanBuilder`).
 
     Args:
         host: The graph and nodes as CPU tensors (its cache keeps the CPU adjacency).

@@ -11,13 +11,14 @@ dtype per meta-batch (:func:`unpack_plans`), the plans' tensors then views of th
 every tensor equal, dtype and shape included, sparse CSR parts as CSR (tests/backbones/test_plan_payload.py).
 The features ``x`` (the whole graph's) never travel: the receiving side gives its own.
 
-The buffers themselves cross in shared memory (:class:`SharedSlots` in the build process, :func:`read_shared` in
-the run's): through the pool's pipe a 2.3 MB batch took about 6 ms a round trip on this project's 2 cores.
+The buffers themselves cross in the run's shared memory (:class:`SharedBlocks`, written by :func:`write_block` in
+the build process): through the pool's pipe a 2.3 MB batch took about 6 ms a round trip on this project's 2 cores.
 """
 
 from __future__ import annotations
 
-import os
+import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -79,86 +80,118 @@ def pack_plans(plans: list[Plan]) -> tuple[dict[str, np.ndarray], list[dict[str,
     return packer.buffers(), specs
 
 
-class SharedSlots:
-    """A build process's shared-memory blocks, reused round robin, that carry packed buffers to the run's process.
+def _layout(buffers: dict[str, np.ndarray]) -> tuple[list[tuple[str, int, int]], int]:
+    """Where each buffer goes in a block: ``(dtype, byte offset, count)``, 8-byte aligned; and the bytes needed."""
+    layout, offset = [], 0
+    for key, a in buffers.items():
+        layout.append((key, offset, int(a.size)))
+        offset += -(-a.nbytes // 8) * 8
+    return layout, offset
 
-    Why: through the process pool's pipe a 2.3 MB meta-batch of synthetic-10k plans took about 6 ms a round trip on
-    this project's 2 cores (``scripts/time_host_prep.py``; the building itself about 9 ms); written into shared
-    memory only a block's name and layout cross the pipe. Blocks are reused (a fresh block costs a page fault per
-    4 KB page on first touch) and grown when a batch outgrows one.
 
-    Safety: the run copies a batch out of its block (:func:`read_shared`) before it hands the batch on, and keeps at
-    most ``workers`` batches in flight, so a process writes a block again only after the run has read it when it
-    has ``workers + 1`` of them or more. The blocks are unlinked when the process exits.
+class SharedBlocks:
+    """The run's shared-memory blocks, into which build processes write packed plans (one block per item in flight).
+
+    Why: through the process pool's pipe a 2.3 MB meta-batch of synthetic-10k plans took about 6 ms a round trip
+    on this project's 2 cores (the building itself about 9 ms); written into shared memory only the block's name
+    and the layout cross the pipe. The run owns the blocks: ``count`` of them (the processes + 1, so memory grows
+    with the processes, not their square), reused, each given to one item from :meth:`acquire` until its copy is
+    read back (:meth:`read`), and unlinked by :meth:`close` (or when the object is collected). A batch larger than
+    its block comes back through the pipe instead, and the block is regrown for the next.
 
     Args:
-        slots: Blocks to cycle through (at least the pool's process count + 1).
+        count: Blocks (items in flight at most).
+        size: Bytes of each block at first.
     """
 
-    def __init__(self, slots: int) -> None:
-        from multiprocessing import util
-
-        self._blocks: list[Any] = [None] * max(2, slots)
-        self._ids: list[str] = [""] * len(self._blocks)
-        self._turn = self._made = 0
-        util.Finalize(self, SharedSlots._release, args=(self._blocks,), exitpriority=10)
-
-    @staticmethod
-    def _release(blocks: list[Any]) -> None:
-        for shm in blocks:
-            if shm is not None:
-                shm.close()
-                shm.unlink()
-
-    def write(self, buffers: dict[str, np.ndarray]) -> dict[str, Any]:
-        """``buffers`` in the next block: its name and the layout ``(dtype, byte offset, count)``."""
+    def __init__(self, count: int, size: int = 4 << 20) -> None:
         from multiprocessing import shared_memory
 
-        layout, offset = [], 0
-        for key, a in buffers.items():
-            layout.append((key, offset, int(a.size)))
-            offset += -(-a.nbytes // 8) * 8  # 8-byte aligned
-        k = self._turn % len(self._blocks)
-        self._turn += 1
-        shm = self._blocks[k]
-        if shm is None or shm.size < offset:
-            if shm is not None:
+        self._new = lambda n: shared_memory.SharedMemory(create=True, size=n)
+        self._blocks = [self._new(size) for _ in range(count)]
+        self._free = list(range(count))
+        self._lock = threading.Lock()
+        self._finalizer = weakref.finalize(self, SharedBlocks._unlink, self._blocks)
+
+    @staticmethod
+    def _unlink(blocks: list[Any]) -> None:
+        for shm in blocks:
+            try:
                 shm.close()
                 shm.unlink()
-            shm = self._blocks[k] = shared_memory.SharedMemory(create=True, size=max(1 << 20, offset * 3 // 2))
-            self._made += 1
-            self._ids[k] = f"{os.getpid()}/{self._made}"
-        for (key, start, count), a in zip(layout, buffers.values(), strict=True):
-            np.frombuffer(shm.buf, dtype=np.dtype(key), count=count, offset=start)[:] = a.reshape(-1)
-        # the block's own id beside its name: a reader never takes a stale mapping of a freed block for a new one
-        return {"name": shm.name, "block": self._ids[k], "layout": layout}
+            except (FileNotFoundError, BufferError):  # gone already; a view still open: freed at exit
+                pass
+
+    def acquire(self) -> tuple[int, str, int]:
+        """A free block for one item: ``(index, name, size)``.
+
+        Raises:
+            RuntimeError: Every block holds an item not read back yet (more items in flight than blocks).
+        """
+        with self._lock:
+            if not self._free:
+                raise RuntimeError(f"all {len(self._blocks)} shared blocks are in use: more build items in flight "
+                                   "than blocks (a block would be overwritten before it is read)")
+            i = self._free.pop()
+            return i, self._blocks[i].name, self._blocks[i].size
+
+    def read(self, index: int, payload: dict[str, Any], device: torch.device | str = "cpu") -> dict[str, Tensor]:
+        """The buffers of an item (:func:`write_block`'s payload, or buffers sent through the pipe), copied out of
+        block ``index``: on the CPU into new tensors; for a GPU straight into pinned memory, then ``non_blocking``
+        to ``device`` (one host copy, not two). The block is free again afterwards (and regrown if the item did not
+        fit it).
+
+        Raises:
+            RuntimeError: The payload names another block than ``index`` holds.
+        """
+        device = torch.device(device)
+        try:
+            if "buffers" in payload:  # did not fit: through the pipe; a bigger block next time
+                if payload["bytes"] > self._blocks[index].size:
+                    old = self._blocks[index]
+                    self._blocks[index] = self._new(payload["bytes"] * 3 // 2)
+                    self._unlink([old])
+                return {k: to_device(torch.from_numpy(v), device) for k, v in payload["buffers"].items()}
+            shm = self._blocks[index]
+            if payload["block"] != shm.name:
+                raise RuntimeError(f"shared block {index} is {shm.name}, the item names {payload['block']}")
+            out = {}
+            for key, start, count in payload["layout"]:
+                view = torch.from_numpy(np.frombuffer(shm.buf, dtype=np.dtype(key), count=count, offset=start))
+                out[key] = view.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else view.clone()
+                del view  # no view outlives the copy
+            return out
+        finally:
+            with self._lock:
+                self._free.append(index)
+
+    def close(self) -> None:
+        """Unlink every block (idempotent)."""
+        self._finalizer()
 
 
-#: Blocks of build processes this process has mapped (by name and block id; at most :data:`_MAPPED_MAX`, oldest
-#: closed first).
+#: The blocks a build process has mapped, by name (a regrown block gets a new name; the oldest mappings are closed
+#: beyond :data:`_MAPPED_MAX`).
 _MAPPED: dict[str, Any] = {}
-_MAPPED_MAX = 64
+_MAPPED_MAX = 32
 
 
-def read_shared(ref: dict[str, Any], device: torch.device | str = "cpu") -> dict[str, Tensor]:
-    """The buffers a :class:`SharedSlots` wrote, copied out of its block (which the process will reuse): on the
-    CPU into new tensors; for a GPU straight into pinned memory, then ``non_blocking`` to ``device`` (one host copy,
-    not two)."""
+def write_block(block: tuple[int, str, int], buffers: dict[str, np.ndarray]) -> dict[str, Any]:
+    """In a build process: ``buffers`` written into the run's block ``(index, name, size)`` (:meth:`SharedBlocks.
+    acquire`), what :meth:`SharedBlocks.read` reads back; buffers that do not fit go in the payload itself."""
     from multiprocessing import shared_memory
 
-    block = (ref["name"], ref["block"])
-    shm = _MAPPED.get(block)
+    layout, needed = _layout(buffers)
+    if needed > block[2]:
+        return {"buffers": buffers, "bytes": needed}
+    shm = _MAPPED.get(block[1])
     if shm is None:
-        while len(_MAPPED) >= _MAPPED_MAX:
+        while len(_MAPPED) >= _MAPPED_MAX:  # mappings of blocks the run has regrown since (never named again)
             _MAPPED.pop(next(iter(_MAPPED))).close()
-        shm = _MAPPED[block] = shared_memory.SharedMemory(name=ref["name"])
-    device = torch.device(device)
-    out = {}
-    for key, start, count in ref["layout"]:
-        view = torch.from_numpy(np.frombuffer(shm.buf, dtype=np.dtype(key), count=count, offset=start))
-        out[key] = view.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else view.clone()
-        del view  # no view outlives the copy: the block can be closed
-    return out
+        shm = _MAPPED[block[1]] = shared_memory.SharedMemory(name=block[1])
+    for (key, start, count), a in zip(layout, buffers.values(), strict=True):
+        np.frombuffer(shm.buf, dtype=np.dtype(key), count=count, offset=start)[:] = a.reshape(-1)
+    return {"block": block[1], "layout": layout}
 
 
 def unpack_plans(buffers: dict[str, np.ndarray] | dict[str, Tensor], specs: list[dict[str, Any]],
@@ -186,4 +219,4 @@ def unpack_plans(buffers: dict[str, np.ndarray] | dict[str, Tensor], specs: list
                  memo={k: value(v) for k, v in s["memo"].items()}) for s in specs]
 
 
-__all__ = ["MOVED_KEYS", "SharedSlots", "pack_plans", "read_shared", "unpack_plans"]
+__all__ = ["MOVED_KEYS", "SharedBlocks", "pack_plans", "unpack_plans", "write_block"]

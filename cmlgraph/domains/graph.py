@@ -25,7 +25,7 @@ from cmlgraph.backbones.gnn import (
 )
 from cmlgraph.backbones.gnn_ops import CACHE_PREFIX, SELF_LOOPS_KEY, adjacency_rows, is_sparse, self_loop_edge_index
 from cmlgraph.backbones.gnn_plan import Plan
-from cmlgraph.backbones.plan_payload import read_shared, unpack_plans
+from cmlgraph.backbones.plan_payload import SharedBlocks, unpack_plans
 from cmlgraph.config import Config
 from cmlgraph.core.episode import Episode
 from cmlgraph.core.transfer import to_device
@@ -294,14 +294,16 @@ class GraphDomain(Domain):
         """Whether plans list their input level (input dropout of GCN, SAGE and GIN in training)."""
         return self.gnn["kind"] != "sgc" and self.gnn["dropout"] > 0
 
-    def host_build(self, device: torch.device | str) -> HostBuild | None:
+    def host_build(self, device: torch.device | str, workers: int = 1) -> HostBuild | None:
         """How prefetch worker processes build this domain's episodes (``train.prefetch_workers`` > 1): the k-hop
         computation-tree plans, whose many small host ops gain nothing from threads (issue 18). ``None`` without
         plans (full graph, GAT subgraphs): their builds stay in threads.
 
         The processes get the graph's CPU aggregation matrix once (:class:`~cmlgraph.domains.tree_builds.
-        TreePlanBuilder`) and each meta-batch's node ids; the plans come back as numpy payloads and are attached
-        on the run's device by :meth:`finish_trees`, equal to :meth:`tree_input`'s."""
+        TreePlanBuilder`), then each meta-batch's node ids with one of ``workers + 1`` shared-memory blocks of the
+        run (:class:`~cmlgraph.backbones.plan_payload.SharedBlocks`: at most ``workers`` batches are in flight)
+        to write its packed plans into; :meth:`finish_trees` attaches them on the run's device, equal to
+        :meth:`tree_input`'s. The blocks are unlinked by the returned build's ``close``."""
         if not self.trees:
             return None
         from cmlgraph.domains.tree_builds import TreePlanBuilder
@@ -313,17 +315,23 @@ class GraphDomain(Domain):
         kind = self.gnn["kind"]
         builder = TreePlanBuilder(host, adjacency_rows(host, PLAN_AGGREGATION[kind]), kind, self.gnn["layers"],
                                   self._complete_plans(), is_sparse(plan_features(GraphInput(x, ei, empty, cache))))
-        return HostBuild(builder, send=lambda raws: [(r.support.numpy(), r.query.numpy()) for r in raws],
-                         finish=lambda raws, packed: self.finish_trees(raws, packed, device))
+        blocks = SharedBlocks(workers + 1)
+        return HostBuild(builder,
+                         send=lambda raws: ([(r.support.numpy(), r.query.numpy()) for r in raws], blocks.acquire()),
+                         finish=lambda raws, built: self.finish_trees(raws, built, device, blocks),
+                         close=blocks.close)
 
-    def finish_trees(self, raws: list[NodeEpisode], packed: tuple[dict[str, Any], list[dict[str, Any]]],
-                     device: torch.device | str = "cpu") -> list[Episode]:
+    def finish_trees(self, raws: list[NodeEpisode], built: tuple[int | None, dict[str, Any], list[dict[str, Any]]],
+                     device: torch.device | str = "cpu", blocks: SharedBlocks | None = None) -> list[Episode]:
         """The episodes :meth:`materialize` gives, from their support and query plans built elsewhere and packed
-        (:meth:`host_build`'s processes): each dtype's buffer copied to ``device`` once."""
+        (:meth:`host_build`'s processes, in block ``built[0]`` of ``blocks``, which is read and freed here): each
+        dtype's buffer copied to ``device`` once."""
         x, ei, cache = self._full_graph(device)
-        buffers, specs = packed
-        if "name" in buffers:  # a build process's shared-memory block (SharedSlots), copied out now
-            buffers = read_shared(buffers, x.device)
+        index, payload, specs = built
+        if index is not None and blocks is not None:
+            buffers: dict[str, Any] = blocks.read(index, payload, x.device)
+        else:
+            buffers = payload["buffers"]
         features = plan_features(GraphInput(x, ei, x.new_empty(0, dtype=torch.long), cache))
         plans = iter(unpack_plans(buffers, specs, features))
         return [Episode(self.tree_input(r.support, device, next(plans)), to_device(r.support_y, device),

@@ -5,13 +5,12 @@ once: the graph's CPU aggregation matrix (and its features where they are sparse
 read), nothing else. Each call builds the plans of a meta-batch's support and query sets exactly as
 :func:`cmlgraph.backbones.gnn.prepare_plan` builds them in the prefetch thread (:func:`~cmlgraph.backbones.gnn.
 host_plan`, the same code on equal inputs) and returns them packed, one flat buffer per dtype
-(:mod:`cmlgraph.backbones.plan_payload`); the domain's :meth:`~cmlgraph.domains.graph.GraphDomain.finish_trees`
-attaches them to the episodes on the run's device.
+(:mod:`cmlgraph.backbones.plan_payload`) in a shared-memory block the run gave with the node ids; the domain's
+:meth:`~cmlgraph.domains.graph.GraphDomain.finish_trees` attaches them to the episodes on the run's device.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from torch import Tensor
 
 from cmlgraph.backbones.gnn import PLAN_AGGREGATION, host_plan
 from cmlgraph.backbones.gnn_ops import CACHE_PREFIX, is_sparse
-from cmlgraph.backbones.plan_payload import SharedSlots, pack_plans
+from cmlgraph.backbones.plan_payload import pack_plans, write_block
 from cmlgraph.graphs.types import GraphInput
 
 
@@ -42,19 +41,9 @@ class TreePlanBuilder:
         self.kind, self.hops, self.complete, self.run_sparse = kind, hops, complete, run_sparse
         self.num_nodes, self.dtype = host.num_nodes, host.x.dtype
         # the features travel only where the plans read them (sparse constants); else a placeholder of N rows
-        self.x = host.x.to_sparse_coo().coalesce() if is_sparse(host.x) else None
+        self.x = host.x.to_sparse_coo().coalesce() if run_sparse and is_sparse(host.x) else None
         self.adjacency = adjacency
         self._cache: dict[str, Any] | None = None
-        #: Shared-memory blocks a build process cycles through to return its plans (:class:`SharedSlots`);
-        #: ``None``: returned through the pipe. Set by :meth:`in_processes`.
-        self.slots: int | None = None
-        self._shared: SharedSlots | None = None
-
-    def in_processes(self, workers: int) -> TreePlanBuilder:
-        """A copy of this builder for a pool of ``workers`` processes: its plans return through shared memory."""
-        other = copy.copy(self)
-        other.slots = workers + 2
-        return other
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -62,7 +51,6 @@ class TreePlanBuilder:
         state["adjacency"] = (a.crow_indices(), a.col_indices(), a.values(), tuple(a.shape))
         state["x"] = None if self.x is None else (self.x.indices(), self.x.values(), tuple(self.x.shape))
         state["_cache"] = None
-        state["_shared"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -79,16 +67,18 @@ class TreePlanBuilder:
             self._cache = {CACHE_PREFIX + f"adj/{PLAN_AGGREGATION[self.kind]}/rows": self.adjacency}
         return GraphInput(x, torch.empty((2, 0), dtype=torch.long), torch.from_numpy(nodes), self._cache, local=True)
 
-    def __call__(self, node_sets: list[tuple[np.ndarray, np.ndarray]]) -> tuple[dict[str, Any], list]:
+    def __call__(self, sent: tuple[list[tuple[np.ndarray, np.ndarray]], tuple[int, str, int] | None]
+                 ) -> tuple[int | None, dict[str, Any], list]:
         """The support and query plans of each episode's ``(support, query)`` node ids, in that order, packed
-        (:func:`~cmlgraph.backbones.plan_payload.pack_plans`)."""
+        (:func:`~cmlgraph.backbones.plan_payload.pack_plans`) and written into the run's shared block given with
+        them (:func:`~cmlgraph.backbones.plan_payload.write_block`; ``None``: returned as buffers). Returns the
+        block's index, the payload and the plans' structure."""
+        node_sets, block = sent
         buffers, specs = pack_plans([host_plan(self._host(nodes), self.kind, self.hops, self.complete,
                                                self.run_sparse) for pair in node_sets for nodes in pair])
-        if self.slots is None:
-            return buffers, specs
-        if self._shared is None:
-            self._shared = SharedSlots(self.slots)
-        return self._shared.write(buffers), specs
+        if block is None:
+            return None, {"buffers": buffers, "bytes": 0}, specs
+        return block[0], write_block(block, buffers), specs
 
 
 __all__ = ["TreePlanBuilder"]

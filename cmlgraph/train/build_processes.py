@@ -38,11 +38,13 @@ class HostBuild:
         builder: Picklable; called in a worker process with what ``send`` returned, returns a picklable result.
         send: What goes to the process for one drawn item (cheap to pickle: numpy arrays, plain values).
         finish: ``finish(drawn, result)``: the item, built in the prefetcher's thread (device copies).
+        close: Releases what the build holds (its shared-memory blocks) once the processes are gone; idempotent.
     """
 
     builder: Callable[[Any], Any]
     send: Callable[[Any], Any]
     finish: Callable[[Any, Any], Any]
+    close: Callable[[], None] | None = None
 
 
 _BUILDER: Callable[[Any], Any] | None = None
@@ -68,8 +70,7 @@ class ProcessBuilds:
     """A pool of ``workers`` spawned processes, each holding ``builder``.
 
     Args:
-        builder: Sent to each process once, when the pool starts (pickled: CPU tensors go through shared memory);
-            one with an ``in_processes(workers)`` method is sent as what that returns.
+        builder: Sent to each process once, when the pool starts (pickled: CPU tensors go through shared memory).
         workers: Processes.
     """
 
@@ -77,8 +78,6 @@ class ProcessBuilds:
         if workers < 1:
             raise ValueError(f"build processes must be at least 1, got {workers}")
         self.workers = workers
-        if hasattr(builder, "in_processes"):  # e.g. returns through shared memory sized for the pool
-            builder = builder.in_processes(workers)
         self._pool = ProcessPoolExecutor(workers, mp_context=torch.multiprocessing.get_context("spawn"),
                                          initializer=_install, initargs=(builder,))
 

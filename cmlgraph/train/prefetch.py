@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from cmlgraph.train.build_processes import HostBuild
 
 T = TypeVar("T")
-R = TypeVar("R")
 
 #: Most build threads ``train.prefetch_workers: 0`` (auto) starts on a CUDA run's host.
 AUTO_WORKERS_MAX = 8
@@ -73,10 +72,12 @@ def use_prefetch(setting: str, device: torch.device | str) -> bool:
 
 
 def prefetch_workers(setting: int, device: torch.device | str, cpu_count: int | None = None) -> int:
-    """Build threads of the trainer's prefetcher for ``train.prefetch_workers`` (``0``: auto).
+    """Builders (threads, or processes for k-hop plans given by number) of the trainer's prefetcher for
+    ``train.prefetch_workers`` (``0``: auto).
 
-    Auto: on CUDA half the host's cores, at most :data:`AUTO_WORKERS_MAX` (the step's own thread and the copies keep
-    the rest); on the CPU 1, since the builds would take the step's own cores.
+    Auto: on CUDA half the cores this process may use (its CPU affinity; shared by the ranks of a torchrun node,
+    ``LOCAL_WORLD_SIZE``), at most :data:`AUTO_WORKERS_MAX` (the step's own thread and the copies keep the rest); on
+    the CPU 1, since the builds would take the step's own cores.
 
     Raises:
         ConfigError: ``setting`` is negative.
@@ -87,7 +88,10 @@ def prefetch_workers(setting: int, device: torch.device | str, cpu_count: int | 
         return setting
     if torch.device(device).type != "cuda":
         return 1
-    return max(1, min(AUTO_WORKERS_MAX, (cpu_count or os.cpu_count() or 2) // 2))
+    if cpu_count is None:
+        cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+        cpu_count //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, min(AUTO_WORKERS_MAX, cpu_count // 2))
 
 
 class _Failure:
@@ -121,7 +125,8 @@ class Prefetcher(Generic[T]):
             not called.
 
     Raises:
-        ValueError: ``depth`` or ``workers`` is below 1, or ``workers`` > 1 without ``build``.
+        ValueError: ``depth`` or ``workers`` is below 1, ``workers`` > 1 without ``build`` or ``host_build``, or a
+            ``host_build`` without ``build``.
     """
 
     def __init__(self, produce: Callable[[torch.Generator | None], Any], generator: torch.Generator | None = None, *,
@@ -132,6 +137,8 @@ class Prefetcher(Generic[T]):
             raise ValueError(f"prefetch depth must be at least 1, got {depth}")
         if workers < 1 or (workers > 1 and build is None and host_build is None):
             raise ValueError(f"prefetch workers must be at least 1 (more than 1 needs a build), got {workers}")
+        if host_build is not None and build is None:
+            raise ValueError("a prefetcher with a host_build also needs its build (what one worker runs)")
         self._produce = produce
         self._build = build
         self.workers = workers
@@ -195,12 +202,16 @@ class Prefetcher(Generic[T]):
         from cmlgraph.train.build_processes import ProcessBuilds
 
         hb = self._host_build
-        procs = ProcessBuilds(hb.builder, self.workers)
         try:
-            self._pipeline(lambda raw: procs.submit(hb.send(raw)),
-                           lambda raw, future: hb.finish(raw, procs.result(future)))
+            procs = ProcessBuilds(hb.builder, self.workers)
+            try:
+                self._pipeline(lambda raw: procs.submit(hb.send(raw)),
+                               lambda raw, future: hb.finish(raw, procs.result(future)))
+            finally:
+                procs.shutdown()
         finally:
-            procs.shutdown()
+            if hb.close is not None:
+                hb.close()
 
     def _pipeline(self, submit: Callable[[Any], Future], finish: Callable[[Any, Future], Any]) -> None:
         """The pooled loop: up to ``workers`` items submitted ahead, each finished and handed over in order."""
@@ -211,14 +222,13 @@ class Prefetcher(Generic[T]):
                 while drawing and len(pending) < self.workers:
                     try:
                         raw = self._produce(self._own)
+                        pending.append((submit(raw), self._state(), raw))
                     except StopIteration:
                         pending.append(_END)
                         drawing = False
-                    except BaseException as exc:  # after the items drawn before it
+                    except BaseException as exc:  # a draw or a submission: after the items drawn before it
                         pending.append(_Failure(exc))
                         drawing = False
-                    else:
-                        pending.append((submit(raw), self._state(), raw))
                 if not pending:
                     return
                 head = pending.popleft()

@@ -579,17 +579,17 @@ class Trainer:
             e.domain.prepare_batch(episodes, self._batched())
         return size, episodes
 
-    def _host_build(self) -> HostBuild | None:
-        """The domain's builds in worker processes (k-hop plans: :meth:`GraphDomain.host_build`), over this
-        trainer's drawn ``(size, raws)``; ``None``: build threads."""
+    def _host_build(self, workers: int) -> HostBuild | None:
+        """The domain's builds in ``workers`` worker processes (k-hop plans: :meth:`GraphDomain.host_build`), over
+        this trainer's drawn ``(size, raws)``; ``None``: build threads."""
         e = self.exp
-        hb = e.domain.host_build(e.device) if hasattr(e.domain, "host_build") else None
+        hb = e.domain.host_build(e.device, workers) if hasattr(e.domain, "host_build") else None
         if hb is None:
             return None
         from cmlgraph.train.build_processes import HostBuild
 
         return HostBuild(hb.builder, send=lambda drawn: hb.send(drawn[1]),
-                         finish=lambda drawn, result: (drawn[0], hb.finish(drawn[1], result)))
+                         finish=lambda drawn, result: (drawn[0], hb.finish(drawn[1], result)), close=hb.close)
 
     def _batched(self) -> bool | None:
         """``train.batched`` as the meta-step passes it: ``None`` (stack when the episodes stack), True or False."""
@@ -605,8 +605,8 @@ class Trainer:
                                           build=self._build_batch, workers=workers,
                                           # processes only where asked for by number (not auto): spawned
                                           # processes import the user's script, which must then be guarded
-                                          host_build=self._host_build() if self.cfg.train.prefetch_workers > 1
-                                          else None)
+                                          host_build=self._host_build(workers)
+                                          if self.cfg.train.prefetch_workers > 1 else None)
         if self._prefetcher is None:
             return self._prepare_batch(self.exp.generator)
         return self._prefetcher.next()

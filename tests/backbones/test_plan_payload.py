@@ -42,25 +42,37 @@ def test_a_payload_refuses_what_it_cannot_carry():
         pack_plans([plan])
 
 
-def test_shared_slots_carry_buffers_grow_and_are_unlinked():
-    import numpy as np
-
-    from cmlgraph.backbones.plan_payload import SharedSlots, read_shared
-
-    slots = SharedSlots(2)
-    small = {"<i8": np.arange(10, dtype=np.int64), "<f4": np.linspace(0, 1, 7, dtype=np.float32)}
-    refs = [slots.write(small), slots.write(small)]
-    assert refs[0]["name"] != refs[1]["name"]  # two blocks, round robin
-    for ref in refs:
-        got = read_shared(ref)
-        assert set(got) == set(small) and all(torch.equal(got[k], torch.from_numpy(v)) for k, v in small.items())
-    big = {"<i8": np.arange(300_000, dtype=np.int64)}  # outgrows the first block: a bigger one replaces it
-    ref = slots.write(big)
-    assert ref["name"] != refs[0]["name"] and torch.equal(read_shared(ref)["<i8"], torch.from_numpy(big["<i8"]))
-    names = [b.name for b in slots._blocks]
-    SharedSlots._release(slots._blocks)  # what the build process runs when it exits
+def test_shared_blocks_carry_buffers_refuse_overuse_regrow_and_are_unlinked():
     from multiprocessing import shared_memory
 
-    for name in names:
+    import numpy as np
+
+    from cmlgraph.backbones.plan_payload import SharedBlocks, write_block
+
+    blocks = SharedBlocks(2, size=1024)
+    small = {"<i8": np.arange(10, dtype=np.int64), "<f4": np.linspace(0, 1, 7, dtype=np.float32)}
+    first, second = blocks.acquire(), blocks.acquire()
+    assert first[0] != second[0] and first[1] != second[1]
+    with pytest.raises(RuntimeError, match="all 2 shared blocks are in use"):  # never one overwritten unread
+        blocks.acquire()
+    for block in (first, second):
+        payload = write_block(block, small)
+        assert "block" in payload
+        got = blocks.read(block[0], payload)
+        assert set(got) == set(small) and all(torch.equal(got[k], torch.from_numpy(v)) for k, v in small.items())
+    big = {"<i8": np.arange(1000, dtype=np.int64)}  # 8 kB: does not fit 1 kB, so it comes through the pipe
+    block = blocks.acquire()
+    payload = write_block(block, big)
+    assert "buffers" in payload and payload["bytes"] == 8000
+    assert torch.equal(blocks.read(block[0], payload)["<i8"], torch.from_numpy(big["<i8"]))
+    again = blocks.acquire()  # the same block, regrown: the next batch of that size fits
+    assert again[0] == block[0] and again[2] >= 8000 and again[1] != block[1]
+    assert "block" in write_block(again, big)
+    with pytest.raises(RuntimeError, match="the item names"):
+        blocks.read(again[0], {"block": "psm_other", "layout": []})
+    names = [b.name for b in blocks._blocks]
+    blocks.close()
+    blocks.close()  # idempotent
+    for name in names + [block[1]]:
         with pytest.raises(FileNotFoundError):
             shared_memory.SharedMemory(name=name)

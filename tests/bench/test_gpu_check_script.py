@@ -235,11 +235,11 @@ def test_the_host_bound_of_each_pipelined_case_is_printed_against_its_reference(
     proc = subprocess.run(["bash", "-c", f"{_function('bench_ratios')}\nbench_ratios {path}"], capture_output=True,
                           text=True, env={**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"}, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert ("issue 18 host bound graph/synthetic-10k/khop-prefetch: host 8.00 ms a meta-batch (1 build threads), "
+    assert ("issue 18 host bound graph/synthetic-10k/khop-prefetch: host 8.00 ms a meta-batch (1 build thread(s)), "
             "at most 125.00x "
             "graph/synthetic-10k/ref-a (target 20: reachable=True)") in proc.stdout
     assert ("issue 18 host bound gmeta/amazon-computers/batched-prefetch: host 16.00 ms a meta-batch (4 build "
-            "threads), at most 15.62x gmeta/amazon-computers/per-node (target 10: reachable=True)") in proc.stdout
+            "thread(s)), at most 15.62x gmeta/amazon-computers/per-node (target 10: reachable=True)") in proc.stdout
     assert proc.stdout.count("issue 18 host bound") == 2
 
 

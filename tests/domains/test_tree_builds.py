@@ -37,6 +37,7 @@ def test_finished_episodes_equal_materialized_ones(gnn, dropout, sparse):
     hb = dom.host_build("cpu")
     builder = pickle.loads(pickle.dumps(hb.builder))  # as a process receives it
     finished = hb.finish(raws, pickle.loads(pickle.dumps(builder(hb.send(raws)))))
+    hb.close()
     made = [dom.materialize(r, "cpu") for r in raws]
     key = (PLAN_AGGREGATION[gnn], 2)
     for a, b in zip(_plans(made, key), _plans(finished, key), strict=True):
@@ -63,7 +64,7 @@ class _Failing:
 def test_spawned_processes_build_the_same_plans_and_report_failures():
     dom = _domain("gcn", 0.4, False)
     raws = dom.sample("train", 2, torch.Generator().manual_seed(5))
-    hb = dom.host_build("cpu")
+    hb = dom.host_build("cpu", 3)  # 4 blocks: the 3 items in flight below
     key = (PLAN_AGGREGATION["gcn"], 2)
     made = [dom.materialize(r, "cpu") for r in raws]
     before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
@@ -71,13 +72,14 @@ def test_spawned_processes_build_the_same_plans_and_report_failures():
     try:
         futures = [pool.submit(hb.send(raws)) for _ in range(3)]
         results = [ProcessBuilds.result(f) for f in futures]
-        assert all("name" in r[0] for r in results)  # returned through the processes' shared memory
-        for result in results:  # read while the pool lives (its processes unlink their blocks when they exit)
+        assert all("block" in r[1] for r in results)  # written into the run's shared blocks
+        for result in results:  # each read frees its block
             for a, b in zip(_plans(made, key), _plans(hb.finish(raws, result), key), strict=True):
                 assert_same_plan(a, b)
     finally:
         pool.shutdown()
-    if os.path.isdir("/dev/shm"):  # the processes unlinked their shared-memory blocks when they exited
+        hb.close()
+    if os.path.isdir("/dev/shm"):  # the run unlinked its shared-memory blocks
         assert set(os.listdir("/dev/shm")) <= before
     failing = ProcessBuilds(_Failing(), 1)
     try:
@@ -88,3 +90,23 @@ def test_spawned_processes_build_the_same_plans_and_report_failures():
         assert FIX in str(exc.value)
     finally:
         failing.shutdown()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by scripts/gpu_check.sh)")
+@pytest.mark.parametrize("sparse", [False, True])
+def test_finished_episodes_equal_materialized_ones_on_cuda(sparse):
+    """On a GPU: the packed plans, read back from a shared block straight into pinned memory and copied
+    ``non_blocking``, equal the prefetch thread's plans moved by ``plan_to``."""
+    dom = _domain("gcn", 0.4, sparse)
+    raws = dom.sample("train", 3, torch.Generator().manual_seed(4))
+    hb = dom.host_build("cuda", 1)
+    try:
+        finished = hb.finish(raws, pickle.loads(pickle.dumps(hb.builder))(hb.send(raws)))
+    finally:
+        hb.close()
+    made = [dom.materialize(r, "cuda") for r in raws]
+    torch.cuda.synchronize()
+    key = (PLAN_AGGREGATION["gcn"], 2)
+    for a, b in zip(_plans(made, key), _plans(finished, key), strict=True):
+        assert_same_plan(a, b)
+    assert finished[0].support_x.nodes.device.type == "cuda"

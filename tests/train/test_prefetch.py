@@ -117,6 +117,30 @@ def test_a_pooled_draw_error_comes_after_the_items_drawn_before_it():
             p.next()
 
 
+def test_a_process_build_submission_error_comes_after_the_items_before_it():
+    """Items built in spawned processes come back in order; an error while submitting item 2 (its ``send``) is
+    raised after items 0 and 1, and no process outlives the prefetcher."""
+    import multiprocessing
+
+    from cmlgraph.train.build_processes import HostBuild
+
+    def send(raw):  # noqa: ANN001, ANN202
+        if raw == 2:
+            raise DataError("task 2 has an empty support set; draw it again")
+        return raw
+
+    closed: list[int] = []
+    hb = HostBuild(abs, send=send, finish=lambda raw, result: (raw, result), close=lambda: closed.append(1))
+    items = iter(range(-1, -10, -1))
+    with Prefetcher(lambda _: -next(items) - 1, build=lambda r: r, workers=2, host_build=hb) as p:
+        assert [p.next(), p.next()] == [(0, 0), (1, 1)]
+        with pytest.raises(DataError, match="empty support set"):
+            p.next()
+    assert closed == [1] and not multiprocessing.active_children() and not _workers()
+    with pytest.raises(ValueError, match="also needs its build"):
+        Prefetcher(lambda _: 0, workers=2, host_build=hb)
+
+
 def test_closing_a_pooled_prefetcher_stops_every_thread():
     with Prefetcher(lambda _: 0, depth=1, build=lambda r: time.sleep(0.01) or r, workers=3) as p:
         time.sleep(0.05)
@@ -151,6 +175,13 @@ def test_the_worker_prepares_on_the_callers_cuda_device(monkeypatch):
     with Prefetcher(_draw, torch.Generator().manual_seed(0), name="cmlgraph-test-device") as ahead:
         ahead.next()
     assert set_in == [(1, "cmlgraph-test-device")]
+    set_in.clear()  # build threads take it too
+    with Prefetcher(_draw, torch.Generator().manual_seed(0), name="cmlgraph-test-device", build=lambda r: r,
+                    workers=2) as ahead:
+        ahead.next()
+        ahead.next()
+    assert set_in[0] == (1, "cmlgraph-test-device") and {d for d, _ in set_in} == {1}
+    assert any(name.startswith("cmlgraph-test-device-build") for _, name in set_in)
 
 
 def test_disabled_prefetcher_calls_produce_in_the_caller():
@@ -270,6 +301,9 @@ def test_training_with_prefetch_equals_without(tmp_path, tiny_graph, monkeypatch
         assert _lines(on) == _lines(off)
         assert torch.equal(load_torch(on / "scores.pt")["scores"], load_torch(off / "scores.pt")["scores"])
     assert started == ([2] if domain == "graph-khop" else [])
+    import multiprocessing
+
+    assert not multiprocessing.active_children()  # the build processes ended with their run
 
 
 def test_an_error_while_preparing_a_batch_stops_the_run_and_its_worker(tmp_path, tiny_graph, monkeypatch):
