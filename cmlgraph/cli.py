@@ -129,10 +129,12 @@ def train(
     prefetch: str | None = typer.Option(None, help="Prepare the next meta-batches (episodes, k-hop plans) in a "
                                         "worker thread while a step computes, same results: auto (on for CUDA, "
                                         "off on the CPU), on, off."),
-    prefetch_workers: int | None = typer.Option(None, help="Meta-batches the prefetcher builds at once, in as many "
-                                                "threads (G-Meta's ball layouts gain), same results: 0 = auto (half "
-                                                "the cores on CUDA, at most 8; 1 on the CPU). A number above 1 builds "
-                                                "k-hop plans in that many processes instead (docs/cli.md)."),
+    prefetch_workers: int | None = typer.Option(None, help="With prefetching on: meta-batches built at once, in as "
+                                                "many threads (G-Meta's ball layouts gain), same results; 0 = auto "
+                                                "(half the cores on CUDA, at most 8; 1 on the CPU). Given as a "
+                                                "number above 1, k-hop plans are built in that many spawned "
+                                                "processes (a Python script must guard its code with if __name__ == "
+                                                "'__main__'; docs/cli.md)."),
     cuda_graphs: str | None = typer.Option(None, help="Replay the meta-step as a CUDA graph: auto "
                                            "(where eligible, checked once against eager), on, off (docs/gpu.md)."),
     runs_dir: str | None = typer.Option(None, help="Parent folder of run folders."),

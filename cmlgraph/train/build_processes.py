@@ -12,13 +12,19 @@ the run's device. The draws stay in the prefetcher's thread, so the results equa
 
 Processes are *spawned* (a forked child of a process that has used CUDA cannot use it, and must not inherit its
 threads), take one torch thread each, and ignore Ctrl-C: the run stops its pool itself
-(:meth:`ProcessBuilds.shutdown`). A process that dies, or a pool that cannot start, is raised in the run as a
-:class:`~cmlgraph.errors.CmlgraphError` that names the fix.
+(:meth:`ProcessBuilds.shutdown`); a process whose run is killed exits by itself within :data:`WATCH_S`. A process
+that dies, or a pool that cannot start, is raised in the run as a :class:`~cmlgraph.errors.CmlgraphError` that
+names the fix; a user's unguarded script re-run in a starting process stops before it makes a run folder
+(:func:`in_build_process_start`, checked by :class:`~cmlgraph.train.trainer.Trainer`).
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import signal
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -50,11 +56,30 @@ class HostBuild:
 _BUILDER: Callable[[Any], Any] | None = None
 
 
-def _install(builder: Callable[[Any], Any]) -> None:
+def _install(builder: Callable[[Any], Any], parent: int) -> None:
     global _BUILDER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the run, which stops its pool
     torch.set_num_threads(1)  # one core a process: the pool is the parallelism
     _BUILDER = builder
+    threading.Thread(target=_exit_with, args=(parent,), name="cmlgraph-orphan-watch", daemon=True).start()
+
+
+#: How often (s) a build process checks that the run that started it is alive.
+WATCH_S = 0.5
+
+
+def _exit_with(parent: int) -> None:
+    """Exit when the run is gone (killed: SIGTERM from ``timeout`` or a scheduler, SIGKILL from the OOM killer),
+    instead of living on as an orphan that holds shared memory (found by a new-user trial, session 39)."""
+    while os.getppid() == parent:
+        time.sleep(WATCH_S)
+    os._exit(0)
+
+
+def in_build_process_start() -> bool:
+    """Whether this process is a spawned process still importing the user's main script: the script re-runs its
+    top-level code there unless guarded by ``if __name__ == "__main__":`` (multiprocessing's own test)."""
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
 
 
 def _build(sent: Any) -> Any:
@@ -63,7 +88,8 @@ def _build(sent: Any) -> Any:
 
 
 #: What the run says when its build processes failed, and the fix.
-FIX = "rerun with --prefetch-workers 1 (builds in the prefetch thread; the same results)"
+FIX = ("rerun with --prefetch-workers 1 (Python: prefetch_workers=1), which builds in the prefetch thread with the "
+       "same results")
 
 
 class ProcessBuilds:
@@ -79,7 +105,7 @@ class ProcessBuilds:
             raise ValueError(f"build processes must be at least 1, got {workers}")
         self.workers = workers
         self._pool = ProcessPoolExecutor(workers, mp_context=torch.multiprocessing.get_context("spawn"),
-                                         initializer=_install, initargs=(builder,))
+                                         initializer=_install, initargs=(builder, os.getpid()))
 
     def submit(self, sent: Any) -> Future:
         """Build ``sent`` in a process; the future's result is the builder's."""
@@ -110,4 +136,4 @@ class ProcessBuilds:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-__all__ = ["FIX", "HostBuild", "ProcessBuilds"]
+__all__ = ["FIX", "WATCH_S", "HostBuild", "ProcessBuilds", "in_build_process_start"]

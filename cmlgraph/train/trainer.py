@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import shutil
 import time
 import warnings
@@ -201,7 +202,14 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, console: Console | None = None, progress: bool = True) -> None:
+        from cmlgraph.train.build_processes import in_build_process_start
+
+        if in_build_process_start():  # an unguarded script, re-run by a spawned build process: no second run
+            raise ConfigError("this script is being re-run by a starting prefetch build process: guard the code "
+                              "that trains with `if __name__ == \"__main__\":` (build processes are spawned and "
+                              "import the script), or use prefetch_workers=1")
         self.cfg = prepare(cfg)
+        _check_prefetch_workers(self.cfg)
         self.dist = setup_distributed(str(self.cfg.train.device))  # one process (no group) unless under torchrun
         self.dist.check_config(self.cfg)
         self.console = (console if self.dist.is_main else None) or Console(quiet=True)
@@ -601,12 +609,14 @@ class Trainer:
         with the same draws, ``exp.generator`` then left where drawing it here would have left it; else now."""
         if self._prefetcher is None and use_prefetch(self.cfg.train.prefetch, self.exp.device):
             workers = prefetch_workers(self.cfg.train.prefetch_workers, self.exp.device)
+            # processes only where asked for by number (not auto): spawned processes import the user's script,
+            # which must then be guarded
+            host_build = self._host_build(workers) if self.cfg.train.prefetch_workers > 1 else None
+            if host_build is not None:
+                self.console.print(f"[yellow]note:[/yellow] prefetch: the k-hop plans are built in {workers} "
+                                   "spawned processes (they take a few seconds to start)")
             self._prefetcher = Prefetcher(self._draw_batch, self.exp.generator, depth=2, name="cmlgraph-train",
-                                          build=self._build_batch, workers=workers,
-                                          # processes only where asked for by number (not auto): spawned
-                                          # processes import the user's script, which must then be guarded
-                                          host_build=self._host_build(workers)
-                                          if self.cfg.train.prefetch_workers > 1 else None)
+                                          build=self._build_batch, workers=workers, host_build=host_build)
         if self._prefetcher is None:
             return self._prepare_batch(self.exp.generator)
         return self._prefetcher.next()
@@ -955,6 +965,21 @@ def protocol_figures(cfg: Config, e: Experiment) -> dict[str, Any]:
     raws = e.domain.sample("test", TLP_TEST_TASKS, torch.Generator().manual_seed(1234 + 7 * cfg.train.seed))
     res = evaluate(e.algo, e.model, parameters_of(e.model), e.domain, raws, e.device)
     return {"tlp100_mean": res["mean"], "tlp100_ci95": res["ci95"], "tlp100_num_tasks": res["num_tasks"]}
+
+
+def _check_prefetch_workers(cfg: Config) -> None:
+    """Warn where ``train.prefetch_workers`` cannot do what it was set for: without prefetching it does nothing
+    (``train.prefetch`` is off, the default on the CPU), and more builders than cores only contend for them."""
+    t = cfg.train
+    if t.prefetch_workers <= 1:
+        return
+    if not use_prefetch(t.prefetch, t.device):
+        warn_user(f"train.prefetch_workers = {t.prefetch_workers} has no effect: prefetching is off on "
+                  f"{t.device} (train.prefetch = {t.prefetch}); add --prefetch on")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if t.prefetch_workers > cores:
+        warn_user(f"train.prefetch_workers = {t.prefetch_workers} is more than this machine's {cores} cores: the "
+                  f"builders only contend for them; use at most {max(1, cores // 2)} (half the cores), or 0 (auto)")
 
 
 def train(cfg: Config, console: Console | None = None, progress: bool = True) -> tuple[Path, dict[str, Any]]:

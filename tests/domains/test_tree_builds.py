@@ -67,7 +67,6 @@ def test_spawned_processes_build_the_same_plans_and_report_failures():
     hb = dom.host_build("cpu", 3)  # 4 blocks: the 3 items in flight below
     key = (PLAN_AGGREGATION["gcn"], 2)
     made = [dom.materialize(r, "cpu") for r in raws]
-    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
     pool = ProcessBuilds(hb.builder, 2)
     try:
         futures = [pool.submit(hb.send(raws)) for _ in range(3)]
@@ -79,8 +78,11 @@ def test_spawned_processes_build_the_same_plans_and_report_failures():
     finally:
         pool.shutdown()
         hb.close()
-    if os.path.isdir("/dev/shm"):  # the run unlinked its shared-memory blocks
-        assert set(os.listdir("/dev/shm")) <= before
+    from multiprocessing import shared_memory
+
+    for result in results:  # the run unlinked its shared-memory blocks (other tests' may exist meanwhile)
+        with pytest.raises(FileNotFoundError):
+            shared_memory.SharedMemory(name=result[1]["block"])
     failing = ProcessBuilds(_Failing(), 1)
     try:
         with pytest.raises(DataError, match="node 7 has no features"):
@@ -110,3 +112,46 @@ def test_finished_episodes_equal_materialized_ones_on_cuda(sparse):
     for a, b in zip(_plans(made, key), _plans(finished, key), strict=True):
         assert_same_plan(a, b)
     assert finished[0].support_x.nodes.device.type == "cuda"
+
+
+@pytest.mark.slow
+def test_build_processes_exit_when_their_run_is_killed(tmp_path):
+    """A run killed by SIGKILL (the OOM killer) or SIGTERM leaves no build process behind: each watches its parent
+    and exits within ``WATCH_S`` (found by a new-user trial: orphans held shared memory)."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import multiprocessing, os, signal\n"
+        "from cmlgraph.train.build_processes import ProcessBuilds\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessBuilds(abs, 2)\n"
+        "    assert [ProcessBuilds.result(pool.submit(-i)) for i in range(4)] == [0, 1, 2, 3]\n"
+        "    print(' '.join(str(p.pid) for p in multiprocessing.active_children() if 'Process' in type(p).__name__),"
+        " flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr
+    pids = [int(p) for p in proc.stdout.split()]
+    assert pids  # the pool starts its processes on demand: at least one
+    deadline = time.time() + 10
+    while time.time() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
+        time.sleep(0.2)
+    assert not any(os.path.exists(f"/proc/{p}") for p in pids), "a build process outlived its killed run"
+
+
+def test_a_script_re_run_by_a_starting_build_process_stops_before_making_a_run(monkeypatch, tmp_path):
+    import multiprocessing
+
+    from cmlgraph.api import make_config
+    from cmlgraph.train.build_processes import in_build_process_start
+    from cmlgraph.train.trainer import Trainer
+
+    assert not in_build_process_start()
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)
+    assert in_build_process_start()
+    with pytest.raises(CmlgraphError, match=r'guard the code that trains with `if __name__ == "__main__":`'):
+        Trainer(make_config(task="sinusoid", runs_dir=str(tmp_path)), progress=False)
+    assert not any(tmp_path.iterdir())  # no run folder

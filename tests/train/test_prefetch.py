@@ -366,3 +366,21 @@ def test_auto_workers_never_start_build_processes(tmp_path, tiny_graph, monkeypa
     monkeypatch.setattr(trainer_module, "prefetch_workers", lambda setting, device: 2)  # as on a CUDA host
     _run(tmp_path, "auto", **{**_settings(tiny_graph), "steps": 2, "val_every": 2}, prefetch="on")
     assert started == [] and not _workers()
+
+
+def test_builders_that_cannot_help_are_warned_about(monkeypatch):
+    import os
+
+    from cmlgraph.train.trainer import _check_prefetch_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    with pytest.warns(UserWarning, match=r"prefetch_workers = 2 has no effect: prefetching is off on cpu"):
+        _check_prefetch_workers(prepare(make_config(task="sinusoid", prefetch_workers=2)))
+    with pytest.warns(UserWarning, match=r"prefetch_workers = 5 is more than this machine's 2 cores.*at most 1"):
+        _check_prefetch_workers(prepare(make_config(task="sinusoid", prefetch="on", prefetch_workers=5)))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _check_prefetch_workers(prepare(make_config(task="sinusoid", prefetch="on", prefetch_workers=2)))
+        _check_prefetch_workers(prepare(make_config(task="sinusoid")))  # auto: nothing to say
