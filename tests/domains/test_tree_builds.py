@@ -54,20 +54,27 @@ def test_domains_without_plans_have_no_process_build():
 
 
 class _Failing:
+    """A builder that builds with ``inner``, raises for an int and dies for ``"die"`` (one spawned pool for all)."""
+
+    def __init__(self, inner) -> None:  # noqa: ANN001
+        self.inner = inner
+
     def __call__(self, sent):  # noqa: ANN001, ANN204
         if sent == "die":
             os._exit(3)
-        raise DataError(f"node {sent} has no features; give features for every node")
+        if isinstance(sent, int):
+            raise DataError(f"node {sent} has no features; give features for every node")
+        return self.inner(sent)
 
 
 @pytest.mark.slow
 def test_spawned_processes_build_the_same_plans_and_report_failures():
     dom = _domain("gcn", 0.4, False)
     raws = dom.sample("train", 2, torch.Generator().manual_seed(5))
-    hb = dom.host_build("cpu", 3)  # 4 blocks: the 3 items in flight below
+    hb = dom.host_build("cpu", 3)  # 4 blocks: the 3 items in flight below (one process builds them in turn)
     key = (PLAN_AGGREGATION["gcn"], 2)
     made = [dom.materialize(r, "cpu") for r in raws]
-    pool = ProcessBuilds(hb.builder, 2)
+    pool = ProcessBuilds(_Failing(hb.builder), 1)
     try:
         futures = [pool.submit(hb.send(raws)) for _ in range(3)]
         results = [ProcessBuilds.result(f) for f in futures]
@@ -75,6 +82,11 @@ def test_spawned_processes_build_the_same_plans_and_report_failures():
         for result in results:  # each read frees its block
             for a, b in zip(_plans(made, key), _plans(hb.finish(raws, result), key), strict=True):
                 assert_same_plan(a, b)
+        with pytest.raises(DataError, match="node 7 has no features"):  # the builder's own error, pickled back
+            ProcessBuilds.result(pool.submit(7))
+        with pytest.raises(CmlgraphError, match="died or could not start") as exc:
+            ProcessBuilds.result(pool.submit("die"))
+        assert FIX in str(exc.value)
     finally:
         pool.shutdown()
         hb.close()
@@ -83,15 +95,6 @@ def test_spawned_processes_build_the_same_plans_and_report_failures():
     for result in results:  # the run unlinked its shared-memory blocks (other tests' may exist meanwhile)
         with pytest.raises(FileNotFoundError):
             shared_memory.SharedMemory(name=result[1]["block"])
-    failing = ProcessBuilds(_Failing(), 1)
-    try:
-        with pytest.raises(DataError, match="node 7 has no features"):
-            ProcessBuilds.result(failing.submit(7))
-        with pytest.raises(CmlgraphError, match="died or could not start") as exc:
-            ProcessBuilds.result(failing.submit("die"))
-        assert FIX in str(exc.value)
-    finally:
-        failing.shutdown()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by scripts/gpu_check.sh)")
