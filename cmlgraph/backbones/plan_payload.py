@@ -17,6 +17,7 @@ the build process): through the pool's pipe a 2.3 MB batch took about 6 ms a rou
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from typing import Any
@@ -203,8 +204,7 @@ def unpack_plans(buffers: dict[str, np.ndarray] | dict[str, Tensor], specs: list
 
     def tensor(ref: tuple[str, str, int, tuple[int, ...]]) -> Tensor:
         _, key, offset, shape = ref
-        n = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        return flat[key][offset:offset + n].view(shape)
+        return flat[key][offset:offset + math.prod(shape)].view(shape)  # math.prod: np.prod cost 1.2 ms a batch
 
     def value(item: Any) -> Any:
         if item is None:
