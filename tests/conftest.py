@@ -15,6 +15,12 @@ from cmlgraph.core.model import MetaModel
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` on 2 cores: one torch thread per worker. With two each, a worker's OpenMP threads spin at their
+    # barriers while the other worker (or a test's subprocess) holds the cores: in CI three conv tests that take
+    # 0.1 s alone took 11 s each. Subprocesses started by tests keep torch's own default.
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
