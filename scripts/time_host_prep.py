@@ -26,6 +26,7 @@ cmlgraph | tar -x -C DIR``), alternating: a script's own folder, not the working
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -123,7 +124,7 @@ def gmeta(repeats: int, data_root: str | None, workers: int = 1) -> dict[str, fl
         turn[0] += 1
 
     out = {"gmeta ms/task": median_ms(task, repeats), "gmeta block ms/side": median_ms(side, 2 * repeats)}
-    drawn = iter(range(10**9))
+    drawn = itertools.count()
 
     def build(i: int) -> None:
         dom.prepare_batch([dom.materialize(pool[i % len(pool)], "cpu")], None)

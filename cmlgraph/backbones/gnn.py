@@ -144,10 +144,12 @@ def host_plan(host: GraphInput, kind: str, hops: int, complete: bool, run_sparse
     return host_prepare(plan, features, constants + (("x",) if complete else ()), layers, run_sparse=run_sparse)
 
 
-def attach_plan(inputs: GraphInput, kind: str, hops: int, plan: Plan) -> None:
-    """Attach a host-built plan (:func:`host_plan`) to ``inputs``, moved to their device and reading their
-    features (:func:`cmlgraph.backbones.gnn_plan.plan_to`), where :meth:`GNNBackbone.plan` finds it."""
-    inputs.__dict__.setdefault("_plans", {})[(PLAN_AGGREGATION[kind], hops)] = plan_to(plan, plan_features(inputs))
+def attach_plan(inputs: GraphInput, kind: str, hops: int, plan: Plan, moved: bool = False) -> None:
+    """Attach a host-built plan (:func:`host_plan`) to ``inputs`` where :meth:`GNNBackbone.plan` finds it, moved to
+    their device and reading their features (:func:`cmlgraph.backbones.gnn_plan.plan_to`); ``moved``: it is on
+    their device, reading their features, already (a build process's, :mod:`cmlgraph.backbones.plan_payload`)."""
+    inputs.__dict__.setdefault("_plans", {})[(PLAN_AGGREGATION[kind], hops)] = \
+        plan if moved else plan_to(plan, plan_features(inputs))
 
 
 class _GCNConv(FastSparseAggregation, GCNConv):

@@ -19,6 +19,7 @@ from cmlgraph.backbones.gnn import (
     PLAN_AGGREGATION,
     WHOLE_GRAPH_KINDS,
     GNNBackbone,
+    attach_plan,
     gnn_hops,
     plan_features,
     prepare_plan,
@@ -285,7 +286,7 @@ class GraphDomain(Domain):
         g = GraphInput(x, ei, to_device(nodes, device), cache, local=True)
         kind = self.gnn["kind"]
         if plan is not None:  # built by a prefetch build process (host_build), on the device already
-            g.__dict__.setdefault("_plans", {})[(PLAN_AGGREGATION[kind], self.gnn["layers"])] = plan
+            attach_plan(g, kind, self.gnn["layers"], plan, moved=True)
         else:
             prepare_plan(g, self.host_input(g, nodes), kind, self.gnn["layers"], complete=self._complete_plans())
         return g

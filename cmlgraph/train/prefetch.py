@@ -71,6 +71,11 @@ def use_prefetch(setting: str, device: torch.device | str) -> bool:
     return setting == "on"
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def prefetch_workers(setting: int, device: torch.device | str, cpu_count: int | None = None) -> int:
     """Builders (threads, or processes for k-hop plans given by number) of the trainer's prefetcher for
     ``train.prefetch_workers`` (``0``: auto).
@@ -89,8 +94,7 @@ def prefetch_workers(setting: int, device: torch.device | str, cpu_count: int | 
     if torch.device(device).type != "cuda":
         return 1
     if cpu_count is None:
-        cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-        cpu_count //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+        cpu_count = usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     return max(1, min(AUTO_WORKERS_MAX, cpu_count // 2))
 
 
@@ -323,4 +327,5 @@ class Prefetcher(Generic[T]):
         self.close()
 
 
-__all__ = ["AUTO_ON_CPU", "AUTO_WORKERS_MAX", "CHOICES", "Prefetcher", "prefetch_workers", "use_prefetch"]
+__all__ = ["AUTO_ON_CPU", "AUTO_WORKERS_MAX", "CHOICES", "Prefetcher", "prefetch_workers", "usable_cores",
+           "use_prefetch"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import shutil
 import time
 import warnings
@@ -59,7 +58,7 @@ from cmlgraph.train.io import (
     write_json,
     write_yaml,
 )
-from cmlgraph.train.prefetch import Prefetcher, prefetch_workers, use_prefetch
+from cmlgraph.train.prefetch import Prefetcher, prefetch_workers, usable_cores, use_prefetch
 from cmlgraph.train.progress import loss_label, run_progress, stage
 from cmlgraph.train.run_dir import RunLock, create_run_dir
 from cmlgraph.user_warnings import warn_user
@@ -976,7 +975,7 @@ def _check_prefetch_workers(cfg: Config) -> None:
     if not use_prefetch(t.prefetch, t.device):
         warn_user(f"train.prefetch_workers = {t.prefetch_workers} has no effect: prefetching is off on "
                   f"{t.device} (train.prefetch = {t.prefetch}); add --prefetch on")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     if t.prefetch_workers > cores:
         warn_user(f"train.prefetch_workers = {t.prefetch_workers} is more than this machine's {cores} cores: the "
                   f"builders only contend for them; use at most {max(1, cores // 2)} (half the cores), or 0 (auto)")
