@@ -504,7 +504,7 @@ def runs(
 
     from rich.markup import escape
 
-    from cmlgraph.runs import format_score, format_settings, format_shape, list_runs
+    from cmlgraph.runs import format_score, format_settings, format_shape, list_runs, run_status
 
     records = list_runs(runs_dir)
     if json_out:
@@ -519,7 +519,7 @@ def runs(
         table.add_column(col, no_wrap=col not in ("name", "settings that differ"), overflow="fold")
     for r in records:
         algo = r["algorithm"] + ("" if r["control"] in (None, "none") else f" ({r['control']})")
-        status = r["status"] if r["status"] == "finished" else f"{r['status']} (step {r['step'] or 0}/{r['steps']})"
+        status = run_status(r)
         score = format_score(r) + (f" [yellow]! {len(r['warnings'])}[/yellow]" if r["warnings"] else "")
         table.add_row(r["name"], str(r["dataset"]) + (" (partial)" if r["partial"] else ""), algo,
                       "yes" if r["cml"] else "no", format_shape(r), f"{r['step'] or 0}/{r['steps']}", score,

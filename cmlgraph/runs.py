@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,64 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+class _Stub:
+    """Whatever a checkpoint's pickle names (tensors, storages, ordered dicts): accepts and keeps nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Stub:
+        return _Stub()
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+class _StepReader(pickle.Unpickler):
+    """Unpickles a checkpoint's ``data.pkl`` with every class replaced by :class:`_Stub` and no tensor data read:
+    its plain values (the step) come back, and nothing in the file is ever run."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        return _Stub
+
+    def persistent_load(self, pid: Any) -> Any:
+        return None
+
+
+def checkpoint_step(folder: str | os.PathLike[str]) -> int | None:
+    """The meta-step of a run folder's ``checkpoint.pt`` (where ``--resume`` continues), read without torch.
+
+    Returns:
+        The step, or ``None`` when the folder has no checkpoint (a resume restarts at step 0).
+
+    Raises:
+        ValueError: The checkpoint is not a readable cmlgraph checkpoint (not a torch zip archive, no step).
+    """
+    path = Path(folder) / "checkpoint.pt"
+    if not path.is_file():
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            if name is None:
+                raise ValueError(f"{path} holds no data.pkl")
+            with archive.open(name) as f:
+                state = _StepReader(f).load()
+        return int(state["step"])
+    except (OSError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError,
+            AttributeError, IndexError) as exc:
+        raise ValueError(f"{path} is not a readable checkpoint ({type(exc).__name__})") from None
 
 
 def _last_step(metrics: Path) -> int | None:
@@ -143,6 +203,23 @@ def differing_settings(records: list[dict[str, Any]]) -> None:
                             for k, t in zip(differ, tails, strict=True) if reads(r, k)}
 
 
+def run_status(record: dict[str, Any]) -> str:
+    """The status column of ``cmlgraph runs``: ``finished``; ``running (step s/n)`` and ``failed (step s/n)`` with
+    the last logged step; ``resumable from step c/n`` with the checkpoint's step (where ``--resume`` continues,
+    which may be before the last logged step), ``resumable (no checkpoint: restarts at step 0/n)``, or
+    ``resumable? checkpoint unreadable``."""
+    status, steps = record["status"], record["steps"]
+    if status == "finished":
+        return status
+    if status != "resumable":
+        return f"{status} (step {record['step'] or 0}/{steps})"
+    if record.get("checkpoint_error"):
+        return "resumable? checkpoint unreadable"
+    if record.get("checkpoint_step") is None:
+        return f"resumable (no checkpoint: restarts at step 0/{steps})"
+    return f"resumable from step {record['checkpoint_step']}/{steps}"
+
+
 def format_settings(record: dict[str, Any]) -> str:
     """``features=raw inner_lr=0.5``: the record's ``differs`` (see :func:`differing_settings`)."""
     return " ".join(f"{k}={'default' if v is None else v}" for k, v in (record.get("differs") or {}).items())
@@ -160,6 +237,8 @@ def describe_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     numerical failure that resuming would repeat, its message under ``error``),
     ``step`` (last logged step), ``steps``, ``date`` (when the run started: the config's write time, ISO 8601
     UTC; ``started_s`` the same in seconds since the epoch), ``cmlgraph`` (the version that finished it, when recorded),
+    ``checkpoint_step`` (an unfinished run's checkpoint step, where ``--resume`` continues; ``None`` without one, and
+    ``checkpoint_error`` when it cannot be read),
     ``warnings`` (the run's own warnings from ``summary.json``: chance level, too few test tasks, divergence),
     ``settings`` (:func:`run_settings`).
     """
@@ -185,7 +264,13 @@ def describe_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "started_s": started, "cmlgraph": None,
         "warnings": [], "settings": run_settings(cfg, summary),
         "error": failure.get("message") if status == "failed" else None,
+        "checkpoint_step": None,
     }
+    if status != "finished":  # where ``--resume`` continues (None: no checkpoint, a resume restarts at step 0)
+        try:
+            record["checkpoint_step"] = checkpoint_step(folder)
+        except ValueError as exc:
+            record["checkpoint_error"] = str(exc)
     if _training_free(cfg, summary):  # nothing is meta-trained: 0 of 0 steps, not 0 of the config's 500
         record["steps"], record["training_free"] = 0, True
     if summary is not None:

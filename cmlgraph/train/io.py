@@ -32,7 +32,9 @@ from cmlgraph.errors import CmlgraphError
 #: (after the optimizer update, before validation/logging/checkpoint), ``log`` (after a metrics line is
 #: appended), ``checkpoint_write`` (``checkpoint.pt``'s temp file partly written), ``eval`` (after each
 #: evaluated task, validation or test), ``finish`` (``model.pt`` written, ``summary.json`` not yet).
-#: Used only by ``tests/reliability``; unset, it costs one dict lookup per event.
+#: ``<event>:<n>:INT`` sends SIGINT (Ctrl-C) instead, and a comma-separated list arms several points (a second
+#: Ctrl-C: ``step_end:4:INT,eval:5:INT``). Used only by ``tests/reliability``; unset, it costs one dict lookup per
+#: event.
 KILL_ENV = "CMLGRAPH_TEST_KILL_AT"
 _kill_counts: dict[str, int] = {}
 _kill_spec: list[str | None] = [None]
@@ -49,9 +51,10 @@ def kill_point(event: str) -> None:
         _kill_spec[0] = spec
         _kill_counts.clear()
     _kill_counts[event] = _kill_counts.get(event, 0) + 1
-    want, _, nth = spec.partition(":")
-    if want == event and str(_kill_counts[event]) == nth.strip():
-        os.kill(os.getpid(), signal.SIGKILL)
+    for point in spec.split(","):
+        want, nth, how = ([*point.strip().split(":"), "KILL"])[:3]
+        if want == event and str(_kill_counts[event]) == nth.strip():
+            os.kill(os.getpid(), signal.SIGINT if how.strip() == "INT" else signal.SIGKILL)
 
 
 class _KillTap:

@@ -59,6 +59,7 @@ from cmlgraph.core.streams import generator_from_state, task_streams
 from cmlgraph.errors import CmlgraphError, ConfigError, NumericalError
 from cmlgraph.runs import FAILED_FILE
 from cmlgraph.train.fuse_policy import FusePolicy
+from cmlgraph.train.interrupt import RunInterrupted, StopRequest
 from cmlgraph.train.io import MetricsLog, kill_point
 from cmlgraph.train.trainer import Trainer, prepare
 
@@ -122,7 +123,7 @@ class _Member:
     streams_ok: bool = True  # False once a fused step with its own streams still drew from the global RNG
     fused_steps: int = 0  # meta-steps computed together with other runs (said on the console at the end)
     fused_validations: int = 0  # validations scored in one pass with other runs' (said on the console too)
-    shown: float = float("nan")  # the last loss read back, for the progress bar
+    shown: float | None = None  # the last loss read back, for the progress bar (none before the first)
 
     @property
     def ok(self) -> bool:
@@ -298,6 +299,12 @@ class ParallelTrainer:
                     if len(self.members) > 1 and m.trainer.run_dir is not None:  # whose test lines follow
                         self.console.print(f"[bold]test of[/bold] {m.trainer.run_dir.name}")
                     self._guarded(m, lambda m=m: setattr(m.result, "summary", m.trainer.finish()))
+        except KeyboardInterrupt as exc:  # Ctrl-C twice, or outside meta-training: where each run stands
+            if not isinstance(exc, RunInterrupted):
+                for m in self.members:
+                    if m.ok and m.result.summary is None and m.trainer.run_dir is not None:
+                        self.console.print(f"[yellow]interrupted:[/yellow] {m.trainer.interrupted_message()}")
+            raise
         finally:
             for m in self.members:
                 m.trainer._stop_prefetch()  # a prefetch worker never outlives its run (train.prefetch)
@@ -367,13 +374,14 @@ class ParallelTrainer:
 
     # --- the lockstep loop ---------------------------------------------------------------------------------
     def _loop(self) -> None:
-        from cmlgraph.train.progress import loss_label, run_progress
+        from cmlgraph.train.progress import bar_info, run_progress
 
         # as a run alone shows it: the last logged loss and the best validation score, per run
         first = self.members[0].trainer
         # fused eager steps or each run's CUDA graph: timed on the device where the runs' steps are captured
         self.policy = FusePolicy(str(first.cfg.train.cuda_graphs), first.exp.device, say=self.console.print)
-        with run_progress(self.console, self.progress and any(m.active() for m in self.members)) as bar:
+        with (run_progress(self.console, self.progress and any(m.active() for m in self.members)) as bar,
+              StopRequest(self.console.print) as stop):
             tasks = {id(m): bar.add_task(f"meta-training {m.trainer.run_dir.name if m.trainer.run_dir else ''}",
                                          total=m.steps, completed=m.trainer.step, info="")
                      for m in self.members if m.active()}
@@ -384,12 +392,13 @@ class ParallelTrainer:
                         m.trainer._stop_prefetch()  # done (steps, patience) or failed: its worker joined now
                 if not active:
                     break
+                if stop.requested:
+                    self._stop_on_request(active)
                 self._lockstep(active)
                 for m in active:
                     if id(m) in tasks:
                         t = m.trainer
-                        info = f"{loss_label(bool(getattr(t.exp.algo, 'cml', False)))} {m.shown:.4f}" + (
-                            f"  best val {t.best:.4f}" if t.best is not None else "")
+                        info = bar_info(bool(getattr(t.exp.algo, "cml", False)), m.shown, t.best)
                         bar.update(tasks[id(m)], completed=t.step, info=info)
         trained = [m for m in self.members if m.log is not None]
         if len(trained) > 1:  # say what the group gained: which runs' steps were fused (docs/gpu.md)
@@ -400,6 +409,30 @@ class ParallelTrainer:
                 self.console.print("validations scored with other runs': " + ", ".join(
                     f"{m.trainer.run_dir.name if m.trainer.run_dir else '?'} {m.fused_validations}"
                     for m in trained))
+
+    def _stop_on_request(self, active: list[_Member]) -> None:
+        """Ctrl-C was pressed: every run still training writes a checkpoint at its step (as
+        :meth:`Trainer._stop_on_request`; a run whose pending steps turn out non-finite fails as it would have), then
+        the group stops.
+
+        Raises:
+            RunInterrupted: Always, naming each run's folder and step.
+        """
+        lines = []
+        for m in active:
+            t = m.trainer
+
+            def checkpoint(t: Trainer = t) -> None:
+                t._flush()
+                if t.ckpt_step != t.step:
+                    t.save_checkpoint()
+
+            self._guarded(m, checkpoint)
+            if m.ok:
+                lines.append(t.interrupted_message())
+        for line in lines:
+            self.console.print(f"[yellow]stopped:[/yellow] {line}")
+        raise RunInterrupted("; ".join(lines) or "every run of the group had stopped")
 
     def _lockstep(self, active: list[_Member]) -> None:
         """One meta-step of every active run: fused where possible, else one run after another."""

@@ -19,6 +19,22 @@ def loss_label(cml: bool) -> str:
     return "meta+γ·co loss" if cml else "outer loss"
 
 
+def bar_info(cml: bool, loss: float | None, best: float | None) -> str:
+    """The meta-training bar's ``info``: the last loss read back (``loss_label``) and the best validation score.
+
+    Args:
+        cml: Whether the run trains a co-learner (names the loss ``meta+γ·co``).
+        loss: The last loss read back from the device; ``None`` before the first (losses are read back every
+            ``log_every`` steps, issue 18), when no loss is shown rather than "nan". A non-finite loss read back
+            (a skipped step) is shown as it is.
+        best: The best validation score so far, or ``None``.
+    """
+    parts = [] if loss is None else [f"{loss_label(cml)} {loss:.4f}"]
+    if best is not None:
+        parts.append(f"best val {best:.4f}")
+    return "  ".join(parts)
+
+
 def progress_bar(console: Console, enabled: bool = True) -> Progress:
     """A rich progress display with a bar, done/total, elapsed and remaining time."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -55,4 +71,4 @@ def stage(bar: Progress | None, label: str, total: int, hook: Callable[[], None]
             bar.remove_task(task)
 
 
-__all__ = ["loss_label", "progress_bar", "run_progress", "stage"]
+__all__ = ["bar_info", "loss_label", "progress_bar", "run_progress", "stage"]

@@ -49,6 +49,7 @@ from cmlgraph.train.guards import (
     near_chance_warning,
     test_tasks_warning,
 )
+from cmlgraph.train.interrupt import RunInterrupted, StopRequest
 from cmlgraph.train.io import (
     MetricsLog,
     kill_point,
@@ -59,7 +60,7 @@ from cmlgraph.train.io import (
     write_yaml,
 )
 from cmlgraph.train.prefetch import Prefetcher, prefetch_workers, usable_cores, use_prefetch
-from cmlgraph.train.progress import loss_label, run_progress, stage
+from cmlgraph.train.progress import bar_info, run_progress, stage
 from cmlgraph.train.run_dir import RunLock, create_run_dir
 from cmlgraph.user_warnings import warn_user
 from cmlgraph.validate import validate_config
@@ -466,6 +467,10 @@ class Trainer:
         except NumericalError as exc:
             self.record_failure(exc)
             raise
+        except KeyboardInterrupt as exc:  # Ctrl-C: say where the run stands and how to continue it
+            if not isinstance(exc, RunInterrupted) and self.dist.is_main:
+                self.console.print(f"[yellow]interrupted:[/yellow] {self.interrupted_message()}")
+            raise
         finally:
             self._stop_prefetch()  # also on an error or Ctrl-C: the worker thread never outlives the run
             self._release()
@@ -491,14 +496,16 @@ class Trainer:
             self.console.print(f"[yellow]note:[/yellow] {note}")
         if not e.algo.trains:
             return self.dist.on_rank0(self._fit_training_free)
-        with self._progress() as bar:
+        with self._progress() as bar, StopRequest(self.console.print, enabled=not self.dist.active) as stop:
             self._bar = bar
             task = bar.add_task("meta-training", total=steps, completed=self.step, info="")
             if self.step == 0 and self.best is None and steps > 0:
                 self._validate_start(log)
             self._pending: list[tuple[int, torch.Tensor, dict[str, Any]]] = []  # losses read back when needed
-            shown = float("nan")
+            shown: float | None = None  # no loss read back yet (none is shown, not "nan")
             while self.step < steps and not self._patience_spent():
+                if stop.requested:
+                    self._stop_on_request()
                 kill_point("step_begin")
                 t0 = time.perf_counter()
                 record = self._train_step()
@@ -517,11 +524,37 @@ class Trainer:
                     kill_point("log")
                 if self.step % cfg.train.checkpoint_every == 0 or "val" in record:
                     self.save_checkpoint()
-                bar.update(task, advance=1, info=f"{loss_label(bool(getattr(e.algo, 'cml', False)))} "
-                           f"{shown:.4f}"
-                           + (f"  best val {self.best:.4f}" if self.best is not None else ""))
+                bar.update(task, advance=1, info=bar_info(bool(getattr(e.algo, "cml", False)), shown, self.best))
         self._stop_prefetch()
         return self.dist.on_rank0(self.finish)
+
+    def _stop_on_request(self) -> None:
+        """Ctrl-C was pressed (:class:`~cmlgraph.train.interrupt.StopRequest`): read back the pending losses, write a
+        checkpoint at this step unless one was just written, and stop.
+
+        Raises:
+            RunInterrupted: Always, after the checkpoint (its message names the folder and the step).
+            NumericalError: A pending step was non-finite (``nan_policy: stop``): the run failed before the request.
+        """
+        self._flush()
+        if self.ckpt_step != self.step:
+            self.save_checkpoint()
+        message = self.interrupted_message()
+        self.console.print(f"[yellow]stopped:[/yellow] {message}")
+        raise RunInterrupted(message)
+
+    def interrupted_message(self) -> str:
+        """Where a run stopped by Ctrl-C stands: its step, its last checkpoint, and the command that continues it."""
+        if self.run_dir is None:
+            return "stopped before the run folder was made; nothing to resume"
+        how = f"resume with `cmlgraph train --resume {self.run_dir}`"
+        if self.ckpt_step is None:
+            return (f"at step {self.step} of {self.cfg.train.steps} with no checkpoint written yet: {how} restarts it "
+                    f"at step 0")
+        if self.ckpt_step == self.step:
+            return f"at step {self.step} of {self.cfg.train.steps}, checkpoint written: {how}"
+        return (f"at step {self.step} of {self.cfg.train.steps}; the last checkpoint is step {self.ckpt_step}: {how} "
+                f"(it repeats the steps after {self.ckpt_step})")
 
     def _validate_start(self, log: MetricsLog) -> None:
         """Validate the initial parameters before the first meta-step (issue 17): model selection then keeps the

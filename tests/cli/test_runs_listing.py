@@ -38,11 +38,12 @@ def test_runs_lists_finished_and_killed_runs(tmp_path):
     assert done["cmlgraph"] and done["step"] == 6
     assert dead["status"] == "resumable" and dead["mean"] is None and dead["algorithm"] == "anil" and dead["cml"]
     assert dead["step"] == 3 and dead["steps"] == 6  # the last logged step before the kill (validation at 3)
+    assert dead["checkpoint_step"] == 3 and done["checkpoint_step"] is None  # read from checkpoint.pt, no torch
     assert [r["name"] for r in list_runs(runs)] == ["done", "a-killed"]  # by start time, not by name
 
     table = _cli(["runs", runs], tmp_path)
     assert table.returncode == 0 and "done" in table.stdout and "finished" in table.stdout
-    assert "resumable (step 3/6)" in table.stdout
+    assert "resumable from step 3/6" in table.stdout  # where --resume continues: the checkpoint of step 3
     # how big a run was, and that it warned: 6 of 6 steps, 3 test tasks, one warning (fewer than 500 test tasks)
     assert any("only 3 test tasks" in w for w in done["warnings"]) and dead["warnings"] == []
     row = next(ln for ln in table.stdout.splitlines() if " done " in ln)

@@ -42,6 +42,9 @@ def write_config(folder: Path, settings: dict[str, Any], name: str = "cfg.yaml")
 
 
 def _child(argv: list[str], kill_at: str | None) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal (a test worker may differ)
     if kill_at:
         os.environ[KILL_ENV] = kill_at
     else:

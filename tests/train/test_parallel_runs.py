@@ -451,14 +451,24 @@ def _group_child(cfgs: list[Config], kill_at: str) -> None:
 
     from cmlgraph.train.io import KILL_ENV
 
+    import signal
+
+    from cmlgraph.train.interrupt import RunInterrupted
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal
     os.environ[KILL_ENV] = kill_at
-    train_parallel(cfgs, progress=False)
+    try:
+        train_parallel(cfgs, progress=False)
+    except RunInterrupted:
+        raise SystemExit(130) from None
 
 
-@pytest.mark.parametrize("kill_at", ["log:5", "step_end:7"])
+@pytest.mark.parametrize("kill_at", ["log:5", "step_end:7", "step_end:9:INT"])
 def test_a_killed_group_resumes_per_folder(tmp_path, kill_at):
-    """A group SIGKILLed mid-way (the crash tests' kill hook): each folder, resumed on its own with
-    ``cmlgraph train --resume``'s entry, ends equal to its run trained alone and uninterrupted."""
+    """A group SIGKILLed mid-way (the crash tests' kill hook), or stopped by Ctrl-C: each folder, resumed on its own
+    with ``cmlgraph train --resume``'s entry, ends equal to its run trained alone and uninterrupted. Ctrl-C during
+    the first run's step 5 (the 9th step of the group) lets the group finish that step, and each run writes a
+    checkpoint of step 5 (it has none of its own there: checkpoints at 2, 3, 4, 6)."""
     import multiprocessing as mp
 
     from cmlgraph.train.trainer import resume
@@ -472,9 +482,11 @@ def test_a_killed_group_resumes_per_folder(tmp_path, kill_at):
         proc = mp.get_context("fork").Process(target=_group_child, args=(cfgs, kill_at))
         proc.start()
         proc.join(120)
-        assert proc.exitcode == -9  # killed by the hook, mid-way
+        assert proc.exitcode == (130 if kill_at.endswith(":INT") else -9)  # stopped by the hook, mid-way
         folders = [tmp_path / f"group-s{s}" for s in seeds]
         assert not any((f / "summary.json").exists() for f in folders)
+        if kill_at.endswith(":INT"):
+            assert [load_torch(f / "checkpoint.pt")["step"] for f in folders] == [5, 5]
         for a, f in zip(alone, folders, strict=True):
             resume(f, progress=False)
             _assert_equal_runs(a, f)
