@@ -38,8 +38,25 @@ def test_lazy_names_and_subpackages_resolve():
         cmlgraph.nope  # noqa: B018
 
 
-def test_every_commands_help_leaves_torch_out():
-    """Walks the real command tree, so a command added later with an eager heavy import fails here."""
+def test_every_commands_help_leaves_torch_out(tmp_path):
+    """Walks the real command tree, so a command added later with an eager heavy import fails here. ``runs`` also
+    lists a folder holding a run with a checkpoint (whose step it reads), a finished run and a training-free one:
+    reading their settings went through :mod:`cmlgraph.leaderboard`, whose ``__init__`` imported torch (2 s)."""
+    import torch
+    import yaml
+
+    runs = tmp_path / "runs"
+    for name, summary in (("stopped", None), ("done", {"metric": "mse", "mean": 0.5, "ci95": 0.1}),
+                          ("baseline", {"metric": "accuracy", "mean": 0.7, "ci95": 0.02, "training_free": True})):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "config.yaml").write_text(yaml.safe_dump(
+            {"data": {"task": "graph", "graph": "cora"}, "algo": {"algo": "sgc-proto" if summary and
+             summary.get("training_free") else "maml", "cml": True}, "train": {"steps": 8}}))
+        (runs / name / "metrics.jsonl").write_text('{"step": 4, "loss": 1.0}\n')
+        if summary is not None:
+            (runs / name / "summary.json").write_text(json.dumps(summary))
+    torch.save({"step": 4, "model": {"w": torch.zeros(3)}, "config": {"train": {"steps": 8}}},
+               runs / "stopped" / "checkpoint.pt")
     res = _python("""
         import io, json, sys, contextlib
         import typer
@@ -52,7 +69,7 @@ def test_every_commands_help_leaves_torch_out():
 
         pulled, seen = {}, []
         for path in paths(typer.main.get_command(app), []):
-            extra = [["--version"], ["runs", "--json", "."]] if not path else []
+            extra = [["--version"], ["runs", "--json", "."], ["runs", RUNS]] if not path else []
             for args in [[*path, "--help"], *extra]:
                 with contextlib.redirect_stdout(io.StringIO()):
                     try:
@@ -63,10 +80,13 @@ def test_every_commands_help_leaves_torch_out():
                 for mod in ("torch", "torch_geometric"):
                     if mod in sys.modules and mod not in pulled:
                         pulled[mod] = " ".join(args)
-        print(json.dumps({"pulled": pulled, "seen": seen}))
-    """)
+        from cmlgraph.runs import list_runs
+        steps = {r["name"]: r["checkpoint_step"] for r in list_runs(RUNS)}
+        print(json.dumps({"pulled": pulled, "seen": seen, "steps": steps}))
+    """.replace("RUNS", repr(str(runs))))
     assert {"--help", "train --help", "predict --help", "embed --help", "runs --help", "datasets list --help",
             "--version", "runs --json ."} <= set(res["seen"])
+    assert res["steps"] == {"stopped": 4, "done": None, "baseline": None}
     assert res["pulled"] == {}, f"these commands import torch/torch_geometric at --help time: {res['pulled']}"
 
 
