@@ -594,6 +594,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except SystemExit as exc:
         _finish_rank(exc)
+        if exc.code == 130 and "cmlgraph.train.interrupt" in sys.modules:  # typer's status for any KeyboardInterrupt
+            from cmlgraph.train.interrupt import exit_status
+
+            status = exit_status(exc)
+            if status is not None:  # a run stopped gracefully by SIGTERM: 143, as a process it killed would report
+                sys.exit(status)
         raise
 
 

@@ -37,6 +37,7 @@ validations and its share of the fused steps in full), so they add up to more th
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -393,7 +394,7 @@ class ParallelTrainer:
                 if not active:
                     break
                 if stop.requested:
-                    self._stop_on_request(active)
+                    self._stop_on_request(active, stop.signum)
                 self._lockstep(active)
                 for m in active:
                     if id(m) in tasks:
@@ -410,10 +411,10 @@ class ParallelTrainer:
                     f"{m.trainer.run_dir.name if m.trainer.run_dir else '?'} {m.fused_validations}"
                     for m in trained))
 
-    def _stop_on_request(self, active: list[_Member]) -> None:
-        """Ctrl-C was pressed: every run still training writes a checkpoint at its step (as
-        :meth:`Trainer._stop_on_request`; a run whose pending steps turn out non-finite fails as it would have), then
-        the group stops.
+    def _stop_on_request(self, active: list[_Member], signum: int | None = None) -> None:
+        """Ctrl-C was pressed or SIGTERM received (``signum``): every run still training writes a checkpoint at its
+        step (as :meth:`Trainer._stop_on_request`; a run whose pending steps turn out non-finite fails as it would
+        have), then the group stops.
 
         Raises:
             RunInterrupted: Always, naming each run's folder and step.
@@ -432,7 +433,7 @@ class ParallelTrainer:
                 lines.append(t.interrupted_message())
         for line in lines:
             self.console.print(f"[yellow]stopped:[/yellow] {line}")
-        raise RunInterrupted("; ".join(lines) or "every run of the group had stopped")
+        raise RunInterrupted("; ".join(lines) or "every run of the group had stopped", signum or signal.SIGINT)
 
     def _lockstep(self, active: list[_Member]) -> None:
         """One meta-step of every active run: fused where possible, else one run after another."""

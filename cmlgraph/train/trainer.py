@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import math
 import shutil
+import signal
 import time
 import warnings
 from dataclasses import dataclass
@@ -505,7 +506,7 @@ class Trainer:
             shown: float | None = None  # no loss read back yet (none is shown, not "nan")
             while self.step < steps and not self._patience_spent():
                 if stop.requested:
-                    self._stop_on_request()
+                    self._stop_on_request(stop.signum)
                 kill_point("step_begin")
                 t0 = time.perf_counter()
                 record = self._train_step()
@@ -528,9 +529,9 @@ class Trainer:
         self._stop_prefetch()
         return self.dist.on_rank0(self.finish)
 
-    def _stop_on_request(self) -> None:
-        """Ctrl-C was pressed (:class:`~cmlgraph.train.interrupt.StopRequest`): read back the pending losses, write a
-        checkpoint at this step unless one was just written, and stop.
+    def _stop_on_request(self, signum: int | None = None) -> None:
+        """Ctrl-C was pressed or SIGTERM received (``signum``, :class:`~cmlgraph.train.interrupt.StopRequest`): read
+        back the pending losses, write a checkpoint at this step unless one was just written, and stop.
 
         Raises:
             RunInterrupted: Always, after the checkpoint (its message names the folder and the step).
@@ -541,7 +542,7 @@ class Trainer:
             self.save_checkpoint()
         message = self.interrupted_message()
         self.console.print(f"[yellow]stopped:[/yellow] {message}")
-        raise RunInterrupted(message)
+        raise RunInterrupted(message, signum or signal.SIGINT)
 
     def interrupted_message(self) -> str:
         """Where a run stopped by Ctrl-C stands: its step, its last checkpoint, and the command that continues it."""

@@ -45,6 +45,7 @@ def _child(argv: list[str], kill_at: str | None) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal (a test worker may differ)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if kill_at:
         os.environ[KILL_ENV] = kill_at
     else:

@@ -1,5 +1,5 @@
-"""Ctrl-C during meta-training: the step finishes, a checkpoint is written, and a resume ends bit-identical to an
-uninterrupted run; a second Ctrl-C stops at once (``cmlgraph/train/interrupt.py``).
+"""Ctrl-C (or SIGTERM) during meta-training: the step finishes, a checkpoint is written, and a resume ends
+bit-identical to an uninterrupted run; a second signal stops at once (``cmlgraph/train/interrupt.py``).
 
 The SIGINT is sent by the test hook (``CMLGRAPH_TEST_KILL_AT=<event>:<n>:INT``) from inside the run, so it arrives at
 a known point. With :func:`conftest.tiny_settings` (8 steps) logs fall at steps 2,4,6,8, validations at 0,4,8 (3
@@ -19,7 +19,7 @@ import pytest
 from conftest import assert_checkpoint_whole, assert_same_run, forked, metrics, tiny_settings, write_config
 
 from cmlgraph.runs import checkpoint_step, describe_run, run_status
-from cmlgraph.train.interrupt import RunInterrupted, StopRequest
+from cmlgraph.train.interrupt import RunInterrupted, StopRequest, exit_status
 from cmlgraph.train.io import KILL_ENV, load_torch
 from cmlgraph.train.trainer import resume
 
@@ -54,10 +54,10 @@ def references(tmp_path_factory):
         plots.plot_run = saved
 
 
-def _interrupted(tmp_path: Path, variant: str, at: str) -> Path:
+def _interrupted(tmp_path: Path, variant: str, at: str, status: int = 130) -> Path:
     cfg = write_config(tmp_path, _settings(variant))
     code = forked(["train", "--config", str(cfg), "--runs-dir", str(tmp_path / "runs"), "--name", "k", "--quiet"], at)
-    assert code == 130, f"Ctrl-C at {at} did not stop the run with status 130 (exit code {code})"
+    assert code == status, f"the signal at {at} did not stop the run with status {status} (exit code {code})"
     run = tmp_path / "runs" / "k"
     assert not (run / "summary.json").exists()
     assert_checkpoint_whole(run)
@@ -82,6 +82,21 @@ def test_a_second_ctrl_c_stops_at_once_and_the_last_checkpoint_resumes(tmp_path,
     run = _interrupted(tmp_path, "cml", "step_end:4:INT,eval:5:INT")
     assert load_torch(run / "checkpoint.pt")["step"] == 3
     assert run_status(describe_run(run)) == "resumable from step 3/8"
+    resume(run, progress=False)
+    assert_same_run(references["cml"], run)
+
+
+def test_sigterm_stops_like_ctrl_c_with_status_143(tmp_path, references):
+    """What a cluster's scheduler sends a preempted job: the step finishes, its checkpoint is written, exit 143."""
+    run = _interrupted(tmp_path, "cml", "step_end:5:TERM", status=143)
+    assert load_torch(run / "checkpoint.pt")["step"] == 5
+    resume(run, progress=False)
+    assert_same_run(references["cml"], run)
+
+
+def test_a_second_sigterm_ends_the_process_at_once(tmp_path, references):
+    run = _interrupted(tmp_path, "cml", "step_end:4:TERM,eval:5:TERM", status=-signal.SIGTERM)
+    assert load_torch(run / "checkpoint.pt")["step"] == 3
     resume(run, progress=False)
     assert_same_run(references["cml"], run)
 
@@ -122,7 +137,7 @@ def test_a_corrupt_checkpoint_is_named_not_read(tmp_path):
 
 def test_stop_request_handler():
     said: list[str] = []
-    before = signal.getsignal(signal.SIGINT)
+    before, before_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with StopRequest(said.append) as stop:
@@ -137,8 +152,16 @@ def test_stop_request_handler():
             assert not stop.installed and signal.getsignal(signal.SIGINT) is signal.default_int_handler
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job ignores Ctrl-C: left so
         with StopRequest(said.append) as stop:
-            assert not stop.installed and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # (SIGTERM is still taken over)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a program's own SIGTERM handling (here: ignore) is kept
+        with StopRequest(said.append):
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with StopRequest(said.append) as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.requested and stop.signum == signal.SIGTERM and "SIGTERM" in said[-1]
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
         seen: list[bool] = []
         thread = threading.Thread(target=lambda: seen.append(StopRequest(said.append).__enter__().installed))
         thread.start()
@@ -146,4 +169,10 @@ def test_stop_request_handler():
         assert seen == [False]  # only the main thread may install a handler
     finally:
         signal.signal(signal.SIGINT, before)
+        signal.signal(signal.SIGTERM, before_term)
     assert issubclass(RunInterrupted, KeyboardInterrupt)
+    assert exit_status(RunInterrupted("x", signal.SIGTERM)) == 143 and exit_status(RunInterrupted("x")) is None
+    wrapped = SystemExit(130)
+    wrapped.__context__ = RuntimeError("typer's Exit")
+    wrapped.__context__.__cause__ = RunInterrupted("x", signal.SIGTERM)
+    assert exit_status(wrapped) == 143 and exit_status(SystemExit(130)) is None
