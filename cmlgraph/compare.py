@@ -165,25 +165,55 @@ def _key(cfg: Config) -> str:
     return json.dumps(d, sort_keys=True)
 
 
-def find_run(runs_dir: Path, cfg: Config) -> Path | None:
-    """A finished run under ``runs_dir`` whose resolved config equals ``cfg`` (run section aside)."""
+def _saved_key(folder: Path) -> str | None:
+    """The resolved-config key (:func:`_key`) of the run saved in ``folder``; ``None`` when unreadable."""
     from cmlgraph.graphs.features import pin_legacy_features
 
+    try:
+        path = folder / "config.yaml"
+        stamp = (str(path.resolve()), path.stat().st_mtime_ns)
+        if stamp not in _SAVED_KEYS:  # resolving a config costs ~0.1 s: once per saved run, not per lookup
+            have = Config()
+            saved = yaml.safe_load(path.read_text())
+            pin_legacy_features(apply_overrides(have, saved, "run config"), saved)
+            _SAVED_KEYS[stamp] = _key(have)
+        return _SAVED_KEYS[stamp]
+    except Exception:  # noqa: BLE001 - an unreadable folder is simply not reused
+        return None
+
+
+def find_run(runs_dir: Path, cfg: Config) -> Path | None:
+    """A finished run under ``runs_dir`` whose resolved config equals ``cfg`` (run section aside)."""
     want = _key(cfg)
     for summary in sorted(runs_dir.glob("*/summary.json")):
-        try:
-            path = summary.parent / "config.yaml"
-            stamp = (str(path.resolve()), path.stat().st_mtime_ns)
-            if stamp not in _SAVED_KEYS:  # resolving a config costs ~0.1 s: once per saved run, not per lookup
-                have = Config()
-                saved = yaml.safe_load(path.read_text())
-                pin_legacy_features(apply_overrides(have, saved, "run config"), saved)
-                _SAVED_KEYS[stamp] = _key(have)
-            if _SAVED_KEYS[stamp] == want:
-                return summary.parent
-        except Exception:  # noqa: BLE001 - an unreadable folder is simply not reused
-            continue
+        if _saved_key(summary.parent) == want:
+            return summary.parent
     return None
+
+
+def find_stopped_run(runs_dir: Path, cfg: Config) -> tuple[Path, int] | None:
+    """An unfinished run of ``cfg``'s settings under ``runs_dir`` that ``--resume`` can continue, and its checkpoint
+    step: stopped by Ctrl-C, SIGTERM or a kill after its first checkpoint, not running (its folder's lock free), not
+    failed numerically (resuming would repeat the failure). Of several, the one furthest on.
+
+    Why: ``compare``, ``reproduce`` and ``leaderboard`` run again after an interruption continue such a run instead
+    of training it again from step 0 (its folder used to be replaced), so stopping a long comparison loses at most
+    the steps since each run's last checkpoint (with Ctrl-C, none).
+    """
+    from cmlgraph.runs import FAILED_FILE, _locked, checkpoint_step
+
+    want, best = _key(cfg), None
+    for config in sorted(runs_dir.glob("*/config.yaml")):
+        folder = config.parent
+        if (folder / "summary.json").exists() or (folder / FAILED_FILE).exists() or _locked(folder):
+            continue
+        try:
+            step = checkpoint_step(folder)
+        except ValueError:  # an unreadable checkpoint: trained again, as before
+            continue
+        if step is not None and (best is None or step > best[1]) and _saved_key(folder) == want:
+            best = (folder, step)
+    return best
 
 
 #: (config.yaml path, mtime) → resolved-config key of a saved run, so that planning N runs against M saved ones
@@ -262,7 +292,9 @@ def obtain_run(cfg: Config, runs_dir: Path, name: str, train_fn: Callable[[Confi
                log: Callable[[str], None] = print, console: Any = None) -> Path:
     """The finished run of ``cfg`` under ``runs_dir``: reused if one matches (:func:`find_run`), else trained.
 
-    A new run is written to ``runs_dir/name``. An *unfinished* folder of that name (a killed run) is replaced; a
+    A stopped run of ``cfg``'s settings with a checkpoint (Ctrl-C, SIGTERM, a kill) is resumed to its end
+    (:func:`find_stopped_run`). A new run is written to ``runs_dir/name``. An *unfinished* folder of that name (a
+    killed run of other settings, or without a checkpoint) is replaced; a
     *finished* one never is: it holds a run of other settings (e.g. another ``--steps``), so the new run gets the
     next free name (``name-1``, ...) and both are kept. ``train_fn`` trains a config and returns its run folder
     (default: :func:`cmlgraph.train.trainer.train`, with its progress bars on ``console`` when one is given).
@@ -273,8 +305,23 @@ def obtain_run(cfg: Config, runs_dir: Path, name: str, train_fn: Callable[[Confi
     if run is not None:
         log(f"reusing {run}")
         return Path(run)
+    resumed = _resume_stopped(cfg, runs_dir, log, console)
+    if resumed is not None:
+        return resumed
     _claim(cfg, runs_dir, name, log)
     return Path((train_fn or (lambda c: train(c, console, progress=console is not None)[0]))(cfg))
+
+
+def _resume_stopped(cfg: Config, runs_dir: Path, log: Callable[[str], None], console: Any) -> Path | None:
+    """Continue a stopped run of ``cfg``'s settings (:func:`find_stopped_run`) to its end; ``None`` when none."""
+    from cmlgraph.train.trainer import resume
+
+    stopped = find_stopped_run(runs_dir, cfg)
+    if stopped is None:
+        return None
+    folder, step = stopped
+    log(f"resuming {folder} from its checkpoint at step {step} (stopped before it finished)")
+    return Path(resume(folder, console, progress=console is not None)[0])
 
 
 def _claim(cfg: Config, runs_dir: Path, name: str, log: Callable[[str], None], group: str = "") -> None:
@@ -318,7 +365,14 @@ def obtain_runs(items: Sequence[tuple[Config, str, Callable[[str], None]]], runs
             out[i] = Path(run)
         else:
             same[i] = first.setdefault(_key(cfg), i)
-    todo = [i for i, j in same.items() if i == j]
+    todo = []
+    for i, j in same.items():
+        if i == j:
+            resumed = _resume_stopped(items[i][0], runs_dir, items[i][2], console)  # alone, before the groups
+            if resumed is not None:
+                out[i] = resumed
+            else:
+                todo.append(i)
     for group in group_runs([items[i][0] for i in todo], parallel_runs):
         idx = [todo[j] for j in group]
         for i in idx:

@@ -6,6 +6,7 @@ import csv
 import json
 import re
 
+import pytest
 import torch
 
 from cmlgraph.compare import run_compare, write_outputs
@@ -80,3 +81,41 @@ def test_an_unknown_algorithm_is_refused_naming_the_flag_given(tmp_path):
                                           r"maml, anil"):
         run_compare(["sinusoid"], ["anil", "mamlx"], [0], tmp_path / "runs", log=logged.append)
     assert not logged and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("parallel_runs", [1, 2])
+def test_a_stopped_run_is_resumed_by_the_next_compare_not_trained_again(tmp_path, monkeypatch, parallel_runs):
+    """Ctrl-C stops a comparison during its first run (a checkpoint at step 4; with ``--parallel-runs 2`` both runs
+    of the group stop there); the same compare run again resumes the stopped runs from step 4 instead of training
+    them from step 0 (their folders used to be replaced), and every folder ends equal to an uninterrupted
+    comparison's."""
+    import signal
+
+    from cmlgraph.train.interrupt import RunInterrupted
+    from cmlgraph.train.io import KILL_ENV, load_torch
+
+    settings = {"train": {"steps": 6, "meta_batch": 2, "val_tasks": 3, "test_tasks": 6, "val_every": 3}}
+    run_compare(["sinusoid"], ["maml"], [0], tmp_path / "ref", settings, log=lambda m: None)
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal
+    try:
+        # the group's steps alternate between its two runs: the 7th is the first run's step 4
+        monkeypatch.setenv(KILL_ENV, "step_end:4:INT" if parallel_runs == 1 else "step_end:7:INT")
+        with pytest.raises(RunInterrupted, match="at step 4 of 6, checkpoint written"):
+            run_compare(["sinusoid"], ["maml"], [0], tmp_path / "runs", settings, log=lambda m: None,
+                        parallel_runs=parallel_runs)
+        monkeypatch.delenv(KILL_ENV)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    stopped = [p.parent for p in (tmp_path / "runs").glob("*/checkpoint.pt")]
+    assert len(stopped) == parallel_runs and not any((f / "summary.json").exists() for f in stopped)
+    logs: list[str] = []
+    run_compare(["sinusoid"], ["maml"], [0], tmp_path / "runs", settings, log=logs.append, parallel_runs=parallel_runs)
+    for folder in stopped:
+        assert sum(f"resuming {folder} from its checkpoint at step 4" in m for m in logs) == 1, logs
+    assert sum("] training " in m for m in logs) == 2 - parallel_runs  # only what never started is trained
+    ref = sorted(p.name for p in (tmp_path / "ref").iterdir() if p.is_dir())
+    assert ref == sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()) and len(ref) == 2
+    for name in ref:
+        a, b = (load_torch(tmp_path / d / name / "model.pt") for d in ("ref", "runs"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
