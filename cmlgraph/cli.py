@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -252,8 +254,9 @@ def compare(
 
     check_parallel_runs(parallel_runs)
     overrides = _batch_overrides(steps, test_tasks, data_root, device)
-    cells = run_compare(_csv_list(domains), _csv_list(algos), _csv_list(seeds, int), runs_dir, overrides,
-                        log=console.print, console=console, parallel_runs=parallel_runs)
+    with _again_resumes():
+        cells = run_compare(_csv_list(domains), _csv_list(algos), _csv_list(seeds, int), runs_dir, overrides,
+                            log=console.print, console=console, parallel_runs=parallel_runs)
     for path in write_outputs(cells, out or runs_dir):
         console.print(f"wrote {path}")
     console.print((Path(out or runs_dir) / "compare.md").read_text())
@@ -300,8 +303,9 @@ def leaderboard(
     if len(set(seed_list)) != len(seed_list):
         raise ConfigError(f"--seeds {seeds}: a seed is repeated; list each once")
     overrides = _batch_overrides(steps, test_tasks, data_root, device)
-    board = run_leaderboard(cells, chosen, seed_list, runs_dir, config, overrides, log=console.print, console=console,
-                            parallel_runs=parallel_runs)
+    with _again_resumes():
+        board = run_leaderboard(cells, chosen, seed_list, runs_dir, config, overrides, log=console.print,
+                                console=console, parallel_runs=parallel_runs)
     for path in write_outputs(board, out or runs_dir):
         console.print(f"wrote {path}")
     console.print((Path(out or runs_dir) / "leaderboard.md").read_text())
@@ -344,9 +348,10 @@ def reproduce(
                                                            if cell.id in status else ""))
         return
     overrides = _batch_overrides(None, test_tasks, None, device) or None
-    results = run_reproduce(cells, runs_dir, runs, steps, overrides, data_root=data_root,
-                            train_fn=lambda cfg: train_run(cfg, console, progress=True)[0], log=console.print,
-                            console=console, parallel_runs=parallel_runs)
+    with _again_resumes():
+        results = run_reproduce(cells, runs_dir, runs, steps, overrides, data_root=data_root,
+                                train_fn=lambda cfg: train_run(cfg, console, progress=True)[0], log=console.print,
+                                console=console, parallel_runs=parallel_runs)
     for path in write_reproduce(results, out or runs_dir):
         console.print(f"wrote {path}")
     console.print((Path(out or runs_dir) / "reproduce.md").read_text())
@@ -570,6 +575,18 @@ def datasets_download(name: str = typer.Argument(..., help="Dataset name (`cmlgr
 
 
 tidy_flags(app, datasets_app)  # switches show no "<bool>" value type in --help
+
+
+@contextmanager
+def _again_resumes() -> Iterator[None]:
+    """Ctrl-C or SIGTERM in ``compare``/``leaderboard``/``reproduce``: say that the same command continues (it resumes
+    the stopped runs from their checkpoints and reuses the finished ones: :func:`cmlgraph.compare.obtain_run`)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        console.print("[yellow]run the same command again to continue:[/yellow] it resumes the stopped runs from "
+                      "their checkpoints and reuses the finished ones")
+        raise
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,8 +33,8 @@ from cmlgraph.errors import CmlgraphError
 #: appended), ``checkpoint_write`` (``checkpoint.pt``'s temp file partly written), ``eval`` (after each
 #: evaluated task, validation or test), ``finish`` (``model.pt`` written, ``summary.json`` not yet).
 #: ``<event>:<n>:INT`` sends SIGINT (Ctrl-C) instead, ``:TERM`` SIGTERM, and a comma-separated list arms several
-#: points (a second Ctrl-C: ``step_end:4:INT,eval:5:INT``). Used only by ``tests/reliability``; unset, it costs one dict lookup per
-#: event.
+#: points (a second Ctrl-C: ``step_end:4:INT,eval:5:INT``). Used only by tests; unset, it costs one dict lookup
+#: per event.
 KILL_ENV = "CMLGRAPH_TEST_KILL_AT"
 _kill_counts: dict[str, int] = {}
 _kill_spec: list[str | None] = [None]

@@ -448,12 +448,10 @@ def test_bad_group_size(bad):
 
 def _group_child(cfgs: list[Config], kill_at: str) -> None:
     import os
-
-    from cmlgraph.train.io import KILL_ENV
-
     import signal
 
     from cmlgraph.train.interrupt import RunInterrupted
+    from cmlgraph.train.io import KILL_ENV
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal
     os.environ[KILL_ENV] = kill_at
