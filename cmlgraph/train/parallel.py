@@ -391,10 +391,11 @@ class ParallelTrainer:
                 for m in self.members:
                     if not m.active():
                         m.trainer._stop_prefetch()  # done (steps, patience) or failed: its worker joined now
+                if stop.requested:  # also after the last steps: the group's tests are not run
+                    self._stop_on_request(active or [m for m in self.members if m.ok and m.log is not None],
+                                          stop.signum)
                 if not active:
                     break
-                if stop.requested:
-                    self._stop_on_request(active, stop.signum)
                 self._lockstep(active)
                 for m in active:
                     if id(m) in tasks:

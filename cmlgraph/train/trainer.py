@@ -526,6 +526,8 @@ class Trainer:
                 if self.step % cfg.train.checkpoint_every == 0 or "val" in record:
                     self.save_checkpoint()
                 bar.update(task, advance=1, info=bar_info(bool(getattr(e.algo, "cml", False)), shown, self.best))
+            if stop.requested:  # during the last step or its validation (or early stopping's): the test is not run
+                self._stop_on_request(stop.signum)
         self._stop_prefetch()
         return self.dist.on_rank0(self.finish)
 

@@ -77,6 +77,16 @@ def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_resumes_bit_identical(
     assert_same_run(references[variant], run)
 
 
+@pytest.mark.parametrize("at", ["step_end:8:INT", "eval:8:INT"])
+def test_ctrl_c_in_the_last_step_or_its_validation_stops_before_the_test(tmp_path, references, at):
+    """The loop ends after the last step: a Ctrl-C then (found by a new-user trial) was announced, then ignored, and
+    the test ran. It stops there too; a resume only tests."""
+    run = _interrupted(tmp_path, "cml", at)
+    assert load_torch(run / "checkpoint.pt")["step"] == 8 and not (run / "model.pt").exists()
+    resume(run, progress=False)
+    assert_same_run(references["cml"], run)
+
+
 def test_a_second_ctrl_c_stops_at_once_and_the_last_checkpoint_resumes(tmp_path, references):
     # the first during step 4, the second during step 4's validation: no checkpoint of step 4 is written
     run = _interrupted(tmp_path, "cml", "step_end:4:INT,eval:5:INT")
