@@ -1,7 +1,8 @@
 """cmlgraph: few-shot node classification with gradient-based meta-learning and Cooperative Meta-Learning.
 
 The public API:
-    - :func:`fit`, :func:`fit_config`, :func:`make_config`: train and evaluate from Python.
+    - :func:`fit`, :func:`fit_config`, :func:`make_config`: train and evaluate from Python; :func:`resume` continues
+      a stopped run.
     - :func:`from_arrays`, :func:`from_pyg`, :func:`from_networkx`, :func:`load_graph`: graphs
       (``graph.save(PATH)`` / ``load_graph(PATH)`` store and read a graph without pickle).
     - :func:`adapt`, :func:`embed`: use a trained run on a new few-shot task / read its node features.
@@ -25,7 +26,7 @@ __version__ = "0.1.0"
 #: Public name → the module that defines it (imported on first attribute access).
 _LAZY = {
     "ALGORITHMS": "cmlgraph.algorithms", "get_algorithm": "cmlgraph.algorithms",
-    "fit": "cmlgraph.api", "fit_config": "cmlgraph.api", "make_config": "cmlgraph.api",
+    "fit": "cmlgraph.api", "fit_config": "cmlgraph.api", "make_config": "cmlgraph.api", "resume": "cmlgraph.api",
     "Config": "cmlgraph.config",
     "Episode": "cmlgraph.core.episode",
     "InnerLoopConfig": "cmlgraph.core.inner_loop", "inner_loop": "cmlgraph.core.inner_loop",
@@ -44,7 +45,7 @@ __all__ = [
     "ALGORITHMS", "CmlgraphError", "Config", "ConfigError", "DataError", "Episode", "FewShotGraph",
     "InnerLoopConfig", "MetaModel", "NumericalError", "OuterLoss", "Prediction", "adapt", "embed", "fit",
     "fit_config", "from_arrays", "from_networkx", "from_pyg", "get_algorithm", "inference_state", "inner_loop",
-    "list_datasets", "list_runs", "load_graph", "make_config", "outer_objective", "parameters_of",
+    "list_datasets", "list_runs", "load_graph", "make_config", "outer_objective", "parameters_of", "resume",
 ]
 
 

@@ -109,6 +109,29 @@ def fit(graph: FewShotGraph | str = "synthetic", *, verbose: bool = False, **set
         raise ResourceError(api_names(str(exc))) from None
 
 
+def resume(run_dir: str | Path, graph: FewShotGraph | str | Path | None = None, *,
+           data_root: str | Path | None = None, verbose: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Continue a stopped run (Ctrl-C, SIGTERM, a crash) from its last checkpoint and finish it; returns the run
+    folder and its summary, bit-identical on the CPU to a run never stopped.
+
+    Args:
+        run_dir: The run folder (:func:`fit` returned it; a stopped run names it).
+        graph: For a run of :func:`fit` on an in-memory FewShotGraph, which is not stored with the run: the same
+            graph, or a ``.npz`` file of ``graph.save``. ``None`` for registered datasets.
+        data_root: Where a registered dataset's files are (default: ``$CMLGRAPH_DATA``, else the root the run
+            recorded).
+        verbose: Print progress and the result.
+
+    Raises:
+        CmlgraphError: Not a run folder, already finished, in use, or with an unreadable checkpoint.
+        ConfigError: An in-memory graph's run without ``graph``.
+        DataError: ``graph`` is not the run's (its saved test tasks do not fit it).
+    """
+    from cmlgraph.train.trainer import resume as resume_run
+
+    return resume_run(run_dir, Console() if verbose else None, progress=verbose, graph=graph, data_root=data_root)
+
+
 def fit_config(cfg: Config, *, verbose: bool = False) -> tuple[Path, dict[str, Any]]:
     """Meta-train and evaluate a full :class:`Config` (any domain)."""
     from cmlgraph.provenance import api_call, recording

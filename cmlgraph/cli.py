@@ -65,7 +65,8 @@ def _overrides(**flags: Any) -> dict[str, dict[str, Any]]:
 def train(
     config: Path | None = typer.Option(None, "--config", help="YAML experiment config (see configs/)."),
     task: str | None = typer.Option(None, help="Domain: graph (default), sinusoid, omniglot, digits."),
-    graph: str | None = typer.Option(None, help="Graph dataset (`cmlgraph datasets list`); default synthetic."),
+    graph: str | None = typer.Option(None, help="Graph dataset (`cmlgraph datasets list`); default synthetic. With "
+                                  "--resume: the .npz (graph.save) of a cmlgraph.fit run's in-memory graph."),
     ways: int | None = typer.Option(None, help="N classes per task."),
     shots: int | None = typer.Option(None, help="K support examples per class (sinusoid: points)."),
     queries: int | None = typer.Option(None, help="Query examples per class (sinusoid: points)."),
@@ -112,7 +113,8 @@ def train(
     val_tasks: int | None = typer.Option(None, help="Fixed validation tasks (default 100; fewer: a faster but noisier "
                                          "model selection)."),
     test_tasks: int | None = typer.Option(None, help="Fixed test tasks."),
-    data_root: str | None = typer.Option(None, help="Raw data root (else $CMLGRAPH_DATA, else datasets/)."),
+    data_root: str | None = typer.Option(None, help="Raw data root (else $CMLGRAPH_DATA, else datasets/; with "
+                                      "--resume, else the root the run recorded)."),
     allow_partial: bool | None = typer.Option(None, "--allow-partial", help="Run on the classes present."),
     split: str | None = typer.Option(None, help="Class split: counts 'a/b/c' or a JSON file."),
     subgraph: str | None = typer.Option(None, help="Graph execution: auto, full, khop (auto: the faster exact "
@@ -150,12 +152,13 @@ def train(
     from cmlgraph.train.trainer import resume as resume_run
     from cmlgraph.train.trainer import train as train_run
 
-    if resume is not None:
-        given = [k for k, v in flags.items() if v is not None and k not in ("resume", "quiet", "config")]
+    if resume is not None:  # where the data is (--data-root) and an in-memory run's graph (--graph) are not settings
+        given = [k for k, v in flags.items()
+                 if v is not None and k not in ("resume", "quiet", "config", "data_root", "graph")]
         if given or config is not None:
             raise ConfigError(f"--resume takes its settings from the run folder; drop "
                               f"{', '.join('--' + g.replace('_', '-') for g in given) or '--config'}")
-        resume_run(resume, console, progress=not quiet)
+        resume_run(resume, console, progress=not quiet, graph=graph, data_root=data_root)
         return
     if graph is not None:
         if task not in (None, "graph"):
@@ -586,6 +589,9 @@ def _again_resumes() -> Iterator[None]:
     except KeyboardInterrupt:
         console.print("[yellow]run the same command again to continue:[/yellow] it resumes the stopped runs from "
                       "their checkpoints and reuses the finished ones")
+        from cmlgraph.train.interrupt import announce
+
+        announce()
         raise
 
 
@@ -611,13 +617,29 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except SystemExit as exc:
         _finish_rank(exc)
-        if exc.code == 130 and "cmlgraph.train.interrupt" in sys.modules:  # typer's status for any KeyboardInterrupt
-            from cmlgraph.train.interrupt import exit_status
-
-            status = exit_status(exc)
-            if status is not None:  # a run stopped gracefully by SIGTERM: 143, as a process it killed would report
-                sys.exit(status)
+        if exc.code == 130:  # typer's status for any KeyboardInterrupt
+            _interrupted_exit(exc)
         raise
+
+
+def _interrupted_exit(exc: SystemExit) -> None:
+    """A command stopped by Ctrl-C (or a run by SIGTERM): say so where no run did, exit with 143 after a SIGTERM,
+    and let a further Ctrl-C while Python shuts down (threads joined, files closed: a second or two) end the process
+    at once, not print a traceback from an exit handler."""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda s, frame: os._exit(128 + s))
+    if "cmlgraph.train.interrupt" not in sys.modules:
+        print("interrupted", file=sys.stderr)
+        return
+    from cmlgraph.train.interrupt import announced, exit_status
+
+    if not announced():
+        print("interrupted", file=sys.stderr)
+    status = exit_status(exc)
+    if status is not None:  # a run stopped gracefully by SIGTERM: 143, as a process it killed would report
+        sys.exit(status)
 
 
 def _finish_rank(exc: SystemExit) -> None:

@@ -24,10 +24,14 @@ except ImportError:  # pragma: no cover - Windows
 
 from cmlgraph.errors import ConfigError
 
+#: libyaml's safe loader where PyYAML was built with it: listing reads every run's config.yaml, and the pure-Python
+#: loader took about 8.5 ms a file (a new-user trial: 2.6 to 3.6 s to list 220 runs; 0.23 against 0.03 s for 27).
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}

@@ -103,6 +103,19 @@ class StopRequest:
         self._restore()
 
 
+_ANNOUNCED = [False]
+
+
+def announce() -> None:
+    """Record that the user was told where an interrupted run stands (the CLI then adds no bare "interrupted")."""
+    _ANNOUNCED[0] = True
+
+
+def announced() -> bool:
+    """Whether :func:`announce` was called in this process."""
+    return _ANNOUNCED[0]
+
+
 def exit_status(exc: BaseException | None) -> int | None:
     """The exit status a stop by :class:`RunInterrupted` somewhere in ``exc``'s chain stands for: 143 (128 + 15)
     after a SIGTERM, as a process killed by it would report; ``None`` when there is none or it was Ctrl-C (typer's
@@ -116,4 +129,4 @@ def exit_status(exc: BaseException | None) -> int | None:
     return None
 
 
-__all__ = ["RunInterrupted", "StopRequest", "exit_status"]
+__all__ = ["RunInterrupted", "StopRequest", "announce", "announced", "exit_status"]

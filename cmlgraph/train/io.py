@@ -46,6 +46,7 @@ def kill_point(event: str) -> None:
     """Test hook: SIGKILL this process at the configured occurrence of ``event`` (see :data:`KILL_ENV`)."""
     spec = os.environ.get(KILL_ENV)
     if not spec:
+        _kill_spec[0] = None  # set again later, even to the same spec, the counts restart
         return
     if spec != _kill_spec[0]:  # a new spec (e.g. set in a forked child) restarts the counts
         _kill_spec[0] = spec

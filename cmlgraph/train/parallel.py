@@ -60,7 +60,7 @@ from cmlgraph.core.streams import generator_from_state, task_streams
 from cmlgraph.errors import CmlgraphError, ConfigError, NumericalError
 from cmlgraph.runs import FAILED_FILE
 from cmlgraph.train.fuse_policy import FusePolicy
-from cmlgraph.train.interrupt import RunInterrupted, StopRequest
+from cmlgraph.train.interrupt import RunInterrupted, StopRequest, announce
 from cmlgraph.train.io import MetricsLog, kill_point
 from cmlgraph.train.trainer import Trainer, prepare
 
@@ -296,7 +296,7 @@ class ParallelTrainer:
             self._loop()
             self._test_together([m for m in self.members if m.ok and m.log is not None])
             for m in self.members:
-                if m.ok:
+                if m.ok and m.result.summary is None:  # a training-free baseline was tested in _open already
                     if len(self.members) > 1 and m.trainer.run_dir is not None:  # whose test lines follow
                         self.console.print(f"[bold]test of[/bold] {m.trainer.run_dir.name}")
                     self._guarded(m, lambda m=m: setattr(m.result, "summary", m.trainer.finish()))
@@ -305,6 +305,7 @@ class ParallelTrainer:
                 for m in self.members:
                     if m.ok and m.result.summary is None and m.trainer.run_dir is not None:
                         self.console.print(f"[yellow]interrupted:[/yellow] {m.trainer.interrupted_message()}")
+                        announce()
             raise
         finally:
             for m in self.members:
@@ -434,6 +435,7 @@ class ParallelTrainer:
                 lines.append(t.interrupted_message())
         for line in lines:
             self.console.print(f"[yellow]stopped:[/yellow] {line}")
+        announce()
         raise RunInterrupted("; ".join(lines) or "every run of the group had stopped", signum or signal.SIGINT)
 
     def _lockstep(self, active: list[_Member]) -> None:

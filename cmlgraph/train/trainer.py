@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import shlex
 import shutil
 import signal
 import time
@@ -50,7 +52,7 @@ from cmlgraph.train.guards import (
     near_chance_warning,
     test_tasks_warning,
 )
-from cmlgraph.train.interrupt import RunInterrupted, StopRequest
+from cmlgraph.train.interrupt import RunInterrupted, StopRequest, announce
 from cmlgraph.train.io import (
     MetricsLog,
     kill_point,
@@ -441,7 +443,11 @@ class Trainer:
             save_torch(episodes, e.domain.to_state(self.test_raws))
         ckpt = self.run_dir / "checkpoint.pt"
         if ckpt.is_file():
-            state = load_torch(ckpt)
+            try:
+                state = load_torch(ckpt)
+            except CmlgraphError as exc:  # say the way out: without it the run restarts at step 0
+                raise CmlgraphError(f"{exc}. To restart this run from step 0 instead, delete {ckpt} and resume "
+                                    f"again") from None
             if not isinstance(state, dict):
                 raise CmlgraphError(f"{ckpt} is not a cmlgraph checkpoint (it holds a {type(state).__name__})")
             _check_same_config(ckpt, state.get("config"), self.cfg.to_dict())
@@ -471,6 +477,7 @@ class Trainer:
         except KeyboardInterrupt as exc:  # Ctrl-C: say where the run stands and how to continue it
             if not isinstance(exc, RunInterrupted) and self.dist.is_main:
                 self.console.print(f"[yellow]interrupted:[/yellow] {self.interrupted_message()}")
+                announce()
             raise
         finally:
             self._stop_prefetch()  # also on an error or Ctrl-C: the worker thread never outlives the run
@@ -544,13 +551,21 @@ class Trainer:
             self.save_checkpoint()
         message = self.interrupted_message()
         self.console.print(f"[yellow]stopped:[/yellow] {message}")
+        announce()
         raise RunInterrupted(message, signum or signal.SIGINT)
 
     def interrupted_message(self) -> str:
         """Where a run stopped by Ctrl-C stands: its step, its last checkpoint, and the command that continues it."""
         if self.run_dir is None:
             return "stopped before the run folder was made; nothing to resume"
-        how = f"resume with `cmlgraph train --resume {self.run_dir}`"
+        how = f"resume with `cmlgraph train --resume {shlex.quote(str(self.run_dir))}`"
+        if self.cfg.data.task == "graph":
+            from cmlgraph.train.reeval import _in_memory
+
+            if _in_memory(str(self.cfg.data.graph)):  # a cmlgraph.fit graph: the run folder does not hold it
+                how = (f"resume with cmlgraph.resume({str(self.run_dir)!r}, graph=the same FewShotGraph) (or save it "
+                       f"with graph.save('g.npz') and run `cmlgraph train --resume "
+                       f"{shlex.quote(str(self.run_dir))} --graph g.npz`)")
         if self.ckpt_step is None:
             return (f"at step {self.step} of {self.cfg.train.steps} with no checkpoint written yet: {how} restarts it "
                     f"at step 0")
@@ -926,7 +941,8 @@ def _check_same_config(ckpt: Path, saved: Any, current: dict[str, Any]) -> None:
     if not isinstance(saved, dict):
         raise CmlgraphError(f"{ckpt} has no config; it is not a cmlgraph checkpoint")
     diff = [f"{sec}.{key}" for sec, values in current.items() if sec != "run" and isinstance(values, dict)
-            for key, value in values.items() if (saved.get(sec) or {}).get(key, value) != value]
+            for key, value in values.items() if (saved.get(sec) or {}).get(key, value) != value
+            and (sec, key) != ("data", "data_root")]  # where the data is read: not a setting (resume elsewhere)
     if diff:
         raise CmlgraphError(f"{ckpt} was written with other settings than {ckpt.parent / 'config.yaml'} "
                             f"(differ: {', '.join(diff)}); restore config.yaml or start a new run")
@@ -1027,16 +1043,53 @@ def train(cfg: Config, console: Console | None = None, progress: bool = True) ->
     return trainer.run_dir, summary
 
 
-def resume(run_dir: str | Path, console: Console | None = None, progress: bool = True
-           ) -> tuple[Path, dict[str, Any]]:
+def resume(run_dir: str | Path, console: Console | None = None, progress: bool = True, *, graph: Any = None,
+           data_root: str | os.PathLike[str] | None = None) -> tuple[Path, dict[str, Any]]:
     """Resume a run folder from its last checkpoint and finish it.
+
+    Args:
+        run_dir: The folder of a stopped run (``cmlgraph train``, ``cmlgraph.fit``, compare...).
+        console: Where progress and messages go (``None``: nowhere).
+        progress: Show the progress bar.
+        graph: For a run on an in-memory graph (``cmlgraph.fit`` on a FewShotGraph, which is not stored with the
+            run): that graph, as a FewShotGraph or a ``.npz`` file of ``graph.save``. The run's saved test tasks
+            must fit it (their nodes and labels), and its model's feature width.
+        data_root: Where the raw data of a registered graph is read (default: the config's, else
+            ``$CMLGRAPH_DATA``, else the root the run recorded when it started). Where data is read is not a
+            setting: a run may resume on another machine.
 
     Raises:
         CmlgraphError: Not a run folder, already finished, in use, or with an unreadable checkpoint.
+        ConfigError: A run on an in-memory graph without ``graph``, or ``graph`` for a run on a registered one.
+        DataError: The graph's data is missing, or the run's test tasks do not fit ``graph``.
     """
+    from cmlgraph.train.reeval import _graph_for, _in_memory, run_data_root
+
     run_dir = Path(run_dir)
     cfg = setup_distributed().on_rank0(_resume_config, run_dir)  # only rank 0 reads the folder
-    trainer = Trainer(cfg, console, progress)
+    cfg.data.data_root = run_data_root(run_dir, cfg, data_root)  # graphs and image archives
+    if cfg.data.task == "graph":
+        name = str(cfg.data.graph)
+        if graph is not None and not _in_memory(name):
+            raise ConfigError(f"this run was trained on the registered graph {name!r}, which resuming loads itself; "
+                              f"drop the graph (--graph); --data-root says where its files are")
+        from cmlgraph.domains.graph import CUSTOM_GRAPHS
+
+        if graph is None and _in_memory(name) and name not in CUSTOM_GRAPHS:
+            raise ConfigError(f"this run was trained on the in-memory graph {name!r} (cmlgraph.fit on a FewShotGraph),"
+                              f" which is not stored with the run: pass it, as `cmlgraph train --resume {run_dir} "
+                              f"--graph {name}.npz` (saved with graph.save('{name}.npz')) or "
+                              f"cmlgraph.resume(RUN_DIR, graph=the FewShotGraph) in Python")
+    elif graph is not None:
+        raise ConfigError(f"--graph applies to graph runs; this is a {cfg.data.task} run")
+    with _graph_for(cfg, graph if cfg.data.task == "graph" else None):
+        trainer = Trainer(cfg, console, progress)
+    if graph is not None:
+        from cmlgraph.train.reeval import check_episodes_fit
+
+        episodes = run_dir / "test_episodes.pt"
+        if episodes.is_file():  # the graph given is the run's: its saved test tasks fit it
+            check_episodes_fit(trainer.exp.domain, trainer.exp.domain.from_state(load_torch(episodes)), run_dir)
     trainer.resume(run_dir)
     summary = trainer.run()
     teardown_distributed()

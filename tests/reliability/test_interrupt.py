@@ -8,7 +8,9 @@ tasks each, so ``eval`` events 1-3 are the start's validation and 4-6 step 4's) 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import assert_checkpoint_whole, assert_same_run, forked, metrics, tiny_settings, write_config
 
 from cmlgraph.runs import checkpoint_step, describe_run, run_status
@@ -186,3 +189,122 @@ def test_stop_request_handler():
     wrapped.__context__ = RuntimeError("typer's Exit")
     wrapped.__context__.__cause__ = RunInterrupted("x", signal.SIGTERM)
     assert exit_status(wrapped) == 143 and exit_status(SystemExit(130)) is None
+
+
+@contextlib.contextmanager
+def _ctrl_c_at(monkeypatch, at: str):
+    """Ctrl-C (SIGINT, Python's default handler as in a terminal) at the kill hook's point ``at``, in this process."""
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    monkeypatch.setenv(KILL_ENV, at)
+    try:
+        yield
+    finally:
+        monkeypatch.delenv(KILL_ENV)
+        signal.signal(signal.SIGINT, before)
+
+
+def test_a_fit_run_on_an_in_memory_graph_resumes_with_that_graph(tmp_path, monkeypatch):
+    """The stop message of a ``cmlgraph.fit`` run on a FewShotGraph names ``cmlgraph.resume(..., graph=...)`` (a new
+    user's trial was told `cmlgraph train --resume`, which could not find the graph); in a new process (the graph
+    no longer registered) resuming asks for the graph, takes it as a ``.npz`` file or the object, refuses another
+    graph, and ends equal to the run never stopped."""
+    import cmlgraph
+    from cmlgraph.domains.graph import CUSTOM_GRAPHS
+    from cmlgraph.errors import ConfigError, DataError
+    from cmlgraph.graphs import from_arrays
+
+    def graph(seed: int):
+        gen = torch.Generator().manual_seed(seed)
+        y = torch.arange(60) % 6
+        return from_arrays(torch.randint(0, 60, (2, 200), generator=gen), torch.randn(60, 5, generator=gen),
+                           y[torch.randperm(60, generator=gen)] if seed else y, name="interrupt-mem", split="2/2/2")
+
+    settings = {"ways": 2, "shots": 2, "queries": 2, "steps": 8, "val_every": 4, "val_tasks": 3, "test_tasks": 5,
+                "log_every": 2, "checkpoint_every": 3, "seed": 1, "hidden": 8, "runs_dir": str(tmp_path)}
+    g = graph(0)
+    ref, _ = cmlgraph.fit(g, name="ref", **settings)
+    with _ctrl_c_at(monkeypatch, "step_end:5:INT"), \
+            pytest.raises(RunInterrupted, match=r"cmlgraph\.resume\('.+/k', graph=the same FewShotGraph\)"):
+        cmlgraph.fit(g, name="k", **settings)
+    run = tmp_path / "k"
+    CUSTOM_GRAPHS.pop("interrupt-mem")  # as in a new process
+    with pytest.raises(ConfigError, match="in-memory graph 'interrupt-mem'.*--graph interrupt-mem.npz"):
+        cmlgraph.resume(run)
+    with pytest.raises(DataError):  # another graph of that name: the saved test tasks do not fit its labels
+        cmlgraph.resume(run, graph=graph(1))
+    g.save(tmp_path / "g.npz")
+    cmlgraph.resume(run, graph=tmp_path / "g.npz")
+    a, b = load_torch(ref / "model.pt"), load_torch(run / "model.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_registered_graph_run_resumes_where_its_data_is_without_cmlgraph_data(tmp_path, monkeypatch, data_root):
+    """Started with ``$CMLGRAPH_DATA``, resumed without it: the run reads the root it recorded (it used to fail,
+    and ``--data-root`` was refused with ``--resume``); ``--data-root`` is taken too; ``--graph`` is refused."""
+    if not (data_root / "planetoid" / "ind.cora.x").is_file():
+        pytest.skip("Cora is not under the data root")
+    from cmlgraph.cli import main
+    from cmlgraph.config import Config, apply_overrides
+    from cmlgraph.errors import ConfigError
+    from cmlgraph.train.trainer import train
+
+    monkeypatch.setenv("CMLGRAPH_DATA", str(data_root))
+    settings = {"data": {"task": "graph", "graph": "cora", "ways": 2, "shots": 2, "queries": 3},
+                "train": {"steps": 6, "val_every": 3, "val_tasks": 3, "test_tasks": 5, "log_every": 2,
+                          "checkpoint_every": 100},
+                "run": {"runs_dir": str(tmp_path)}}
+    ref = train(apply_overrides(Config(), {**settings, "run": {**settings["run"], "name": "ref"}}, "test"),
+                progress=False)[0]
+    with _ctrl_c_at(monkeypatch, "step_end:4:INT"), pytest.raises(RunInterrupted):
+        train(apply_overrides(Config(), {**settings, "run": {**settings["run"], "name": "k"}}, "test"), progress=False)
+    monkeypatch.delenv("CMLGRAPH_DATA")
+    shutil.copytree(tmp_path / "k", tmp_path / "k2")
+    resume(tmp_path / "k", progress=False)  # the recorded root
+    with pytest.raises(ConfigError, match="registered graph 'cora'"):
+        resume(tmp_path / "k2", progress=False, graph=tmp_path / "other.npz")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--resume", str(tmp_path / "k2"), "--data-root", str(data_root), "--quiet"])
+    assert exit_info.value.code in (0, None)
+    for run in ("k", "k2"):
+        a, b = load_torch(ref / "model.pt"), load_torch(tmp_path / run / "model.pt")
+        assert all(torch.equal(a[key], b[key]) for key in a), run
+
+
+def test_a_corrupt_checkpoint_on_resume_says_how_to_restart(tmp_path, references):
+    from cmlgraph.errors import CmlgraphError
+
+    run = _interrupted(tmp_path, "cml", "step_end:5:INT")
+    (run / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(CmlgraphError, match="delete .*checkpoint.pt and resume again"):
+        resume(run, progress=False)
+
+
+def test_ctrl_c_before_a_run_starts_says_interrupted_and_a_second_exits_quietly(monkeypatch, capsys):
+    """Typer turns Ctrl-C into a bare exit 130; where no run said anything (the data still loading) the CLI says
+    "interrupted", and a further Ctrl-C while Python shuts down ends the process at once (a new-user trial saw
+    "Exception ignored in atexit callback ... KeyboardInterrupt" tracebacks)."""
+    import cmlgraph.train.interrupt as interrupt
+    import cmlgraph.train.trainer as trainer
+    from cmlgraph.cli import main
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", stopped)
+    monkeypatch.setattr(interrupt, "_ANNOUNCED", [False])
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", "--task", "sinusoid", "--steps", "2", "--quiet"])
+        assert exit_info.value.code == 130
+        assert capsys.readouterr().err.strip().endswith("interrupted")
+        quick = signal.getsignal(signal.SIGINT)
+        assert quick not in (before[signal.SIGINT], signal.default_int_handler) and callable(quick)
+        exits: list[int] = []
+        monkeypatch.setattr(os, "_exit", exits.append)
+        quick(signal.SIGINT, None)
+        assert exits == [130]
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)

@@ -529,3 +529,24 @@ def test_runs_whose_tasks_together_exceed_the_memory_budget_step_alone(tmp_path,
     assert fused_calls == []
     for a, r in zip(alone, results, strict=True):
         _assert_equal_runs(a, r.run_dir)
+
+
+def test_training_free_baselines_in_a_group_are_tested_once(tmp_path, monkeypatch):
+    """A training-free baseline of a group is fitted and tested when its run opens; the group's test pass tested it
+    a second time (found by a new-user trial: four "test accuracy" lines for two runs)."""
+    from cmlgraph.train.trainer import Trainer
+
+    calls: list[str] = []
+    original = Trainer.finish
+
+    def spy(self, *args, **kwargs):
+        calls.append(self.run_dir.name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "finish", spy)
+    cfgs = [_cfg(GRAPH, tmp_path, f"proto-s{s}", algo__algo="sgc-proto", train__seed=s) for s in (0, 1)]
+    results = train_parallel(cfgs, progress=False)
+    assert sorted(calls) == ["proto-s0", "proto-s1"]
+    assert all(r.error is None and r.summary is not None for r in results)
+    alone = train(_cfg(GRAPH, tmp_path, "alone", algo__algo="sgc-proto", train__seed=1), progress=False)[1]
+    assert alone["mean"] == results[1].summary["mean"]
