@@ -132,14 +132,17 @@ def default_data_root() -> str:
     return str(Path(__file__).resolve().parents[1] / "datasets")
 
 
-def provenance(device: str = "cpu") -> dict[str, Any]:
+def provenance(device: str = "cpu", data_root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """The provenance record of a run made now on ``device``.
+
+    Args:
+        device: The run's device.
+        data_root: The run's ``data.data_root`` when it names one (a resumed run's is where it read its data).
 
     Returns:
         ``cmlgraph``, ``torch``, ``torch_geometric``, ``python`` (versions; ``None`` if not installed),
         ``platform``, ``device``, ``command``, ``git_commit``, ``git_dirty``, ``time`` (UTC, ISO 8601) and
-        ``data_root`` (:func:`default_data_root`: the raw data root unless the config's ``data.data_root`` names
-        one).
+        ``data_root`` (``data_root`` as an absolute path, else :func:`default_data_root`).
     """
     return {
         "cmlgraph": cmlgraph_version(),
@@ -151,7 +154,7 @@ def provenance(device: str = "cpu") -> dict[str, Any]:
         "command": current_command(),
         **git_state(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "data_root": default_data_root(),
+        "data_root": str(Path(data_root).expanduser().absolute()) if data_root else default_data_root(),
     }
 
 

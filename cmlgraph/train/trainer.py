@@ -38,7 +38,7 @@ from cmlgraph.core import memory
 from cmlgraph.core.model import MetaModel, inference_state, parameters_of
 from cmlgraph.domains.base import Domain
 from cmlgraph.domains.registry import build_domain, fill_defaults
-from cmlgraph.errors import CmlgraphError, ConfigError, NumericalError
+from cmlgraph.errors import CmlgraphError, ConfigError, DataError, NumericalError
 from cmlgraph.runs import FAILED_FILE
 from cmlgraph.train.distributed import setup as setup_distributed
 from cmlgraph.train.distributed import teardown as teardown_distributed
@@ -275,6 +275,7 @@ class Trainer:
             "stale": self.stale,
             "elapsed": self.elapsed,
             "config": self.cfg.to_dict(),
+            "graph_sha256": self._graph_fingerprint(),  # a cmlgraph.fit graph's: resuming checks the one given
         }
 
     def load_checkpoint(self, state: dict[str, Any]) -> None:
@@ -310,6 +311,22 @@ class Trainer:
         self.best_step, self.skipped, self.elapsed = best_step, skipped, elapsed
         self.best_params = best_params
         self.stale = int(state.get("stale", 0))
+
+    def _graph_fingerprint(self) -> str | None:
+        """The fingerprint of the run's graph when it is an in-memory one (``cmlgraph.fit`` on a FewShotGraph, not
+        stored with the run: :func:`cmlgraph.graphs.fingerprint.graph_fingerprint`), computed once; else ``None``."""
+        if self.cfg.data.task != "graph":
+            return None
+        if getattr(self, "_fingerprint", None) is None:
+            from cmlgraph.train.reeval import _in_memory
+
+            graph = getattr(self.exp.domain, "graph", None)
+            if graph is None or not _in_memory(str(self.cfg.data.graph)):
+                return None
+            from cmlgraph.graphs.fingerprint import graph_fingerprint
+
+            self._fingerprint = graph_fingerprint(graph)
+        return self._fingerprint
 
     def _uses_cuda(self) -> bool:
         return self.exp.device.type == "cuda" and torch.cuda.is_available()
@@ -390,7 +407,7 @@ class Trainer:
             from cmlgraph.provenance import provenance, yaml_header
 
             write_yaml(self.run_dir / "config.yaml", self.cfg.to_dict(),
-                       header=yaml_header(provenance(self.cfg.train.device)))
+                       header=yaml_header(provenance(self.cfg.train.device, self.cfg.data.data_root)))
             save_torch(self.run_dir / "test_episodes.pt", self.exp.domain.to_state(self.test_raws))
         except Exception:  # e.g. a full disk: leave no half-made folder behind
             self._release()
@@ -451,6 +468,11 @@ class Trainer:
             if not isinstance(state, dict):
                 raise CmlgraphError(f"{ckpt} is not a cmlgraph checkpoint (it holds a {type(state).__name__})")
             _check_same_config(ckpt, state.get("config"), self.cfg.to_dict())
+            saved, given = state.get("graph_sha256"), self._graph_fingerprint()
+            if saved and given and saved != given:
+                raise DataError(f"the graph given to resume {self.run_dir} is not the one it was trained on: graph "
+                                f"{self.cfg.data.graph!r} has other edges, features, labels or class split "
+                                f"(fingerprint {given[:19]}..., the run's {saved[:19]}...); pass the same graph")
             self.load_checkpoint(state)
             self.ckpt_step = self.step
             if self.step > steps:
@@ -965,7 +987,7 @@ def build_summary(cfg: Config, e: Experiment, res: dict[str, Any], trainer: Trai
     }
     from cmlgraph.provenance import provenance
 
-    summary["provenance"] = provenance(cfg.train.device)  # versions, device, command, git commit (issue 11)
+    summary["provenance"] = provenance(cfg.train.device, cfg.data.data_root)  # versions, device, command, git...
     if "transductive" in info:  # images: Conv4's norm, and whether a query's prediction depends on the others
         summary["norm"], summary["transductive"] = info["norm"], info["transductive"]
     if "dagger_mean" in res:

@@ -9,6 +9,7 @@ tasks each, so ``eval`` events 1-3 are the start's validation and 4-6 step 4's) 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -214,11 +215,14 @@ def test_a_fit_run_on_an_in_memory_graph_resumes_with_that_graph(tmp_path, monke
     from cmlgraph.errors import ConfigError, DataError
     from cmlgraph.graphs import from_arrays
 
-    def graph(seed: int):
+    def graph(seed: int, labels_seed: int = 0, x: torch.Tensor | None = None):
         gen = torch.Generator().manual_seed(seed)
         y = torch.arange(60) % 6
-        return from_arrays(torch.randint(0, 60, (2, 200), generator=gen), torch.randn(60, 5, generator=gen),
-                           y[torch.randperm(60, generator=gen)] if seed else y, name="interrupt-mem", split="2/2/2")
+        if labels_seed:
+            y = y[torch.randperm(60, generator=torch.Generator().manual_seed(labels_seed))]
+        features = torch.randn(60, 5, generator=gen) if x is None else x
+        return from_arrays(torch.randint(0, 60, (2, 200), generator=gen), features, y, name="interrupt-mem",
+                           split="2/2/2")
 
     settings = {"ways": 2, "shots": 2, "queries": 2, "steps": 8, "val_every": 4, "val_tasks": 3, "test_tasks": 5,
                 "log_every": 2, "checkpoint_every": 3, "seed": 1, "hidden": 8, "runs_dir": str(tmp_path)}
@@ -232,7 +236,12 @@ def test_a_fit_run_on_an_in_memory_graph_resumes_with_that_graph(tmp_path, monke
     with pytest.raises(ConfigError, match="in-memory graph 'interrupt-mem'.*--graph interrupt-mem.npz"):
         cmlgraph.resume(run)
     with pytest.raises(DataError):  # another graph of that name: the saved test tasks do not fit its labels
-        cmlgraph.resume(run, graph=graph(1))
+        cmlgraph.resume(run, graph=graph(1, labels_seed=1))
+    # the same labels, other edges; the same edges and labels, constant features: the fingerprint tells them
+    # apart (a new-user trial's resume had trained on such graphs silently, one to chance)
+    for other in (graph(1), graph(0, x=torch.ones(60, 5))):
+        with pytest.raises(DataError, match="not the one it was trained on"):
+            cmlgraph.resume(run, graph=other)
     g.save(tmp_path / "g.npz")
     cmlgraph.resume(run, graph=tmp_path / "g.npz")
     a, b = load_torch(ref / "model.pt"), load_torch(run / "model.pt")
@@ -269,6 +278,9 @@ def test_a_registered_graph_run_resumes_where_its_data_is_without_cmlgraph_data(
     for run in ("k", "k2"):
         a, b = load_torch(ref / "model.pt"), load_torch(tmp_path / run / "model.pt")
         assert all(torch.equal(a[key], b[key]) for key in a), run
+        # where it read its data, for `cmlgraph eval` in a shell without the variable (it recorded datasets/)
+        summary = json.loads((tmp_path / run / "summary.json").read_text())
+        assert summary["provenance"]["data_root"] == str(data_root.absolute()), run
 
 
 def test_a_corrupt_checkpoint_on_resume_says_how_to_restart(tmp_path, references):
