@@ -512,7 +512,7 @@ def runs(
 
     from rich.markup import escape
 
-    from cmlgraph.runs import format_score, format_settings, format_shape, list_runs, run_status
+    from cmlgraph.runs import format_score, format_settings, format_shape, list_runs, run_status, run_step
 
     records = list_runs(runs_dir)
     if json_out:
@@ -530,7 +530,7 @@ def runs(
         status = run_status(r)
         score = format_score(r) + (f" [yellow]! {len(r['warnings'])}[/yellow]" if r["warnings"] else "")
         table.add_row(r["name"], str(r["dataset"]) + (" (partial)" if r["partial"] else ""), algo,
-                      "yes" if r["cml"] else "no", format_shape(r), f"{r['step'] or 0}/{r['steps']}", score,
+                      "yes" if r["cml"] else "no", format_shape(r), f"{run_step(r)}/{r['steps']}", score,
                       str(r["num_tasks"] or ""), status, r["date"].replace("T", " ").rstrip("Z"),
                       *([escape(format_settings(r))] if differ else []))
     console.print(table)

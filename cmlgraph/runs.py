@@ -207,6 +207,16 @@ def differing_settings(records: list[dict[str, Any]]) -> None:
                             for k, t in zip(differ, tails, strict=True) if reads(r, k)}
 
 
+def run_step(record: dict[str, Any]) -> int:
+    """The steps column of ``cmlgraph runs``: the meta-steps a run has to show. A resumable run with a checkpoint
+    shows the checkpoint's step, where ``--resume`` continues (its last logged step may lie after it: steps logged
+    after the checkpoint are redone); without one, the last logged step (a resume restarts at 0, said in the
+    status)."""
+    if record["status"] == "resumable" and record.get("checkpoint_step") is not None:
+        return int(record["checkpoint_step"])
+    return int(record["step"] or 0)
+
+
 def run_status(record: dict[str, Any]) -> str:
     """The status column of ``cmlgraph runs``: ``finished``; ``running (step s/n)`` and ``failed (step s/n)`` with
     the last logged step; ``resumable from step c/n`` with the checkpoint's step (where ``--resume`` continues,
@@ -323,5 +333,5 @@ def format_shape(record: dict[str, Any]) -> str:
     return f"{record.get('ways')}w{record.get('shots')}s"
 
 
-__all__ = ["NOT_SETTINGS", "describe_run", "differing_settings", "format_score", "format_settings", "format_shape",
-           "list_runs", "run_settings"]
+__all__ = ["NOT_SETTINGS", "checkpoint_step", "describe_run", "differing_settings", "format_score", "format_settings",
+           "format_shape", "list_runs", "run_settings", "run_status", "run_step"]

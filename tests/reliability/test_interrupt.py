@@ -22,7 +22,7 @@ import pytest
 import torch
 from conftest import assert_checkpoint_whole, assert_same_run, forked, metrics, tiny_settings, write_config
 
-from cmlgraph.runs import checkpoint_step, describe_run, run_status
+from cmlgraph.runs import checkpoint_step, describe_run, run_status, run_step
 from cmlgraph.train.interrupt import RunInterrupted, StopRequest, exit_status
 from cmlgraph.train.io import KILL_ENV, load_torch
 from cmlgraph.train.trainer import resume
@@ -75,7 +75,7 @@ def test_ctrl_c_finishes_the_step_writes_a_checkpoint_and_resumes_bit_identical(
     assert checkpoint_step(run) == 5
     record = describe_run(run)
     assert record["status"] == "resumable" and record["checkpoint_step"] == 5
-    assert run_status(record) == "resumable from step 5/8"
+    assert run_status(record) == "resumable from step 5/8" and run_step(record) == 5
     assert [r["step"] for r in metrics(run)] == [2, 4]
     resume(run, progress=False)
     assert_same_run(references[variant], run)
@@ -95,7 +95,9 @@ def test_a_second_ctrl_c_stops_at_once_and_the_last_checkpoint_resumes(tmp_path,
     # the first during step 4, the second during step 4's validation: no checkpoint of step 4 is written
     run = _interrupted(tmp_path, "cml", "step_end:4:INT,eval:5:INT")
     assert load_torch(run / "checkpoint.pt")["step"] == 3
-    assert run_status(describe_run(run)) == "resumable from step 3/8"
+    record = describe_run(run)
+    # the steps column shows where a resume continues (3), not the last logged step (2, or 4 when logged later)
+    assert run_status(record) == "resumable from step 3/8" and run_step(record) == 3
     resume(run, progress=False)
     assert_same_run(references["cml"], run)
 
