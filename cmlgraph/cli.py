@@ -628,13 +628,10 @@ def _interrupted_exit(exc: SystemExit) -> None:
     at once, not print a traceback from an exit handler."""
     import signal
 
+    from cmlgraph.train.interrupt import announced, exit_status  # imports no torch
+
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda s, frame: os._exit(128 + s))
-    if "cmlgraph.train.interrupt" not in sys.modules:
-        print("interrupted", file=sys.stderr)
-        return
-    from cmlgraph.train.interrupt import announced, exit_status
-
     if not announced():
         print("interrupted", file=sys.stderr)
     status = exit_status(exc)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,24 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 def data_root() -> Path:
     """The real data root: $CMLGRAPH_DATA, else ../shared/datasets."""
     return Path(os.environ.get("CMLGRAPH_DATA", SHARED))
+
+
+@contextlib.contextmanager
+def ctrl_c_at(monkeypatch: pytest.MonkeyPatch, at: str) -> Iterator[None]:
+    """Ctrl-C (SIGINT, Python's default handler as in a terminal) at the kill hook's point ``at``
+    (``cmlgraph.train.io.KILL_ENV``, e.g. ``step_end:4:INT``), in this process."""
+    import signal
+
+    from cmlgraph.train.io import KILL_ENV
+
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    monkeypatch.setenv(KILL_ENV, at)
+    try:
+        yield
+    finally:
+        monkeypatch.delenv(KILL_ENV)
+        signal.signal(signal.SIGINT, before)
 
 
 def tiny_model(co_depth: int | None = 0, seed: int = 0, out: int = 3) -> MetaModel:

@@ -423,16 +423,9 @@ class ParallelTrainer:
         """
         lines = []
         for m in active:
-            t = m.trainer
-
-            def checkpoint(t: Trainer = t) -> None:
-                t._flush()
-                if t.ckpt_step != t.step:
-                    t.save_checkpoint()
-
-            self._guarded(m, checkpoint)
+            self._guarded(m, m.trainer.checkpoint_now)
             if m.ok:
-                lines.append(t.interrupted_message())
+                lines.append(m.trainer.interrupted_message())
         for line in lines:
             self.console.print(f"[yellow]stopped:[/yellow] {line}")
         announce()

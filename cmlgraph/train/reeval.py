@@ -70,8 +70,9 @@ def _in_memory(name: str) -> bool:
 
 
 @contextmanager
-def _graph_for(cfg: Config, graph: Any) -> Iterator[None]:
-    """Point ``cfg`` at ``graph`` (a FewShotGraph, a registered name or a ``.npz`` file) while the domain is built.
+def _graph_for(cfg: Config, graph: Any, command: str = "cmlgraph eval RUN_DIR") -> Iterator[None]:
+    """Point ``cfg`` at ``graph`` (a FewShotGraph, a registered name or a ``.npz`` file) while the domain is built;
+    ``command`` is the one the refusal of a missing in-memory graph names.
 
     A run on an in-memory graph gets ``graph`` registered under the run's graph name for the block, so that it is
     fitted to the episode settings as in training (:func:`cmlgraph.domains.graph.graph_of`).
@@ -89,7 +90,7 @@ def _graph_for(cfg: Config, graph: Any) -> Iterator[None]:
         if _in_memory(name) and name not in CUSTOM_GRAPHS:
             raise ConfigError(f"this run was trained on the in-memory graph {name!r} (cmlgraph.fit on a FewShotGraph), "
                               f"which is not stored with the run: save that graph with graph.save('{name}.npz') and "
-                              f"pass it (`cmlgraph eval RUN_DIR --graph {name}.npz`, or graph=the FewShotGraph in "
+                              f"pass it (`{command} --graph {name}.npz`, or graph=the FewShotGraph in "
                               f"Python)")
         yield
         return

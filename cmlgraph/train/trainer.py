@@ -23,6 +23,7 @@ import signal
 import time
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -275,7 +276,7 @@ class Trainer:
             "stale": self.stale,
             "elapsed": self.elapsed,
             "config": self.cfg.to_dict(),
-            "graph_sha256": self._graph_fingerprint(),  # a cmlgraph.fit graph's: resuming checks the one given
+            "graph_sha256": self.graph_fingerprint,  # a cmlgraph.fit graph's: resuming checks the one given
         }
 
     def load_checkpoint(self, state: dict[str, Any]) -> None:
@@ -312,21 +313,20 @@ class Trainer:
         self.best_params = best_params
         self.stale = int(state.get("stale", 0))
 
-    def _graph_fingerprint(self) -> str | None:
+    @cached_property
+    def graph_fingerprint(self) -> str | None:
         """The fingerprint of the run's graph when it is an in-memory one (``cmlgraph.fit`` on a FewShotGraph, not
-        stored with the run: :func:`cmlgraph.graphs.fingerprint.graph_fingerprint`), computed once; else ``None``."""
-        if self.cfg.data.task != "graph":
+        stored with the run: :func:`cmlgraph.graphs.fingerprint.graph_fingerprint`); else ``None``."""
+        graph = getattr(self.exp.domain, "graph", None)
+        if self.cfg.data.task != "graph" or graph is None:  # first: sinusoid and image runs import no PyG
             return None
-        if getattr(self, "_fingerprint", None) is None:
-            from cmlgraph.train.reeval import _in_memory
+        from cmlgraph.train.reeval import _in_memory
 
-            graph = getattr(self.exp.domain, "graph", None)
-            if graph is None or not _in_memory(str(self.cfg.data.graph)):
-                return None
-            from cmlgraph.graphs.fingerprint import graph_fingerprint
+        if not _in_memory(str(self.cfg.data.graph)):
+            return None
+        from cmlgraph.graphs.fingerprint import graph_fingerprint
 
-            self._fingerprint = graph_fingerprint(graph)
-        return self._fingerprint
+        return graph_fingerprint(graph)
 
     def _uses_cuda(self) -> bool:
         return self.exp.device.type == "cuda" and torch.cuda.is_available()
@@ -455,6 +455,10 @@ class Trainer:
         episodes = self.run_dir / "test_episodes.pt"
         if episodes.is_file():
             self.test_raws = e.domain.from_state(load_torch(episodes))
+            if self.graph_fingerprint is not None:  # a user's graph, given again: the run's test tasks fit it
+                from cmlgraph.train.reeval import check_episodes_fit
+
+                check_episodes_fit(e.domain, self.test_raws, self.run_dir)
         else:  # killed before they were written: they are fixed by the seed
             self.test_raws = e.domain.fixed("test", int(self.cfg.train.test_tasks), self.cfg.train.seed)
             save_torch(episodes, e.domain.to_state(self.test_raws))
@@ -468,7 +472,7 @@ class Trainer:
             if not isinstance(state, dict):
                 raise CmlgraphError(f"{ckpt} is not a cmlgraph checkpoint (it holds a {type(state).__name__})")
             _check_same_config(ckpt, state.get("config"), self.cfg.to_dict())
-            saved, given = state.get("graph_sha256"), self._graph_fingerprint()
+            saved, given = state.get("graph_sha256"), self.graph_fingerprint
             if saved and given and saved != given:
                 raise DataError(f"the graph given to resume {self.run_dir} is not the one it was trained on: graph "
                                 f"{self.cfg.data.graph!r} has other edges, features, labels or class split "
@@ -568,26 +572,28 @@ class Trainer:
             RunInterrupted: Always, after the checkpoint (its message names the folder and the step).
             NumericalError: A pending step was non-finite (``nan_policy: stop``): the run failed before the request.
         """
-        self._flush()
-        if self.ckpt_step != self.step:
-            self.save_checkpoint()
+        self.checkpoint_now()
         message = self.interrupted_message()
         self.console.print(f"[yellow]stopped:[/yellow] {message}")
         announce()
         raise RunInterrupted(message, signum or signal.SIGINT)
 
+    def checkpoint_now(self) -> None:
+        """Read back the pending losses and write a checkpoint at this step unless one was just written (a stop on
+        request; raises NumericalError where a pending step was non-finite under ``nan_policy: stop``)."""
+        self._flush()
+        if self.ckpt_step != self.step:
+            self.save_checkpoint()
+
     def interrupted_message(self) -> str:
         """Where a run stopped by Ctrl-C stands: its step, its last checkpoint, and the command that continues it."""
         if self.run_dir is None:
             return "stopped before the run folder was made; nothing to resume"
-        how = f"resume with `cmlgraph train --resume {shlex.quote(str(self.run_dir))}`"
-        if self.cfg.data.task == "graph":
-            from cmlgraph.train.reeval import _in_memory
-
-            if _in_memory(str(self.cfg.data.graph)):  # a cmlgraph.fit graph: the run folder does not hold it
-                how = (f"resume with cmlgraph.resume({str(self.run_dir)!r}, graph=the same FewShotGraph) (or save it "
-                       f"with graph.save('g.npz') and run `cmlgraph train --resume "
-                       f"{shlex.quote(str(self.run_dir))} --graph g.npz`)")
+        folder = shlex.quote(str(self.run_dir))
+        how = f"resume with `cmlgraph train --resume {folder}`"
+        if self.graph_fingerprint is not None:  # a cmlgraph.fit graph: the run folder does not hold it
+            how = (f"resume with cmlgraph.resume({str(self.run_dir)!r}, graph=the same FewShotGraph) (or save it "
+                   f"with graph.save('g.npz') and run `cmlgraph train --resume {folder} --graph g.npz`)")
         if self.ckpt_step is None:
             return (f"at step {self.step} of {self.cfg.train.steps} with no checkpoint written yet: {how} restarts it "
                     f"at step 0")
@@ -1090,28 +1096,11 @@ def resume(run_dir: str | Path, console: Console | None = None, progress: bool =
     run_dir = Path(run_dir)
     cfg = setup_distributed().on_rank0(_resume_config, run_dir)  # only rank 0 reads the folder
     cfg.data.data_root = run_data_root(run_dir, cfg, data_root)  # graphs and image archives
-    if cfg.data.task == "graph":
-        name = str(cfg.data.graph)
-        if graph is not None and not _in_memory(name):
-            raise ConfigError(f"this run was trained on the registered graph {name!r}, which resuming loads itself; "
-                              f"drop the graph (--graph); --data-root says where its files are")
-        from cmlgraph.domains.graph import CUSTOM_GRAPHS
-
-        if graph is None and _in_memory(name) and name not in CUSTOM_GRAPHS:
-            raise ConfigError(f"this run was trained on the in-memory graph {name!r} (cmlgraph.fit on a FewShotGraph),"
-                              f" which is not stored with the run: pass it, as `cmlgraph train --resume {run_dir} "
-                              f"--graph {name}.npz` (saved with graph.save('{name}.npz')) or "
-                              f"cmlgraph.resume(RUN_DIR, graph=the FewShotGraph) in Python")
-    elif graph is not None:
-        raise ConfigError(f"--graph applies to graph runs; this is a {cfg.data.task} run")
-    with _graph_for(cfg, graph if cfg.data.task == "graph" else None):
+    if cfg.data.task == "graph" and graph is not None and not _in_memory(str(cfg.data.graph)):
+        raise ConfigError(f"this run was trained on the registered graph {str(cfg.data.graph)!r}, which resuming "
+                          f"loads itself; drop the graph (--graph); --data-root says where its files are")
+    with _graph_for(cfg, graph, command=f"cmlgraph train --resume {shlex.quote(str(run_dir))}"):
         trainer = Trainer(cfg, console, progress)
-    if graph is not None:
-        from cmlgraph.train.reeval import check_episodes_fit
-
-        episodes = run_dir / "test_episodes.pt"
-        if episodes.is_file():  # the graph given is the run's: its saved test tasks fit it
-            check_episodes_fit(trainer.exp.domain, trainer.exp.domain.from_state(load_torch(episodes)), run_dir)
     trainer.resume(run_dir)
     summary = trainer.run()
     teardown_distributed()

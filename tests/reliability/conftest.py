@@ -72,6 +72,21 @@ def forked(argv: list[str], kill_at: str | None = None, timeout: float = 60) -> 
     return int(proc.exitcode)
 
 
+def reference_runs(root: Path, settings: dict[str, dict[str, Any]]) -> dict[str, Path]:
+    """One uninterrupted run per ``settings`` entry (forked like the killed and interrupted ones, no plots), each in
+    ``root/<name>``."""
+    import cmlgraph.train.plots as plots
+
+    saved, plots.plot_run = plots.plot_run, lambda run_dir: []
+    try:
+        for name, values in settings.items():
+            cfg = write_config(root, values, f"{name}.yaml")
+            assert forked(["train", "--config", str(cfg), "--runs-dir", str(root), "--name", name, "--quiet"]) == 0
+        return {name: root / name for name in settings}
+    finally:
+        plots.plot_run = saved
+
+
 def xfail_if_cli_resume_bug(stderr: str) -> None:
     """``cmlgraph/cli.py`` (not owned here) refuses every ``--resume``: ``flags = dict(locals())`` also holds its
     local imports ``resume_run``/``train_run``. Until it takes ``locals()`` before those imports, xfail."""

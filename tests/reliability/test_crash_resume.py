@@ -18,6 +18,7 @@ from conftest import (
     assert_same_run,
     forked,
     metrics,
+    reference_runs,
     tiny_settings,
     write_config,
     xfail_if_cli_resume_bug,
@@ -77,19 +78,7 @@ def _settings(variant: str) -> dict:
 @pytest.fixture(scope="module")
 def references(tmp_path_factory):
     """One uninterrupted run per variant (forked like the killed ones)."""
-    root = tmp_path_factory.mktemp("ref")
-    import cmlgraph.train.plots as plots
-
-    saved, plots.plot_run = plots.plot_run, lambda run_dir: []
-    try:
-        out = {}
-        for variant in VARIANTS:
-            cfg = write_config(root, _settings(variant), f"{variant}.yaml")
-            assert forked(["train", "--config", str(cfg), "--runs-dir", str(root), "--name", variant, "--quiet"]) == 0
-            out[variant] = root / variant
-        return out
-    finally:
-        plots.plot_run = saved
+    return reference_runs(tmp_path_factory.mktemp("ref"), {v: _settings(v) for v in VARIANTS})
 
 
 def _killed(tmp_path: Path, variant: str, kill_at: str) -> Path:

@@ -8,7 +8,6 @@ tasks each, so ``eval`` events 1-3 are the start's validation and 4-6 step 4's) 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -20,12 +19,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_checkpoint_whole, assert_same_run, forked, metrics, tiny_settings, write_config
+from conftest import (
+    assert_checkpoint_whole,
+    assert_same_run,
+    forked,
+    metrics,
+    reference_runs,
+    tiny_settings,
+    write_config,
+)
 
 from cmlgraph.runs import checkpoint_step, describe_run, run_status, run_step
 from cmlgraph.train.interrupt import RunInterrupted, StopRequest, exit_status
 from cmlgraph.train.io import KILL_ENV, load_torch
 from cmlgraph.train.trainer import resume
+from tests.conftest import ctrl_c_at
 
 VARIANTS = {
     "cml": {},
@@ -43,19 +51,7 @@ def _settings(variant: str) -> dict:
 @pytest.fixture(scope="module")
 def references(tmp_path_factory):
     """One uninterrupted run per variant (forked like the interrupted ones)."""
-    root = tmp_path_factory.mktemp("ref")
-    import cmlgraph.train.plots as plots
-
-    saved, plots.plot_run = plots.plot_run, lambda run_dir: []
-    try:
-        out = {}
-        for variant in VARIANTS:
-            cfg = write_config(root, _settings(variant), f"{variant}.yaml")
-            assert forked(["train", "--config", str(cfg), "--runs-dir", str(root), "--name", variant, "--quiet"]) == 0
-            out[variant] = root / variant
-        return out
-    finally:
-        plots.plot_run = saved
+    return reference_runs(tmp_path_factory.mktemp("ref"), {v: _settings(v) for v in VARIANTS})
 
 
 def _interrupted(tmp_path: Path, variant: str, at: str, status: int = 130) -> Path:
@@ -194,19 +190,6 @@ def test_stop_request_handler():
     assert exit_status(wrapped) == 143 and exit_status(SystemExit(130)) is None
 
 
-@contextlib.contextmanager
-def _ctrl_c_at(monkeypatch, at: str):
-    """Ctrl-C (SIGINT, Python's default handler as in a terminal) at the kill hook's point ``at``, in this process."""
-    before = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    monkeypatch.setenv(KILL_ENV, at)
-    try:
-        yield
-    finally:
-        monkeypatch.delenv(KILL_ENV)
-        signal.signal(signal.SIGINT, before)
-
-
 def test_a_fit_run_on_an_in_memory_graph_resumes_with_that_graph(tmp_path, monkeypatch):
     """The stop message of a ``cmlgraph.fit`` run on a FewShotGraph names ``cmlgraph.resume(..., graph=...)`` (a new
     user's trial was told `cmlgraph train --resume`, which could not find the graph); in a new process (the graph
@@ -230,7 +213,7 @@ def test_a_fit_run_on_an_in_memory_graph_resumes_with_that_graph(tmp_path, monke
                 "log_every": 2, "checkpoint_every": 3, "seed": 1, "hidden": 8, "runs_dir": str(tmp_path)}
     g = graph(0)
     ref, _ = cmlgraph.fit(g, name="ref", **settings)
-    with _ctrl_c_at(monkeypatch, "step_end:5:INT"), \
+    with ctrl_c_at(monkeypatch, "step_end:5:INT"), \
             pytest.raises(RunInterrupted, match=r"cmlgraph\.resume\('.+/k', graph=the same FewShotGraph\)"):
         cmlgraph.fit(g, name="k", **settings)
     run = tmp_path / "k"
@@ -267,7 +250,7 @@ def test_a_registered_graph_run_resumes_where_its_data_is_without_cmlgraph_data(
                 "run": {"runs_dir": str(tmp_path)}}
     ref = train(apply_overrides(Config(), {**settings, "run": {**settings["run"], "name": "ref"}}, "test"),
                 progress=False)[0]
-    with _ctrl_c_at(monkeypatch, "step_end:4:INT"), pytest.raises(RunInterrupted):
+    with ctrl_c_at(monkeypatch, "step_end:4:INT"), pytest.raises(RunInterrupted):
         train(apply_overrides(Config(), {**settings, "run": {**settings["run"], "name": "k"}}, "test"), progress=False)
     monkeypatch.delenv("CMLGRAPH_DATA")
     shutil.copytree(tmp_path / "k", tmp_path / "k2")

@@ -89,24 +89,17 @@ def test_a_stopped_run_is_resumed_by_the_next_compare_not_trained_again(tmp_path
     of the group stop there); the same compare run again resumes the stopped runs from step 4 instead of training
     them from step 0 (their folders used to be replaced), and every folder ends equal to an uninterrupted
     comparison's."""
-    import signal
-
     from cmlgraph.train.interrupt import RunInterrupted
-    from cmlgraph.train.io import KILL_ENV, load_torch
+    from cmlgraph.train.io import load_torch
+    from tests.conftest import ctrl_c_at
 
     settings = {"train": {"steps": 6, "meta_batch": 2, "val_tasks": 3, "test_tasks": 6, "val_every": 3}}
     run_compare(["sinusoid"], ["maml"], [0], tmp_path / "ref", settings, log=lambda m: None)
-    before = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal
-    try:
-        # the group's steps alternate between its two runs: the 7th is the first run's step 4
-        monkeypatch.setenv(KILL_ENV, "step_end:4:INT" if parallel_runs == 1 else "step_end:7:INT")
-        with pytest.raises(RunInterrupted, match="at step 4 of 6, checkpoint written"):
-            run_compare(["sinusoid"], ["maml"], [0], tmp_path / "runs", settings, log=lambda m: None,
-                        parallel_runs=parallel_runs)
-        monkeypatch.delenv(KILL_ENV)
-    finally:
-        signal.signal(signal.SIGINT, before)
+    # the group's steps alternate between its two runs: the 7th is the first run's step 4
+    with ctrl_c_at(monkeypatch, "step_end:4:INT" if parallel_runs == 1 else "step_end:7:INT"), \
+            pytest.raises(RunInterrupted, match="at step 4 of 6, checkpoint written"):
+        run_compare(["sinusoid"], ["maml"], [0], tmp_path / "runs", settings, log=lambda m: None,
+                    parallel_runs=parallel_runs)
     stopped = [p.parent for p in (tmp_path / "runs").glob("*/checkpoint.pt")]
     assert len(stopped) == parallel_runs and not any((f / "summary.json").exists() for f in stopped)
     logs: list[str] = []
