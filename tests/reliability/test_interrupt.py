@@ -128,6 +128,11 @@ def test_the_cli_says_where_it_stopped_and_how_to_resume(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "cmlgraph", "train", "--config", str(cfg), "--runs-dir",
                            str(tmp_path / "runs"), "--name", "k", "--quiet"], env=env, capture_output=True,
                           text=True, timeout=120, cwd=tmp_path)
+    spaced = tmp_path / "my runs"  # the command printed is one a shell runs: the path quoted
+    stopped = subprocess.run([sys.executable, "-m", "cmlgraph", "train", "--config", str(cfg), "--runs-dir",
+                              str(spaced), "--name", "k", "--quiet"], env=env, capture_output=True, text=True,
+                             timeout=120, cwd=tmp_path)
+    assert f"cmlgraph train --resume '{spaced / 'k'}'" in " ".join(stopped.stdout.split())
     out = " ".join((proc.stdout + proc.stderr).split())
     assert proc.returncode == 130, out
     assert "stopping after this meta-step" in out
@@ -305,3 +310,35 @@ def test_ctrl_c_before_a_run_starts_says_interrupted_and_a_second_exits_quietly(
     finally:
         for s, h in before.items():
             signal.signal(s, h)
+
+
+def test_a_stopped_compare_says_the_same_command_continues(monkeypatch, capsys):
+    import cmlgraph.compare as compare
+    import cmlgraph.train.interrupt as interrupt
+    from cmlgraph.cli import main
+
+    def stopped(*args, **kwargs):
+        raise RunInterrupted("at step 4 of 6, checkpoint written")
+
+    monkeypatch.setattr(compare, "run_compare", stopped)
+    monkeypatch.setattr(interrupt, "_ANNOUNCED", [False])
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["compare", "--domains", "sinusoid", "--seeds", "0", "--steps", "2"])
+        assert exit_info.value.code == 130
+        captured = capsys.readouterr()
+        assert "run the same command again to continue" in " ".join(captured.out.split())
+        assert "interrupted" not in captured.err  # said already
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
+def test_the_progress_bar_shows_no_loss_before_one_is_read_back():
+    from cmlgraph.train.progress import bar_info
+
+    assert bar_info(True, None, None) == ""
+    assert bar_info(False, None, 0.5) == "best val 0.5000"
+    assert bar_info(True, 1.25, 0.5) == "meta+γ·co loss 1.2500  best val 0.5000"
+    assert bar_info(False, float("nan"), None) == "outer loss nan"  # a skipped step's loss is shown as it is
