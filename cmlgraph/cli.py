@@ -584,13 +584,13 @@ tidy_flags(app, datasets_app)  # switches show no "<bool>" value type in --help
 def _again_resumes() -> Iterator[None]:
     """Ctrl-C or SIGTERM in ``compare``/``leaderboard``/``reproduce``: say that the same command continues (it resumes
     the stopped runs from their checkpoints and reuses the finished ones: :func:`cmlgraph.compare.obtain_run`)."""
+    from cmlgraph.train.interrupt import RunTerminated, announce  # imports no torch
+
     try:
         yield
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RunTerminated):
         console.print("[yellow]run the same command again to continue:[/yellow] it resumes the stopped runs from "
                       "their checkpoints and reuses the finished ones")
-        from cmlgraph.train.interrupt import announce
-
         announce()
         raise
 
@@ -617,26 +617,46 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except SystemExit as exc:
         _finish_rank(exc)
-        if exc.code == 130:  # typer's status for any KeyboardInterrupt
-            _interrupted_exit(exc)
+        if exc.code in (130, 143):  # typer's status for any KeyboardInterrupt; a run stopped by SIGTERM
+            _interrupted_exit(exc, by_signal=argv is None)
         raise
 
 
-def _interrupted_exit(exc: SystemExit) -> None:
-    """A command stopped by Ctrl-C (or a run by SIGTERM): say so where no run did, exit with 143 after a SIGTERM,
-    and let a further Ctrl-C while Python shuts down (threads joined, files closed: a second or two) end the process
-    at once, not print a traceback from an exit handler."""
+def _interrupted_exit(exc: SystemExit, by_signal: bool = False) -> None:
+    """A command stopped by Ctrl-C (status 130) or a run by SIGTERM (143): say so where no run did, and let a further
+    signal while Python shuts down (threads joined, files closed: a second or two) end the process at once, not
+    print a traceback from an exit handler.
+
+    With ``by_signal`` (the real command line: ``cmlgraph``, ``python -m cmlgraph``) a Ctrl-C ends the process by
+    SIGINT, after Python's shutdown, as an uncaught KeyboardInterrupt does, not with status 130: a shell loop over
+    runs (``for s in 0 1 2; do cmlgraph train --seed $s; done``) then stops, where after a plain exit 130 bash takes
+    the Ctrl-C as handled and starts the next run.
+
+    Raises:
+        KeyboardInterrupt: With ``by_signal`` after Ctrl-C, printed by no traceback (:func:`_quiet_interrupt_hook`).
+    """
     import signal
 
-    from cmlgraph.train.interrupt import announced, exit_status  # imports no torch
+    from cmlgraph.train.interrupt import announced  # imports no torch
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda s, frame: os._exit(128 + s))
     if not announced():
         print("interrupted", file=sys.stderr)
-    status = exit_status(exc)
-    if status is not None:  # a run stopped gracefully by SIGTERM: 143, as a process it killed would report
-        sys.exit(status)
+    if by_signal and exc.code == 130:
+        sys.excepthook = _quiet_interrupt_hook(sys.excepthook)
+        raise KeyboardInterrupt from None
+
+
+def _quiet_interrupt_hook(previous: Any) -> Any:
+    """``sys.excepthook`` that prints nothing for an uncaught KeyboardInterrupt (the run has said where it stopped)
+    and hands anything else to ``previous``."""
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if kind is not KeyboardInterrupt:
+            previous(kind, value, tb)
+
+    return hook
 
 
 def _finish_rank(exc: SystemExit) -> None:

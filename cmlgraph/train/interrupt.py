@@ -4,8 +4,8 @@ Why: a run stopped by Ctrl-C used to lose every step since its last checkpoint (
 by default), and under typer it exited without saying how to continue; a cluster job preempted with SIGTERM lost
 them too. Now the first Ctrl-C or SIGTERM asks the loop to stop at the next step boundary, where it writes
 ``checkpoint.pt`` (so ``cmlgraph train --resume RUN_DIR`` continues from exactly that step), names the folder, and
-raises :class:`RunInterrupted`. A second signal stops at once, as without the handler, losing the steps since the
-last checkpoint.
+raises :func:`run_stopped`'s exception (a plain KeyboardInterrupt for Ctrl-C, :class:`RunTerminated` for
+SIGTERM). A second signal stops at once, as without the handler, losing the steps since the last checkpoint.
 
 Only the main thread can install a signal handler, and only a handler still at Python's default is replaced: a
 program that ignores SIGINT (a background job) or handles a signal itself keeps its own. Under torchrun the ranks
@@ -22,19 +22,48 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any
 
+#: The attribute that marks the exception of a graceful stop (:func:`run_stopped`).
+_GRACEFUL = "cmlgraph_stopped_run"
 
-class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM) stopped meta-training at a step boundary after writing a checkpoint (a
-    :class:`KeyboardInterrupt`, so every caller that stops on Ctrl-C stops on it too; the CLI exits with status 130,
-    or 143 after a SIGTERM).
+
+class RunTerminated(SystemExit):
+    """SIGTERM stopped meta-training at a step boundary after writing a checkpoint: the process then ends with status
+    143 (128 + 15), as one the signal killed would report, after ``finally`` blocks and exit handlers ran (a
+    :class:`SystemExit`: no traceback, and ``except Exception`` does not swallow it).
 
     Attributes:
-        signum: The signal that asked for the stop (``signal.SIGINT`` or ``signal.SIGTERM``).
+        message: Where the run stopped and how to resume it.
     """
 
-    def __init__(self, message: str = "", signum: int = signal.SIGINT) -> None:
-        super().__init__(message)
-        self.signum = signum
+    def __init__(self, message: str = "") -> None:
+        super().__init__(128 + int(signal.SIGTERM))
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def run_stopped(message: str, signum: int = signal.SIGINT) -> BaseException:
+    """The exception a run stopped gracefully by ``signum`` raises, after its checkpoint.
+
+    Ctrl-C gives a plain :class:`KeyboardInterrupt` (its exact type: Python then ends an uncaught one by SIGINT, so a
+    shell loop over runs stops as it does for any Ctrl-C; a subclass would end with status 1, and bash would go on
+    to the next run); SIGTERM gives :class:`RunTerminated` (exit status 143). Both are marked for
+    :func:`stopped_gracefully`.
+
+    Args:
+        message: Where the run stopped and how to resume it (the exception's message).
+        signum: ``signal.SIGINT`` or ``signal.SIGTERM``.
+    """
+    exc: BaseException = RunTerminated(message) if signum == signal.SIGTERM else KeyboardInterrupt(message)
+    setattr(exc, _GRACEFUL, True)
+    return exc
+
+
+def stopped_gracefully(exc: BaseException) -> bool:
+    """Whether ``exc`` is a run's graceful stop (:func:`run_stopped`: the run said where it stopped), not a bare
+    Ctrl-C."""
+    return bool(getattr(exc, _GRACEFUL, False))
 
 
 #: The signals a run stops on gracefully, with the handler each must still have for :class:`StopRequest` to take it
@@ -116,17 +145,4 @@ def announced() -> bool:
     return _ANNOUNCED[0]
 
 
-def exit_status(exc: BaseException | None) -> int | None:
-    """The exit status a stop by :class:`RunInterrupted` somewhere in ``exc``'s chain stands for: 143 (128 + 15)
-    after a SIGTERM, as a process killed by it would report; ``None`` when there is none or it was Ctrl-C (typer's
-    130 stands)."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, RunInterrupted):
-            return 128 + int(exc.signum) if exc.signum != signal.SIGINT else None
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-__all__ = ["RunInterrupted", "StopRequest", "announce", "announced", "exit_status"]
+__all__ = ["RunTerminated", "StopRequest", "announce", "announced", "run_stopped", "stopped_gracefully"]

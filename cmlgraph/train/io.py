@@ -32,7 +32,8 @@ from cmlgraph.errors import CmlgraphError
 #: (after the optimizer update, before validation/logging/checkpoint), ``log`` (after a metrics line is
 #: appended), ``checkpoint_write`` (``checkpoint.pt``'s temp file partly written), ``eval`` (after each
 #: evaluated task, validation or test), ``finish`` (``model.pt`` written, ``summary.json`` not yet).
-#: ``<event>:<n>:INT`` sends SIGINT (Ctrl-C) instead, ``:TERM`` SIGTERM, and a comma-separated list arms several
+#: ``<event>:<n>:INT`` sends SIGINT (Ctrl-C) instead, ``:TERM`` SIGTERM, ``:PGINT`` SIGINT to the whole process group
+#: (as a terminal's Ctrl-C reaches a shell loop and its run), and a comma-separated list arms several
 #: points (a second Ctrl-C: ``step_end:4:INT,eval:5:INT``). Used only by tests; unset, it costs one dict lookup
 #: per event.
 KILL_ENV = "CMLGRAPH_TEST_KILL_AT"
@@ -55,7 +56,10 @@ def kill_point(event: str) -> None:
     for point in spec.split(","):
         want, nth, how = ([*point.strip().split(":"), "KILL"])[:3]
         if want == event and str(_kill_counts[event]) == nth.strip():
-            os.kill(os.getpid(), {"INT": signal.SIGINT, "TERM": signal.SIGTERM}.get(how.strip(), signal.SIGKILL))
+            if how.strip() == "PGINT":  # a terminal's Ctrl-C: SIGINT to the whole foreground process group
+                os.killpg(os.getpgrp(), signal.SIGINT)
+            else:
+                os.kill(os.getpid(), {"INT": signal.SIGINT, "TERM": signal.SIGTERM}.get(how.strip(), signal.SIGKILL))
 
 
 class _KillTap:

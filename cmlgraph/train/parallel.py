@@ -60,7 +60,7 @@ from cmlgraph.core.streams import generator_from_state, task_streams
 from cmlgraph.errors import CmlgraphError, ConfigError, NumericalError
 from cmlgraph.runs import FAILED_FILE
 from cmlgraph.train.fuse_policy import FusePolicy
-from cmlgraph.train.interrupt import RunInterrupted, StopRequest, announce
+from cmlgraph.train.interrupt import StopRequest, announce, run_stopped, stopped_gracefully
 from cmlgraph.train.io import MetricsLog, kill_point
 from cmlgraph.train.trainer import Trainer, prepare
 
@@ -301,7 +301,7 @@ class ParallelTrainer:
                         self.console.print(f"[bold]test of[/bold] {m.trainer.run_dir.name}")
                     self._guarded(m, lambda m=m: setattr(m.result, "summary", m.trainer.finish()))
         except KeyboardInterrupt as exc:  # Ctrl-C twice, or outside meta-training: where each run stands
-            if not isinstance(exc, RunInterrupted):
+            if not stopped_gracefully(exc):
                 for m in self.members:
                     if m.ok and m.result.summary is None and m.trainer.run_dir is not None:
                         self.console.print(f"[yellow]interrupted:[/yellow] {m.trainer.interrupted_message()}")
@@ -419,7 +419,8 @@ class ParallelTrainer:
         have), then the group stops.
 
         Raises:
-            RunInterrupted: Always, naming each run's folder and step.
+            KeyboardInterrupt: Always after Ctrl-C, naming each run's folder and step; after SIGTERM
+                :class:`~cmlgraph.train.interrupt.RunTerminated` (exit status 143).
         """
         lines = []
         for m in active:
@@ -429,7 +430,7 @@ class ParallelTrainer:
         for line in lines:
             self.console.print(f"[yellow]stopped:[/yellow] {line}")
         announce()
-        raise RunInterrupted("; ".join(lines) or "every run of the group had stopped", signum or signal.SIGINT)
+        raise run_stopped("; ".join(lines) or "every run of the group had stopped", signum or signal.SIGINT)
 
     def _lockstep(self, active: list[_Member]) -> None:
         """One meta-step of every active run: fused where possible, else one run after another."""

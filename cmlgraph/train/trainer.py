@@ -53,7 +53,7 @@ from cmlgraph.train.guards import (
     near_chance_warning,
     test_tasks_warning,
 )
-from cmlgraph.train.interrupt import RunInterrupted, StopRequest, announce
+from cmlgraph.train.interrupt import StopRequest, announce, run_stopped, stopped_gracefully
 from cmlgraph.train.io import (
     MetricsLog,
     kill_point,
@@ -501,7 +501,7 @@ class Trainer:
             self.record_failure(exc)
             raise
         except KeyboardInterrupt as exc:  # Ctrl-C: say where the run stands and how to continue it
-            if not isinstance(exc, RunInterrupted) and self.dist.is_main:
+            if not stopped_gracefully(exc) and self.dist.is_main:
                 self.console.print(f"[yellow]interrupted:[/yellow] {self.interrupted_message()}")
                 announce()
             raise
@@ -569,14 +569,15 @@ class Trainer:
         back the pending losses, write a checkpoint at this step unless one was just written, and stop.
 
         Raises:
-            RunInterrupted: Always, after the checkpoint (its message names the folder and the step).
+            KeyboardInterrupt: Always after Ctrl-C, after the checkpoint (its message names the folder and the
+                step); after SIGTERM :class:`~cmlgraph.train.interrupt.RunTerminated` (exit status 143).
             NumericalError: A pending step was non-finite (``nan_policy: stop``): the run failed before the request.
         """
         self.checkpoint_now()
         message = self.interrupted_message()
         self.console.print(f"[yellow]stopped:[/yellow] {message}")
         announce()
-        raise RunInterrupted(message, signum or signal.SIGINT)
+        raise run_stopped(message, signum or signal.SIGINT)
 
     def checkpoint_now(self) -> None:
         """Read back the pending losses and write a checkpoint at this step unless one was just written (a stop on

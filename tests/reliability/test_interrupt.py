@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -30,7 +31,7 @@ from conftest import (
 )
 
 from cmlgraph.runs import checkpoint_step, describe_run, run_status, run_step
-from cmlgraph.train.interrupt import RunInterrupted, StopRequest, exit_status
+from cmlgraph.train.interrupt import RunTerminated, StopRequest, run_stopped, stopped_gracefully
 from cmlgraph.train.io import KILL_ENV, load_torch
 from cmlgraph.train.trainer import resume
 from tests.conftest import ctrl_c_at
@@ -122,7 +123,8 @@ def test_ctrl_c_before_the_first_checkpoint_says_resume_restarts(tmp_path, refer
 
 
 def test_the_cli_says_where_it_stopped_and_how_to_resume(tmp_path):
-    """The real entry point (typer turns KeyboardInterrupt into exit status 130 and prints nothing itself)."""
+    """The real entry point: the run says where it stopped, and the process then ends by SIGINT, as Python ends on an
+    uncaught Ctrl-C, with no traceback (typer alone turns KeyboardInterrupt into a plain exit status 130)."""
     cfg = write_config(tmp_path, tiny_settings())
     env = {**os.environ, KILL_ENV: "step_end:5:INT", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "cmlgraph", "train", "--config", str(cfg), "--runs-dir",
@@ -134,10 +136,61 @@ def test_the_cli_says_where_it_stopped_and_how_to_resume(tmp_path):
                              timeout=120, cwd=tmp_path)
     assert f"cmlgraph train --resume '{spaced / 'k'}'" in " ".join(stopped.stdout.split())
     out = " ".join((proc.stdout + proc.stderr).split())
-    assert proc.returncode == 130, out
-    assert "stopping after this meta-step" in out
+    assert proc.returncode == -signal.SIGINT, out
+    assert "Traceback" not in out and "stopping after this meta-step" in out
     assert f"at step 5 of 8, checkpoint written: resume with `cmlgraph train --resume {tmp_path / 'runs' / 'k'}`" \
         in out
+
+
+_SCRIPT = """
+import sys, torch, cmlgraph
+from cmlgraph.graphs import from_arrays
+gen = torch.Generator().manual_seed(0)
+g = from_arrays(torch.randint(0, 60, (2, 200), generator=gen), torch.randn(60, 5, generator=gen),
+                torch.arange(60) % 6, name="script-graph", split="2/2/2")
+try:
+    cmlgraph.fit(g, name="k", runs_dir=sys.argv[1], ways=2, shots=2, queries=2, steps=8, val_every=4, val_tasks=3,
+                 test_tasks=5, log_every=2, checkpoint_every=3, hidden=8)
+finally:
+    print("finally ran", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["INT", "TERM"])
+def test_a_python_script_stopped_in_fit_ends_as_python_ends_on_that_signal(tmp_path, how):
+    """A script calling ``cmlgraph.fit`` ends by SIGINT after Ctrl-C, with Python's usual traceback, as on any Ctrl-C
+    (it used to end with status 1: Python gives the SIGINT exit only to KeyboardInterrupt itself, not a subclass,
+    and a shell loop over seeds went on to the next after a Ctrl-C); after SIGTERM it ends with status 143 and no
+    traceback. ``finally`` blocks run in both, after the checkpoint."""
+    script = tmp_path / "train.py"
+    script.write_text(_SCRIPT)
+    env = {**os.environ, KILL_ENV: f"step_end:5:{how}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "runs")], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert "finally ran" in proc.stdout and load_torch(tmp_path / "runs" / "k" / "checkpoint.pt")["step"] == 5, out
+    if how == "INT":
+        assert proc.returncode == -signal.SIGINT, out
+        assert "KeyboardInterrupt: at step 5 of 8, checkpoint written" in " ".join(proc.stderr.split()), out
+    else:
+        assert proc.returncode == 143 and "Traceback" not in out, out
+
+
+def test_ctrl_c_in_a_shell_loop_of_runs_ends_the_loop(tmp_path):
+    """``for s in 1 2; do cmlgraph train ...; done`` in a terminal: Ctrl-C reaches the shell and the run (the whole
+    foreground process group). The run stops with its checkpoint and the loop ends; with the plain exit status 130
+    it had, bash took the Ctrl-C as handled by the run and started the next one."""
+    cfg = write_config(tmp_path, tiny_settings())
+    env = {**os.environ, KILL_ENV: "step_end:5:PGINT", "OMP_NUM_THREADS": "1"}
+    loop = (f"for s in 1 2; do {shlex.quote(sys.executable)} -m cmlgraph train --config {shlex.quote(str(cfg))} "
+            f"--runs-dir {shlex.quote(str(tmp_path / 'runs'))} --name k$s --quiet; done; echo loop went on")
+    # a session of its own: the group signalled is the shell's and its run's, not pytest's
+    proc = subprocess.run(["bash", "-c", loop], env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path,
+                          start_new_session=True)
+    out = proc.stdout + proc.stderr
+    assert load_torch(tmp_path / "runs" / "k1" / "checkpoint.pt")["step"] == 5, out
+    assert not (tmp_path / "runs" / "k2").exists() and "loop went on" not in out, out
+    assert proc.returncode == -signal.SIGINT, out
 
 
 def test_a_corrupt_checkpoint_is_named_not_read(tmp_path):
@@ -187,12 +240,13 @@ def test_stop_request_handler():
     finally:
         signal.signal(signal.SIGINT, before)
         signal.signal(signal.SIGTERM, before_term)
-    assert issubclass(RunInterrupted, KeyboardInterrupt)
-    assert exit_status(RunInterrupted("x", signal.SIGTERM)) == 143 and exit_status(RunInterrupted("x")) is None
-    wrapped = SystemExit(130)
-    wrapped.__context__ = RuntimeError("typer's Exit")
-    wrapped.__context__.__cause__ = RunInterrupted("x", signal.SIGTERM)
-    assert exit_status(wrapped) == 143 and exit_status(SystemExit(130)) is None
+    # Ctrl-C's stop is a KeyboardInterrupt of that exact type (Python ends only that one by SIGINT), SIGTERM's a
+    # SystemExit with status 143; both marked as a run's stop, unlike a bare Ctrl-C
+    ctrl_c, term = run_stopped("at step 5"), run_stopped("at step 5", signal.SIGTERM)
+    assert type(ctrl_c) is KeyboardInterrupt and str(ctrl_c) == "at step 5"
+    assert isinstance(term, RunTerminated) and isinstance(term, SystemExit) and term.code == 143
+    assert str(term) == "at step 5"
+    assert stopped_gracefully(ctrl_c) and stopped_gracefully(term) and not stopped_gracefully(KeyboardInterrupt())
 
 
 def test_a_fit_run_on_an_in_memory_graph_resumes_with_that_graph(tmp_path, monkeypatch):
@@ -219,7 +273,7 @@ def test_a_fit_run_on_an_in_memory_graph_resumes_with_that_graph(tmp_path, monke
     g = graph(0)
     ref, _ = cmlgraph.fit(g, name="ref", **settings)
     with ctrl_c_at(monkeypatch, "step_end:5:INT"), \
-            pytest.raises(RunInterrupted, match=r"cmlgraph\.resume\('.+/k', graph=the same FewShotGraph\)"):
+            pytest.raises(KeyboardInterrupt, match=r"cmlgraph\.resume\('.+/k', graph=the same FewShotGraph\)"):
         cmlgraph.fit(g, name="k", **settings)
     run = tmp_path / "k"
     CUSTOM_GRAPHS.pop("interrupt-mem")  # as in a new process
@@ -255,7 +309,7 @@ def test_a_registered_graph_run_resumes_where_its_data_is_without_cmlgraph_data(
                 "run": {"runs_dir": str(tmp_path)}}
     ref = train(apply_overrides(Config(), {**settings, "run": {**settings["run"], "name": "ref"}}, "test"),
                 progress=False)[0]
-    with ctrl_c_at(monkeypatch, "step_end:4:INT"), pytest.raises(RunInterrupted):
+    with ctrl_c_at(monkeypatch, "step_end:4:INT"), pytest.raises(KeyboardInterrupt):
         train(apply_overrides(Config(), {**settings, "run": {**settings["run"], "name": "k"}}, "test"), progress=False)
     monkeypatch.delenv("CMLGRAPH_DATA")
     shutil.copytree(tmp_path / "k", tmp_path / "k2")
@@ -318,7 +372,7 @@ def test_a_stopped_compare_says_the_same_command_continues(monkeypatch, capsys):
     from cmlgraph.cli import main
 
     def stopped(*args, **kwargs):
-        raise RunInterrupted("at step 4 of 6, checkpoint written")
+        raise run_stopped("at step 4 of 6, checkpoint written")
 
     monkeypatch.setattr(compare, "run_compare", stopped)
     monkeypatch.setattr(interrupt, "_ANNOUNCED", [False])

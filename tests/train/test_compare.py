@@ -89,7 +89,7 @@ def test_a_stopped_run_is_resumed_by_the_next_compare_not_trained_again(tmp_path
     of the group stop there); the same compare run again resumes the stopped runs from step 4 instead of training
     them from step 0 (their folders used to be replaced), and every folder ends equal to an uninterrupted
     comparison's."""
-    from cmlgraph.train.interrupt import RunInterrupted
+    from cmlgraph.train.interrupt import stopped_gracefully
     from cmlgraph.train.io import load_torch
     from tests.conftest import ctrl_c_at
 
@@ -97,9 +97,10 @@ def test_a_stopped_run_is_resumed_by_the_next_compare_not_trained_again(tmp_path
     run_compare(["sinusoid"], ["maml"], [0], tmp_path / "ref", settings, log=lambda m: None)
     # the group's steps alternate between its two runs: the 7th is the first run's step 4
     with ctrl_c_at(monkeypatch, "step_end:4:INT" if parallel_runs == 1 else "step_end:7:INT"), \
-            pytest.raises(RunInterrupted, match="at step 4 of 6, checkpoint written"):
+            pytest.raises(KeyboardInterrupt, match="at step 4 of 6, checkpoint written") as stop:
         run_compare(["sinusoid"], ["maml"], [0], tmp_path / "runs", settings, log=lambda m: None,
                     parallel_runs=parallel_runs)
+    assert stopped_gracefully(stop.value)
     stopped = [p.parent for p in (tmp_path / "runs").glob("*/checkpoint.pt")]
     assert len(stopped) == parallel_runs and not any((f / "summary.json").exists() for f in stopped)
     logs: list[str] = []

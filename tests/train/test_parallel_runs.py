@@ -450,14 +450,16 @@ def _group_child(cfgs: list[Config], kill_at: str) -> None:
     import os
     import signal
 
-    from cmlgraph.train.interrupt import RunInterrupted
+    from cmlgraph.train.interrupt import stopped_gracefully
     from cmlgraph.train.io import KILL_ENV
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal
     os.environ[KILL_ENV] = kill_at
     try:
         train_parallel(cfgs, progress=False)
-    except RunInterrupted:
+    except KeyboardInterrupt as exc:
+        if not stopped_gracefully(exc):
+            raise
         raise SystemExit(130) from None
 
 
