@@ -19,7 +19,16 @@ class DataError(CmlgraphError):
 
 
 class NumericalError(CmlgraphError):
-    """A NaN or inf loss or gradient during training."""
+    """A NaN or inf loss or gradient during training.
+
+    Attributes:
+        step: The meta-step (1-based) that failed, when one did (``None``: the run as a whole, e.g. every
+            meta-batch skipped). Losses are read back in batches, so the run may have gone on past it.
+    """
+
+    def __init__(self, message: str, step: int | None = None) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 class ResourceError(CmlgraphError, MemoryError):

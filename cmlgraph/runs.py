@@ -218,13 +218,15 @@ def run_step(record: dict[str, Any]) -> int:
 
 
 def run_status(record: dict[str, Any]) -> str:
-    """The status column of ``cmlgraph runs``: ``finished``; ``running (step s/n)`` and ``failed (step s/n)`` with
-    the last logged step; ``resumable from step c/n`` with the checkpoint's step (where ``--resume`` continues,
-    which may be before the last logged step), ``resumable (no checkpoint: restarts at step 0/n)``, or
-    ``resumable? checkpoint unreadable``."""
+    """The status column of ``cmlgraph runs``: ``finished``; ``running (step s/n)`` with the last logged step;
+    ``failed at step s/n`` with the step that failed (its message names it too); ``resumable from step c/n`` with
+    the checkpoint's step (where ``--resume`` continues, which may be before the last logged step), ``resumable
+    (no checkpoint: restarts at step 0/n)``, or ``resumable? checkpoint unreadable``."""
     status, steps = record["status"], record["steps"]
     if status == "finished":
         return status
+    if status == "failed":
+        return f"failed at step {record['step'] or 0}/{steps}"
     if status != "resumable":
         return f"{status} (step {record['step'] or 0}/{steps})"
     if record.get("checkpoint_error"):
@@ -249,8 +251,9 @@ def describe_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     Keys: ``name``, ``path``, ``dataset``, ``task``, ``algorithm``, ``control``, ``cml``, ``ways``, ``shots``,
     ``metric``, ``mean``, ``ci95``, ``num_tasks``, ``partial``, ``status`` (finished, running, resumable, or failed: a
     numerical failure that resuming would repeat, its message under ``error``),
-    ``step`` (last logged step), ``steps``, ``date`` (when the run started: the config's write time, ISO 8601
-    UTC; ``started_s`` the same in seconds since the epoch), ``cmlgraph`` (the version that finished it, when recorded),
+    ``step`` (last logged step; a failed run's failing step), ``steps``, ``date`` (when the run started: the
+    config's write time, ISO 8601 UTC; ``started_s`` the same in seconds since the epoch), ``cmlgraph`` (the
+    version that finished it, when recorded),
     ``checkpoint_step`` (an unfinished run's checkpoint step, where ``--resume`` continues; ``None`` without one, and
     ``checkpoint_error`` when it cannot be read),
     ``warnings`` (the run's own warnings from ``summary.json``: chance level, too few test tasks, divergence),
@@ -280,6 +283,8 @@ def describe_run(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
         "error": failure.get("message") if status == "failed" else None,
         "checkpoint_step": None,
     }
+    if status == "failed" and isinstance(failure.get("step"), int):  # the step that failed, not the last logged
+        record["step"] = failure["step"]
     if status != "finished":  # where ``--resume`` continues (None: no checkpoint, a resume restarts at step 0)
         try:
             record["checkpoint_step"] = checkpoint_step(folder)

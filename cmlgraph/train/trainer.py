@@ -513,10 +513,14 @@ class Trainer:
         """Write ``failed.json`` (the error, its message and the step) into the run folder for a run stopped by a
         numerical failure (a non-finite step under ``nan_policy: stop``, every meta-batch skipped): ``cmlgraph runs``
         then lists it as failed, not as resumable, since resuming repeats the same steps and the same failure. A
-        run that later finishes (``summary.json``) is listed as finished whatever this file says."""
+        run that later finishes (``summary.json``) is listed as finished whatever this file says. Its ``step`` is
+        the step that failed (``exc.step``; the losses are read back in batches, so the run may have gone on past
+        it), else the run's step."""
         if self.run_dir is None or not self.dist.is_main:
             return
-        write_json(self.run_dir / FAILED_FILE, {"error": type(exc).__name__, "message": str(exc), "step": self.step})
+        step = getattr(exc, "step", None)
+        write_json(self.run_dir / FAILED_FILE, {"error": type(exc).__name__, "message": str(exc),
+                                                "step": self.step if step is None else int(step)})
 
     def _run(self) -> dict[str, Any]:
         assert self.run_dir is not None
@@ -743,7 +747,7 @@ class Trainer:
                 record["nonfinite"] = "gradient" if math.isfinite(total) else "loss"  # which one made it skip
                 record.pop("diag", None)  # a skipped step's diagnostics describe an update that was not made
             else:
-                raise NumericalError(self._nan_message(total, step))
+                raise NumericalError(self._nan_message(total, step), step=step)
 
     def _train_step(self) -> dict[str, Any]:
         """One meta-step: draw the meta-batch, compute the meta-gradients, update (:meth:`_step_record`: the

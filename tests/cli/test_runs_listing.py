@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from cmlgraph.runs import list_runs
+from cmlgraph.runs import list_runs, run_status
 from cmlgraph.train.io import KILL_ENV
 from cmlgraph.train.run_dir import RunLock
 
@@ -76,7 +76,11 @@ def test_a_numerically_failed_run_is_listed_as_failed_not_resumable(tmp_path):
     skip = records["nan-skip"]
     assert skip["status"] == "failed" and "all 6 meta-batches were skipped" in skip["error"]
     table = _cli(["runs", runs], tmp_path)
-    assert "failed (step" in table.stdout and "nan-skip failed" in table.stdout and "resumable" not in table.stdout
+    assert "nan-skip failed" in table.stdout and "resumable" not in table.stdout
+    # the step that failed (its message's), not the last logged one (0: the losses are read back in batches)
+    assert records["nan-stop"]["step"] == 1 and "at step 1 of 6" in records["nan-stop"]["error"]
+    assert run_status(records["nan-stop"]) == "failed at step 1/6" and run_status(skip) == "failed at step 6/6"
+    assert "failed at step 1/6" in " ".join(table.stdout.split())
     # tried again: failed again (a killed attempt would be resumable, not failed: the record is removed first)
     assert _cli(["train", "--resume", runs / "nan-skip", "--quiet"], tmp_path).returncode == 2
     assert {r["name"]: r["status"] for r in list_runs(runs)}["nan-skip"] == "failed"

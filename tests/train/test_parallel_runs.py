@@ -395,6 +395,8 @@ def test_a_non_finite_step_in_a_group_is_read_back_late_and_named(tmp_path, monk
     monkeypatch.setattr(Trainer, "_flush", spy)
     results = train_parallel([_cfg(SINUSOID, tmp_path, f"g{s}", train__seed=s) for s in (0, 1)], progress=False)
     assert isinstance(results[0].error, NumericalError) and "step 5 of 6" in str(results[0].error)
+    assert results[0].error.step == 5  # failed.json (cmlgraph runs: "failed at step 5/6") names it, not step 6
+    assert json.loads((results[0].run_dir / "failed.json").read_text())["step"] == 5
     assert (0, 6) in flushed and (0, 5) not in flushed  # found at the next log step (log_every 2), not at once
     assert [step for seed, step in flushed if seed == 1] == [2, 3, 4, 6]  # log, validation, log, last
     assert results[1].error is None
