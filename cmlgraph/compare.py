@@ -251,15 +251,21 @@ class Cell(Paired):
     algorithm: str = ""
     #: Where the cell's settings differ from ``cmlgraph train``'s defaults (:func:`describe_overrides`).
     overrides: str = ""
+    #: A training-free baseline (``sgc-proto``, ...): it has no CML arm, and its row stands beside the others as a
+    #: reference (its ``cml`` and ``diff`` fields repeat the base arm against itself and are not shown).
+    training_free: bool = False
 
     def row(self) -> dict[str, Any]:
-        """A flat dict for CSV."""
+        """A flat dict for CSV (a training-free row's CML and difference columns are empty)."""
+        arm = not self.training_free
         return {"domain": self.domain, "algorithm": self.algorithm, "metric": self.metric,
-                "base_mean": self.base[0], "base_ci95": seed_ci(self.base, self.seeds), "cml_mean": self.cml[0],
-                "cml_ci95": seed_ci(self.cml, self.seeds), "diff_mean": self.diff[0],
-                "diff_ci95": seed_ci(self.diff_seeds, self.seeds), "diff_ci95_tasks": self.diff[1],
-                "seeds": self.seeds,
-                "paired_tasks": self.tasks, "base_runs": ";".join(self.base_runs), "cml_runs": ";".join(self.cml_runs)}
+                "base_mean": self.base[0], "base_ci95": seed_ci(self.base, self.seeds),
+                "cml_mean": self.cml[0] if arm else None, "cml_ci95": seed_ci(self.cml, self.seeds) if arm else None,
+                "diff_mean": self.diff[0] if arm else None,
+                "diff_ci95": seed_ci(self.diff_seeds, self.seeds) if arm else None,
+                "diff_ci95_tasks": self.diff[1] if arm else None, "seeds": self.seeds,
+                "paired_tasks": self.tasks if arm else None, "base_runs": ";".join(self.base_runs),
+                "cml_runs": ";".join(self.cml_runs) if arm else "", "training_free": self.training_free}
 
 
 def paired_stats(pairs: Sequence[tuple[Path, Path]]) -> Paired:
@@ -283,9 +289,17 @@ def paired_stats(pairs: Sequence[tuple[Path, Path]]) -> Paired:
                   [p[0].name for p in pairs], [p[1].name for p in pairs], diff_seeds=mean_ci95(seed_diffs))
 
 
-def build_cell(domain: str, algo: str, pairs: Sequence[tuple[Path, Path]]) -> Cell:
-    """Aggregate (base run, CML run) pairs of the same seeds into a row."""
-    return Cell(**vars(paired_stats(pairs)), domain=domain, algorithm=algo)
+def build_cell(domain: str, algo: str, pairs: Sequence[tuple[Path, Path]], training_free: bool = False) -> Cell:
+    """Aggregate (base run, CML run) pairs of the same seeds into a row (a training-free baseline: its runs paired
+    with themselves, ``training_free`` set)."""
+    return Cell(**vars(paired_stats(pairs)), domain=domain, algorithm=algo, training_free=training_free)
+
+
+def trains(algo: str) -> bool:
+    """Whether the registered algorithm ``algo`` meta-trains (a training-free baseline has no CML arm)."""
+    from cmlgraph.algorithms.registry import ALGORITHMS
+
+    return bool(ALGORITHMS[algo].trains)
 
 
 def obtain_run(cfg: Config, runs_dir: Path, name: str, train_fn: Callable[[Config], Any] | None = None,
@@ -414,7 +428,7 @@ def run_compare(domains: Sequence[str], algos: Sequence[str], seeds: Sequence[in
         diffs: dict[str, dict[str, tuple[Any, Any]]] = {}
         for algo in algos:
             for seed in seeds:
-                for cml in (False, True):
+                for cml in (False, True) if trains(algo) else (False,):  # a baseline has no CML arm
                     cfg = domain_config(domain, algo, cml, seed, overrides)
                     prepare(cfg)  # validate every cell before training any
                     plan.append((domain, algo, seed, cml, cfg))
@@ -433,7 +447,8 @@ def run_compare(domains: Sequence[str], algos: Sequence[str], seeds: Sequence[in
     runs_dir.mkdir(parents=True, exist_ok=True)  # only once every config is valid: a bad one leaves no folder
     paths = obtain_runs(items, runs_dir, train_fn, console, parallel_runs)
     found = {(domain, algo, seed, cml): path for (domain, algo, seed, cml, _), path in zip(plan, paths, strict=True)}
-    cells = [build_cell(d, a, [(found[(d, a, s, False)], found[(d, a, s, True)]) for s in seeds])
+    cells = [build_cell(d, a, [(found[(d, a, s, False)], found[(d, a, s, trains(a))]) for s in seeds],
+                        training_free=not trains(a))
              for d in domains for a in algos]
     for c in cells:
         c.overrides = differs[(c.domain, c.algorithm)]
@@ -479,7 +494,12 @@ def write_outputs(cells: Sequence[Cell], out_dir: str | Path) -> list[Path]:
              "|---|---|---|---|---|---|---|---|---|"]
     for c in cells:
         unit = "accuracy %" if c.metric == "accuracy" else "MSE"
-        lines.append(f"| {c.domain} | {c.algorithm} | {unit} | {_fmt(c.base[0], seed_ci(c.base, c.seeds), c.metric)} | "
+        base = _fmt(c.base[0], seed_ci(c.base, c.seeds), c.metric)
+        if c.training_free:  # a reference row: no CML arm, nothing paired
+            lines.append(f"| {c.domain} | {c.algorithm} (training-free) | {unit} | {base} | — | — | — | {c.seeds} "
+                         f"| — |")
+            continue
+        lines.append(f"| {c.domain} | {c.algorithm} | {unit} | {base} | "
                      f"{_fmt(c.cml[0], seed_ci(c.cml, c.seeds), c.metric)}"
                      f" | {'+' if c.diff[0] >= 0 else ''}{_fmt(c.diff[0], seed_ci(c.diff_seeds, c.seeds), c.metric)}"
                      f" | ± {_scaled(c.diff[1], c.metric)} | {c.seeds} | {c.tasks} |")
@@ -487,6 +507,9 @@ def write_outputs(cells: Sequence[Cell], out_dir: str | Path) -> list[Path]:
               "includes the run-to-run variation of training: read it to judge CML). Column 7 is the CI of the same "
               "mean difference over the pooled per-task differences: it covers only the sampling of test tasks. "
               "Accuracy: higher is better; MSE: lower is better."]
+    if any(c.training_free for c in cells):
+        lines += ["", "A training-free baseline is not meta-trained, so it has no CML arm: its row (column 4, on the "
+                  "same test tasks) is the score a meta-learned model should beat."]
     notes = list(dict.fromkeys(c.overrides for c in cells if c.overrides))
     if notes:
         lines += ["", "Settings that differ from `cmlgraph train`'s defaults (the runs above are not what "
@@ -518,19 +541,22 @@ def compare_figure(cells: Sequence[Cell]) -> Any:
         xs = list(range(len(sub)))
         ax.bar([x - 0.2 for x in xs], [c.base[0] for c in sub], 0.4, yerr=[c.base[1] for c in sub], capsize=3,
                label="without CML")
-        ax.bar([x + 0.2 for x in xs], [c.cml[0] for c in sub], 0.4, yerr=[c.cml[1] for c in sub], capsize=3,
-               label="with CML")
-        ax.set_xticks(xs, [c.algorithm for c in sub])
+        nan = float("nan")  # a training-free baseline: no CML bar, no difference bar
+        ax.bar([x + 0.2 for x in xs], [nan if c.training_free else c.cml[0] for c in sub], 0.4,
+               yerr=[0.0 if c.training_free else c.cml[1] for c in sub], capsize=3, label="with CML")
+        ax.set_xticks(xs, [f"{c.algorithm}\n(training-free)" if c.training_free else c.algorithm for c in sub])
         ax.set_title(f"{domain} ({sub[0].metric})")
-        cis = [c.diff_seeds[1] if c.seeds > 1 else c.diff[1] for c in sub]
-        dax.bar(xs, [c.diff[0] for c in sub], 0.5, yerr=cis, capsize=3, color="tab:green")
+        cis = [0.0 if c.training_free else c.diff_seeds[1] if c.seeds > 1 else c.diff[1] for c in sub]
+        dax.bar(xs, [nan if c.training_free else c.diff[0] for c in sub], 0.5, yerr=cis, capsize=3,
+                color="tab:green")
         dax.axhline(0.0, color="black", linewidth=0.8)
         dax.set_xticks(xs, [c.algorithm for c in sub])
         over = "seeds" if all(c.seeds > 1 for c in sub) else "test tasks"
         dax.set_title(f"CML − base (paired, 95% CI over {over})", fontsize=9)
         if sub[0].metric == "accuracy":
             ax.set_ylim(0.0, 1.0)
-            reach = max([abs(c.diff[0]) + ci for c, ci in zip(sub, cis, strict=True)] + [0.01])
+            reach = max([abs(c.diff[0]) + ci for c, ci in zip(sub, cis, strict=True) if not c.training_free]
+                        + [0.01])
             dax.set_ylim(-min(1.0, 1.2 * reach), min(1.0, 1.2 * reach))
         else:  # an MSE is never negative
             ax.set_ylim(bottom=0.0)

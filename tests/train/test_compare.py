@@ -37,6 +37,30 @@ def test_compare_two_tiny_domains_matches_summaries_and_reuses_runs(tmp_path):
     assert all(re.match(r"\[\d/8\] reusing", m) for m in again) and len(again) == 8
 
 
+def test_a_training_free_baseline_is_a_reference_row_without_a_cml_arm(tmp_path):
+    """``--algos maml,sgc-proto``: the baseline is not meta-trained, so it has no CML arm. It is run once a seed and
+    shown as a reference row, not as a "with CML" result equal to its own base runs with a difference of +0.00 ± 0.00
+    (a new-user trial, session 41)."""
+    trained: list[str] = []
+    cells = run_compare(["synthetic"], ["maml", "sgc-proto"], [0, 1], tmp_path / "runs", TINY,
+                        log=lambda m: trained.append(m) if "] training " in m else None)
+    assert len(trained) == 6  # maml's 2 arms × 2 seeds, sgc-proto's one run a seed
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir() if "sgc-proto" in p.name) == [
+        "synthetic-sgc-proto-base-s0", "synthetic-sgc-proto-base-s1"]
+    base, ref = cells
+    assert not base.training_free and ref.training_free
+    write_outputs(cells, tmp_path / "out")
+    rows = {r["algorithm"]: r for r in csv.DictReader(open(tmp_path / "out" / "compare.csv"))}
+    assert rows["sgc-proto"]["cml_mean"] == rows["sgc-proto"]["diff_mean"] == rows["sgc-proto"]["cml_runs"] == ""
+    assert rows["sgc-proto"]["training_free"] == "True" and rows["maml"]["cml_mean"] != ""
+    means = [json.loads((tmp_path / "runs" / f"synthetic-sgc-proto-base-s{s}" / "summary.json").read_text())["mean"]
+             for s in (0, 1)]
+    assert float(rows["sgc-proto"]["base_mean"]) == pytest.approx(sum(means) / 2)
+    md = (tmp_path / "out" / "compare.md").read_text()
+    assert "| synthetic | sgc-proto (training-free) | accuracy % |" in md and "| — | — | — | 2 | — |" in md
+    assert "no CML arm" in md
+
+
 def test_execution_strategies_do_not_block_reuse_but_settings_do():
     from cmlgraph.compare import _key, domain_config
 
