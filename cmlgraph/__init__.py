@@ -5,7 +5,8 @@ The public API:
       a stopped run.
     - :func:`from_arrays`, :func:`from_pyg`, :func:`from_networkx`, :func:`load_graph`: graphs
       (``graph.save(PATH)`` / ``load_graph(PATH)`` store and read a graph without pickle).
-    - :func:`adapt`, :func:`embed`: use a trained run on a new few-shot task / read its node features.
+    - :func:`adapt`, :func:`embed`: use a trained run on a new few-shot task / read its node features;
+      :func:`predict_with_method`: label a graph's nodes with a training-free method, no run folder.
     - :func:`outer_objective`, :func:`inner_loop`, :class:`InnerLoopConfig`: the functional CML core.
     - :class:`MetaModel`, :func:`get_algorithm`: models and algorithms.
 
@@ -38,6 +39,7 @@ _LAZY = {
     "FewShotGraph": "cmlgraph.graphs", "from_arrays": "cmlgraph.graphs", "from_networkx": "cmlgraph.graphs",
     "from_pyg": "cmlgraph.graphs", "list_datasets": "cmlgraph.graphs", "load_graph": "cmlgraph.graphs",
     "Prediction": "cmlgraph.predict", "adapt": "cmlgraph.predict", "embed": "cmlgraph.predict",
+    "predict_with_method": "cmlgraph.predict",
     "list_runs": "cmlgraph.runs",
 }
 
@@ -45,7 +47,8 @@ __all__ = [
     "ALGORITHMS", "CmlgraphError", "Config", "ConfigError", "DataError", "Episode", "FewShotGraph",
     "InnerLoopConfig", "MetaModel", "NumericalError", "OuterLoss", "Prediction", "adapt", "embed", "fit",
     "fit_config", "from_arrays", "from_networkx", "from_pyg", "get_algorithm", "inference_state", "inner_loop",
-    "list_datasets", "list_runs", "load_graph", "make_config", "outer_objective", "parameters_of", "resume",
+    "list_datasets", "list_runs", "load_graph", "make_config", "outer_objective", "parameters_of",
+    "predict_with_method", "resume",
 ]
 
 

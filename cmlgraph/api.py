@@ -52,8 +52,27 @@ def api_names(message: str) -> str:
     def dotted(m: re.Match[str]) -> str:
         return m.group(2) if m.group(2) in _SECTION_OF else m.group(0)
 
+    def call(m: re.Match[str]) -> str:  # `--algo sgc-proto --features row` → `algo="sgc-proto", features="row"`
+        pairs = re.findall(r"--([a-z][a-z0-9-]*) (\S+)", m.group(1))
+        if any(k.replace("-", "_") not in _SECTION_OF for k, _ in pairs):
+            return m.group(0)
+        return "`" + ", ".join(f"{k.replace('-', '_')}={_literal(v)}" for k, v in pairs) + "`"
+
+    message = re.sub(r"`((?:--[a-z][a-z0-9-]* [^\s`-][^\s`]*)(?: --[a-z][a-z0-9-]* [^\s`-][^\s`]*)*)`", call, message)
     message = re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)", flag, message).replace("config key ", "setting ")
     return re.sub(r"\b(data|model|algo|train|run)\.([a-z_]+)\b", dotted, message)
+
+
+def _literal(value: str) -> str:
+    """A command-line value as the Python literal a keyword argument takes: numbers and booleans as they are,
+    anything else quoted."""
+    if value in ("true", "false"):
+        return value.capitalize()
+    try:
+        float(value)
+    except ValueError:
+        return f'"{value}"'
+    return value
 
 
 def make_config(**settings: Any) -> Config:

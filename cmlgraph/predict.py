@@ -300,11 +300,16 @@ def run_health(run_dir: str | os.PathLike[str]) -> str | None:
     if not isinstance(record, dict) or not isinstance(record.get("val"), (int, float)) or \
             not isinstance(best, (int, float)) or float(best) >= float(record["val"]):
         return None
+    from cmlgraph.graphs.registry import dataset_names
+
     method, graph = record.get("method", "sgc-proto"), summary.get("dataset") or "G"
+    # a user's own graph (cmlgraph.fit) is no registered name: the command reads the file it was saved to
+    flag = graph if graph in dataset_names() else "GRAPH.npz"
+    saved = "" if graph in dataset_names() else " (the graph saved with graph.save)"
     return (f"run {Path(run_dir).name}: its best validation accuracy {float(best):.4f} is below the training-free "
             f"{method}'s {float(record['val']):.4f} on the same validation tasks, so its predictions are likely "
-            f"worse than {method}'s; `cmlgraph predict --method {method} --graph {graph} --support CSV --out CSV` "
-            f"(Python: predict_with_method) needs no run folder")
+            f"worse than {method}'s; `cmlgraph predict --method {method} --graph {flag} --support CSV --out CSV`"
+            f"{saved}, or in Python `cmlgraph.predict_with_method({method!r}, graph, support)`, needs no run folder")
 
 
 def adapt(run_dir: str | os.PathLike[str], graph: Any = None, support: Mapping[Hashable, Hashable] | None = None,

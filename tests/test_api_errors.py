@@ -28,3 +28,8 @@ def test_api_names_rewrites_only_fit_settings() -> None:
     assert api_names("--device cuda: none here; use --device cpu") == "device cuda: none here; use device cpu"
     assert api_names("--not-a-setting 3 and data.nope = 1") == "--not-a-setting 3 and data.nope = 1"
     assert api_names("--runs-dir is empty") == "runs_dir is empty"
+    # a command's flags as the call's keyword arguments (a new-user trial read `algo sgc-proto features standard`)
+    assert api_names("use `--algo sgc-proto --features standard` here") == \
+        'use `algo="sgc-proto", features="standard"` here'
+    assert api_names("try `--inner-lr 0.5` or `--steps 10`") == "try `inner_lr=0.5` or `steps=10`"
+    assert api_names("`cmlgraph train --resume R`; `--nope 3`") == "`cmlgraph train --resume R`; `--nope 3`"

@@ -92,3 +92,23 @@ def test_healthy_and_old_run_folders_are_silent(weak_run, tmp_path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)
             cmlgraph.adapt(folder, None, SUPPORT)
+
+
+def test_the_named_fix_works_on_a_registered_graph_and_on_a_users_own(weak_run, tmp_path) -> None:
+    """The warning's command names a registered graph by name, and a user's own graph (a ``cmlgraph.fit`` run,
+    no registered name: ``--graph mysbm`` failed with "unknown dataset") by the file it was saved to; its Python
+    function is reachable as ``cmlgraph.predict_with_method`` (a new-user trial got AttributeError)."""
+    run, _ = weak_run
+    registered = " ".join(run_health(run).split())
+    assert "`cmlgraph predict --method sgc-proto --graph synthetic --support CSV --out CSV`" in registered
+    assert "cmlgraph.predict_with_method('sgc-proto', graph, support)" in registered
+    own = tmp_path / "own"
+    shutil.copytree(run, own)
+    summary = json.loads((own / "summary.json").read_text())
+    summary["dataset"] = "mysbm"
+    (own / "summary.json").write_text(json.dumps(summary))
+    text = " ".join(run_health(own).split())
+    assert "--graph GRAPH.npz --support CSV --out CSV` (the graph saved with graph.save)" in text
+    assert "--graph mysbm" not in text
+    pred = cmlgraph.predict_with_method("sgc-proto", "synthetic", {0: "a", 1: "b", 2: "a", 3: "b"})
+    assert len(pred.nodes) > 0
