@@ -410,6 +410,28 @@ def eval_cmd(
                   + (f"  (features {res['features']}, as the run used)" if res.get("features") else "")
                   + (f"  (on {res['device']}; the run trained on {res['run_device']})"
                      if res["device"] != res["run_device"] else ""))
+    line = _baseline_line(run_dir)
+    if line:
+        console.print(line)
+
+
+def _baseline_line(run_dir: Path) -> str | None:
+    """The line ``cmlgraph train`` ends with, from the run's ``summary.json``: its best validation accuracy beside
+    the training-free baseline's on the same validation tasks (``None`` for a run without that record)."""
+    import json
+
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    record = summary.get("baseline_val")
+    if not isinstance(record, dict) or "method" not in record or not isinstance(record.get("settings", {}), dict):
+        return None
+    from cmlgraph.train.baseline_check import console_line
+
+    tasks = summary.get("distinct_val_tasks") or summary.get("val_tasks_asked") or 0
+    return console_line(summary.get("best_val"), int(summary.get("best_step") or 0),
+                        {"settings": {}, **record}, int(tasks))
 
 
 @app.command()
@@ -605,6 +627,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    if argv is None:  # the real command line (tests calling main([...]) keep pytest's warning capture)
+        _plain_warnings()
     try:
         with recording(cli_command(argv)):  # the command line, in the run's summary.json and config.yaml
             app(args=argv, standalone_mode=True)
@@ -620,6 +644,28 @@ def main(argv: list[str] | None = None) -> None:
         if exc.code in (130, 143):  # typer's status for any KeyboardInterrupt; a run stopped by SIGTERM
             _interrupted_exit(exc, by_signal=argv is None)
         raise
+
+
+def _plain_warnings() -> None:
+    """Show cmlgraph's own warnings as ``warning: MESSAGE`` lines on stderr, as ``cmlgraph train`` prints its own,
+    not as Python's ``.../typer/main.py:1445: UserWarning: ...`` followed by a line of typer's source (what ``eval``
+    and ``predict`` showed a new-user trial). A warning raised elsewhere (torch, PyG) keeps Python's format, which
+    names where it came from."""
+    import warnings
+
+    default = warnings.showwarning
+    here = Path(__file__).resolve().parent
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        path = Path(filename).resolve()
+        # cmlgraph warns with the caller's line (stacklevel): under the CLI that is typer's or click's code
+        if here in path.parents or {"typer", "click"} & set(path.parts):
+            print(f"warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def _interrupted_exit(exc: SystemExit, by_signal: bool = False) -> None:

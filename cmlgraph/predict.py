@@ -140,8 +140,8 @@ def _resolve_graph(run: _Run, graph: Any, data_root: str | None) -> Any:
         if name not in REGISTRY and not name.endswith(".npz"):
             raise ConfigError(f"this run was trained on the in-memory graph {name!r} (cmlgraph.fit on a "
                               f"FewShotGraph), which is not stored with the run: save that graph with "
-                              f"graph.save('{name}.npz') and pass it (--graph {name}.npz, or graph=the FewShotGraph "
-                              f"in Python)")
+                              f"graph.save('{name}.npz') and pass it (--graph {name}.npz, or in Python "
+                              f"`cmlgraph.adapt(RUN_DIR, graph, support)` with the FewShotGraph)")
         options: dict[str, Any] = {}
         if name == "synthetic":
             options = {"num_nodes": d.synthetic_nodes, "num_classes": d.synthetic_classes}

@@ -70,9 +70,10 @@ def _in_memory(name: str) -> bool:
 
 
 @contextmanager
-def _graph_for(cfg: Config, graph: Any, command: str = "cmlgraph eval RUN_DIR") -> Iterator[None]:
+def _graph_for(cfg: Config, graph: Any, command: str = "cmlgraph eval RUN_DIR",
+               python: str = "cmlgraph.train.reeval.reevaluate(RUN_DIR, graph=graph)") -> Iterator[None]:
     """Point ``cfg`` at ``graph`` (a FewShotGraph, a registered name or a ``.npz`` file) while the domain is built;
-    ``command`` is the one the refusal of a missing in-memory graph names.
+    ``command`` and ``python`` are the command and the Python call the refusal of a missing in-memory graph names.
 
     A run on an in-memory graph gets ``graph`` registered under the run's graph name for the block, so that it is
     fitted to the episode settings as in training (:func:`cmlgraph.domains.graph.graph_of`).
@@ -90,8 +91,8 @@ def _graph_for(cfg: Config, graph: Any, command: str = "cmlgraph eval RUN_DIR") 
         if _in_memory(name) and name not in CUSTOM_GRAPHS:
             raise ConfigError(f"this run was trained on the in-memory graph {name!r} (cmlgraph.fit on a FewShotGraph), "
                               f"which is not stored with the run: save that graph with graph.save('{name}.npz') and "
-                              f"pass it (`{command} --graph {name}.npz`, or graph=the FewShotGraph in "
-                              f"Python)")
+                              f"pass it (`{command} --graph {name}.npz`, or in Python `{python}` with the "
+                              f"FewShotGraph)")
         yield
         return
     if not _in_memory(name):

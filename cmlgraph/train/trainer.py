@@ -1104,7 +1104,8 @@ def resume(run_dir: str | Path, console: Console | None = None, progress: bool =
     if cfg.data.task == "graph" and graph is not None and not _in_memory(str(cfg.data.graph)):
         raise ConfigError(f"this run was trained on the registered graph {str(cfg.data.graph)!r}, which resuming "
                           f"loads itself; drop the graph (--graph); --data-root says where its files are")
-    with _graph_for(cfg, graph, command=f"cmlgraph train --resume {shlex.quote(str(run_dir))}"):
+    with _graph_for(cfg, graph, command=f"cmlgraph train --resume {shlex.quote(str(run_dir))}",
+                    python=f"cmlgraph.resume({str(run_dir)!r}, graph=graph)"):
         trainer = Trainer(cfg, console, progress)
     trainer.resume(run_dir)
     summary = trainer.run()

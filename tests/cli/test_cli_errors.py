@@ -57,3 +57,26 @@ def test_train_and_eval_end_to_end(tmp_path):
     res = _run(["eval", "runs/e2e"], tmp_path)
     assert res.returncode == 0, res.stderr
     assert "mse" in res.stdout
+
+
+def test_the_command_lines_warnings_are_plain_lines(capsys):
+    """Under the real command line cmlgraph's warnings read ``warning: MESSAGE`` (``eval`` and ``predict`` showed
+    ``.../typer/main.py:1445: UserWarning: ...`` and a line of typer's source); a warning from elsewhere keeps
+    Python's format, which names its source."""
+    import warnings
+    from pathlib import Path
+
+    import typer
+
+    import cmlgraph.cli as cli
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        cli._plain_warnings()
+        typer_main = str(Path(typer.__file__).parent / "main.py")
+        warnings.warn_explicit("the classes were re-split 4/3/3", UserWarning, typer_main, 1445)
+        warnings.warn_explicit("a run's note", RuntimeWarning, cli.__file__, 10)
+        warnings.warn_explicit("torch's own", UserWarning, "/elsewhere/torch/nn/module.py", 3)
+    err = capsys.readouterr().err
+    assert "warning: the classes were re-split 4/3/3\n" in err and "warning: a run's note\n" in err
+    assert "typer" not in err and "torch's own" not in err  # handed to Python's own display (here pytest's)

@@ -90,6 +90,7 @@ def test_predict_on_a_run_of_an_in_memory_graph_says_how_to_pass_it(tmp_path, ca
     assert _cli(["predict", run, "--support", support, "--out", out]) == 2
     err = capsys.readouterr().err
     assert "in-memory graph 'zoo'" in err and "graph.save('zoo.npz')" in err and "--graph zoo.npz" in err
+    assert "`cmlgraph.adapt(RUN_DIR, graph, support)`" in " ".join(err.split())  # a function that exists
     assert _cli(["predict", run, "--graph", zoo.save(tmp_path / "zoo.npz"), "--support", support, "--out", out]) == 0
     assert len(_read(out)) == 298 and not err.count("\n") > 1
 

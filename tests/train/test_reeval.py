@@ -41,8 +41,10 @@ def zoo_run(tmp_path):
 
 def test_eval_of_a_fit_run_on_an_in_memory_graph_takes_the_saved_graph(zoo_run, tmp_path, capsys):
     run, summary, zoo = zoo_run
-    with pytest.raises(ConfigError, match=r"graph\.save\('zoo\.npz'\).*--graph zoo\.npz"):
+    with pytest.raises(ConfigError, match=r"graph\.save\('zoo\.npz'\).*--graph zoo\.npz") as refused:
         reevaluate(run)  # was: "unknown dataset 'zoo'"
+    # the Python call it names exists (it had said "graph=the FewShotGraph in Python", naming no function)
+    assert "`cmlgraph.train.reeval.reevaluate(RUN_DIR, graph=graph)`" in str(refused.value)
     path = zoo.save(tmp_path / "zoo.npz")
     res = reevaluate(run, graph=path)
     assert res["num_tasks"] == summary["num_tasks"] and res["mean"] == pytest.approx(summary["mean"], abs=1e-6)
@@ -51,7 +53,12 @@ def test_eval_of_a_fit_run_on_an_in_memory_graph_takes_the_saved_graph(zoo_run, 
 
     assert "zoo" not in CUSTOM_GRAPHS  # registered only while the run's domain was built
     assert _cli(["eval", run, "--graph", path]) == 0
-    assert f"{summary['mean']:.4f}" in capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"{summary['mean']:.4f}" in out
+    # the baseline beside the run's validation, as `cmlgraph train` ends (a new-user trial missed it in eval)
+    record = summary["baseline_val"]
+    assert f"best validation accuracy {summary['best_val']:.4f} (step {summary['best_step']}); training-free " \
+           f"{record['method']}" in out and f"validation tasks: {record['val']:.4f}" in out
 
 
 def test_eval_refuses_a_graph_the_test_tasks_do_not_belong_to(zoo_run, tmp_path):
