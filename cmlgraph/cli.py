@@ -268,7 +268,8 @@ def compare(
 @app.command()
 def leaderboard(
     graphs: str = typer.Option("cora,citeseer,amazon-computers,amazon-photo,coauthor-cs",
-                               help="Comma-separated graphs (cmlgraph datasets list)."),
+                               help="Comma-separated graphs: `cmlgraph datasets list` names or .npz files saved "
+                                    "with graph.save (their runs are named by the file name)."),
     ways: int | None = typer.Option(None, help="Classes per task (default: the graph's preset: 2, coauthor-cs 5)."),
     shots: str | None = typer.Option(None, help="Comma-separated shots (default: the graph's preset: 1 and 3, "
                                                 "amazon-computers 1 and 5)."),

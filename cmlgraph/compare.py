@@ -57,6 +57,10 @@ def check_domains(domains: Sequence[str]) -> None:
     graphs = [*dataset_names(), *CUSTOM_GRAPHS]
     for domain in domains:
         key = str(domain).strip().lower().replace("_", "-")
+        if str(domain).endswith(".npz"):
+            raise ConfigError(f"--domains: {domain!r} is a graph file; compare runs registered domains only: "
+                              f"`cmlgraph leaderboard --graphs {domain} --ways W --shots K --methods maml,maml+cml` "
+                              f"compares arms on a graph file")
         if domain not in PRESETS and key not in graphs and domain not in CUSTOM_GRAPHS:
             raise ConfigError(f"--domains: unknown domain {domain!r}{_closest(key, [*TASK_DOMAINS, *graphs])}; "
                               f"valid: {', '.join(TASK_DOMAINS)}, or a graph: {', '.join(graphs)}")

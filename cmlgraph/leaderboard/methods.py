@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from cmlgraph.errors import ConfigError
 
@@ -64,8 +65,12 @@ class Setting:
 
     @property
     def slug(self) -> str:
-        """E.g. ``cora-2w3s`` (run folder prefix)."""
-        return f"{self.graph}-{self.ways}w{self.shots}s"
+        """E.g. ``cora-2w3s`` (run folder prefix); a graph file ``/data/mysbm.npz`` gives ``mysbm-2w3s`` (its path
+        is no folder name: a new-user trial's leaderboard failed after it had started)."""
+        graph = self.graph
+        if graph.endswith(".npz"):
+            graph = Path(graph).name.removesuffix(".npz") or "graph"
+        return f"{graph}-{self.ways}w{self.shots}s"
 
 
 def parse_methods(names: Sequence[str] | None, log: Callable[[str], None] = print) -> list[Method]:

@@ -183,3 +183,21 @@ def test_steps_override_shortens_meta_learning_not_baselines(monkeypatch):
     assert (meta.train.steps, meta.train.test_tasks) == (3, 7)
     assert base.train.steps != 3 and base.train.test_tasks == 7
     assert over == {"train": {"steps": 3, "test_tasks": 7}}  # the caller's overrides are not changed
+
+
+def test_a_graph_file_given_by_its_absolute_path_names_its_runs_by_the_file(tmp_path, capsys):
+    """``--graphs /data/mysbm.npz``: the runs are named ``mysbm-2w1s-...`` (the path made a run name that is no
+    folder name, and the leaderboard failed after it had started: a new-user trial)."""
+    from cmlgraph.graphs import load_graph
+
+    g = load_graph("synthetic", num_nodes=300, num_classes=15)
+    path = g.save(tmp_path / "data" / "mysbm.npz")
+    assert Setting(str(path), 2, 1).slug == "mysbm-2w1s"
+    (tmp_path / "tiny.yaml").write_text(TINY_YAML)
+    with pytest.raises(SystemExit) as exc:
+        main(["leaderboard", "--graphs", str(path.resolve()), "--ways", "2", "--shots", "1", "--methods",
+              "sgc-proto,protonet", "--seeds", "0", "--config", str(tmp_path / "tiny.yaml"),
+              "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert exc.value.code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["mysbm-2w1s-protonet-s0",
+                                                                      "mysbm-2w1s-sgc-proto-s0"]

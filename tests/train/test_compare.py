@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cmlgraph.compare import run_compare, write_outputs
+from cmlgraph.errors import ConfigError
 
 TINY = {"train": {"steps": 2, "meta_batch": 2, "val_tasks": 3, "test_tasks": 6, "val_every": 2}}
 
@@ -91,6 +92,12 @@ def test_an_unknown_domain_is_refused_before_anything_is_written(tmp_path):
     name = register_graph(from_arrays(torch.randint(0, 30, (2, 60), generator=gen), torch.randn(30, 4, generator=gen),
                                       torch.arange(30) % 6, name="compare-user-graph", split="2/2/2"))
     check_domains([name])  # a user's graph registered in this process is a domain too
+
+
+def test_a_graph_file_is_refused_naming_the_leaderboard(tmp_path):
+    with pytest.raises(ConfigError, match=r"'g\.npz' is a graph file.*cmlgraph leaderboard --graphs g\.npz"):
+        run_compare(["g.npz"], ["maml"], [0], tmp_path / "runs", log=lambda m: None)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_an_unknown_algorithm_is_refused_naming_the_flag_given(tmp_path):
