@@ -7,6 +7,7 @@ YAML files are read with ``yaml.safe_load``; unknown sections or keys are reject
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -27,7 +28,8 @@ class DataConfig:
         graph: Graph dataset name (``cmlgraph datasets list``); used when ``task`` is ``graph``.
         data_root: Raw data root (else ``$CMLGRAPH_DATA``, else ``datasets/``).
         allow_partial: Run on the classes present when a dataset is partial.
-        split: Class split: counts like ``"10/5/5"`` or a JSON file of class ids.
+        split: Class split: counts like ``"10/5/5"``, a JSON file of class ids, or (Python, YAML) a mapping
+            ``{"train": [...], "val": [...], "test": [...]}`` of class ids or, for a user's graph, its labels.
         ways: N classes per task (classification).
         shots: K support examples per class (regression: support points).
         queries: Query examples per class (regression: query points).
@@ -51,7 +53,7 @@ class DataConfig:
     graph: str = "synthetic"
     data_root: str | None = None
     allow_partial: bool = False
-    split: str | None = None
+    split: str | dict[str, list[Any]] | None = None
     ways: int = 5
     shots: int | None = None
     queries: int | None = None
@@ -283,6 +285,11 @@ def _coerce(section: str, key: str, value: Any, typ: Any) -> Any:
         return float(value)
     if "str" in text and isinstance(value, str):
         return value
+    if "dict" in text and isinstance(value, Mapping):  # a split's class lists (data.split)
+        if not all(isinstance(k, str) and isinstance(v, (list, tuple)) for k, v in value.items()):
+            raise ConfigError(f"config key {section}.{key} = {dict(value)!r}: a mapping must give each of 'train', "
+                              f"'val', 'test' a list of classes")
+        return {k: list(v) for k, v in value.items()}
     if "str" in text and not want_bool and isinstance(value, bool) and (section, key) in ON_OFF:
         # YAML 1.1 reads unquoted ``on``/``off`` (also yes/no, true/false) as booleans: the switches mean them
         return "on" if value else "off"

@@ -52,8 +52,13 @@ def _ranges(cfg: Config) -> None:
                 _need(abs(value) <= MAX_INT, f"{section}.{key} = {value}: too large; use a value below {MAX_INT}")
 
 
-def _split(task: str, split: str | None) -> None:
+def _split(task: str, split: str | dict | None) -> None:
     if split is None:
+        return
+    if isinstance(split, dict):  # lists of classes: checked against the graph's classes when it is loaded
+        _need(task in ("graph", "omniglot"), f"split {split}: a {task} run has no classes to split")
+        _need(set(split) <= {"train", "val", "test"} and {"train", "test"} <= set(split),
+              f"split {split}: give 'train' and 'test' (and optionally 'val') lists of classes, nothing else")
         return
     parts = split.split("/")
     if len(parts) == 3 and all(p.strip().isdigit() for p in parts):

@@ -98,8 +98,8 @@ class ImageDomain(Domain):
                 "norm": self.norm, "transductive": TRANSDUCTIVE[self.norm]}
 
 
-def _split_arg(split: str | None) -> Any:
-    if split is None or split in ("vinyals", "seeded"):
+def _split_arg(split: str | dict[str, list[Any]] | None) -> Any:
+    if not isinstance(split, str) or split in ("vinyals", "seeded"):
         return split
     parts = split.split("/")
     if len(parts) == 3 and all(p.isdigit() for p in parts):

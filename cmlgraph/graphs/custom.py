@@ -21,7 +21,7 @@ from torch_geometric.utils import coalesce, is_undirected, remove_self_loops, to
 from cmlgraph.errors import ConfigError, DataError
 from cmlgraph.graphs.assemble import assemble
 from cmlgraph.graphs.fewshot_graph import FewShotGraph
-from cmlgraph.graphs.fit_classes import check_split_ways, default_split
+from cmlgraph.graphs.fit_classes import check_split_ways, default_split, split_by_labels
 from cmlgraph.graphs.sparse import is_sparse, scipy_to_torch, to_coo
 from cmlgraph.graphs.splits import SplitSpec
 from cmlgraph.text import agree, counted, have
@@ -253,6 +253,7 @@ def from_arrays(
                 f"only {have(len(classes), 'class')} at least shots+queries={need} labelled nodes, fewer than "
                 f"ways={ways}; lower shots or queries, or label more nodes{hint}"
             )
+    split = split_by_labels(split, class_names)  # a mapping may list the user's labels
     meta = dict(info or {})
     meta.update(class_names=class_names, custom=True, split_spec=split, missing_label=missing_label,
                 missing_label_nodes=by_value, nan_cast_label_nodes=nan_cast)

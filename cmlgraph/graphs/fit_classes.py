@@ -74,7 +74,8 @@ def check_split_ways(graph: FewShotGraph, ways: int, need: int, *, default: bool
             if len(classes) >= 2:
                 fixes.append(f"use ways <= {len(classes)}")
             fixes.append(f"give a split with at least {ways} {name} classes (split='TRAIN/VAL/TEST' counts, or "
-                         f"a mapping of class ids), or leave split unset")
+                         f"a mapping of your labels, e.g. split={{'train': [...], 'val': [...], 'test': [...]}}), "
+                         f"or leave split unset")
         missing = graph.info.get("missing_label_nodes", 0)
         if missing:
             fixes.append(f"{missing} nodes labelled {graph.info.get('missing_label')!r} were treated as unlabelled "
@@ -149,6 +150,7 @@ def fit_graph(graph: FewShotGraph, ways: int, shots: int, queries: int, *, split
     """
     need = int(shots) + int(queries)
     y, kept, notes = _drop_small(graph, need)
+    split = split_by_labels(split, graph.info.get("class_names"))
     given = split if split is not None else graph.info.get("split_spec")
     if not kept:
         raise ConfigError(f"{graph.name}: no class has at least shots+queries={need} labelled nodes; lower shots "
@@ -186,6 +188,50 @@ def fit_graph(graph: FewShotGraph, ways: int, shots: int, queries: int, *, split
                                      full_graph_cache={})
     check_split_ways(fitted, ways, need, default=given is None, dropped=notes[0] if notes else "")
     return fitted
+
+
+def split_by_labels(split: Any, class_names: Sequence[Hashable] | None) -> Any:
+    """A split mapping that lists the user's own labels, in class ids; anything else as it is.
+
+    A user's graph numbers its classes 0..C-1 in sorted label order (``info["class_names"][i]`` is class i's
+    label), which the user never sees: a mapping of labels (``{"train": ["cat", "dog"], ...}``, or ints such as
+    ``[10, 20, 30]``) is read as labels when every entry is one of the graph's labels. Ids still work where they
+    are no labels (string labels, or int labels that are not ids). A mapping whose every entry is both a label and
+    the id of *another* class (labels ``1..10``, entries ``[1, 2, 3]``) is refused, not guessed.
+
+    Args:
+        split: What was given (counts, a mapping, a JSON file path, ``None``).
+        class_names: The graph's labels by class id (``None``: a registered dataset, whose ids are its labels).
+
+    Raises:
+        ConfigError: The mapping reads differently as labels and as ids.
+    """
+    if not isinstance(split, dict) or not class_names:
+        return split
+    names = list(class_names)
+    if names == list(range(len(names))):
+        return split
+    entries = [e for v in split.values() if isinstance(v, (list, tuple)) for e in v]
+    index: dict[Any, int] = {}
+    for i, name in enumerate(names):
+        try:
+            index.setdefault(name, i)
+        except TypeError:  # an unhashable label cannot be listed
+            return split
+    try:
+        all_labels = bool(entries) and all(e in index for e in entries)
+    except TypeError:
+        return split
+    if not all_labels:
+        return split
+    as_ids = all(isinstance(e, int) and not isinstance(e, bool) and 0 <= e < len(names) for e in entries)
+    if as_ids and any(index[e] != e for e in entries):
+        clash = next(e for e in entries if index[e] != e)
+        raise ConfigError(f"the split {split} is ambiguous: {clash!r} is a label of this graph (class id "
+                          f"{index[clash]}) and also the id of the class labelled {names[clash]!r}, and the two "
+                          f"readings differ; relabel the classes 0..{len(names) - 1} (labels and ids then agree), "
+                          f"or give counts 'TRAIN/VAL/TEST'")
+    return {k: [index[e] for e in v] if isinstance(v, (list, tuple)) else v for k, v in split.items()}
 
 
 def _is_counts(text: str) -> bool:

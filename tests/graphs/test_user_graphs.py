@@ -116,6 +116,34 @@ def test_explicit_split_at_fit_time_reaches_the_graph() -> None:
     assert [len(fitted.splits[s]) for s in ("train", "val", "test")] == [5, 2, 2]
 
 
+def test_a_split_mapping_lists_the_users_labels_in_fit_and_in_from_arrays(tmp_path: Path) -> None:
+    """A new-user trial: ``fit(split={...})`` was refused ("expected str | None") although fit's own errors suggest
+    a mapping, and a mapping had to use ids 0..C-1 the user never saw. Labels are read as labels; ids still work
+    where they are no labels; a mapping that reads differently both ways is refused, not guessed."""
+    names = [f"topic{i}" for i in range(8)]
+    ei, x, y = _graph([8] * 8, names=names)
+    split = {"train": names[:4], "val": names[4:6], "test": names[6:]}
+    g = from_arrays(ei, x, y, split=split)
+    assert g.splits == {"train": [0, 1, 2, 3], "val": [4, 5], "test": [6, 7]}
+    assert from_arrays(ei, x, y, split={"train": [0, 1, 2, 3], "val": [4, 5], "test": [6, 7]}).splits == g.splits
+    ei, x, tens = _graph([8] * 8, names=[10 * (i + 1) for i in range(8)])  # int labels that are no ids
+    assert from_arrays(ei, x, tens, split={"train": [10, 20, 30, 40], "val": [50, 60], "test": [70, 80]}
+                       ).splits == g.splits
+    ei, x, ones = _graph([8] * 8, names=list(range(1, 9)))  # labels 1..8: [1, 2, 3] are labels and other ids
+    with pytest.raises(ConfigError, match="ambiguous: 1 is a label of this graph .class id 0"):
+        from_arrays(ei, x, ones, split={"train": [1, 2, 3], "test": [4, 5, 6]})
+    ei, x, y = _graph([8] * 8, names=names)
+    run, summary = cmlgraph.fit(from_arrays(ei, x, y, name="labelled-split"), ways=2, shots=2, queries=3,
+                                runs_dir=str(tmp_path), split={"train": names[2:6], "val": names[:2],
+                                                               "test": names[6:]}, **FAST)
+    assert summary["num_tasks"] == 8
+    fitted = fit_graph(from_arrays(ei, x, y), 2, 2, 3, split={"train": names[2:6], "val": names[:2],
+                                                               "test": names[6:]})
+    assert fitted.splits == {"train": [2, 3, 4, 5], "val": [0, 1], "test": [6, 7]}
+    with pytest.raises(ConfigError, match="give 'train' and 'test'"):
+        cmlgraph.fit(from_arrays(ei, x, y, name="bad-split"), ways=2, runs_dir=str(tmp_path), split={"tran": [0]})
+
+
 @pytest.mark.slow
 def test_citeseer_source_unlabelled_nodes_are_unlabelled(shared_root: Path) -> None:
     """Fault 3: CiteSeer's 15 test ids without features and label are unlabelled, not class 0."""
