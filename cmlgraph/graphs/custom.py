@@ -70,17 +70,23 @@ def _is_nan_cast(label: Any) -> bool:
     return isinstance(label, int) and not isinstance(label, bool) and label in NAN_CAST_LABELS
 
 
+def _is_blank(label: Any) -> bool:
+    """No label at all: ``None``, a float NaN or an empty string (what a CSV's empty cell reads as; ``adapt``'s
+    support labels treat it so too)."""
+    return label is None or (isinstance(label, float) and math.isnan(label)) or (isinstance(label, str)
+                                                                               and not label.strip())
+
+
 def _is_missing(label: Any, missing_label: Any) -> bool:
-    if label is None or _is_nan_cast(label):
-        return True
-    if isinstance(label, float) and math.isnan(label):
+    if _is_blank(label) or _is_nan_cast(label):
         return True
     return missing_label is not None and label == missing_label
 
 
-def _labels(labels: Any, missing_label: Any) -> tuple[Tensor, list[Hashable], int, int]:
+def _labels(labels: Any, missing_label: Any) -> tuple[Tensor, list[Hashable], int, int, int]:
     """Class ids ``0..C-1`` (-1 unlabelled), the user's labels of the classes, the nodes unlabelled by
-    ``missing_label`` and the nodes whose label is a NaN cast to an integer."""
+    ``missing_label``, the nodes whose label is a NaN cast to an integer, and the nodes with no label at all
+    (:func:`_is_blank`)."""
     if isinstance(labels, Tensor):
         labels = labels.detach().cpu().view(-1).tolist()
     elif isinstance(labels, np.ndarray):
@@ -101,9 +107,8 @@ def _labels(labels: Any, missing_label: Any) -> tuple[Tensor, list[Hashable], in
     y = torch.tensor([-1 if _is_missing(lab, missing_label) else mapping[lab] for lab in labels], dtype=torch.long)
     nan_cast = sum(1 for lab in labels if _is_nan_cast(lab))
     by_value = 0 if missing_label is None else sum(
-        1 for lab in labels if lab is not None and not (isinstance(lab, float) and math.isnan(lab))
-        and not _is_nan_cast(lab) and _is_missing(lab, missing_label))
-    return y, uniq, by_value, nan_cast
+        1 for lab in labels if not _is_blank(lab) and not _is_nan_cast(lab) and _is_missing(lab, missing_label))
+    return y, uniq, by_value, nan_cast, sum(1 for lab in labels if _is_blank(lab))
 
 
 def _negative_labels_note(class_names: Sequence[Hashable], y: Tensor) -> str | None:
@@ -203,7 +208,7 @@ def from_arrays(
     """
     notes: list[str] = []
     x = _features(features)
-    y, class_names, by_value, nan_cast = _labels(labels, missing_label)
+    y, class_names, by_value, nan_cast, blank = _labels(labels, missing_label)
     n = int(num_nodes) if num_nodes is not None else int(x.shape[0])
     if x.shape[0] != n or y.numel() != n:
         raise DataError(
@@ -211,6 +216,10 @@ def from_arrays(
             "give one feature row and one label (None for unlabelled) per node"
         )
     ei = _edges(edge_index, n, self_loops, notes)
+    if blank:  # said as docs/python-api.md promises (it was only a note): an empty label is easily a mistake
+        msg = (f"{blank} of {n} nodes {agree(blank, 'has', 'have')} no label (None, NaN or an empty string): "
+               f"{agree(blank, 'it is', 'they are')} unlabelled, kept as graph context but never drawn into a task")
+        warn_user(msg)  # graph.notes says it too (assemble's count of unlabelled nodes)
     if by_value:
         msg = (f"{have(by_value, 'node')} the label {missing_label!r} and {agree(by_value, 'was', 'were')} "
                f"treated as unlabelled (missing_label={missing_label!r}); pass missing_label=None to keep "

@@ -155,6 +155,19 @@ def test_citeseer_source_unlabelled_nodes_are_unlabelled(shared_root: Path) -> N
     assert int((cora.y < 0).sum()) == 0 and not any("have no label" in n for n in cora.notes)
 
 
+@pytest.mark.parametrize("blank", [None, float("nan"), "", "  "])
+def test_a_node_without_a_label_is_unlabelled_and_said_in_a_warning(blank) -> None:
+    """``""`` (a CSV's empty cell) became a class of its own with no word (a new-user trial), while ``adapt``
+    read it as missing; None and NaN were only in ``graph.notes``, where the docs promise a warning too."""
+    ei, x, y = _graph([10, 10, 10], names=["a", "b", "c"])
+    y = [blank] * 4 + y[4:]
+    with pytest.warns(UserWarning, match="4 of 30 nodes have no label .None, NaN or an empty string.: they are "
+                                         "unlabelled"):
+        g = from_arrays(ei, x, y)
+    assert g.info["class_names"] == ["a", "b", "c"] and int((g.y < 0).sum()) == 4
+    assert any(n.startswith("4 of 30 nodes have no label") for n in g.notes)
+
+
 def test_missing_label_is_counted_and_can_be_kept() -> None:
     """Fault 4: labels coded -1/+1."""
     ei, x, _ = _graph([20, 20])
