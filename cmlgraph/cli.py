@@ -494,9 +494,6 @@ def predict(
     counts = {c: pred.labels.count(c) for c in pred.classes}
     console.print(f"{len(pred.nodes)} nodes of {g.name!r} predicted from {len(labels)} labelled nodes "
                   f"({', '.join(f'{c}: {n}' for c, n in counts.items())}); wrote {out}")
-    if pred.unanswered:
-        console.print(f"[yellow]note:[/yellow] {pred.unanswered} nodes have no path to a labelled node within the "
-                      f"propagation's reach: no prediction (empty), uniform probabilities")
 
 
 @app.command()

@@ -459,7 +459,15 @@ def predict_with_method(method: str, graph: Any, support: Mapping[Hashable, Hash
     holder.to(dev)
     if method == "gcl-probe":
         algo.pretrain(holder, domain.node_input(torch.arange(g.num_nodes), dev), g.name, seed)  # type: ignore
-    return _predict_task(algo, holder, domain, g, nodes, labels, order, dev)
+    pred = _predict_task(algo, holder, domain, g, nodes, labels, order, dev)
+    if pred.unanswered:  # a label of None, probabilities uniform: said, so no one scores them as answers
+        from cmlgraph.user_warnings import warn_user
+
+        warn_user(f"{pred.unanswered} of {len(pred.nodes)} nodes have no path to a labelled node within "
+                  f"{method}'s reach: no prediction (label None, an empty cell in a CSV), uniform probabilities; "
+                  f"leave them out of any accuracy, or use sgc-proto, which answers every node",
+                  RuntimeWarning)
+    return pred
 
 
 def _check_options(cfg: Any) -> None:
