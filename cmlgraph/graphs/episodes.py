@@ -83,8 +83,14 @@ class EpisodeSampler:
             if hi - lo < need:
                 short.append(f"{c} ({hi - lo} nodes)")
         if short:
+            sizes = sorted(len(n) for n in self._nodes)
+            shown = ", ".join(short[:8]) + (f", ... ({len(short) - 8} more)" if len(short) > 8 else "")
+            each = (f"{sizes[0]} labelled nodes each" if sizes[0] == sizes[-1] else
+                    f"{sizes[0]} to {sizes[-1]} labelled nodes")
+            fits = (f"shots+queries <= {sizes[0]} fits every class of the split (its classes have {each}); "
+                    if sizes[0] >= 2 else "")
             raise ConfigError(
-                f"{have(len(short), 'class')} fewer than shots+queries={need} labelled nodes: {', '.join(short)}; "
+                f"{have(len(short), 'class')} fewer than shots+queries={need} labelled nodes: {shown}; {fits}"
                 "lower shots/queries, or use a split without these classes (split= in Python, --split on the command "
                 "line)"
             )

@@ -51,6 +51,14 @@ def test_validation_messages() -> None:
         EpisodeSampler(y, [0, 1, 2, 3], 2, 1, 5, gen)
     with pytest.raises(ConfigError, match="shots=0"):
         EpisodeSampler(Y, [0, 1], 2, 0, 5, gen)
+    # many short classes: a few named, the rest counted, and the largest shots+queries that fits them all (a
+    # new-user trial's --shots 50 listed all 36 classes of the split)
+    with pytest.raises(ConfigError) as err:
+        EpisodeSampler(Y, list(range(10)), 2, 20, 5, gen)
+    text = str(err.value)
+    assert "10 classes have fewer than shots+queries=25" in text and "... (2 more)" in text
+    assert text.count(" nodes),") == 8  # eight named
+    assert "shots+queries <= 17 fits every class of the split (its classes have 17 to 18 labelled nodes)" in text
 
 
 def test_state_roundtrip(tmp_path: Path) -> None:
