@@ -538,6 +538,10 @@ def runs(
     if json_out:
         print(json.dumps(records, indent=2))
         return
+    if not records:
+        console.print(f"no run folders in {escape(str(runs_dir))}: `cmlgraph train` writes one there (the default "
+                      f"--runs-dir is runs; another folder: `cmlgraph runs FOLDER`)")
+        return
     from rich.table import Table
 
     table = Table(title=f"runs in {runs_dir}")
@@ -545,15 +549,23 @@ def runs(
     differ = any(r.get("differs") for r in records)
     for col in cols + (["settings that differ"] if differ else []):
         table.add_column(col, no_wrap=col not in ("name", "settings that differ"), overflow="fold")
+    from rich.text import Text
+
+    widths = [len(str(col.header)) for col in table.columns]
     for r in records:
         algo = r["algorithm"] + ("" if r["control"] in (None, "none") else f" ({r['control']})")
         status = run_status(r)
         score = format_score(r) + (f" [yellow]! {len(r['warnings'])}[/yellow]" if r["warnings"] else "")
-        table.add_row(r["name"], str(r["dataset"]) + (" (partial)" if r["partial"] else ""), algo,
-                      "yes" if r["cml"] else "no", format_shape(r), f"{run_step(r)}/{r['steps']}", score,
-                      str(r["num_tasks"] or ""), status, r["date"].replace("T", " ").rstrip("Z"),
-                      *([escape(format_settings(r))] if differ else []))
-    console.print(table)
+        row = [escape(r["name"]), escape(str(r["dataset"])) + (" (partial)" if r["partial"] else ""), algo,
+               "yes" if r["cml"] else "no", format_shape(r), f"{run_step(r)}/{r['steps']}", score,
+               str(r["num_tasks"] or ""), status, r["date"].replace("T", " ").rstrip("Z"),
+               *([escape(format_settings(r))] if differ else [])]
+        widths = [max(w, Text.from_markup(cell).cell_len) for w, cell in zip(widths, row, strict=True)]
+        table.add_row(*row)
+    # piped (| grep, > file): as wide as the table needs (cells, padding, borders), so no name is folded over two
+    # lines and each can be copied; a terminal keeps its own width
+    wide = sum(widths) + 3 * len(widths) + 1
+    (console if console.is_terminal or wide <= console.width else Console(width=wide)).print(table)
     for r in records:
         if r["status"] == "failed":
             why = escape(str(r.get("error") or ""))

@@ -84,3 +84,20 @@ def test_a_numerically_failed_run_is_listed_as_failed_not_resumable(tmp_path):
     # tried again: failed again (a killed attempt would be resumable, not failed: the record is removed first)
     assert _cli(["train", "--resume", runs / "nan-skip", "--quiet"], tmp_path).returncode == 2
     assert {r["name"]: r["status"] for r in list_runs(runs)}["nan-skip"] == "failed"
+
+
+def test_piped_runs_keeps_each_name_on_one_line_and_an_empty_folder_says_so(tmp_path):
+    """``cmlgraph runs | grep`` at the default 80 columns folded long run names over two lines (a new-user trial
+    could not copy them); an empty folder printed an empty table with no hint."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in (KILL_ENV, "COLUMNS")}
+    listing = subprocess.run([sys.executable, "-m", "cmlgraph", "runs", str(runs)], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert listing.returncode == 0 and "no run folders in" in listing.stdout and "┏" not in listing.stdout
+    name = "sinusoid-maml-a-rather-long-run-name-of-a-sweep-seed-0001"
+    assert _cli(["train", "--task", "sinusoid", "--steps", "2", "--val-every", "2", "--test-tasks", "3", "--quiet",
+                 "--runs-dir", runs, "--name", name], tmp_path).returncode == 0
+    listing = subprocess.run([sys.executable, "-m", "cmlgraph", "runs", str(runs)], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert any(name in line for line in listing.stdout.splitlines()), listing.stdout
