@@ -59,7 +59,11 @@ def api_names(message: str) -> str:
         return "`" + ", ".join(f"{k.replace('-', '_')}={_literal(v)}" for k, v in pairs) + "`"
 
     message = re.sub(r"`((?:--[a-z][a-z0-9-]* [^\s`-][^\s`]*)(?: --[a-z][a-z0-9-]* [^\s`-][^\s`]*)*)`", call, message)
-    message = re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)", flag, message).replace("config key ", "setting ")
+    # a quoted shell command (`cmlgraph predict --graph G.npz`) keeps its flags: it is run as it reads
+    parts = re.split(r"(`cmlgraph [^`]*`)", message)
+    message = "".join(part if part.startswith("`cmlgraph ") else
+                      re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)", flag, part) for part in parts)
+    message = message.replace("config key ", "setting ")
     return re.sub(r"\b(data|model|algo|train|run)\.([a-z_]+)\b", dotted, message)
 
 

@@ -33,3 +33,5 @@ def test_api_names_rewrites_only_fit_settings() -> None:
         'use `algo="sgc-proto", features="standard"` here'
     assert api_names("try `--inner-lr 0.5` or `--steps 10`") == "try `inner_lr=0.5` or `steps=10`"
     assert api_names("`cmlgraph train --resume R`; `--nope 3`") == "`cmlgraph train --resume R`; `--nope 3`"
+    assert api_names("use `cmlgraph predict --graph G.npz --features row`, or --features") == \
+        "use `cmlgraph predict --graph G.npz --features row`, or features"  # a shell command keeps its flags

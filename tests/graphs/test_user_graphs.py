@@ -95,6 +95,19 @@ def test_fit_errors_name_user_labels_and_python_arguments() -> None:
     assert "--" not in msg
 
 
+def test_a_graph_with_too_few_classes_to_meta_train_names_the_training_free_route(tmp_path: Path) -> None:
+    """Two classes cannot give disjoint train and test classes, not even for a training-free run of ``fit``; the
+    refusal names what labels such a graph: ``predict_with_method``, which needs no split (a new-user trial)."""
+    ei, x, y = _graph([20, 20], names=["yes", "no"])
+    with pytest.raises(ConfigError) as err:
+        cmlgraph.fit(from_arrays(ei, x, y, name="two-classes"), ways=2, algo="sgc-proto", runs_dir=str(tmp_path))
+    text = str(err.value)
+    assert "cmlgraph.predict_with_method('sgc-proto', graph, support)" in text
+    assert "`cmlgraph predict --method sgc-proto --graph G.npz`" in text  # the shell command's flags as they are
+    support = {0: "yes", 1: "yes", 20: "no", 21: "no"}
+    assert len(cmlgraph.predict_with_method("sgc-proto", from_arrays(ei, x, y), support).nodes) == 36
+
+
 def test_default_split_fits_ways() -> None:
     """Fault 2: 12 classes and ways=3 give a 6/3/3 default split, not 8/2/2."""
     assert default_split(12, 3) == "6/3/3"
