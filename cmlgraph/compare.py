@@ -12,7 +12,7 @@ import csv
 import difflib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +245,8 @@ class Paired:
     base_runs: list[str]
     cml_runs: list[str]
     diff_seeds: tuple[float, float] = (0.0, 0.0)
+    #: Runs (of either arm) that meta-trained but kept their step-0 parameters: no validation beat the start.
+    kept_start: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -279,6 +281,7 @@ def paired_stats(pairs: Sequence[tuple[Path, Path]]) -> Paired:
         ConfigError: The two runs of a pair have different test tasks (:func:`check_same_tasks`).
     """
     base_means, cml_means, diffs = [], [], []
+    kept: list[str] = []
     metric = ""
     for base, cml in pairs:
         sb, sc = json.loads((base / "summary.json").read_text()), json.loads((cml / "summary.json").read_text())
@@ -288,9 +291,18 @@ def paired_stats(pairs: Sequence[tuple[Path, Path]]) -> Paired:
         check_same_tasks(base, cml)
         xb, xc = run_scores(base), run_scores(cml)
         diffs += [c - b for b, c in zip(xb, xc, strict=True)]
+        kept += [run.name for run, summary in ((base, sb), (cml, sc)) if kept_its_start(summary)]
     seed_diffs = [c - b for b, c in zip(base_means, cml_means, strict=True)]
     return Paired(metric, mean_ci95(base_means), mean_ci95(cml_means), mean_ci95(diffs), len(pairs), len(diffs),
-                  [p[0].name for p in pairs], [p[1].name for p in pairs], diff_seeds=mean_ci95(seed_diffs))
+                  [p[0].name for p in pairs], [p[1].name for p in pairs], diff_seeds=mean_ci95(seed_diffs),
+                  kept_start=list(dict.fromkeys(kept)))
+
+
+def kept_its_start(summary: dict[str, Any]) -> bool:
+    """Whether a run meta-trained (steps run > 0) but its model is its step-0 start: the best validation score was
+    the start's (``best_step`` 0), so its test score is that of an untrained model."""
+    steps = summary.get("steps_run", summary.get("steps")) or 0
+    return int(steps) > 0 and summary.get("best_step") == 0
 
 
 def build_cell(domain: str, algo: str, pairs: Sequence[tuple[Path, Path]], training_free: bool = False) -> Cell:
@@ -514,6 +526,14 @@ def write_outputs(cells: Sequence[Cell], out_dir: str | Path) -> list[Path]:
     if any(c.training_free for c in cells):
         lines += ["", "A training-free baseline is not meta-trained, so it has no CML arm: its row (column 4, on the "
                   "same test tasks) is the score a meta-learned model should beat."]
+    for c in cells:
+        if c.kept_start and not c.training_free:
+            runs = len(c.base_runs) + len(c.cml_runs)
+            lines += ["", f"Note: {len(c.kept_start)} of {runs} {c.domain} {c.algorithm} runs kept their step-0 "
+                      f"parameters (no validation after the start beat it: {', '.join(c.kept_start)}), so their "
+                      f"scores are an untrained model's and the CML − base difference "
+                      f"{'compares' if len(c.kept_start) == runs else 'partly compares'} starts, not meta-learning; "
+                      f"train longer (--steps) or check --meta-lr."]
     notes = list(dict.fromkeys(c.overrides for c in cells if c.overrides))
     if notes:
         lines += ["", "Settings that differ from `cmlgraph train`'s defaults (the runs above are not what "

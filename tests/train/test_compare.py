@@ -144,3 +144,21 @@ def test_a_stopped_run_is_resumed_by_the_next_compare_not_trained_again(tmp_path
     for name in ref:
         a, b = (load_torch(tmp_path / d / name / "model.pt") for d in ("ref", "runs"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_runs_that_kept_their_untrained_start_are_named_under_the_table(tmp_path):
+    """A new-user trial's MAML arms both kept the step-0 start (best validation at step 0) and the table showed
+    a CML − base difference of +0.00 as if it were a result; the runs are now named, and what that means."""
+    from cmlgraph.compare import Cell, kept_its_start
+
+    assert kept_its_start({"steps_run": 40, "best_step": 0}) and not kept_its_start({"steps_run": 40, "best_step": 8})
+    assert not kept_its_start({"steps_run": 0, "best_step": 0})  # a training-free run trains nothing
+    cell = Cell("accuracy", (0.9, 0.1), (0.9, 0.1), (0.0, 0.0), 2, 200, ["b0", "b1"], ["c0", "c1"],
+                kept_start=["b0", "b1", "c0", "c1"], domain="mysbm", algorithm="maml")
+    write_outputs([cell], tmp_path)
+    md = " ".join((tmp_path / "compare.md").read_text().split())
+    assert "4 of 4 mysbm maml runs kept their step-0 parameters" in md and "b0, b1, c0, c1" in md
+    assert "compares starts, not meta-learning" in md
+    cell.kept_start = []
+    write_outputs([cell], tmp_path)
+    assert "step-0" not in (tmp_path / "compare.md").read_text()
