@@ -77,6 +77,12 @@ def markdown(board: Board) -> str:
                          f"{_signed(p.diff_seeds[0], seed_ci(p.diff_seeds, p.seeds))} | "
                          f"± {_scaled(p.diff[1], METRIC)} | {p.seeds} |")
         lines.append("")
+    kept = list(dict.fromkeys([*(r for e in entries if e.vs_best for r in e.vs_best.kept_start),
+                               *(r for c in board.cml for r in c.paired.kept_start)]))
+    if kept:  # meta-trained runs whose model is their untrained start (best validation at step 0)
+        lines += [f"Note: {len(kept)} meta-trained runs kept their step-0 parameters (no validation after the start "
+                  f"beat it): {', '.join(kept)}. Their scores are an untrained model's, and a difference between "
+                  f"two such runs compares starts, not meta-learning; train longer (--steps) or check --meta-lr.", ""]
     lines.append("Accuracy in %, mean ± 95% Student-t CI over seeds (each seed's value is its run's mean over its "
                  "fixed test tasks). Differences pair the two methods' runs of the same seed, which were evaluated "
                  "on identical test tasks (checked by hash of test_episodes.pt); their CI over seeds includes the "

@@ -76,6 +76,15 @@ def test_table_equals_hand_computation_from_scores(runs, tmp_path, monkeypatch):
     md = (tmp_path / "leaderboard.md").read_text()
     assert "## synthetic 2-way 1-shot" in md and "Best baseline: protonet." in md and "## CML − base" in md
     assert (tmp_path / "leaderboard.png").stat().st_size > 0
+    # meta-trained runs that kept their untrained start are named under the tables (a new-user trial's two MAML
+    # arms at best step 0 showed a CML difference of +0.00 as a result)
+    import json
+
+    from cmlgraph.compare import kept_its_start
+
+    kept = [run.name for run in found.values() if kept_its_start(json.loads((run / "summary.json").read_text()))]
+    note = next((line for line in md.splitlines() if "kept their step-0 parameters" in line), "")
+    assert all(name in note for name in kept) and (note.startswith(f"Note: {len(kept)} ") if kept else not note)
 
 
 def test_finished_runs_are_reused_not_retrained(runs):
@@ -201,3 +210,16 @@ def test_a_graph_file_given_by_its_absolute_path_names_its_runs_by_the_file(tmp_
     assert exc.value.code == 0, capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["mysbm-2w1s-protonet-s0",
                                                                       "mysbm-2w1s-sgc-proto-s0"]
+
+
+def test_runs_that_kept_their_untrained_start_are_named_under_the_board():
+    from cmlgraph.compare import Paired
+    from cmlgraph.leaderboard.outputs import markdown
+    from cmlgraph.leaderboard.table import Board, CmlRow
+
+    paired = Paired("accuracy", (0.9, 0.1), (0.9, 0.1), (0.0, 0.0), 2, 200, ["m0", "m1"], ["c0", "c1"],
+                    kept_start=["m0", "c0", "c1"])
+    md = markdown(Board(entries=[], cml=[CmlRow(SETTING, "maml", paired)]))
+    assert "Note: 3 meta-trained runs kept their step-0 parameters" in md and "m0, c0, c1" in md
+    paired.kept_start = []
+    assert "step-0" not in markdown(Board(entries=[], cml=[CmlRow(SETTING, "maml", paired)]))
