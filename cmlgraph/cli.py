@@ -72,7 +72,9 @@ def train(
     queries: int | None = typer.Option(None, help="Query examples per class (sinusoid: points)."),
     gnn: str | None = typer.Option(None, help="GNN: gcn, sgc, sage, gat, gin."),
     hidden: int | None = typer.Option(None, help="Hidden width of the extractor."),
-    layers: int | None = typer.Option(None, help="Layers of the extractor."),
+    layers: int | None = typer.Option(None, help="Layers of the extractor (SGC: the propagation depth K).",
+                                      show_default="2; the PCA-started SGC of a graph run: K chosen on validation "
+                                                   "as sgc-proto chooses it"),
     dropout: float | None = typer.Option(None, help="Dropout of the GNN."),
     norm: str | None = typer.Option(None, help="Conv4 normalisation (images): batch (the paper's, transductive: a "
                                     "query's prediction depends on the other queries), instance, group, support."),

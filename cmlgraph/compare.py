@@ -150,7 +150,10 @@ def describe_overrides(domain: str, diffs: dict[str, tuple[Any, Any]], algos: Se
     if not diffs:
         return ""
     file = PRESETS.get(domain, ("graph-table.yaml", {}))[0]
-    what = ", ".join(f"{key.split('.', 1)[1]} {mine} (train: {'default' if train is None else train})"
+    def unset(key: str) -> str:  # what an unset setting means for `cmlgraph train`
+        return "chosen on validation" if key == "model.layers" else "default"
+
+    what = ", ".join(f"{key.split('.', 1)[1]} {mine} (train: {unset(key) if train is None else train})"
                      for key, (mine, train) in diffs.items())
     who = f"{domain} ({', '.join(algos)})" if algos else domain
     return f"{who}: compare's preset (configs/{file}) differs from `cmlgraph train`'s defaults: {what}"

@@ -75,7 +75,8 @@ class ModelConfig:
     Attributes:
         gnn: GNN kind (``sgc`` (default: fast, as in Meta-GNN), ``gcn``, ``sage``, ``gat``, ``gin``).
         hidden: Hidden width of the GNN (MLP: width of each hidden layer).
-        layers: Message-passing layers (MLP: hidden layers).
+        layers: Message-passing layers (MLP: hidden layers); unset: 2, except the PCA-started SGC of a graph run,
+            whose propagation depth K is chosen on the run's validation tasks (:mod:`cmlgraph.domains.depth_choice`).
         dropout: Dropout of the GNN.
         gat_heads: Attention heads of GAT.
         norm: Conv4's normalisation (image tasks only): ``batch`` (the paper's; transductive: query statistics),
@@ -90,7 +91,7 @@ class ModelConfig:
 
     gnn: str = "sgc"
     hidden: int | None = None
-    layers: int = 2
+    layers: int | None = None
     dropout: float = 0.0
     gat_heads: int = 4
     norm: str | None = None

@@ -161,6 +161,9 @@ def _domain(run: _Run, graph: Any, ways: int) -> Any:
     from cmlgraph.graphs.features import with_features
 
     d, m = run.cfg.data, run.cfg.model
+    if m.layers is None:  # chosen on validation; a finished run's summary.json records it (run_features)
+        raise CmlgraphError("the run's summary.json does not record the propagation depth it chose (\"layers\"); "
+                            "evaluate or retrain it with this cmlgraph")
     graph, _ = with_features(graph, d.features)  # the features the model was trained on (data.features)
     if run.cfg.algo.algo in ("gmeta", "ammgnn"):  # TLP's encoders run on their own domain, as in training
         from cmlgraph.domains.tlp_graph import TLPGraphDomain

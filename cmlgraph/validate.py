@@ -119,7 +119,7 @@ def validate_config(cfg: Config) -> None:
 
         _choice("--gnn", m.gnn, list(GNN_REGISTRY))
     _need(m.hidden is not None and m.hidden >= 1, f"model.hidden = {m.hidden}: must be a positive integer")
-    _need(m.layers >= 1, f"model.layers = {m.layers}: need at least one layer")
+    _need(m.layers is None or m.layers >= 1, f"model.layers = {m.layers}: need at least one layer")
     _need(0.0 <= m.dropout < 1.0, f"model.dropout = {m.dropout}: must be in [0, 1)")
     _need(m.gat_heads >= 1, f"model.gat_heads = {m.gat_heads}: must be >= 1")
     if m.norm is not None:

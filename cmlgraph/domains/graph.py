@@ -375,6 +375,8 @@ class GraphDomain(Domain):
         return {**super().describe(), "ways": self.ways, "shots": self.shots, "queries": self.queries,
                 "mode": self.mode, "mode_reason": self.mode_reason, "features": self.features,
                 **({"feature_choice": self.feature_choice} if getattr(self, "feature_choice", None) else {}),
+                "layers": self.gnn["layers"],
+                **({"depth_choice": self.depth_choice} if getattr(self, "depth_choice", None) else {}),
                 "computation_trees": self.trees, "hops": self.hops, "nodes": self.graph.num_nodes,
                 "classes": {k: len(v) for k, v in self.graph.splits.items()}}
 

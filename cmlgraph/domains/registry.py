@@ -57,6 +57,7 @@ def fill_defaults(cfg: Config) -> Config:
     if cfg.data.task == "sinusoid":
         cfg.data.ways = 1
     _start_defaults(cfg)
+    _layers_default(cfg)
     _gnn_feature_defaults(cfg)
     _auto_feature_defaults(cfg)
     if cfg.train.meta_lr is None:
@@ -184,12 +185,27 @@ def _auto_feature_defaults(cfg: Config) -> None:
         cfg.data.features = "auto"
 
 
+def _layers_default(cfg: Config) -> None:
+    """``model.layers`` where unset: left unset for the PCA-started SGC of a graph run, whose propagation depth is
+    chosen on the run's validation tasks when its domain is built (:mod:`cmlgraph.domains.depth_choice`), else 2."""
+    from cmlgraph.domains.depth_choice import DEFAULT_LAYERS, applies
+
+    if cfg.model.layers is None and not applies(cfg):
+        cfg.model.layers = DEFAULT_LAYERS
+
+
 def build_domain(cfg: Config) -> Domain:
     """The domain a (defaults-filled) config asks for; data problems raise before any run folder exists.
 
     ``data.features auto`` on a graph: the domain of the features the run's validation tasks prefer
     (:func:`cmlgraph.domains.feature_choice.choose`); the record is ``domain.feature_choice`` and a note says it.
+    ``model.layers`` unset (the PCA-started SGC): the depth they prefer (:func:`cmlgraph.domains.depth_choice.choose`,
+    ``domain.depth_choice``), the config left unset.
     """
+    if cfg.data.task == "graph" and cfg.model.layers is None:
+        from cmlgraph.domains.depth_choice import choose as choose_depth
+
+        return choose_depth(cfg, build_domain)
     if cfg.data.task == "graph" and cfg.data.features == "auto":
         from cmlgraph.domains.feature_choice import choose, note
 

@@ -152,15 +152,20 @@ def run_features(cfg: Any, run_dir: Any) -> Any:
     """``cfg`` with ``data.features`` set to the preprocessing the run folder's ``summary.json`` says the run used
     (``auto``: what it chose, :mod:`cmlgraph.domains.feature_choice`; unset: the graph's default it resolved), so
     that re-evaluating or predicting with a trained model reads the features it was trained on without choosing
-    again. A folder without a summary keeps its config's value. ``cfg`` is changed in place and returned."""
+    again; likewise an unset ``model.layers`` gets the propagation depth the run chose. A folder without a summary
+    keeps its config's values. ``cfg`` is changed in place and returned."""
     import json
     from pathlib import Path
 
     summary = Path(run_dir) / "summary.json"
     if summary.is_file():
-        used = json.loads(summary.read_text()).get("features")
+        record = json.loads(summary.read_text())
+        used = record.get("features")
         if used in FEATURE_MODES:
             cfg.data.features = used
+        depth = record.get("layers")  # model.layers unset: the depth the run chose (domains/depth_choice.py)
+        if getattr(cfg.model, "layers", 0) is None and isinstance(depth, int) and depth >= 1:
+            cfg.model.layers = depth
     return cfg
 
 

@@ -85,8 +85,8 @@ def check_split_ways(graph: FewShotGraph, ways: int, need: int, *, default: bool
             fixes.append(f"lower shots or queries ({dropped})")
         if usable < 2 * 2:  # not even 2-way tasks on disjoint classes: nothing to meta-train or test on
             fixes.append("to label the graph's nodes from a few labelled ones without training, use a "
-                         "training-free method: cmlgraph.predict_with_method('sgc-proto', graph, support) "
-                         "(`cmlgraph predict --method sgc-proto --graph G.npz`), which needs only 2 classes")
+                         "training-free method: cmlgraph.predict_with_method('sgc-proto', graph, support) (or "
+                         "the predict command's method option), which needs only 2 classes")
         shown = f" ({label_names(graph, classes)})" if classes else ""
         has = counted(len(classes), "class", "classes")
         raise ConfigError(f"{graph.name}: the {name!r} split has {has}{shown} but ways={ways}; "

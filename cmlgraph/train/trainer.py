@@ -392,8 +392,9 @@ class Trainer:
         if cfg.model.gnn == "gat":
             fixes.append("--gnn gcn or --gnn sage (GAT keeps every edge's messages)")
         fixes.append(f"a smaller --hidden (now {cfg.model.hidden})")
-        if int(cfg.model.layers) > 1:
-            fixes.append(f"fewer --layers (now {cfg.model.layers})")
+        layers = cfg.model.layers or getattr(self.exp.domain, "gnn", {}).get("layers", 1)  # unset: chosen K
+        if int(layers) > 1:
+            fixes.append(f"fewer --layers (now {layers})")
         if not cfg.algo.first_order:
             fixes.append("--first-order")
         if int(cfg.algo.inner_steps) > 1:
@@ -906,7 +907,8 @@ class Trainer:
         summary.update(distinct_test_tasks=len(self.test_raws), test_tasks_asked=asked,
                        distinct_val_tasks=len(self.val_raws), val_tasks_asked=int(cfg.train.val_tasks))
         summary.update(warnings=[*self.guard.messages, *warns], nonfinite_test_tasks=res.get("nonfinite_tasks", 0),
-                       **{k: info[k] for k in ("features", "feature_choice", "mode", "mode_reason") if k in info})
+                       **{k: info[k] for k in ("features", "feature_choice", "layers", "depth_choice", "mode",
+                                               "mode_reason") if k in info})
         summary.update(protocol_figures(cfg, e))
         summary.update(e.algo.run_summary(res))  # e.g. a baseline's 0 steps and unreached queries
         if baseline is not None:

@@ -137,7 +137,7 @@ def test_a_registered_graphs_choice_is_made_once_per_setting_and_seed(monkeypatc
         return _build_domain(c)
 
     cfg = prepare(cmlgraph.make_config(task="graph", graph="synthetic", ways=2, shots=2, features="auto",
-                                       val_tasks=8, synthetic_nodes=300, synthetic_classes=12))
+                                       val_tasks=8, synthetic_nodes=300, synthetic_classes=12, layers=2))
     monkeypatch.setattr(feature_choice, "_CHOSEN", {})
     first = choose(cfg, build)[1]
     assert calls == ["row", "standard"]
@@ -232,7 +232,8 @@ def test_the_runs_baseline_check_reuses_the_choices_score_on_the_same_tasks(tmp_
 
     monkeypatch.setattr("cmlgraph.train.baseline_check.baseline_val", counting)
     _, summary = cmlgraph.fit(g, ways=2, shots=2, queries=3, features="auto", runs_dir=str(tmp_path), **FAST)
-    assert len(calls) == 2  # the two candidates; the end-of-run check reused the chosen one's
+    # the two candidates; the propagation depth (layers unset) and the end-of-run check reused the chosen one's
+    assert len(calls) == 2
     assert summary["baseline_val"]["val"] == pytest.approx(
         summary["feature_choice"]["val"][summary["feature_choice"]["chosen"]])
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -111,7 +113,9 @@ def test_embed_is_the_extractors_output_for_every_node(maml_run):
 
     emb = cmlgraph.embed(maml_run)
     graph = load_graph("synthetic", num_nodes=300, num_classes=15)
-    dom = GraphDomain(graph, 3, 2, 4, gnn="sgc", hidden=64, episodes=False, bias=False)  # the default: --init pca
+    layers = json.loads((maml_run / "summary.json").read_text())["layers"]  # the depth the run chose
+    dom = GraphDomain(graph, 3, 2, 4, gnn="sgc", hidden=64, layers=layers, episodes=False,
+                      bias=False)  # the default: --init pca
     model = MetaModel(dom.build_extractor(), 3)
     model.load_state_dict(load_torch(maml_run / "model.pt"))
     model.eval()

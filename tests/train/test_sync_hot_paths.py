@@ -96,9 +96,10 @@ def measure(settings: dict[str, Any], batched: bool | None = None) -> dict[str, 
 register_sparse_graph("sync-sparse", nodes=300, edges=1200, classes=15, split="9/3/3", seed=0)  # sparse k-hop paths
 
 GRAPH = dict(task="graph", graph="synthetic", synthetic_nodes=300, synthetic_classes=15, ways=3, shots=2, queries=3,
-             meta_batch=2, inner_steps=2, cml=True, steps=1)  # MAML + CML defaults otherwise (second order)
+             meta_batch=2, inner_steps=2, cml=True, steps=1, layers=2)  # MAML + CML defaults otherwise (second
+# order); two layers fixed: the counts below are of these layouts, not of a depth chosen on validation
 SPARSE = dict(task="graph", graph="sync-sparse", ways=3, shots=2, queries=3, meta_batch=2, inner_steps=2, cml=True,
-              steps=1, features="raw")  # sparse features kept as they are
+              steps=1, features="raw", layers=2)  # sparse features kept as they are
 
 # Why each remaining sync is there. "host" phases (and "host" entries of the others) run on tensors that stay on
 # the CPU in a CUDA run too (the episode's raw node ids, the CPU adjacency, G-Meta's BallIndex): host reads, no
