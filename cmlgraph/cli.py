@@ -501,7 +501,7 @@ def predict(
 @app.command()
 def embed(
     run_dir: Path = typer.Argument(..., help="A finished graph run folder made by `cmlgraph train`."),
-    out: Path = typer.Option(..., "--out", help="Output .npy file: float32 [num_nodes, d]."),
+    out: Path = typer.Option(..., "--out", help="Output .npy file: float32, shape (num_nodes, d)."),
     graph: str | None = typer.Option(None, help="Registered graph name or a .npz file from graph.save(PATH).",
                                   show_default="the run's graph"),
     data_root: str | None = typer.Option(None, help="Raw data root of a registered graph (else $CMLGRAPH_DATA).",
@@ -541,9 +541,13 @@ def runs(
         print(json.dumps(records, indent=2))
         return
     if not records:
-        console.print(f"no run folders in {escape(str(runs_dir))}: `cmlgraph train` writes one there (the default "
-                      f"--runs-dir is runs; another folder: `cmlgraph runs FOLDER`)")
-        return
+        if (Path(runs_dir) / "config.yaml").is_file():  # a run folder itself: its parent holds the listing
+            records = list_runs(Path(runs_dir).parent)
+            records = [r for r in records if Path(r["path"]).resolve() == Path(runs_dir).resolve()]
+        if not records:
+            console.print(f"no run folders in {escape(str(runs_dir))}: `cmlgraph train` writes one there (the "
+                          f"default --runs-dir is runs; another folder: `cmlgraph runs FOLDER`)")
+            return
     from rich.table import Table
 
     table = Table(title=f"runs in {runs_dir}")

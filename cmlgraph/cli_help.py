@@ -67,6 +67,8 @@ def show_defaults(command: Callable[..., Any], extra: dict[str, str] | None = No
         info = param.default
         if not hasattr(info, "help") or getattr(info, "default", None) is not None:
             continue  # not an option, or typer shows its (non-None) default itself
+        if isinstance(info.show_default, str):
+            continue  # the option says its own default (e.g. --layers: chosen on validation)
         text = extra.get(name) or default_text(name)
         if text == "none":  # "not set": the help sentence says what happens; "[default: (none)]" only puzzles
             info.show_default = False

@@ -475,10 +475,13 @@ def run_compare(domains: Sequence[str], algos: Sequence[str], seeds: Sequence[in
 
 
 def _fmt(mean: float, ci: float | None, metric: str) -> str:
-    """``mean ± ci`` in the metric's unit; ``ci=None`` (one seed: no spread to measure) reads "(1 seed, no CI)"."""
+    """``mean ± ci`` in the metric's unit; ``ci=None`` (one seed: no spread to measure) reads "(1 seed, no CI)"; a
+    CI that rounds to zero (every seed gave the same value) says so rather than read as perfect precision."""
     scale, digits = (100.0, 2) if metric == "accuracy" else (1.0, 3)
     if ci is None:
         return f"{scale * mean:.{digits}f} (1 seed, no CI)"
+    if round(scale * ci, digits) == 0:
+        return f"{scale * mean:.{digits}f} ± {scale * ci:.{digits}f} (every seed the same)"
     return f"{scale * mean:.{digits}f} ± {scale * ci:.{digits}f}"
 
 
@@ -516,7 +519,7 @@ def write_outputs(cells: Sequence[Cell], out_dir: str | Path) -> list[Path]:
         base = _fmt(c.base[0], seed_ci(c.base, c.seeds), c.metric)
         if c.training_free:  # a reference row: no CML arm, nothing paired
             lines.append(f"| {c.domain} | {c.algorithm} (training-free) | {unit} | {base} | — | — | — | {c.seeds} "
-                         f"| — |")
+                         f"| {c.tasks} |")
             continue
         lines.append(f"| {c.domain} | {c.algorithm} | {unit} | {base} | "
                      f"{_fmt(c.cml[0], seed_ci(c.cml, c.seeds), c.metric)}"
@@ -567,7 +570,7 @@ def compare_figure(cells: Sequence[Cell]) -> Any:
         sub = [c for c in cells if c.domain == domain]
         xs = list(range(len(sub)))
         ax.bar([x - 0.2 for x in xs], [c.base[0] for c in sub], 0.4, yerr=[c.base[1] for c in sub], capsize=3,
-               label="without CML")
+               label="without CML", color=["tab:gray" if c.training_free else "tab:blue" for c in sub])
         nan = float("nan")  # a training-free baseline: no CML bar, no difference bar
         ax.bar([x + 0.2 for x in xs], [nan if c.training_free else c.cml[0] for c in sub], 0.4,
                yerr=[0.0 if c.training_free else c.cml[1] for c in sub], capsize=3, label="with CML")
@@ -587,7 +590,12 @@ def compare_figure(cells: Sequence[Cell]) -> Any:
             dax.set_ylim(-min(1.0, 1.2 * reach), min(1.0, 1.2 * reach))
         else:  # an MSE is never negative
             ax.set_ylim(bottom=0.0)
-    axes[0][0].legend()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if any(c.training_free for c in cells):  # a gray bar: a training-free baseline's score, the bar to beat
+        from matplotlib.patches import Patch
+
+        handles, labels = [*handles, Patch(color="tab:gray")], [*labels, "training-free baseline"]
+    axes[0][0].legend(handles, labels)
     fig.tight_layout()
     return fig
 

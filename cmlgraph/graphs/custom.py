@@ -217,7 +217,7 @@ def from_arrays(
         )
     ei = _edges(edge_index, n, self_loops, notes)
     if blank:  # said as docs/python-api.md promises (it was only a note): an empty label is easily a mistake
-        msg = (f"{blank} of {n} nodes {agree(blank, 'has', 'have')} no label (None, NaN or an empty string): "
+        msg = (f"{blank} of {n} nodes {agree(blank, 'has', 'have')} no label (None, NaN or a blank string): "
                f"{agree(blank, 'it is', 'they are')} unlabelled, kept as graph context but never drawn into a task")
         warn_user(msg)  # graph.notes says it too (assemble's count of unlabelled nodes)
     if by_value:

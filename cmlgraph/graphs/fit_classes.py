@@ -186,7 +186,8 @@ def fit_graph(graph: FewShotGraph, ways: int, shots: int, queries: int, *, split
                f"labelled nodes were removed" if notes else "the graph's own split was drawn without ways")
         moved = resplit_note(graph, splits, ways, why)
         if moved:  # say which classes went where (issue 19 item 5): print(graph) shows the graph's own split
-            warn_user(moved)
+            if not isinstance(split, dict):  # classes the user listed are what they asked for: a note only
+                warn_user(moved)
             extra.append(moved)
         fitted = dataclasses.replace(graph, y=y, splits=splits, notes=[*base, *extra], info=info,
                                      full_graph_cache={})
@@ -224,10 +225,22 @@ def split_by_labels(split: Any, class_names: Sequence[Hashable] | None) -> Any:
             return split
     try:
         all_labels = bool(entries) and all(e in index for e in entries)
+        unknown = {k: [e for e in v if e not in index] for k, v in split.items() if isinstance(v, (list, tuple))}
     except TypeError:
         return split
     if not all_labels:
+        if any(isinstance(e, str) for e in entries):  # meant as labels (ids are ints): name what is no label
+            bad = "; ".join(f"{k}: {', '.join(repr(e) for e in v)}" for k, v in unknown.items() if v)
+            shown = ", ".join(repr(n) for n in names[:30]) + (" ..." if len(names) > 30 else "")
+            raise ConfigError(f"the split lists classes that are no label of this graph ({bad}); its labels: "
+                              f"{shown}")
         return split
+    both = [(a, b, e) for i, a in enumerate(split) for b in list(split)[i + 1:] for e in split[a]
+            if isinstance(split[a], (list, tuple)) and isinstance(split[b], (list, tuple)) and e in split[b]]
+    if both:
+        a, b, _ = both[0]
+        raise ConfigError(f"the split lists {', '.join(repr(e) for _, _, e in both)} in both {a!r} and {b!r}; "
+                          f"train, val and test need disjoint classes")
     as_ids = all(isinstance(e, int) and not isinstance(e, bool) and 0 <= e < len(names) for e in entries)
     if as_ids and any(index[e] != e for e in entries):
         clash = next(e for e in entries if index[e] != e)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -193,7 +194,8 @@ def load_inference_model(run_dir: str | Path, graph: Any = None, data_root: str 
     run_features(cfg, run_dir)  # data.features auto: what the run chose
     cfg.data.data_root = run_data_root(run_dir, cfg, data_root)
     try:
-        with _graph_for(cfg, graph):
+        with _graph_for(cfg, graph, command=f"cmlgraph eval {shlex.quote(str(run_dir))}",
+                        python=f"cmlgraph.train.reeval.reevaluate({str(run_dir)!r}, graph=graph)"):
             domain = build_domain(cfg)
     except DataError as exc:
         recorded = recorded_data_root(run_dir)

@@ -101,3 +101,6 @@ def test_piped_runs_keeps_each_name_on_one_line_and_an_empty_folder_says_so(tmp_
     listing = subprocess.run([sys.executable, "-m", "cmlgraph", "runs", str(runs)], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=300)
     assert any(name in line for line in listing.stdout.splitlines()), listing.stdout
+    one = subprocess.run([sys.executable, "-m", "cmlgraph", "runs", str(runs / name)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)  # a run folder itself: listed, not "none"
+    assert one.returncode == 0 and any(name in line for line in one.stdout.splitlines()), one.stdout

@@ -155,6 +155,17 @@ def test_a_split_mapping_lists_the_users_labels_in_fit_and_in_from_arrays(tmp_pa
     assert fitted.splits == {"train": [2, 3, 4, 5], "val": [0, 1], "test": [6, 7]}
     with pytest.raises(ConfigError, match="give 'train' and 'test'"):
         cmlgraph.fit(from_arrays(ei, x, y, name="bad-split"), ways=2, runs_dir=str(tmp_path), split={"tran": [0]})
+    # a label that is none of the graph's, or one listed twice, is named as the user wrote it (a second trial got
+    # "'train' must list integer class ids" for a typo in 'test', and an internal id for an overlap)
+    with pytest.raises(ConfigError, match=r"no label of this graph \(test: 'nosuch'\); its labels: 'topic0'"):
+        from_arrays(ei, x, y, split={"train": names[:4], "test": ["topic6", "nosuch"]})
+    with pytest.raises(ConfigError, match=r"lists 'topic0' in both 'train' and 'test'"):
+        from_arrays(ei, x, y, split={"train": names[:4], "test": ["topic0", "topic6"]})
+    with warnings.catch_warnings():  # classes the user listed: said in the notes, not warned about
+        warnings.simplefilter("error")
+        fitted = fit_graph(from_arrays(ei, x, y), 2, 2, 3, split={"train": names[2:6], "val": names[:2],
+                                                                   "test": names[6:]})
+    assert any("re-split" in n for n in fitted.notes)
 
 
 @pytest.mark.slow
@@ -174,7 +185,7 @@ def test_a_node_without_a_label_is_unlabelled_and_said_in_a_warning(blank) -> No
     read it as missing; None and NaN were only in ``graph.notes``, where the docs promise a warning too."""
     ei, x, y = _graph([10, 10, 10], names=["a", "b", "c"])
     y = [blank] * 4 + y[4:]
-    with pytest.warns(UserWarning, match="4 of 30 nodes have no label .None, NaN or an empty string.: they are "
+    with pytest.warns(UserWarning, match="4 of 30 nodes have no label .None, NaN or a blank string.: they are "
                                          "unlabelled"):
         g = from_arrays(ei, x, y)
     assert g.info["class_names"] == ["a", "b", "c"] and int((g.y < 0).sum()) == 4

@@ -58,7 +58,7 @@ def test_a_training_free_baseline_is_a_reference_row_without_a_cml_arm(tmp_path)
              for s in (0, 1)]
     assert float(rows["sgc-proto"]["base_mean"]) == pytest.approx(sum(means) / 2)
     md = (tmp_path / "out" / "compare.md").read_text()
-    assert "| synthetic | sgc-proto (training-free) | accuracy % |" in md and "| — | — | — | 2 | — |" in md
+    assert "| synthetic | sgc-proto (training-free) | accuracy % |" in md and "| — | — | — | 2 | 12 |" in md
     assert "no CML arm" in md
 
 
@@ -162,3 +162,11 @@ def test_runs_that_kept_their_untrained_start_are_named_under_the_table(tmp_path
     cell.kept_start = []
     write_outputs([cell], tmp_path)
     assert "step-0" not in (tmp_path / "compare.md").read_text()
+
+
+def test_a_ci_that_rounds_to_zero_says_every_seed_gave_the_same_value():
+    """Two seeds whose differences were equal gave "-0.08 ± 0.00", which read as perfect precision (a trial)."""
+    from cmlgraph.compare import _fmt
+
+    assert _fmt(-0.0008, 1.9e-8, "accuracy") == "-0.08 ± 0.00 (every seed the same)"
+    assert _fmt(0.5, 0.01, "accuracy") == "50.00 ± 1.00" and _fmt(0.5, None, "accuracy") == "50.00 (1 seed, no CI)"

@@ -44,7 +44,8 @@ def test_eval_of_a_fit_run_on_an_in_memory_graph_takes_the_saved_graph(zoo_run, 
     with pytest.raises(ConfigError, match=r"graph\.save\('zoo\.npz'\).*--graph zoo\.npz") as refused:
         reevaluate(run)  # was: "unknown dataset 'zoo'"
     # the Python call it names exists (it had said "graph=the FewShotGraph in Python", naming no function)
-    assert "`cmlgraph.train.reeval.reevaluate(RUN_DIR, graph=graph)`" in str(refused.value)
+    assert f"`cmlgraph.train.reeval.reevaluate({str(run)!r}, graph=graph)`" in str(refused.value)
+    assert f"`cmlgraph eval {run} --graph zoo.npz`" in str(refused.value)  # the run's own path, not RUN_DIR
     path = zoo.save(tmp_path / "zoo.npz")
     res = reevaluate(run, graph=path)
     assert res["num_tasks"] == summary["num_tasks"] and res["mean"] == pytest.approx(summary["mean"], abs=1e-6)
