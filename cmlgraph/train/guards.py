@@ -259,7 +259,8 @@ def near_chance_warning(res: dict[str, Any], metric: str, ways: int) -> str | No
 
 
 def baseline_warning(best_val: float, baseline_val: float | None, baseline: str = "sgc-proto",
-                     features: str | None = None, inner_loop: bool = True) -> str | None:
+                     features: str | None = None, inner_loop: bool = True,
+                     depth: tuple[int, int] | None = None) -> str | None:
     """A warning naming both numbers when a run's best validation accuracy is below a training-free baseline's on
     the same validation tasks, else None (also None when no baseline score is known).
 
@@ -267,7 +268,8 @@ def baseline_warning(best_val: float, baseline_val: float | None, baseline: str 
     labels nodes worse than a method that learns nothing (issue 17 item 4). ``features``: the preprocessing the
     baseline ran on, named in both recommended commands (``--algo {baseline}`` alone may choose other features:
     ``auto`` on Cora picks standardised ones where a random-start run reads row), so that they reproduce the quoted
-    number. ``inner_loop``: whether the run adapts with an inner loop (then ``--inner-lr`` is worth checking)."""
+    number. ``inner_loop``: whether the run adapts with an inner loop (then ``--inner-lr`` is worth checking).
+    ``depth``: (the run's SGC depth, the baseline's K); where they differ, ``--layers`` is named with both."""
     if baseline_val is None or not math.isfinite(float(best_val)) or float(best_val) >= float(baseline_val):
         return None
     flag = f" --features {features}" if features else ""
@@ -276,7 +278,9 @@ def baseline_warning(best_val: float, baseline_val: float | None, baseline: str 
             f"than a method with no training; use `--algo {baseline}{flag}` for such labels (predictions without a "
             f"run folder: method {baseline} of the `cmlgraph predict` command"
             f"{f', features {features}' if features else ''}), or check --features"
-            + (" / --inner-lr" if inner_loop else ""))
+            + (" / --inner-lr" if inner_loop else "")
+            + (f" / --layers (the run propagates K = {depth[0]}, {baseline} K = {depth[1]})"
+               if depth and depth[0] != depth[1] else ""))
 
 
 def distinct_tasks_warning(split: str, distinct: int, asked: int) -> str | None:

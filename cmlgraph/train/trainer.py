@@ -889,8 +889,11 @@ class Trainer:
         at_chance = chance_warning(res, e.domain.metric, ways)
         self.guard.end(bad_result=at_chance is not None)  # loss spikes count only if they persist or end badly
         near = None if at_chance else near_chance_warning(res, e.domain.metric, ways)
+        gnn = getattr(e.domain, "gnn", None) or {}
+        depth = ((int(gnn["layers"]), int((baseline.get("settings") or {})["k"]))
+                 if baseline and gnn.get("kind") == "sgc" and "k" in (baseline.get("settings") or {}) else None)
         below = (baseline_warning(self.best, baseline["val"], features=_baseline_features(baseline),
-                                  inner_loop=bool(e.algo.uses_inner_loop))
+                                  inner_loop=bool(e.algo.uses_inner_loop), depth=depth)
                  if baseline and self.best is not None else None)
         warns += few + [w for w in [None if len(self.test_raws) < asked else test_tasks_warning(res["num_tasks"]),
                                     at_chance, near, below] if w]

@@ -33,3 +33,11 @@ def test_the_recommended_commands_name_the_baselines_features():
 def test_the_inner_step_size_is_named_only_for_a_run_with_an_inner_loop():
     assert "--inner-lr" in baseline_warning(0.5, 0.8)
     assert "--inner-lr" not in baseline_warning(0.5, 0.8, inner_loop=False)  # ProtoNet adapts nothing
+
+
+def test_a_run_at_another_depth_than_the_baseline_names_layers():
+    """``--layers 3`` below ``sgc-proto`` at K = 4: the warning names --layers and both depths (a trial's run was
+    told only to check --features / --inner-lr); at the same depth it says nothing of it."""
+    msg = baseline_warning(0.79, 0.8078, depth=(3, 4))
+    assert msg.endswith("/ --layers (the run propagates K = 3, sgc-proto K = 4)")
+    assert "--layers" not in baseline_warning(0.79, 0.8078, depth=(4, 4))
