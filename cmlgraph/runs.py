@@ -179,7 +179,18 @@ def run_settings(cfg: dict[str, Any], summary: dict[str, Any] | None) -> dict[st
             flat["data.features"] = "raw"
         if summary is not None and summary.get("features"):
             flat["data.features"] = summary["features"]
+        if summary is not None and isinstance(summary.get("layers"), int) and flat.get("model.layers") is None:
+            flat["model.layers"] = summary["layers"]  # the depth it chose (domains/depth_choice.py)
+        if summary is None:  # resolved only when the run's domain is built: unknown here, so told apart by nothing
+            for key in ("data.features", "model.layers"):
+                if key in flat and flat[key] in (None, "auto"):
+                    flat[key] = PENDING
     return flat
+
+
+#: A setting an unfinished run resolves when it starts (``data.features`` unset or ``auto``, ``model.layers``
+#: unset) and records only in its ``summary.json``: :func:`differing_settings` does not count it as a difference.
+PENDING = "(resolved when the run finishes)"
 
 
 def differing_settings(records: list[dict[str, Any]]) -> None:
@@ -197,6 +208,8 @@ def differing_settings(records: list[dict[str, Any]]) -> None:
         keys = sorted({k for r in group for k in r.get("settings", {})},
                       key=lambda k: (order.get(k.split(".", 1)[0], 4), k))
         def reads(r: dict[str, Any], k: str) -> bool:  # a training-free run has no meta-learning settings
+            if r.get("settings", {}).get(k) == PENDING:  # not known yet: no difference
+                return False
             return not r.get("training_free") or k in r.get("settings", {})
 
         differ = [k for k in keys if len({json.dumps(r.get("settings", {}).get(k), sort_keys=True, default=str)

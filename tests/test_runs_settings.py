@@ -17,7 +17,7 @@ def _run(root, name, data, summary=None, **sections):
     folder.mkdir(parents=True)
     cfg = {"data": {"task": "graph", "graph": "cora", "ways": 2, "shots": 3, **data},
            "algo": {"algo": "maml", "cml": True, "inner_lr": 0.5}, "train": {"steps": 10, "seed": 0},
-           "run": {"name": name}}
+           "run": {"name": name}, "model": {}}
     for section, values in sections.items():
         cfg[section].update(values)
     (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -58,3 +58,16 @@ def test_runs_with_the_same_settings_show_no_settings_column(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["runs", str(runs)])
     assert "settings that differ" not in capsys.readouterr().out
+
+
+def test_a_setting_an_unfinished_run_has_not_resolved_yet_is_no_difference(tmp_path):
+    """A stopped default run (features unset, layers unset) beside a finished one of the same settings was listed
+    as differing, features=raw against features=default (a new-user trial): it resolves them only when it starts,
+    and records them at its end. Only a finished run's resolved values are compared."""
+    runs = tmp_path / "runs"
+    _run(runs, "done", {"features": None}, {"features": "raw", "layers": 4}, model={"layers": None})
+    _run(runs, "stopped", {"features": None}, None, model={"layers": None})
+    _run(runs, "deeper", {"features": None}, {"features": "raw", "layers": 3}, model={"layers": None})
+    records = {r["name"]: r for r in list_runs(runs)}
+    assert records["stopped"]["differs"] == {} and records["done"]["differs"] == {"layers": 4}
+    assert records["deeper"]["differs"] == {"layers": 3}
