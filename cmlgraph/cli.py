@@ -534,16 +534,23 @@ def runs(
 
     from rich.markup import escape
 
-    from cmlgraph.runs import format_score, format_settings, format_shape, list_runs, run_status, run_step
+    from cmlgraph.runs import (
+        describe_run,
+        format_score,
+        format_settings,
+        format_shape,
+        list_runs,
+        run_status,
+        run_step,
+    )
 
     records = list_runs(runs_dir)
     if json_out:
         print(json.dumps(records, indent=2))
         return
     if not records:
-        if (Path(runs_dir) / "config.yaml").is_file():  # a run folder itself: its parent holds the listing
-            records = list_runs(Path(runs_dir).parent)
-            records = [r for r in records if Path(r["path"]).resolve() == Path(runs_dir).resolve()]
+        one = describe_run(runs_dir)  # a run folder itself: that run
+        records = [one] if one is not None else []
         if not records:
             console.print(f"no run folders in {escape(str(runs_dir))}: `cmlgraph train` writes one there (the "
                           f"default --runs-dir is runs; another folder: `cmlgraph runs FOLDER`)")

@@ -308,6 +308,14 @@ def kept_its_start(summary: dict[str, Any]) -> bool:
     return int(steps) > 0 and summary.get("best_step") == 0
 
 
+def kept_start_note(who: str, kept: Sequence[str], difference: str) -> str:
+    """The note under a table whose runs ``kept`` (``who``: how many of which) kept their untrained start, so that
+    ``difference`` (its verb included) compares starts (:func:`kept_its_start`)."""
+    return (f"Note: {who} kept their step-0 parameters (no validation after the start beat it: {', '.join(kept)}), "
+            f"so their scores are an untrained model's and {difference} starts, not meta-learning; train longer "
+            f"(--steps) or check --meta-lr.")
+
+
 def build_cell(domain: str, algo: str, pairs: Sequence[tuple[Path, Path]], training_free: bool = False) -> Cell:
     """Aggregate (base run, CML run) pairs of the same seeds into a row (a training-free baseline: its runs paired
     with themselves, ``training_free`` set)."""
@@ -535,11 +543,9 @@ def write_outputs(cells: Sequence[Cell], out_dir: str | Path) -> list[Path]:
     for c in cells:
         if c.kept_start and not c.training_free:
             runs = len(c.base_runs) + len(c.cml_runs)
-            lines += ["", f"Note: {len(c.kept_start)} of {runs} {c.domain} {c.algorithm} runs kept their step-0 "
-                      f"parameters (no validation after the start beat it: {', '.join(c.kept_start)}), so their "
-                      f"scores are an untrained model's and the CML − base difference "
-                      f"{'compares' if len(c.kept_start) == runs else 'partly compares'} starts, not meta-learning; "
-                      f"train longer (--steps) or check --meta-lr."]
+            verb = "compares" if len(c.kept_start) == runs else "partly compares"
+            lines += ["", kept_start_note(f"{len(c.kept_start)} of {runs} {c.domain} {c.algorithm} runs", c.kept_start,
+                                          f"the CML − base difference {verb}")]
     notes = list(dict.fromkeys(c.overrides for c in cells if c.overrides))
     if notes:
         lines += ["", "Settings that differ from `cmlgraph train`'s defaults (the runs above are not what "

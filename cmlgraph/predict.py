@@ -307,8 +307,9 @@ def run_health(run_dir: str | os.PathLike[str]) -> str | None:
 
     method, graph = record.get("method", "sgc-proto"), summary.get("dataset") or "G"
     # a user's own graph (cmlgraph.fit) is no registered name: the command reads the file it was saved to
-    flag = graph if graph in dataset_names() else "GRAPH.npz"
-    saved = "" if graph in dataset_names() else " (the graph saved with graph.save)"
+    registered = graph in dataset_names()
+    flag = graph if registered else "GRAPH.npz"
+    saved = "" if registered else " (the graph saved with graph.save)"
     return (f"run {Path(run_dir).name}: its best validation accuracy {float(best):.4f} is below the training-free "
             f"{method}'s {float(record['val']):.4f} on the same validation tasks, so its predictions are likely "
             f"worse than {method}'s; `cmlgraph predict --method {method} --graph {flag} --support CSV --out CSV`"

@@ -161,6 +161,11 @@ def _training_free(cfg: dict[str, Any], summary: dict[str, Any] | None) -> bool:
     return str((cfg.get("algo") or {}).get("algo")) in BASELINES
 
 
+#: A setting an unfinished run resolves when it starts (``data.features`` unset or ``auto``, ``model.layers``
+#: unset) and records only in its ``summary.json``: :func:`differing_settings` does not count it as a difference.
+PENDING = "(resolved when the run finishes)"
+
+
 def run_settings(cfg: dict[str, Any], summary: dict[str, Any] | None) -> dict[str, Any]:
     """A run's settings as flat ``section.key`` → value (the ``run`` section and :data:`NOT_SETTINGS` left out;
     for a training-free baseline only ``data.*`` and :data:`TRAINING_FREE_SETTINGS`, the settings it reads).
@@ -187,10 +192,6 @@ def run_settings(cfg: dict[str, Any], summary: dict[str, Any] | None) -> dict[st
                     flat[key] = PENDING
     return flat
 
-
-#: A setting an unfinished run resolves when it starts (``data.features`` unset or ``auto``, ``model.layers``
-#: unset) and records only in its ``summary.json``: :func:`differing_settings` does not count it as a difference.
-PENDING = "(resolved when the run finishes)"
 
 
 def differing_settings(records: list[dict[str, Any]]) -> None:

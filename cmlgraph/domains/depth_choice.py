@@ -13,7 +13,7 @@ tasks (:func:`cmlgraph.train.baseline_check.baseline_val`, the record the run's 
 computed once); ``K = 0`` (no propagation) is no SGC and is not a candidate; a tie keeps the smaller ``K``. The
 choice draws no random numbers, so a resume, ``cmlgraph eval`` and ``predict`` get the same depth; a finished run's
 ``summary.json["layers"]`` records it. ``--layers N`` (``layers=N``) fixes it; a run whose graph is too large for
-the baseline, or that has no validation tasks, keeps ``K = 2``.
+the baseline keeps ``K = 2``.
 """
 
 from __future__ import annotations
@@ -43,13 +43,17 @@ def with_layers(cfg: Any, layers: int) -> Any:
     return out
 
 
+def depth_scores(record: dict[str, Any]) -> dict[int, float]:
+    """``sgc-proto``'s validation accuracy at each ``K`` >= 1 of a :func:`baseline_val` record's grid (``K = 0``
+    is no SGC)."""
+    return {int(row["k"]): float(row["val"]) for row in record.get("grid") or [] if int(row["k"]) >= 1}
+
+
 def best_depth(record: dict[str, Any]) -> int | None:
     """The ``K`` in 1.. with ``sgc-proto``'s best validation accuracy in a :func:`baseline_val` record's grid (the
     smaller on a tie), or ``None`` where the grid has none."""
-    grid = [(int(row["k"]), float(row["val"])) for row in record.get("grid") or [] if int(row["k"]) >= 1]
-    if not grid:
-        return None
-    return max(grid, key=lambda kv: (kv[1], -kv[0]))[0]
+    scores = depth_scores(record)
+    return max(scores, key=lambda k: (scores[k], -k)) if scores else None
 
 
 def choose(cfg: Any, build: Callable[[Any], Any]) -> Any:
@@ -68,8 +72,8 @@ def choose(cfg: Any, build: Callable[[Any], Any]) -> Any:
     from cmlgraph.train.baseline_check import baseline_val, skip_reason
 
     domain = build(with_layers(cfg, DEFAULT_LAYERS))
-    n = int(cfg.train.val_tasks or 0)
-    why = "no validation tasks to choose on" if n < 1 else skip_reason(cfg, domain, None)
+    n = int(cfg.train.val_tasks)  # at least 1 (validate_config)
+    why = skip_reason(cfg, domain, None)
     if why:
         return _record(domain, {"chosen": DEFAULT_LAYERS, "kept": why})
     record = reusable_baseline(domain, cfg)  # the feature choice scored sgc-proto on these tasks already
@@ -83,7 +87,7 @@ def choose(cfg: Any, build: Callable[[Any], Any]) -> Any:
     if k != DEFAULT_LAYERS:
         domain = _rebuilt(domain, with_layers(cfg, k), build)
     return _record(domain, {"chosen": k, "method": "sgc-proto",
-                            "val": {int(r["k"]): float(r["val"]) for r in record["grid"] if int(r["k"]) >= 1},
+                            "val": depth_scores(record),
                             "selected_on": record.get("selected_on", f"{n} validation tasks")})
 
 
@@ -120,4 +124,4 @@ def note(choice: dict[str, Any]) -> str:
             f"{choice['selected_on']}: {scores}; --layers N fixes it)")
 
 
-__all__ = ["DEFAULT_LAYERS", "applies", "best_depth", "choose", "note", "with_layers"]
+__all__ = ["DEFAULT_LAYERS", "applies", "best_depth", "choose", "depth_scores", "note", "with_layers"]

@@ -224,11 +224,10 @@ def split_by_labels(split: Any, class_names: Sequence[Hashable] | None) -> Any:
         except TypeError:  # an unhashable label cannot be listed
             return split
     try:
-        all_labels = bool(entries) and all(e in index for e in entries)
         unknown = {k: [e for e in v if e not in index] for k, v in split.items() if isinstance(v, (list, tuple))}
-    except TypeError:
+    except TypeError:  # an unhashable entry: left to the split's own check
         return split
-    if not all_labels:
+    if not entries or any(unknown.values()):
         if any(isinstance(e, str) for e in entries):  # meant as labels (ids are ints): name what is no label
             bad = "; ".join(f"{k}: {', '.join(repr(e) for e in v)}" for k, v in unknown.items() if v)
             shown = ", ".join(repr(n) for n in names[:30]) + (" ..." if len(names) > 30 else "")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cmlgraph.compare import _fmt, _scaled, seed_ci, write_csv
+from cmlgraph.compare import _fmt, _scaled, kept_start_note, seed_ci, write_csv
 from cmlgraph.leaderboard.table import Board, CmlRow, Entry
 from cmlgraph.train.io import atomic_write
 
@@ -80,9 +80,8 @@ def markdown(board: Board) -> str:
     kept = list(dict.fromkeys([*(r for e in entries if e.vs_best for r in e.vs_best.kept_start),
                                *(r for c in board.cml for r in c.paired.kept_start)]))
     if kept:  # meta-trained runs whose model is their untrained start (best validation at step 0)
-        lines += [f"Note: {len(kept)} meta-trained runs kept their step-0 parameters (no validation after the start "
-                  f"beat it): {', '.join(kept)}. Their scores are an untrained model's, and a difference between "
-                  f"two such runs compares starts, not meta-learning; train longer (--steps) or check --meta-lr.", ""]
+        lines += [kept_start_note(f"{len(kept)} meta-trained runs", kept,
+                                  "a difference between two such runs compares"), ""]
     lines.append("Accuracy in %, mean ± 95% Student-t CI over seeds (each seed's value is its run's mean over its "
                  "fixed test tasks). Differences pair the two methods' runs of the same seed, which were evaluated "
                  "on identical test tasks (checked by hash of test_episodes.pt); their CI over seeds includes the "
